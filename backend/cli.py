@@ -1,0 +1,155 @@
+"""The ``flamediff`` command line (also ``python -m backend``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from typing import Callable
+
+from backend import __version__
+from backend.formats.animation import AnimationFormatError
+from backend.formats.flame_asset import FLAME_SITE, FlameAssetError
+
+DESCRIPTION = """\
+flamediff turns a keyframed FLAME head rig into portrait frames: a learnable Gaussian feature
+field on the FLAME surface is splatted into a control map that guides a reference-image
+diffusion model. This command runs the backend's jobs without Blender.
+
+FLAME asset: every command uses --flame-asset DIR, else $FLAMEDIFF_FLAME_ASSET, else a
+licence-free procedural head generated once into ~/.cache/flamediff (or $FLAMEDIFF_CACHE).
+"""
+
+
+def _add_asset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flame-asset", metavar="DIR", default=None,
+                        help="FLAME asset folder (model .pkl/.npz, head_template.obj, landmark embedding); "
+                             "default: $FLAMEDIFF_FLAME_ASSET or the procedural head")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Report the environment and what is missing, with the fix for each."""
+    problems: list[str] = []
+    print(f"flamediff {__version__}")
+    print(f"python    {platform.python_version()} ({sys.executable})")
+    try:
+        import torch
+        print(f"torch     {torch.__version__}")
+        if torch.cuda.is_available():
+            print(f"cuda      {torch.version.cuda}, GPU: {torch.cuda.get_device_name(0)}")
+        else:
+            print("cuda      not available: rendering and training run on the CPU (slow at paper scale). "
+                  "With an NVIDIA GPU, install the CUDA build: pip install torch==2.13.0 "
+                  "(from PyPI on Linux, it is the CUDA build).")
+    except ImportError:
+        problems.append("torch is not installed: run 'make demo' or pip install torch==2.13.0")
+    for module, why in (("diffusers", "the diffusion model"), ("smplx", "FLAME cross-checks"),
+                        ("safetensors", "checkpoints"), ("huggingface_hub", "loading weights by hub id")):
+        try:
+            print(f"{module:<9} {importlib.metadata.version(module.replace('_', '-'))}")
+            importlib.import_module(module)
+        except (ImportError, importlib.metadata.PackageNotFoundError):
+            problems.append(f"{module} is missing ({why}): pip install {module.replace('_', '-')}")
+    try:
+        import gsplat
+        print(f"gsplat    {gsplat.__version__} (fast CUDA splatting; compiles its kernels on first use)")
+    except ImportError:
+        print("gsplat    not installed: the pure-torch splatter is used (fine on CPU; on a CUDA GPU "
+              "pip install gsplat for speed)")
+    _doctor_asset(args.flame_asset, problems)
+    if problems:
+        print("\nmissing:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print("\nall good")
+    return 0
+
+
+def _doctor_asset(path: str | None, problems: list[str]) -> None:
+    from backend.assets import ASSET_ENV, load_asset, resolve_asset_folder
+
+    source = "--flame-asset" if path else (ASSET_ENV if os.environ.get(ASSET_ENV) else "procedural head (default)")
+    try:
+        asset = load_asset(path)
+    except FlameAssetError as exc:
+        problems.append(str(exc))
+        print(f"FLAME     {resolve_asset_folder(path)}: unusable (see below)")
+        return
+    print(f"FLAME     {asset.name} [{source}] {asset.folder}")
+    print(f"          {asset.num_vertices} vertices, {asset.num_shape} shape + {asset.num_expression} expression "
+          f"components, hash {asset.content_hash[:16]}")
+    if asset.name == "procedural-head":
+        print(f"          to use the real FLAME model, register at {FLAME_SITE} and pass --flame-asset DIR")
+
+
+def cmd_assets_procedural_head(args: argparse.Namespace) -> int:
+    from backend.formats.flame_asset import load_flame_asset
+    from backend.formats.procedural_head import ProceduralHeadSpec, write_procedural_head
+
+    started = time.perf_counter()
+    write_procedural_head(args.out, ProceduralHeadSpec(seed=args.seed))
+    asset = load_flame_asset(args.out)
+    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s: {asset.num_vertices} vertices, "
+          f"hash {asset.content_hash[:16]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backend.assets import load_asset
+    from backend.demo import run_demo
+
+    asset = load_asset(args.flame_asset)
+    print(f"FLAME asset: {asset.name} ({asset.folder})")
+    run_demo(asset, args.out, num_frames=args.frames, resolution=args.resolution)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flamediff", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"flamediff {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    doctor = commands.add_parser("doctor", help="check Python, torch, CUDA/GPU, gsplat and the FLAME asset; "
+                                                "say what is missing and how to fix it")
+    _add_asset_argument(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+    assets = commands.add_parser("assets", help="create FLAME assets")
+    asset_commands = assets.add_subparsers(dest="asset_command", metavar="ASSET")
+    head = asset_commands.add_parser("procedural-head", help="write the licence-free procedural head as a "
+                                                             "FLAME-format asset folder (loads in smplx.FLAME)")
+    head.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    head.add_argument("--seed", type=int, default=0, help="generator seed (default 0: the standard head)")
+    head.set_defaults(func=cmd_assets_procedural_head)
+
+    demo = commands.add_parser("demo", help="pose the FLAME asset through a short animation and write the "
+                                            "animation file, posed meshes and preview images")
+    demo.add_argument("--out", default="out/demo", metavar="DIR", help="output folder (default out/demo)")
+    demo.add_argument("--frames", type=int, default=24, help="number of frames (default 24)")
+    demo.add_argument("--resolution", type=int, default=256, help="preview size in pixels (default 256)")
+    _add_asset_argument(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except (FlameAssetError, AnimationFormatError) as exc:
+        print(f"flamediff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flamediff {args.command}: interrupted", file=sys.stderr)
+        return 130

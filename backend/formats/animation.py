@@ -1,0 +1,367 @@
+"""The flamediff animation file: per-frame FLAME parameters and cameras, versioned.
+
+One ``.npz`` (no pickles) holding numeric arrays and a UTF-8 JSON ``header`` array:
+
+================  ===========  ==========================================================
+array             shape        meaning
+================  ===========  ==========================================================
+``header``        [bytes]      JSON: format, version, fps, flame_asset {name, hash},
+                               coordinates, camera_convention, image_size [W, H]
+``frame``         [T]          Blender frame number of each row (int)
+``shape``         [T, S]       FLAME shape coefficients, S <= 300 (missing ones are zero)
+``expression``    [T, E]       FLAME expression coefficients, E <= 100
+``global_pose``   [T, 3]       axis-angle of the root joint (FLAME joint 0)
+``neck_pose``     [T, 3]       axis-angle, joint 1
+``jaw_pose``      [T, 3]       axis-angle, joint 2
+``left_eye_pose`` [T, 3]       axis-angle, joint 3
+``right_eye_pose`` [T, 3]      axis-angle, joint 4
+``translation``   [T, 3]       metres, FLAME space (Y up)
+``K``             [T, 3, 3]    optional: OpenCV intrinsics in pixels (see conventions.py)
+``R``, ``t``      [T,3,3],[T,3] optional: world-to-camera, OpenCV, FLAME space
+================  ===========  ==========================================================
+
+Readers are tolerant where users need it (DECA / EMOCA / SMIRK key names, shorter coefficient
+vectors, a single shape vector for the whole clip) and strict where it matters (NaN/Inf,
+frame-count or rank mismatches, unknown future versions): every error names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+FORMAT_NAME = "flamediff.animation"
+FORMAT_VERSION = 1
+MAX_SHAPE = 300
+MAX_EXPRESSION = 100
+COORDINATES = "flame: metres, Y up, face looks down +Z"
+CAMERA_CONVENTION = "opencv world-to-camera, K in pixels, pixel centres at +0.5"
+POSE_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "left_eye_pose", "right_eye_pose")
+
+#: Key names used by trackers and other tools, mapped to ours (first match wins).
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "shape": ("shape", "shape_params", "shapecode", "betas", "shape_coeffs"),
+    "expression": ("expression", "expressions", "exp", "expcode", "expression_params", "expr", "exp_params"),
+    "global_pose": ("global_pose", "global_orient", "root_pose", "pose_params", "rotation", "rot"),
+    "neck_pose": ("neck_pose", "neck"),
+    "jaw_pose": ("jaw_pose", "jaw_params", "jaw"),
+    "left_eye_pose": ("left_eye_pose", "leye_pose"),
+    "right_eye_pose": ("right_eye_pose", "reye_pose"),
+    "translation": ("translation", "transl", "trans"),
+    "frame": ("frame", "frames", "frame_ids"),
+}
+#: DECA/EMOCA pack global pose and jaw in one [T, 6] array.
+PACKED_POSE_KEYS = ("pose", "posecode", "pose_code")
+#: Some trackers pack both eyes in one [T, 6] array (left then right).
+PACKED_EYE_KEYS = ("eye_pose", "eyes_pose")
+
+
+class AnimationFormatError(ValueError):
+    """A file or array that does not follow the animation format; the message names the field."""
+
+
+class AnimationWarning(UserWarning):
+    """A tolerated deviation (a tracker's key names, padded coefficients) worth telling the user."""
+
+
+@dataclass
+class AnimationClip:
+    """Per-frame FLAME parameters (FLAME space) and optional OpenCV cameras of one clip."""
+
+    frame: np.ndarray
+    shape: np.ndarray
+    expression: np.ndarray
+    global_pose: np.ndarray
+    neck_pose: np.ndarray
+    jaw_pose: np.ndarray
+    left_eye_pose: np.ndarray
+    right_eye_pose: np.ndarray
+    translation: np.ndarray
+    fps: float = 25.0
+    K: np.ndarray | None = None
+    R: np.ndarray | None = None
+    t: np.ndarray | None = None
+    image_size: tuple[int, int] | None = None
+    flame_asset: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_clip(self)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frame.shape[0])
+
+    @property
+    def has_camera(self) -> bool:
+        return self.K is not None
+
+    def pose(self) -> np.ndarray:
+        """All joint rotations as ``[T, 5, 3]`` axis-angle in FLAME joint order."""
+        return np.stack([getattr(self, name) for name in POSE_FIELDS], axis=1)
+
+    def padded(self, num_shape: int = MAX_SHAPE, num_expression: int = MAX_EXPRESSION) -> "AnimationClip":
+        """A copy whose coefficient vectors are zero-padded (or checked) to the given lengths."""
+        return replace(self, shape=_pad(self.shape, num_shape, "shape"),
+                       expression=_pad(self.expression, num_expression, "expression"))
+
+    def select_frames(self, frames: np.ndarray | list[int]) -> "AnimationClip":
+        """A copy holding only the rows whose Blender frame number is in ``frames``."""
+        wanted = np.asarray(frames)
+        missing = sorted(set(wanted.tolist()) - set(self.frame.tolist()))
+        if missing:
+            raise AnimationFormatError(f"frames {missing[:5]} are not in the clip "
+                                       f"(it holds {self.frame.min()}..{self.frame.max()})")
+        rows = np.nonzero(np.isin(self.frame, wanted))[0]
+        return self._take(rows)
+
+    def _take(self, rows: np.ndarray) -> "AnimationClip":
+        arrays = {name: getattr(self, name)[rows] for name in _PER_FRAME_FIELDS}
+        cameras = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
+                   for name in ("K", "R", "t")}
+        return replace(self, **arrays, **cameras)
+
+
+_PER_FRAME_FIELDS = ("frame", "shape", "expression", *POSE_FIELDS, "translation")
+
+
+def _pad(values: np.ndarray, length: int, name: str) -> np.ndarray:
+    if values.shape[1] > length:
+        raise AnimationFormatError(f"'{name}' has {values.shape[1]} coefficients but the model takes "
+                                   f"at most {length}")
+    out = np.zeros((values.shape[0], length), dtype=values.dtype)
+    out[:, : values.shape[1]] = values
+    return out
+
+
+def _check_array(name: str, value: np.ndarray, rank: int, last_dims: tuple[int, ...], frames: int) -> None:
+    if value.ndim != rank:
+        raise AnimationFormatError(f"'{name}' must have rank {rank} (frames first), got shape {value.shape}")
+    if value.shape[0] != frames:
+        raise AnimationFormatError(f"'{name}' has {value.shape[0]} frames but 'frame' has {frames}")
+    if last_dims and value.shape[1:] != last_dims:
+        raise AnimationFormatError(f"'{name}' must have shape [T, {', '.join(map(str, last_dims))}], "
+                                   f"got {list(value.shape)}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        bad = np.argwhere(~np.isfinite(value))[0]
+        raise AnimationFormatError(f"'{name}' holds NaN or Inf (first at row {bad[0]}, index {tuple(bad[1:])})")
+
+
+def validate_clip(clip: AnimationClip) -> None:
+    """Raise :class:`AnimationFormatError` naming the first field that breaks the format."""
+    if clip.frame.ndim != 1 or clip.frame.shape[0] == 0:
+        raise AnimationFormatError(f"'frame' must be a non-empty [T] array, got shape {clip.frame.shape}")
+    frames = clip.frame.shape[0]
+    if len(np.unique(clip.frame)) != frames:
+        raise AnimationFormatError("'frame' holds repeated frame numbers")
+    _check_array("shape", clip.shape, 2, (), frames)
+    _check_array("expression", clip.expression, 2, (), frames)
+    if clip.shape.shape[1] > MAX_SHAPE:
+        raise AnimationFormatError(f"'shape' has {clip.shape.shape[1]} coefficients; FLAME has {MAX_SHAPE}")
+    if clip.expression.shape[1] > MAX_EXPRESSION:
+        raise AnimationFormatError(f"'expression' has {clip.expression.shape[1]} coefficients; "
+                                   f"FLAME has {MAX_EXPRESSION}")
+    for name in (*POSE_FIELDS, "translation"):
+        _check_array(name, getattr(clip, name), 2, (3,), frames)
+    cameras = [clip.K is not None, clip.R is not None, clip.t is not None]
+    if any(cameras) and not all(cameras):
+        raise AnimationFormatError("a camera needs all of 'K', 'R' and 't'")
+    if all(cameras):
+        _check_array("K", clip.K, 3, (3, 3), frames)
+        _check_array("R", clip.R, 3, (3, 3), frames)
+        _check_array("t", clip.t, 2, (3,), frames)
+        if clip.image_size is None:
+            raise AnimationFormatError("a camera needs 'image_size' [width, height] in the header")
+    if not (np.isfinite(clip.fps) and clip.fps > 0):
+        raise AnimationFormatError(f"'fps' must be a positive number, got {clip.fps!r}")
+
+
+def header_of(clip: AnimationClip) -> dict[str, Any]:
+    """The JSON header written with ``clip``."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "fps": float(clip.fps),
+        "num_frames": clip.num_frames,
+        "flame_asset": dict(clip.flame_asset),
+        "coordinates": COORDINATES,
+        "camera_convention": CAMERA_CONVENTION,
+        "image_size": list(clip.image_size) if clip.image_size else None,
+        "extra": clip.extra,
+    }
+
+
+def save_animation(path: str | os.PathLike, clip: AnimationClip) -> None:
+    """Write ``clip`` atomically (temp name, then rename) so a crash never leaves half a file."""
+    validate_clip(clip)
+    arrays: dict[str, np.ndarray] = {
+        "header": np.frombuffer(json.dumps(header_of(clip)).encode("utf-8"), dtype=np.uint8),
+        "frame": clip.frame.astype(np.int64),
+    }
+    for name in _PER_FRAME_FIELDS[1:]:
+        arrays[name] = getattr(clip, name).astype(np.float64)
+    if clip.has_camera:
+        arrays.update(K=clip.K.astype(np.float64), R=clip.R.astype(np.float64), t=clip.t.astype(np.float64))
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def load_animation(path: str | os.PathLike) -> AnimationClip:
+    """Read a flamediff animation file, or a tracker's ``.npz`` (DECA / EMOCA / SMIRK style)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AnimationFormatError(f"animation file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise AnimationFormatError(f"{path} is not a readable .npz animation file ({exc})") from None
+    try:
+        return clip_from_arrays(arrays)
+    except AnimationFormatError as exc:
+        raise AnimationFormatError(f"{os.path.basename(path)}: {exc}") from None
+
+
+def clip_from_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
+    """Build a clip from named arrays: our own keys, or a tracker's (mapped with a warning)."""
+    if "header" in arrays:
+        return _clip_from_own_arrays(arrays)
+    return _clip_from_tracker_arrays(arrays)
+
+
+def _read_header(raw: np.ndarray) -> dict[str, Any]:
+    try:
+        header = json.loads(np.asarray(raw, dtype=np.uint8).tobytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AnimationFormatError(f"'header' is not UTF-8 JSON ({exc})") from None
+    if header.get("format") != FORMAT_NAME:
+        raise AnimationFormatError(f"'header.format' is {header.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = header.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise AnimationFormatError(f"'header.version' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise AnimationFormatError(f"'header.version' is {version}, newer than this flamediff reads "
+                                   f"({FORMAT_VERSION}); update flamediff to read it")
+    return header
+
+
+def _required(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in arrays:
+        raise AnimationFormatError(f"missing array '{name}'")
+    return np.asarray(arrays[name])
+
+
+def _clip_from_own_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
+    header = _read_header(arrays["header"])
+    fields = {name: _required(arrays, name) for name in _PER_FRAME_FIELDS}
+    for name, value in fields.items():
+        if value.dtype.kind not in "iuf":
+            raise AnimationFormatError(f"'{name}' must be numeric, got dtype {value.dtype}")
+    cameras = {name: np.asarray(arrays[name], np.float64) if name in arrays else None for name in ("K", "R", "t")}
+    size = header.get("image_size")
+    return AnimationClip(
+        **{name: value.astype(np.float64) for name, value in fields.items() if name != "frame"},
+        frame=fields["frame"].astype(np.int64),
+        fps=float(header.get("fps", 25.0)),
+        image_size=tuple(int(v) for v in size) if size else None,
+        flame_asset=dict(header.get("flame_asset") or {}),
+        extra=dict(header.get("extra") or {}),
+        **cameras,
+    )
+
+
+def _find(arrays: Mapping[str, np.ndarray], name: str, mapped: list[str]) -> np.ndarray | None:
+    for key in KEY_ALIASES[name]:
+        if key in arrays:
+            if key != name:
+                mapped.append(f"{key}->{name}")
+            return np.asarray(arrays[key], dtype=np.float64)
+    return None
+
+
+def _as_frames(value: np.ndarray | None, frames: int, name: str) -> np.ndarray | None:
+    """Accept ``[T, N]``, a single ``[N]`` vector for the whole clip, or nothing."""
+    if value is None:
+        return None
+    if value.ndim == 1:
+        value = np.repeat(value[None, :], frames, axis=0)
+    if value.ndim != 2:
+        raise AnimationFormatError(f"'{name}' must be [T, N] or [N], got shape {value.shape}")
+    return value
+
+
+def _frame_count(arrays: Mapping[str, np.ndarray]) -> int:
+    for name in ("expression", "global_pose", "jaw_pose", "translation"):
+        for key in KEY_ALIASES[name]:
+            if key in arrays and np.ndim(arrays[key]) == 2:
+                return int(np.shape(arrays[key])[0])
+    for key in PACKED_POSE_KEYS:
+        if key in arrays and np.ndim(arrays[key]) == 2:
+            return int(np.shape(arrays[key])[0])
+    raise AnimationFormatError("found no per-frame array (expression, pose or translation) in the file; "
+                               f"known keys: {sorted(k for v in KEY_ALIASES.values() for k in v)}")
+
+
+def _clip_from_tracker_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
+    frames = _frame_count(arrays)
+    mapped: list[str] = []
+    values = {name: _as_frames(_find(arrays, name, mapped), frames, name)
+              for name in ("shape", "expression", *POSE_FIELDS, "translation")}
+    for key in PACKED_POSE_KEYS:
+        if key in arrays and values["global_pose"] is None:
+            packed = _as_frames(np.asarray(arrays[key], np.float64), frames, key)
+            if packed.shape[1] != 6:
+                raise AnimationFormatError(f"'{key}' must be [T, 6] (global pose then jaw), got {packed.shape}")
+            values["global_pose"], values["jaw_pose"] = packed[:, :3], packed[:, 3:]
+            mapped.append(f"{key}->global_pose+jaw_pose")
+    for key in PACKED_EYE_KEYS:
+        if key in arrays and values["left_eye_pose"] is None:
+            packed = _as_frames(np.asarray(arrays[key], np.float64), frames, key)
+            values["left_eye_pose"], values["right_eye_pose"] = packed[:, :3], packed[:, 3:]
+            mapped.append(f"{key}->left_eye_pose+right_eye_pose")
+    if values["expression"] is None and values["global_pose"] is None and values["jaw_pose"] is None:
+        raise AnimationFormatError("the file has neither expression nor pose arrays")
+    zeros = {"shape": 0, "expression": 0}
+    for name, value in values.items():
+        if value is None:
+            values[name] = np.zeros((frames, zeros.get(name, 3)))
+    frame = _find(arrays, "frame", mapped)
+    frame = np.arange(frames) if frame is None else frame.astype(np.int64).reshape(-1)
+    fps = float(np.asarray(arrays["fps"]).reshape(-1)[0]) if "fps" in arrays else 25.0
+    notes = [f"read a tracker file: mapped {', '.join(mapped)}" if mapped else "read a tracker file"]
+    short = [f"{name} ({values[name].shape[1]} of {limit})" for name, limit in
+             (("shape", MAX_SHAPE), ("expression", MAX_EXPRESSION)) if values[name].shape[1] < limit]
+    if short:
+        notes.append("zero-padded " + ", ".join(short))
+    ignored = sorted(set(arrays) - {k for v in KEY_ALIASES.values() for k in v}
+                     - set(PACKED_POSE_KEYS) - set(PACKED_EYE_KEYS) - {"fps"})
+    if ignored:
+        notes.append(f"ignored {ignored}")
+    warnings.warn("; ".join(notes), AnimationWarning, stacklevel=3)
+    return AnimationClip(frame=frame, fps=fps, **values)
+
+
+def make_clip(num_frames: int, *, fps: float = 25.0, first_frame: int = 1, num_shape: int = 100,
+              num_expression: int = 50, camera: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              image_size: tuple[int, int] | None = None, flame_asset: dict[str, str] | None = None,
+              **params: np.ndarray) -> AnimationClip:
+    """A clip of ``num_frames`` rest-pose frames with the given per-frame ``params`` filled in;
+    ``camera`` is ``(K, R, t)`` with a leading frame axis."""
+    values = {
+        "shape": np.zeros((num_frames, num_shape)),
+        "expression": np.zeros((num_frames, num_expression)),
+        **{name: np.zeros((num_frames, 3)) for name in (*POSE_FIELDS, "translation")},
+    }
+    values.update({name: np.asarray(value, dtype=np.float64) for name, value in params.items()})
+    K, R, t = camera if camera is not None else (None, None, None)
+    return AnimationClip(frame=np.arange(first_frame, first_frame + num_frames), fps=fps, K=K, R=R, t=t,
+                         image_size=image_size, flame_asset=dict(flame_asset or {}), **values)

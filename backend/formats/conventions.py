@@ -1,0 +1,160 @@
+"""Coordinate and camera conventions, written once for the backend and the add-on.
+
+- FLAME space: metres, Y up, the face looks down +Z.
+- Blender world: metres, Z up. A rig is FLAME space rotated +90 degrees about X, so
+  Blender (x, y, z) = (x_f, -z_f, y_f).
+- Cameras in files and in the backend: OpenCV (x right, y down, z forward), world-to-camera
+  ``R | t`` in FLAME space, intrinsics ``K`` in pixels where the image's top-left corner is
+  (0, 0) and the centre of pixel (i, j) is (i + 0.5, j + 0.5) (the convention of gsplat and
+  of Blender's ``world_to_camera_view``).
+- Blender cameras look down their local -Z with +Y up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Rotation taking FLAME (Y-up) coordinates to Blender (Z-up) coordinates: +90 deg about X.
+FLAME_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+#: Axis flip between a Blender camera's local frame and an OpenCV camera frame.
+BLENDER_CAMERA_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
+
+
+def flame_to_blender_points(points: np.ndarray) -> np.ndarray:
+    """Map ``[..., 3]`` FLAME-space points to Blender world coordinates."""
+    return np.asarray(points, dtype=np.float64) @ FLAME_TO_BLENDER.T
+
+
+def blender_to_flame_points(points: np.ndarray) -> np.ndarray:
+    """Map ``[..., 3]`` Blender world points to FLAME space (inverse of the above)."""
+    return np.asarray(points, dtype=np.float64) @ FLAME_TO_BLENDER
+
+
+def _homogeneous(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    matrix = np.zeros(rotation.shape[:-2] + (4, 4))
+    matrix[..., :3, :3] = rotation
+    matrix[..., :3, 3] = translation
+    matrix[..., 3, 3] = 1.0
+    return matrix
+
+
+def blender_camera_to_opencv(matrix_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera OpenCV ``(R, t)`` in FLAME space from a Blender camera's ``matrix_world``.
+
+    Accepts ``[4, 4]`` or ``[T, 4, 4]``. Object scale is dropped, as Blender's projection
+    ignores it.
+    """
+    matrix_world = np.array(matrix_world, dtype=np.float64)
+    matrix_world[..., :3, :3] /= np.linalg.norm(matrix_world[..., :3, :3], axis=-2, keepdims=True)
+    flame_to_world = _homogeneous(FLAME_TO_BLENDER, np.zeros(3))
+    world_to_blcam = np.linalg.inv(matrix_world)
+    blcam_to_cv = _homogeneous(BLENDER_CAMERA_TO_OPENCV, np.zeros(3))
+    world_to_cv = blcam_to_cv @ world_to_blcam @ flame_to_world
+    return world_to_cv[..., :3, :3], world_to_cv[..., :3, 3]
+
+
+def opencv_to_blender_camera(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """Blender camera ``matrix_world`` from a FLAME-space world-to-camera OpenCV ``(R, t)``."""
+    world_to_cv = _homogeneous(np.asarray(rotation, np.float64), np.asarray(translation, np.float64))
+    blender_to_flame = _homogeneous(FLAME_TO_BLENDER.T, np.zeros(3))
+    cv_to_blcam = _homogeneous(BLENDER_CAMERA_TO_OPENCV, np.zeros(3))
+    world_to_blcam = cv_to_blcam @ world_to_cv @ blender_to_flame
+    return np.linalg.inv(world_to_blcam)
+
+
+@dataclass(frozen=True)
+class BlenderCameraIntrinsics:
+    """The Blender camera and render settings that decide a camera's pixel intrinsics."""
+
+    lens_mm: float
+    sensor_width_mm: float = 36.0
+    sensor_height_mm: float = 24.0
+    sensor_fit: str = "AUTO"  # AUTO | HORIZONTAL | VERTICAL
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+    resolution_x: int = 512
+    resolution_y: int = 512
+    resolution_percentage: int = 100
+    pixel_aspect_x: float = 1.0
+    pixel_aspect_y: float = 1.0
+
+    def image_size(self) -> tuple[int, int]:
+        """Rendered ``(width, height)`` in pixels, after the resolution percentage."""
+        scale = self.resolution_percentage / 100.0
+        return int(self.resolution_x * scale), int(self.resolution_y * scale)
+
+    def to_opencv(self) -> tuple[np.ndarray, tuple[int, int]]:
+        """OpenCV ``K`` (pixels) and ``(width, height)``, honouring sensor fit, shift and aspect."""
+        width, height = self.image_size()
+        fit = self.sensor_fit
+        if fit == "AUTO":
+            fit = "HORIZONTAL" if width * self.pixel_aspect_x >= height * self.pixel_aspect_y else "VERTICAL"
+            sensor_mm = self.sensor_width_mm
+        elif fit == "HORIZONTAL":
+            sensor_mm = self.sensor_width_mm
+        elif fit == "VERTICAL":
+            sensor_mm = self.sensor_height_mm
+        else:
+            raise ValueError(f"sensor_fit must be AUTO, HORIZONTAL or VERTICAL, not {self.sensor_fit!r}")
+        pixel_aspect = self.pixel_aspect_y / self.pixel_aspect_x
+        view_px = width if fit == "HORIZONTAL" else height * pixel_aspect
+        fx = self.lens_mm / sensor_mm * view_px
+        fy = fx / pixel_aspect
+        cx = width / 2.0 - self.shift_x * view_px
+        cy = height / 2.0 + self.shift_y * view_px / pixel_aspect
+        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        return K, (width, height)
+
+    @classmethod
+    def from_opencv(cls, K: np.ndarray, width: int, height: int,
+                    sensor_width_mm: float = 36.0) -> "BlenderCameraIntrinsics":
+        """Blender settings reproducing ``K`` at ``width`` x ``height`` (square-pixel focal ratio
+        is expressed through the pixel aspect, principal point through the shift)."""
+        K = np.asarray(K, dtype=np.float64)
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+        pixel_aspect = fx / fy  # = pixel_aspect_y / pixel_aspect_x
+        aspect_x, aspect_y = (1.0, pixel_aspect) if pixel_aspect >= 1.0 else (1.0 / pixel_aspect, 1.0)
+        view_px = width
+        return cls(
+            lens_mm=fx * sensor_width_mm / view_px,
+            sensor_width_mm=sensor_width_mm,
+            sensor_height_mm=sensor_width_mm * height / width,
+            sensor_fit="HORIZONTAL",
+            shift_x=(width / 2.0 - cx) / view_px,
+            shift_y=(cy - height / 2.0) * pixel_aspect / view_px,
+            resolution_x=int(width),
+            resolution_y=int(height),
+            resolution_percentage=100,
+            pixel_aspect_x=aspect_x,
+            pixel_aspect_y=aspect_y,
+        )
+
+
+def project_points(points: np.ndarray, K: np.ndarray, rotation: np.ndarray,
+                   translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project ``[N, 3]`` world points to pixels ``[N, 2]`` and camera depths ``[N]`` (OpenCV)."""
+    cam = np.asarray(points, np.float64) @ np.asarray(rotation, np.float64).T + translation
+    pix = cam @ np.asarray(K, np.float64).T
+    return pix[:, :2] / pix[:, 2:3], cam[:, 2]
+
+
+def look_at_opencv(eye: np.ndarray, target: np.ndarray,
+                   up: np.ndarray = (0.0, 1.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera OpenCV ``(R, t)`` for a camera at ``eye`` looking at ``target`` (FLAME space)."""
+    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
+    forward = target - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    rotation = np.stack([right, down, forward])
+    return rotation, -rotation @ eye
+
+
+def intrinsics_from_fov(fov_y_degrees: float, width: int, height: int) -> np.ndarray:
+    """Pinhole ``K`` with square pixels and a centred principal point."""
+    fy = 0.5 * height / math.tan(math.radians(fov_y_degrees) / 2.0)
+    return np.array([[fy, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]])
