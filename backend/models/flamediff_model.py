@@ -1,0 +1,186 @@
+"""The dual-branch model: ReferenceNet + denoising U-Net + pose guider + VAE + domain labels.
+
+Frames are ``[B, F, ...]`` throughout (F frames per sample) so temporal layers have a place;
+the U-Nets see ``[B * F, ...]``. Save/load follows diffusers: a folder with ``config.json``
+and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from backend import __version__
+from backend.models.config import LABELS, FlameDiffConfig
+from backend.models.pose_guider import PoseGuider
+from backend.models.reference_attention import ReferenceBank, install_reference_attention
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message says why and what to do."""
+
+
+class FlameDiffModel(nn.Module):
+    """Predicts v for noisy latents of frames, guided by a feature map and a reference image."""
+
+    def __init__(self, config: FlameDiffConfig, vae: AutoencoderKL | None = None,
+                 denoiser: UNet2DConditionModel | None = None,
+                 reference_unet: UNet2DConditionModel | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.vae = vae or AutoencoderKL(**config.vae_kwargs())
+        self.denoiser = denoiser or UNet2DConditionModel(**config.unet_kwargs())
+        self.reference_unet = reference_unet or UNet2DConditionModel(**config.unet_kwargs())
+        self.pose_guider = PoseGuider(config.feature_dim, config.unet_channels[0], config.guider_channels,
+                                      downsample=config.vae_factor)
+        self.label_embedding = nn.Embedding(len(LABELS), config.cross_attention_dim)
+        self.bank = ReferenceBank()
+        self.num_reference_layers = install_reference_attention(self.reference_unet, self.denoiser, self.bank)
+        self._control: Tensor | None = None
+        self.denoiser.conv_in.register_forward_hook(self._add_control)
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def _add_control(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        """Adds the pose guider's output to the denoiser's ``conv_in`` output (the paper's input)."""
+        return output if self._control is None else output + self._control.to(output.dtype)
+
+    def label_tokens(self, labels: Tensor) -> Tensor:
+        """``[N]`` label ids -> ``[N, 1, cross_attention_dim]`` cross-attention tokens."""
+        return self.label_embedding(labels)[:, None, :]
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[N, 3, H, W]`` in [-1, 1] -> scaled latents (the posterior mean: deterministic)."""
+        return self.vae.encode(images).latent_dist.mean * self.config.vae_scaling_factor
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents -> ``[N, 3, H, W]`` in [-1, 1]."""
+        return self.vae.decode(latents / self.config.vae_scaling_factor).sample.clamp(-1.0, 1.0)
+
+    def write_reference(self, reference_latents: Tensor) -> None:
+        """Run the ReferenceNet once on ``[R, C, h, w]`` clean latents and keep its tokens."""
+        self.bank.clear()
+        self.bank.writing = True
+        try:
+            timestep = torch.zeros(reference_latents.shape[0], device=reference_latents.device)
+            labels = torch.full((reference_latents.shape[0],), LABELS["real"], device=reference_latents.device)
+            self.reference_unet(reference_latents, timestep, encoder_hidden_states=self.label_tokens(labels))
+        finally:
+            self.bank.writing = False
+
+    # -- prediction -----------------------------------------------------------------------------
+
+    def predict(self, noisy_latents: Tensor, timesteps: Tensor, feature_maps: Tensor, labels: Tensor,
+                keep_reference: Tensor, reference_index: Tensor | None = None) -> Tensor:
+        """v-prediction for ``[B, F, C, h, w]`` latents.
+
+        ``feature_maps`` [B, F, D, H, W] (the splatted Gaussian field), ``timesteps`` [B],
+        ``labels`` [B] domain ids, ``keep_reference`` [B] bool (False = unconditional branch:
+        no reference, null label), ``reference_index`` [B] which written reference each sample
+        uses (default: sample i uses reference i). The bank must have been written first.
+        """
+        batch, frames = noisy_latents.shape[:2]
+        if not self.bank.tokens:
+            raise RuntimeError("call write_reference() before predict()")
+        if reference_index is None:
+            reference_index = torch.arange(batch, device=noisy_latents.device)
+        per_frame = lambda x: x.repeat_interleave(frames, dim=0)  # noqa: E731
+        labels = torch.where(keep_reference, labels, torch.full_like(labels, LABELS["null"]))
+        self.bank.route(per_frame(reference_index), per_frame(keep_reference))
+        self._control = self.pose_guider(feature_maps.flatten(0, 1))
+        try:
+            out = self.denoiser(noisy_latents.flatten(0, 1), per_frame(timesteps),
+                                encoder_hidden_states=self.label_tokens(per_frame(labels))).sample
+        finally:
+            self._control = None
+            self.bank.route(None, None)  # type: ignore[arg-type]
+        return out.unflatten(0, (batch, frames))
+
+    # -- save / load ----------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str, extra: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (atomically renamed into place)."""
+        os.makedirs(folder, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        tmp = os.path.join(folder, f".{WEIGHTS_NAME}.tmp")
+        save_file(state, tmp, metadata={"format": "pt", "flamediff_version": __version__})
+        os.replace(tmp, os.path.join(folder, WEIGHTS_NAME))
+        payload = {"_class_name": type(self).__name__, "_flamediff_version": __version__,
+                   **self.config.to_dict(), **({"_extra": extra} if extra else {})}
+        with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path: str, flame_asset: dict[str, str] | None = None,
+                        device: str | torch.device = "cpu") -> "FlameDiffModel":
+        """Load a folder (or a hub id already in the local cache) written by :meth:`save_pretrained`.
+
+        ``flame_asset`` ({name, hash}) is checked against the asset the model was trained for.
+        """
+        folder = resolve_checkpoint(path)
+        config = read_config(folder)
+        trained_for = config.flame_asset.get("hash")
+        if flame_asset and trained_for and flame_asset.get("hash") != trained_for:
+            raise CheckpointError(
+                f"checkpoint {path} was trained for FLAME asset {config.flame_asset.get('name')!r} "
+                f"(hash {trained_for[:12]}), not {flame_asset.get('name')!r} (hash {flame_asset.get('hash', '')[:12]}); "
+                "use the asset it was trained for (--flame-asset) or train a checkpoint for yours")
+        model = cls(config)
+        state = load_file(os.path.join(folder, WEIGHTS_NAME), device=str(device))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{folder}: weights do not match the config (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})")
+        return model.to(device)
+
+    @classmethod
+    def from_stable_diffusion(cls, config: FlameDiffConfig) -> "FlameDiffModel":
+        """``sd15`` preset: both U-Nets and the VAE start from Stable Diffusion 1.5 weights."""
+        source = config.pretrained
+        if not source:
+            raise CheckpointError("config.pretrained is empty: give a hub id or folder of SD-1.5 weights")
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+            reference = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"could not load Stable Diffusion 1.5 weights from {source!r} ({exc}). Download them once with "
+                f"'huggingface-cli download {source}' (or copy a folder with unet/ and vae/ subfolders) and pass "
+                "that hub id or folder; set HF_HUB_OFFLINE=1 to never touch the network") from None
+        for name, expected in (("cross_attention_dim", config.cross_attention_dim),
+                               ("in_channels", config.latent_channels)):
+            if unet.config[name] != expected:
+                raise CheckpointError(f"{source}: U-Net {name} is {unet.config[name]}, the sd15 preset needs {expected}")
+        return cls(config, vae=vae, denoiser=unet, reference_unet=reference)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A local folder as is; otherwise a hub id, resolved from the local Hugging Face cache."""
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, CONFIG_NAME)):
+            raise CheckpointError(f"{path} has no {CONFIG_NAME}: not a flamediff checkpoint folder")
+        return expanded
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(path, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    except Exception as exc:  # hub errors have many types; all mean "not available here"
+        raise CheckpointError(f"checkpoint {path!r} is neither a folder nor a reachable hub id ({type(exc).__name__}); "
+                              "give the path of a folder written by 'flamediff train'") from None
+
+
+def read_config(folder: str) -> FlameDiffConfig:
+    with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
+        data = json.load(handle)
+    return FlameDiffConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})

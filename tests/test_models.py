@@ -1,0 +1,159 @@
+"""The dual-branch diffusion model on the tiny preset, and the sd15 wiring on the meta device."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from backend.models import FlameDiffConfig, FlameDiffModel
+from backend.models.config import LABELS
+from backend.models.flamediff_model import CheckpointError, read_config
+
+
+@pytest.fixture(scope="module")
+def tiny() -> FlameDiffModel:
+    torch.manual_seed(0)
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny")).eval()
+    with torch.no_grad():  # a trained guider is not zero: make the control matter
+        torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
+    return model
+
+
+def _inputs(batch: int = 2, frames: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, frames, 4, 16, 16, generator=g)
+    features = torch.randn(batch, frames, 16, 32, 32, generator=g)
+    return latents, torch.tensor([10, 600][:batch]), features
+
+
+def _predict(model, reference, latents, t, features, keep, labels=None):
+    model.write_reference(reference)
+    labels = torch.full((latents.shape[0],), LABELS["real"]) if labels is None else labels
+    with torch.no_grad():
+        return model.predict(latents, t, features, labels, keep)
+
+
+def test_shapes_and_reference_layers(tiny):
+    latents, t, features = _inputs()
+    v = _predict(tiny, torch.randn(2, 4, 16, 16), latents, t, features, torch.tensor([True, True]))
+    assert v.shape == latents.shape
+    assert tiny.num_reference_layers == 4  # every self-attention of the tiny U-Net is linked
+
+
+def test_reference_conditions_and_unconditional_branch_ignores_it(tiny):
+    latents, t, features = _inputs()
+    ref_a, ref_b = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    keep = torch.tensor([True, False])
+    out_a = _predict(tiny, ref_a, latents, t, features, keep)
+    out_b = _predict(tiny, ref_b, latents, t, features, keep)
+    assert (out_a[0] - out_b[0]).abs().max() > 1e-4       # conditional sample sees the reference
+    torch.testing.assert_close(out_a[1], out_b[1])         # unconditional one does not
+
+
+def test_batched_guidance_equals_separate_forwards(tiny):
+    latents, t, features = _inputs(batch=1)
+    reference = torch.randn(1, 4, 16, 16)
+    cond = _predict(tiny, reference, latents, t, features, torch.tensor([True]))
+    uncond = _predict(tiny, reference, latents, t, features, torch.tensor([False]))
+    tiny.write_reference(reference)
+    with torch.no_grad():
+        both = tiny.predict(latents.repeat(2, 1, 1, 1, 1), t.repeat(2), features.repeat(2, 1, 1, 1, 1),
+                            torch.tensor([LABELS["real"]] * 2), torch.tensor([True, False]),
+                            reference_index=torch.tensor([0, 0]))
+    torch.testing.assert_close(both[0], cond[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1], uncond[0], atol=1e-5, rtol=1e-5)
+
+
+def test_reference_is_written_once_and_reused(tiny):
+    latents, t, features = _inputs()
+    tiny.write_reference(torch.randn(2, 4, 16, 16))
+    keep, labels = torch.tensor([True, True]), torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        first = tiny.predict(latents, t, features, labels, keep)
+        second = tiny.predict(latents, t, features, labels, keep)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_control_and_label_change_the_prediction(tiny):
+    latents, t, features = _inputs()
+    reference, keep = torch.randn(2, 4, 16, 16), torch.tensor([True, True])
+    base = _predict(tiny, reference, latents, t, features, keep)
+    assert (base - _predict(tiny, reference, latents, t, features * 0.0, keep)).abs().max() > 1e-4
+    synthetic = _predict(tiny, reference, latents, t, features, keep, torch.full((2,), LABELS["synthetic"]))
+    assert (base - synthetic).abs().max() > 1e-5
+
+
+def test_untrained_guider_leaves_denoiser_unchanged():
+    torch.manual_seed(1)
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny")).eval()
+    latents, t, features = _inputs()
+    reference, keep = torch.randn(2, 4, 16, 16), torch.tensor([True, True])
+    torch.testing.assert_close(_predict(model, reference, latents, t, features, keep),
+                               _predict(model, reference, latents, t, torch.zeros_like(features), keep))
+
+
+def test_predict_requires_a_reference():
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny"))
+    latents, t, features = _inputs()
+    with pytest.raises(RuntimeError, match="write_reference"):
+        model.predict(latents, t, features, torch.zeros(2, dtype=torch.long), torch.tensor([True, True]))
+
+
+def test_save_load_gives_identical_outputs(tiny, tmp_path):
+    tiny.save_pretrained(str(tmp_path / "ckpt"))
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["preset"] == "tiny" and config["_class_name"] == "FlameDiffModel"
+    loaded = FlameDiffModel.from_pretrained(str(tmp_path / "ckpt")).eval()
+    latents, t, features = _inputs()
+    reference, keep = torch.randn(2, 4, 16, 16), torch.tensor([True, False])
+    torch.testing.assert_close(_predict(loaded, reference, latents, t, features, keep),
+                               _predict(tiny, reference, latents, t, features, keep), rtol=0, atol=0)
+
+
+def test_checkpoint_for_another_flame_asset_is_refused(tmp_path):
+    config = FlameDiffConfig.preset_named("tiny", flame_asset={"name": "procedural-head", "hash": "a" * 64})
+    FlameDiffModel(config).save_pretrained(str(tmp_path))
+    assert read_config(str(tmp_path)).flame_asset["hash"] == "a" * 64
+    with pytest.raises(CheckpointError, match="trained for FLAME asset 'procedural-head'.*not 'FLAME2023'"):
+        FlameDiffModel.from_pretrained(str(tmp_path), flame_asset={"name": "FLAME2023", "hash": "b" * 64})
+
+
+def test_unknown_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="neither a folder nor a reachable hub id"):
+        FlameDiffModel.from_pretrained("someone/not-a-flamediff-model")
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        FlameDiffModel.from_pretrained(str(tmp_path))
+
+
+def test_sd15_wiring_on_meta_device():
+    """Paper scale without weights: both U-Nets are SD-1.5's 859.5 M parameters, the VAE 83.7 M."""
+    config = FlameDiffConfig.preset_named("sd15")
+    with torch.device("meta"):
+        model = FlameDiffModel(config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(model.denoiser) == count(model.reference_unet) == 859_520_964
+    assert count(model.vae) == 83_653_863
+    assert model.num_reference_layers == 16  # every transformer block of SD-1.5's U-Net
+    assert config.latent_resolution == 64 and config.vae_factor == 8
+
+
+def test_sd15_loads_stable_diffusion_layout_from_a_folder(tmp_path):
+    """The real loading path (unet/ and vae/ subfolders), exercised with tiny stand-in weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    tiny = FlameDiffConfig.preset_named("tiny")
+    UNet2DConditionModel(**tiny.unet_kwargs()).save_pretrained(str(tmp_path / "unet"))
+    AutoencoderKL(**tiny.vae_kwargs()).save_pretrained(str(tmp_path / "vae"))
+    model = FlameDiffModel.from_stable_diffusion(FlameDiffConfig.preset_named("tiny", pretrained=str(tmp_path)))
+    reference = UNet2DConditionModel.from_pretrained(str(tmp_path / "unet"))
+    torch.testing.assert_close(model.denoiser.conv_in.weight, reference.conv_in.weight)
+
+
+def test_missing_stable_diffusion_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = FlameDiffConfig.preset_named("tiny", pretrained=str(tmp_path / "nothing-here"))
+    with pytest.raises(CheckpointError, match="huggingface-cli download"):
+        FlameDiffModel.from_stable_diffusion(config)
