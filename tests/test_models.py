@@ -112,12 +112,26 @@ def test_save_load_gives_identical_outputs(tiny, tmp_path):
                                _predict(tiny, reference, latents, t, features, keep), rtol=0, atol=0)
 
 
-def test_checkpoint_for_another_flame_asset_is_refused(tmp_path):
-    config = FlameDiffConfig.preset_named("tiny", flame_asset={"name": "procedural-head", "hash": "a" * 64})
+def test_checkpoint_for_another_flame_asset_is_refused(tmp_path, head_asset):
+    config = FlameDiffConfig.preset_named("tiny", flame_asset={"name": "FLAME2023", "hash": "a" * 64})
     FlameDiffModel(config).save_pretrained(str(tmp_path))
-    assert read_config(str(tmp_path)).flame_asset["hash"] == "a" * 64
-    with pytest.raises(CheckpointError, match="trained for FLAME asset 'procedural-head'.*not 'FLAME2023'"):
-        FlameDiffModel.from_pretrained(str(tmp_path), flame_asset={"name": "FLAME2023", "hash": "b" * 64})
+    assert read_config(str(tmp_path))[0].flame_asset["hash"] == "a" * 64
+    with pytest.raises(CheckpointError, match="trained for FLAME asset 'FLAME2023'.*not 'procedural-head'"):
+        FlameDiffModel.from_pretrained(str(tmp_path), asset=head_asset)
+
+
+def test_gaussian_field_is_saved_and_needs_its_asset(tmp_path, head_asset):
+    config = FlameDiffConfig.preset_named("tiny", flame_asset=head_asset.identity())
+    torch.manual_seed(3)
+    model = FlameDiffModel(config)
+    field = model.attach_gaussian_field(head_asset)
+    with torch.no_grad():
+        field.features.normal_()
+    model.save_pretrained(str(tmp_path))
+    with pytest.raises(CheckpointError, match="load it with its FLAME asset"):
+        FlameDiffModel.from_pretrained(str(tmp_path))
+    loaded = FlameDiffModel.from_pretrained(str(tmp_path), asset=head_asset)
+    torch.testing.assert_close(loaded.gaussian_field.features, field.features, rtol=0, atol=0)
 
 
 def test_unknown_checkpoint_is_a_clear_error(tmp_path, monkeypatch):

@@ -119,9 +119,9 @@ class AnimationClip:
             raise AnimationFormatError(f"frames {missing[:5]} are not in the clip "
                                        f"(it holds {self.frame.min()}..{self.frame.max()})")
         rows = np.nonzero(np.isin(self.frame, wanted))[0]
-        return self._take(rows)
+        return self.take_rows(rows)
 
-    def _take(self, rows: np.ndarray) -> "AnimationClip":
+    def take_rows(self, rows: np.ndarray) -> "AnimationClip":
         arrays = {name: getattr(self, name)[rows] for name in _PER_FRAME_FIELDS}
         cameras = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
                    for name in ("K", "R", "t")}

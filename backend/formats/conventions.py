@@ -158,3 +158,43 @@ def intrinsics_from_fov(fov_y_degrees: float, width: int, height: int) -> np.nda
     """Pinhole ``K`` with square pixels and a centred principal point."""
     fy = 0.5 * height / math.tan(math.radians(fov_y_degrees) / 2.0)
     return np.array([[fy, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def axis_angle_to_quaternion(axis_angle: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` axis-angle (files) to ``[..., 4]`` unit quaternions ``(w, x, y, z)`` (Blender bones).
+
+    The half-angle sine is divided out with a series near zero so tiny rotations stay exact.
+    """
+    axis_angle = np.asarray(axis_angle, dtype=np.float64)
+    angle = np.linalg.norm(axis_angle, axis=-1, keepdims=True)
+    half = 0.5 * angle
+    small = angle < 1e-6
+    scale = np.where(small, 0.5 - angle**2 / 48.0, np.sin(half) / np.where(small, 1.0, angle))
+    return np.concatenate([np.cos(half), axis_angle * scale], axis=-1)
+
+
+def quaternion_to_axis_angle(quaternion: np.ndarray) -> np.ndarray:
+    """``[..., 4]`` quaternions ``(w, x, y, z)``, not necessarily unit (Blender interpolates
+    components), to ``[..., 3]`` axis-angle with the angle in ``[0, pi]``."""
+    q = np.asarray(quaternion, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    q = np.where(q[..., :1] < 0.0, -q, q)  # same rotation, shortest angle
+    w, vector = q[..., :1], q[..., 1:]
+    sine = np.linalg.norm(vector, axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(sine, w)
+    small = sine < 1e-8
+    scale = np.where(small, 2.0 / np.where(w > 0, w, 1.0), angle / np.where(small, 1.0, sine))
+    return vector * scale
+
+
+def square_crop_intrinsics(K: np.ndarray, image_size: tuple[int, int], resolution: int) -> np.ndarray:
+    """Intrinsics for the centred square crop of a ``(width, height)`` image, resized to
+    ``resolution`` pixels (models render square frames). Works on ``[..., 3, 3]``."""
+    width, height = image_size
+    side = min(width, height)
+    scale = resolution / side
+    out = np.array(K, dtype=np.float64)
+    out[..., 0, 2] -= (width - side) / 2.0
+    out[..., 1, 2] -= (height - side) / 2.0
+    out[..., :2, :] *= scale
+    return out

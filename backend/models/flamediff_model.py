@@ -17,6 +17,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from backend import __version__
+from backend.formats.flame_asset import FlameAsset
+from backend.gaussians.field import UVGaussianField
+from backend.gaussians.uv_binding import load_or_compute_uv_binding
 from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.pose_guider import PoseGuider
 from backend.models.reference_attention import ReferenceBank, install_reference_attention
@@ -34,9 +37,11 @@ class FlameDiffModel(nn.Module):
 
     def __init__(self, config: FlameDiffConfig, vae: AutoencoderKL | None = None,
                  denoiser: UNet2DConditionModel | None = None,
-                 reference_unet: UNet2DConditionModel | None = None) -> None:
+                 reference_unet: UNet2DConditionModel | None = None,
+                 gaussian_field: UVGaussianField | None = None) -> None:
         super().__init__()
         self.config = config
+        self.gaussian_field = gaussian_field
         self.vae = vae or AutoencoderKL(**config.vae_kwargs())
         self.denoiser = denoiser or UNet2DConditionModel(**config.unet_kwargs())
         self.reference_unet = reference_unet or UNet2DConditionModel(**config.unet_kwargs())
@@ -49,6 +54,21 @@ class FlameDiffModel(nn.Module):
         self.denoiser.conv_in.register_forward_hook(self._add_control)
 
     # -- conditioning ---------------------------------------------------------------------------
+
+    def attach_gaussian_field(self, asset: FlameAsset, cache_dir: str | None = None) -> UVGaussianField:
+        """Create the learnable Gaussian field on ``asset``'s UV layout (training from scratch)."""
+        binding = load_or_compute_uv_binding(asset, self.config.uv_resolution, cache_dir)
+        self.gaussian_field = UVGaussianField(binding, self.config.feature_dim).to(self.label_embedding.weight.device)
+        return self.gaussian_field
+
+    def render_control(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
+        """Splat the Gaussian field on posed meshes ``[N, V, 3]``: feature maps ``[N, R, R, D]``
+        at the model's resolution (``Ks`` must already be in those pixels)."""
+        if self.gaussian_field is None:
+            raise RuntimeError("this model has no Gaussian field: call attach_gaussian_field(asset) first")
+        resolution = self.config.resolution
+        feature_map, _ = self.gaussian_field.render(vertices, faces, viewmats, Ks, resolution, resolution)
+        return feature_map
 
     def _add_control(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         """Adds the pose guider's output to the denoiser's ``conv_in`` output (the paper's input)."""
@@ -117,25 +137,34 @@ class FlameDiffModel(nn.Module):
         os.replace(tmp, os.path.join(folder, WEIGHTS_NAME))
         payload = {"_class_name": type(self).__name__, "_flamediff_version": __version__,
                    **self.config.to_dict(), **({"_extra": extra} if extra else {})}
+        if self.gaussian_field is not None:
+            payload["_gaussian_field"] = self.gaussian_field.config()
         with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)
 
     @classmethod
-    def from_pretrained(cls, path: str, flame_asset: dict[str, str] | None = None,
-                        device: str | torch.device = "cpu") -> "FlameDiffModel":
+    def from_pretrained(cls, path: str, asset: FlameAsset | None = None, device: str | torch.device = "cpu",
+                        cache_dir: str | None = None) -> "FlameDiffModel":
         """Load a folder (or a hub id already in the local cache) written by :meth:`save_pretrained`.
 
-        ``flame_asset`` ({name, hash}) is checked against the asset the model was trained for.
+        A model with a Gaussian field needs the FLAME ``asset`` it was trained for (its UV
+        layout binds the field); another asset is refused with a clear message.
         """
         folder = resolve_checkpoint(path)
-        config = read_config(folder)
+        config, field_config = read_config(folder)
         trained_for = config.flame_asset.get("hash")
-        if flame_asset and trained_for and flame_asset.get("hash") != trained_for:
+        if asset is not None and trained_for and asset.content_hash != trained_for:
             raise CheckpointError(
                 f"checkpoint {path} was trained for FLAME asset {config.flame_asset.get('name')!r} "
-                f"(hash {trained_for[:12]}), not {flame_asset.get('name')!r} (hash {flame_asset.get('hash', '')[:12]}); "
+                f"(hash {trained_for[:12]}), not {asset.name!r} (hash {asset.content_hash[:12]}); "
                 "use the asset it was trained for (--flame-asset) or train a checkpoint for yours")
-        model = cls(config)
+        field = None
+        if field_config is not None:
+            if asset is None:
+                raise CheckpointError(f"checkpoint {path} has a Gaussian field: load it with its FLAME asset")
+            binding = load_or_compute_uv_binding(asset, config.uv_resolution, cache_dir)
+            field = UVGaussianField.from_config(field_config, binding)
+        model = cls(config, gaussian_field=field)
         state = load_file(os.path.join(folder, WEIGHTS_NAME), device=str(device))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -180,7 +209,13 @@ def resolve_checkpoint(path: str) -> str:
                               "give the path of a folder written by 'flamediff train'") from None
 
 
-def read_config(folder: str) -> FlameDiffConfig:
-    with open(os.path.join(folder, CONFIG_NAME), encoding="utf-8") as handle:
-        data = json.load(handle)
-    return FlameDiffConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+def read_config(folder: str) -> tuple[FlameDiffConfig, dict[str, Any] | None]:
+    """The model config and, when the checkpoint has one, the Gaussian field's config."""
+    path = os.path.join(folder, CONFIG_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        config = FlameDiffConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a flamediff model config ({exc})") from None
+    return config, data.get("_gaussian_field")

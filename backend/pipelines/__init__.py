@@ -1,0 +1,1 @@
+"""Inference: reference image + animation -> frames."""

@@ -1,0 +1,402 @@
+"""Tests for backend.gaussians.splatting (feature splatter of the Gaussian embedding)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from backend.gaussians.splatting import (
+    splat_features,
+    splat_features_gsplat,
+    splat_features_torch,
+)
+
+DT = torch.float64
+
+
+# --------------------------------------------------------------------------
+# brute-force reference
+
+
+def _project_one(mean: Tensor, scale: Tensor, viewmat: Tensor, K: Tensor,
+                 width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Textbook EWA projection of one Gaussian: (camera point, 2D mean, 2D covariance)."""
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    p = R @ mean + t
+    x, y, z = p[0], p[1], p[2]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    lim_x = (-(cx / fx + 0.3 * 0.5 * width / fx), (width - cx) / fx + 0.3 * 0.5 * width / fx)
+    lim_y = (-(cy / fy + 0.3 * 0.5 * height / fy), (height - cy) / fy + 0.3 * 0.5 * height / fy)
+    xc = z * torch.clamp(x / z, lim_x[0], lim_x[1])
+    yc = z * torch.clamp(y / z, lim_y[0], lim_y[1])
+    zero = torch.zeros((), dtype=mean.dtype)
+    J = torch.stack([torch.stack([fx / z, zero, -fx * xc / z**2]),
+                     torch.stack([zero, fy / z, -fy * yc / z**2])])
+    cov3 = R @ (scale**2 * torch.eye(3, dtype=mean.dtype)) @ R.T
+    cov2 = J @ cov3 @ J.T + 0.3 * torch.eye(2, dtype=mean.dtype)
+    mean2 = torch.stack([fx * x / z + cx, fy * y / z + cy])
+    return p, mean2, cov2
+
+
+def splat_features_reference(
+    means: Tensor, scales: Tensor, opacities: Tensor, features: Tensor,
+    viewmats: Tensor, Ks: Tensor, width: int, height: int,
+    near: float = 0.01, far: float = 100.0,
+) -> tuple[Tensor, Tensor]:
+    """Per pixel, walk every Gaussian in depth order with gsplat's rules. Tiny scenes only."""
+    F, N, _ = means.shape
+    scales = scales.expand(F, N)
+    opacities = opacities.expand(F, N)
+    feats_all = features.expand(F, *features.shape[-2:])
+    images, alphas = [], []
+    for f in range(F):
+        splats = []
+        for n in range(N):
+            p, m2, cov2 = _project_one(means[f, n], scales[f, n], viewmats[f], Ks[f], width, height)
+            if near <= p[2].item() <= far:
+                prec = torch.linalg.inv(cov2)
+                splats.append((p[2].item(), m2, prec, opacities[f, n], feats_all[f, n]))
+        splats.sort(key=lambda s: s[0])
+        rows, arows = [], []
+        for py in range(height):
+            row, arow = [], []
+            for px in range(width):
+                pix = torch.tensor([px + 0.5, py + 0.5], dtype=means.dtype)
+                T = torch.ones((), dtype=means.dtype)
+                acc = torch.zeros(features.shape[-1], dtype=means.dtype)
+                for _, m2, prec, o, c in splats:
+                    d = pix - m2
+                    power = 0.5 * d @ prec @ d
+                    a = torch.clamp(o * torch.exp(-power), max=0.999)
+                    if power.item() < 0 or a.item() < 1 / 255:
+                        continue
+                    if (T * (1 - a)).item() <= 1e-4:
+                        break
+                    acc = acc + T * a * c
+                    T = T * (1 - a)
+                row.append(acc)
+                arow.append(1 - T)
+            rows.append(torch.stack(row))
+            arows.append(torch.stack(arow))
+        images.append(torch.stack(rows))
+        alphas.append(torch.stack(arows)[..., None])
+    return torch.stack(images), torch.stack(alphas)
+
+
+# --------------------------------------------------------------------------
+# scenes
+
+
+def _camera(F: int, width: int, height: int, fov_deg: float = 60.0, dtype=DT,
+            seed: int = 0) -> tuple[Tensor, Tensor]:
+    """F cameras looking roughly down +z at the origin from z = -2, slightly rotated."""
+    g = torch.Generator().manual_seed(seed)
+    viewmats = torch.zeros(F, 4, 4, dtype=dtype)
+    for f in range(F):
+        ang = (torch.rand(3, generator=g, dtype=dtype) - 0.5) * 0.3
+        kx = torch.tensor([[0, -ang[2], ang[1]], [ang[2], 0, -ang[0]], [-ang[1], ang[0], 0]],
+                          dtype=dtype)
+        viewmats[f, :3, :3] = torch.linalg.matrix_exp(kx)
+        viewmats[f, :3, 3] = torch.tensor([0.0, 0.0, 2.0], dtype=dtype)
+        viewmats[f, 3, 3] = 1.0
+    fx = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    K = torch.tensor([[fx, 0, width / 2], [0, fx, height / 2], [0, 0, 1]], dtype=dtype)
+    return viewmats, K.expand(F, 3, 3).clone()
+
+
+def _scene(N: int, F: int = 1, D: int = 3, seed: int = 0, dtype=DT, spread: float = 0.6):
+    g = torch.Generator().manual_seed(seed)
+    means = ((torch.rand(N, 3, generator=g, dtype=dtype) - 0.5) * 2 * spread)
+    means = means.expand(F, N, 3).clone()
+    scales = 0.03 + 0.12 * torch.rand(N, generator=g, dtype=dtype)
+    opac = 0.2 + 0.75 * torch.rand(N, generator=g, dtype=dtype)
+    feats = torch.randn(N, D, generator=g, dtype=dtype)
+    return means, scales, opac, feats
+
+
+def _with_specials(means, scales, opac, feats):
+    """Append Gaussians behind the camera, beyond far, partly off-screen, and far off-screen.
+
+    The last one sits outside gsplat's 1.3x FOV guard, so its Jacobian is clamped.
+    """
+    extra = torch.tensor([[0.0, 0.0, -2.5],     # z_cam = -0.5: behind the camera
+                          [0.0, 0.0, 200.0],    # beyond far = 100
+                          [1.25, 0.1, 0.0],     # centre just right of the image (60 deg fov)
+                          [-1.8, -0.2, 0.0]],   # x/z = -0.9: clamped Jacobian, tail visible
+                         dtype=means.dtype)
+    F = means.shape[0]
+    means = torch.cat([means, extra.expand(F, 4, 3)], 1)
+    scales = torch.cat([scales, torch.tensor([0.3, 0.3, 0.25, 0.6], dtype=scales.dtype)])
+    opac = torch.cat([opac, torch.tensor([0.9, 0.9, 0.9, 0.9], dtype=opac.dtype)])
+    g = torch.Generator().manual_seed(123)
+    feats = torch.cat([feats, torch.randn(4, feats.shape[1], dtype=feats.dtype, generator=g)])
+    return means, scales, opac, feats
+
+
+# --------------------------------------------------------------------------
+# correctness against the reference
+
+
+@pytest.mark.parametrize("seed,N,W,H",
+                         [(0, 12, 12, 10), (1, 20, 16, 16), (2, 8, 9, 13), (3, 16, 16, 8)])
+def test_torch_matches_reference(seed, N, W, H):
+    means, scales, opac, feats = _with_specials(*_scene(N, seed=seed))
+    viewmats, Ks = _camera(1, W, H, seed=seed)
+    ref_img, ref_a = splat_features_reference(means, scales, opac, feats, viewmats, Ks, W, H)
+    img, a = splat_features_torch(means, scales, opac, feats, viewmats, Ks, W, H, tile_size=4)
+    assert img.shape == (1, H, W, 3) and a.shape == (1, H, W, 1)
+    assert ref_a.max() > 0.5, "scene should be visibly covered"
+    torch.testing.assert_close(img, ref_img, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(a, ref_a, atol=1e-10, rtol=1e-9)
+    # float32 agrees with the float64 reference to float rounding
+    inputs32 = (t.float() for t in (means, scales, opac, feats, viewmats, Ks))
+    img32, a32 = splat_features_torch(*inputs32, W, H)
+    assert (img32.double() - ref_img).abs().max() < 1e-5
+    assert (a32.double() - ref_a).abs().max() < 1e-5
+
+
+def test_culled_gaussians_do_not_contribute():
+    means, scales, opac, feats = _scene(10, seed=4)
+    viewmats, Ks = _camera(1, 12, 12, seed=4)
+    base = splat_features_torch(means, scales, opac, feats, viewmats, Ks, 12, 12)
+    m2, s2, o2, f2 = _with_specials(means, scales, opac, feats)
+    keep = [0, 1]  # behind camera and beyond far only
+    idx = list(range(10)) + [10 + k for k in keep]
+    with_culled = splat_features_torch(m2[:, idx], s2[idx], o2[idx], f2[idx], viewmats, Ks, 12, 12)
+    torch.testing.assert_close(with_culled[0], base[0])
+    torch.testing.assert_close(with_culled[1], base[1])
+
+
+def test_partly_offscreen_gaussian_is_drawn():
+    viewmats, Ks = _camera(1, 16, 16)
+    viewmats[0, :3, :3] = torch.eye(3, dtype=DT)
+    # centre 2 px right of the image edge, sigma ~ 2.7 px: its left tail is visible
+    fx = Ks[0, 0, 0].item()
+    x = (8 + 2) / fx * 2.0
+    means = torch.tensor([[[x, 0.0, 0.0]]], dtype=DT)
+    args = (means, torch.tensor([0.35], dtype=DT), torch.tensor([0.9], dtype=DT),
+            torch.ones(1, 1, dtype=DT), viewmats, Ks, 16, 16)
+    img, a = splat_features_torch(*args)
+    ref, ref_a = splat_features_reference(*args)
+    assert a[0, 8, 15, 0] > 0.1 and a[0, 8, 0, 0] == 0
+    torch.testing.assert_close(img, ref)
+
+
+def test_gradients_match_reference():
+    means, scales, opac, feats = _with_specials(*_scene(7, seed=5, spread=0.4))
+    viewmats, Ks = _camera(1, 8, 8, fov_deg=50, seed=5)
+    leaves = [t.clone().requires_grad_(True) for t in (means, scales, opac, feats)]
+    w = torch.randn(1, 8, 8, 3, dtype=DT, generator=torch.Generator().manual_seed(0))
+
+    def loss(fn, **kw):
+        img, a = fn(*leaves, viewmats, Ks, 8, 8, **kw)
+        return (img * w).sum() + (a * w[..., :1]).sum()
+
+    g_ref = torch.autograd.grad(loss(splat_features_reference), leaves)
+    g_torch = torch.autograd.grad(loss(splat_features_torch, tile_size=4), leaves)
+    for name, gr, gt in zip(("means", "scales", "opacities", "features"), g_ref, g_torch):
+        assert gr.abs().max() > 0, name
+        torch.testing.assert_close(gt, gr, atol=1e-9, rtol=1e-7, msg=name)
+
+
+def test_gradcheck_tiny_scene():
+    means, scales, opac, feats = _scene(3, D=2, seed=6, spread=0.3)
+    viewmats, Ks = _camera(1, 6, 6, fov_deg=40, seed=6)
+    leaves = tuple(t.clone().requires_grad_(True) for t in (means, scales, opac, feats))
+
+    def fn(*ts):
+        img, a = splat_features_torch(*ts, viewmats, Ks, 6, 6, tile_size=4)
+        return img, a
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# compositing order, invariances, batching
+
+
+def _two_gaussians(z_red: float, z_blue: float):
+    viewmats, Ks = _camera(1, 8, 8)
+    viewmats[0, :3, :3] = torch.eye(3, dtype=DT)
+    means = torch.tensor([[[0.0, 0.0, z_red - 2.0], [0.0, 0.0, z_blue - 2.0]]], dtype=DT)
+    scales = torch.tensor([0.5, 0.5], dtype=DT)
+    opac = torch.tensor([0.99, 0.99], dtype=DT)
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=DT)
+    return splat_features_torch(means, scales, opac, feats, viewmats, Ks, 8, 8)
+
+
+def test_front_to_back_order():
+    near_red, _ = _two_gaussians(1.0, 3.0)
+    near_blue, _ = _two_gaussians(3.0, 1.0)
+    c = near_red[0, 4, 4]
+    assert c[0] > 0.9 and c[1] < 0.1  # the near, nearly opaque one hides the far one
+    torch.testing.assert_close(near_blue[..., [1, 0]], near_red)
+
+
+def test_tile_size_invariance():
+    means, scales, opac, feats = _with_specials(*_scene(40, F=2, D=5, seed=7))
+    viewmats, Ks = _camera(2, 37, 29, seed=7)
+    outs = [splat_features_torch(means, scales, opac, feats, viewmats, Ks, 37, 29, tile_size=ts)
+            for ts in (4, 5, 16, 64)]
+    for img, a in outs[1:]:
+        torch.testing.assert_close(img, outs[0][0], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(a, outs[0][1], atol=1e-12, rtol=1e-10)
+
+
+def test_small_chunks_match(monkeypatch):
+    """Tiny compositing blocks: transmittance carried across K blocks, and early exit."""
+    import backend.gaussians.splatting as sp
+
+    means, scales, opac, feats = _scene(60, D=4, seed=8, spread=0.3)
+    opac = torch.full_like(opac, 0.95)  # dense and opaque: every pixel stops early
+    viewmats, Ks = _camera(1, 16, 16, fov_deg=20, seed=8)
+    w = torch.randn(1, 16, 16, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        leaves = [t.clone().requires_grad_(True) for t in (means, 3 * scales, opac, feats)]
+        img, a = splat_features_torch(*leaves, viewmats, Ks, 16, 16, tile_size=8)
+        (torch.cat([img, a], -1) * w).sum().backward()
+        return [img, a] + [t.grad for t in leaves]
+
+    big = run()
+    calls = []
+    block = sp._composite_block
+    monkeypatch.setattr(sp, "_composite_block", lambda *a: calls.append(1) or block(*a))
+    monkeypatch.setattr(sp, "CHUNK_ELEMS", 64 * 3)  # one 8x8 tile, 3 Gaussians per block
+    small = run()
+    n_blocks = len(calls) // 2  # each block runs again in backward (checkpointing)
+    assert big[1].min() > 0.99 and n_blocks < 4 * 60 // 3  # stopped before the last block
+    for x, y in zip(small, big):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-9)
+
+
+def test_frames_batch_equals_per_frame():
+    F = 3
+    means, scales, opac, feats = _scene(25, F=F, D=4, seed=9)
+    means = means + 0.05 * torch.randn_like(means)  # per-frame deformation
+    scales_f = scales.expand(F, -1) * torch.linspace(0.8, 1.2, F, dtype=DT)[:, None]
+    feats_f = feats.expand(F, -1, -1) + 0.1 * torch.randn(F, *feats.shape, dtype=DT)
+    viewmats, Ks = _camera(F, 14, 11, seed=9)
+    img, a = splat_features_torch(means, scales_f, opac, feats_f, viewmats, Ks, 14, 11)
+    for f in range(F):
+        i1, a1 = splat_features_torch(means[f:f + 1], scales_f[f], opac, feats_f[f],
+                                      viewmats[f:f + 1], Ks[f:f + 1], 14, 11)
+        torch.testing.assert_close(img[f:f + 1], i1)
+        torch.testing.assert_close(a[f:f + 1], a1)
+
+
+def test_broadcast_N_vs_FN():
+    F = 2
+    means, scales, opac, feats = _scene(15, F=F, D=3, seed=10)
+    viewmats, Ks = _camera(F, 10, 10, seed=10)
+    leaves_n = [t.clone().requires_grad_(True) for t in (scales, opac, feats)]
+    img_n, a_n = splat_features_torch(means, *leaves_n[:2], leaves_n[2], viewmats, Ks, 10, 10)
+    img_f, a_f = splat_features_torch(means, scales.expand(F, -1), opac.expand(F, -1),
+                                      feats.expand(F, -1, -1), viewmats, Ks, 10, 10)
+    torch.testing.assert_close(img_n, img_f)
+    torch.testing.assert_close(a_n, a_f)
+    (img_n.sum() + a_n.sum()).backward()
+    assert [tuple(t.grad.shape) for t in leaves_n] == [(15,), (15,), (15, 3)]
+
+
+def test_auto_backend_on_cpu_uses_torch():
+    means, scales, opac, feats = _scene(10, seed=11)
+    viewmats, Ks = _camera(1, 8, 8)
+    a = splat_features(means, scales, opac, feats, viewmats, Ks, 8, 8)
+    b = splat_features_torch(means, scales, opac, feats, viewmats, Ks, 8, 8)
+    torch.testing.assert_close(a[0], b[0])
+
+
+def test_empty_scene_and_float32_dtype():
+    viewmats, Ks = _camera(2, 8, 6, dtype=torch.float32)
+    img, a = splat_features_torch(torch.zeros(2, 0, 3), torch.zeros(0), torch.zeros(0),
+                                  torch.zeros(0, 5), viewmats, Ks, 8, 6)
+    assert img.shape == (2, 6, 8, 5) and a.shape == (2, 6, 8, 1)
+    assert img.dtype == torch.float32 and not img.any() and not a.any()
+
+
+# --------------------------------------------------------------------------
+# input validation
+
+
+def _good_args():
+    means, scales, opac, feats = _scene(5, F=2, D=3)
+    viewmats, Ks = _camera(2, 8, 8)
+    return dict(means=means, scales=scales, opacities=opac, features=feats,
+                viewmats=viewmats, Ks=Ks, width=8, height=8)
+
+
+@pytest.mark.parametrize("name,bad", [
+    ("means", lambda a: a["means"][0]),
+    ("means", lambda a: a["means"][..., :2]),
+    ("scales", lambda a: a["scales"][:4]),
+    ("scales", lambda a: a["scales"].expand(3, -1)),
+    ("opacities", lambda a: a["opacities"][None, None]),
+    ("features", lambda a: a["features"][:4]),
+    ("features", lambda a: a["features"][0]),
+    ("viewmats", lambda a: a["viewmats"][:, :3]),
+    ("viewmats", lambda a: a["viewmats"][:1]),
+    ("Ks", lambda a: a["Ks"][0]),
+    ("width", lambda a: 0),
+    ("height", lambda a: -4),
+    ("width", lambda a: 8.0),
+])
+def test_bad_input_raises_value_error(name, bad):
+    args = _good_args()
+    args[name] = bad(args)
+    with pytest.raises(ValueError, match=name):
+        splat_features(**args, backend="torch")
+
+
+def test_bad_backend_and_tile_size():
+    with pytest.raises(ValueError, match="backend"):
+        splat_features(**_good_args(), backend="cuda")
+    with pytest.raises(ValueError, match="tile_size"):
+        splat_features(**_good_args(), tile_size=0)
+    with pytest.raises(ValueError, match="near"):
+        splat_features(**_good_args(), near=2.0, far=1.0)
+
+
+def test_gsplat_backend_errors_clearly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeError, match="gsplat|CUDA"):
+        splat_features(**_good_args(), backend="gsplat")
+
+
+# --------------------------------------------------------------------------
+# gsplat parity (GPU only)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat")
+def test_gsplat_parity():
+    pytest.importorskip("gsplat")
+    g = torch.Generator().manual_seed(0)
+    N, D, W, H, F = 2000, 16, 96, 80, 2
+    dirs = torch.nn.functional.normalize(torch.randn(N, 3, generator=g), dim=-1)
+    means = (0.1 * dirs + 0.01 * torch.randn(N, 3, generator=g)).expand(F, N, 3).clone()
+    scales = 0.002 + 0.004 * torch.rand(N, generator=g)
+    opac = 0.1 + 0.85 * torch.rand(N, generator=g)
+    feats = torch.randn(N, D, generator=g)
+    viewmats, Ks = _camera(F, W, H, fov_deg=50, dtype=torch.float32)
+    viewmats[:, 2, 3] = 0.6
+    inputs = [t.cuda() for t in (means, scales, opac, feats)]
+    w = torch.randn(F, H, W, D, generator=g).cuda()
+    results = {}
+    for backend in ("torch", "gsplat"):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        img, a = splat_features(*leaves, viewmats.cuda(), Ks.cuda(), W, H, backend=backend)
+        ((img * w).sum() + a.sum()).backward()
+        results[backend] = (img.detach(), a.detach(), [t.grad for t in leaves])
+    (i_t, a_t, g_t), (i_g, a_g, g_g) = results["torch"], results["gsplat"]
+    print(f"\nmax|d feature map| = {(i_t - i_g).abs().max().item():.3e}, "
+          f"max|d alpha| = {(a_t - a_g).abs().max().item():.3e}")
+    for name, gt, gg in zip(("means", "scales", "opacities", "features"), g_t, g_g):
+        rel = ((gt - gg).norm() / gg.norm().clamp(min=1e-12)).item()
+        print(f"grad {name}: max|d| = {(gt - gg).abs().max().item():.3e}, rel L2 = {rel:.3e}")
+        assert rel < 1e-2, name
+    assert (i_t - i_g).abs().max() < 1e-3
+    assert (a_t - a_g).abs().max() < 1e-4
