@@ -1,34 +1,55 @@
-"""Build the Blender extension zip (issue #3 fills in the add-on; this assembles what exists).
+"""Build the Blender extension zip.
 
-``python build_addon.py`` writes ``dist/flamediff-<version>.zip`` from ``blender_addon/``,
-``operators/``, ``ui_panels/`` and the shared ``backend/formats`` package.
+``python build_addon.py [OUT_DIR]`` writes ``dist/flamediff-<version>.zip``: one ``flamediff/``
+package holding ``blender_addon/`` at its root (with ``blender_manifest.toml``), ``operators/``,
+``ui_panels/`` and the shared ``backend/formats`` package as ``formats/``. Only source files go
+in: no caches, no generated assets, and a check refuses any torch or backend import, because
+the add-on runs in Blender's own Python.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zipfile
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = {"blender_addon": "", "operators": "operators", "ui_panels": "ui_panels",
            os.path.join("backend", "formats"): "formats"}
-SKIP = ("__pycache__", ".pyc", ".gitkeep")
+INCLUDE = (".py", ".toml", ".md", ".txt")
+FORBIDDEN_IMPORT = re.compile(r"^\s*(import|from)\s+(torch|backend)\b", re.MULTILINE)
 
 
-def build(out_dir: str = os.path.join(ROOT, "dist"), version: str = "0.1.0") -> str:
+def manifest_version() -> str:
+    """The version in ``blender_manifest.toml`` (the zip's name follows it)."""
+    with open(os.path.join(ROOT, "blender_addon", "blender_manifest.toml"), encoding="utf-8") as handle:
+        match = re.search(r'^version\s*=\s*"([^"]+)"', handle.read(), re.MULTILINE)
+    if match is None:
+        raise SystemExit("blender_manifest.toml has no version")
+    return match.group(1)
+
+
+def build(out_dir: str = os.path.join(ROOT, "dist")) -> str:
     """Zip the add-on sources under one ``flamediff/`` package; returns the zip path."""
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"flamediff-{version}.zip")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    path = os.path.join(out_dir, f"flamediff-{manifest_version()}.zip")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         for source, target in SOURCES.items():
-            for folder, _, files in os.walk(os.path.join(ROOT, source)):
+            for folder, dirs, files in os.walk(os.path.join(ROOT, source)):
+                dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
                 for name in sorted(files):
-                    if any(part in name for part in SKIP) or "__pycache__" in folder:
+                    if not name.endswith(INCLUDE):
                         continue
                     full = os.path.join(folder, name)
+                    if name.endswith(".py"):
+                        with open(full, encoding="utf-8") as handle:
+                            if FORBIDDEN_IMPORT.search(handle.read()):
+                                raise SystemExit(f"{full} imports torch or backend; the add-on may not")
                     relative = os.path.relpath(full, os.path.join(ROOT, source))
                     archive.write(full, os.path.join("flamediff", target, relative))
+    os.replace(tmp, path)
     return path
 
 

@@ -1,0 +1,7 @@
+"""Operators (``bpy.ops.flamediff.*``): thin wrappers that report errors instead of raising."""
+
+from .animation_ops import FLAMEDIFF_OT_export_animation, FLAMEDIFF_OT_import_animation
+from .rig_ops import FLAMEDIFF_OT_add_rig, FLAMEDIFF_OT_randomize_coefficients, FLAMEDIFF_OT_reset_coefficients
+
+classes = (FLAMEDIFF_OT_add_rig, FLAMEDIFF_OT_reset_coefficients, FLAMEDIFF_OT_randomize_coefficients,
+           FLAMEDIFF_OT_export_animation, FLAMEDIFF_OT_import_animation)

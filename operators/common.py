@@ -1,0 +1,23 @@
+"""What every flamediff operator shares: finding the rig it works on."""
+
+from __future__ import annotations
+
+import bpy
+
+from .. import rig as rigmod
+
+
+def target_rig(context: bpy.types.Context, name: str) -> bpy.types.Object | None:
+    """The rig named ``name`` (or owning that object), else the rig of the active object."""
+    if name:
+        return rigmod.find_rig(bpy.data.objects.get(name))
+    return rigmod.find_rig(context.active_object)
+
+
+NO_RIG = "Select a flamediff rig (or its head mesh), or pass rig=NAME; add one with flamediff.add_rig"
+
+
+def has_rig(context: bpy.types.Context) -> bool:
+    """Poll helper: scripts may name the rig, so any rig in the file enables the operators."""
+    return rigmod.find_rig(context.active_object) is not None or any(
+        obj.get("flamediff_rig") for obj in context.scene.objects)

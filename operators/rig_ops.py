@@ -1,0 +1,91 @@
+"""Add a rig; reset or randomise its coefficients."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from .. import assets, rig as rigmod
+from ..formats.flame_asset import FlameAssetError
+from ..preferences import get_preferences
+from .common import NO_RIG, has_rig, target_rig
+
+_WHICH = [("BOTH", "Shape and expression", ""), ("SHAPE", "Shape", ""), ("EXPRESSION", "Expression", "")]
+
+
+class FLAMEDIFF_OT_add_rig(bpy.types.Operator):
+    """Build a FLAME rig (mesh, shape keys, armature, correctives) from the preferences' asset"""
+
+    bl_idname = "flamediff.add_rig"
+    bl_label = "Add FLAME Rig"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="Name", default="FLAME")
+    num_shape: IntProperty(name="Shape coefficients", default=0, min=0, max=300,
+                           description="0 = the preferences' number")
+    num_expression: IntProperty(name="Expression coefficients", default=0, min=0, max=100,
+                                description="0 = the preferences' number")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.mode == "OBJECT"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        prefs = get_preferences(context)
+        try:
+            asset, identity = assets.current(context)
+        except (FlameAssetError, OSError, ValueError) as exc:
+            self.report({"ERROR"}, f"Cannot load the FLAME asset: {exc}")
+            return {"CANCELLED"}
+        rig = rigmod.build_rig(context, asset, identity, self.num_shape or prefs.num_shape,
+                               self.num_expression or prefs.num_expression, self.name)
+        self.report({"INFO"}, f"Added rig {rig.name} from FLAME asset '{identity['name']}'")
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_reset_coefficients(bpy.types.Operator):
+    """Set the rig's shape and/or expression coefficients to zero (the mean face)"""
+
+    bl_idname = "flamediff.reset_coefficients"
+    bl_label = "Reset Coefficients"
+    bl_options = {"REGISTER", "UNDO"}
+
+    which: EnumProperty(name="Which", items=_WHICH, default="BOTH")
+    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return has_rig(context)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        rig = target_rig(context, self.rig)
+        if rig is None:
+            self.report({"ERROR"}, NO_RIG)
+            return {"CANCELLED"}
+        rigmod.set_coefficients(rig, self.which)
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_randomize_coefficients(bpy.types.Operator):
+    """Draw the rig's shape and/or expression coefficients from a normal distribution"""
+
+    bl_idname = "flamediff.randomize_coefficients"
+    bl_label = "Randomise Coefficients"
+    bl_options = {"REGISTER", "UNDO"}
+
+    which: EnumProperty(name="Which", items=_WHICH, default="SHAPE")
+    sigma: FloatProperty(name="Sigma", default=1.0, min=0.0, max=3.0)
+    seed: IntProperty(name="Seed", default=0, min=0)
+    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return has_rig(context)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        rig = target_rig(context, self.rig)
+        if rig is None:
+            self.report({"ERROR"}, NO_RIG)
+            return {"CANCELLED"}
+        rigmod.set_coefficients(rig, self.which, sigma=self.sigma, seed=self.seed)
+        return {"FINISHED"}

@@ -1,0 +1,106 @@
+"""Sidebar panels: rig (add, asset, coefficient sliders with a filter), animation, camera."""
+
+from __future__ import annotations
+
+import bpy
+
+from .. import rig as rigmod
+
+
+class FLAMEDIFF_UL_coefficients(bpy.types.UIList):
+    """Shape-key sliders; the list's own filter box searches names (e.g. "Expr", "Shape01")."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        layout.prop(item, "value", text=item.name, slider=True)
+
+    def filter_items(self, context, data, propname):
+        blocks = getattr(data, propname)
+        kind = context.scene.flamediff_coefficient_kind
+        wanted = self.filter_name.lower()
+        flags = [self.bitflag_filter_item if (b.name.startswith(kind) and wanted in b.name.lower()) else 0
+                 for b in blocks]
+        return flags, []
+
+
+class _FlamediffPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "flamediff"
+
+
+def _explain_no_rig(layout: bpy.types.UILayout) -> None:
+    layout.label(text="No flamediff rig selected.", icon="INFO")
+    layout.label(text="Select a rig or its head mesh, or add one:")
+
+
+class FLAMEDIFF_PT_rig(_FlamediffPanel, bpy.types.Panel):
+    bl_label = "FLAME Rig"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        rig = rigmod.find_rig(context.active_object)
+        layout.operator("flamediff.add_rig", icon="ARMATURE_DATA")
+        if rig is None:
+            _explain_no_rig(layout)
+            return
+        identity = rigmod.rig_identity(rig)
+        num_shape, num_expression = rigmod.coefficient_counts(rig)
+        box = layout.box()
+        box.label(text=f"Rig: {rig.name}")
+        box.label(text=f"Asset: {identity['name']} ({identity['hash'][:10]})")
+        box.label(text=f"{num_shape} shape, {num_expression} expression coefficients")
+        head = rigmod.rig_head(rig)
+        layout.prop(context.scene, "flamediff_coefficient_kind", expand=True)
+        layout.template_list("FLAMEDIFF_UL_coefficients", "", head.data.shape_keys, "key_blocks",
+                             head, "active_shape_key_index", rows=8)
+        row = layout.row(align=True)
+        row.operator("flamediff.reset_coefficients", text="Reset", icon="LOOP_BACK")
+        row.operator("flamediff.randomize_coefficients", text="Randomise", icon="MOD_NOISE")
+
+
+class FLAMEDIFF_PT_animation(_FlamediffPanel, bpy.types.Panel):
+    bl_label = "Animation"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return rigmod.find_rig(context.active_object) is not None
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.operator("flamediff.import_animation", icon="IMPORT")
+        layout.operator("flamediff.export_animation", icon="EXPORT")
+        layout.label(text="Key bones and shape keys with I; the graph editor and NLA work as usual.")
+
+
+class FLAMEDIFF_PT_camera(_FlamediffPanel, bpy.types.Panel):
+    bl_label = "Camera"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        scene = context.scene
+        layout.prop(scene, "camera")
+        if scene.camera is None:
+            layout.label(text="No scene camera: exports carry no K, R|t.", icon="INFO")
+            return
+        data = scene.camera.data
+        layout.prop(data, "lens")
+        layout.prop(data, "sensor_fit")
+        row = layout.row(align=True)
+        row.prop(data, "shift_x")
+        row.prop(data, "shift_y")
+        row = layout.row(align=True)
+        row.prop(scene.render, "resolution_x")
+        row.prop(scene.render, "resolution_y")
+
+
+_KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expression", "Expression coefficients"),
+          ("Pose", "Pose", "Pose correctives (driven by the bones; read only)")]
+
+
+def register_properties() -> None:
+    bpy.types.Scene.flamediff_coefficient_kind = bpy.props.EnumProperty(
+        name="Coefficients", items=_KINDS, default="Shape")
+
+
+def unregister_properties() -> None:
+    del bpy.types.Scene.flamediff_coefficient_kind
