@@ -14,6 +14,7 @@ from typing import Callable
 from backend import __version__
 from backend.formats.animation import AnimationFormatError
 from backend.formats.flame_asset import FLAME_SITE, FlameAssetError
+from backend.errors import FlamediffError
 
 DESCRIPTION = """\
 flamediff turns a keyframed FLAME head rig into portrait frames: a learnable Gaussian feature
@@ -109,6 +110,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from backend.training.train import TrainConfig, train
+
+    config = TrainConfig.from_file(args.config)
+    train(config, max_steps=args.max_steps)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flamediff", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resolution", type=int, default=256, help="preview size in pixels (default 256)")
     _add_asset_argument(demo)
     demo.set_defaults(func=cmd_demo)
+
+    train = commands.add_parser(
+        "train", help="train a model (stage 'vae' or '1') from a JSON/YAML config; resumes from the newest "
+                      "checkpoint in output_dir; run under 'accelerate launch' for several processes/GPUs",
+        description="Keys of the config file: dataset, output_dir (required); preset (tiny|demo|sd15), stage "
+                    "(vae|1), init_from, flame_asset, steps, batch_size, learning_rate, field_learning_rate, "
+                    "seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "
+                    "reference_dropout, overrides (model config fields). See the README.")
+    train.add_argument("--config", required=True, metavar="FILE", help="training config (.json or .yaml)")
+    train.add_argument("--max-steps", type=int, default=None, metavar="N",
+                       help="stop after N more steps (a checkpoint is written; run again to continue)")
+    train.set_defaults(func=cmd_train)
     return parser
 
 
@@ -147,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return func(args)
-    except (FlameAssetError, AnimationFormatError) as exc:
+    except (FlameAssetError, AnimationFormatError, FlamediffError) as exc:
         print(f"flamediff {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

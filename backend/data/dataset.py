@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from backend.errors import FlamediffError
 from backend.formats.animation import AnimationClip, AnimationFormatError, load_animation, save_animation
 
 FORMAT_NAME = "flamediff.dataset"
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 LABEL_NAMES = ("real", "synthetic")
 
 
-class DatasetError(ValueError):
+class DatasetError(FlamediffError):
     """A dataset folder that breaks the format; the message names the file and field."""
 
 
@@ -59,7 +60,7 @@ class DatasetIndex:
         path = self.frame_path(index)
         try:
             with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
+                array = np.array(image.convert("RGB"))
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{path}: unreadable frame ({exc})") from None
         if array.shape[:2] != (self.resolution, self.resolution):

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from backend.errors import FlamediffError
 from backend import __version__
 from backend.formats.flame_asset import FlameAsset
 from backend.gaussians.field import UVGaussianField
@@ -28,7 +29,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FlamediffError):
     """A checkpoint that cannot be used here; the message says why and what to do."""
 
 

@@ -82,6 +82,8 @@ class FlameDiffPipeline:
         self.model, self.flame = model.eval(), flame
         self.scheduler = make_scheduler(model.config)
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # trained weights hold denormals that slow CPU maths a lot
 
     @torch.no_grad()
     def __call__(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = RenderSettings(),

@@ -1,0 +1,332 @@
+"""``flamediff train``: stage-1 training of the Gaussian field and the dual-branch network.
+
+Stages:
+
+- ``vae``: small presets have no Stable Diffusion VAE to start from, so the VAE is first
+  trained as an autoencoder (MSE + a tiny KL term) on the dataset frames. At ``sd15`` scale the
+  SD VAE is used frozen and this stage is skipped.
+- ``1``: single frames; the Gaussian field, pose guider, both U-Nets and the label vectors
+  learn with v-prediction MSE as the only loss; the VAE is frozen. The reference (and the
+  label) is dropped with ``reference_dropout`` for classifier-free guidance.
+
+Batches are drawn from a generator seeded by (seed, step, process), so a run resumed from a
+checkpoint continues exactly where the killed run was, with no data-loader state to save.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from backend.errors import FlamediffError
+from backend.assets import load_asset
+from backend.data.dataset import DatasetIndex, read_dataset
+from backend.flame.model import FlameModel
+from backend.formats.conventions import square_crop_intrinsics
+from backend.models.config import LABELS, FlameDiffConfig
+from backend.models.flamediff_model import FlameDiffModel
+from backend.pipelines.scheduling import make_scheduler
+
+STAGES = ("vae", "1")
+
+
+class TrainConfigError(FlamediffError):
+    """A training config that cannot run; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; written beside its checkpoints for reproducibility."""
+
+    dataset: str
+    output_dir: str
+    preset: str = "tiny"
+    stage: str = "1"
+    init_from: str | None = None        # model folder to start from (e.g. the vae stage's output)
+    flame_asset: str | None = None      # asset folder; default: the procedural head
+    steps: int = 1000
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    field_learning_rate: float = 5e-3   # the Gaussian attributes learn faster (no direct supervision)
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    mixed_precision: str = "no"         # no | fp16 | bf16
+    reference_dropout: float | None = None  # default: the preset's
+    overrides: dict[str, Any] = field(default_factory=dict)  # FlameDiffConfig fields to change
+
+    @classmethod
+    def from_file(cls, path: str) -> "TrainConfig":
+        """Read a ``.json`` or ``.yaml`` config; relative paths are relative to the file."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise TrainConfigError(f"cannot read training config {path}: {exc}") from None
+        try:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except ValueError as exc:
+            raise TrainConfigError(f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}") from None
+        if not isinstance(data, dict):
+            raise TrainConfigError(f"{path} must hold a mapping of settings")
+        base = os.path.dirname(os.path.abspath(path))
+        for key in ("dataset", "output_dir", "init_from", "flame_asset"):
+            if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
+                data[key] = os.path.join(base, data[key])
+        return cls.from_dict(data, source=path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainConfigError(f"{source}: unknown keys {unknown}; known keys are {sorted(known)}")
+        missing = [key for key in ("dataset", "output_dir") if key not in data]
+        if missing:
+            raise TrainConfigError(f"{source}: missing required keys {missing}")
+        config = cls(**data)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        if self.stage not in STAGES:
+            raise TrainConfigError(f"{source}: 'stage' must be one of {STAGES}, not {self.stage!r}")
+        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise TrainConfigError(f"{source}: '{key}' must be a positive integer")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise TrainConfigError(f"{source}: 'mixed_precision' must be no, fp16 or bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def _image_tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(frame, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int) -> dict[str, Any]:
+    """The batch of ``step`` on process ``rank``: targets, references of the same identity,
+    FLAME parameters, cameras (in model pixels) and domain labels."""
+    rng = np.random.RandomState((seed * 1_000_003 + step * 97 + rank) % (2 ** 32))
+    rows = rng.choice(len(index), size=batch_size, replace=False)
+    references = []
+    for row in rows:
+        same = index.samples_of_identity(int(index.identity[row]))
+        others = same[same != row]
+        references.append(int(rng.choice(others)) if len(others) else int(row))
+    clip = index.annotations.take_rows(rows)
+    viewmats = np.zeros((batch_size, 4, 4))
+    viewmats[:, :3, :3], viewmats[:, :3, 3], viewmats[:, 3, 3] = clip.R, clip.t, 1.0
+    return {
+        "target": torch.stack([_image_tensor(index.load_frame(int(r))) for r in rows]),
+        "reference": torch.stack([_image_tensor(index.load_frame(r)) for r in references]),
+        "clip": clip,
+        "viewmats": torch.as_tensor(viewmats, dtype=torch.float32),
+        "label": torch.as_tensor(index.label[rows], dtype=torch.long),
+        "rng": rng,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+class Trainer:
+    """One training run: model, optimiser, accelerator, checkpoints."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
+        self.config, self.log = config, log
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        if self.accelerator.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormal weights make CPU training 10-20x slower after a while
+        set_seed(config.seed + self.accelerator.process_index)
+        self.index = read_dataset(config.dataset)
+        self.asset = load_asset(config.flame_asset)
+        if self.index.flame_asset.get("hash") not in (None, self.asset.content_hash):
+            raise TrainConfigError(f"dataset {config.dataset} was made with FLAME asset "
+                                   f"{self.index.flame_asset.get('name')!r}, not {self.asset.name!r}")
+        if config.batch_size > len(self.index):
+            raise TrainConfigError(f"batch_size {config.batch_size} is larger than the dataset ({len(self.index)} frames)")
+        self.model = self._build_model()
+        if self.model.config.resolution != self.index.resolution:
+            raise TrainConfigError(f"the {self.model.config.preset} preset renders {self.model.config.resolution} px "
+                                   f"but the dataset's frames are {self.index.resolution} px")
+        self.flame = FlameModel(self.asset).to(self.accelerator.device)
+        self.scheduler = make_scheduler(self.model.config)
+        self.model.to(self.accelerator.device)
+        # The model is not wrapped in DDP (its ReferenceNet has layers that no loss reaches, and
+        # the steps call model methods, not forward): gradients are averaged in _sync_gradients.
+        self.optimizer = self.accelerator.prepare(
+            torch.optim.AdamW(self._parameter_groups(), weight_decay=config.weight_decay))
+        self.accelerator.register_for_checkpointing(self.model)
+        self.step = 0
+
+    def _build_model(self) -> FlameDiffModel:
+        config = self.config
+        if config.init_from:
+            model = FlameDiffModel.from_pretrained(config.init_from, asset=self.asset)
+        else:
+            overrides = dict(config.overrides, flame_asset=self.asset.identity())
+            model_config = FlameDiffConfig.preset_named(config.preset, **overrides)
+            model = (FlameDiffModel.from_stable_diffusion(model_config) if model_config.pretrained
+                     else FlameDiffModel(model_config))
+        if model.gaussian_field is None:
+            model.attach_gaussian_field(self.asset)
+        if config.reference_dropout is not None:
+            model.config = replace(model.config, reference_dropout=config.reference_dropout)
+        return model
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        model = self.model
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        if self.config.stage == "vae":
+            trainable = list(model.vae.parameters())
+            groups = [{"params": trainable, "lr": self.config.learning_rate}]
+        else:
+            network = [*model.denoiser.parameters(), *model.reference_unet.parameters(),
+                       *model.pose_guider.parameters(), *model.label_embedding.parameters()]
+            trainable = network + list(model.gaussian_field.parameters())
+            groups = [{"params": network, "lr": self.config.learning_rate},
+                      {"params": list(model.gaussian_field.parameters()), "lr": self.config.field_learning_rate}]
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        return groups
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        model, device = self.model, self.accelerator.device
+        target = batch["target"].to(device)
+        if self.config.stage == "vae":
+            posterior = model.vae.encode(target).latent_dist
+            reconstruction = model.vae.decode(posterior.sample()).sample
+            return F.mse_loss(reconstruction, target) + 1e-6 * posterior.kl().mean()
+        return self.diffusion_loss(model, batch, target)
+
+    def diffusion_loss(self, model: FlameDiffModel, batch: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
+        device, rng, clip = target.device, batch["rng"], batch["clip"]
+        with torch.no_grad():
+            latents = model.encode_images(target)
+            reference = model.encode_images(batch["reference"].to(device))
+            vertices = self.flame.forward_clip(clip).vertices
+        Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
+                             dtype=torch.float32, device=device)
+        feature_maps = model.render_control(vertices, self.flame.faces, batch["viewmats"].to(device), Ks)
+        generator = torch.Generator().manual_seed(int(rng.randint(0, 2 ** 31)))
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, model.config.num_train_timesteps, (len(latents),), generator=generator).to(device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        velocity = self.scheduler.get_velocity(latents, noise, timesteps)
+        keep = torch.as_tensor(rng.uniform(size=len(latents)) >= model.config.reference_dropout, device=device)
+        model.write_reference(reference)
+        prediction = model.predict(noisy[:, None], timesteps, feature_maps.permute(0, 3, 1, 2)[:, None],
+                                   batch["label"].to(device), keep)
+        return F.mse_loss(prediction[:, 0].float(), velocity.float())
+
+    def train(self, max_steps: int | None = None) -> float:
+        """Run until ``config.steps`` (or ``max_steps`` more steps); returns the last loss."""
+        from tqdm.auto import tqdm
+
+        self.resume()
+        end = self.config.steps if max_steps is None else min(self.config.steps, self.step + max_steps)
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.accelerator.is_main_process,
+                   desc=f"stage {self.config.stage}", dynamic_ncols=True)
+        loss_value, started = float("nan"), time.perf_counter()
+        self.model.train()
+        while self.step < end:
+            batch = draw_batch(self.index, self.step, self.config.batch_size, self.config.seed,
+                               self.accelerator.process_index)
+            with self.accelerator.autocast():
+                loss = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            self._sync_gradients()
+            self.optimizer.step()
+            self.step += 1
+            loss_value = float(self.accelerator.gather(loss.detach()[None]).mean())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.step >= self.config.steps:
+            self.save_model()
+        self.log(f"stage {self.config.stage}: step {self.step}/{self.config.steps}, loss {loss_value:.4f}, "
+                 f"{time.perf_counter() - started:.1f} s on {self.accelerator.num_processes} process(es)")
+        return loss_value
+
+    def _sync_gradients(self) -> None:
+        """Average gradients over processes (what DDP would do), so every replica steps alike."""
+        if self.accelerator.num_processes == 1:
+            return
+        for parameter in self.model.parameters():
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.accelerator.num_processes
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> str:
+        return os.path.join(self.config.output_dir, "checkpoints")
+
+    def save_checkpoint(self) -> None:
+        """Accelerate state (weights, optimiser, RNG) + the step, written then renamed."""
+        self.accelerator.wait_for_everyone()
+        final = os.path.join(self.checkpoint_root, f"step-{self.step:07d}")
+        staging = final + ".partial"
+        self.accelerator.save_state(staging)
+        if self.accelerator.is_main_process:
+            with open(os.path.join(staging, "trainer_state.json"), "w", encoding="utf-8") as handle:
+                json.dump({"step": self.step, "config": asdict(self.config)}, handle, indent=2)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging, final)
+            for old in sorted(glob.glob(os.path.join(self.checkpoint_root, "step-???????")))[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> None:
+        """Continue from the newest complete checkpoint, if any (partial ones are ignored)."""
+        checkpoints = sorted(glob.glob(os.path.join(self.checkpoint_root, "step-???????")))
+        if not checkpoints:
+            return
+        self.accelerator.load_state(checkpoints[-1])
+        with open(os.path.join(checkpoints[-1], "trainer_state.json"), encoding="utf-8") as handle:
+            self.step = int(json.load(handle)["step"])
+        self.log(f"resumed from {checkpoints[-1]} (step {self.step})")
+
+    def save_model(self) -> str:
+        folder = os.path.join(self.config.output_dir, "model")
+        if self.accelerator.is_main_process:
+            self.model.save_pretrained(folder, extra={"trained_steps": self.step, "stage": self.config.stage,
+                                                 "seed": self.config.seed})
+        self.accelerator.wait_for_everyone()
+        return folder
+
+
+def train(config: TrainConfig, max_steps: int | None = None, log: Callable[[str], None] = print) -> float:
+    """Run (or resume) the training described by ``config``; returns the last loss."""
+    os.makedirs(config.output_dir, exist_ok=True)
+    with open(os.path.join(config.output_dir, "train_config.json"), "w", encoding="utf-8") as handle:
+        json.dump(asdict(config), handle, indent=2)
+    return Trainer(config, log).train(max_steps)

@@ -1,0 +1,162 @@
+"""Stage-1 training: config and dataset validation, gradients, overfitting, resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backend.cli import main
+from backend.data.dataset import DatasetError, read_dataset
+from backend.training.train import TrainConfig, TrainConfigError, Trainer, draw_batch, train
+from tiny_data import make_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, head_asset) -> str:
+    folder = str(tmp_path_factory.mktemp("tiny-dataset"))
+    make_tiny_dataset(folder, head_asset, identities=2, frames_per_identity=3)
+    return folder
+
+
+def _config(dataset: str, out: str, **changes) -> TrainConfig:
+    settings = dict(dataset=dataset, output_dir=out, steps=4, batch_size=2, checkpoint_every=2,
+                    learning_rate=1e-3, reference_dropout=0.0)
+    settings.update(changes)
+    return TrainConfig.from_dict(settings)
+
+
+def test_config_errors_name_the_key(tmp_path, dataset):
+    with pytest.raises(TrainConfigError, match="unknown keys \\['step'\\]"):
+        TrainConfig.from_dict({"dataset": dataset, "output_dir": "x", "step": 3})
+    with pytest.raises(TrainConfigError, match="missing required keys \\['dataset'\\]"):
+        TrainConfig.from_dict({"output_dir": "x"})
+    with pytest.raises(TrainConfigError, match="'stage' must be one of"):
+        _config(dataset, "x", stage="2b")
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(TrainConfigError, match="not valid JSON"):
+        TrainConfig.from_file(str(tmp_path / "bad.json"))
+    with pytest.raises(TrainConfigError, match="larger than the dataset"):
+        Trainer(_config(dataset, str(tmp_path / "run"), batch_size=64))
+
+
+def test_yaml_config_paths_are_relative_to_the_file(tmp_path, dataset):
+    (tmp_path / "train.yaml").write_text(f"dataset: {dataset}\noutput_dir: run\nsteps: 3\n")
+    config = TrainConfig.from_file(str(tmp_path / "train.yaml"))
+    assert config.output_dir == str(tmp_path / "run") and config.steps == 3
+
+
+def test_dataset_validation(tmp_path, dataset):
+    index = read_dataset(dataset)
+    assert len(index) == 6 and index.resolution == 32 and len(index.sequences()) == 2
+    with pytest.raises(DatasetError, match="no dataset.json"):
+        read_dataset(str(tmp_path))
+    broken = tmp_path / "broken"
+    os.system(f"cp -r {dataset} {broken}")
+    np.savez(broken / "samples.npz", identity=np.zeros(6, int), label=np.full(6, 3), sequence=np.zeros(6, int),
+             frame_in_sequence=np.arange(6))
+    with pytest.raises(DatasetError, match="'label' must be 0 \\(real\\) or 1"):
+        read_dataset(str(broken))
+    np.savez(broken / "samples.npz", identity=np.zeros(5, int), label=np.zeros(6, int), sequence=np.zeros(6, int),
+             frame_in_sequence=np.arange(6))
+    with pytest.raises(DatasetError, match="'identity' must be \\[6\\] integers"):
+        read_dataset(str(broken))
+
+
+def test_batches_are_reproducible_and_use_same_identity_references(dataset):
+    index = read_dataset(dataset)
+    first, again = draw_batch(index, 5, 2, seed=1, rank=0), draw_batch(index, 5, 2, seed=1, rank=0)
+    torch.testing.assert_close(first["target"], again["target"])
+    other_rank = draw_batch(index, 5, 2, seed=1, rank=1)
+    assert not torch.equal(first["target"], other_rank["target"]) or not torch.equal(first["reference"], other_rank["reference"])
+
+
+def test_gradients_reach_the_gaussian_features(tmp_path, dataset):
+    """The features have no direct supervision: only the diffusion loss trains them. The guider's
+    output layer starts at zero, so they receive gradient from the second step on."""
+    trainer = Trainer(_config(dataset, str(tmp_path / "run")), log=lambda message: None)
+    trainer.loss(draw_batch(trainer.index, 0, 2, 0, 0)).backward()
+    assert trainer.model.gaussian_field.features.grad.abs().sum() == 0  # zero-initialised guider output
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    trainer.loss(draw_batch(trainer.index, 1, 2, 0, 0)).backward()
+    field = trainer.model.gaussian_field
+    for parameter in (field.features, field.opacity_logits, field.log_scales):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert trainer.model.vae.encoder.conv_in.weight.grad is None  # the VAE is frozen in stage 1
+
+
+def test_tiny_model_overfits_a_handful_of_frames(tmp_path, head_asset):
+    folder = str(tmp_path / "data")
+    make_tiny_dataset(folder, head_asset, identities=1, frames_per_identity=3)
+    torch.manual_seed(0)
+    trainer = Trainer(_config(folder, str(tmp_path / "run"), steps=250, learning_rate=3e-3,
+                              field_learning_rate=1e-2, checkpoint_every=1000), log=lambda message: None)
+
+    def held_out_loss() -> float:  # fixed noise and timesteps, never drawn in training
+        with torch.no_grad():
+            return float(np.mean([trainer.loss(draw_batch(trainer.index, 10_000 + s, 2, 0, 0)).item()
+                                  for s in range(6)]))
+
+    before = held_out_loss()
+    trainer.train()
+    after = held_out_loss()
+    print(f"overfit: loss {before:.4f} -> {after:.4f} ({1 - after / before:.0%} lower)")
+    assert after <= 0.2 * before
+
+
+def _weights(folder: str) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(folder, "model", "model.safetensors"))
+
+
+def test_resume_after_a_kill_continues_exactly(tmp_path, dataset):
+    straight = _config(dataset, str(tmp_path / "straight"))
+    train(straight, log=lambda message: None)
+    interrupted = _config(dataset, str(tmp_path / "interrupted"))
+    train(interrupted, max_steps=2, log=lambda message: None)  # "killed" after the step-2 checkpoint
+    assert os.listdir(tmp_path / "interrupted" / "checkpoints") == ["step-0000002"]
+    assert not (tmp_path / "interrupted" / "model").exists()
+    messages: list[str] = []
+    train(interrupted, log=messages.append)
+    assert any("resumed from" in m and "step 2" in m for m in messages)
+    a, b = _weights(str(tmp_path / "straight")), _weights(str(tmp_path / "interrupted"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_vae_stage_learns_to_reconstruct(tmp_path, dataset):
+    config = _config(dataset, str(tmp_path / "vae"), stage="vae", steps=40, learning_rate=2e-3, checkpoint_every=100)
+    trainer = Trainer(config, log=lambda message: None)
+    batch = draw_batch(trainer.index, 0, 2, 0, 0)
+    with torch.no_grad():
+        before = trainer.loss(batch).item()
+    trainer.train()
+    with torch.no_grad():
+        after = trainer.loss(batch).item()
+    assert after < 0.5 * before
+    denoiser = trainer.model.denoiser.conv_in.weight
+    assert not denoiser.requires_grad  # only the VAE trains in this stage
+
+
+def test_cli_train_and_two_processes(tmp_path, dataset):
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"dataset": dataset, "output_dir": str(tmp_path / "run"), "steps": 2,
+                                  "batch_size": 2, "checkpoint_every": 1}))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "backend", "train", "--config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 process(es)" in result.stdout
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["_extra"]["trained_steps"] == 2
+    assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
