@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model (stage 'vae' or '1') from a JSON/YAML config; resumes from the newest "
-                      "checkpoint in output_dir; run under 'accelerate launch' for several processes/GPUs",
+                      "checkpoint in output_dir; several GPUs: 'accelerate launch --multi_gpu -m backend train ...', several CPU processes: 'torchrun --nproc_per_node N -m backend train ...'",
         description="Keys of the config file: dataset, output_dir (required); preset (tiny|demo|sd15), stage "
                     "(vae|1), init_from, flame_asset, steps, batch_size, learning_rate, field_learning_rate, "
                     "seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "

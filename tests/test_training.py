@@ -150,8 +150,8 @@ def test_cli_train_and_two_processes(tmp_path, dataset):
     config.write_text(json.dumps({"dataset": dataset, "output_dir": str(tmp_path / "run"), "steps": 2,
                                   "batch_size": 2, "checkpoint_every": 1}))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    # torchrun sets RANK/WORLD_SIZE; accelerate then runs multi-process on CPU with gloo
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "backend", "train", "--config", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
