@@ -146,16 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     train = commands.add_parser(
-        "train", help="train a model (stage 'vae' or '1') from a JSON/YAML config; resumes from the newest "
+        "train", help="train a model (stage 'vae', '1' or '2') from a JSON/YAML config; resumes from the newest "
                       "checkpoint in output_dir; several GPUs: 'accelerate launch --multi_gpu -m backend train ...', several CPU processes: 'torchrun --nproc_per_node N -m backend train ...'",
         description="Keys of the config file: dataset, output_dir (required); preset (tiny|demo|sd15), stage "
-                    "(vae|1), init_from, flame_asset, steps, batch_size, learning_rate, field_learning_rate, "
+                    "(vae|1|2), init_from, flame_asset, sequence_length, steps, batch_size, learning_rate, field_learning_rate, "
                     "seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "
                     "reference_dropout, overrides (model config fields). See the README.")
     train.add_argument("--config", required=True, metavar="FILE", help="training config (.json or .yaml)")
     train.add_argument("--max-steps", type=int, default=None, metavar="N",
                        help="stop after N more steps (a checkpoint is written; run again to continue)")
     train.set_defaults(func=cmd_train)
+
+    from backend.data.procedural import register_cli as register_dataset_cli
+    register_dataset_cli(commands)
     return parser
 
 

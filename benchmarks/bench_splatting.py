@@ -1,7 +1,7 @@
 """Throughput of flamediff's feature splatter on a head-sized Gaussian cloud.
 
 Usage: python benchmarks/bench_splatting.py [--quick] [--json OUT] [--frames F]
-       [--tile-size T [T ...]] [--repeats R]
+       [--tile-size T [T ...]] [--repeats R] [--threads T]
 
 Scene: N Gaussians on a sphere of radius 0.1 m (a head), isotropic std
 ~1.5 mm, random opacities and D-dim features, seen from 0.6 m with a ~50 deg
@@ -102,7 +102,11 @@ def main() -> None:
     ap.add_argument("--tile-size", type=int, nargs="+", default=[16],
                     help="torch-path tile edge(s) to try")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per config")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 avoids OpenMP stalls on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     configs = QUICK if args.quick else FULL
     repeats = args.repeats or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -171,3 +171,50 @@ def test_missing_stable_diffusion_weights_say_how_to_get_them(tmp_path, monkeypa
     config = FlameDiffConfig.preset_named("tiny", pretrained=str(tmp_path / "nothing-here"))
     with pytest.raises(CheckpointError, match="huggingface-cli download"):
         FlameDiffModel.from_stable_diffusion(config)
+
+
+def test_fresh_temporal_layers_leave_predictions_unchanged_then_mix_frames():
+    torch.manual_seed(2)
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny")).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
+    latents, t, features = _inputs(batch=1, frames=4)
+    reference, keep = torch.randn(1, 4, 16, 16), torch.tensor([True])
+    before = _predict(model, reference, latents, t, features, keep)
+    model.add_temporal_layers()
+    assert model.config.temporal_layers
+    torch.testing.assert_close(_predict(model, reference, latents, t, features, keep), before, rtol=0, atol=0)
+    with torch.no_grad():  # a trained motion module: frames now see each other
+        for parameter in model.temporal.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    moved = latents.clone()
+    moved[0, 3] += 1.0
+    a = _predict(model, reference, latents, t, features, keep)
+    b = _predict(model, reference, moved, t, features, keep)
+    assert (a[0, 0] - b[0, 0]).abs().max() > 1e-4  # frame 0 reacts to a change in frame 3
+
+
+def test_sd15_temporal_layers_match_animatediff_layout():
+    with torch.device("meta"):
+        model = FlameDiffModel(FlameDiffConfig.preset_named("sd15", temporal_layers=True))
+    assert sum(p.numel() for p in model.temporal.parameters()) == 453_209_280  # AnimateDiff v2 motion adapter
+    assert [len(b.motion_modules) for b in model.temporal.down_blocks] == [2, 2, 2, 2]
+    assert [len(b.motion_modules) for b in model.temporal.up_blocks] == [3, 3, 3, 3]
+
+
+def test_temporal_layers_start_from_a_motion_adapter_folder(tmp_path):
+    """The AnimateDiff loading path (diffusers MotionAdapter), with a tiny adapter saved here."""
+    from backend.models.temporal import build_motion_adapter
+
+    config = FlameDiffConfig.preset_named("tiny")
+    adapter = build_motion_adapter(config.unet_channels, config.layers_per_block, 2, config.norm_num_groups, 32)
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.fill_(0.01)
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", temporal_layers=True,
+                                                        motion_adapter=str(tmp_path / "adapter")))
+    assert all(torch.all(p == 0.01) for p in model.temporal.parameters())
+    with pytest.raises(CheckpointError, match="could not load the motion adapter"):
+        FlameDiffModel(FlameDiffConfig.preset_named("tiny", temporal_layers=True,
+                                                    motion_adapter=str(tmp_path / "missing")))

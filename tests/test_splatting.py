@@ -108,6 +108,7 @@ def _camera(F: int, width: int, height: int, fov_deg: float = 60.0, dtype=DT,
 
 
 def _scene(N: int, F: int = 1, D: int = 3, seed: int = 0, dtype=DT, spread: float = 0.6):
+    """N random Gaussians in a cube of half-size ``spread`` around the origin."""
     g = torch.Generator().manual_seed(seed)
     means = ((torch.rand(N, 3, generator=g, dtype=dtype) - 0.5) * 2 * spread)
     means = means.expand(F, N, 3).clone()
@@ -145,9 +146,33 @@ def _with_specials(means, scales, opac, feats):
 def test_torch_matches_reference(seed, N, W, H):
     means, scales, opac, feats = _with_specials(*_scene(N, seed=seed))
     viewmats, Ks = _camera(1, W, H, seed=seed)
+    _check_against_reference(means, scales, opac, feats, viewmats, Ks, W, H)
+
+
+def test_torch_matches_reference_general_intrinsics():
+    """fx != fy and an off-centre principal point (clamp limits are asymmetric)."""
+    means, scales, opac, feats = _with_specials(*_scene(14, seed=9))
+    viewmats, Ks = _camera(1, 15, 11, seed=9)
+    Ks[:, 0, 0] *= 1.2
+    Ks[:, 0, 2] += 1.7
+    Ks[:, 1, 2] -= 2.2
+    _check_against_reference(means, scales, opac, feats, viewmats, Ks, 15, 11)
+
+
+def test_torch_matches_reference_when_pixels_saturate():
+    """Stacks of nearly opaque Gaussians: the 0.999 cap and the T <= 1e-4 stop both fire."""
+    means, scales, opac, feats = _scene(16, seed=4, spread=0.25)
+    opac = torch.full_like(opac, 0.97)
+    opac[:3] = 0.9995  # capped at 0.999
+    viewmats, Ks = _camera(1, 12, 12, fov_deg=20, seed=4)
+    ref_a = _check_against_reference(means, 3 * scales, opac, feats, viewmats, Ks, 12, 12)
+    assert (ref_a > 0.999).float().mean() > 0.5  # most pixels reach the stopping regime
+
+
+def _check_against_reference(means, scales, opac, feats, viewmats, Ks, W, H) -> Tensor:
     ref_img, ref_a = splat_features_reference(means, scales, opac, feats, viewmats, Ks, W, H)
     img, a = splat_features_torch(means, scales, opac, feats, viewmats, Ks, W, H, tile_size=4)
-    assert img.shape == (1, H, W, 3) and a.shape == (1, H, W, 1)
+    assert img.shape == (1, H, W, feats.shape[1]) and a.shape == (1, H, W, 1)
     assert ref_a.max() > 0.5, "scene should be visibly covered"
     torch.testing.assert_close(img, ref_img, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(a, ref_a, atol=1e-10, rtol=1e-9)
@@ -156,6 +181,7 @@ def test_torch_matches_reference(seed, N, W, H):
     img32, a32 = splat_features_torch(*inputs32, W, H)
     assert (img32.double() - ref_img).abs().max() < 1e-5
     assert (a32.double() - ref_a).abs().max() < 1e-5
+    return ref_a
 
 
 def test_culled_gaussians_do_not_contribute():
@@ -211,29 +237,45 @@ def test_gradcheck_tiny_scene():
         img, a = splat_features_torch(*ts, viewmats, Ks, 6, 6, tile_size=4)
         return img, a
 
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 # --------------------------------------------------------------------------
 # compositing order, invariances, batching
 
 
-def _two_gaussians(z_red: float, z_blue: float):
+def _two_gaussians(z_red: float, z_blue: float) -> tuple:
+    """A red and a blue nearly opaque Gaussian on the optical axis at the given depths."""
     viewmats, Ks = _camera(1, 8, 8)
     viewmats[0, :3, :3] = torch.eye(3, dtype=DT)
     means = torch.tensor([[[0.0, 0.0, z_red - 2.0], [0.0, 0.0, z_blue - 2.0]]], dtype=DT)
     scales = torch.tensor([0.5, 0.5], dtype=DT)
     opac = torch.tensor([0.99, 0.99], dtype=DT)
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=DT)
-    return splat_features_torch(means, scales, opac, feats, viewmats, Ks, 8, 8)
+    return means, scales, opac, feats, viewmats, Ks, 8, 8
 
 
 def test_front_to_back_order():
-    near_red, _ = _two_gaussians(1.0, 3.0)
-    near_blue, _ = _two_gaussians(3.0, 1.0)
+    near_red, _ = splat_features_torch(*_two_gaussians(1.0, 3.0))
+    near_blue, _ = splat_features_torch(*_two_gaussians(3.0, 1.0))
     c = near_red[0, 4, 4]
     assert c[0] > 0.9 and c[1] < 0.1  # the near, nearly opaque one hides the far one
-    torch.testing.assert_close(near_blue[..., [1, 0]], near_red)
+    torch.testing.assert_close(near_blue[..., [1, 0]], near_red)  # swapping depths swaps
+    torch.testing.assert_close(near_red, splat_features_reference(*_two_gaussians(1.0, 3.0))[0])
+
+
+def test_alpha_cap_at_0999():
+    """A Gaussian centred on a pixel centre with opacity ~1 gives alpha 0.999 there, flat in o."""
+    viewmats, Ks = _camera(1, 9, 9)
+    viewmats[0, :3, :3] = torch.eye(3, dtype=DT)  # principal point (4.5, 4.5): pixel (4, 4)
+    opac = torch.tensor([0.99999], dtype=DT, requires_grad=True)
+    args = (torch.zeros(1, 1, 3, dtype=DT), torch.tensor([0.1], dtype=DT), opac,
+            torch.ones(1, 1, dtype=DT), viewmats, Ks, 9, 9)
+    img, a = splat_features_torch(*args)
+    assert abs(a[0, 4, 4, 0].item() - 0.999) < 1e-12 and a[0, 4, 5, 0] < 0.999
+    (g,) = torch.autograd.grad(a[0, 4, 4, 0], opac)
+    assert g.item() == 0.0
+    torch.testing.assert_close(a, splat_features_reference(*args)[1])
 
 
 def test_tile_size_invariance():
@@ -265,10 +307,10 @@ def test_small_chunks_match(monkeypatch):
     calls = []
     block = sp._composite_block
     monkeypatch.setattr(sp, "_composite_block", lambda *a: calls.append(1) or block(*a))
-    monkeypatch.setattr(sp, "CHUNK_ELEMS", 64 * 3)  # one 8x8 tile, 3 Gaussians per block
+    monkeypatch.setattr(sp, "CHUNK_ELEMS", 64 * 5)  # one 8x8 tile, 5 Gaussians per block
     small = run()
     n_blocks = len(calls) // 2  # each block runs again in backward (checkpointing)
-    assert big[1].min() > 0.99 and n_blocks < 4 * 60 // 3  # stopped before the last block
+    assert big[1].min() > 0.99 and n_blocks < 4 * 60 // 5  # stopped before the last block
     for x, y in zip(small, big):
         torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-9)
 
@@ -308,6 +350,15 @@ def test_auto_backend_on_cpu_uses_torch():
     a = splat_features(means, scales, opac, feats, viewmats, Ks, 8, 8)
     b = splat_features_torch(means, scales, opac, feats, viewmats, Ks, 8, 8)
     torch.testing.assert_close(a[0], b[0])
+
+
+def test_all_culled_still_differentiable():
+    means, scales, opac, feats = _scene(4, seed=12)
+    viewmats, Ks = _camera(1, 8, 8)
+    leaves = [t.clone().requires_grad_(True) for t in (means - 10.0, scales, opac, feats)]
+    img, a = splat_features_torch(*leaves, viewmats, Ks, 8, 8)  # everything behind the camera
+    (img.sum() + a.sum()).backward()
+    assert not img.any() and all(t.grad is not None and not t.grad.any() for t in leaves)
 
 
 def test_empty_scene_and_float32_dtype():
@@ -365,6 +416,8 @@ def test_gsplat_backend_errors_clearly_without_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="gsplat|CUDA"):
         splat_features(**_good_args(), backend="gsplat")
+    with pytest.raises(RuntimeError, match="backend='torch'"):
+        splat_features_gsplat(**_good_args())
 
 
 # --------------------------------------------------------------------------
@@ -398,5 +451,7 @@ def test_gsplat_parity():
         rel = ((gt - gg).norm() / gg.norm().clamp(min=1e-12)).item()
         print(f"grad {name}: max|d| = {(gt - gg).abs().max().item():.3e}, rel L2 = {rel:.3e}")
         assert rel < 1e-2, name
-    assert (i_t - i_g).abs().max() < 1e-3
-    assert (a_t - a_g).abs().max() < 1e-4
+    # float32 rounding (gsplat uses __expf) may flip a rare alpha ~ 1/255 decision: one such
+    # contribution is ~0.004 * |feature|, so bound the mean tightly and the max loosely.
+    assert (i_t - i_g).abs().mean() < 1e-5 and (i_t - i_g).abs().max() < 5e-2
+    assert (a_t - a_g).abs().mean() < 1e-6 and (a_t - a_g).abs().max() < 1e-2

@@ -15,7 +15,9 @@ SKIN = [(224.0, 182.0, 160.0), (150.0, 105.0, 80.0), (240.0, 205.0, 190.0)]
 
 
 def make_tiny_dataset(folder: str, asset, resolution: int = 32, identities: int = 2,
-                      frames_per_identity: int = 3, seed: int = 0) -> DatasetIndex:
+                      frames_per_identity: int = 3, seed: int = 0, all_real: bool = False) -> DatasetIndex:
+    """One continuous sequence per identity; every other frame is labelled synthetic unless
+    ``all_real``."""
     rng = np.random.RandomState(seed)
     count = identities * frames_per_identity
     identity = np.repeat(np.arange(identities), frames_per_identity)
@@ -36,5 +38,5 @@ def make_tiny_dataset(folder: str, asset, resolution: int = 32, identities: int 
     frames = [np.asarray(render_preview(vertices[i], asset.faces, K, R, t, (resolution, resolution),
                                         np.full((len(asset.faces), 3), SKIN[identity[i] % len(SKIN)])))
               for i in range(count)]
-    return write_dataset(folder, frames, clip, identity=identity, label=(np.arange(count) % 2),
+    return write_dataset(folder, frames, clip, identity=identity, label=np.zeros(count, int) if all_real else np.arange(count) % 2,
                          sequence=identity, frame_in_sequence=np.tile(np.arange(frames_per_identity), identities))

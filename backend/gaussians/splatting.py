@@ -25,14 +25,18 @@ agree to float rounding:
   optimisation and never changes the result.
 * Pixel centres sit at (x + 0.5, y + 0.5);
   ``alpha = min(0.999, o * exp(-0.5 d^T Sigma2d^-1 d))``; contributions with
-  alpha < 1/255 (or a negative exponent from rounding) are skipped; Gaussians
-  are composited in increasing camera z, and a pixel stops, excluding the
-  Gaussian that would do it, once transmittance would drop to 1e-4 or below.
+  alpha < 1/255 are skipped; Gaussians are composited in increasing camera z,
+  and a pixel stops, excluding the Gaussian that would do it, once
+  transmittance would drop to 1e-4 or below.  gsplat also skips a negative
+  exponent, a rounding guard that cannot fire for isotropic Gaussians.
+
+The torch path evaluates alpha as ``exp(clamp(log o - sigma))``, which differs
+from gsplat's ``o * __expf(-sigma)`` only by float rounding.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import math
 
 import torch
@@ -66,24 +70,34 @@ def splat_features(
     backend: str = "auto",
     near: float = 0.01,
     far: float = 100.0,
-    tile_size: int = 16,
+    tile_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Render per-frame Gaussian features to ``([F, H, W, D], [F, H, W, 1])``.
 
     means [F, N, 3] (world), scales [F, N] or [N] (isotropic std in metres),
     opacities [F, N] or [N], features [N, D] or [F, N, D], viewmats [F, 4, 4]
     (world-to-camera, OpenCV axes), Ks [F, 3, 3] (pixels).  ``backend="auto"``
-    picks gsplat for CUDA tensors when it is installed, torch otherwise;
-    ``tile_size`` only affects the torch path's speed and memory.
+    picks gsplat for CUDA tensors when it imports, torch otherwise;
+    ``tile_size`` only affects the torch path's speed and memory.  Gaussians
+    outside [near, far] in camera depth are culled.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        use_gsplat = means.is_cuda and importlib.util.find_spec("gsplat") is not None
-        backend = "gsplat" if use_gsplat else "torch"
+        backend = "gsplat" if means.is_cuda and _gsplat_importable() else "torch"
     fn = splat_features_gsplat if backend == "gsplat" else splat_features_torch
     return fn(means, scales, opacities, features, viewmats, Ks, width, height,
               near=near, far=far, tile_size=tile_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _gsplat_importable() -> bool:
+    """Whether ``import gsplat`` works (checked once; a broken install counts as absent)."""
+    try:
+        import gsplat  # noqa: F401
+    except Exception:  # ImportError, or a failing CUDA extension build
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -190,9 +204,9 @@ def _intersect_tiles(
     lo, hi = means2d - radii, means2d + radii
     keep = (in_range & (opacities >= ALPHA_MIN) & (radii > 0).all(-1)
             & (hi[..., 0] > 0) & (lo[..., 0] < width) & (hi[..., 1] > 0) & (lo[..., 1] < height))
-    lim = torch.tensor([tw, th], device=depths.device)
-    t0 = torch.minimum(torch.floor(lo / tile_size).long().clamp(min=0), lim)
-    t1 = torch.minimum(torch.ceil(hi / tile_size).long().clamp(min=0), lim)
+    lim = torch.tensor([tw, th], device=depths.device, dtype=lo.dtype)  # clamp before .long()
+    t0 = torch.minimum(torch.floor(lo / tile_size).clamp(min=0), lim).long()
+    t1 = torch.minimum(torch.ceil(hi / tile_size).clamp(min=0), lim).long()
     span = (t1 - t0).clamp(min=0)
     counts = span[..., 0] * span[..., 1] * keep
     # visit Gaussians front to back so a stable sort by tile keeps depth order
@@ -319,7 +333,7 @@ def splat_features_torch(
     *,
     near: float = 0.01,
     far: float = 100.0,
-    tile_size: int = 16,
+    tile_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Pure-torch splatter (any device), differentiable via autograd.
 
@@ -330,36 +344,50 @@ def splat_features_torch(
     """
     scales, opacities, features = _check_inputs(
         means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
-    n_frames, n = means.shape[:2]
     dtype = means.dtype
-    viewmats, Ks = viewmats.to(dtype), Ks.to(dtype)
     means2d, conics, cov_diag, depths, in_range = _project(
-        means, scales.to(dtype), viewmats, Ks, width, height, near, far)
+        means, scales.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height, near, far)
     isect = _intersect_tiles(means2d, cov_diag, opacities.detach(), depths, in_range,
                              width, height, tile_size)
-    params = torch.cat([means2d, conics, opacities.to(dtype)[..., None]], -1).reshape(-1, 6)
-    pad = params.new_zeros(1, 6)
-    pad[0, 5] = torch.finfo(dtype).tiny  # padding Gaussian: alpha ~ 0, finite log
-    params = torch.cat([params, pad])
-    d = features.shape[-1]
-    flat = features.reshape(-1, d).to(dtype)
-    feats = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], -1)  # last channel -> alpha
-    tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    n_pix = tile_size * tile_size
+    params, feats = _gaussian_tables(means2d, conics, opacities.to(dtype), features.to(dtype))
     use_ckpt = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means, scales, opacities, features))
-    ids, outs = [], []
-    for tiles, k_max, k_block in _tile_groups(isect[1], n_pix):
-        ids.append(tiles)
-        outs.append(_render_group(tiles, k_max, k_block, isect, params, feats,
-                                  (tw, th, tile_size), use_ckpt))
-    hp, wp = th * tile_size, tw * tile_size
-    canvas = feats.new_zeros(n_frames * hp * wp, d + 1)
+    grid = (math.ceil(width / tile_size), math.ceil(height / tile_size), tile_size)
+    groups = _tile_groups(isect[1], tile_size * tile_size)
+    outs = [_render_group(tiles, k_max, k_block, isect, params, feats, grid, use_ckpt)
+            for tiles, k_max, k_block in groups]
+    return _assemble([g[0] for g in groups], outs, params, feats, means.shape[0],
+                     width, height, grid)
+
+
+def _gaussian_tables(means2d: Tensor, conics: Tensor, opacities: Tensor,
+                     features: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-Gaussian rows for gathering: params [F*N + 1, 6] and feats [N or F*N, D + 1].
+
+    params ends with a padding Gaussian of (almost) zero opacity for short
+    tiles; feats gets a channel of ones, so compositing it yields alpha too.
+    """
+    params = torch.cat([means2d, conics, opacities[..., None]], -1).reshape(-1, 6)
+    pad = params.new_zeros(1, 6)
+    pad[0, 5] = torch.finfo(params.dtype).tiny  # alpha ~ 0 with a finite log
+    flat = features.reshape(-1, features.shape[-1])
+    return torch.cat([params, pad]), torch.cat([flat, flat.new_ones(len(flat), 1)], -1)
+
+
+def _assemble(tile_ids: list[Tensor], outs: list[Tensor], params: Tensor, feats: Tensor,
+              n_frames: int, width: int, height: int,
+              grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """Scatter per-tile results into the image; views ([F, H, W, D], [F, H, W, 1])."""
+    tw, th, ts = grid
+    c = feats.shape[-1]
+    canvas = feats.new_zeros(n_frames * th * ts * tw * ts, c)
     if outs:  # in-place on a fresh tensor: autograd-safe, and saves a full copy
-        pix = _tile_pixels(torch.cat(ids), tw, th, tile_size)
+        pix = _tile_pixels(torch.cat(tile_ids), tw, th, ts)
         canvas.index_copy_(0, pix, torch.cat(outs).flatten(0, 1))
-    image = canvas.view(n_frames, hp, wp, d + 1)[:, :height, :width]
-    return image[..., :d], image[..., d:]
+    else:  # nothing visible: add a zero that still reaches the inputs, so backward() works
+        canvas = canvas + (params[:0].sum() + feats[:0].sum())
+    image = canvas.view(n_frames, th * ts, tw * ts, c)[:, :height, :width]
+    return image[..., :c - 1], image[..., c - 1:]
 
 
 def _tile_pixels(tiles: Tensor, tw: int, th: int, ts: int) -> Tensor:
@@ -388,7 +416,7 @@ def splat_features_gsplat(
     *,
     near: float = 0.01,
     far: float = 100.0,
-    tile_size: int = 16,
+    tile_size: int = 8,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as the torch path, via ``gsplat.rasterization`` on CUDA.
 
@@ -408,14 +436,18 @@ def splat_features_gsplat(
         raise RuntimeError("backend='gsplat' needs CUDA tensors; move them with .cuda() "
                            "or use backend='torch'")
     n_frames, n = means.shape[:2]
+    f32 = torch.float32  # gsplat's rasteriser is float32-only
+    means, scales, opacities, features, viewmats, Ks = (
+        t.to(f32) for t in (means, scales, opacities, features, viewmats, Ks))
     quats = means.new_zeros(n, 4)
     quats[:, 0] = 1.0  # identity rotation: the Gaussians are isotropic
     colours, alphas = [], []
     for f in range(n_frames):
         feats = features if features.dim() == 2 else features[f]
         rgb, alpha, _ = rasterization(
-            means[f], quats, scales[f][:, None].repeat(1, 3), opacities[f], feats,
-            viewmats[f:f + 1], Ks[f:f + 1], width, height,
+            means[f].contiguous(), quats, scales[f][:, None].repeat(1, 3),
+            opacities[f].contiguous(), feats.contiguous(),
+            viewmats[f:f + 1].contiguous(), Ks[f:f + 1].contiguous(), width, height,
             near_plane=near, far_plane=far, eps2d=EPS2D, sh_degree=None,
             packed=False, rasterize_mode="classic", render_mode="RGB")
         colours.append(rgb)

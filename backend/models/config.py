@@ -32,6 +32,10 @@ class FlameDiffConfig:
     num_train_timesteps: int = 1000
     prediction_type: str = "v_prediction"
     reference_dropout: float = 0.1             # classifier-free guidance: drop reference + label
+    temporal_layers: bool = False              # motion modules in every denoiser block (stage 2)
+    temporal_heads: int = 2
+    temporal_max_frames: int = 32              # longest window the positional encoding covers
+    motion_adapter: str | None = None          # AnimateDiff adapter (hub id or folder) to start from
     pretrained: str | None = None              # hub id or folder of SD-1.5 weights (sd15 preset)
     flame_asset: dict[str, str] = field(default_factory=dict)
 
@@ -90,12 +94,13 @@ PRESETS: dict[str, FlameDiffConfig] = {
     "demo": FlameDiffConfig(
         preset="demo", resolution=128, unet_channels=(32, 64, 128), layers_per_block=1, attention_head_dim=8,
         cross_attention_dim=64, norm_num_groups=8, vae_channels=(16, 32, 64), feature_dim=16, uv_resolution=128,
-        guider_channels=(16, 32),
+        guider_channels=(16, 32), temporal_heads=4,
     ),
     "sd15": FlameDiffConfig(
         preset="sd15", resolution=512, unet_channels=(320, 640, 1280, 1280), layers_per_block=2,
         attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32, vae_channels=(128, 256, 512, 512),
         latent_channels=4, vae_scaling_factor=0.18215, feature_dim=32, uv_resolution=256,
         guider_channels=(16, 32, 96, 256), pretrained="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        temporal_heads=8,
     ),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from backend.gaussians.uv_binding import load_or_compute_uv_binding
 from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.pose_guider import PoseGuider
 from backend.models.reference_attention import ReferenceBank, install_reference_attention
+from backend.models.temporal import attach_motion_modules, build_motion_adapter, load_motion_adapter
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -53,6 +55,31 @@ class FlameDiffModel(nn.Module):
         self.num_reference_layers = install_reference_attention(self.reference_unet, self.denoiser, self.bank)
         self._control: Tensor | None = None
         self.denoiser.conv_in.register_forward_hook(self._add_control)
+        self.temporal: nn.Module | None = None
+        self._num_frames = 1
+        if config.temporal_layers:
+            self.add_temporal_layers()
+
+    def add_temporal_layers(self, adapter: nn.Module | None = None) -> nn.Module:
+        """Give the denoiser motion modules (fresh ones leave predictions unchanged); the
+        config's ``motion_adapter`` (AnimateDiff, hub id or folder) is used when set."""
+        if self.temporal is not None:
+            return self.temporal
+        config = self.config
+        if adapter is None and config.motion_adapter:
+            try:
+                adapter = load_motion_adapter(config.motion_adapter)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"could not load the motion adapter {config.motion_adapter!r} ({exc}); "
+                                      "download it once or pass a local folder") from None
+        if adapter is None:
+            adapter = build_motion_adapter(config.unet_channels, config.layers_per_block, config.temporal_heads,
+                                           config.norm_num_groups, config.temporal_max_frames)
+        attach_motion_modules(self.denoiser, adapter, lambda: self._num_frames)
+        self.temporal = adapter.to(self.label_embedding.weight.device)
+        if not config.temporal_layers:
+            self.config = replace(config, temporal_layers=True)
+        return self.temporal
 
     # -- conditioning ---------------------------------------------------------------------------
 
@@ -119,6 +146,7 @@ class FlameDiffModel(nn.Module):
         labels = torch.where(keep_reference, labels, torch.full_like(labels, LABELS["null"]))
         self.bank.route(per_frame(reference_index), per_frame(keep_reference))
         self._control = self.pose_guider(feature_maps.flatten(0, 1))
+        self._num_frames = frames
         try:
             out = self.denoiser(noisy_latents.flatten(0, 1), per_frame(timesteps),
                                 encoder_hidden_states=self.label_tokens(per_frame(labels))).sample

@@ -8,6 +8,9 @@ Stages:
 - ``1``: single frames; the Gaussian field, pose guider, both U-Nets and the label vectors
   learn with v-prediction MSE as the only loss; the VAE is frozen. The reference (and the
   label) is dropped with ``reference_dropout`` for classifier-free guidance.
+- ``2``: clips of ``sequence_length`` consecutive frames from the "real" sequences only (the
+  multi-view synthetic samples are not continuous); only the temporal layers learn, added
+  to the stage-1 model given by ``init_from`` if it has none yet.
 
 Batches are drawn from a generator seeded by (seed, step, process), so a run resumed from a
 checkpoint continues exactly where the killed run was, with no data-loader state to save.
@@ -38,7 +41,7 @@ from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
 
-STAGES = ("vae", "1")
+STAGES = ("vae", "1", "2")
 
 
 class TrainConfigError(FlamediffError):
@@ -66,6 +69,7 @@ class TrainConfig:
     log_every: int = 10
     mixed_precision: str = "no"         # no | fp16 | bf16
     reference_dropout: float | None = None  # default: the preset's
+    sequence_length: int = 14           # frames per clip in stage 2
     overrides: dict[str, Any] = field(default_factory=dict)  # FlameDiffConfig fields to change
 
     @classmethod
@@ -108,7 +112,9 @@ class TrainConfig:
     def validate(self, source: str = "config") -> None:
         if self.stage not in STAGES:
             raise TrainConfigError(f"{source}: 'stage' must be one of {STAGES}, not {self.stage!r}")
-        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if self.stage == "2" and not self.init_from:
+            raise TrainConfigError(f"{source}: stage 2 trains temporal layers on a stage-1 model: set 'init_from'")
+        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "sequence_length"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
                 raise TrainConfigError(f"{source}: '{key}' must be a positive integer")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -123,25 +129,42 @@ def _image_tensor(frame: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(frame, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int) -> dict[str, Any]:
-    """The batch of ``step`` on process ``rank``: targets, references of the same identity,
-    FLAME parameters, cameras (in model pixels) and domain labels."""
+def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int, length: int) -> np.ndarray:
+    """``[B, length]`` sample rows: single frames (length 1) or consecutive frames of distinct
+    real-label sequences."""
+    if length == 1:
+        return rng.choice(len(index), size=batch_size, replace=False)[:, None]
+    clips = [rows for rows in index.sequences() if len(rows) >= length and (index.label[rows] == 0).all()]
+    if len(clips) < batch_size:
+        raise TrainConfigError(f"stage 2 needs {batch_size} real sequences of at least {length} frames; "
+                               f"the dataset has {len(clips)}")
+    chosen = rng.choice(len(clips), size=batch_size, replace=False)
+    starts = [rng.randint(0, len(clips[c]) - length + 1) for c in chosen]
+    return np.stack([clips[c][s:s + length] for c, s in zip(chosen, starts)])
+
+
+def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int,
+               length: int = 1) -> dict[str, Any]:
+    """The batch of ``step`` on process ``rank``: ``[B, F]`` target frames, one reference of the
+    same identity per sample, FLAME parameters, cameras and domain labels."""
     rng = np.random.RandomState((seed * 1_000_003 + step * 97 + rank) % (2 ** 32))
-    rows = rng.choice(len(index), size=batch_size, replace=False)
+    rows = _clip_rows(index, rng, batch_size, length)
     references = []
-    for row in rows:
-        same = index.samples_of_identity(int(index.identity[row]))
-        others = same[same != row]
-        references.append(int(rng.choice(others)) if len(others) else int(row))
-    clip = index.annotations.take_rows(rows)
-    viewmats = np.zeros((batch_size, 4, 4))
+    for clip_rows in rows:
+        same = index.samples_of_identity(int(index.identity[clip_rows[0]]))
+        others = np.setdiff1d(same, clip_rows)
+        references.append(int(rng.choice(others)) if len(others) else int(clip_rows[0]))
+    flat = rows.reshape(-1)
+    clip = index.annotations.take_rows(flat)
+    viewmats = np.zeros((len(flat), 4, 4))
     viewmats[:, :3, :3], viewmats[:, :3, 3], viewmats[:, 3, 3] = clip.R, clip.t, 1.0
+    targets = torch.stack([_image_tensor(index.load_frame(int(r))) for r in flat])
     return {
-        "target": torch.stack([_image_tensor(index.load_frame(int(r))) for r in rows]),
+        "target": targets.unflatten(0, rows.shape),
         "reference": torch.stack([_image_tensor(index.load_frame(r)) for r in references]),
         "clip": clip,
         "viewmats": torch.as_tensor(viewmats, dtype=torch.float32),
-        "label": torch.as_tensor(index.label[rows], dtype=torch.long),
+        "label": torch.as_tensor(index.label[rows[:, 0]], dtype=torch.long),
         "rng": rng,
     }
 
@@ -191,6 +214,8 @@ class Trainer:
                      else FlameDiffModel(model_config))
         if model.gaussian_field is None:
             model.attach_gaussian_field(self.asset)
+        if config.stage == "2":
+            model.add_temporal_layers()
         if config.reference_dropout is not None:
             model.config = replace(model.config, reference_dropout=config.reference_dropout)
         return model
@@ -201,6 +226,9 @@ class Trainer:
             parameter.requires_grad_(False)
         if self.config.stage == "vae":
             trainable = list(model.vae.parameters())
+            groups = [{"params": trainable, "lr": self.config.learning_rate}]
+        elif self.config.stage == "2":
+            trainable = list(model.temporal.parameters())
             groups = [{"params": trainable, "lr": self.config.learning_rate}]
         else:
             network = [*model.denoiser.parameters(), *model.reference_unet.parameters(),
@@ -214,34 +242,43 @@ class Trainer:
 
     # -- steps ----------------------------------------------------------------------------------
 
+    @property
+    def clip_length(self) -> int:
+        return self.config.sequence_length if self.config.stage == "2" else 1
+
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         model, device = self.model, self.accelerator.device
         target = batch["target"].to(device)
         if self.config.stage == "vae":
+            target = target.flatten(0, 1)
             posterior = model.vae.encode(target).latent_dist
             reconstruction = model.vae.decode(posterior.sample()).sample
             return F.mse_loss(reconstruction, target) + 1e-6 * posterior.kl().mean()
         return self.diffusion_loss(model, batch, target)
 
     def diffusion_loss(self, model: FlameDiffModel, batch: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
+        """v-prediction MSE on ``[B, F]`` frames; one timestep per clip, noise per frame."""
         device, rng, clip = target.device, batch["rng"], batch["clip"]
+        batch_size, frames = target.shape[:2]
         with torch.no_grad():
-            latents = model.encode_images(target)
+            latents = model.encode_images(target.flatten(0, 1)).unflatten(0, (batch_size, frames))
             reference = model.encode_images(batch["reference"].to(device))
             vertices = self.flame.forward_clip(clip).vertices
         Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
                              dtype=torch.float32, device=device)
         feature_maps = model.render_control(vertices, self.flame.faces, batch["viewmats"].to(device), Ks)
+        feature_maps = feature_maps.permute(0, 3, 1, 2).unflatten(0, (batch_size, frames))
         generator = torch.Generator().manual_seed(int(rng.randint(0, 2 ** 31)))
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, model.config.num_train_timesteps, (len(latents),), generator=generator).to(device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        velocity = self.scheduler.get_velocity(latents, noise, timesteps)
-        keep = torch.as_tensor(rng.uniform(size=len(latents)) >= model.config.reference_dropout, device=device)
+        timesteps = torch.randint(0, model.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
+        per_frame = timesteps.repeat_interleave(frames)
+        flat_latents, flat_noise = latents.flatten(0, 1), noise.flatten(0, 1)
+        noisy = self.scheduler.add_noise(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
+        velocity = self.scheduler.get_velocity(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
+        keep = torch.as_tensor(rng.uniform(size=batch_size) >= model.config.reference_dropout, device=device)
         model.write_reference(reference)
-        prediction = model.predict(noisy[:, None], timesteps, feature_maps.permute(0, 3, 1, 2)[:, None],
-                                   batch["label"].to(device), keep)
-        return F.mse_loss(prediction[:, 0].float(), velocity.float())
+        prediction = model.predict(noisy, timesteps, feature_maps, batch["label"].to(device), keep)
+        return F.mse_loss(prediction.float(), velocity.float())
 
     def train(self, max_steps: int | None = None) -> float:
         """Run until ``config.steps`` (or ``max_steps`` more steps); returns the last loss."""
@@ -255,7 +292,7 @@ class Trainer:
         self.model.train()
         while self.step < end:
             batch = draw_batch(self.index, self.step, self.config.batch_size, self.config.seed,
-                               self.accelerator.process_index)
+                               self.accelerator.process_index, self.clip_length)
             with self.accelerator.autocast():
                 loss = self.loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
