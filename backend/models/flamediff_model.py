@@ -128,6 +128,11 @@ class FlameDiffModel(nn.Module):
 
     # -- prediction -----------------------------------------------------------------------------
 
+    def guide(self, feature_maps: Tensor) -> Tensor:
+        """Pose guider: ``[N, D, H, W]`` feature maps -> ``[N, C, h, w]`` (added after conv_in).
+        Computed once per frame; long renders keep these instead of the feature maps."""
+        return self.pose_guider(feature_maps)
+
     def predict(self, noisy_latents: Tensor, timesteps: Tensor, feature_maps: Tensor, labels: Tensor,
                 keep_reference: Tensor, reference_index: Tensor | None = None) -> Tensor:
         """v-prediction for ``[B, F, C, h, w]`` latents.
@@ -137,6 +142,12 @@ class FlameDiffModel(nn.Module):
         no reference, null label), ``reference_index`` [B] which written reference each sample
         uses (default: sample i uses reference i). The bank must have been written first.
         """
+        guidance = self.guide(feature_maps.flatten(0, 1)).unflatten(0, feature_maps.shape[:2])
+        return self.predict_guided(noisy_latents, timesteps, guidance, labels, keep_reference, reference_index)
+
+    def predict_guided(self, noisy_latents: Tensor, timesteps: Tensor, guidance: Tensor, labels: Tensor,
+                       keep_reference: Tensor, reference_index: Tensor | None = None) -> Tensor:
+        """:meth:`predict` with the pose guider's output ``[B, F, C, h, w]`` already computed."""
         batch, frames = noisy_latents.shape[:2]
         if not self.bank.tokens:
             raise RuntimeError("call write_reference() before predict()")
@@ -145,7 +156,7 @@ class FlameDiffModel(nn.Module):
         per_frame = lambda x: x.repeat_interleave(frames, dim=0)  # noqa: E731
         labels = torch.where(keep_reference, labels, torch.full_like(labels, LABELS["null"]))
         self.bank.route(per_frame(reference_index), per_frame(keep_reference))
-        self._control = self.pose_guider(feature_maps.flatten(0, 1))
+        self._control = guidance.flatten(0, 1)
         self._num_frames = frames
         try:
             out = self.denoiser(noisy_latents.flatten(0, 1), per_frame(timesteps),

@@ -1,10 +1,17 @@
 """The inference pipeline: reference image + animation clip -> frames (and control previews).
 
 Work done once per job: the reference latents, the ReferenceNet pass (its tokens are read by
-every step and frame), the FLAME forward. Per chunk of frames: splat the Gaussian field, then
-DDIM with both guidance branches in one batched forward, then decode. Each frame's initial
-noise is seeded by (seed, Blender frame number), so rendering a subset of frames gives the
-same pixels for those frames as the full render.
+every step and frame), the FLAME forward. Per frame once: splat the Gaussian field and run the
+pose guider. Then DDIM with both guidance branches in one batched forward, then decode.
+
+Models without temporal layers denoise chunks of frames independently, and each frame's
+initial noise is seeded by (seed, Blender frame number): rendering a subset of frames gives
+the same pixels for those frames as the full render. Models with temporal layers denoise all
+frames in lockstep through sliding context windows (``context_window`` frames overlapping by
+``context_overlap``, predictions blended with ramps over the overlaps): activations are bounded
+by the window, and only latents and guider outputs (small) are kept for the whole sequence.
+There a frame's pixels also depend on its neighbours inside the window, so a subset render
+matches the full render only where the subset gives each frame the same window neighbours.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ class RenderSettings:
     seed: int = 0
     frames_per_batch: int = 8
     shape_from: str = "animation"  # or "reference": drive with the reference identity's shape
+    context_window: int = 16       # temporal models: frames seen together
+    context_overlap: int = 4
 
 
 @dataclass
@@ -75,11 +84,31 @@ def feature_preview(feature_maps: Tensor, basis: Tensor | None = None) -> tuple[
     return list(images), basis
 
 
+def context_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """``[start, end)`` windows covering ``num_frames``, consecutive ones sharing ``overlap``."""
+    if window < 1 or not 0 <= overlap < window:
+        raise ValueError(f"need window >= 1 and 0 <= overlap < window, got {window} and {overlap}")
+    if num_frames <= window:
+        return [(0, num_frames)]
+    starts = list(range(0, num_frames - window + 1, window - overlap))
+    if starts[-1] + window < num_frames:
+        starts.append(num_frames - window)
+    return [(start, start + window) for start in starts]
+
+
+def window_weights(length: int, overlap: int) -> Tensor:
+    """Blend weights of one window: ramps over the overlaps so seams fade across frames."""
+    index = torch.arange(length, dtype=torch.float32)
+    ramp = float(overlap + 1)
+    return torch.minimum(torch.ones(length), torch.minimum((index + 1) / ramp, (length - index) / ramp))
+
+
 class FlameDiffPipeline:
     """Renders frames for an animation clip with a trained :class:`FlameDiffModel`."""
 
     def __init__(self, model: FlameDiffModel, flame: FlameModel) -> None:
         self.model, self.flame = model.eval(), flame
+        self._preview_basis: Tensor | None = None
         self.scheduler = make_scheduler(model.config)
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
@@ -96,19 +125,35 @@ class FlameDiffPipeline:
         reference = self.model.encode_images(image_to_tensor(reference_image, resolution).to(self.device))
         self.model.write_reference(reference)
         out = RenderOutput(frame_numbers=[int(f) for f in clip.frame], frames=[])
-        basis = None
+        self._preview_basis = None  # preview colours: one projection per job
+        if self.model.temporal is not None:
+            guidance = self._guidance(clip, settings, out if return_control else None)
+            windows = context_windows(clip.num_frames, settings.context_window, settings.context_overlap)
+            latents = self._denoise(guidance, clip.frame, windows, settings, progress)
+            for start in range(0, clip.num_frames, settings.frames_per_batch):
+                out.frames += tensor_to_images(self.model.decode_latents(latents[start:start + settings.frames_per_batch]))
+            return out
         for start in range(0, clip.num_frames, settings.frames_per_batch):
             rows = np.arange(start, min(start + settings.frames_per_batch, clip.num_frames))
             chunk = clip.take_rows(rows)
-            control = self.control_maps(chunk)
-            frames = self._denoise(control, chunk.frame, settings, progress, start, clip.num_frames)
-            out.frames += tensor_to_images(self.model.decode_latents(frames))
-            if return_control:
-                previews, basis = feature_preview(control, basis)
-                out.control_previews += previews
+            guidance = self._guidance(chunk, settings, out if return_control else None)
+            latents = self._denoise(guidance, chunk.frame, [(0, len(rows))], settings, progress)
+            out.frames += tensor_to_images(self.model.decode_latents(latents))
             if progress is not None and progress("frames", int(rows[-1]) + 1, clip.num_frames) is False:
                 raise RenderCancelled("cancelled")
         return out
+
+    def _guidance(self, clip: AnimationClip, settings: RenderSettings, previews: RenderOutput | None) -> Tensor:
+        """Pose-guider outputs ``[F, C, h, w]`` of every frame (splatting in chunks)."""
+        outputs = []
+        for start in range(0, clip.num_frames, settings.frames_per_batch):
+            control = self.control_maps(clip.take_rows(np.arange(start, min(start + settings.frames_per_batch,
+                                                                             clip.num_frames))))
+            outputs.append(self.model.guide(control.permute(0, 3, 1, 2)))
+            if previews is not None:
+                images, self._preview_basis = feature_preview(control, self._preview_basis)
+                previews.control_previews += images
+        return torch.cat(outputs)
 
     def _driving_clip(self, clip: AnimationClip, shape_from: str, reference_shape: np.ndarray | None) -> AnimationClip:
         if shape_from == "animation":
@@ -137,22 +182,30 @@ class FlameDiffPipeline:
                  for f in frame_numbers]
         return torch.stack(noise).to(self.device)
 
-    def _denoise(self, control: Tensor, frame_numbers: np.ndarray, settings: RenderSettings,
-                 progress: ProgressCallback | None, done: int, total: int) -> Tensor:
-        """DDIM over one chunk: ``[F, R, R, D]`` control -> ``[F, C, h, w]`` latents."""
+    def _denoise(self, guidance: Tensor, frame_numbers: np.ndarray, windows: list[tuple[int, int]],
+                 settings: RenderSettings, progress: ProgressCallback | None) -> Tensor:
+        """DDIM over ``[F, C, h, w]`` guider outputs, window by window each step: latents."""
         self.scheduler.set_timesteps(settings.steps, device=self.device)
-        latents = self._initial_noise(frame_numbers, settings.seed)[None]  # [1, F, C, h, w]
+        latents = self._initial_noise(frame_numbers, settings.seed)
         guided = settings.guidance != 1.0
-        features = control.permute(0, 3, 1, 2)[None]
         keep = torch.tensor([True, False] if guided else [True], device=self.device)
         labels = torch.full((len(keep),), LABELS["real"], device=self.device)
         index = torch.zeros(len(keep), dtype=torch.long, device=self.device)
         for step, timestep in enumerate(self.scheduler.timesteps):
-            batch = latents.expand(len(keep), -1, -1, -1, -1)
-            v = self.model.predict(batch, timestep.repeat(len(keep)), features.expand(len(keep), -1, -1, -1, -1),
-                                   labels, keep, reference_index=index)
-            v = v[1:] + settings.guidance * (v[:1] - v[1:]) if guided else v
-            latents = self.scheduler.step(v[0], timestep, latents[0]).prev_sample[None]
+            velocity = torch.zeros_like(latents)
+            total_weight = torch.zeros(len(latents), device=self.device)
+            for start, end in windows:
+                branches = len(keep)
+                v = self.model.predict_guided(latents[None, start:end].expand(branches, -1, -1, -1, -1),
+                                              timestep.repeat(branches),
+                                              guidance[None, start:end].expand(branches, -1, -1, -1, -1),
+                                              labels, keep, reference_index=index)
+                v = v[1] + settings.guidance * (v[0] - v[1]) if guided else v[0]
+                weight = window_weights(end - start, settings.context_overlap if len(windows) > 1 else 0).to(self.device)
+                velocity[start:end] += weight[:, None, None, None] * v
+                total_weight[start:end] += weight
+            velocity /= total_weight[:, None, None, None]
+            latents = self.scheduler.step(velocity, timestep, latents).prev_sample
             if progress is not None and progress("denoising", step + 1, settings.steps) is False:
                 raise RenderCancelled("cancelled")
-        return latents[0]
+        return latents
