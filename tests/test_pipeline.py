@@ -125,3 +125,30 @@ def test_temporal_model_renders_long_clips_through_windows(pipeline, head_asset)
                                                      context_overlap=2))
     for a, b in zip(plain.frames, lockstep.frames):
         np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
+
+
+def test_optimised_path_equals_the_plain_one(pipeline, clip):
+    """Batched guidance branches + ReferenceNet tokens computed once per job give the frames of a
+    plain loop that runs each branch separately and recomputes the reference every step."""
+    from backend.models.config import LABELS
+    from backend.pipelines.render import image_to_tensor, tensor_to_images
+
+    settings = RenderSettings(steps=3, guidance=2.5, seed=5, frames_per_batch=4)
+    fast = pipeline(REFERENCE, clip, settings)
+    model, scheduler = pipeline.model, pipeline.scheduler
+    with torch.no_grad():
+        reference = model.encode_images(image_to_tensor(REFERENCE, model.config.resolution))
+        features = pipeline.control_maps(clip).permute(0, 3, 1, 2)[None]
+        latents = pipeline._initial_noise(clip.frame, settings.seed)[None]
+        scheduler.set_timesteps(settings.steps)
+        real = torch.tensor([LABELS["real"]])
+        for timestep in scheduler.timesteps:
+            model.write_reference(reference)
+            cond = model.predict(latents, timestep[None], features, real, torch.tensor([True]))
+            model.write_reference(reference)
+            uncond = model.predict(latents, timestep[None], features, real, torch.tensor([False]))
+            velocity = uncond + settings.guidance * (cond - uncond)
+            latents = scheduler.step(velocity[0], timestep, latents[0]).prev_sample[None]
+        plain = tensor_to_images(model.decode_latents(latents[0]))
+    for a, b in zip(fast.frames, plain):
+        np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
