@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     from backend.data.procedural import register_cli as register_dataset_cli
+    from backend.server.cli import register_cli as register_server_cli
     register_dataset_cli(commands)
+    register_server_cli(commands)
     return parser
 
 

@@ -1,0 +1,161 @@
+"""``flamediff serve`` and ``flamediff render``: the job service over HTTP, or in-process.
+
+``render`` runs the same checks, job folder and worker code as the server, without a socket,
+for TDs and render farms; rerunning it into the same ``--out`` renders only missing frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from backend.assets import cache_dir
+
+DEFAULT_PORT = 8765
+
+
+def _models_dir(path: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(path or os.path.join(cache_dir(), "models")))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to render (default auto: CUDA when available)")
+    parser.add_argument("--models-dir", metavar="DIR", default=None,
+                        help="folder of checkpoint folders (default <cache>/models); shipped checkpoints and "
+                             "hub ids already in the Hugging Face cache are listed too")
+    parser.add_argument("--flame-asset", metavar="DIR", default=None,
+                        help="FLAME asset folder; default: $FLAMEDIFF_FLAME_ASSET or the procedural head")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve`` and ``render`` to flamediff's command line."""
+    serve = subparsers.add_parser("serve", help="run the render backend (HTTP, token auth, job queue)",
+                                  description="Serve the job API (/v1, OpenAPI at /docs) on loopback. A fresh "
+                                              "token is written to --token-file (mode 0600); clients send it as "
+                                              "'Authorization: Bearer <token>'. Unfinished jobs resume on start.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--jobs-dir", metavar="DIR", default=None, help="job folders (default <cache>/jobs)")
+    serve.add_argument("--token-file", metavar="FILE", default=None,
+                       help="where to write the access token (default <cache>/server/token)")
+    serve.add_argument("--render-in", choices=("process", "thread"), default="process",
+                       help="render in a child process (default: polling stays fast and a CUDA crash fails one "
+                            "job, not the server) or in a thread of the server")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow binding a non-loopback address (anyone with the token can then render)")
+    _common(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    render = subparsers.add_parser("render", help="render an animation without a server (resumable)",
+                                   description="Render REF + ANIM into --out as frame_NNNN.png (Blender frame "
+                                               "numbers) with control previews in --out/control. Rerun the same "
+                                               "command to render only missing frames.")
+    render.add_argument("--reference", required=True, metavar="IMAGE", help="reference portrait (PNG/JPEG)")
+    render.add_argument("--animation", required=True, metavar="NPZ", help="animation file exported from Blender")
+    render.add_argument("--out", required=True, metavar="DIR", help="output folder (one job per folder)")
+    render.add_argument("--checkpoint", default=None, help="checkpoint name (see --models-dir) or folder")
+    render.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    render.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
+    render.add_argument("--seed", type=int, default=0, help="seed (default 0); each frame's noise is "
+                                                            "seeded by (seed, frame number)")
+    render.add_argument("--frames", default=None, metavar="A-B", help="frames to render, e.g. 1-24 or 1,5,9-12")
+    render.add_argument("--shape-from", choices=("animation", "reference"), default="animation",
+                        help="identity shape from the animation (default) or --reference-shape")
+    render.add_argument("--reference-shape", metavar="NPY", default=None,
+                        help=".npy of the reference identity's FLAME shape coefficients (for --shape-from reference)")
+    render.add_argument("--frames-per-batch", type=int, default=4, help="frames denoised together (default 4)")
+    _common(render)
+    render.set_defaults(func=cmd_render)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.errors import FlamediffError
+    from backend.server.app import create_app
+    from backend.server.security import default_token_file, is_loopback, write_token_file
+    from backend.server.service import build_service
+    from backend.server.worker import pick_device
+
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise FlamediffError(f"refusing to bind {args.host}: it is not a loopback address. Pass --allow-remote "
+                             "to serve other machines (they need the token), or use --host 127.0.0.1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    device = pick_device(args.device)
+    jobs_dir = os.path.abspath(os.path.expanduser(args.jobs_dir or os.path.join(cache_dir(), "jobs")))
+    token_file = os.path.abspath(os.path.expanduser(args.token_file or default_token_file()))
+    token = write_token_file(token_file)
+    service = build_service(jobs_dir, _models_dir(args.models_dir), device, args.flame_asset,
+                            render_in=args.render_in)
+    app = create_app(service, token)
+    print(f"flamediff serve: http://{args.host}:{args.port} (device {device}, jobs in {jobs_dir})", flush=True)
+    print(f"flamediff serve: token file {token_file} (readable only by you)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+class ProgressBar:
+    """A one-line text bar on stderr (no dependency; redraws at most 10 times a second)."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width, self._last, self.drawn = stream, width, 0.0, False
+
+    def __call__(self, progress) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1 and progress.progress < 1.0:
+            return
+        self._last, self.drawn = now, True
+        filled = int(round(progress.progress * self.width))
+        eta = f"ETA {progress.eta_s:5.0f} s" if progress.eta_s is not None else "ETA     ? s"
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {progress.progress * 100:5.1f}% "
+                          f"frame {progress.frames_done}/{progress.frames_total} {eta}")
+        self.stream.flush()
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from backend.errors import FlamediffError
+    from backend.server.checkpoints import CheckpointRegistry
+    from backend.server.jobs import JobFolder
+    from backend.server.service import check_request, read_local
+    from backend.server.worker import ModelCache, pick_device, render_job
+
+    settings = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
+                "shape_from": args.shape_from, "frames_per_batch": args.frames_per_batch}
+    if args.checkpoint:
+        folder = os.path.expanduser(args.checkpoint)
+        settings["checkpoint"] = os.path.abspath(folder) if os.path.isdir(folder) else args.checkpoint
+    if args.reference_shape:
+        settings["reference_shape"] = np.load(args.reference_shape).reshape(-1).tolist()
+    reference = read_local(os.path.abspath(args.reference), "reference")
+    animation = read_local(os.path.abspath(args.animation), "animation")
+    cache = ModelCache(pick_device(args.device), args.flame_asset)
+    checked = check_request(reference, animation, settings, CheckpointRegistry(_models_dir(args.models_dir)), cache)
+    job = JobFolder(args.out)
+    manifest, created = job.create_or_reuse(checked)
+    job.clean_temporaries()
+    missing = job.missing_frames()
+    total = manifest["frames_total"]
+    print(f"flamediff render: {args.out}: {total - len(missing)} of {total} frames already rendered, "
+          f"{len(missing)} to render (checkpoint {checked.checkpoint['name']}, seed {checked.settings.seed})")
+    job.requeue()
+    started, bar = time.perf_counter(), ProgressBar()
+    try:
+        status = render_job(job, cache, on_progress=bar)
+    except KeyboardInterrupt:
+        job.update(status="cancelled", phase="cancelled", frames_done=len(job.done_frames()))
+        print("\nflamediff render: interrupted; frames already rendered are kept, rerun to finish", file=sys.stderr)
+        return 130
+    manifest = job.read()
+    if bar.drawn:
+        sys.stderr.write("\n")
+    print(f"flamediff render: {status}: {manifest['frames_done']}/{total} frames in {args.out} "
+          f"({len(missing)} rendered in {time.perf_counter() - started:.1f} s)")
+    if status != "done":
+        raise FlamediffError(f"{manifest.get('error') or status}; {manifest.get('advice') or ''}".strip("; "))
+    return 0

@@ -1,0 +1,251 @@
+"""The persistent job store: one folder per job, a manifest written atomically, frames
+written under a temp name and renamed.
+
+A frame counts as rendered exactly when its final ``frame_%04d.png`` exists; since that name
+only ever appears through ``os.replace`` of a complete file, a crash (even SIGKILL) leaves
+either a finished frame or none, and resuming renders only the missing ones. The job id is
+the request hash's prefix, so an identical re-submission lands in the same folder.
+
+Layout of a job folder::
+
+    manifest.json             status, progress, settings, error + advice (atomic writes)
+    inputs/reference.<ext>    the reference image as uploaded
+    inputs/animation.npz      the animation file as uploaded
+    frame_%04d.png            rendered frames, by Blender frame number
+    control/frame_%04d.png    previews of the splatted control feature map
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from backend.errors import FlamediffError
+from backend.server.inputs import CheckedInputs, InputError, JobSettings
+
+MANIFEST = "manifest.json"
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+UNFINISHED = ("queued", "running")
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def request_hash(reference: bytes, animation: bytes, settings: JobSettings, checkpoint: dict[str, Any],
+                 frames: list[int]) -> str:
+    """SHA-256 over everything that decides the pixels: inputs, settings, checkpoint, frames."""
+    digest = hashlib.sha256()
+    for part in (reference, animation):
+        digest.update(hashlib.sha256(part).digest())
+    identity = {"settings": settings.hashed(), "frames": frames,
+                "checkpoint": {key: checkpoint.get(key) for key in ("path", "fingerprint", "flame_asset")}}
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def write_atomic(path: str, data: bytes, sync: bool = False) -> None:
+    """Write ``data`` to a temp name in the same folder, then rename it over ``path``."""
+    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    tmp = f"{hidden}.tmp-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class JobBusy(FlamediffError):
+    """Another process is rendering this job folder right now."""
+
+
+class JobFolder:
+    """One job's folder; all manifest updates go through one lock (worker + HTTP threads)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._lock = threading.RLock()
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.path, MANIFEST)
+
+    def frame_path(self, frame: int) -> str:
+        return os.path.join(self.path, f"frame_{int(frame):04d}.png")
+
+    def control_path(self, frame: int) -> str:
+        return os.path.join(self.path, "control", f"frame_{int(frame):04d}.png")
+
+    def input_path(self, name: str) -> str:
+        return os.path.join(self.path, "inputs", name)
+
+    # -- manifest --------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return os.path.isfile(self.manifest_path)
+
+    def read(self) -> dict[str, Any]:
+        with open(self.manifest_path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        """Read-modify-write the manifest atomically; returns the new manifest."""
+        with self._lock:
+            manifest = self.read()
+            manifest.update(fields, updated=time.time())
+            write_atomic(self.manifest_path, json.dumps(manifest, indent=2).encode(), sync=True)
+            return manifest
+
+    @contextlib.contextmanager
+    def render_lock(self) -> Iterator[None]:
+        """An exclusive lock on the folder while rendering; the kernel drops it when the holder
+        dies (even by SIGKILL), so a crashed render never blocks its resumption."""
+        fd = os.open(os.path.join(self.path, ".render.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JobBusy(f"{self.path} is being rendered by another process; wait for it, or stop it "
+                              "(its frames are kept) and run again") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # -- frames ----------------------------------------------------------------------------------
+
+    def done_frames(self) -> list[int]:
+        wanted = self.read()["frames"]
+        return [frame for frame in wanted if os.path.isfile(self.frame_path(frame))]
+
+    def missing_frames(self) -> list[int]:
+        wanted = self.read()["frames"]
+        return [frame for frame in wanted if not os.path.isfile(self.frame_path(frame))]
+
+    def write_frame(self, frame: int, image: np.ndarray, control: np.ndarray | None = None) -> None:
+        """Control preview first, then the frame: a frame that exists has its preview."""
+        if control is not None:
+            os.makedirs(os.path.dirname(self.control_path(frame)), exist_ok=True)
+            write_atomic(self.control_path(frame), encode_png(control))
+        write_atomic(self.frame_path(frame), encode_png(image))
+
+    def clean_temporaries(self) -> None:
+        """Remove temp files a killed writer left behind."""
+        for folder in (self.path, os.path.join(self.path, "control"), os.path.join(self.path, "inputs")):
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(".") and ".tmp-" in name:
+                    try:
+                        os.remove(os.path.join(folder, name))
+                    except OSError:
+                        pass
+
+    # -- creation --------------------------------------------------------------------------------
+
+    def create_or_reuse(self, checked: CheckedInputs) -> tuple[dict[str, Any], bool]:
+        """Write a new job (inputs, then the manifest last), or reuse this folder's job when it
+        holds the same request. Returns ``(manifest, created)``. A different request in an
+        existing folder is refused rather than mixed."""
+        with self._lock:
+            if self.exists():
+                manifest = self.read()
+                if manifest.get("request_hash") != checked.request_hash:
+                    raise InputError(f"{self.path} already holds a different job (other inputs or settings)",
+                                     "use another output folder, or delete this one to start over", 409)
+                return manifest, False
+            os.makedirs(self.input_path(""), exist_ok=True)
+            reference_name = f"reference.{checked.reference_ext}"
+            write_atomic(self.input_path(reference_name), checked.reference, sync=True)
+            write_atomic(self.input_path("animation.npz"), checked.animation, sync=True)
+            now = time.time()
+            manifest = {
+                "id": checked.request_hash[:16], "status": "queued", "phase": "queued", "progress": 0.0,
+                "frames": checked.frames, "frames_total": len(checked.frames), "frames_done": 0,
+                "eta_s": None, "error": None, "advice": None,
+                "settings": checked.settings.to_dict(), "checkpoint": checked.checkpoint,
+                "request_hash": checked.request_hash, "reference": reference_name, "animation": "animation.npz",
+                "notes": list(checked.notes), "created": now, "updated": now, "started": None, "finished": None,
+            }
+            write_atomic(self.manifest_path, json.dumps(manifest, indent=2).encode(), sync=True)
+            return manifest, True
+
+    def requeue(self) -> dict[str, Any]:
+        """Mark the job queued again (resume after a restart, a cancel, a failure or a deleted frame)."""
+        done = len(self.done_frames())
+        manifest = self.read()
+        total = manifest["frames_total"]
+        return self.update(status="queued", phase="queued", error=None, advice=None, eta_s=None,
+                           frames_done=done, progress=done / total if total else 1.0)
+
+
+class JobStore:
+    """All jobs under one root folder, addressed by id."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self._folders: dict[str, JobFolder] = {}
+        self._lock = threading.Lock()
+
+    def folder(self, job_id: str) -> JobFolder:
+        """The folder of ``job_id`` (which may not exist yet); ids are checked so no request
+        can address a path outside the store."""
+        if not JOB_ID.match(job_id or ""):
+            raise InputError(f"{job_id!r} is not a job id", "job ids are 16 hex digits, as POST /v1/jobs returns", 404)
+        with self._lock:
+            if job_id not in self._folders:
+                self._folders[job_id] = JobFolder(os.path.join(self.root, job_id))
+            return self._folders[job_id]
+
+    def get(self, job_id: str) -> JobFolder:
+        folder = self.folder(job_id)
+        if not folder.exists():
+            raise InputError(f"no job {job_id}", "submit it with POST /v1/jobs", 404)
+        return folder
+
+    def create_or_reuse(self, checked: CheckedInputs) -> tuple[JobFolder, dict[str, Any], bool]:
+        folder = self.folder(checked.request_hash[:16])
+        manifest, created = folder.create_or_reuse(checked)
+        return folder, manifest, created
+
+    def jobs(self) -> Iterator[tuple[JobFolder, dict[str, Any]]]:
+        """Every readable job, oldest first."""
+        found = []
+        for name in os.listdir(self.root):
+            if JOB_ID.match(name):
+                folder = self.folder(name)
+                try:
+                    found.append((folder, folder.read()))
+                except (OSError, ValueError):
+                    continue  # a folder whose manifest was never written: an interrupted submit
+        yield from sorted(found, key=lambda item: item[1].get("created", 0))
+
+    def unfinished(self) -> list[JobFolder]:
+        """Jobs a crash or restart interrupted, oldest first, with their temp files removed."""
+        interrupted = []
+        for folder, manifest in self.jobs():
+            if manifest.get("status") in UNFINISHED:
+                folder.clean_temporaries()
+                interrupted.append(folder)
+        return interrupted

@@ -1,0 +1,311 @@
+"""The render worker: one thread owns the GPU (or the CPU) and takes jobs first in, first out.
+
+Why one thread: two jobs sharing one GPU would each get half the speed and twice the risk of
+running out of memory; a FIFO keeps latency predictable and the model stays loaded between
+jobs. Frames are rendered in chunks of ``frames_per_batch`` and written as each chunk ends, so
+a crash loses at most one chunk. Cancellation is polled in the pipeline's progress callback,
+which runs after every denoising step.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from backend.errors import FlamediffError
+from backend.server.jobs import JobFolder, JobStore
+
+log = logging.getLogger("flamediff.server")
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without one is refused."""
+    if device == "cpu":
+        return device  # no torch import: the HTTP process of 'serve --device cpu' never needs torch
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FlamediffError("--device cuda was asked for but torch sees no CUDA GPU; run 'flamediff doctor', "
+                             "or use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise FlamediffError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return device
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+class ModelCache:
+    """Keeps the last loaded pipeline (model + FLAME) so consecutive jobs skip the load."""
+
+    def __init__(self, device: str = "cpu", flame_asset: str | None = None) -> None:
+        self.device, self.flame_asset = device, flame_asset
+        self._lock = threading.Lock()
+        self._key: tuple[str, str] | None = None
+        self._pipeline: Any = None
+        self.loaded_name: str | None = None
+
+    def asset(self):
+        """The FLAME asset checkpoints must match (loaded once per process)."""
+        from backend.assets import load_asset
+
+        return load_asset(self.flame_asset)
+
+    def pipeline(self, checkpoint: dict[str, Any]):
+        """The pipeline for ``checkpoint`` (a :class:`CheckpointInfo` dict), loading it if needed."""
+        key = (checkpoint["path"], checkpoint.get("fingerprint", ""))
+        with self._lock:
+            if self._key != key:
+                self._drop()
+                from backend.flame.model import FlameModel
+                from backend.models.flamediff_model import FlameDiffModel
+                from backend.pipelines.render import FlameDiffPipeline
+
+                asset = self.asset()
+                model = FlameDiffModel.from_pretrained(checkpoint["path"], asset=asset, device=self.device)
+                self._pipeline = FlameDiffPipeline(model, FlameModel(asset).to(self.device))
+                self._key, self.loaded_name = key, checkpoint.get("name")
+            return self._pipeline
+
+    def _drop(self) -> None:
+        self._pipeline, self._key, self.loaded_name = None, None, None
+        import gc
+
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def run_job(self, job: JobFolder, should_cancel: Callable[[], bool]) -> str:
+        """Render ``job`` in this process (the worker thread); see :class:`ProcessRenderer`."""
+        return render_job(job, self, should_cancel)
+
+    def release(self) -> bool:
+        """Free the model and the CUDA cache; returns whether a model was loaded."""
+        with self._lock:
+            had = self._pipeline is not None
+            self._drop()
+            return had
+
+
+@dataclass
+class Progress:
+    """What the worker reports while a job runs (also drives the CLI's progress bar)."""
+
+    phase: str
+    frames_done: int
+    frames_total: int
+    progress: float
+    eta_s: float | None
+
+
+def render_job(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bool] = lambda: False,
+               on_progress: Callable[[Progress], None] | None = None) -> str:
+    """Render the job's missing frames; returns its final status (done|failed|cancelled).
+
+    Never raises for a job's own problems: they end in the manifest as ``failed`` with advice.
+    Raises :class:`JobBusy` when another process renders the same folder (two writers would
+    waste the GPU on the same frames).
+    """
+    with job.render_lock():
+        return _render_locked(job, cache, should_cancel, on_progress)
+
+
+def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bool],
+                   on_progress: Callable[[Progress], None] | None) -> str:
+    from backend.formats.animation import load_animation
+    from backend.pipelines.render import RenderCancelled, RenderSettings
+    from backend.server.inputs import read_reference_image
+
+    manifest = job.update(status="running", phase="loading", started=time.time(), error=None, advice=None)
+    try:
+        settings = manifest["settings"]
+        with open(job.input_path(manifest["reference"]), "rb") as handle:
+            reference, _ = read_reference_image(handle.read())
+        clip = load_animation(job.input_path(manifest["animation"]))
+        missing = job.missing_frames()
+        total = manifest["frames_total"]
+        already = total - len(missing)
+        if not missing:
+            job.update(status="done", phase="done", progress=1.0, frames_done=total, eta_s=0.0, finished=time.time())
+            return "done"
+        pipeline = cache.pipeline(manifest["checkpoint"])
+        job.update(phase="rendering")
+        reference_shape = np.asarray(settings["reference_shape"]) if settings.get("reference_shape") else None
+        batch = max(1, int(settings["frames_per_batch"]))
+        steps = int(settings["steps"])
+        started, rendered = time.monotonic(), 0
+        state = {"phase": "rendering", "step": 0, "last_write": 0.0}
+
+        def report(chunk_size: int, force: bool = False) -> None:
+            units_done = rendered * steps + state["step"] * chunk_size
+            units_total = len(missing) * steps
+            elapsed = time.monotonic() - started
+            eta = elapsed / units_done * (units_total - units_done) if units_done else None
+            done = already + rendered
+            fraction = (already + units_done / steps) / total if total else 1.0
+            now = time.monotonic()
+            if force or now - state["last_write"] > 0.25:  # the manifest is for polling clients: 4 Hz is plenty
+                state["last_write"] = now
+                job.update(phase=state["phase"], progress=round(min(fraction, 1.0), 4), frames_done=done, eta_s=eta)
+            if on_progress is not None:
+                on_progress(Progress(state["phase"], done, total, min(fraction, 1.0), eta))
+
+        index = 0
+        while index < len(missing):
+            chunk = missing[index:index + batch]
+
+            def callback(phase: str, done: int, _total: int, size: int = len(chunk)) -> bool:
+                if phase == "denoising":
+                    state["step"] = done
+                    report(size)
+                return not should_cancel()
+
+            if should_cancel():
+                raise RenderCancelled("cancelled")
+            try:
+                out = pipeline(reference, clip.select_frames(chunk),
+                               RenderSettings(steps=steps, guidance=float(settings["guidance"]),
+                                              seed=int(settings["seed"]), frames_per_batch=len(chunk),
+                                              shape_from=settings["shape_from"]),
+                               reference_shape=reference_shape, progress=callback, return_control=True)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or batch == 1:
+                    raise
+                batch = max(1, len(chunk) // 2)
+                _empty_cuda_cache()
+                note = f"GPU out of memory with {len(chunk)} frames per batch: retrying with {batch}"
+                log.warning("job %s: %s", manifest["id"], note)
+                current = job.read()
+                job.update(notes=current.get("notes", []) + [note], frames_per_batch_used=batch,
+                           oom_retries=current.get("oom_retries", 0) + 1)
+                continue
+            previews = out.control_previews or [None] * len(out.frames)
+            for number, frame, control in zip(out.frame_numbers, out.frames, previews):
+                job.write_frame(number, frame, control)
+            rendered += len(chunk)
+            index += len(chunk)
+            state["step"] = 0
+            report(len(chunk), force=True)
+        job.update(status="done", phase="done", progress=1.0, frames_done=total, eta_s=0.0, finished=time.time())
+        return "done"
+    except RenderCancelled:
+        done = len(job.done_frames())
+        job.update(status="cancelled", phase="cancelled", frames_done=done, eta_s=None, finished=time.time(),
+                   advice="frames already rendered are kept; submit the same job again to render the rest")
+        return "cancelled"
+    except Exception as exc:  # any failure ends this job, never the server
+        error, advice = describe_failure(exc)
+        log.error("job %s failed: %s\n%s", manifest.get("id"), error, traceback.format_exc())
+        job.update(status="failed", phase="failed", error=error, advice=advice, eta_s=None,
+                   frames_done=len(job.done_frames()), finished=time.time())
+        return "failed"
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """A message naming the problem, and advice, for a job that failed."""
+    keep = "frames already rendered are kept; submit the same job again to render only the missing ones"
+    if is_out_of_memory(exc):
+        return ("GPU out of memory even with 1 frame per batch",
+                f"use a smaller checkpoint or resolution, free GPU memory (POST /v1/release, other programs); {keep}")
+    if isinstance(exc, FlamediffError):
+        return str(exc), keep
+    return f"{type(exc).__name__}: {exc}", f"an unexpected error (the server log has the traceback); {keep}"
+
+
+class Worker:
+    """A FIFO of job ids served by one daemon thread."""
+
+    def __init__(self, store: JobStore, cache: "ModelCache | Any") -> None:
+        self.store, self.cache = store, cache
+        self._queue: collections.deque[str] = collections.deque()
+        self._cancel: set[str] = set()
+        self._cond = threading.Condition()
+        self.current: str | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="flamediff-worker", daemon=True)
+
+    def start(self) -> "Worker":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        with self._cond:
+            self._stop = True
+            if self.current:
+                self._cancel.add(self.current)
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._queue) + (1 if self.current else 0)
+
+    def is_active(self, job_id: str) -> bool:
+        """Whether ``job_id`` is queued or rendering now."""
+        with self._cond:
+            return job_id in self._queue or job_id == self.current
+
+    def enqueue(self, job_id: str) -> bool:
+        """Queue ``job_id`` unless it is already queued or running; returns whether it was added."""
+        with self._cond:
+            self._cancel.discard(job_id)
+            if job_id in self._queue or job_id == self.current:
+                return False
+            self._queue.append(job_id)
+            self._cond.notify_all()
+            return True
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a queued job now, or a running one at its next denoising step."""
+        with self._cond:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                folder = self.store.get(job_id)
+                folder.update(status="cancelled", phase="cancelled", eta_s=None, finished=time.time(),
+                              advice="submit the same job again to render it")
+                return "cancelled"
+            if job_id == self.current:
+                self._cancel.add(job_id)
+                return "cancelling"
+        return "not running"
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job_id = self._queue.popleft()
+                self.current = job_id
+            try:
+                self.cache.run_job(self.store.get(job_id), lambda: job_id in self._cancel)
+            except Exception:  # the store itself failed (disk full, folder deleted): log, keep serving
+                log.exception("job %s could not run", job_id)
+            finally:
+                with self._cond:
+                    self.current = None
+                    self._cancel.discard(job_id)

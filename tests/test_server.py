@@ -1,0 +1,406 @@
+"""The job service over HTTP (FastAPI TestClient): auth, every error path, rendering, re-submit,
+cancel, OOM retry, failures; and ``flamediff render`` in-process with a resumable rerun."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import time
+
+import numpy as np
+import pytest
+
+from test_server_helpers import (TOKEN, animation_bytes, frame_mtimes, huge_png_header, make_checkpoint, png_bytes,
+                                 wait_for)
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from backend.server.app import create_app  # noqa: E402
+from backend.server.service import build_service  # noqa: E402
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAST = {"steps": 2, "guidance": 2.0, "seed": 3, "frames_per_batch": 2}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, head_asset) -> str:
+    root = tmp_path_factory.mktemp("models")
+    make_checkpoint(str(root / "tiny"), head_asset)
+    make_checkpoint(str(root / "other-asset"), head_asset, field=False,
+                    flame_asset={"name": "FLAME2023", "hash": "ab" * 32})
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def inputs(head_asset) -> dict[str, bytes]:
+    return {"reference": png_bytes(), "animation": animation_bytes(head_asset, num_frames=4)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir, head_folder):
+    service = build_service(str(tmp_path_factory.mktemp("jobs")), models_dir, "cpu",
+                            shipped_dir=str(tmp_path_factory.mktemp("no-shipped")))
+    with TestClient(create_app(service, TOKEN, max_body_bytes=8 * 1024 * 1024)) as client:
+        client.service = service
+        yield client
+
+
+def submit(client, inputs, settings=None, reference=None, animation=None, filename="reference.png"):
+    files = {"reference": (filename, reference if reference is not None else inputs["reference"], "image/png"),
+             "animation": ("anim.npz", animation if animation is not None else inputs["animation"],
+                           "application/octet-stream")}
+    return client.post("/v1/jobs", files=files, data={"settings": json.dumps(settings or {})}, headers=AUTH)
+
+
+def wait_status(client, job_id, statuses=("done", "failed", "cancelled"), timeout=60.0):
+    return wait_for(lambda: (lambda view: view if view["status"] in statuses else None)(
+        client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()), timeout, what=f"job {job_id} in {statuses}")
+
+
+def assert_error(response, status, *words):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "advice"} and body["advice"], body
+    for word in words:
+        assert word.lower() in body["error"].lower(), body
+
+
+# -- auth and discovery ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+@pytest.mark.parametrize("route", ["/v1/health", "/v1/models", "/v1/jobs/0123456789abcdef", "/docs", "/openapi.json"])
+def test_every_route_needs_the_token(server, headers, route):
+    response = server.get(route, headers=headers)
+    assert response.status_code == 401
+    assert "token" in response.json()["error"]
+
+
+def test_token_is_checked_before_the_body_is_read(server, inputs):
+    response = server.post("/v1/jobs", files={"reference": ("r.png", inputs["reference"])})
+    assert response.status_code == 401
+
+
+def test_checkpoint_file_names_agree_with_the_model():
+    from backend.models import flamediff_model
+    from backend.server import checkpoints
+
+    assert (checkpoints.CONFIG_NAME, checkpoints.WEIGHTS_NAME) == (flamediff_model.CONFIG_NAME,
+                                                                     flamediff_model.WEIGHTS_NAME)
+
+
+def test_checkpoints_from_shipped_folder_models_folder_and_hub_cache(tmp_path, models_dir, head_asset):
+    import shutil
+
+    from backend.server.checkpoints import CheckpointRegistry
+    from backend.server.inputs import InputError
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(os.path.join(models_dir, "tiny"), shipped / "demo")
+    (shipped / "not-a-checkpoint").mkdir()
+    snapshot = tmp_path / "hub" / "models--someone--flamediff-tiny" / "snapshots" / ("a" * 40)
+    shutil.copytree(os.path.join(models_dir, "tiny"), snapshot)
+    (tmp_path / "hub" / "models--someone--flamediff-tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--flamediff-tiny" / "refs" / "main").write_text("a" * 40)
+    registry = CheckpointRegistry(models_dir, str(shipped), hub_cache_dir=str(tmp_path / "hub"))
+    listed = {info.name: info.source for info in registry.list()}
+    assert listed == {"demo": "shipped", "tiny": "folder", "other-asset": "folder", "someone/flamediff-tiny": "hub"}
+    assert registry.resolve(None, head_asset.content_hash).name == "demo"  # the shipped demo is the default
+    assert registry.resolve("someone/flamediff-tiny").path == str(snapshot)
+    assert registry.resolve(str(shipped / "demo")).source == "shipped"
+    with pytest.raises(InputError, match="not a flamediff checkpoint"):
+        registry.resolve(str(shipped / "not-a-checkpoint"))
+    empty = CheckpointRegistry(str(tmp_path / "none"), str(tmp_path / "none"), hub_cache_dir=str(tmp_path / "none"))
+    with pytest.raises(InputError, match="no checkpoint is available"):
+        empty.resolve(None, head_asset.content_hash)
+
+
+def test_health_and_models(server, head_asset):
+    health = server.get("/v1/health", headers=AUTH).json()
+    assert health["protocol_version"] == 1 and health["device"] == "cpu"
+    assert health["flame_asset"] == {"name": head_asset.name, "hash": head_asset.content_hash}
+    assert isinstance(health["queue_length"], int)
+    models = {m["name"]: m for m in server.get("/v1/models", headers=AUTH).json()["models"]}
+    assert models["tiny"]["source"] == "folder" and models["tiny"]["matches_flame_asset"]
+    assert models["tiny"]["resolution"] == 32
+    assert not models["other-asset"]["matches_flame_asset"]
+    assert "/v1/jobs" in server.get("/openapi.json", headers=AUTH).json()["paths"]
+
+
+# -- a job end to end, re-submit, frames -------------------------------------------------------
+
+def test_render_then_identical_resubmit_renders_nothing(server, inputs):
+    from PIL import Image
+
+    response = submit(server, inputs, {**FAST, "checkpoint": "tiny"}, filename="../../escape.png")
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["created"] and len(job["id"]) == 16 and job["frames"] == [1, 2, 3, 4]
+    view = wait_status(server, job["id"])
+    assert view["status"] == "done", view
+    assert view["progress"] == 1.0 and view["frames_done"] == 4 and view["settings"]["seed"] == 3
+    folder = server.service.store.get(job["id"]).path
+    assert sorted(os.listdir(os.path.join(folder, "inputs"))) == ["animation.npz", "reference.png"]
+    assert not os.path.exists(os.path.join(os.path.dirname(folder), "escape.png"))
+    for frame in (1, 4):
+        for kind in ("frames", "control"):
+            png = server.get(f"/v1/jobs/{job['id']}/{kind}/{frame}", headers=AUTH)
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+            assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+    before = frame_mtimes(folder)
+    assert len(before) == 4
+
+    again = submit(server, inputs, {**FAST, "checkpoint": "tiny", "frames_per_batch": 1})
+    assert again.status_code == 200 and again.json()["id"] == job["id"] and not again.json()["created"]
+    assert again.json()["status"] == "done"
+    time.sleep(0.3)
+    assert frame_mtimes(folder) == before
+
+    os.remove(os.path.join(folder, "frame_0002.png"))  # a lost frame: the same job renders only it
+    submit(server, inputs, {**FAST, "checkpoint": "tiny"})
+    assert wait_status(server, job["id"])["status"] == "done"
+    after = frame_mtimes(folder)
+    assert {k: v for k, v in after.items() if k != "frame_0002.png"} == \
+        {k: v for k, v in before.items() if k != "frame_0002.png"}
+    assert "frame_0002.png" in after
+
+    listed = server.get("/v1/jobs", headers=AUTH).json()["jobs"]
+    assert job["id"] in [j["id"] for j in listed]
+
+
+def test_local_paths_and_frame_subset(server, inputs, tmp_path):
+    (tmp_path / "ref.png").write_bytes(inputs["reference"])
+    (tmp_path / "anim.npz").write_bytes(inputs["animation"])
+    body = {"reference_path": str(tmp_path / "ref.png"), "animation_path": str(tmp_path / "anim.npz"),
+            "settings": {**FAST, "frames": "2-3"}}
+    response = server.post("/v1/jobs", json=body, headers=AUTH)
+    assert response.status_code == 201, response.text
+    view = wait_status(server, response.json()["id"])
+    assert view["status"] == "done" and view["frames"] == [2, 3] and view["settings"]["checkpoint"] == "tiny"
+    assert_error(server.get(f"/v1/jobs/{view['id']}/frames/1", headers=AUTH), 404, "not part")
+
+
+# -- bad input: 4xx naming the problem, and the server keeps serving ---------------------------
+
+def _nan(arrays):
+    arrays["expression"][1, 0] = np.nan
+
+
+def _other_asset(arrays):
+    header = json.loads(bytes(arrays["header"]).decode())
+    header["flame_asset"] = {"name": "FLAME2020", "hash": "cd" * 32}
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+
+
+def _no_camera(arrays):
+    for key in ("K", "R", "t"):
+        arrays.pop(key)
+
+
+@pytest.mark.parametrize("case", ["garbage-animation", "nan", "wrong-asset-animation", "no-camera",
+                                  "unreadable-image", "huge-image", "big-image", "empty-image", "unknown-checkpoint",
+                                  "checkpoint-for-other-asset", "frames-not-in-clip", "bad-frames", "unknown-setting",
+                                  "bad-steps", "nan-guidance", "bad-json", "resolution", "shape-from-reference"])
+def test_bad_input_is_a_4xx_naming_the_problem(server, inputs, head_asset, case):
+    animation, reference, settings = None, None, dict(FAST)
+    expected: tuple = ()
+    if case == "garbage-animation":
+        animation, expected = b"this is not an npz", (422, "malformed animation")
+    elif case == "nan":
+        animation, expected = animation_bytes(head_asset, 4, _nan), (422, "NaN")
+    elif case == "wrong-asset-animation":
+        animation, expected = animation_bytes(head_asset, 4, _other_asset), (409, "FLAME2020")
+    elif case == "no-camera":
+        animation, expected = animation_bytes(head_asset, 4, _no_camera), (422, "camera")
+    elif case == "unreadable-image":
+        reference, expected = b"GIF89a-not-really", (422, "unreadable")
+    elif case == "huge-image":
+        reference, expected = huge_png_header(), (413, "too many pixels")
+    elif case == "big-image":
+        reference, expected = huge_png_header(5000, 4000), (413, "5000x4000")
+    elif case == "empty-image":
+        reference, expected = b"", (400, "empty")
+    elif case == "unknown-checkpoint":
+        settings["checkpoint"], expected = "nope", (422, "unknown checkpoint 'nope'")
+    elif case == "checkpoint-for-other-asset":
+        settings["checkpoint"], expected = "other-asset", (409, "FLAME2023")
+    elif case == "frames-not-in-clip":
+        settings["frames"], expected = "3-9", (422, "not in the animation")
+    elif case == "bad-frames":
+        settings["frames"], expected = "one-two", (422, "not a frame list")
+    elif case == "unknown-setting":
+        settings["stepz"], expected = 3, (422, "unknown settings")
+    elif case == "bad-steps":
+        settings["steps"], expected = 0, (422, "steps")
+    elif case == "nan-guidance":
+        settings["guidance"], expected = "nan", (422, "guidance")
+    elif case == "bad-json":
+        response = server.post("/v1/jobs", headers=AUTH, data={"settings": "{not json"},
+                               files={"reference": ("r.png", inputs["reference"]), "animation": ("a", inputs["animation"])})
+        assert_error(response, 400, "not valid JSON")
+        return
+    elif case == "resolution":
+        settings["resolution"], expected = 512, (422, "32 px")
+    elif case == "shape-from-reference":
+        settings["shape_from"], expected = "reference", (422, "reference_shape")
+    assert_error(submit(server, inputs, settings, reference=reference, animation=animation), *expected)
+    assert server.get("/v1/health", headers=AUTH).status_code == 200
+
+
+def test_request_shape_errors(server, inputs):
+    assert_error(server.post("/v1/jobs", headers=AUTH, content=b"x"), 415, "content type")
+    assert_error(server.post("/v1/jobs", headers=AUTH, files={"reference": ("r.png", inputs["reference"])}),
+                 400, "'animation'")
+    assert_error(server.post("/v1/jobs", headers=AUTH, json={"reference_path": "ref.png", "animation_path": "/x"}),
+                 422, "relative")
+    assert_error(server.post("/v1/jobs", headers=AUTH, json={"reference_path": "/x", "settings": [1]}),
+                 422, "settings must be")
+    assert_error(server.post("/v1/jobs", headers=AUTH, json={"reference_path": "/x", "extra": 1}), 422, "unknown")
+    assert_error(server.post("/v1/jobs", headers=AUTH, json=[1]), 400, "object")
+    assert_error(server.post("/v1/jobs", headers=AUTH, files={"reference": ("r.png", inputs["reference"]),
+                                                             "animation": ("a", inputs["animation"]),
+                                                             "settings": ("s.json", b"{}")}), 400, "files")
+    assert_error(server.post("/v1/jobs", headers=AUTH, json={"reference_path": "/nonexistent/ref.png",
+                                                             "animation_path": "/x"}), 422, "not found")
+    big = b"\0" * (9 * 1024 * 1024)
+    assert_error(submit(server, inputs, FAST, reference=big), 413, "larger than")
+    for job_id in ("..%2F..%2Fetc", "0123456789abcdef", "ZZZZ"):
+        assert server.get(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 404
+    assert_error(server.get("/v1/nothing", headers=AUTH), 404, "not found")
+
+
+# -- cancel, release ---------------------------------------------------------------------------
+
+def test_cancel_takes_effect_within_a_denoising_step(server, inputs):
+    response = submit(server, inputs, {**FAST, "steps": 200, "frames_per_batch": 1, "seed": 99})
+    job_id = response.json()["id"]
+    queued = submit(server, inputs, {**FAST, "seed": 98}).json()["id"]
+    wait_for(lambda: server.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["phase"] == "rendering", 60,
+             what="rendering")
+    assert server.delete(f"/v1/jobs/{queued}", headers=AUTH).json()["cancel"] == "cancelled"
+    assert server.get(f"/v1/jobs/{queued}", headers=AUTH).json()["status"] == "cancelled"
+    asked = time.monotonic()
+    assert server.delete(f"/v1/jobs/{job_id}", headers=AUTH).json()["cancel"] == "cancelling"
+    view = wait_status(server, job_id, timeout=20)
+    assert view["status"] == "cancelled" and view["advice"]
+    assert time.monotonic() - asked < 10
+    assert server.get("/v1/health", headers=AUTH).json()["queue_length"] == 0
+
+
+def test_release_frees_the_model(server, inputs):
+    submit(server, inputs, {**FAST, "checkpoint": "tiny"})  # identical to a finished job: nothing to load
+    released = server.post("/v1/release", headers=AUTH).json()
+    assert isinstance(released["released"], bool)
+    assert server.get("/v1/health", headers=AUTH).json()["loaded_model"] is None
+
+
+# -- worker: OOM retry, failures ---------------------------------------------------------------
+
+class _FakeCache:
+    """Stands in for ModelCache: a pipeline that runs out of memory above one frame per batch."""
+
+    def __init__(self, real, fail_with=None):
+        self.real, self.fail_with, self.calls = real, fail_with, []
+
+    def pipeline(self, checkpoint):
+        import torch
+
+        real = self.real.pipeline(checkpoint)
+
+        def run(reference, clip, settings, **kwargs):
+            self.calls.append(settings.frames_per_batch)
+            if self.fail_with is not None:
+                raise self.fail_with
+            if settings.frames_per_batch > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(reference, clip, settings, **kwargs)
+        return run
+
+
+def test_out_of_memory_retries_with_smaller_batches(server, inputs):
+    from backend.server.jobs import JobFolder
+    from backend.server.service import check_request
+    from backend.server.worker import render_job
+
+    service = server.service
+    checked = check_request(inputs["reference"], inputs["animation"], {**FAST, "frames_per_batch": 4, "seed": 5,
+                                                                       "frames": "1-2"},
+                            service.registry, service.cache)
+    folder, _, _ = service.store.create_or_reuse(checked)
+    fake = _FakeCache(service.cache)
+    assert render_job(folder, fake) == "done"
+    manifest = folder.read()
+    assert fake.calls[:3] == [2, 1, 1] and manifest["oom_retries"] == 1 and manifest["frames_per_batch_used"] == 1
+    assert any("out of memory" in note for note in manifest["notes"])
+    assert manifest["frames_done"] == 2
+
+    failing = JobFolder(folder.path)
+    for name in os.listdir(failing.path):
+        if name.startswith("frame_"):
+            os.remove(os.path.join(failing.path, name))
+    assert render_job(failing, _FakeCache(service.cache, fail_with=RuntimeError("boom"))) == "failed"
+    manifest = failing.read()
+    assert manifest["status"] == "failed" and "boom" in manifest["error"] and "missing" in manifest["advice"]
+
+
+# -- security helpers --------------------------------------------------------------------------
+
+def test_token_file_mode_and_loopback(tmp_path):
+    import argparse
+
+    from backend.errors import FlamediffError
+    from backend.server.cli import register_cli
+    from backend.server.security import is_loopback, read_token_file, write_token_file
+
+    path = str(tmp_path / "sub" / "token")
+    token = write_token_file(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and read_token_file(path) == token and len(token) > 30
+    assert write_token_file(path) != token  # a fresh token per start
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--token-file", str(tmp_path / "t2")])
+    with pytest.raises(FlamediffError, match="--allow-remote"):
+        args.func(args)
+    assert not os.path.exists(tmp_path / "t2")
+
+
+# -- flamediff render without a server ---------------------------------------------------------
+
+def test_render_command_is_resumable(tmp_path, models_dir, inputs, head_folder, capsys):
+    import argparse
+
+    from backend.server.cli import register_cli
+
+    (tmp_path / "ref.png").write_bytes(inputs["reference"])
+    (tmp_path / "anim.npz").write_bytes(inputs["animation"])
+    out = tmp_path / "out"
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    argv = ["render", "--reference", str(tmp_path / "ref.png"), "--animation", str(tmp_path / "anim.npz"),
+            "--out", str(out), "--checkpoint", os.path.join(models_dir, "tiny"), "--steps", "2",
+            "--frames", "1-3", "--device", "cpu", "--models-dir", models_dir]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    first = frame_mtimes(str(out))
+    assert list(first) == ["frame_0001.png", "frame_0002.png", "frame_0003.png"]
+    assert sorted(os.listdir(out / "control")) == list(first)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["settings"]["seed"] == 0
+    assert "3 to render" in capsys.readouterr().out
+
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert "3 of 3 frames already rendered, 0 to render" in capsys.readouterr().out
+    assert frame_mtimes(str(out)) == first
+
+    from backend.server.inputs import InputError
+
+    args = parser.parse_args(argv[:-4] + ["--seed", "1", "--device", "cpu"])
+    with pytest.raises(InputError, match="different job"):
+        args.func(args)

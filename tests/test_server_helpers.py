@@ -1,0 +1,85 @@
+"""Shared helpers for the server tests (a tiny checkpoint, inputs, polling); no tests here."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+
+TOKEN = "test-token-0123456789"
+
+
+def make_checkpoint(folder: str, asset, flame_asset: dict[str, str] | None = None, field: bool = True) -> str:
+    """Save a tiny model (seeded, so every test sees the same weights) into ``folder``."""
+    import torch
+
+    from backend.models import FlameDiffConfig, FlameDiffModel
+
+    torch.manual_seed(0)
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=flame_asset or asset.identity()))
+    if field:
+        model.attach_gaussian_field(asset)
+        with torch.no_grad():
+            torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
+            model.gaussian_field.features.normal_()
+    model.save_pretrained(folder)
+    return folder
+
+
+def png_bytes(height: int = 40, width: int = 56, seed: int = 0) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def huge_png_header(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A tiny file whose PNG header claims ``width x height`` pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def animation_bytes(asset, num_frames: int = 4, mutate: Callable[[dict[str, np.ndarray]], None] | None = None) -> bytes:
+    """The demo animation as file bytes; ``mutate`` edits its arrays (to break it on purpose)."""
+    from backend.demo import demo_animation
+    from backend.formats.animation import save_animation
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "anim.npz")
+        save_animation(path, demo_animation(asset, num_frames=num_frames, resolution=48))
+        if mutate is None:
+            with open(path, "rb") as handle:
+                return handle.read()
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+    mutate(arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def frame_mtimes(folder: str) -> dict[str, int]:
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns
+            for name in sorted(os.listdir(folder)) if name.startswith("frame_") and name.endswith(".png")}
