@@ -11,10 +11,10 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 from .. import animation_io, assets
 from ..formats.animation import AnimationFormatError, AnimationWarning, load_animation, save_animation
 from ..formats.flame_asset import FlameAssetError
-from .common import NO_RIG, has_rig, target_rig
+from .common import NO_RIG, RigOperator, target_rig
 
 
-class FLAMEDIFF_OT_export_animation(bpy.types.Operator, ExportHelper):
+class FLAMEDIFF_OT_export_animation(RigOperator, bpy.types.Operator, ExportHelper):
     """Write the rig's keyframed FLAME parameters and the camera to a flamediff .npz"""
 
     bl_idname = "flamediff.export_animation"
@@ -27,13 +27,8 @@ class FLAMEDIFF_OT_export_animation(bpy.types.Operator, ExportHelper):
     frame_end: IntProperty(name="End", default=250, description="Default: the scene's end frame")
     camera: StringProperty(name="Camera", default="", description="Camera object; empty = the scene camera")
     use_camera: BoolProperty(name="Include camera", default=True)
-    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
     method: StringProperty(name="Method", default="AUTO", options={"HIDDEN"},
                            description="AUTO, FAST or FULL (benchmarks and tests)")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return has_rig(context)
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         self.frame_start, self.frame_end = context.scene.frame_start, context.scene.frame_end
@@ -60,7 +55,7 @@ class FLAMEDIFF_OT_export_animation(bpy.types.Operator, ExportHelper):
         return {"FINISHED"}
 
 
-class FLAMEDIFF_OT_import_animation(bpy.types.Operator, ImportHelper):
+class FLAMEDIFF_OT_import_animation(RigOperator, bpy.types.Operator, ImportHelper):
     """Keyframe the rig from a flamediff .npz or a DECA / EMOCA / SMIRK tracker .npz"""
 
     bl_idname = "flamediff.import_animation"
@@ -72,11 +67,6 @@ class FLAMEDIFF_OT_import_animation(bpy.types.Operator, ImportHelper):
     fps: FloatProperty(name="Target fps", default=0.0, min=0.0,
                        description="Rescale the file's timing to this rate; 0 = the scene's fps")
     frame_offset: IntProperty(name="Frame offset", default=0, description="Added to every keyed frame")
-    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return has_rig(context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = target_rig(context, self.rig)

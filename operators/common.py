@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bpy
+from bpy.props import StringProperty
 
 from .. import rig as rigmod
 
@@ -21,3 +22,13 @@ def has_rig(context: bpy.types.Context) -> bool:
     """Poll helper: scripts may name the rig, so any rig in the file enables the operators."""
     return rigmod.find_rig(context.active_object) is not None or any(
         obj.get("flamediff_rig") for obj in context.scene.objects)
+
+
+class RigOperator:
+    """Mixin of the operators that act on one rig: the ``rig`` argument and the poll."""
+
+    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return has_rig(context)

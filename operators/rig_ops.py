@@ -8,7 +8,7 @@ from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 from .. import assets, rig as rigmod
 from ..formats.flame_asset import FlameAssetError
 from ..preferences import get_preferences
-from .common import NO_RIG, has_rig, target_rig
+from .common import NO_RIG, RigOperator, target_rig
 
 _WHICH = [("BOTH", "Shape and expression", ""), ("SHAPE", "Shape", ""), ("EXPRESSION", "Expression", "")]
 
@@ -43,7 +43,7 @@ class FLAMEDIFF_OT_add_rig(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FLAMEDIFF_OT_reset_coefficients(bpy.types.Operator):
+class FLAMEDIFF_OT_reset_coefficients(RigOperator, bpy.types.Operator):
     """Set the rig's shape and/or expression coefficients to zero (the mean face)"""
 
     bl_idname = "flamediff.reset_coefficients"
@@ -51,11 +51,6 @@ class FLAMEDIFF_OT_reset_coefficients(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     which: EnumProperty(name="Which", items=_WHICH, default="BOTH")
-    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return has_rig(context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = target_rig(context, self.rig)
@@ -66,7 +61,7 @@ class FLAMEDIFF_OT_reset_coefficients(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FLAMEDIFF_OT_randomize_coefficients(bpy.types.Operator):
+class FLAMEDIFF_OT_randomize_coefficients(RigOperator, bpy.types.Operator):
     """Draw the rig's shape and/or expression coefficients from a normal distribution"""
 
     bl_idname = "flamediff.randomize_coefficients"
@@ -76,11 +71,6 @@ class FLAMEDIFF_OT_randomize_coefficients(bpy.types.Operator):
     which: EnumProperty(name="Which", items=_WHICH, default="SHAPE")
     sigma: FloatProperty(name="Sigma", default=1.0, min=0.0, max=3.0)
     seed: IntProperty(name="Seed", default=0, min=0)
-    rig: StringProperty(name="Rig", default="", description="Rig object name; empty = the active rig")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return has_rig(context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = target_rig(context, self.rig)

@@ -37,7 +37,7 @@ from backend.assets import load_asset
 from backend.data.dataset import DatasetIndex, read_dataset
 from backend.flame.model import FlameModel
 from backend.formats.conventions import square_crop_intrinsics
-from backend.models.config import LABELS, FlameDiffConfig
+from backend.models.config import FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
 
