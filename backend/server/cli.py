@@ -101,8 +101,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 class ProgressBar:
     """A one-line text bar on stderr (no dependency; redraws at most 10 times a second)."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
-        self.stream, self.width, self._last, self.drawn = stream, width, 0.0, False
+    def __init__(self, stream=None, width: int = 30) -> None:
+        # resolved now, not at import: sys.stderr may have been replaced since (pytest, IDEs)
+        self.stream = stream if stream is not None else sys.stderr
+        self.width, self._last, self.drawn = width, 0.0, False
 
     def __call__(self, progress) -> None:
         now = time.monotonic()
