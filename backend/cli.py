@@ -36,14 +36,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Report the environment and what is missing, with the fix for each."""
     problems: list[str] = []
     print(f"flamediff {__version__}")
-    print(f"python    {platform.python_version()} ({sys.executable})")
+    print(f"python          {platform.python_version()} ({sys.executable})")
     try:
         import torch
-        print(f"torch     {torch.__version__}")
+        print(f"torch           {torch.__version__}")
         if torch.cuda.is_available():
-            print(f"cuda      {torch.version.cuda}, GPU: {torch.cuda.get_device_name(0)}")
+            print(f"cuda            {torch.version.cuda}, GPU: {torch.cuda.get_device_name(0)}")
         else:
-            print("cuda      not available: rendering and training run on the CPU (slow at paper scale). "
+            print("cuda            not available: rendering and training run on the CPU (slow at paper scale). "
                   "With an NVIDIA GPU, install the CUDA build: pip install torch==2.13.0 "
                   "(from PyPI on Linux, it is the CUDA build).")
     except ImportError:
@@ -51,15 +51,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for module, why in (("diffusers", "the diffusion model"), ("smplx", "FLAME cross-checks"),
                         ("safetensors", "checkpoints"), ("huggingface_hub", "loading weights by hub id")):
         try:
-            print(f"{module:<9} {importlib.metadata.version(module.replace('_', '-'))}")
+            print(f"{module:<15} {importlib.metadata.version(module.replace('_', '-'))}")
             importlib.import_module(module)
         except (ImportError, importlib.metadata.PackageNotFoundError):
             problems.append(f"{module} is missing ({why}): pip install {module.replace('_', '-')}")
     try:
         import gsplat
-        print(f"gsplat    {gsplat.__version__} (fast CUDA splatting; compiles its kernels on first use)")
+        print(f"gsplat          {gsplat.__version__} (fast CUDA splatting; compiles its kernels on first use)")
     except ImportError:
-        print("gsplat    not installed: the pure-torch splatter is used (fine on CPU; on a CUDA GPU "
+        print("gsplat          not installed: the pure-torch splatter is used (fine on CPU; on a CUDA GPU "
               "pip install gsplat for speed)")
     _doctor_asset(args.flame_asset, problems)
     if problems:
@@ -79,13 +79,13 @@ def _doctor_asset(path: str | None, problems: list[str]) -> None:
         asset = load_asset(path)
     except FlameAssetError as exc:
         problems.append(str(exc))
-        print(f"FLAME     {resolve_asset_folder(path)}: unusable (see below)")
+        print(f"FLAME           {resolve_asset_folder(path)}: unusable (see below)")
         return
-    print(f"FLAME     {asset.name} [{source}] {asset.folder}")
-    print(f"          {asset.num_vertices} vertices, {asset.num_shape} shape + {asset.num_expression} expression "
+    print(f"FLAME           {asset.name} [{source}] {asset.folder}")
+    print(f"                {asset.num_vertices} vertices, {asset.num_shape} shape + {asset.num_expression} expression "
           f"components, hash {asset.content_hash[:16]}")
     if asset.name == "procedural-head":
-        print(f"          to use the real FLAME model, register at {FLAME_SITE} and pass --flame-asset DIR")
+        print(f"                to use the real FLAME model, register at {FLAME_SITE} and pass --flame-asset DIR")
 
 
 def cmd_assets_procedural_head(args: argparse.Namespace) -> int:
@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
     asset = load_asset(args.flame_asset)
-    print(f"FLAME asset: {asset.name} ({asset.folder})")
+    print(f"FLAME           asset: {asset.name} ({asset.folder})")
     run_demo(asset, args.out, num_frames=args.frames, resolution=args.resolution)
     return 0
 
