@@ -121,8 +121,8 @@ def _bottom_theta(azimuth: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Landmarks:
-    """Named anchor points on the base surface, from (polar, azimuth) in degrees."""
+class _FaceAnchors:
+    """Where the face features sit on the base surface, as (polar, azimuth) angles in degrees."""
 
     eye_theta: float = 74.0
     eye_azimuth: float = 23.0
@@ -135,7 +135,7 @@ class _Landmarks:
         return _base_points(np.radians(np.float64(theta_deg)), np.radians(np.float64(azimuth_deg)))
 
 
-def _feature_offset(points: np.ndarray, lm: _Landmarks) -> np.ndarray:
+def _feature_offset(points: np.ndarray, lm: _FaceAnchors) -> np.ndarray:
     """Radial displacement (metres) that carves a face into the base surface."""
     x, y, z = points[..., 0], points[..., 1], points[..., 2]
     front = _smoothstep(0.0, 0.05, z)
@@ -202,7 +202,7 @@ def _eye_hole(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return ((d[..., 0] / 0.0145) ** 2 + (d[..., 1] / 0.0078) ** 2 < 1.0) & (d[..., 2] > -0.004)
 
 
-def _build_head_surface(spec: ProceduralHeadSpec, lm: _Landmarks) -> tuple:
+def _build_head_surface(spec: ProceduralHeadSpec, lm: _FaceAnchors) -> tuple:
     theta, azimuth = _grid_angles(spec)
     base = _base_points(theta, azimuth[None, :])
     points = base + _feature_offset(base, lm)[..., None] * _radial(base)
@@ -211,7 +211,7 @@ def _build_head_surface(spec: ProceduralHeadSpec, lm: _Landmarks) -> tuple:
     return theta, azimuth, points, crown, mouth_row
 
 
-def _eye_centres(lm: _Landmarks) -> np.ndarray:
+def _eye_centres(lm: _FaceAnchors) -> np.ndarray:
     surface = lm.point(lm.eye_theta, lm.eye_azimuth)
     left = surface - _radial(surface) * (EYE_RADIUS * 0.45) - np.array([0.0, 0.0, 0.0045])
     return np.stack([left, left * np.array([-1.0, 1.0, 1.0])])
@@ -239,7 +239,7 @@ def _sphere(centre: np.ndarray, spec: ProceduralHeadSpec, uv_centre: tuple[float
     return centre + EYE_RADIUS * unit, np.array(faces) + first_vertex, uv
 
 
-def _build_mesh(spec: ProceduralHeadSpec, lm: _Landmarks) -> _Mesh:
+def _build_mesh(spec: ProceduralHeadSpec, lm: _FaceAnchors) -> _Mesh:
     theta, azimuth, points, crown, mouth_row = _build_head_surface(spec, lm)
     rows, cols = theta.shape
     grid = 1 + np.arange(rows * cols).reshape(rows, cols)
@@ -296,7 +296,7 @@ def _build_mesh(spec: ProceduralHeadSpec, lm: _Landmarks) -> _Mesh:
 # Joints and skinning
 
 
-def _joint_regressor(mesh: _Mesh, lm: _Landmarks) -> np.ndarray:
+def _joint_regressor(mesh: _Mesh, lm: _FaceAnchors) -> np.ndarray:
     """Sparse [5, V] regressor: root = neck-cut ring, neck = ring at the skull base, jaw = the two
     points below the ears, eyes = eyeball vertices (centroid = eyeball centre)."""
     regressor = np.zeros((5, len(mesh.vertices)))
@@ -311,7 +311,7 @@ def _joint_regressor(mesh: _Mesh, lm: _Landmarks) -> np.ndarray:
     return regressor
 
 
-def _jaw_weight(mesh: _Mesh, lm: _Landmarks) -> np.ndarray:
+def _jaw_weight(mesh: _Mesh, lm: _FaceAnchors) -> np.ndarray:
     rows, cols = mesh.grid.shape
     row_index = np.repeat(np.arange(rows)[:, None], cols, axis=1)
     azimuth = np.abs(np.degrees(np.repeat(mesh.azimuth[None, :], rows, axis=0)))
@@ -328,7 +328,7 @@ def _jaw_weight(mesh: _Mesh, lm: _Landmarks) -> np.ndarray:
     return weight
 
 
-def _skinning_weights(mesh: _Mesh, lm: _Landmarks, regressor: np.ndarray) -> np.ndarray:
+def _skinning_weights(mesh: _Mesh, lm: _FaceAnchors, regressor: np.ndarray) -> np.ndarray:
     joints = regressor @ mesh.vertices
     y = mesh.vertices[:, 1]
     on_head = _smoothstep(Y_BOTTOM + 0.02, joints[1, 1] + 0.012, y)
@@ -349,7 +349,7 @@ def _skinning_weights(mesh: _Mesh, lm: _Landmarks, regressor: np.ndarray) -> np.
 class _Fields:
     """Displacement fields on the head vertices; eyeballs move rigidly with their centres."""
 
-    def __init__(self, mesh: _Mesh, lm: _Landmarks, rng: np.random.RandomState) -> None:
+    def __init__(self, mesh: _Mesh, lm: _FaceAnchors, rng: np.random.RandomState) -> None:
         self.mesh, self.lm, self.rng = mesh, lm, rng
         self.head = mesh.vertices[: mesh.head_count]
         self.eye_left = slice(mesh.head_count, mesh.head_count + mesh.eye_count)
@@ -491,7 +491,7 @@ def _pose_correctives(fields: _Fields, weights: np.ndarray) -> np.ndarray:
 # Landmarks (FLAME's 51 static ones: brows, nose, eyes, mouth)
 
 
-def _landmark_targets(lm: _Landmarks) -> list[np.ndarray]:
+def _landmark_targets(lm: _FaceAnchors) -> list[np.ndarray]:
     et, ea, mt, mw = lm.eye_theta, lm.eye_azimuth, lm.mouth_theta, lm.mouth_half_width
     points = [lm.point(et - 10.0 - 2.0 * np.cos(np.radians(k * 45.0)), -(ea + 16.0) + 8.0 * k) for k in range(5)]
     points += [lm.point(et - 10.0 - 2.0 * np.cos(np.radians(k * 45.0)), (ea - 16.0) + 8.0 * k) for k in range(5)]
@@ -531,7 +531,7 @@ def _embed_points(points: list[np.ndarray], vertices: np.ndarray, faces: np.ndar
 
 def build_procedural_head(spec: ProceduralHeadSpec = ProceduralHeadSpec()) -> dict:
     """All arrays of the procedural head: FLAME model keys plus ``uv``/``faces_uv`` and landmarks."""
-    lm = _Landmarks()
+    lm = _FaceAnchors()
     mesh = _build_mesh(spec, lm)
     rng = np.random.RandomState(spec.seed)
     fields = _Fields(mesh, lm, rng)
