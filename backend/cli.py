@@ -158,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     from backend.data.procedural import register_cli as register_dataset_cli
+    from backend.evaluation.cli import register_cli as register_eval_cli
     from backend.server.cli import register_cli as register_server_cli
     register_dataset_cli(commands)
     register_server_cli(commands)
+    register_eval_cli(commands)
     return parser
 
 
