@@ -1,9 +1,13 @@
-"""Add-on preferences: which FLAME asset, how many coefficients a new rig exposes, backend."""
+"""Add-on preferences: which FLAME asset, how many coefficients a new rig exposes, the backend."""
 
 from __future__ import annotations
 
+import os
+
 import bpy
-from bpy.props import IntProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
+
+DEFAULT_PORT = 8765
 
 
 class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
@@ -21,9 +25,24 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
     num_expression: IntProperty(
         name="Expression coefficients", default=50, min=1, max=100,
         description="Expression shape keys a new rig exposes (capped at the model's number)")
+    backend_mode: EnumProperty(
+        name="Backend", default="URL",
+        items=[("LOCAL", "Start locally", "The add-on starts 'python -m backend serve' from the backend's venv"),
+               ("URL", "Connect to URL", "Use a backend that is already running ('flamediff serve')")])
+    backend_python: StringProperty(
+        name="Backend Python", subtype="FILE_PATH", default="",
+        description="The python executable of the venv flamediff is installed in (e.g. .venv/bin/python)")
+    backend_port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
+    backend_device: EnumProperty(
+        name="Device", default="auto",
+        items=[("auto", "Auto", "CUDA when available, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
     backend_url: StringProperty(
-        name="Backend URL", default="http://127.0.0.1:8765",
-        description="Local render backend (used by the render issue; not contacted yet)")
+        name="Backend URL", default=f"http://127.0.0.1:{DEFAULT_PORT}",
+        description="URL of a running 'flamediff serve'")
+    token_file: StringProperty(
+        name="Token file", subtype="FILE_PATH", default="",
+        description="The token file the backend writes at start; empty = ~/.cache/flamediff/server/token "
+                    "(or the add-on's own one in 'Start locally' mode)")
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -32,13 +51,49 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         row.prop(self, "num_shape")
         row.prop(self, "num_expression")
         box = layout.box()
-        box.label(text="Render backend (not used yet)")
-        box.prop(self, "backend_url")
+        box.label(text="Render backend")
+        box.row().prop(self, "backend_mode", expand=True)
+        if self.backend_mode == "LOCAL":
+            box.prop(self, "backend_python")
+            row = box.row()
+            row.prop(self, "backend_port")
+            row.prop(self, "backend_device")
+            row = box.row()
+            row.operator("flamediff.backend_start", icon="PLAY")
+            row.operator("flamediff.backend_stop", icon="CANCEL")
+        else:
+            box.prop(self, "backend_url")
+            box.prop(self, "token_file")
+        box.operator("flamediff.test_connection", icon="LINKED")
 
 
 def get_preferences(context: bpy.types.Context) -> FLAMEDIFF_AP_preferences:
     """This add-on's preferences (the add-on is registered under its package name)."""
     return context.preferences.addons[__package__].preferences
+
+
+def backend_settings(context: bpy.types.Context) -> dict:
+    """``{mode, url, token_file, python, port, device}`` resolved from the preferences."""
+    prefs = get_preferences(context)
+    if prefs.backend_mode == "LOCAL":
+        token = prefs.token_file.strip() or os.path.join(
+            bpy.utils.extension_path_user(__package__, path="server", create=True), "token")
+        url = f"http://127.0.0.1:{prefs.backend_port}"
+    else:
+        cache = os.environ.get("FLAMEDIFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flamediff")
+        token = prefs.token_file.strip() or os.path.join(cache, "server", "token")
+        url = prefs.backend_url.strip()
+    return {"mode": prefs.backend_mode, "url": url, "token_file": os.path.abspath(bpy.path.abspath(token)),
+            "python": bpy.path.abspath(prefs.backend_python.strip()), "port": prefs.backend_port,
+            "device": prefs.backend_device}
+
+
+def make_client(context: bpy.types.Context, timeout: float = 3.0):
+    from .backend_client import BackendClient
+
+    settings = backend_settings(context)
+    return BackendClient(settings["url"], settings["token_file"], timeout=timeout,
+                         online_access=bool(getattr(bpy.app, "online_access", True)))
 
 
 classes = (FLAMEDIFF_AP_preferences,)

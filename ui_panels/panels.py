@@ -93,6 +93,41 @@ class FLAMEDIFF_PT_camera(_FlamediffPanel, bpy.types.Panel):
         row.prop(scene.render, "resolution_y")
 
 
+class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
+    bl_label = "Render"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        from .. import render_job
+
+        layout = self.layout
+        props = context.scene.flamediff_render
+        layout.prop(props, "reference_image")
+        row = layout.row(align=True)
+        row.prop(props, "steps")
+        row.prop(props, "guidance")
+        row = layout.row(align=True)
+        row.prop(props, "seed")
+        row.prop(props, "checkpoint", text="Model")
+        running = render_job.active_job(context.scene) is not None
+        row = layout.row(align=True)
+        row.enabled = not running
+        row.operator("flamediff.render", text="Render", icon="RENDER_ANIMATION")
+        if running:
+            layout.operator("flamediff.render_cancel", text="Cancel", icon="CANCEL")
+            layout.prop(props, "progress", slider=True)
+        if props.message:
+            layout.label(text=props.message, icon="INFO")
+        if props.output_dir:
+            layout.label(text=f"Frames: {props.output_dir}")
+        if props.error:
+            box = layout.box()
+            box.label(text=props.error, icon="ERROR")
+            if props.advice:
+                for start in range(0, len(props.advice), 60):
+                    box.label(text=props.advice[start:start + 60])
+        layout.operator("flamediff.test_connection", icon="LINKED")
+
+
 _KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expression", "Expression coefficients"),
           ("Pose", "Pose", "Pose correctives (driven by the bones; read only)")]
 
@@ -100,7 +135,11 @@ _KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expressio
 def register_properties() -> None:
     bpy.types.Scene.flamediff_coefficient_kind = bpy.props.EnumProperty(
         name="Coefficients", items=_KINDS, default="Shape")
+    from ..render_job import FlamediffRenderProps
+
+    bpy.types.Scene.flamediff_render = bpy.props.PointerProperty(type=FlamediffRenderProps)
 
 
 def unregister_properties() -> None:
     del bpy.types.Scene.flamediff_coefficient_kind
+    del bpy.types.Scene.flamediff_render

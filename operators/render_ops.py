@@ -1,0 +1,235 @@
+"""Render through the flamediff backend; start / stop / test the backend."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import bpy
+from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+
+from .. import animation_io, assets, local_backend, render_job
+from ..backend_client import PROTOCOL_VERSION, BackendError
+from ..formats.animation import AnimationFormatError, save_animation
+from ..formats.flame_asset import FlameAssetError
+from ..preferences import backend_settings, make_client
+from .common import NO_RIG, RigOperator, target_rig
+
+
+def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
+    props = scene.flamediff_render
+    props.error, props.advice = message, advice
+    props.status, props.message = "error", "Render not started"
+    operator.report({"ERROR"}, f"{message}. {advice[:1].upper()}{advice[1:]}" if advice else message)
+    return {"CANCELLED"}
+
+
+class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
+    """Render the rig's animation over the scene frame range with the flamediff backend; frames land as a
+    VSE image strip. Esc cancels"""
+
+    bl_idname = "flamediff.render"
+    bl_label = "Render with flamediff"
+    bl_options = {"REGISTER"}
+
+    # unset arguments fall back to the Render panel (scene.flamediff_render) and the scene frame range;
+    # SKIP_SAVE so a script's values are not remembered for the next button press
+    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+                                    description="Default: the Render panel's reference image")
+    steps: IntProperty(name="Steps", default=25, min=1, max=1000, options={"SKIP_SAVE"},
+                       description="Default: the Render panel's")
+    guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0, options={"SKIP_SAVE"},
+                            description="Default: the Render panel's")
+    seed: IntProperty(name="Seed", default=0, min=0, options={"SKIP_SAVE"}, description="Default: the Render panel's")
+    checkpoint: StringProperty(name="Checkpoint", default="", options={"SKIP_SAVE"},
+                               description="Default: the Render panel's, else the backend's default model")
+    frame_start: IntProperty(name="Start", default=1, options={"SKIP_SAVE"},
+                             description="Default: the scene's start frame")
+    frame_end: IntProperty(name="End", default=250, options={"SKIP_SAVE"}, description="Default: the scene's end frame")
+    wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                       description="Block until the render ends (scripts, blender -b); FINISHED only when done")
+    timeout: FloatProperty(name="Timeout", default=3600.0, min=1.0, options={"SKIP_SAVE"},
+                           description="With wait: give up (and cancel the job) after this many seconds")
+
+    _job = None
+    _timer = None
+
+    def _value(self, props, name: str):
+        return getattr(self, name) if self.properties.is_property_set(name) else getattr(props, name)
+
+    def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
+        scene = context.scene
+        props = scene.flamediff_render
+        if render_job.active_job(scene) is not None:
+            return _report_error(self, scene, "a flamediff render is already running in this scene",
+                                 "wait for it or cancel it (Esc or the Cancel button)")
+        start = self.frame_start if self.properties.is_property_set("frame_start") else scene.frame_start
+        end = self.frame_end if self.properties.is_property_set("frame_end") else scene.frame_end
+        reference = bpy.path.abspath(self._value(props, "reference_image").strip())
+        rig = target_rig(context, self.rig)
+        if rig is None:
+            return _report_error(self, scene, NO_RIG)
+        if not reference or not os.path.isfile(reference):
+            return _report_error(self, scene, f"no reference image at '{reference}'" if reference
+                                 else "no reference image", "choose a portrait (PNG/JPEG) in the Render panel")
+        if scene.camera is None or scene.camera.type != "CAMERA":
+            return _report_error(self, scene, "the scene has no camera", "add a camera and make it the scene camera")
+        fd, animation = tempfile.mkstemp(prefix="flamediff-render-", suffix=".npz")
+        os.close(fd)
+        try:
+            animation_io.check_rig_asset(rig, assets.current(context)[1])
+            clip, _ = animation_io.read_clip(context, rig, start, end, scene.camera)
+            save_animation(animation, clip)
+        except (AnimationFormatError, animation_io.ExportError, FlameAssetError, OSError) as exc:
+            os.remove(animation)
+            return _report_error(self, scene, f"export failed: {exc}")
+        settings = {"steps": self._value(props, "steps"), "guidance": self._value(props, "guidance"),
+                    "seed": self._value(props, "seed")}
+        checkpoint = self._value(props, "checkpoint").strip()
+        if checkpoint:
+            settings["checkpoint"] = checkpoint
+        backend = backend_settings(context)
+        local = backend if backend["mode"] == "LOCAL" else None
+        props.error = props.advice = ""
+        props.status, props.message, props.progress, props.frames_done = "connecting", "Connecting...", 0.0, 0
+        props.frames_total = len(clip.frame)
+        return render_job.RenderJob(scene, make_client(context), reference, animation, settings,
+                                    [int(f) for f in clip.frame], local)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        job = self._build_job(context)
+        if isinstance(job, set):
+            return job
+        render_job.start(job)
+        if self.wait:
+            return self._wait(job)
+        if not job.step():  # first contact at once: a down backend is reported now
+            return self._outcome(job)
+        render_job.follow_in_background(job)  # a bpy.app.timers poll: runs even if this modal is dropped
+        if context.window is not None and not bpy.app.background:
+            self._job = job  # the modal part only listens for Esc and reports the outcome
+            self._timer = context.window_manager.event_timer_add(render_job.POLL_INTERVAL, window=context.window)
+            context.window_manager.modal_handler_add(self)
+            return {"RUNNING_MODAL"}
+        self.report({"INFO"}, f"Rendering {len(job.frames)} frames; poll scene.flamediff_render or use wait=True")
+        return {"FINISHED"}
+
+    def _wait(self, job: render_job.RenderJob) -> set[str]:
+        deadline = time.monotonic() + self.timeout
+        while job.step():
+            if time.monotonic() > deadline:
+                job.cancel()
+                job.props.error = f"the render did not finish within {self.timeout:g} s"
+                job.props.advice = "raise timeout=, or use fewer frames / steps"
+                break
+            time.sleep(render_job.POLL_INTERVAL)
+        return self._outcome(job)
+
+    def _outcome(self, job: render_job.RenderJob) -> set[str]:
+        props = job.props
+        if job.outcome == "done":
+            self.report({"INFO"}, props.message)
+            return {"FINISHED"}
+        text = props.error or props.message
+        advice = props.advice[:1].upper() + props.advice[1:]
+        self.report({"ERROR"}, f"{text}. {advice}" if advice else text)
+        return {"CANCELLED"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        job = self._job
+        if event.type == "ESC" and event.value == "PRESS" and job.phase != "finished":
+            job.cancel()
+        if job.phase != "finished":
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._outcome(job)
+
+
+class FLAMEDIFF_OT_render_cancel(bpy.types.Operator):
+    """Cancel the scene's flamediff render (frames already rendered are kept)"""
+
+    bl_idname = "flamediff.render_cancel"
+    bl_label = "Cancel flamediff Render"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return render_job.active_job(context.scene) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        render_job.active_job(context.scene).cancel()
+        self.report({"INFO"}, "flamediff render cancelled")
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_test_connection(bpy.types.Operator):
+    """Contact the backend and say, in plain words, whether it can render"""
+
+    bl_idname = "flamediff.test_connection"
+    bl_label = "Test connection"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        client = make_client(context, timeout=3.0)
+        try:
+            health = client.health(check_version=False)
+            if health.get("protocol_version") != PROTOCOL_VERSION:
+                client.health()  # raises the version-mismatch error with advice
+            models = client.models()
+        except BackendError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        problems = []
+        usable = [m for m in models if m.get("matches_flame_asset", True)]
+        if not models:
+            problems.append("the backend has no model: train one or put a checkpoint folder into its models "
+                            "folder (GET /v1/models)")
+        elif not usable:
+            problems.append("no model on the backend fits its FLAME asset: use the asset the models were "
+                            "trained for (--flame-asset)")
+        if str(health.get("device", "")).startswith("cpu"):
+            problems.append("no GPU: the backend renders on the CPU (slow); start it with --device cuda on a "
+                            "machine with an NVIDIA GPU for speed")
+        try:
+            identity = assets.current(context)[1]
+            served = health.get("flame_asset") or {}
+            if served.get("hash") and served.get("hash") != identity["hash"]:
+                problems.append(f"the backend uses FLAME asset {served.get('name')}, the add-on "
+                                f"{identity['name']}: set the same asset in both")
+        except (FlameAssetError, OSError):
+            pass
+        names = ", ".join(m.get("name", "?") for m in usable) or "none"
+        summary = (f"Connected to flamediff {health.get('flamediff_version')} at {client.url} on "
+                   f"{health.get('device')}; models: {names}")
+        self.report({"WARNING"} if problems else {"INFO"}, summary + ("; " + "; ".join(problems) if problems else ""))
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_backend_start(bpy.types.Operator):
+    """Start the local backend (python -m backend serve) with the preferences' python, port and device"""
+
+    bl_idname = "flamediff.backend_start"
+    bl_label = "Start backend"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = backend_settings(context)
+        try:
+            process = local_backend.start(settings["python"], settings["port"], settings["device"],
+                                          settings["token_file"])
+        except (BackendError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Backend starting (pid {process.pid}) on port {settings['port']}; log "
+                              f"{local_backend.log_path()}")
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_backend_stop(bpy.types.Operator):
+    """Stop the backend this Blender started"""
+
+    bl_idname = "flamediff.backend_stop"
+    bl_label = "Stop backend"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        stopped = local_backend.stop()
+        self.report({"INFO"}, "Backend stopped" if stopped else "No backend started by this Blender is running")
+        return {"FINISHED"}

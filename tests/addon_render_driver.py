@@ -1,0 +1,171 @@
+"""Render from the INSTALLED add-on inside the ``bpy`` module (run by tests/test_addon_render.py).
+
+``python tests/addon_render_driver.py ZIP WORKDIR ASSET_FOLDER PORT TOKEN_FILE REFERENCE DOWN_PORT`` with
+``BLENDER_USER_RESOURCES`` set to a private folder. Writes ``results.json`` into WORKDIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import bpy
+import numpy as np
+from mathutils import Vector
+
+ZIP, WORK, ASSET, PORT, TOKEN_FILE, REFERENCE, DOWN_PORT = sys.argv[1:8]
+MODULE = "bl_ext.user_default.flamediff"
+RESULTS: dict = {"errors": []}
+FIRST, LAST = 11, 13  # Blender frames rendered: not starting at 1, to prove the alignment
+
+
+def call(op, **kwargs) -> tuple[list | None, str, float]:
+    started = time.perf_counter()
+    try:
+        outcome = sorted(op(**kwargs))
+        return outcome, "", time.perf_counter() - started
+    except RuntimeError as exc:
+        return None, str(exc), time.perf_counter() - started
+
+
+def scene_state() -> dict:
+    scene = bpy.context.scene
+    editor = scene.sequence_editor
+    return {"objects": sorted(o.name for o in bpy.data.objects),
+            "strips": sorted(s.name for s in editor.strips) if editor else [],
+            "images": sorted(i.name for i in bpy.data.images), "frame": scene.frame_current,
+            "range": [scene.frame_start, scene.frame_end]}
+
+
+def strip_info() -> dict:
+    editor = bpy.context.scene.sequence_editor
+    strips = list(editor.strips) if editor else []
+    return {"count": len(strips), "names": [s.name for s in strips],
+            **({"type": strips[0].type, "frame_start": strips[0].frame_start,
+                "frame_final_start": strips[0].frame_final_start, "frame_final_end": strips[0].frame_final_end,
+                "directory": bpy.path.abspath(strips[0].directory),
+                "elements": [e.filename for e in strips[0].elements], "channel": strips[0].channel}
+               if strips else {})}
+
+
+def props() -> dict:
+    p = bpy.context.scene.flamediff_render
+    return {name: getattr(p, name) for name in ("job_id", "status", "progress", "frames_done", "frames_total",
+                                                "message", "error", "advice", "output_dir")}
+
+
+def main() -> None:
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    RESULTS["install"] = sorted(bpy.ops.extensions.package_install_files(
+        filepath=ZIP, repo="user_default", enable_on_install=True))
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.asset_folder = ASSET
+    prefs.backend_mode = "URL"
+    prefs.token_file = TOKEN_FILE
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    scene.frame_start, scene.frame_end = FIRST, LAST
+    scene.render.resolution_x = scene.render.resolution_y = 64
+
+    bpy.ops.flamediff.add_rig(name="FLAME")
+    rig = bpy.context.active_object
+    jaw = rig.pose.bones["jaw"]
+    jaw.rotation_mode = "QUATERNION"
+    jaw.keyframe_insert("rotation_quaternion", frame=FIRST)
+    jaw.rotation_quaternion = (0.98, 0.2, 0.0, 0.0)
+    jaw.keyframe_insert("rotation_quaternion", frame=LAST)
+    head = rig["flamediff_head"]
+    centre = np.mean([tuple(head.matrix_world @ Vector(c)) for c in head.bound_box], axis=0)
+    data = bpy.data.cameras.new("Cam")
+    data.lens = 50.0
+    cam = bpy.data.objects.new("Cam", data)
+    scene.collection.objects.link(cam)
+    cam.location = tuple(centre + (0.0, -0.7, 0.0))
+    cam.rotation_euler = (np.radians(90), 0.0, 0.0)
+    scene.camera = cam
+
+    # backend down: a clear error at once, nothing in the scene changes
+    prefs.backend_url = f"http://127.0.0.1:{DOWN_PORT}"
+    before = scene_state()
+    RESULTS["down_wait"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
+    RESULTS["down_async"] = call(bpy.ops.flamediff.render, reference_image=REFERENCE, steps=2)
+    RESULTS["down_props"] = props()
+    RESULTS["down_unchanged"] = scene_state() == before
+    RESULTS["down_test_connection"] = call(bpy.ops.flamediff.test_connection)
+    prefs.backend_url = f"http://127.0.0.1:{PORT}"
+    RESULTS["test_connection"] = call(bpy.ops.flamediff.test_connection)
+    RESULTS["no_reference"] = call(bpy.ops.flamediff.render, wait=True, reference_image=os.path.join(WORK, "nope.png"))
+
+    # the backend refuses the job (4xx): its error and advice reach the operator and the panel
+    before = scene_state()
+    RESULTS["bad_checkpoint"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
+                                     checkpoint="no-such-model")
+    RESULTS["bad_checkpoint_props"] = props()
+    RESULTS["bad_checkpoint_unchanged"] = scene_state() == before
+
+    # the blocking render
+    RESULTS["render"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2, seed=7,
+                             timeout=120)
+    RESULTS["render_props"] = props()
+    RESULTS["strip"] = strip_info()
+    RESULTS["latest_image"] = "flamediff latest" in bpy.data.images
+
+    # a re-render (another seed, so another job) updates the same strip
+    RESULTS["rerender"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2, seed=8,
+                               timeout=120)
+    RESULTS["rerender_props"] = props()
+    RESULTS["strip_after_rerender"] = strip_info()
+
+    # non-blocking start, then cancel (no event loop in the bpy module: the timer never fires)
+    RESULTS["async"] = call(bpy.ops.flamediff.render, reference_image=REFERENCE, steps=200, seed=9)
+    RESULTS["async_props"] = props()
+    RESULTS["busy"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
+    RESULTS["cancel"] = call(bpy.ops.flamediff.render_cancel)
+    RESULTS["cancel_props"] = props()
+
+    # "Start locally": the add-on starts python -m backend serve on the (so far unused) DOWN_PORT
+    prefs.backend_mode = "LOCAL"
+    prefs.backend_python, prefs.backend_port, prefs.backend_device = sys.executable, int(DOWN_PORT), "cpu"
+    prefs.token_file = os.path.join(WORK, "local_token")
+    RESULTS["local_token_file"] = prefs.token_file
+    local = sys.modules[MODULE].local_backend
+    RESULTS["local_render"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
+                                   seed=7, timeout=120)
+    RESULTS["local_props"] = props()
+    process = local.running()
+    RESULTS["local_pid"] = process.pid if process else None
+    RESULTS["local_stop"] = call(bpy.ops.flamediff.backend_stop)
+    RESULTS["local_stopped"] = process is not None and process.poll() is not None
+
+    # the Render panel draws with the properties and operators it names
+    problems: list[str] = []
+
+    class Layout:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: self
+
+        def prop(self, data, name, **kwargs):
+            if name not in data.bl_rna.properties:
+                problems.append(f"no property {name}")
+            return self
+
+        def operator(self, idname, **kwargs):
+            module, name = idname.split(".")
+            if name not in dir(getattr(bpy.ops, module)):
+                problems.append(f"no operator {idname}")
+            return self
+
+    bpy.types.FLAMEDIFF_PT_render.draw(type("P", (), {"layout": Layout()})(), bpy.context)
+    RESULTS["panel_problems"] = problems
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:  # noqa: BLE001 - the test prints it
+        RESULTS["errors"].append(traceback.format_exc())
+    with open(os.path.join(WORK, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(RESULTS, handle, indent=1, default=str)
