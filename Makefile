@@ -1,4 +1,5 @@
-# make demo  - create .venv, install flamediff, run the demo job (out/demo)
+# make demo  - create .venv, install flamediff (+ the bpy module), build the add-on zip and run the
+#              whole product headlessly: rig keyed in bpy -> backend subprocess -> frames (out/demo)
 # make test  - create .venv, install flamediff + test dependencies, run pytest
 # Both are idempotent: the install steps rerun only when pyproject.toml changes.
 
@@ -12,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[blender]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -20,7 +21,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/flamediff demo --out out/demo
+	$(BIN)/python build_addon.py
+	$(BIN)/flamediff demo --out out/demo --addon-zip dist/flamediff-0.1.0.zip
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

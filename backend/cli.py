@@ -105,8 +105,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
     asset = load_asset(args.flame_asset)
-    print(f"FLAME           asset: {asset.name} ({asset.folder})")
-    run_demo(asset, args.out, num_frames=args.frames, resolution=args.resolution)
+    print(f"FLAME asset: {asset.name} ({asset.folder})")
+    if args.addon_zip:
+        from backend.demo import run_product_demo
+        run_product_demo(asset, args.out, os.path.abspath(args.addon_zip), num_frames=args.frames, steps=args.steps)
+    else:
+        run_demo(asset, args.out, num_frames=args.frames, resolution=args.resolution)
     return 0
 
 
@@ -137,11 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("--seed", type=int, default=0, help="generator seed (default 0: the standard head)")
     head.set_defaults(func=cmd_assets_procedural_head)
 
-    demo = commands.add_parser("demo", help="pose the FLAME asset through a short animation and write the "
-                                            "animation file, posed meshes and preview images")
+    demo = commands.add_parser("demo", help="with --addon-zip: the whole product (the built add-on keys a rig in the bpy "
+                                            "module, renders it through a backend subprocess, frames on the "
+                                            "timeline of out/demo/demo.blend); without: pose the FLAME asset "
+                                            "and write meshes and preview images")
     demo.add_argument("--out", default="out/demo", metavar="DIR", help="output folder (default out/demo)")
     demo.add_argument("--frames", type=int, default=24, help="number of frames (default 24)")
     demo.add_argument("--resolution", type=int, default=256, help="preview size in pixels (default 256)")
+    demo.add_argument("--addon-zip", metavar="ZIP", default=None,
+                      help="the built add-on (python build_addon.py): run the Blender round trip (needs bpy)")
+    demo.add_argument("--steps", type=int, default=10, help="denoising steps of the round trip (default 10)")
     _add_asset_argument(demo)
     demo.set_defaults(func=cmd_demo)
 

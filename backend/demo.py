@@ -6,8 +6,12 @@ shared format, the posed meshes as OBJ, preview images, a contact sheet and an a
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -92,3 +96,107 @@ def _contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
     for index, image in enumerate(images):
         sheet.paste(image, ((index % columns) * width, (index // columns) * height))
     return sheet
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole product: Blender rig -> export -> backend server -> frames on the timeline
+
+DEMO_MODEL = "tiny-demo"
+BLENDER_SCRIPT = """
+import json, sys
+import bpy
+zip_path, asset, python, port, token, animation, reference, blend, steps, results = sys.argv[-10:]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+prefs = bpy.context.preferences.addons["bl_ext.user_default.flamediff"].preferences
+prefs.asset_folder, prefs.backend_mode = asset, "LOCAL"
+prefs.backend_python, prefs.backend_port, prefs.backend_device, prefs.token_file = python, int(port), "cpu", token
+from bl_ext.user_default.flamediff import demo
+try:
+    outcome = demo.build_and_render(animation, reference, blend, steps=int(steps), checkpoint="%s")
+finally:
+    bpy.ops.flamediff.backend_stop()
+json.dump(outcome, open(results, "w"))
+""" % DEMO_MODEL
+
+
+def train_demo_model(models_dir: str, asset: FlameAsset, work_dir: str, log=print) -> str:
+    """A tiny model trained here in a few minutes (the rendering stand-in until the shipped demo
+    checkpoint exists); kept in ``models_dir`` so later demos reuse it."""
+    from backend.data.procedural import generate_procedural_dataset
+    from backend.training.train import TrainConfig, train
+
+    folder = os.path.join(models_dir, DEMO_MODEL)
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return folder
+    data = os.path.join(work_dir, "data")
+    log("training the tiny demo model (once; a few minutes on CPU)")
+    generate_procedural_dataset(data, identities=6, views_per_identity=6, sequences_per_identity=1,
+                                frames_per_sequence=8, resolution=32, seed=0, asset=asset)
+    common = dict(dataset=data, preset="tiny", batch_size=8, checkpoint_every=10_000)
+    train(TrainConfig(output_dir=os.path.join(work_dir, "vae"), stage="vae", steps=300, learning_rate=2e-3,
+                      **common), log=log)
+    stage1 = TrainConfig(output_dir=os.path.join(work_dir, "stage1"), stage="1", steps=400, learning_rate=1e-3,
+                         init_from=os.path.join(work_dir, "vae", "model"), **common)
+    train(stage1, log=log)
+    shutil.copytree(os.path.join(work_dir, "stage1", "model"), folder)
+    return folder
+
+
+def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames: int = 24, steps: int = 10,
+                     log=print) -> dict[str, str]:
+    """The README's main job: the built add-on keys a rig in the ``bpy`` module, renders it through a
+    real backend subprocess, and the frames land on the timeline of ``out_dir/demo.blend``."""
+    from backend.assets import cache_dir
+    from backend.data.dataset import read_dataset
+    from backend.models.flamediff_model import FlameDiffModel
+    from backend.pipelines.render import FlameDiffPipeline, feature_preview
+
+    started = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    model_dir = train_demo_model(os.path.join(cache_dir(), "models"), asset, os.path.join(out_dir, "training"), log)
+    clip = demo_animation(asset, num_frames, resolution=256)
+    animation_path = os.path.join(out_dir, "animation.npz")
+    save_animation(animation_path, clip)
+    dataset = read_dataset(os.path.join(out_dir, "training", "data")) if os.path.isdir(
+        os.path.join(out_dir, "training", "data")) else None
+    reference_path = os.path.join(out_dir, "reference.png")
+    reference = dataset.load_frame(int(np.nonzero(dataset.label == 0)[0][0])) if dataset else np.full((32, 32, 3), 128, np.uint8)
+    Image.fromarray(reference).save(reference_path)
+    results_path = os.path.join(out_dir, "blender_results.json")
+    env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.abspath(os.path.join(out_dir, "blender_user")))
+    log(f"Blender (bpy): rig, keys, camera, render through the backend ({num_frames} frames, {steps} steps)")
+    args = [addon_zip, asset.folder, sys.executable, str(_free_port()), os.path.join(out_dir, "token"),
+            animation_path, reference_path, os.path.abspath(os.path.join(out_dir, "demo.blend")), str(steps),
+            results_path]
+    completed = subprocess.run([sys.executable, "-c", BLENDER_SCRIPT, *args], env=env, text=True,
+                               capture_output=True, timeout=3600)
+    if not os.path.isfile(results_path):
+        raise RuntimeError(f"the Blender step failed:\n{completed.stderr[-3000:]}")
+    with open(results_path, encoding="utf-8") as handle:
+        outcome = json.load(handle)
+    if outcome["status"] != "done":
+        raise RuntimeError(f"render {outcome['status']}: {outcome['error']} ({outcome['advice']})")
+    frames = [np.asarray(Image.open(os.path.join(outcome["output_dir"], f"frame_{n:04d}.png")).convert("RGB"))
+              for n in clip.frame]
+    with torch.no_grad():
+        pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(model_dir, asset=asset), FlameModel(asset))
+        previews, _ = feature_preview(pipeline.control_maps(clip))
+    pairs = [Image.fromarray(np.concatenate([p, f], axis=1)) for p, f in zip(previews, frames)]
+    sheet_path = os.path.join(out_dir, "control_and_frames.png")
+    _contact_sheet([p.resize((p.width * 4, p.height * 4), Image.NEAREST) for p in pairs], columns=6).save(sheet_path)
+    gif_path = os.path.join(out_dir, "render.gif")
+    big = [Image.fromarray(f).resize((128, 128), Image.NEAREST) for f in frames]
+    big[0].save(gif_path, save_all=True, append_images=big[1:], duration=int(1000 / clip.fps), loop=0)
+    log(f"done in {time.perf_counter() - started:.1f} s: {outcome['output_dir']} (frames), "
+        f"{os.path.join(out_dir, 'demo.blend')} (VSE strip), {sheet_path}, {gif_path}")
+    return {"blend": os.path.join(out_dir, "demo.blend"), "frames": outcome["output_dir"], "sheet": sheet_path,
+            "gif": gif_path}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
