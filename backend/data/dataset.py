@@ -29,7 +29,6 @@ from backend.formats.animation import AnimationClip, AnimationFormatError, load_
 
 FORMAT_NAME = "flamediff.dataset"
 FORMAT_VERSION = 1
-LABEL_NAMES = ("real", "synthetic")
 
 
 class DatasetError(FlamediffError):

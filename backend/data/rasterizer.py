@@ -225,12 +225,6 @@ def interpolate(fragments: Fragments, attributes: Tensor, faces: Tensor | None =
     return value.view(batch, height, width, -1)
 
 
-def face_attribute(fragments: Fragments, values: Tensor) -> Tensor:
-    """Per-face values ``[F, ...]`` gathered at every pixel -> ``[B, H, W, ...]`` (the background
-    gets face 0's value: mask it with ``fragments.mask``)."""
-    return torch.as_tensor(values)[fragments.face_id.clamp(min=0)]
-
-
 def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
     """Bilinear lookup of ``texture`` [C, Ht, Wt] or [B, C, Ht, Wt] (row 0 = top = v 1, the OBJ
     convention) at ``uv`` [B, H, W, 2] -> [B, H, W, C]."""

@@ -12,8 +12,6 @@ from backend.formats.animation import AnimationClip
 from backend.formats.flame_asset import FlameAsset
 from backend.flame.lbs import lbs
 
-POSE_NAMES = ("global_pose", "neck_pose", "jaw_pose", "left_eye_pose", "right_eye_pose")
-
 
 @dataclass
 class FlameOutput:
@@ -31,7 +29,6 @@ class FlameModel(nn.Module):
 
     def __init__(self, asset: FlameAsset, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.asset_identity = asset.identity()
         self.num_shape, self.num_expression = asset.num_shape, asset.num_expression
 
         def buffer(name: str, value: np.ndarray, kind: torch.dtype = dtype) -> None:

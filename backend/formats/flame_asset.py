@@ -436,9 +436,3 @@ def _read_metadata(folder: str) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise FlameAssetError(f"{path} is not valid JSON ({exc}); delete it or fix it") from None
 
-
-def landmarks_from_vertices(vertices: np.ndarray, faces: np.ndarray, landmark_faces: np.ndarray,
-                            barycentrics: np.ndarray) -> np.ndarray:
-    """``[..., L, 3]`` landmark positions from ``[..., V, 3]`` vertices (numpy)."""
-    corners = vertices[..., faces[landmark_faces], :]  # [..., L, 3, 3]
-    return np.einsum("...lkc,lk->...lc", corners, barycentrics)

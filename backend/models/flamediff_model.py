@@ -107,7 +107,7 @@ class FlameDiffModel(nn.Module):
         return self.label_embedding(labels)[:, None, :]
 
     @torch.no_grad()
-    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def encode_images(self, images: Tensor) -> Tensor:
         """``[N, 3, H, W]`` in [-1, 1] -> scaled latents (the posterior mean: deterministic)."""
         return self.vae.encode(images).latent_dist.mean * self.config.vae_scaling_factor
 

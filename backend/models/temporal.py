@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from diffusers import MotionAdapter
-from torch import Tensor, nn
+from torch import nn
 
 
 def build_motion_adapter(channels: tuple[int, ...], layers_per_block: int, heads: int, norm_groups: int,
@@ -62,8 +62,4 @@ def attach_motion_modules(denoiser: nn.Module, adapter: MotionAdapter, frames: C
     mid_module = adapter.mid_block.motion_modules[0]
     handles.append(denoiser.mid_block.attentions[0].register_forward_hook(_output_hook(mid_module, frames)))
     return handles
-
-
-def temporal_parameters(adapter: MotionAdapter | None) -> list[Tensor]:
-    return [] if adapter is None else list(adapter.parameters())
 
