@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resolution", type=int, default=256, help="preview size in pixels (default 256)")
     demo.add_argument("--addon-zip", metavar="ZIP", default=None,
                       help="the built add-on (python build_addon.py): run the Blender round trip (needs bpy)")
-    demo.add_argument("--steps", type=int, default=10, help="denoising steps of the round trip (default 10)")
+    demo.add_argument("--steps", type=int, default=0,
+                      help="denoising steps of the round trip (default 0: the demo checkpoint's own)")
     _add_asset_argument(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -158,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model (stage 'vae', '1' or '2') from a JSON/YAML config; resumes from the newest "
                       "checkpoint in output_dir; several GPUs: 'accelerate launch --multi_gpu -m backend train ...', several CPU processes: 'torchrun --nproc_per_node N -m backend train ...'",
         description="Keys of the config file: dataset, output_dir (required); preset (tiny|demo|sd15), stage "
-                    "(vae|1|2), init_from, flame_asset, sequence_length, steps, batch_size, learning_rate, field_learning_rate, "
-                    "seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "
-                    "reference_dropout, overrides (model config fields). See the README.")
+                    "(vae|1|2), init_from, vae_from, flame_asset, sequence_length, steps, batch_size, learning_rate, "
+                    "field_learning_rate, seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "
+                    "reference_dropout, domains (real, synthetic), domain_label, overrides (model config fields, "
+                    "e.g. {\"control\": \"geometry\"}). See the README.")
     train.add_argument("--config", required=True, metavar="FILE", help="training config (.json or .yaml)")
     train.add_argument("--max-steps", type=int, default=None, metavar="N",
                        help="stop after N more steps (a checkpoint is written; run again to continue)")
@@ -168,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from backend.data.procedural import register_cli as register_dataset_cli
     from backend.evaluation.cli import register_cli as register_eval_cli
+    from backend.evaluation.results import register_cli as register_results_cli
     from backend.server.cli import register_cli as register_server_cli
     register_dataset_cli(commands)
     register_server_cli(commands)
     register_eval_cli(commands)
+    register_results_cli(commands)
     return parser
 
 

@@ -14,7 +14,8 @@ import tempfile
 import time
 
 import bpy
-from bpy.props import FloatProperty, IntProperty, StringProperty
+import numpy as np
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import local_backend
 from .backend_client import BackendClient, BackendError
@@ -24,6 +25,9 @@ POLL_INTERVAL = 0.5
 START_TIMEOUT = 120.0
 
 _ACTIVE: dict[str, RenderJob] = {}  # scene name -> the job it is rendering
+SHAPE_FROM = (("animation", "Animation", "The rig's own shape keys: the frames show the rig's identity"),
+              ("reference", "Reference", "The reference person's FLAME shape (Reference shape file): the rig's "
+                                         "motion on the reference identity (cross-identity)"))
 
 
 class FlamediffRenderProps(bpy.types.PropertyGroup):
@@ -31,7 +35,8 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
 
     reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="",
                                     description="Portrait (PNG/JPEG/WebP) whose appearance the frames take")
-    steps: IntProperty(name="Steps", default=25, min=1, max=1000, description="Denoising steps")
+    steps: IntProperty(name="Steps", default=0, min=0, max=1000,
+                       description="Denoising steps; 0 = the checkpoint's default (small models need fewer)")
     guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0,
                             description="Classifier-free guidance scale")
     seed: IntProperty(name="Seed", default=0, min=0, description="Each frame's noise is seeded by (seed, frame)")
@@ -48,6 +53,28 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
     error: StringProperty(name="Error", default="")
     advice: StringProperty(name="Advice", default="")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="")
+
+
+class FlamediffRigSettings(bpy.types.PropertyGroup):
+    """``rig.flamediff_rig_settings``: per rig, because each rig is one identity to drive."""
+
+    shape_from: EnumProperty(name="Identity shape", items=SHAPE_FROM, default="animation",
+                             description="Whose FLAME shape the render uses with this rig's motion")
+    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="",
+                                    description=".npy of the reference person's FLAME shape coefficients (e.g. "
+                                                "DECA, EMOCA or SMIRK run on the reference image); used when "
+                                                "Identity shape is Reference")
+
+
+def read_reference_shape(path: str) -> list[float]:
+    """The coefficients of a ``.npy`` file (the backend checks their count and values)."""
+    try:
+        values = np.load(bpy.path.abspath(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the reference shape file '{path}' ({exc})") from None
+    if not isinstance(values, np.ndarray):
+        raise ValueError(f"the reference shape file '{path}' is not a .npy array")
+    return values.astype(np.float64).reshape(-1).tolist()
 
 
 def active_job(scene: bpy.types.Scene) -> RenderJob | None:
@@ -235,6 +262,7 @@ class RenderJob:
     def _write_settings(self) -> None:
         record = {"job_id": self.job_id, "backend": self.client.url, "frames": self.frames,
                   "requested_settings": self.settings, "settings": self.view.get("settings", {}),
+                  "steps": self.view.get("steps"),  # the steps used (settings.steps 0: the checkpoint's)
                   "seed": self.view.get("settings", {}).get("seed", self.settings.get("seed")),
                   "checkpoint": self.view.get("checkpoint"), "reference_image": self.reference,
                   "status": self.view.get("status"), "error": self.view.get("error"),
@@ -346,4 +374,4 @@ def unregister_handlers() -> None:
         bpy.app.handlers.load_pre.remove(forget_on_load)
 
 
-classes = (FlamediffRenderProps,)
+classes = (FlamediffRenderProps, FlamediffRigSettings)

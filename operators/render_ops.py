@@ -7,7 +7,7 @@ import tempfile
 import time
 
 import bpy
-from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from .. import animation_io, assets, local_backend, render_job
 from ..backend_client import PROTOCOL_VERSION, BackendError
@@ -37,13 +37,19 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
     # SKIP_SAVE so a script's values are not remembered for the next button press
     reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
                                     description="Default: the Render panel's reference image")
-    steps: IntProperty(name="Steps", default=25, min=1, max=1000, options={"SKIP_SAVE"},
-                       description="Default: the Render panel's")
+    steps: IntProperty(name="Steps", default=0, min=0, max=1000, options={"SKIP_SAVE"},
+                       description="0 = the checkpoint's default. Default: the Render panel's")
     guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0, options={"SKIP_SAVE"},
                             description="Default: the Render panel's")
     seed: IntProperty(name="Seed", default=0, min=0, options={"SKIP_SAVE"}, description="Default: the Render panel's")
     checkpoint: StringProperty(name="Checkpoint", default="", options={"SKIP_SAVE"},
                                description="Default: the Render panel's, else the backend's default model")
+    shape_from: EnumProperty(name="Identity shape", items=render_job.SHAPE_FROM, default="animation",
+                             options={"SKIP_SAVE"}, description="animation | reference (cross-identity). "
+                                                                "Default: the rig's Identity shape setting")
+    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+                                    description=".npy of the reference person's FLAME shape coefficients. "
+                                                "Default: the rig's")
     frame_start: IntProperty(name="Start", default=1, options={"SKIP_SAVE"},
                              description="Default: the scene's start frame")
     frame_end: IntProperty(name="End", default=250, options={"SKIP_SAVE"}, description="Default: the scene's end frame")
@@ -55,8 +61,18 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
     _job = None
     _timer = None
 
-    def _value(self, props, name: str):
-        return getattr(self, name) if self.properties.is_property_set(name) else getattr(props, name)
+    def _value(self, defaults, name: str):
+        return getattr(self, name) if self.properties.is_property_set(name) else getattr(defaults, name)
+
+    def _identity_settings(self, rig: bpy.types.Object) -> dict:
+        """``shape_from`` (and ``reference_shape``) for the backend; raises ValueError."""
+        shape_from = self._value(rig.flamediff_rig_settings, "shape_from")
+        if shape_from == "animation":
+            return {"shape_from": shape_from}
+        path = self._value(rig.flamediff_rig_settings, "reference_shape").strip()
+        if not path:
+            raise ValueError("Identity shape is Reference but no reference shape file is set")
+        return {"shape_from": shape_from, "reference_shape": render_job.read_reference_shape(path)}
 
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
         scene = context.scene
@@ -75,6 +91,11 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
                                  else "no reference image", "choose a portrait (PNG/JPEG) in the Render panel")
         if scene.camera is None or scene.camera.type != "CAMERA":
             return _report_error(self, scene, "the scene has no camera", "add a camera and make it the scene camera")
+        try:
+            identity = self._identity_settings(rig)
+        except ValueError as exc:
+            return _report_error(self, scene, str(exc), "choose a .npy of FLAME shape coefficients in the Render "
+                                 "panel (Reference shape), or set Identity shape to Animation")
         fd, animation = tempfile.mkstemp(prefix="flamediff-render-", suffix=".npz")
         os.close(fd)
         try:
@@ -85,7 +106,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
             os.remove(animation)
             return _report_error(self, scene, f"export failed: {exc}")
         settings = {"steps": self._value(props, "steps"), "guidance": self._value(props, "guidance"),
-                    "seed": self._value(props, "seed")}
+                    "seed": self._value(props, "seed"), **identity}
         checkpoint = self._value(props, "checkpoint").strip()
         if checkpoint:
             settings["checkpoint"] = checkpoint

@@ -119,6 +119,24 @@ def main() -> None:
     RESULTS["rerender_props"] = props()
     RESULTS["strip_after_rerender"] = strip_info()
 
+    # cross-identity from the rig's setting, steps left at 0 (the checkpoint's default); then from the
+    # operator's argument with the rig's setting back on "animation"
+    shape_file = os.path.join(WORK, "reference_shape.npy")
+    np.save(shape_file, np.linspace(-1.0, 1.0, 10))
+    rig_settings = rig.flamediff_rig_settings
+    rig_settings.shape_from, rig_settings.reference_shape = "reference", shape_file
+    RESULTS["cross_rig"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, frame_start=FIRST,
+                                frame_end=FIRST, timeout=120)
+    RESULTS["cross_rig_props"] = props()
+    rig_settings.shape_from = "animation"
+    RESULTS["cross_argument"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
+                                     shape_from="reference", frame_start=FIRST, frame_end=FIRST, timeout=120)
+    RESULTS["cross_argument_props"] = props()
+    rig_settings.shape_from = "reference"
+    rig_settings.reference_shape = os.path.join(WORK, "no-such-shape.npy")
+    RESULTS["cross_missing_file"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
+    rig_settings.shape_from = "animation"
+
     # non-blocking start, then cancel (no event loop in the bpy module: the timer never fires)
     RESULTS["async"] = call(bpy.ops.flamediff.render, reference_image=REFERENCE, steps=200, seed=9)
     RESULTS["async_props"] = props()

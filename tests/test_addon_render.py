@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from test_server_helpers import make_checkpoint, png_bytes
 
@@ -103,6 +104,24 @@ def test_rerender_updates_the_same_strip(run):
     assert strip["frame_final_start"] == FRAMES[0] and len(strip["elements"]) == 3
     with open(os.path.join(second["output_dir"], "settings.json"), encoding="utf-8") as handle:
         assert json.load(handle)["seed"] == 8
+
+
+def test_cross_identity_from_the_rig_setting_or_the_operator_argument(run):
+    results = run["results"]
+    for key in ("cross_rig", "cross_argument"):
+        outcome, message, _ = results[key]
+        assert outcome == ["FINISHED"], (key, message)
+        with open(os.path.join(results[f"{key}_props"]["output_dir"], "settings.json"), encoding="utf-8") as handle:
+            record = json.load(handle)
+        received = record["settings"]  # the job as the server holds it
+        assert received["shape_from"] == "reference", key
+        assert received["reference_shape"] == pytest.approx(list(np.linspace(-1.0, 1.0, 10))), key
+    assert record["steps"] == 2
+    with open(os.path.join(results["cross_rig_props"]["output_dir"], "settings.json"), encoding="utf-8") as handle:
+        record = json.load(handle)
+    assert record["settings"]["steps"] == 0 and record["steps"] == 25  # the tiny checkpoint's default_steps
+    outcome, message, _ = results["cross_missing_file"]
+    assert outcome is None and "no-such-shape.npy" in message and "Identity shape" in message
 
 
 def test_backend_down_is_reported_at_once_and_changes_nothing(run):

@@ -1,4 +1,5 @@
-"""The inference pipeline on the tiny preset: frames, determinism, subsets, previews, cancel."""
+"""The inference pipeline on the tiny preset: frames, determinism, subsets, previews, streaming,
+cancel, default steps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from backend.demo import demo_animation
 from backend.flame.model import FlameModel
 from backend.models import FlameDiffConfig, FlameDiffModel
 from backend.pipelines.render import FlameDiffPipeline, RenderCancelled, RenderSettings
+from test_server_helpers import counting_calls
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,19 @@ def pipeline(head_asset) -> FlameDiffPipeline:
         torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
         model.gaussian_field.features.normal_()
     return FlameDiffPipeline(model, FlameModel(head_asset))
+
+
+@pytest.fixture(scope="module")
+def temporal(pipeline) -> FlameDiffPipeline:
+    """The tiny model with (non-zero) temporal layers."""
+    import copy
+
+    model = copy.deepcopy(pipeline.model)
+    model.add_temporal_layers()
+    with torch.no_grad():
+        for parameter in model.temporal.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    return FlameDiffPipeline(model, pipeline.flame)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +69,60 @@ def test_deterministic_for_a_seed_and_subsets_match(pipeline, clip):
     assert not np.array_equal(other_seed.frames[0], full.frames[0])
 
 
-def test_progress_and_cancel(pipeline, clip):
-    seen = []
+def test_progress_counts_frame_steps_and_cancel_keeps_handed_out_frames(pipeline, clip):
+    seen, delivered = [], []
 
     def progress(phase, done, total):
         seen.append((phase, done, total))
-        return not (phase == "denoising" and done == 2)
+        return done < 8  # stop after the first step of the second chunk
 
     with pytest.raises(RenderCancelled):
-        pipeline(REFERENCE, clip, FAST, progress=progress)
-    assert seen[-1] == ("denoising", 2, 3)
+        for piece in pipeline.stream(REFERENCE, clip, FAST, progress=progress):
+            delivered += piece.frame_numbers
+    assert seen == [("denoising", done, 4 * 3) for done in (2, 4, 6, 8)]  # 4 frames x 3 steps
+    assert delivered == [1, 2]
+
+
+def test_steps_zero_is_the_checkpoints_default(pipeline, clip):
+    assert RenderSettings().steps == 0
+    assert pipeline.resolved_steps(0) == pipeline.model.config.default_steps and pipeline.resolved_steps(3) == 3
+    totals = []
+
+    def stop(phase, done, total):
+        totals.append(total)
+        return False
+
+    with pytest.raises(RenderCancelled):
+        pipeline(REFERENCE, clip.select_frames([1]), RenderSettings(steps=0), progress=stop)
+    assert totals == [pipeline.model.config.default_steps]  # one frame: frame-steps are steps
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        pipeline(REFERENCE, clip, RenderSettings(steps=-1))
+
+
+@pytest.mark.parametrize("temporal_layers, pieces", [(False, [[1, 2], [3, 4], [5, 6], [7]]),
+                                                     (True, [[1, 2], [3], [4, 5, 6], [7]])])
+def test_stream_hands_out_every_frame_once_in_order_as_it_is_decoded(pipeline, temporal, head_asset,
+                                                                      temporal_layers, pieces):
+    """Chunks without temporal layers; with them, window regions of the last step (windows (0, 4),
+    (2, 6), (3, 7): frames 1-2 are final once the first window is done), decoded 3 at a time.
+    The ReferenceNet runs once per render however many chunks it has."""
+    pipe = temporal if temporal_layers else pipeline
+    clip = demo_animation(head_asset, num_frames=7, resolution=48)
+    settings = RenderSettings(steps=2, seed=3, frames_per_batch=3 if temporal_layers else 2, context_window=4,
+                              context_overlap=2)
+    streamed, calls_at_first_piece = [], None
+    with counting_calls(pipe.model.reference_unet, pipe.model.denoiser) as calls:
+        for piece in pipe.stream(REFERENCE, clip, settings, return_control=True):
+            streamed.append(piece)
+            calls_at_first_piece = calls_at_first_piece or calls[1]
+    assert calls[0] == 1 and calls_at_first_piece < calls[1]
+    assert [piece.frame_numbers for piece in streamed] == pieces
+    whole = pipe(REFERENCE, clip, settings, return_control=True)
+    assert [n for piece in streamed for n in piece.frame_numbers] == whole.frame_numbers == list(range(1, 8))
+    for name in ("frames", "control_previews"):
+        for got, expected in zip([image for piece in streamed for image in getattr(piece, name)],
+                                 getattr(whole, name), strict=True):
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_shape_from_reference_changes_the_control(pipeline, clip):
@@ -100,17 +159,11 @@ def test_context_windows_cover_every_frame():
         context_windows(40, 8, 8)
 
 
-def test_temporal_model_renders_long_clips_through_windows(pipeline, head_asset):
+def test_temporal_model_renders_long_clips_through_windows(pipeline, temporal, head_asset):
     """Lockstep windows give one prediction per frame and step; with one window covering the
     whole clip the result equals a windowed render whose windows hold the same frames."""
     import copy
 
-    model = copy.deepcopy(pipeline.model)
-    model.add_temporal_layers()
-    with torch.no_grad():
-        for parameter in model.temporal.parameters():
-            parameter.add_(0.02 * torch.randn_like(parameter))
-    temporal = FlameDiffPipeline(model, pipeline.flame)
     clip = demo_animation(head_asset, num_frames=7, resolution=48)
     windowed = temporal(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4,
                                                         context_overlap=2), return_control=True)

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from test_server_helpers import (TOKEN, animation_bytes, frame_mtimes, huge_png_header, make_checkpoint, png_bytes,
-                                 wait_for)
+from test_server_helpers import (TOKEN, animation_bytes, counting_calls, frame_mtimes, huge_png_header,
+                                 make_checkpoint, png_bytes, wait_for)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -235,7 +235,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(server, inputs, head_asset, case)
     elif case == "unknown-setting":
         settings["stepz"], expected = 3, (422, "unknown settings")
     elif case == "bad-steps":
-        settings["steps"], expected = 0, (422, "steps")
+        settings["steps"], expected = -1, (422, "steps")
     elif case == "nan-guidance":
         settings["guidance"], expected = "nan", (422, "guidance")
     elif case == "bad-json":
@@ -307,18 +307,20 @@ class _FakeCache:
         self.real, self.fail_with, self.calls = real, fail_with, []
 
     def pipeline(self, checkpoint):
+        import types
+
         import torch
 
         real = self.real.pipeline(checkpoint)
 
-        def run(reference, clip, settings, **kwargs):
+        def stream(reference, clip, settings, **kwargs):
             self.calls.append(settings.frames_per_batch)
             if self.fail_with is not None:
                 raise self.fail_with
             if settings.frames_per_batch > 1:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return real(reference, clip, settings, **kwargs)
-        return run
+            return real.stream(reference, clip, settings, **kwargs)
+        return types.SimpleNamespace(stream=stream, resolved_steps=real.resolved_steps)
 
 
 def test_out_of_memory_retries_with_smaller_batches(server, inputs):
@@ -334,7 +336,7 @@ def test_out_of_memory_retries_with_smaller_batches(server, inputs):
     fake = _FakeCache(service.cache)
     assert render_job(folder, fake) == "done"
     manifest = folder.read()
-    assert fake.calls[:3] == [2, 1, 1] and manifest["oom_retries"] == 1 and manifest["frames_per_batch_used"] == 1
+    assert fake.calls == [2, 1] and manifest["oom_retries"] == 1 and manifest["frames_per_batch_used"] == 1
     assert any("out of memory" in note for note in manifest["notes"])
     assert manifest["frames_done"] == 2
 
@@ -345,6 +347,31 @@ def test_out_of_memory_retries_with_smaller_batches(server, inputs):
     assert render_job(failing, _FakeCache(service.cache, fail_with=RuntimeError("boom"))) == "failed"
     manifest = failing.read()
     assert manifest["status"] == "failed" and "boom" in manifest["error"] and "missing" in manifest["advice"]
+
+
+def test_one_reference_pass_per_job_and_cancel_keeps_written_frames(server, inputs):
+    """4 chunks of 1 frame in one pipeline call: the ReferenceNet runs once. A cancel once frame 1
+    is written keeps it and the rerun renders only the rest. Steps 0 resolve to the checkpoint's."""
+    from backend.server.service import check_request
+    from backend.server.worker import render_job
+
+    service = server.service
+    checked = check_request(inputs["reference"], inputs["animation"],
+                            {**FAST, "steps": 0, "frames_per_batch": 1, "seed": 21}, service.registry, service.cache)
+    folder, _, _ = service.store.create_or_reuse(checked)
+    reference_unet = service.cache.pipeline(checked.checkpoint).model.reference_unet
+    with counting_calls(reference_unet) as calls:
+        status = render_job(folder, service.cache, should_cancel=lambda: os.path.exists(folder.frame_path(1)))
+    assert status == "cancelled" and calls == [1]
+    assert folder.done_frames() == [1] and folder.read()["frames_done"] == 1
+    kept = frame_mtimes(folder.path)
+    with counting_calls(reference_unet) as calls:
+        assert render_job(folder, service.cache) == "done"
+    assert calls == [1] and folder.done_frames() == [1, 2, 3, 4]
+    assert frame_mtimes(folder.path)["frame_0001.png"] == kept["frame_0001.png"]
+    manifest = folder.read()
+    assert manifest["settings"]["steps"] == 0 and manifest["steps"] == 25  # the tiny preset's default_steps
+    assert server.get(f"/v1/jobs/{manifest['id']}", headers=AUTH).json()["steps"] == 25
 
 
 # -- security helpers --------------------------------------------------------------------------

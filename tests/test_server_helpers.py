@@ -1,13 +1,15 @@
-"""Shared helpers for the server tests (a tiny checkpoint, inputs, polling); no tests here."""
+"""Shared helpers for the server and pipeline tests (a tiny checkpoint, inputs, polling, call
+counts); no tests here."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -83,3 +85,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: floa
 def frame_mtimes(folder: str) -> dict[str, int]:
     return {name: os.stat(os.path.join(folder, name)).st_mtime_ns
             for name in sorted(os.listdir(folder)) if name.startswith("frame_") and name.endswith(".png")}
+
+
+@contextlib.contextmanager
+def counting_calls(*modules) -> Iterator[list[int]]:
+    """Counts each torch module's forward calls while the block runs (one entry per module)."""
+    calls = [0] * len(modules)
+
+    def hook(index: int) -> Callable[..., None]:
+        return lambda *_: calls.__setitem__(index, calls[index] + 1)
+
+    handles = [module.register_forward_hook(hook(index)) for index, module in enumerate(modules)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()

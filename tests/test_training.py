@@ -190,3 +190,34 @@ def test_stage_two_needs_long_real_sequences(tmp_path, dataset):
                      sequence_length=3)
     with pytest.raises(TrainConfigError, match="needs 2 real sequences of at least 3 frames"):
         train(config, log=lambda message: None)
+
+
+def test_ablation_options_domains_label_and_vae_from(tmp_path, dataset):
+    """`domains` restricts the drawn samples, `domain_label: false` hides the label from the
+    model, `vae_from` starts a new model (here another control) from a trained VAE."""
+    with pytest.raises(TrainConfigError, match="'domains' must list"):
+        _config(dataset, "x", domains=["studio"])
+    with pytest.raises(TrainConfigError, match="not both"):
+        _config(dataset, "x", init_from="a", vae_from="b")
+    real_only = Trainer(_config(dataset, str(tmp_path / "real"), domains=["real"]), log=lambda m: None)
+    index = real_only.index
+    np.testing.assert_array_equal(real_only.pool, np.nonzero(index.label == 0)[0])
+    drawn = np.concatenate([draw_batch(index, s, 2, 0, 0, pool=real_only.pool)["label"].numpy() for s in range(8)])
+    assert (drawn == 0).all()
+
+    seen = []
+    unlabelled = Trainer(_config(dataset, str(tmp_path / "nolabel"), domain_label=False), log=lambda m: None)
+    predict = unlabelled.model.predict
+    unlabelled.model.predict = lambda *args, **kwargs: seen.append(args[3].clone()) or predict(*args, **kwargs)
+    batch = next(draw_batch(index, s, 2, 0, 0) for s in range(50) if (draw_batch(index, s, 2, 0, 0)["label"] == 1).any())
+    unlabelled.loss(batch)
+    assert (seen[0] == 0).all()
+
+    vae_run = str(tmp_path / "vae")
+    train(_config(dataset, vae_run, stage="vae", steps=1), log=lambda m: None)
+    geometry = Trainer(_config(dataset, str(tmp_path / "geometry"), vae_from=os.path.join(vae_run, "model"),
+                               overrides={"control": "geometry"}), log=lambda m: None)
+    trained_vae = load_file(os.path.join(vae_run, "model", "model.safetensors"))
+    for name, value in geometry.model.vae.state_dict().items():
+        torch.testing.assert_close(value, trained_vae[f"vae.{name}"])
+    assert geometry.model.config.control == "geometry" and geometry.model.gaussian_field is None

@@ -108,6 +108,11 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(props, "seed")
         row.prop(props, "checkpoint", text="Model")
+        rig = rigmod.find_rig(context.active_object)
+        if rig is not None:
+            layout.prop(rig.flamediff_rig_settings, "shape_from")
+            if rig.flamediff_rig_settings.shape_from == "reference":
+                layout.prop(rig.flamediff_rig_settings, "reference_shape")
         running = render_job.active_job(context.scene) is not None
         row = layout.row(align=True)
         row.enabled = not running
@@ -135,11 +140,13 @@ _KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expressio
 def register_properties() -> None:
     bpy.types.Scene.flamediff_coefficient_kind = bpy.props.EnumProperty(
         name="Coefficients", items=_KINDS, default="Shape")
-    from ..render_job import FlamediffRenderProps
+    from ..render_job import FlamediffRenderProps, FlamediffRigSettings
 
     bpy.types.Scene.flamediff_render = bpy.props.PointerProperty(type=FlamediffRenderProps)
+    bpy.types.Object.flamediff_rig_settings = bpy.props.PointerProperty(type=FlamediffRigSettings)
 
 
 def unregister_properties() -> None:
     del bpy.types.Scene.flamediff_coefficient_kind
     del bpy.types.Scene.flamediff_render
+    del bpy.types.Object.flamediff_rig_settings

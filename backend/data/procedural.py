@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from backend.data.dataset import DatasetError, DatasetIndex, write_dataset
 from backend.data.rasterizer import downsample, interpolate, rasterize, sample_texture, vertex_normals
 from backend.formats.animation import make_clip
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
+from backend.formats.conventions import intrinsics_from_fov, look_at_opencv, square_crop_intrinsics
 
 NUM_SHAPE = 100
 NUM_EXPRESSION = 50
@@ -573,6 +573,32 @@ class ProceduralRenderer:
         extra = downsample(extra.view(batch, size, size, 2), s)
         images = (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
         return RenderOutput(images=images, head_mask=extra[..., 0].numpy(), artefact_mask=extra[..., 1].numpy())
+
+
+def region_masks(renderer: ProceduralRenderer, clip, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, R, R]`` head and artefact-region coverage of annotated samples, whatever their label:
+    where a synthetic frame would be corrupted (ears, mouth interior). The regions depend on
+    geometry and camera only, so any appearance with the sample's shape gives them."""
+    look = make_appearance(0, 0, renderer.regions)
+    texture = renderer.bake_texture(look)
+    pose = np.stack([clip.global_pose, clip.neck_pose, clip.jaw_pose, clip.left_eye_pose, clip.right_eye_pose], 1)
+    count = clip.num_frames
+    K = square_crop_intrinsics(clip.K, clip.image_size, resolution) if clip.image_size else clip.K
+    specs = FrameSpecs(expression=clip.expression[:, :NUM_EXPRESSION], pose=pose, translation=clip.translation,
+                       K=K, R=clip.R, t=clip.t, light=np.tile([0.0, 0.0, 1.0], (count, 1)),
+                       light_colour=np.ones((count, 3)), ambient=np.ones(count), diffuse=np.zeros(count),
+                       specular=np.zeros(count), label=np.zeros(count, np.int64), noise_seed=np.zeros(count, np.int64))
+    heads, artefacts = np.zeros((2, count, resolution, resolution), np.float32)
+    shapes, group = np.unique(np.asarray(clip.shape, np.float64), axis=0, return_inverse=True)
+    for which, shape in enumerate(shapes):
+        rows = np.nonzero(group.reshape(-1) == which)[0]
+        look.shape = np.zeros(NUM_SHAPE)
+        look.shape[:min(NUM_SHAPE, len(shape))] = shape[:NUM_SHAPE]
+        for start in range(0, len(rows), BATCH):
+            chunk = rows[start:start + BATCH]
+            out = renderer.render(look, specs.rows(chunk), resolution, texture=texture)
+            heads[chunk], artefacts[chunk] = out.head_mask, out.artefact_mask
+    return heads, artefacts
 
 
 def _dilate(texture: torch.Tensor, covered: torch.Tensor, steps: int = 6) -> torch.Tensor:

@@ -7,7 +7,7 @@ import json
 import os
 
 DESCRIPTION = """\
-Self-reenactment (reference = an identity's first frame, drive = its other frames) and
+Self-reenactment (reference = an identity's first clean frame, drive = its other frames) and
 cross-reenactment (drive with the next identity's frames, shape swapped to the reference):
 PSNR, SSIM, L1 over the head region (self only); LPIPS and CSIM with user-supplied network
 files; AED and APD with a small regressor trained on the dataset's renders (--regressor-steps).
@@ -70,7 +70,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="all", choices=("all", "train", "heldout"),
                         help="identities to evaluate (train/heldout need splits.json; default all)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
-    parser.add_argument("--steps", type=int, default=25, metavar="N", help="denoising steps (default 25)")
+    parser.add_argument("--steps", type=int, default=0, metavar="N",
+                        help="denoising steps (default 0: the checkpoint's own default)")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--max-frames", type=int, default=8, metavar="N",

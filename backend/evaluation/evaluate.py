@@ -2,8 +2,9 @@
 
 Protocol (per identity of the chosen split, identities in ascending order):
 
-- reference: the identity's first sample (lowest sample index);
-- self-reenactment: drive with the identity's other samples (at most ``max_frames``) and
+- reference: the identity's first "real" sample (a clean frame; its first sample if it has none);
+- self-reenactment: drive with the identity's other samples (at most ``max_frames``, evenly
+  spread over them, so wide-pose and continuous samples both appear) and
   compare with those samples' frames: PSNR / SSIM / L1 (and LPIPS with ``lpips_weights``) over
   the head mask, CSIM(output, ground truth) with ``csim_weights``, AED / APD between the
   estimator's outputs on the rendered frame and on the driving frame with an ``estimator``;
@@ -44,6 +45,7 @@ import torch
 
 from backend.errors import FlamediffError
 from backend.evaluation import metrics as M
+from backend.evaluation.studies import reference_row, spread
 
 METRIC_KEYS = ("psnr", "ssim", "l1", "lpips", "csim", "aed", "apd")
 SELF_KEYS = METRIC_KEYS
@@ -139,7 +141,7 @@ def pose_keys(clip) -> np.ndarray:
     return np.concatenate([np.asarray(getattr(clip, f), np.float64).reshape(clip.num_frames, -1) for f in fields], 1)
 
 
-def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, steps: int = 25,
+def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, steps: int = 0,
              guidance: float = 2.0, seed: int = 0, max_frames: int | None = 8, max_identities: int | None = None,
              flame_asset=None, estimator: M.ExpressionPoseEstimator | None = None,
              lpips_weights: str | None = None, csim_weights: str | None = None, frames_per_batch: int = 8,
@@ -194,6 +196,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
     def estimate(images: list[np.ndarray]):
         return estimator.estimate(np.stack(images)) if estimator is not None else None
 
+    steps = steps or model.config.default_steps
     settings = {"steps": steps, "guidance": guidance, "seed": seed, "frames_per_batch": frames_per_batch}
     acc = {("self", name): _Accumulator(SELF_KEYS) for name in ("method", "copy_reference", "other_identity_gt")}
     acc.update({("cross", name): _Accumulator(CROSS_KEYS) for name in ("method", "copy_reference", "other_identity_gt")})
@@ -223,11 +226,11 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
 
     for position, identity in enumerate(identities):
         samples = index.samples_of_identity(identity)
-        ref = int(samples[0])
+        ref = reference_row(index, identity)
         reference_raw = index.load_frame(ref)
         reference = to_resolution(reference_raw, resolution)
         # self-reenactment
-        drive = samples[1:] if max_frames is None else samples[1:1 + max_frames]
+        drive = spread(samples[samples != ref], max_frames)
         if len(drive) == 0:
             notes.append(f"identity {identity}: a single sample, no self-reenactment")
         else:
@@ -260,7 +263,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
         if len(identities) > 1:
             driver = identities[(position + 1) % len(identities)]
             rows = index.samples_of_identity(driver)
-            rows = rows if max_frames is None else rows[:max_frames]
+            rows = spread(rows, max_frames)
             drive_frames = [to_resolution(index.load_frame(int(i)), resolution) for i in rows]
             out = pipeline(reference_raw, clip.take_rows(rows),
                            RenderSettings(**settings, shape_from="reference"),

@@ -317,7 +317,7 @@ def expression_pose_distance(expression_a: np.ndarray, pose_a: np.ndarray, expre
             "apd": float(np.abs(np.asarray(pose_a) - np.asarray(pose_b)).mean())}
 
 
-def _axis_angle_to_matrix(v: np.ndarray) -> np.ndarray:
+def axis_angle_to_matrix(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float64)
     angle = np.linalg.norm(v, axis=-1)[..., None, None]
     k = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
@@ -360,7 +360,7 @@ def procedural_targets(clip, num_expression: int = 10) -> tuple[np.ndarray, np.n
     expression = np.zeros((clip.num_frames, num_expression))
     count = min(num_expression, clip.expression.shape[1])
     expression[:, :count] = clip.expression[:, :count]
-    relative = FRONTAL_CAMERA.T @ np.asarray(clip.R) @ _axis_angle_to_matrix(clip.global_pose)
+    relative = FRONTAL_CAMERA.T @ np.asarray(clip.R) @ axis_angle_to_matrix(clip.global_pose)
     pose = np.concatenate([_matrix_to_axis_angle(relative), np.asarray(clip.jaw_pose, np.float64)], -1)
     return expression, pose
 

@@ -13,6 +13,12 @@ from backend.formats.flame_asset import FlameAsset
 from backend.flame.lbs import lbs
 
 
+def surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
+    """Points on meshes ``[B, V, 3]`` given by the vertex ids of a triangle ``[L, 3]`` and
+    barycentrics ``[L, 3]`` each (FLAME's landmark embedding): ``[B, L, 3]``."""
+    return torch.einsum("blkc,lk->blc", vertices[:, triangles], barycentrics)
+
+
 @dataclass
 class FlameOutput:
     vertices: Tensor   # [B, V, 3] metres, FLAME space
@@ -68,8 +74,7 @@ class FlameModel(nn.Module):
         if translation is not None:
             vertices = vertices + translation.to(vertices)[:, None]
             joints = joints + translation.to(vertices)[:, None]
-        corners = vertices[:, self.faces[self.landmark_faces]]  # [B, L, 3, 3]
-        landmarks = torch.einsum("blkc,lk->blc", corners, self.landmark_barycentrics)
+        landmarks = surface_points(vertices, self.faces[self.landmark_faces], self.landmark_barycentrics)
         return FlameOutput(vertices=vertices, joints=joints, landmarks=landmarks)
 
     def forward_clip(self, clip: AnimationClip) -> FlameOutput:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 LABELS = {"real": 0, "synthetic": 1, "null": 2}  # "null" is the unconditional (dropped) branch
+CONTROLS = ("gaussian", "geometry")  # splatted Gaussian feature field | FLAME normals + depth + landmarks
 
 
 @dataclass(frozen=True)
@@ -26,18 +27,24 @@ class FlameDiffConfig:
     vae_channels: tuple[int, ...] = (8, 16)  # VAE downsamples by 2 ** (len - 1)
     latent_channels: int = 4
     vae_scaling_factor: float = 1.0
+    control: str = "gaussian"                  # one of CONTROLS: what the pose guider sees
     feature_dim: int = 16                      # width of the Gaussian feature field
     uv_resolution: int = 64
     guider_channels: tuple[int, ...] = (8, 16)
     num_train_timesteps: int = 1000
     prediction_type: str = "v_prediction"
     reference_dropout: float = 0.1             # classifier-free guidance: drop reference + label
+    default_steps: int = 25                    # denoising steps when a render asks for 0 ("the model's own")
     temporal_layers: bool = False              # motion modules in every denoiser block (stage 2)
     temporal_heads: int = 2
     temporal_max_frames: int = 32              # longest window the positional encoding covers
     motion_adapter: str | None = None          # AnimateDiff adapter (hub id or folder) to start from
     pretrained: str | None = None              # hub id or folder of SD-1.5 weights (sd15 preset)
     flame_asset: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, not {self.control!r}")
 
     @property
     def vae_factor(self) -> int:
@@ -92,9 +99,9 @@ class FlameDiffConfig:
 PRESETS: dict[str, FlameDiffConfig] = {
     "tiny": FlameDiffConfig(),
     "demo": FlameDiffConfig(
-        preset="demo", resolution=128, unet_channels=(32, 64, 128), layers_per_block=1, attention_head_dim=8,
-        cross_attention_dim=64, norm_num_groups=8, vae_channels=(16, 32, 64), feature_dim=16, uv_resolution=128,
-        guider_channels=(16, 32), temporal_heads=4,
+        preset="demo", resolution=128, unet_channels=(48, 96, 128), layers_per_block=1, attention_head_dim=8,
+        cross_attention_dim=64, norm_num_groups=8, vae_channels=(16, 32, 64, 64), feature_dim=16, uv_resolution=128,
+        guider_channels=(16, 32), temporal_heads=4, default_steps=12,
     ),
     "sd15": FlameDiffConfig(
         preset="sd15", resolution=512, unet_channels=(320, 640, 1280, 1280), layers_per_block=2,

@@ -23,6 +23,7 @@ from backend.formats.flame_asset import FlameAsset
 from backend.gaussians.field import UVGaussianField
 from backend.gaussians.uv_binding import load_or_compute_uv_binding
 from backend.models.config import LABELS, FlameDiffConfig
+from backend.models.geometry_control import GEOMETRY_CHANNELS, render_geometry_control
 from backend.models.pose_guider import PoseGuider
 from backend.models.reference_attention import ReferenceBank, install_reference_attention
 from backend.models.temporal import attach_motion_modules, build_motion_adapter, load_motion_adapter
@@ -36,19 +37,30 @@ class CheckpointError(FlamediffError):
 
 
 class FlameDiffModel(nn.Module):
-    """Predicts v for noisy latents of frames, guided by a feature map and a reference image."""
+    """Predicts v for noisy latents of frames, guided by a control map and a reference image.
+
+    The control map is the splatted Gaussian feature field (``config.control == "gaussian"``,
+    the paper's method) or normals + depth + landmarks rasterised from the FLAME mesh
+    (``"geometry"``, the paper's ablation baseline); :meth:`attach_control` sets either up.
+    """
 
     def __init__(self, config: FlameDiffConfig, vae: AutoencoderKL | None = None,
                  denoiser: UNet2DConditionModel | None = None,
                  reference_unet: UNet2DConditionModel | None = None,
                  gaussian_field: UVGaussianField | None = None) -> None:
         super().__init__()
+        if gaussian_field is not None and config.control != "gaussian":
+            raise ValueError(f"a model with the {config.control!r} control has no Gaussian field")
         self.config = config
         self.gaussian_field = gaussian_field
+        # geometry control: the asset's landmark embedding, rebuilt from the asset at load
+        self.register_buffer("landmark_triangles", None, persistent=False)
+        self.register_buffer("landmark_barycentrics", None, persistent=False)
         self.vae = vae or AutoencoderKL(**config.vae_kwargs())
         self.denoiser = denoiser or UNet2DConditionModel(**config.unet_kwargs())
         self.reference_unet = reference_unet or UNet2DConditionModel(**config.unet_kwargs())
-        self.pose_guider = PoseGuider(config.feature_dim, config.unet_channels[0], config.guider_channels,
+        control_channels = GEOMETRY_CHANNELS if config.control == "geometry" else config.feature_dim
+        self.pose_guider = PoseGuider(control_channels, config.unet_channels[0], config.guider_channels,
                                       downsample=config.vae_factor)
         self.label_embedding = nn.Embedding(len(LABELS), config.cross_attention_dim)
         self.bank = ReferenceBank()
@@ -83,18 +95,42 @@ class FlameDiffModel(nn.Module):
 
     # -- conditioning ---------------------------------------------------------------------------
 
+    @property
+    def has_control(self) -> bool:
+        """Whether :meth:`render_control` can run (:meth:`attach_control` was called or loaded)."""
+        return self.gaussian_field is not None or self.landmark_triangles is not None
+
+    def attach_control(self, asset: FlameAsset, cache_dir: str | None = None) -> None:
+        """Set the control up for ``asset``: a fresh learnable Gaussian field on its UV layout, or
+        for the geometry control its landmark embedding."""
+        if self.config.control == "geometry":
+            device = self.label_embedding.weight.device
+            self.landmark_triangles = torch.as_tensor(asset.faces[asset.landmark_faces], dtype=torch.long,
+                                                      device=device)
+            self.landmark_barycentrics = torch.as_tensor(asset.landmark_barycentrics, dtype=torch.float32,
+                                                         device=device)
+        else:
+            self.attach_gaussian_field(asset, cache_dir)
+
     def attach_gaussian_field(self, asset: FlameAsset, cache_dir: str | None = None) -> UVGaussianField:
         """Create the learnable Gaussian field on ``asset``'s UV layout (training from scratch)."""
+        if self.config.control != "gaussian":
+            raise ValueError(f"this model's control is {self.config.control!r}: it has no Gaussian field; "
+                             "use attach_control(asset)")
         binding = load_or_compute_uv_binding(asset, self.config.uv_resolution, cache_dir)
         self.gaussian_field = UVGaussianField(binding, self.config.feature_dim).to(self.label_embedding.weight.device)
         return self.gaussian_field
 
     def render_control(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
-        """Splat the Gaussian field on posed meshes ``[N, V, 3]``: feature maps ``[N, R, R, D]``
-        at the model's resolution (``Ks`` must already be in those pixels)."""
-        if self.gaussian_field is None:
-            raise RuntimeError("this model has no Gaussian field: call attach_gaussian_field(asset) first")
+        """Control maps ``[N, R, R, C]`` of posed meshes ``[N, V, 3]`` at the model's resolution
+        (``Ks`` must already be in those pixels): the splatted Gaussian field (C = feature_dim)
+        or the geometry maps (C = GEOMETRY_CHANNELS)."""
+        if not self.has_control:
+            raise RuntimeError("this model's control is not set up: call attach_control(asset) first")
         resolution = self.config.resolution
+        if self.config.control == "geometry":
+            return render_geometry_control(vertices, faces, viewmats, Ks, resolution,
+                                           self.landmark_triangles, self.landmark_barycentrics)
         feature_map, _ = self.gaussian_field.render(vertices, faces, viewmats, Ks, resolution, resolution)
         return feature_map
 
@@ -129,7 +165,7 @@ class FlameDiffModel(nn.Module):
     # -- prediction -----------------------------------------------------------------------------
 
     def guide(self, feature_maps: Tensor) -> Tensor:
-        """Pose guider: ``[N, D, H, W]`` feature maps -> ``[N, C, h, w]`` (added after conv_in).
+        """Pose guider: ``[N, D, H, W]`` control maps -> ``[N, C, h, w]`` (added after conv_in).
         Computed once per frame; long renders keep these instead of the feature maps."""
         return self.pose_guider(feature_maps)
 
@@ -137,7 +173,7 @@ class FlameDiffModel(nn.Module):
                 keep_reference: Tensor, reference_index: Tensor | None = None) -> Tensor:
         """v-prediction for ``[B, F, C, h, w]`` latents.
 
-        ``feature_maps`` [B, F, D, H, W] (the splatted Gaussian field), ``timesteps`` [B],
+        ``feature_maps`` [B, F, D, H, W] (the control maps), ``timesteps`` [B],
         ``labels`` [B] domain ids, ``keep_reference`` [B] bool (False = unconditional branch:
         no reference, null label), ``reference_index`` [B] which written reference each sample
         uses (default: sample i uses reference i). The bank must have been written first.
@@ -184,28 +220,39 @@ class FlameDiffModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, asset: FlameAsset | None = None, device: str | torch.device = "cpu",
-                        cache_dir: str | None = None) -> "FlameDiffModel":
+                        cache_dir: str | None = None, temporal: bool = True) -> "FlameDiffModel":
         """Load a folder (or a hub id already in the local cache) written by :meth:`save_pretrained`.
 
-        A model with a Gaussian field needs the FLAME ``asset`` it was trained for (its UV
-        layout binds the field); another asset is refused with a clear message.
+        ``temporal=False`` leaves out the motion modules: since stage 2 trains only them, that
+        is exactly the stage-1 model a stage-2 checkpoint was trained from.
+
+        A model with a Gaussian field or the geometry control needs the FLAME ``asset`` it was
+        trained for (its UV layout binds the field; its landmark embedding places the landmarks);
+        another asset is refused with a clear message.
         """
         folder = resolve_checkpoint(path)
         config, field_config = read_config(folder)
+        if not temporal:
+            config = replace(config, temporal_layers=False)
         trained_for = config.flame_asset.get("hash")
         if asset is not None and trained_for and asset.content_hash != trained_for:
             raise CheckpointError(
                 f"checkpoint {path} was trained for FLAME asset {config.flame_asset.get('name')!r} "
                 f"(hash {trained_for[:12]}), not {asset.name!r} (hash {asset.content_hash[:12]}); "
                 "use the asset it was trained for (--flame-asset) or train a checkpoint for yours")
+        if asset is None and (field_config is not None or config.control == "geometry"):
+            raise CheckpointError(f"checkpoint {path} has a {config.control} control bound to the FLAME mesh: "
+                                  "load it with its FLAME asset")
         field = None
         if field_config is not None:
-            if asset is None:
-                raise CheckpointError(f"checkpoint {path} has a Gaussian field: load it with its FLAME asset")
             binding = load_or_compute_uv_binding(asset, config.uv_resolution, cache_dir)
             field = UVGaussianField.from_config(field_config, binding)
         model = cls(config, gaussian_field=field)
+        if config.control == "geometry":
+            model.attach_control(asset)
         state = load_file(os.path.join(folder, WEIGHTS_NAME), device=str(device))
+        if not temporal:
+            state = {name: value for name, value in state.items() if not name.startswith("temporal.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{folder}: weights do not match the config (missing {missing[:3]}, "

@@ -12,12 +12,16 @@ frames in lockstep through sliding context windows (``context_window`` frames ov
 by the window, and only latents and guider outputs (small) are kept for the whole sequence.
 There a frame's pixels also depend on its neighbours inside the window, so a subset render
 matches the full render only where the subset gives each frame the same window neighbours.
+
+:meth:`FlameDiffPipeline.stream` hands frames out as soon as they are decoded (per chunk, or per
+window region in the last step), so a long job is one call: one ReferenceNet pass, unbroken
+temporal context, and memory bounded by the chunk or window when the consumer writes frames out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,16 +34,17 @@ from backend.models.config import LABELS
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
 
-ProgressCallback = Callable[[str, int, int], bool | None]  # (phase, done, total) -> False to cancel
+# ("denoising", frame-steps done, frame-steps in the render) after every step -> False to cancel
+ProgressCallback = Callable[[str, int, int], bool | None]
 
 
 class RenderCancelled(RuntimeError):
-    """Raised when the progress callback asks to stop; frames already returned are kept."""
+    """Raised when the progress callback asks to stop; frames already yielded are kept."""
 
 
 @dataclass
 class RenderSettings:
-    steps: int = 25
+    steps: int = 0                 # 0 = the checkpoint's default (config.default_steps)
     guidance: float = 2.0
     seed: int = 0
     frames_per_batch: int = 8
@@ -114,46 +119,83 @@ class FlameDiffPipeline:
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # trained weights hold denormals that slow CPU maths a lot
 
-    @torch.no_grad()
+    def resolved_steps(self, steps: int) -> int:
+        """``steps``, or the checkpoint's own default when it is 0 (small models need fewer)."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0 (0 = the checkpoint's default), not {steps}")
+        return steps or self.model.config.default_steps
+
     def __call__(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = RenderSettings(),
                  reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
                  return_control: bool = False) -> RenderOutput:
+        """Every frame of ``clip`` at once; :meth:`stream` hands them out as they are decoded."""
+        out = RenderOutput(frame_numbers=[], frames=[])
+        for piece in self.stream(reference_image, clip, settings, reference_shape, progress, return_control):
+            out.frame_numbers += piece.frame_numbers
+            out.frames += piece.frames
+            out.control_previews += piece.control_previews
+        return out
+
+    @torch.no_grad()
+    def stream(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = RenderSettings(),
+               reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
+               return_control: bool = False) -> Iterator[RenderOutput]:
+        """Render ``clip``, yielding frames in order as soon as they are decoded.
+
+        The reference runs once for the whole clip. Models without temporal layers yield each
+        chunk of ``frames_per_batch`` frames; temporal ones yield a window region as soon as the
+        last step's windows covering it are done. A consumer that does not keep the frames
+        holds at most one chunk or window of them.
+        """
         if not clip.has_camera:
             raise ValueError("the animation has no camera (K, R, t): export it from Blender with a camera")
         clip = self._driving_clip(clip, settings.shape_from, reference_shape)
+        settings = replace(settings, steps=self.resolved_steps(settings.steps))
         resolution = self.model.config.resolution
         reference = self.model.encode_images(image_to_tensor(reference_image, resolution).to(self.device))
         self.model.write_reference(reference)
-        out = RenderOutput(frame_numbers=[int(f) for f in clip.frame], frames=[])
         self._preview_basis = None  # preview colours: one projection per job
-        if self.model.temporal is not None:
-            guidance = self._guidance(clip, settings, out if return_control else None)
-            windows = context_windows(clip.num_frames, settings.context_window, settings.context_overlap)
-            latents = self._denoise(guidance, clip.frame, windows, settings, progress)
-            for start in range(0, clip.num_frames, settings.frames_per_batch):
-                out.frames += tensor_to_images(self.model.decode_latents(latents[start:start + settings.frames_per_batch]))
-            return out
-        for start in range(0, clip.num_frames, settings.frames_per_batch):
-            rows = np.arange(start, min(start + settings.frames_per_batch, clip.num_frames))
-            chunk = clip.take_rows(rows)
-            guidance = self._guidance(chunk, settings, out if return_control else None)
-            latents = self._denoise(guidance, chunk.frame, [(0, len(rows))], settings, progress)
-            out.frames += tensor_to_images(self.model.decode_latents(latents))
-            if progress is not None and progress("frames", int(rows[-1]) + 1, clip.num_frames) is False:
-                raise RenderCancelled("cancelled")
-        return out
+        denoising = _DenoisingProgress(progress, clip.num_frames * settings.steps)
+        for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch):
+            group = clip.take_rows(rows)
+            guidance, previews = self._guidance(group, settings, return_control)
+            windows = (context_windows(len(rows), settings.context_window, settings.context_overlap)
+                       if self.model.temporal is not None else [(0, len(rows))])
+            regions = self._denoise(guidance, group.frame, windows, settings, denoising)
+            yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch)
 
-    def _guidance(self, clip: AnimationClip, settings: RenderSettings, previews: RenderOutput | None) -> Tensor:
-        """Pose-guider outputs ``[F, C, h, w]`` of every frame (splatting in chunks)."""
-        outputs = []
+    def _denoising_groups(self, num_frames: int, frames_per_batch: int) -> list[np.ndarray]:
+        """Rows denoised together: chunks of ``frames_per_batch``, or every frame for temporal
+        models (their windows see neighbours across chunk borders)."""
+        if self.model.temporal is not None:
+            return [np.arange(num_frames)]
+        return [np.arange(start, min(start + frames_per_batch, num_frames))
+                for start in range(0, num_frames, frames_per_batch)]
+
+    def _decoded(self, regions: Iterator[tuple[int, Tensor]], frame_numbers: np.ndarray,
+                 previews: list[np.ndarray], frames_per_batch: int) -> Iterator[RenderOutput]:
+        """Decode each ``(first row, final latents)`` region in batches of ``frames_per_batch``."""
+        for first, latents in regions:
+            for offset in range(0, len(latents), frames_per_batch):
+                batch = latents[offset:offset + frames_per_batch]
+                rows = slice(first + offset, first + offset + len(batch))
+                yield RenderOutput(frame_numbers=[int(f) for f in frame_numbers[rows]],
+                                   frames=tensor_to_images(self.model.decode_latents(batch)),
+                                   control_previews=previews[rows])
+
+    def _guidance(self, clip: AnimationClip, settings: RenderSettings,
+                  return_control: bool) -> tuple[Tensor, list[np.ndarray]]:
+        """Pose-guider outputs ``[F, C, h, w]`` of every frame (splatting in chunks), and the
+        control previews when asked for."""
+        outputs, previews = [], []
         for start in range(0, clip.num_frames, settings.frames_per_batch):
             control = self.control_maps(clip.take_rows(np.arange(start, min(start + settings.frames_per_batch,
                                                                              clip.num_frames))))
             outputs.append(self.model.guide(control.permute(0, 3, 1, 2)))
-            if previews is not None:
+            if return_control:
                 images, self._preview_basis = feature_preview(control, self._preview_basis)
-                previews.control_previews += images
-        return torch.cat(outputs)
+                previews += images
+        return torch.cat(outputs), previews
 
     def _driving_clip(self, clip: AnimationClip, shape_from: str, reference_shape: np.ndarray | None) -> AnimationClip:
         if shape_from == "animation":
@@ -183,18 +225,25 @@ class FlameDiffPipeline:
         return torch.stack(noise).to(self.device)
 
     def _denoise(self, guidance: Tensor, frame_numbers: np.ndarray, windows: list[tuple[int, int]],
-                 settings: RenderSettings, progress: ProgressCallback | None) -> Tensor:
-        """DDIM over ``[F, C, h, w]`` guider outputs, window by window each step: latents."""
+                 settings: RenderSettings, progress: "_DenoisingProgress") -> Iterator[tuple[int, Tensor]]:
+        """DDIM over ``[F, C, h, w]`` guider outputs, window by window each step.
+
+        A region of frames steps as soon as every window covering it has predicted (later
+        windows never read it), so in the last step each region's latents are final and are
+        yielded as ``(first row, latents)`` while the later windows still run.
+        """
         self.scheduler.set_timesteps(settings.steps, device=self.device)
         latents = self._initial_noise(frame_numbers, settings.seed)
         guided = settings.guidance != 1.0
         keep = torch.tensor([True, False] if guided else [True], device=self.device)
         labels = torch.full((len(keep),), LABELS["real"], device=self.device)
         index = torch.zeros(len(keep), dtype=torch.long, device=self.device)
+        last_step = len(self.scheduler.timesteps) - 1
         for step, timestep in enumerate(self.scheduler.timesteps):
             velocity = torch.zeros_like(latents)
             total_weight = torch.zeros(len(latents), device=self.device)
-            for start, end in windows:
+            finished = 0
+            for number, (start, end) in enumerate(windows):
                 branches = len(keep)
                 v = self.model.predict_guided(latents[None, start:end].expand(branches, -1, -1, -1, -1),
                                               timestep.repeat(branches),
@@ -204,8 +253,26 @@ class FlameDiffPipeline:
                 weight = window_weights(end - start, settings.context_overlap if len(windows) > 1 else 0).to(self.device)
                 velocity[start:end] += weight[:, None, None, None] * v
                 total_weight[start:end] += weight
-            velocity /= total_weight[:, None, None, None]
-            latents = self.scheduler.step(velocity, timestep, latents).prev_sample
-            if progress is not None and progress("denoising", step + 1, settings.steps) is False:
-                raise RenderCancelled("cancelled")
-        return latents
+                ready = windows[number + 1][0] if number + 1 < len(windows) else len(latents)
+                region = slice(finished, ready)
+                latents[region] = self.scheduler.step(velocity[region] / total_weight[region, None, None, None],
+                                                      timestep, latents[region]).prev_sample
+                if step == last_step and ready > finished:
+                    yield finished, latents[region]
+                finished = ready
+            progress.advance(len(latents))
+
+
+@dataclass
+class _DenoisingProgress:
+    """Counts frame-steps denoised over a whole render for the caller's progress callback, so
+    its ``done / total`` grows steadily however the frames are grouped; raises when asked to stop."""
+
+    callback: ProgressCallback | None
+    total: int
+    done: int = 0
+
+    def advance(self, frames: int) -> None:
+        self.done += frames
+        if self.callback is not None and self.callback("denoising", self.done, self.total) is False:
+            raise RenderCancelled("cancelled")

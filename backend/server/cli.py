@@ -58,7 +58,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--animation", required=True, metavar="NPZ", help="animation file exported from Blender")
     render.add_argument("--out", required=True, metavar="DIR", help="output folder (one job per folder)")
     render.add_argument("--checkpoint", default=None, help="checkpoint name (see --models-dir) or folder")
-    render.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    render.add_argument("--steps", type=int, default=0, help="denoising steps; 0 = the checkpoint's default")
     render.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
     render.add_argument("--seed", type=int, default=0, help="seed (default 0); each frame's noise is "
                                                             "seeded by (seed, frame number)")

@@ -42,7 +42,7 @@ class JobSettings:
     everything but it goes into the request hash (batching only trades memory for speed)."""
 
     checkpoint: str | None = None
-    steps: int = 25
+    steps: int = 0                             # 0 = the checkpoint's default (config.default_steps)
     guidance: float = 2.0
     seed: int = 0
     frames: list[int] | None = None            # Blender frame numbers; None = every frame of the clip
@@ -193,7 +193,7 @@ def parse_settings(data: dict[str, Any] | None) -> JobSettings:
                          "give the reference identity's FLAME shape coefficients, or use shape_from='animation'", 422)
     return JobSettings(
         checkpoint=checkpoint,
-        steps=_number(data, "steps", int, 1, 1000, defaults.steps),
+        steps=_number(data, "steps", int, 0, 1000, defaults.steps),
         guidance=_number(data, "guidance", float, 0.0, 50.0, defaults.guidance),
         seed=_number(data, "seed", int, 0, 2**31 - 1, defaults.seed),
         frames=parse_frames(data.get("frames")),

@@ -81,7 +81,7 @@ def read_local(path: str, what: str) -> bytes:
 def public_view(manifest: dict[str, Any]) -> dict[str, Any]:
     """The fields a client polls, without the server's paths."""
     keys = ("id", "status", "phase", "progress", "frames_done", "frames_total", "frames", "eta_s", "error",
-            "advice", "settings", "notes", "created", "updated", "started", "finished", "oom_retries",
+            "advice", "settings", "steps", "notes", "created", "updated", "started", "finished", "oom_retries",
             "frames_per_batch_used")
     view = {key: manifest.get(key) for key in keys if key in manifest}
     view["checkpoint"] = {key: manifest.get("checkpoint", {}).get(key) for key in ("name", "source", "flame_asset")}

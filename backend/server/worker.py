@@ -2,9 +2,10 @@
 
 Why one thread: two jobs sharing one GPU would each get half the speed and twice the risk of
 running out of memory; a FIFO keeps latency predictable and the model stays loaded between
-jobs. Frames are rendered in chunks of ``frames_per_batch`` and written as each chunk ends, so
-a crash loses at most one chunk. Cancellation is polled in the pipeline's progress callback,
-which runs after every denoising step.
+jobs. One pipeline call renders all of a job's missing frames (the reference is encoded once,
+temporal models keep their context) and hands frames out as they are decoded; each is written
+at once, so a crash loses at most one chunk (or window region). Cancellation is polled in the
+pipeline's progress callback, which runs after every denoising step.
 """
 
 from __future__ import annotations
@@ -127,82 +128,26 @@ def render_job(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bo
 
 def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bool],
                    on_progress: Callable[[Progress], None] | None) -> str:
-    from backend.formats.animation import load_animation
-    from backend.pipelines.render import RenderCancelled, RenderSettings
-    from backend.server.inputs import read_reference_image
+    from backend.pipelines.render import RenderCancelled
 
     manifest = job.update(status="running", phase="loading", started=time.time(), error=None, advice=None)
     try:
-        settings = manifest["settings"]
-        with open(job.input_path(manifest["reference"]), "rb") as handle:
-            reference, _ = read_reference_image(handle.read())
-        clip = load_animation(job.input_path(manifest["animation"]))
         missing = job.missing_frames()
-        total = manifest["frames_total"]
-        already = total - len(missing)
         if not missing:
-            job.update(status="done", phase="done", progress=1.0, frames_done=total, eta_s=0.0, finished=time.time())
-            return "done"
+            return _finish(job, manifest["frames_total"])
         pipeline = cache.pipeline(manifest["checkpoint"])
-        job.update(phase="rendering")
-        reference_shape = np.asarray(settings["reference_shape"]) if settings.get("reference_shape") else None
-        batch = max(1, int(settings["frames_per_batch"]))
-        steps = int(settings["steps"])
-        started, rendered = time.monotonic(), 0
-        state = {"phase": "rendering", "step": 0, "last_write": 0.0}
-
-        def report(chunk_size: int, force: bool = False) -> None:
-            units_done = rendered * steps + state["step"] * chunk_size
-            units_total = len(missing) * steps
-            elapsed = time.monotonic() - started
-            eta = elapsed / units_done * (units_total - units_done) if units_done else None
-            done = already + rendered
-            fraction = (already + units_done / steps) / total if total else 1.0
-            now = time.monotonic()
-            if force or now - state["last_write"] > 0.25:  # the manifest is for polling clients: 4 Hz is plenty
-                state["last_write"] = now
-                job.update(phase=state["phase"], progress=round(min(fraction, 1.0), 4), frames_done=done, eta_s=eta)
-            if on_progress is not None:
-                on_progress(Progress(state["phase"], done, total, min(fraction, 1.0), eta))
-
-        index = 0
-        while index < len(missing):
-            chunk = missing[index:index + batch]
-
-            def callback(phase: str, done: int, _total: int, size: int = len(chunk)) -> bool:
-                if phase == "denoising":
-                    state["step"] = done
-                    report(size)
-                return not should_cancel()
-
+        job.update(phase="rendering", steps=pipeline.resolved_steps(int(manifest["settings"]["steps"])))
+        batch = max(1, min(int(manifest["settings"]["frames_per_batch"]), len(missing)))
+        while True:
             if should_cancel():
                 raise RenderCancelled("cancelled")
             try:
-                out = pipeline(reference, clip.select_frames(chunk),
-                               RenderSettings(steps=steps, guidance=float(settings["guidance"]),
-                                              seed=int(settings["seed"]), frames_per_batch=len(chunk),
-                                              shape_from=settings["shape_from"]),
-                               reference_shape=reference_shape, progress=callback, return_control=True)
+                _render_missing(job, pipeline, batch, _JobProgress(job, on_progress), should_cancel)
+                return _finish(job, manifest["frames_total"])
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch == 1:
                     raise
-                batch = max(1, len(chunk) // 2)
-                _empty_cuda_cache()
-                note = f"GPU out of memory with {len(chunk)} frames per batch: retrying with {batch}"
-                log.warning("job %s: %s", manifest["id"], note)
-                current = job.read()
-                job.update(notes=current.get("notes", []) + [note], frames_per_batch_used=batch,
-                           oom_retries=current.get("oom_retries", 0) + 1)
-                continue
-            previews = out.control_previews or [None] * len(out.frames)
-            for number, frame, control in zip(out.frame_numbers, out.frames, previews):
-                job.write_frame(number, frame, control)
-            rendered += len(chunk)
-            index += len(chunk)
-            state["step"] = 0
-            report(len(chunk), force=True)
-        job.update(status="done", phase="done", progress=1.0, frames_done=total, eta_s=0.0, finished=time.time())
-        return "done"
+                batch = _note_out_of_memory(job, batch)
     except RenderCancelled:
         done = len(job.done_frames())
         job.update(status="cancelled", phase="cancelled", frames_done=done, eta_s=None, finished=time.time(),
@@ -214,6 +159,84 @@ def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[]
         job.update(status="failed", phase="failed", error=error, advice=advice, eta_s=None,
                    frames_done=len(job.done_frames()), finished=time.time())
         return "failed"
+
+
+def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobProgress",
+                    should_cancel: Callable[[], bool]) -> None:
+    """One pipeline call over every missing frame (one ReferenceNet pass, unbroken temporal
+    context) with the steps resolved in the manifest, writing each frame as it is handed out."""
+    from backend.formats.animation import load_animation
+    from backend.pipelines.render import RenderSettings
+    from backend.server.inputs import read_reference_image
+
+    manifest = job.read()
+    settings = manifest["settings"]
+    with open(job.input_path(manifest["reference"]), "rb") as handle:
+        reference, _ = read_reference_image(handle.read())
+    clip = load_animation(job.input_path(manifest["animation"])).select_frames(job.missing_frames())
+    reference_shape = np.asarray(settings["reference_shape"]) if settings.get("reference_shape") else None
+    render_settings = RenderSettings(steps=manifest["steps"], guidance=float(settings["guidance"]),
+                                     seed=int(settings["seed"]), frames_per_batch=batch,
+                                     shape_from=settings["shape_from"])
+
+    def denoised(_phase: str, done: int, total: int) -> bool:
+        progress.denoised(done / total)
+        return not should_cancel()
+
+    for piece in pipeline.stream(reference, clip, render_settings, reference_shape=reference_shape,
+                                 progress=denoised, return_control=True):
+        for number, frame, control in zip(piece.frame_numbers, piece.frames, piece.control_previews):
+            job.write_frame(number, frame, control)
+        progress.wrote(len(piece.frames))
+
+
+class _JobProgress:
+    """Progress of one pipeline call over the job's missing frames, for the manifest (which
+    polling clients read: at most 4 writes a second) and ``on_progress``."""
+
+    def __init__(self, job: JobFolder, on_progress: Callable[[Progress], None] | None) -> None:
+        self.job, self.on_progress = job, on_progress
+        self.total = job.read()["frames_total"]
+        self.already = self.frames_done = len(job.done_frames())
+        self.fraction, self.last_write = 0.0, 0.0
+        self.started = time.monotonic()
+
+    def denoised(self, fraction: float) -> None:
+        """``fraction`` of this call's denoising is done."""
+        self.fraction = fraction
+        self._report(force=False)
+
+    def wrote(self, frames: int) -> None:
+        self.frames_done += frames
+        self._report(force=True)
+
+    def _report(self, force: bool) -> None:
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.fraction * (1.0 - self.fraction) if self.fraction else None
+        progress = min((self.already + (self.total - self.already) * self.fraction) / self.total, 1.0)
+        now = time.monotonic()
+        if force or now - self.last_write > 0.25:
+            self.last_write = now
+            self.job.update(phase="rendering", progress=round(progress, 4), frames_done=self.frames_done, eta_s=eta)
+        if self.on_progress is not None:
+            self.on_progress(Progress("rendering", self.frames_done, self.total, progress, eta))
+
+
+def _note_out_of_memory(job: JobFolder, batch: int) -> int:
+    """Record an out-of-memory retry in the manifest; returns the halved batch size."""
+    smaller = max(1, batch // 2)
+    _empty_cuda_cache()
+    note = f"GPU out of memory with {batch} frames per batch: retrying with {smaller}"
+    current = job.read()
+    log.warning("job %s: %s", current["id"], note)
+    job.update(notes=current.get("notes", []) + [note], frames_per_batch_used=smaller,
+               oom_retries=current.get("oom_retries", 0) + 1)
+    return smaller
+
+
+def _finish(job: JobFolder, total: int) -> str:
+    job.update(status="done", phase="done", progress=1.0, frames_done=total, eta_s=0.0, finished=time.time())
+    return "done"
 
 
 def _empty_cuda_cache() -> None:

@@ -5,8 +5,9 @@ Stages:
 - ``vae``: small presets have no Stable Diffusion VAE to start from, so the VAE is first
   trained as an autoencoder (MSE + a tiny KL term) on the dataset frames. At ``sd15`` scale the
   SD VAE is used frozen and this stage is skipped.
-- ``1``: single frames; the Gaussian field, pose guider, both U-Nets and the label vectors
-  learn with v-prediction MSE as the only loss; the VAE is frozen. The reference (and the
+- ``1``: single frames; the Gaussian field (absent with ``"overrides": {"control": "geometry"}``,
+  the ablation's rasterised normals + depth + landmarks), pose guider, both U-Nets and the label
+  vectors learn with v-prediction MSE as the only loss; the VAE is frozen. The reference (and the
   label) is dropped with ``reference_dropout`` for classifier-free guidance.
 - ``2``: clips of ``sequence_length`` consecutive frames from the "real" sequences only (the
   multi-view synthetic samples are not continuous); only the temporal layers learn, added
@@ -37,7 +38,7 @@ from backend.assets import load_asset
 from backend.data.dataset import DatasetIndex, read_dataset
 from backend.flame.model import FlameModel
 from backend.formats.conventions import square_crop_intrinsics
-from backend.models.config import FlameDiffConfig
+from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
 
@@ -57,6 +58,7 @@ class TrainConfig:
     preset: str = "tiny"
     stage: str = "1"
     init_from: str | None = None        # model folder to start from (e.g. the vae stage's output)
+    vae_from: str | None = None         # new model (preset + overrides) with this checkpoint's trained VAE
     flame_asset: str | None = None      # asset folder; default: the procedural head
     steps: int = 1000
     batch_size: int = 4
@@ -70,6 +72,8 @@ class TrainConfig:
     mixed_precision: str = "no"         # no | fp16 | bf16
     reference_dropout: float | None = None  # default: the preset's
     sequence_length: int = 14           # frames per clip in stage 2
+    domains: tuple[str, ...] = ("real", "synthetic")  # which samples stage 1 draws (ablation: real only)
+    domain_label: bool = True           # False: every sample is labelled "real" (ablation: no label)
     overrides: dict[str, Any] = field(default_factory=dict)  # FlameDiffConfig fields to change
 
     @classmethod
@@ -91,7 +95,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TrainConfigError(f"{path} must hold a mapping of settings")
         base = os.path.dirname(os.path.abspath(path))
-        for key in ("dataset", "output_dir", "init_from", "flame_asset"):
+        for key in ("dataset", "output_dir", "init_from", "vae_from", "flame_asset"):
             if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
                 data[key] = os.path.join(base, data[key])
         return cls.from_dict(data, source=path)
@@ -112,6 +116,8 @@ class TrainConfig:
     def validate(self, source: str = "config") -> None:
         if self.stage not in STAGES:
             raise TrainConfigError(f"{source}: 'stage' must be one of {STAGES}, not {self.stage!r}")
+        if self.init_from and self.vae_from:
+            raise TrainConfigError(f"{source}: give 'init_from' (a whole model) or 'vae_from' (its VAE only), not both")
         if self.stage == "2" and not self.init_from:
             raise TrainConfigError(f"{source}: stage 2 trains temporal layers on a stage-1 model: set 'init_from'")
         for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "sequence_length"):
@@ -119,6 +125,10 @@ class TrainConfig:
                 raise TrainConfigError(f"{source}: '{key}' must be a positive integer")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise TrainConfigError(f"{source}: 'mixed_precision' must be no, fp16 or bf16")
+        self.domains = tuple(self.domains)
+        unknown = [d for d in self.domains if d not in ("real", "synthetic")]
+        if unknown or not self.domains:
+            raise TrainConfigError(f"{source}: 'domains' must list 'real' and/or 'synthetic', not {list(self.domains)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,11 +139,13 @@ def _image_tensor(frame: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(frame, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int, length: int) -> np.ndarray:
-    """``[B, length]`` sample rows: single frames (length 1) or consecutive frames of distinct
-    real-label sequences."""
+def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int, length: int,
+               pool: np.ndarray | None = None) -> np.ndarray:
+    """``[B, length]`` sample rows: single frames (length 1, from ``pool``, default every sample)
+    or consecutive frames of distinct real-label sequences."""
     if length == 1:
-        return rng.choice(len(index), size=batch_size, replace=False)[:, None]
+        pool = np.arange(len(index)) if pool is None else pool
+        return pool[rng.choice(len(pool), size=batch_size, replace=False)][:, None]
     clips = [rows for rows in index.sequences() if len(rows) >= length and (index.label[rows] == 0).all()]
     if len(clips) < batch_size:
         raise TrainConfigError(f"stage 2 needs {batch_size} real sequences of at least {length} frames; "
@@ -144,11 +156,11 @@ def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int,
 
 
 def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int,
-               length: int = 1) -> dict[str, Any]:
+               length: int = 1, pool: np.ndarray | None = None) -> dict[str, Any]:
     """The batch of ``step`` on process ``rank``: ``[B, F]`` target frames, one reference of the
     same identity per sample, FLAME parameters, cameras and domain labels."""
     rng = np.random.RandomState((seed * 1_000_003 + step * 97 + rank) % (2 ** 32))
-    rows = _clip_rows(index, rng, batch_size, length)
+    rows = _clip_rows(index, rng, batch_size, length, pool)
     references = []
     for clip_rows in rows:
         same = index.samples_of_identity(int(index.identity[clip_rows[0]]))
@@ -187,8 +199,10 @@ class Trainer:
         if self.index.flame_asset.get("hash") not in (None, self.asset.content_hash):
             raise TrainConfigError(f"dataset {config.dataset} was made with FLAME asset "
                                    f"{self.index.flame_asset.get('name')!r}, not {self.asset.name!r}")
-        if config.batch_size > len(self.index):
-            raise TrainConfigError(f"batch_size {config.batch_size} is larger than the dataset ({len(self.index)} frames)")
+        self.pool = np.nonzero(np.isin(self.index.label, [LABELS[d] for d in config.domains]))[0]
+        if config.batch_size > len(self.pool):
+            raise TrainConfigError(f"batch_size {config.batch_size} is larger than the dataset's "
+                                   f"{'+'.join(config.domains)} samples ({len(self.pool)} frames)")
         self.model = self._build_model()
         if self.model.config.resolution != self.index.resolution:
             raise TrainConfigError(f"the {self.model.config.preset} preset renders {self.model.config.resolution} px "
@@ -212,8 +226,10 @@ class Trainer:
             model_config = FlameDiffConfig.preset_named(config.preset, **overrides)
             model = (FlameDiffModel.from_stable_diffusion(model_config) if model_config.pretrained
                      else FlameDiffModel(model_config))
-        if model.gaussian_field is None:
-            model.attach_gaussian_field(self.asset)
+            if config.vae_from:
+                model.vae.load_state_dict(FlameDiffModel.from_pretrained(config.vae_from, asset=self.asset).vae.state_dict())
+        if not model.has_control:
+            model.attach_control(self.asset)
         if config.stage == "2":
             model.add_temporal_layers()
         if config.reference_dropout is not None:
@@ -225,19 +241,19 @@ class Trainer:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if self.config.stage == "vae":
-            trainable = list(model.vae.parameters())
-            groups = [{"params": trainable, "lr": self.config.learning_rate}]
+            groups = [{"params": list(model.vae.parameters()), "lr": self.config.learning_rate}]
         elif self.config.stage == "2":
-            trainable = list(model.temporal.parameters())
-            groups = [{"params": trainable, "lr": self.config.learning_rate}]
+            groups = [{"params": list(model.temporal.parameters()), "lr": self.config.learning_rate}]
         else:
             network = [*model.denoiser.parameters(), *model.reference_unet.parameters(),
                        *model.pose_guider.parameters(), *model.label_embedding.parameters()]
-            trainable = network + list(model.gaussian_field.parameters())
-            groups = [{"params": network, "lr": self.config.learning_rate},
-                      {"params": list(model.gaussian_field.parameters()), "lr": self.config.field_learning_rate}]
-        for parameter in trainable:
-            parameter.requires_grad_(True)
+            groups = [{"params": network, "lr": self.config.learning_rate}]
+            if model.gaussian_field is not None:
+                groups.append({"params": list(model.gaussian_field.parameters()),
+                               "lr": self.config.field_learning_rate})
+        for group in groups:
+            for parameter in group["params"]:
+                parameter.requires_grad_(True)
         return groups
 
     # -- steps ----------------------------------------------------------------------------------
@@ -277,7 +293,8 @@ class Trainer:
         velocity = self.scheduler.get_velocity(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
         keep = torch.as_tensor(rng.uniform(size=batch_size) >= model.config.reference_dropout, device=device)
         model.write_reference(reference)
-        prediction = model.predict(noisy, timesteps, feature_maps, batch["label"].to(device), keep)
+        labels = batch["label"] if self.config.domain_label else torch.full_like(batch["label"], LABELS["real"])
+        prediction = model.predict(noisy, timesteps, feature_maps, labels.to(device), keep)
         return F.mse_loss(prediction.float(), velocity.float())
 
     def train(self, max_steps: int | None = None) -> float:
@@ -292,7 +309,7 @@ class Trainer:
         self.model.train()
         while self.step < end:
             batch = draw_batch(self.index, self.step, self.config.batch_size, self.config.seed,
-                               self.accelerator.process_index, self.clip_length)
+                               self.accelerator.process_index, self.clip_length, self.pool)
             with self.accelerator.autocast():
                 loss = self.loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
