@@ -1,13 +1,14 @@
 # make demo  - create .venv, install flamediff (+ the bpy module), build the add-on zip and run the
 #              whole product headlessly: rig keyed in bpy -> backend subprocess -> frames (out/demo)
 # make test  - create .venv, install flamediff + test dependencies, run pytest
+# make results - regenerate docs/RESULTS.md (trains the ablation checkpoints first; ~1 h on 2 CPU cores)
 # Both are idempotent: the install steps rerun only when pyproject.toml changes.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+results: $(VENV)/.installed
+	configs/results/run.sh
 
 clean:
 	rm -rf $(VENV) out dist build *.egg-info

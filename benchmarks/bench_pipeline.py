@@ -1,14 +1,21 @@
-"""Where a render's time goes, and how much the pipeline adds on top of the denoiser.
+"""Where a render's time goes, how much the pipeline adds on top of the denoiser, and how close
+the denoiser runs to the hardware's peak.
 
-    python benchmarks/bench_pipeline.py [--preset demo] [--frames 8] [--steps 10] [--json OUT]
+    python benchmarks/bench_pipeline.py [--preset demo] [--frames 8] [--steps 10] [--dtype auto|fp32|bf16]
+                                        [--temporal] [--compile] [--peak-tflops X] [--json OUT]
+    python benchmarks/bench_pipeline.py --preset sd15 --flops-only   # FLOPs on the meta device, no weights
 
 Random weights (speed does not depend on their values). Reports, measured in one run:
 - the split of a render: FLAME + splatting, pose guider, ReferenceNet (once), denoiser steps,
   VAE decode, PNG writing;
 - overhead ratio = whole render / (steps x guidance branches x bare single-branch denoiser
   forward over the same frames): the pipeline's own overhead (target <= 1.15 on CPU);
-- reference caching: a denoising step reusing the ReferenceNet tokens vs one recomputing them.
-On a CUDA machine the same command times the GPU (``--device cuda``, ``--dtype bf16``).
+- reference caching: a denoising step reusing the ReferenceNet tokens vs one recomputing them;
+- the denoiser's FLOPs per U-Net forward of one frame (``FlopCounterMode``, attention counted
+  through the math kernel), the TFLOP/s it achieves in a batched guidance step and over the
+  whole render, and with a known peak (``--peak-tflops``, or the table below for the GPU
+  torch names) the fraction of it; on CUDA the peak of allocated GPU memory.
+``--dtype auto`` is the pipeline's default: bf16 + channels-last U-Nets on CUDA, fp32 on CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from backend.assets import load_asset
 from backend.demo import demo_animation
@@ -28,6 +37,12 @@ from backend.flame.model import FlameModel
 from backend.models import FlameDiffConfig, FlameDiffModel
 from backend.models.config import LABELS
 from backend.pipelines.render import FlameDiffPipeline, RenderSettings
+from backend.server.worker import PRECISIONS, precision_dtype
+
+#: Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA datasheets; their headline figures are with
+#: 2:4 sparsity, twice these), matched in order against ``torch.cuda.get_device_name()``.
+BF16_DENSE_PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
+                          ("A100", 312.0))
 
 
 def _timed(fn, repeats: int = 3) -> float:
@@ -42,38 +57,91 @@ def _timed(fn, repeats: int = 3) -> float:
     return best
 
 
-def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype) -> dict:
+def known_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named like ``torch.cuda.get_device_name()``, if listed."""
+    return next((peak for key, peak in BF16_DENSE_PEAK_TFLOPS if key in device_name), None)
+
+
+def denoiser_gflops(config: FlameDiffConfig) -> float:
+    """GFLOP of one single-branch U-Net forward of one frame at the config's resolution,
+    reference tokens included.
+
+    Counted on the meta device (no weights, no memory; FLOPs depend on neither device, dtype
+    nor compilation) through the math attention kernel, whose matmuls the counter sees (the
+    fused CPU kernel is not in its table)."""
+    with torch.device("meta"):
+        model = FlameDiffModel(config).eval()
+    latent = config.latent_resolution
+    with torch.no_grad(), torch.device("meta"), sdpa_kernel(SDPBackend.MATH):
+        model.write_reference(torch.zeros(1, config.latent_channels, latent, latent))
+        with FlopCounterMode(display=False) as counter:
+            model.predict_guided(torch.zeros(1, 1, config.latent_channels, latent, latent), torch.tensor([500]),
+                                 torch.zeros(1, 1, config.unet_channels[0], latent, latent),
+                                 torch.tensor([LABELS["real"]]), None)
+    return counter.get_total_flops() / 1e9
+
+
+def throughput(result: dict, peak_tflops: float | None) -> dict:
+    """Achieved TFLOP/s: in one batched guidance step (both branches, every frame) and over the
+    whole render (every step's denoiser FLOPs / render time), with fractions of the peak."""
+    flops_per_step = result["denoiser_gflop_per_frame_forward"] * 1e9 * result["frames"] * 2
+    figures = {"denoiser_tflops_per_s": flops_per_step / result["denoiser_step_cached_reference_s"] / 1e12,
+               "render_denoiser_tflops_per_s": flops_per_step * result["steps"] / result["render_s"] / 1e12}
+    if peak_tflops:
+        figures["peak_tflops"] = peak_tflops
+        figures["denoiser_fraction_of_peak"] = figures["denoiser_tflops_per_s"] / peak_tflops
+        figures["render_fraction_of_peak"] = figures["render_denoiser_tflops_per_s"] / peak_tflops
+    return figures
+
+
+def build_pipeline(preset: str, device: str, dtype: torch.dtype | None, temporal: bool,
+                   compile_denoiser: bool) -> FlameDiffPipeline:
     torch.manual_seed(0)
     asset = load_asset()
-    model = FlameDiffModel(FlameDiffConfig.preset_named(preset, flame_asset=asset.identity()))
+    model = FlameDiffModel(FlameDiffConfig.preset_named(preset, flame_asset=asset.identity(), temporal_layers=temporal))
     model.attach_gaussian_field(asset)
-    model = model.to(device=device, dtype=dtype).eval()
-    pipeline = FlameDiffPipeline(model, FlameModel(asset).to(device))
-    clip = demo_animation(asset, num_frames=frames, resolution=model.config.resolution)
+    return FlameDiffPipeline(model.to(device), FlameModel(asset).to(device), dtype=dtype,
+                             compile_denoiser=compile_denoiser)
+
+
+def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype | None, temporal: bool = False,
+        compile_denoiser: bool = False, peak_tflops: float | None = None) -> dict:
+    pipeline = build_pipeline(preset, device, dtype, temporal, compile_denoiser)
+    model, config, dtype = pipeline.model, pipeline.model.config, pipeline.dtype
+    clip = demo_animation(load_asset(), num_frames=frames, resolution=config.resolution)
     reference = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     settings = RenderSettings(steps=steps, guidance=2.0, frames_per_batch=frames)
-    config = model.config
     latent = torch.randn(1, frames, config.latent_channels, config.latent_resolution, config.latent_resolution,
-                         device=device, dtype=dtype)
-    result: dict = {"preset": preset, "frames": frames, "steps": steps, "device": device, "dtype": str(dtype)}
+                         device=device)
+    result: dict = {"preset": preset, "frames": frames, "steps": steps, "device": device, "dtype": str(dtype),
+                    "temporal": temporal, "compiled": pipeline.compiled}
+    if device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
+        peak_tflops = peak_tflops or known_peak_tflops(result["gpu"])
+    result["denoiser_gflop_per_frame_forward"] = denoiser_gflops(config)
     with torch.no_grad():
-        pipeline(reference, clip, RenderSettings(steps=1, frames_per_batch=frames))  # warm-up
+        pipeline(reference, clip, RenderSettings(steps=1, frames_per_batch=frames))  # warm-up (and compile)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         result["render_s"] = _timed(lambda: pipeline(reference, clip, settings), repeats=2)
+        if device == "cuda":
+            result["gpu_memory_peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         control = pipeline.control_maps(clip)
         result["splat_s"] = _timed(lambda: pipeline.control_maps(clip))
         features = control.permute(0, 3, 1, 2)
         result["guider_s"] = _timed(lambda: model.guide(features))
-        guidance = model.guide(features)[None]
-        ref_latent = model.encode_images(torch.zeros(1, 3, config.resolution, config.resolution, device=device, dtype=dtype))
+        guidance = model.guide(features).to(dtype)[None]
+        blank = torch.zeros(1, 3, config.resolution, config.resolution, device=device)
+        ref_latent = model.encode_images(blank).to(dtype)
         result["reference_net_s"] = _timed(lambda: model.write_reference(ref_latent))
         timestep = torch.tensor([500], device=device)
+        noisy = latent.to(dtype)
 
         def single_branch():
-            model.predict_guided(latent, timestep, guidance, torch.tensor([LABELS["real"]], device=device),
-                                 torch.tensor([True], device=device))
+            model.predict_guided(noisy, timestep, guidance, torch.tensor([LABELS["real"]], device=device), None)
 
         def both_branches():
-            model.predict_guided(latent.expand(2, -1, -1, -1, -1), timestep.repeat(2), guidance.expand(2, -1, -1, -1, -1),
+            model.predict_guided(noisy.expand(2, -1, -1, -1, -1), timestep.repeat(2), guidance.expand(2, -1, -1, -1, -1),
                                  torch.tensor([LABELS["real"]] * 2, device=device), torch.tensor([True, False], device=device),
                                  reference_index=torch.zeros(2, dtype=torch.long, device=device))
 
@@ -94,7 +162,18 @@ def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype) -
                                            / result["denoiser_step_cached_reference_s"])
     result["frames_per_second"] = frames / result["render_s"]
     result["seconds_per_frame"] = result["render_s"] / frames
+    result.update(throughput(result, peak_tflops))
     return result
+
+
+def print_and_save(result: dict, json_path: str | None) -> None:
+    """One ``key value`` line per figure; the same as JSON when asked."""
+    width = max(len(key) for key in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
 
 
 def main() -> None:
@@ -103,19 +182,23 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--temporal", action="store_true", help="with temporal layers (one window over the frames)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser (warm-up compiles)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak for the fraction-of-peak figures (default: the table for known GPUs)")
+    parser.add_argument("--flops-only", action="store_true", help="only count the denoiser's FLOPs (meta device)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.flops_only:
+        config = FlameDiffConfig.preset_named(args.preset, temporal_layers=args.temporal)
+        print_and_save({"preset": args.preset, "temporal": args.temporal, "resolution": config.resolution,
+                        "denoiser_gflop_per_frame_forward": denoiser_gflops(config)}, args.json)
+        return
     if args.device == "cpu":
         torch.set_flush_denormal(True)
-    result = run(args.preset, args.frames, args.steps, args.device,
-                 torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    width = max(len(key) for key in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    print_and_save(run(args.preset, args.frames, args.steps, args.device, precision_dtype(args.dtype), args.temporal,
+                       args.compile, args.peak_tflops), args.json)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import local_backend
 from .backend_client import BackendClient, BackendError
@@ -43,6 +43,9 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
     checkpoint: StringProperty(name="Checkpoint", default="",
                                description="Model name from the backend (Test connection lists them); empty = "
                                            "the backend's default")
+    preview: BoolProperty(name="Preview", default=False,
+                          description="A quick look: half the model's resolution, at most 4 steps, the first frame "
+                                      "first. Its own job and folder: the full render is not touched")
     # state (written by the add-on)
     job_id: StringProperty(name="Job", default="")
     status: StringProperty(name="Status", default="")

@@ -44,6 +44,9 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
     seed: IntProperty(name="Seed", default=0, min=0, options={"SKIP_SAVE"}, description="Default: the Render panel's")
     checkpoint: StringProperty(name="Checkpoint", default="", options={"SKIP_SAVE"},
                                description="Default: the Render panel's, else the backend's default model")
+    preview: BoolProperty(name="Preview", default=False, options={"SKIP_SAVE"},
+                          description="Half resolution, at most 4 steps, first frame first (its own job and "
+                                      "folder). Default: the Render panel's")
     shape_from: EnumProperty(name="Identity shape", items=render_job.SHAPE_FROM, default="animation",
                              options={"SKIP_SAVE"}, description="animation | reference (cross-identity). "
                                                                 "Default: the rig's Identity shape setting")
@@ -106,7 +109,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
             os.remove(animation)
             return _report_error(self, scene, f"export failed: {exc}")
         settings = {"steps": self._value(props, "steps"), "guidance": self._value(props, "guidance"),
-                    "seed": self._value(props, "seed"), **identity}
+                    "seed": self._value(props, "seed"), "preview": self._value(props, "preview"), **identity}
         checkpoint = self._value(props, "checkpoint").strip()
         if checkpoint:
             settings["checkpoint"] = checkpoint

@@ -137,6 +137,16 @@ def main() -> None:
     RESULTS["cross_missing_file"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
     rig_settings.shape_from = "animation"
 
+    # previews: the operator's argument, then the Render panel's property (half-size frames, own job)
+    RESULTS["preview_argument"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
+                                       seed=7, preview=True, timeout=120)
+    RESULTS["preview_argument_props"] = props()
+    scene.flamediff_render.preview = True
+    RESULTS["preview_panel"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, frame_start=FIRST,
+                                    frame_end=FIRST, timeout=120)
+    RESULTS["preview_panel_props"] = props()
+    scene.flamediff_render.preview = False
+
     # non-blocking start, then cancel (no event loop in the bpy module: the timer never fires)
     RESULTS["async"] = call(bpy.ops.flamediff.render, reference_image=REFERENCE, steps=200, seed=9)
     RESULTS["async_props"] = props()

@@ -124,6 +124,25 @@ def test_cross_identity_from_the_rig_setting_or_the_operator_argument(run):
     assert outcome is None and "no-such-shape.npy" in message and "Identity shape" in message
 
 
+def test_preview_from_the_operator_argument_or_the_panel_renders_half_size_into_its_own_job(run):
+    from PIL import Image
+
+    results = run["results"]
+    full = results["render_props"]  # the same seed and steps as the first preview, without preview
+    for key, frames, steps in (("preview_argument", FRAMES, 2), ("preview_panel", FRAMES[:1], 4)):
+        outcome, message, _ = results[key]
+        assert outcome == ["FINISHED"], (key, message)
+        props = results[f"{key}_props"]
+        assert props["status"] == "done" and props["job_id"] != full["job_id"], key
+        assert not os.path.samefile(props["output_dir"], full["output_dir"])
+        for frame in frames:
+            with Image.open(os.path.join(props["output_dir"], f"frame_{frame:04d}.png")) as image:
+                assert image.size == (16, 16), key  # half the tiny checkpoint's 32 px
+        with open(os.path.join(props["output_dir"], "settings.json"), encoding="utf-8") as handle:
+            record = json.load(handle)
+        assert record["settings"]["preview"] is True and record["steps"] == steps, key  # panel: 0 -> at most 4
+
+
 def test_backend_down_is_reported_at_once_and_changes_nothing(run):
     results = run["results"]
     for key in ("down_wait", "down_async"):

@@ -192,7 +192,7 @@ def test_optimised_path_equals_the_plain_one(pipeline, clip):
     with torch.no_grad():
         reference = model.encode_images(image_to_tensor(REFERENCE, model.config.resolution))
         features = pipeline.control_maps(clip).permute(0, 3, 1, 2)[None]
-        latents = pipeline._initial_noise(clip.frame, settings.seed)[None]
+        latents = pipeline._initial_noise(clip.frame, settings.seed, model.config.latent_resolution)[None]
         scheduler.set_timesteps(settings.steps)
         real = torch.tensor([LABELS["real"]])
         for timestep in scheduler.timesteps:

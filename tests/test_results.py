@@ -113,3 +113,7 @@ def test_results_document_from_a_plan(procedural_data, tiny_checkpoint, tmp_path
     assert "two equal rows" in text and "| copy reference |" in text
     assert os.path.isfile(tmp_path / "docs" / "results" / "grid.png")
     assert json.loads((tmp_path / "docs" / "RESULTS.json").read_text())["main"]["split"] == "heldout"
+
+    again = run_results(str(plan_path), sections=["temporal"], log=lambda message: None)  # the others are kept
+    assert again["main"] == json.loads(json.dumps(main)) and again["temporal"] == results["temporal"]
+    assert "vs baselines" in (tmp_path / "docs" / "RESULTS.md").read_text()

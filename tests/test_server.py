@@ -184,6 +184,43 @@ def test_local_paths_and_frame_subset(server, inputs, tmp_path):
     assert_error(server.get(f"/v1/jobs/{view['id']}/frames/1", headers=AUTH), 404, "not part")
 
 
+def test_preview_is_another_job_with_half_size_frames(server, inputs):
+    from PIL import Image
+
+    from backend.server.inputs import JobSettings
+
+    assert "preview" not in JobSettings().hashed()  # full renders keep their ids from before previews
+
+    settings = {**FAST, "frames": "1-2", "seed": 31, "steps": 0}
+    full = submit(server, inputs, settings).json()
+    preview = submit(server, inputs, {**settings, "preview": True}).json()
+    assert preview["id"] != full["id"] and preview["settings"]["preview"] and not full["settings"]["preview"]
+    views = {name: wait_status(server, job["id"]) for name, job in (("full", full), ("preview", preview))}
+    assert views["preview"]["status"] == views["full"]["status"] == "done"
+    assert views["preview"]["resolution"] == 16 and views["full"]["resolution"] == 32
+    assert views["preview"]["steps"] == 4 and views["full"]["steps"] == 25  # tiny's default, capped for a preview
+    assert views["preview"]["precision"] == views["full"]["precision"] == "fp32"  # auto on the CPU
+    for frame in (1, 2):
+        png = server.get(f"/v1/jobs/{preview['id']}/frames/{frame}", headers=AUTH)
+        assert Image.open(io.BytesIO(png.content)).size == (16, 16)
+
+
+def test_precision_reaches_the_render_process(tmp_path, models_dir, inputs, head_folder):
+    """serve's --precision travels to the render child process and into the job view."""
+    from backend.errors import FlamediffError
+    from backend.server.worker import ModelCache
+
+    with pytest.raises(FlamediffError, match="--precision must be one of"):
+        ModelCache("cpu", precision="fp16")
+    service = build_service(str(tmp_path / "jobs"), models_dir, "cpu", render_in="process", precision="bf16",
+                            shipped_dir=str(tmp_path / "no-shipped"))
+    with TestClient(create_app(service, TOKEN)) as client:
+        job = submit(client, inputs, {**FAST, "frames": "1", "preview": True}).json()
+        view = wait_status(client, job["id"], timeout=120)
+        client.post("/v1/release", headers=AUTH)
+    assert view["status"] == "done" and view["precision"] == "bf16" and view["resolution"] == 16, view
+
+
 # -- bad input: 4xx naming the problem, and the server keeps serving ---------------------------
 
 def _nan(arrays):
@@ -204,7 +241,8 @@ def _no_camera(arrays):
 @pytest.mark.parametrize("case", ["garbage-animation", "nan", "wrong-asset-animation", "no-camera",
                                   "unreadable-image", "huge-image", "big-image", "empty-image", "unknown-checkpoint",
                                   "checkpoint-for-other-asset", "frames-not-in-clip", "bad-frames", "unknown-setting",
-                                  "bad-steps", "nan-guidance", "bad-json", "resolution", "shape-from-reference"])
+                                  "bad-steps", "nan-guidance", "bad-json", "resolution", "shape-from-reference",
+                                  "bad-preview"])
 def test_bad_input_is_a_4xx_naming_the_problem(server, inputs, head_asset, case):
     animation, reference, settings = None, None, dict(FAST)
     expected: tuple = ()
@@ -247,6 +285,8 @@ def test_bad_input_is_a_4xx_naming_the_problem(server, inputs, head_asset, case)
         settings["resolution"], expected = 512, (422, "32 px")
     elif case == "shape-from-reference":
         settings["shape_from"], expected = "reference", (422, "reference_shape")
+    elif case == "bad-preview":
+        settings["preview"], expected = "yes", (422, "preview")
     assert_error(submit(server, inputs, settings, reference=reference, animation=animation), *expected)
     assert server.get("/v1/health", headers=AUTH).status_code == 200
 
@@ -320,7 +360,8 @@ class _FakeCache:
             if settings.frames_per_batch > 1:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return real.stream(reference, clip, settings, **kwargs)
-        return types.SimpleNamespace(stream=stream, resolved_steps=real.resolved_steps)
+        return types.SimpleNamespace(stream=stream, resolved_steps=real.resolved_steps, resolution=real.resolution,
+                                     dtype=real.dtype)
 
 
 def test_out_of_memory_retries_with_smaller_batches(server, inputs):
@@ -431,3 +472,26 @@ def test_render_command_is_resumable(tmp_path, models_dir, inputs, head_folder, 
     args = parser.parse_args(argv[:-4] + ["--seed", "1", "--device", "cpu"])
     with pytest.raises(InputError, match="different job"):
         args.func(args)
+
+
+def test_render_command_preview_and_precision(tmp_path, models_dir, inputs, head_folder):
+    import argparse
+
+    from PIL import Image
+
+    from backend.server.cli import register_cli
+
+    (tmp_path / "ref.png").write_bytes(inputs["reference"])
+    (tmp_path / "anim.npz").write_bytes(inputs["animation"])
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    assert "--precision" in parser._subparsers._group_actions[0].choices["serve"].format_help()  # noqa: SLF001
+    args = parser.parse_args(["render", "--reference", str(tmp_path / "ref.png"), "--animation",
+                              str(tmp_path / "anim.npz"), "--out", str(tmp_path / "out"), "--checkpoint",
+                              os.path.join(models_dir, "tiny"), "--frames", "1", "--device", "cpu",
+                              "--models-dir", models_dir, "--preview", "--precision", "bf16"])
+    assert args.func(args) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["preview"] and manifest["precision"] == "bf16" and manifest["steps"] == 4
+    with Image.open(tmp_path / "out" / "frame_0001.png") as image:
+        assert image.size == (16, 16)

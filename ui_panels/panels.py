@@ -108,6 +108,7 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(props, "seed")
         row.prop(props, "checkpoint", text="Model")
+        layout.prop(props, "preview")
         rig = rigmod.find_rig(context.active_object)
         if rig is not None:
             layout.prop(rig.flamediff_rig_settings, "shape_from")
@@ -116,7 +117,7 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
         running = render_job.active_job(context.scene) is not None
         row = layout.row(align=True)
         row.enabled = not running
-        row.operator("flamediff.render", text="Render", icon="RENDER_ANIMATION")
+        row.operator("flamediff.render", text="Preview" if props.preview else "Render", icon="RENDER_ANIMATION")
         if running:
             layout.operator("flamediff.render_cancel", text="Cancel", icon="CANCEL")
             layout.prop(props, "progress", slider=True)

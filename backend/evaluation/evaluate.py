@@ -166,7 +166,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
         if not os.path.exists(checkpoint):
             raise EvaluationError(f"checkpoint {checkpoint} does not exist")
         model = FlameDiffModel.from_pretrained(checkpoint, asset=asset, device=device)
-    pipeline = FlameDiffPipeline(model, FlameModel(asset))
+    pipeline = FlameDiffPipeline(model, FlameModel(asset), dtype=torch.float32)  # metrics in fp32, also on GPUs
     resolution = model.config.resolution
     index = read_dataset(dataset_folder)
     clip = index.annotations

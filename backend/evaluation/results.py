@@ -78,12 +78,14 @@ class _Session:
         return train_regressor(index, steps=spec["steps"], seed=0, rows=rows)
 
     def pipeline(self, checkpoint: str, temporal: bool = True):
+        import torch
+
         from backend.flame.model import FlameModel
         from backend.models.flamediff_model import FlameDiffModel
         from backend.pipelines.render import FlameDiffPipeline
 
         model = FlameDiffModel.from_pretrained(checkpoint, asset=self.asset, temporal=temporal)
-        return FlameDiffPipeline(model, FlameModel(self.asset))
+        return FlameDiffPipeline(model, FlameModel(self.asset), dtype=torch.float32)  # fp32 metrics on any device
 
     def settings(self, pipeline):
         from backend.pipelines.render import RenderSettings
@@ -259,17 +261,22 @@ def run_results(plan_path: str, sections: list[str] | None = None, log=print) ->
     session = _Session(plan, log)
     runners = {"main": _main, "views": _views, "temporal": _temporal, "ablations": _ablations}
     chosen = sections or [name for name in runners if name in plan or name == "views" and "main" in plan]
-    results: dict[str, Any] = {name: runners[name](session) for name in chosen}
     output = plan["output"]
+    numbers = os.path.splitext(output)[0] + ".json"
+    results: dict[str, Any] = {}
+    if sections and os.path.isfile(numbers):  # re-running some sections keeps the others' numbers
+        with open(numbers, encoding="utf-8") as handle:
+            results = {k: v for k, v in json.load(handle).items() if k in runners or k == "minutes"}
+    results.update({name: runners[name](session) for name in chosen})
     grid = os.path.join(os.path.dirname(output), "results", "grid.png") if "main" in plan else None
-    if grid:
+    if grid and "main" in chosen:
         picture_grid(session, grid)
     results.update(command=f"flamediff results --plan {os.path.relpath(plan_path)}",
-                   minutes=(time.perf_counter() - started) / 60,
+                   minutes=(time.perf_counter() - started) / 60 + (results.get("minutes", 0) if sections else 0),
                    machine=f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
                            f"{__import__('torch').get_num_threads()}")
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as handle:
+    with open(numbers, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     with open(output, "w", encoding="utf-8") as handle:
         handle.write(render_markdown(results, plan, grid))

@@ -121,13 +121,14 @@ class FlameDiffModel(nn.Module):
         self.gaussian_field = UVGaussianField(binding, self.config.feature_dim).to(self.label_embedding.weight.device)
         return self.gaussian_field
 
-    def render_control(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
-        """Control maps ``[N, R, R, C]`` of posed meshes ``[N, V, 3]`` at the model's resolution
-        (``Ks`` must already be in those pixels): the splatted Gaussian field (C = feature_dim)
-        or the geometry maps (C = GEOMETRY_CHANNELS)."""
+    def render_control(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor,
+                       resolution: int | None = None) -> Tensor:
+        """Control maps ``[N, R, R, C]`` of posed meshes ``[N, V, 3]`` at ``resolution`` (default the
+        model's; ``Ks`` must already be in those pixels): the splatted Gaussian field
+        (C = feature_dim) or the geometry maps (C = GEOMETRY_CHANNELS)."""
         if not self.has_control:
             raise RuntimeError("this model's control is not set up: call attach_control(asset) first")
-        resolution = self.config.resolution
+        resolution = resolution or self.config.resolution
         if self.config.control == "geometry":
             return render_geometry_control(vertices, faces, viewmats, Ks, resolution,
                                            self.landmark_triangles, self.landmark_barycentrics)
@@ -158,7 +159,8 @@ class FlameDiffModel(nn.Module):
         try:
             timestep = torch.zeros(reference_latents.shape[0], device=reference_latents.device)
             labels = torch.full((reference_latents.shape[0],), LABELS["real"], device=reference_latents.device)
-            self.reference_unet(reference_latents, timestep, encoder_hidden_states=self.label_tokens(labels))
+            self.reference_unet(reference_latents, timestep,
+                                encoder_hidden_states=self.label_tokens(labels).to(reference_latents.dtype))
         finally:
             self.bank.writing = False
 
@@ -170,33 +172,41 @@ class FlameDiffModel(nn.Module):
         return self.pose_guider(feature_maps)
 
     def predict(self, noisy_latents: Tensor, timesteps: Tensor, feature_maps: Tensor, labels: Tensor,
-                keep_reference: Tensor, reference_index: Tensor | None = None) -> Tensor:
-        """v-prediction for ``[B, F, C, h, w]`` latents.
+                keep_reference: Tensor | None, reference_index: Tensor | None = None) -> Tensor:
+        """v-prediction for ``[B, F, C, h, w]`` latents, in the latents' dtype.
 
         ``feature_maps`` [B, F, D, H, W] (the control maps), ``timesteps`` [B],
         ``labels`` [B] domain ids, ``keep_reference`` [B] bool (False = unconditional branch:
-        no reference, null label), ``reference_index`` [B] which written reference each sample
-        uses (default: sample i uses reference i). The bank must have been written first.
+        no reference, null label; None = every sample keeps it), ``reference_index`` [B] which
+        written reference each sample uses (default: sample i uses reference i). The bank must
+        have been written first.
         """
         guidance = self.guide(feature_maps.flatten(0, 1)).unflatten(0, feature_maps.shape[:2])
         return self.predict_guided(noisy_latents, timesteps, guidance, labels, keep_reference, reference_index)
 
     def predict_guided(self, noisy_latents: Tensor, timesteps: Tensor, guidance: Tensor, labels: Tensor,
-                       keep_reference: Tensor, reference_index: Tensor | None = None) -> Tensor:
-        """:meth:`predict` with the pose guider's output ``[B, F, C, h, w]`` already computed."""
+                       keep_reference: Tensor | None, reference_index: Tensor | None = None) -> Tensor:
+        """:meth:`predict` with the pose guider's output ``[B, F, C, h, w]`` already computed.
+
+        Whether any sample drops the reference is decided here, once per forward, rather than in
+        every attention layer: one host sync instead of one per layer (none for ``None``), and no
+        data-dependent branch inside the denoiser, so ``torch.compile`` traces it whole.
+        """
         batch, frames = noisy_latents.shape[:2]
         if not self.bank.tokens:
             raise RuntimeError("call write_reference() before predict()")
         if reference_index is None:
             reference_index = torch.arange(batch, device=noisy_latents.device)
         per_frame = lambda x: x.repeat_interleave(frames, dim=0)  # noqa: E731
-        labels = torch.where(keep_reference, labels, torch.full_like(labels, LABELS["null"]))
-        self.bank.route(per_frame(reference_index), per_frame(keep_reference))
+        if keep_reference is not None:
+            labels = torch.where(keep_reference, labels, torch.full_like(labels, LABELS["null"]))
+        dropped = keep_reference is not None and not bool(keep_reference.all())
+        self.bank.route(per_frame(reference_index), per_frame(keep_reference) if dropped else None)
         self._control = guidance.flatten(0, 1)
         self._num_frames = frames
         try:
-            out = self.denoiser(noisy_latents.flatten(0, 1), per_frame(timesteps),
-                                encoder_hidden_states=self.label_tokens(per_frame(labels))).sample
+            tokens = self.label_tokens(per_frame(labels)).to(noisy_latents.dtype)
+            out = self.denoiser(noisy_latents.flatten(0, 1), per_frame(timesteps), encoder_hidden_states=tokens).sample
         finally:
             self._control = None
             self.bank.route(None, None)  # type: ignore[arg-type]

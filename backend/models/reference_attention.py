@@ -20,7 +20,7 @@ class ReferenceBank:
     def __init__(self) -> None:
         self.tokens: dict[str, Tensor] = {}
         self.index: Tensor | None = None   # [B] reference row of each denoiser item
-        self.keep: Tensor | None = None    # [B] bool, False = attend to itself only
+        self.keep: Tensor | None = None    # [B] bool, False = attend to itself only; None = all attend
         self.writing = False
 
     def clear(self) -> None:
@@ -68,7 +68,7 @@ class ReferenceAttnProcessor:
         index = self.bank.index if self.bank.index is not None else torch.zeros(
             hidden_states.shape[0], dtype=torch.long, device=hidden_states.device)
         context = torch.cat([hidden_states, reference[index].to(hidden_states.dtype)], dim=1)
-        if self.bank.keep is None or bool(self.bank.keep.all()):
+        if self.bank.keep is None:
             return context, None
         own = torch.ones(hidden_states.shape[1], dtype=torch.bool, device=hidden_states.device)
         mask = torch.cat([own.expand(hidden_states.shape[0], -1),

@@ -16,10 +16,16 @@ matches the full render only where the subset gives each frame the same window n
 :meth:`FlameDiffPipeline.stream` hands frames out as soon as they are decoded (per chunk, or per
 window region in the last step), so a long job is one call: one ReferenceNet pass, unbroken
 temporal context, and memory bounded by the chunk or window when the consumer writes frames out.
+
+Speed levers (on by default on CUDA, off on CPU where bf16 is slow and the result must equal the
+fp32 reference): the U-Nets run in bf16 and channels-last; ``compile_denoiser=True`` compiles the
+denoiser. A preview (``RenderSettings.preview``) renders at half resolution with at most
+``PREVIEW_STEPS`` steps and hands its first frame out alone, as early as possible.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -30,9 +36,14 @@ from torch import Tensor
 from backend.flame.model import FlameModel
 from backend.formats.animation import AnimationClip
 from backend.formats.conventions import square_crop_intrinsics
-from backend.models.config import LABELS
+from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
+
+log = logging.getLogger("flamediff.pipeline")
+
+#: Most denoising steps a preview takes (fewer when the render asks for fewer).
+PREVIEW_STEPS = 4
 
 # ("denoising", frame-steps done, frame-steps in the render) after every step -> False to cancel
 ProgressCallback = Callable[[str, int, int], bool | None]
@@ -51,6 +62,7 @@ class RenderSettings:
     shape_from: str = "animation"  # or "reference": drive with the reference identity's shape
     context_window: int = 16       # temporal models: frames seen together
     context_overlap: int = 4
+    preview: bool = False          # half resolution, at most PREVIEW_STEPS steps, first frame alone
 
 
 @dataclass
@@ -89,6 +101,13 @@ def feature_preview(feature_maps: Tensor, basis: Tensor | None = None) -> tuple[
     return list(images), basis
 
 
+def preview_resolution(config: FlameDiffConfig) -> int:
+    """Half the checkpoint's resolution, rounded down to a size the VAE and every U-Net level
+    divide evenly (a multiple of ``vae_factor * 2 ** (levels - 1)``)."""
+    multiple = config.vae_factor * 2 ** (len(config.unet_channels) - 1)
+    return max(multiple, config.resolution // 2 // multiple * multiple)
+
+
 def context_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """``[start, end)`` windows covering ``num_frames``, consecutive ones sharing ``overlap``."""
     if window < 1 or not 0 <= overlap < window:
@@ -109,21 +128,72 @@ def window_weights(length: int, overlap: int) -> Tensor:
 
 
 class FlameDiffPipeline:
-    """Renders frames for an animation clip with a trained :class:`FlameDiffModel`."""
+    """Renders frames for an animation clip with a trained :class:`FlameDiffModel`.
 
-    def __init__(self, model: FlameDiffModel, flame: FlameModel) -> None:
+    The pipeline prepares the model it is given for inference, in place: ``dtype`` (default
+    bf16 on CUDA, fp32 elsewhere) for the U-Nets and motion modules, channels-last U-Nets
+    (default on CUDA), and with ``compile_denoiser`` a ``torch.compile``d denoiser that falls
+    back to eager when compiling fails. The VAE, pose guider and Gaussian field stay fp32: they
+    run once per frame (cheap) and the decode is where bf16 rounding would show in the pixels.
+    """
+
+    def __init__(self, model: FlameDiffModel, flame: FlameModel, dtype: torch.dtype | None = None,
+                 channels_last: bool | None = None, compile_denoiser: bool = False) -> None:
         self.model, self.flame = model.eval(), flame
         self._preview_basis: Tensor | None = None
         self.scheduler = make_scheduler(model.config)
         self.device = next(model.parameters()).device
+        on_cuda = self.device.type == "cuda"
+        self.dtype = dtype if dtype is not None else (torch.bfloat16 if on_cuda else torch.float32)
+        self._prepare_unets(on_cuda if channels_last is None else channels_last)
+        self.compiled = compile_denoiser and self._compile_denoiser()
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # trained weights hold denormals that slow CPU maths a lot
 
-    def resolved_steps(self, steps: int) -> int:
-        """``steps``, or the checkpoint's own default when it is 0 (small models need fewer)."""
+    def _prepare_unets(self, channels_last: bool) -> None:
+        # nn.Module.to, not diffusers' override: that one warns about modules to keep in fp32
+        # even for models that list none (these U-Nets and the motion adapter list none)
+        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        for unet in (self.model.denoiser, self.model.reference_unet):
+            torch.nn.Module.to(unet, dtype=self.dtype, memory_format=memory_format)
+        if self.model.temporal is not None:  # hooked into the denoiser, not its submodules
+            torch.nn.Module.to(self.model.temporal, dtype=self.dtype)
+
+    def _compile_denoiser(self) -> bool:
+        """``torch.compile`` the denoiser's forward; False (eager) where dynamo is unsupported.
+        Default (automatic) dynamic shapes: a second batch size or resolution (last chunk,
+        preview) recompiles once with dynamic sizes instead of once per shape."""
+        if not torch._dynamo.is_dynamo_supported():
+            log.warning("torch.compile is not supported here; the denoiser runs eagerly")
+            return False
+        denoiser = self.model.denoiser
+        denoiser.forward = torch.compile(denoiser.forward)
+        return True
+
+    def _predict(self, *args, **kwargs) -> Tensor:
+        """The denoiser's prediction. Compile errors surface at a call (no compiler, no triton):
+        the first one switches the denoiser back to eager, so a render never fails for them."""
+        try:
+            return self.model.predict_guided(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if not self.compiled:
+                raise
+            log.warning("torch.compile failed (%s); the denoiser runs eagerly", str(exc).splitlines()[0])
+            del self.model.denoiser.forward  # the class's own forward again
+            self.compiled = False
+            return self.model.predict_guided(*args, **kwargs)
+
+    def resolved_steps(self, steps: int, preview: bool = False) -> int:
+        """``steps``, or the checkpoint's own default when it is 0 (small models need fewer);
+        a preview takes at most ``PREVIEW_STEPS``."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0 (0 = the checkpoint's default), not {steps}")
-        return steps or self.model.config.default_steps
+        steps = steps or self.model.config.default_steps
+        return min(steps, PREVIEW_STEPS) if preview else steps
+
+    def resolution(self, preview: bool = False) -> int:
+        """Side of the frames in pixels: the checkpoint's, or :func:`preview_resolution`."""
+        return preview_resolution(self.model.config) if preview else self.model.config.resolution
 
     def __call__(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = RenderSettings(),
                  reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
@@ -150,27 +220,31 @@ class FlameDiffPipeline:
         if not clip.has_camera:
             raise ValueError("the animation has no camera (K, R, t): export it from Blender with a camera")
         clip = self._driving_clip(clip, settings.shape_from, reference_shape)
-        settings = replace(settings, steps=self.resolved_steps(settings.steps))
-        resolution = self.model.config.resolution
+        settings = replace(settings, steps=self.resolved_steps(settings.steps, settings.preview))
+        resolution = self.resolution(settings.preview)
         reference = self.model.encode_images(image_to_tensor(reference_image, resolution).to(self.device))
-        self.model.write_reference(reference)
+        self.model.write_reference(reference.to(self.dtype))
         self._preview_basis = None  # preview colours: one projection per job
         denoising = _DenoisingProgress(progress, clip.num_frames * settings.steps)
-        for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch):
+        for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch, first_alone=settings.preview):
             group = clip.take_rows(rows)
-            guidance, previews = self._guidance(group, settings, return_control)
+            guidance, previews = self._guidance(group, settings, resolution, return_control)
             windows = (context_windows(len(rows), settings.context_window, settings.context_overlap)
                        if self.model.temporal is not None else [(0, len(rows))])
             regions = self._denoise(guidance, group.frame, windows, settings, denoising)
             yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch)
 
-    def _denoising_groups(self, num_frames: int, frames_per_batch: int) -> list[np.ndarray]:
+    def _denoising_groups(self, num_frames: int, frames_per_batch: int, first_alone: bool = False) -> list[np.ndarray]:
         """Rows denoised together: chunks of ``frames_per_batch``, or every frame for temporal
-        models (their windows see neighbours across chunk borders)."""
+        models (their windows see neighbours across chunk borders). ``first_alone`` (previews)
+        denoises the first frame by itself so it is handed out after one frame's work."""
+        first = 1 if first_alone and num_frames > 1 else 0
         if self.model.temporal is not None:
-            return [np.arange(num_frames)]
-        return [np.arange(start, min(start + frames_per_batch, num_frames))
-                for start in range(0, num_frames, frames_per_batch)]
+            groups = [np.arange(first, num_frames)]
+        else:
+            groups = [np.arange(start, min(start + frames_per_batch, num_frames))
+                      for start in range(first, num_frames, frames_per_batch)]
+        return [np.arange(first)] * first + groups
 
     def _decoded(self, regions: Iterator[tuple[int, Tensor]], frame_numbers: np.ndarray,
                  previews: list[np.ndarray], frames_per_batch: int) -> Iterator[RenderOutput]:
@@ -183,15 +257,15 @@ class FlameDiffPipeline:
                                    frames=tensor_to_images(self.model.decode_latents(batch)),
                                    control_previews=previews[rows])
 
-    def _guidance(self, clip: AnimationClip, settings: RenderSettings,
+    def _guidance(self, clip: AnimationClip, settings: RenderSettings, resolution: int,
                   return_control: bool) -> tuple[Tensor, list[np.ndarray]]:
-        """Pose-guider outputs ``[F, C, h, w]`` of every frame (splatting in chunks), and the
-        control previews when asked for."""
+        """Pose-guider outputs ``[F, C, h, w]`` of every frame in the denoiser's dtype (splatting
+        in chunks), and the control previews when asked for."""
         outputs, previews = [], []
         for start in range(0, clip.num_frames, settings.frames_per_batch):
-            control = self.control_maps(clip.take_rows(np.arange(start, min(start + settings.frames_per_batch,
-                                                                             clip.num_frames))))
-            outputs.append(self.model.guide(control.permute(0, 3, 1, 2)))
+            rows = np.arange(start, min(start + settings.frames_per_batch, clip.num_frames))
+            control = self.control_maps(clip.take_rows(rows), resolution)
+            outputs.append(self.model.guide(control.permute(0, 3, 1, 2)).to(self.dtype))
             if return_control:
                 images, self._preview_basis = feature_preview(control, self._preview_basis)
                 previews += images
@@ -207,19 +281,20 @@ class FlameDiffPipeline:
         shape = np.repeat(np.asarray(reference_shape, np.float64).reshape(1, -1), clip.num_frames, axis=0)
         return replace(clip, shape=shape)
 
-    def control_maps(self, clip: AnimationClip) -> Tensor:
-        """Splatted Gaussian feature maps ``[F, R, R, D]`` for every frame of ``clip``."""
-        resolution = self.model.config.resolution
+    def control_maps(self, clip: AnimationClip, resolution: int | None = None) -> Tensor:
+        """Splatted Gaussian feature maps ``[F, R, R, D]`` for every frame of ``clip`` at
+        ``resolution`` (default the checkpoint's)."""
+        resolution = resolution or self.model.config.resolution
         vertices = self.flame.forward_clip(clip).vertices.to(self.device)
         Ks = square_crop_intrinsics(clip.K, clip.image_size, resolution)
         viewmats = np.zeros((clip.num_frames, 4, 4))
         viewmats[:, :3, :3], viewmats[:, :3, 3], viewmats[:, 3, 3] = clip.R, clip.t, 1.0
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        return self.model.render_control(vertices, self.flame.faces, as_tensor(viewmats), as_tensor(Ks))
+        return self.model.render_control(vertices, self.flame.faces, as_tensor(viewmats), as_tensor(Ks), resolution)
 
-    def _initial_noise(self, frame_numbers: np.ndarray, seed: int) -> Tensor:
-        config = self.model.config
-        shape = (config.latent_channels, config.latent_resolution, config.latent_resolution)
+    def _initial_noise(self, frame_numbers: np.ndarray, seed: int, latent_size: int) -> Tensor:
+        """fp32 noise ``[F, C, latent_size, latent_size]``, seeded per (seed, frame number)."""
+        shape = (self.model.config.latent_channels, latent_size, latent_size)
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(f)))
                  for f in frame_numbers]
         return torch.stack(noise).to(self.device)
@@ -230,25 +305,25 @@ class FlameDiffPipeline:
 
         A region of frames steps as soon as every window covering it has predicted (later
         windows never read it), so in the last step each region's latents are final and are
-        yielded as ``(first row, latents)`` while the later windows still run.
+        yielded as ``(first row, latents)`` while the later windows still run. Latents and the
+        scheduler stay fp32; only the denoiser's input and output are in its dtype.
         """
         self.scheduler.set_timesteps(settings.steps, device=self.device)
-        latents = self._initial_noise(frame_numbers, settings.seed)
+        latents = self._initial_noise(frame_numbers, settings.seed, guidance.shape[-1])
         guided = settings.guidance != 1.0
-        keep = torch.tensor([True, False] if guided else [True], device=self.device)
-        labels = torch.full((len(keep),), LABELS["real"], device=self.device)
-        index = torch.zeros(len(keep), dtype=torch.long, device=self.device)
+        branches = 2 if guided else 1
+        keep = torch.tensor([True, False], device=self.device) if guided else None
+        labels = torch.full((branches,), LABELS["real"], device=self.device)
+        index = torch.zeros(branches, dtype=torch.long, device=self.device)
         last_step = len(self.scheduler.timesteps) - 1
         for step, timestep in enumerate(self.scheduler.timesteps):
             velocity = torch.zeros_like(latents)
             total_weight = torch.zeros(len(latents), device=self.device)
             finished = 0
             for number, (start, end) in enumerate(windows):
-                branches = len(keep)
-                v = self.model.predict_guided(latents[None, start:end].expand(branches, -1, -1, -1, -1),
-                                              timestep.repeat(branches),
-                                              guidance[None, start:end].expand(branches, -1, -1, -1, -1),
-                                              labels, keep, reference_index=index)
+                v = self._predict(latents[None, start:end].to(self.dtype).expand(branches, -1, -1, -1, -1),
+                                  timestep.repeat(branches), guidance[None, start:end].expand(branches, -1, -1, -1, -1),
+                                  labels, keep, reference_index=index).float()
                 v = v[1] + settings.guidance * (v[0] - v[1]) if guided else v[0]
                 weight = window_weights(end - start, settings.context_overlap if len(windows) > 1 else 0).to(self.device)
                 velocity[start:end] += weight[:, None, None, None] * v

@@ -13,6 +13,7 @@ import sys
 import time
 
 from backend.assets import cache_dir
+from backend.server.worker import PRECISIONS
 
 DEFAULT_PORT = 8765
 
@@ -24,6 +25,9 @@ def _models_dir(path: str | None) -> str:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to render (default auto: CUDA when available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="precision of the U-Nets (the VAE decodes in fp32): auto (default) = bf16 on CUDA, "
+                             "fp32 on CPU; bf16 on a CPU without bf16 instructions is slower than fp32")
     parser.add_argument("--models-dir", metavar="DIR", default=None,
                         help="folder of checkpoint folders (default <cache>/models); shipped checkpoints and "
                              "hub ids already in the Hugging Face cache are listed too")
@@ -68,6 +72,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--reference-shape", metavar="NPY", default=None,
                         help=".npy of the reference identity's FLAME shape coefficients (for --shape-from reference)")
     render.add_argument("--frames-per-batch", type=int, default=4, help="frames denoised together (default 4)")
+    render.add_argument("--preview", action="store_true",
+                        help="a quick look: half the checkpoint's resolution, at most 4 steps, first frame first "
+                             "(another job than the full render: use another --out)")
     _common(render)
     render.set_defaults(func=cmd_render)
 
@@ -90,9 +97,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token_file = os.path.abspath(os.path.expanduser(args.token_file or default_token_file()))
     token = write_token_file(token_file)
     service = build_service(jobs_dir, _models_dir(args.models_dir), device, args.flame_asset,
-                            render_in=args.render_in)
+                            render_in=args.render_in, precision=args.precision)
     app = create_app(service, token)
-    print(f"flamediff serve: http://{args.host}:{args.port} (device {device}, jobs in {jobs_dir})", flush=True)
+    print(f"flamediff serve: http://{args.host}:{args.port} (device {device}, precision {args.precision}, "
+          f"jobs in {jobs_dir})", flush=True)
     print(f"flamediff serve: token file {token_file} (readable only by you)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
@@ -128,7 +136,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from backend.server.worker import ModelCache, pick_device, render_job
 
     settings = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
-                "shape_from": args.shape_from, "frames_per_batch": args.frames_per_batch}
+                "shape_from": args.shape_from, "frames_per_batch": args.frames_per_batch, "preview": args.preview}
     if args.checkpoint:
         folder = os.path.expanduser(args.checkpoint)
         settings["checkpoint"] = os.path.abspath(folder) if os.path.isdir(folder) else args.checkpoint
@@ -136,7 +144,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         settings["reference_shape"] = np.load(args.reference_shape).reshape(-1).tolist()
     reference = read_local(os.path.abspath(args.reference), "reference")
     animation = read_local(os.path.abspath(args.animation), "animation")
-    cache = ModelCache(pick_device(args.device), args.flame_asset)
+    cache = ModelCache(pick_device(args.device), args.flame_asset, args.precision)
     checked = check_request(reference, animation, settings, CheckpointRegistry(_models_dir(args.models_dir)), cache)
     job = JobFolder(args.out)
     manifest, created = job.create_or_reuse(checked)

@@ -49,6 +49,7 @@ class JobSettings:
     shape_from: str = "animation"
     reference_shape: list[float] | None = None  # needed when shape_from == "reference"
     resolution: int | None = None              # must equal the checkpoint's; None = the checkpoint's
+    preview: bool = False                      # half resolution, at most 4 steps, first frame first
     frames_per_batch: int = 4
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,6 +58,8 @@ class JobSettings:
     def hashed(self) -> dict[str, Any]:
         data = self.to_dict()
         data.pop("frames_per_batch")
+        if not data["preview"]:
+            data.pop("preview")  # full renders keep the ids they had before previews existed
         return data
 
 
@@ -161,6 +164,13 @@ def _number(data: dict[str, Any], name: str, kind: type, low: float, high: float
     return value
 
 
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise InputError(f"setting {name!r} must be true or false, got {value!r}", f"send {name}: true or false", 422)
+    return value
+
+
 def parse_settings(data: dict[str, Any] | None) -> JobSettings:
     """Check a settings mapping (JSON or form fields) and fill in the defaults."""
     if data is not None and not isinstance(data, dict):
@@ -200,6 +210,7 @@ def parse_settings(data: dict[str, Any] | None) -> JobSettings:
         shape_from=shape_from,
         reference_shape=reference_shape,
         resolution=_number(data, "resolution", int, 8, 4096, None),
+        preview=_flag(data, "preview"),
         frames_per_batch=_number(data, "frames_per_batch", int, 1, 256, defaults.frames_per_batch),
     )
 

@@ -34,8 +34,8 @@ class ProcessRenderer:
     """Drop-in for :class:`ModelCache` in the worker: same ``asset``, ``loaded_name``,
     ``release`` and ``run_job``, but the model lives in a long-lived child process."""
 
-    def __init__(self, device: str = "cpu", flame_asset: str | None = None) -> None:
-        self.device, self.flame_asset = device, flame_asset
+    def __init__(self, device: str = "cpu", flame_asset: str | None = None, precision: str = "auto") -> None:
+        self.device, self.flame_asset, self.precision = device, flame_asset, precision
         self.loaded_name: str | None = None
         self._process: subprocess.Popen | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -56,7 +56,8 @@ class ProcessRenderer:
         with self._lock:
             if self._alive():
                 return
-            command = [sys.executable, "-m", "backend.server.render_process", "--device", self.device]
+            command = [sys.executable, "-m", "backend.server.render_process", "--device", self.device,
+                       "--precision", self.precision]
             if self.flame_asset:
                 command += ["--flame-asset", self.flame_asset]
             self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -140,7 +141,7 @@ class ProcessRenderer:
         return had
 
 
-def _child(device: str, flame_asset: str | None) -> int:
+def _child(device: str, flame_asset: str | None, precision: str) -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library prints go to stderr, never into the protocol stream
     logging.basicConfig(level=logging.INFO, format="%(asctime)s render %(levelname)s %(message)s")
@@ -161,7 +162,7 @@ def _child(device: str, flame_asset: str | None) -> int:
         os._exit(0)  # stdin closed: the server released us or died; stop now, mid-render or not
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    cache = ModelCache(device, flame_asset)
+    cache = ModelCache(device, flame_asset, precision)
     cache.asset()
     protocol.write(json.dumps({"ready": True}) + "\n")
     while True:
@@ -182,5 +183,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="flamediff render process (started by 'flamediff serve')")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--flame-asset", default=None)
+    parser.add_argument("--precision", default="auto")
     arguments = parser.parse_args()
-    raise SystemExit(_child(arguments.device, arguments.flame_asset))
+    raise SystemExit(_child(arguments.device, arguments.flame_asset, arguments.precision))

@@ -81,7 +81,7 @@ def read_local(path: str, what: str) -> bytes:
 def public_view(manifest: dict[str, Any]) -> dict[str, Any]:
     """The fields a client polls, without the server's paths."""
     keys = ("id", "status", "phase", "progress", "frames_done", "frames_total", "frames", "eta_s", "error",
-            "advice", "settings", "steps", "notes", "created", "updated", "started", "finished", "oom_retries",
+            "advice", "settings", "steps", "resolution", "precision", "notes", "created", "updated", "started", "finished", "oom_retries",
             "frames_per_batch_used")
     view = {key: manifest.get(key) for key in keys if key in manifest}
     view["checkpoint"] = {key: manifest.get("checkpoint", {}).get(key) for key in ("name", "source", "flame_asset")}
@@ -166,7 +166,7 @@ class JobService:
 
 
 def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_asset: str | None = None,
-                  shipped_dir: str | None = None, render_in: str = "thread") -> JobService:
+                  shipped_dir: str | None = None, render_in: str = "thread", precision: str = "auto") -> JobService:
     """A service with its store, checkpoint registry, renderer and (not yet started) worker.
 
     ``render_in="process"`` renders in a child process (what ``serve`` uses, see
@@ -176,6 +176,7 @@ def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_ass
     from backend.server.render_process import ProcessRenderer
 
     store = JobStore(jobs_dir)
-    cache = ProcessRenderer(device, flame_asset) if render_in == "process" else ModelCache(device, flame_asset)
+    renderer = ProcessRenderer if render_in == "process" else ModelCache
+    cache = renderer(device, flame_asset, precision)
     registry = CheckpointRegistry(models_dir, shipped_dir or SHIPPED_DIR)
     return JobService(store, registry, cache, Worker(store, cache))

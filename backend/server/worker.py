@@ -42,6 +42,25 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def precision_dtype(precision: str):
+    """``--precision`` -> the pipeline's ``dtype`` (None = its default: bf16 on CUDA, fp32 on CPU)."""
+    if precision not in PRECISIONS:
+        raise FlamediffError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return None
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def precision_name(dtype) -> str:
+    """A pipeline's ``dtype`` as ``--precision`` names it (what the job view reports)."""
+    return {"torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(str(dtype), str(dtype))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -52,8 +71,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class ModelCache:
     """Keeps the last loaded pipeline (model + FLAME) so consecutive jobs skip the load."""
 
-    def __init__(self, device: str = "cpu", flame_asset: str | None = None) -> None:
-        self.device, self.flame_asset = device, flame_asset
+    def __init__(self, device: str = "cpu", flame_asset: str | None = None, precision: str = "auto") -> None:
+        self.device, self.flame_asset, self.precision = device, flame_asset, precision
+        precision_dtype(precision)  # refuse a bad value now, not at the first job
         self._lock = threading.Lock()
         self._key: tuple[str, str] | None = None
         self._pipeline: Any = None
@@ -77,7 +97,8 @@ class ModelCache:
 
                 asset = self.asset()
                 model = FlameDiffModel.from_pretrained(checkpoint["path"], asset=asset, device=self.device)
-                self._pipeline = FlameDiffPipeline(model, FlameModel(asset).to(self.device))
+                self._pipeline = FlameDiffPipeline(model, FlameModel(asset).to(self.device),
+                                                   dtype=precision_dtype(self.precision))
                 self._key, self.loaded_name = key, checkpoint.get("name")
             return self._pipeline
 
@@ -136,7 +157,9 @@ def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[]
         if not missing:
             return _finish(job, manifest["frames_total"])
         pipeline = cache.pipeline(manifest["checkpoint"])
-        job.update(phase="rendering", steps=pipeline.resolved_steps(int(manifest["settings"]["steps"])))
+        preview = bool(manifest["settings"].get("preview", False))  # jobs written before previews have none
+        job.update(phase="rendering", steps=pipeline.resolved_steps(int(manifest["settings"]["steps"]), preview),
+                   resolution=pipeline.resolution(preview), precision=precision_name(pipeline.dtype))
         batch = max(1, min(int(manifest["settings"]["frames_per_batch"]), len(missing)))
         while True:
             if should_cancel():
@@ -177,7 +200,7 @@ def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobPr
     reference_shape = np.asarray(settings["reference_shape"]) if settings.get("reference_shape") else None
     render_settings = RenderSettings(steps=manifest["steps"], guidance=float(settings["guidance"]),
                                      seed=int(settings["seed"]), frames_per_batch=batch,
-                                     shape_from=settings["shape_from"])
+                                     shape_from=settings["shape_from"], preview=bool(settings.get("preview", False)))
 
     def denoised(_phase: str, done: int, total: int) -> bool:
         progress.denoised(done / total)
