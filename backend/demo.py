@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.errors import FlamediffError
 from backend.formats.animation import AnimationClip, make_clip, save_animation
 from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
 from backend.formats.flame_asset import FlameAsset, write_obj
@@ -101,7 +102,7 @@ def _contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 # The whole product: Blender rig -> export -> backend server -> frames on the timeline
 
-DEMO_MODEL = "tiny-demo"
+DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "demo")
 BLENDER_SCRIPT = """
 import json, sys
 import bpy
@@ -113,56 +114,30 @@ prefs.asset_folder, prefs.backend_mode = asset, "LOCAL"
 prefs.backend_python, prefs.backend_port, prefs.backend_device, prefs.token_file = python, int(port), "cpu", token
 from bl_ext.user_default.flamediff import demo
 try:
-    outcome = demo.build_and_render(animation, reference, blend, steps=int(steps), checkpoint="%s")
+    outcome = demo.build_and_render(animation, reference, blend, steps=int(steps), checkpoint="demo")
 finally:
     bpy.ops.flamediff.backend_stop()
 json.dump(outcome, open(results, "w"))
-""" % DEMO_MODEL
+"""
 
 
-def train_demo_model(models_dir: str, asset: FlameAsset, work_dir: str, log=print) -> str:
-    """A tiny model trained here in a few minutes (the rendering stand-in until the shipped demo
-    checkpoint exists); kept in ``models_dir`` so later demos reuse it."""
-    from backend.data.procedural import generate_procedural_dataset
-    from backend.training.train import TrainConfig, train
-
-    folder = os.path.join(models_dir, DEMO_MODEL)
-    if os.path.isfile(os.path.join(folder, "model.safetensors")):
-        return folder
-    data = os.path.join(work_dir, "data")
-    log("training the tiny demo model (once; a few minutes on CPU)")
-    generate_procedural_dataset(data, identities=6, views_per_identity=6, sequences_per_identity=1,
-                                frames_per_sequence=8, resolution=32, seed=0, asset=asset)
-    common = dict(dataset=data, preset="tiny", batch_size=8, checkpoint_every=10_000)
-    train(TrainConfig(output_dir=os.path.join(work_dir, "vae"), stage="vae", steps=300, learning_rate=2e-3,
-                      **common), log=log)
-    stage1 = TrainConfig(output_dir=os.path.join(work_dir, "stage1"), stage="1", steps=400, learning_rate=1e-3,
-                         init_from=os.path.join(work_dir, "vae", "model"), **common)
-    train(stage1, log=log)
-    shutil.copytree(os.path.join(work_dir, "stage1", "model"), folder)
-    return folder
-
-
-def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames: int = 24, steps: int = 10,
+def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames: int = 24, steps: int = 0,
                      log=print) -> dict[str, str]:
     """The README's main job: the built add-on keys a rig in the ``bpy`` module, renders it through a
     real backend subprocess, and the frames land on the timeline of ``out_dir/demo.blend``."""
-    from backend.assets import cache_dir
-    from backend.data.dataset import read_dataset
     from backend.models.flamediff_model import FlameDiffModel
     from backend.pipelines.render import FlameDiffPipeline, feature_preview
 
     started = time.perf_counter()
+    if not os.path.isfile(os.path.join(DEMO_CHECKPOINT, "model.safetensors")):
+        raise FlamediffError(f"the shipped demo checkpoint is missing ({DEMO_CHECKPOINT}); restore it with "
+                             "'git checkout backend/checkpoints' or retrain it with configs/demo/train.sh")
     os.makedirs(out_dir, exist_ok=True)
-    model_dir = train_demo_model(os.path.join(cache_dir(), "models"), asset, os.path.join(out_dir, "training"), log)
     clip = demo_animation(asset, num_frames, resolution=256)
     animation_path = os.path.join(out_dir, "animation.npz")
     save_animation(animation_path, clip)
-    dataset = read_dataset(os.path.join(out_dir, "training", "data")) if os.path.isdir(
-        os.path.join(out_dir, "training", "data")) else None
     reference_path = os.path.join(out_dir, "reference.png")
-    reference = dataset.load_frame(int(np.nonzero(dataset.label == 0)[0][0])) if dataset else np.full((32, 32, 3), 128, np.uint8)
-    Image.fromarray(reference).save(reference_path)
+    shutil.copyfile(os.path.join(DEMO_CHECKPOINT, "reference.png"), reference_path)
     results_path = os.path.join(out_dir, "blender_results.json")
     env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.abspath(os.path.join(out_dir, "blender_user")))
     log(f"Blender (bpy): rig, keys, camera, render through the backend ({num_frames} frames, {steps} steps)")
@@ -180,13 +155,13 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
     frames = [np.asarray(Image.open(os.path.join(outcome["output_dir"], f"frame_{n:04d}.png")).convert("RGB"))
               for n in clip.frame]
     with torch.no_grad():
-        pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(model_dir, asset=asset), FlameModel(asset))
+        pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(DEMO_CHECKPOINT, asset=asset), FlameModel(asset))
         previews, _ = feature_preview(pipeline.control_maps(clip))
     pairs = [Image.fromarray(np.concatenate([p, f], axis=1)) for p, f in zip(previews, frames)]
     sheet_path = os.path.join(out_dir, "control_and_frames.png")
-    _contact_sheet([p.resize((p.width * 4, p.height * 4), Image.NEAREST) for p in pairs], columns=6).save(sheet_path)
+    _contact_sheet(pairs, columns=6).save(sheet_path)
     gif_path = os.path.join(out_dir, "render.gif")
-    big = [Image.fromarray(f).resize((128, 128), Image.NEAREST) for f in frames]
+    big = [Image.fromarray(f) for f in frames]
     big[0].save(gif_path, save_all=True, append_images=big[1:], duration=int(1000 / clip.fps), loop=0)
     log(f"done in {time.perf_counter() - started:.1f} s: {outcome['output_dir']} (frames), "
         f"{os.path.join(out_dir, 'demo.blend')} (VSE strip), {sheet_path}, {gif_path}")

@@ -681,10 +681,12 @@ class _Plan:
 
 
 def plan_dataset(regions: HeadRegions, identities: int, views_per_identity: int, sequences_per_identity: int,
-                 frames_per_sequence: int, resolution: int, seed: int) -> _Plan:
+                 frames_per_sequence: int, resolution: int, seed: int, persons: list[int] | None = None) -> _Plan:
+    """Per-identity looks and frame specs; each identity's are drawn from its own seed, so a
+    subset of ``persons`` gets exactly the samples the whole dataset gives them."""
     looks, specs, identity, label, sequence, frame_in_sequence = [], [], [], [], [], []
     next_sequence = 0
-    for person in range(identities):
+    for person in range(identities) if persons is None else persons:
         look = make_appearance(person, seed, regions)
         rng = np.random.default_rng([seed, person, 2])
         parts = []
@@ -779,7 +781,7 @@ class _LazyFrames:
 def generate_procedural_dataset(out_dir: str, identities: int, views_per_identity: int, sequences_per_identity: int,
                                 frames_per_sequence: int = 14, resolution: int = 128, seed: int = 0,
                                 heldout_fraction: float = 0.2, asset=None, progress=None,
-                                threads: int | None = 1, workers: int = 1) -> DatasetIndex:
+                                threads: int | None = 1, workers: int = 1, only_split: str | None = None) -> DatasetIndex:
     """Render and write a procedural dataset to ``out_dir`` (see the module docstring); returns its
     index. ``asset`` defaults to :func:`backend.assets.load_asset` (the procedural head);
     ``progress(done, total)`` is called after every rendered batch. ``threads``: torch CPU threads
@@ -787,20 +789,21 @@ def generate_procedural_dataset(out_dir: str, identities: int, views_per_identit
     the renderer's many small ops gain little from a second thread, and on a busy 2-core machine
     OpenMP threads fighting for cores made it 6x slower (measured). ``workers`` > 1 renders
     identities in that many worker processes (spawned; ``threads`` torch threads each); the
-    output is byte-identical to ``workers=1``."""
+    output is byte-identical to ``workers=1``. ``only_split`` ("train" or "heldout") renders only
+    that split's identities, with exactly the samples the whole dataset gives them."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _generate(out_dir, identities, views_per_identity, sequences_per_identity, frames_per_sequence,
-                         resolution, seed, heldout_fraction, asset, progress, workers, threads or 1)
+                         resolution, seed, heldout_fraction, asset, progress, workers, threads or 1, only_split)
     finally:
         torch.set_num_threads(previous)
 
 
 def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_per_identity: int,
               frames_per_sequence: int, resolution: int, seed: int, heldout_fraction: float, asset,
-              progress, workers: int = 1, threads: int = 1) -> DatasetIndex:
+              progress, workers: int = 1, threads: int = 1, only_split: str | None = None) -> DatasetIndex:
     if identities < 1 or resolution < 8 or views_per_identity < 0 or sequences_per_identity < 0 or frames_per_sequence < 1:
         raise DatasetError("need identities >= 1, resolution >= 8, views/sequences per identity >= 0 and "
                            "frames per sequence >= 1")
@@ -809,9 +812,13 @@ def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_
     if asset is None:
         from backend.assets import load_asset
         asset = load_asset()
+    if only_split not in (None, "train", "heldout"):
+        raise DatasetError(f"only_split must be 'train' or 'heldout', not {only_split!r}")
+    train, heldout = split_identities(identities, seed, heldout_fraction)
     renderer = ProceduralRenderer(asset)
     plan = plan_dataset(renderer.regions, identities, views_per_identity, sequences_per_identity,
-                        frames_per_sequence, resolution, seed)
+                        frames_per_sequence, resolution, seed,
+                        persons=None if only_split is None else {"train": train, "heldout": heldout}[only_split])
     specs = FrameSpecs.concatenate(plan.specs)
     shape = np.concatenate([np.repeat(look.shape[None], len(block.label), axis=0)
                             for look, block in zip(plan.looks, plan.specs)])
@@ -824,7 +831,6 @@ def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_
     frames = _LazyFrames(renderer, plan, resolution, progress, workers=workers, threads=threads)
     index = write_dataset(out_dir, frames, clip, plan.identity, plan.label, plan.sequence, plan.frame_in_sequence,
                           description=DESCRIPTION)
-    train, heldout = split_identities(identities, seed, heldout_fraction)
     splits = {"seed": seed, "heldout_fraction": heldout_fraction, "train": train, "heldout": heldout}
     with open(os.path.join(out_dir, "splits.json"), "w", encoding="utf-8") as handle:
         json.dump(splits, handle, indent=2)
@@ -858,11 +864,12 @@ def cmd(args: argparse.Namespace) -> int:
     index = generate_procedural_dataset(args.out, args.identities, args.views_per_identity, args.sequences_per_identity,
                                         frames_per_sequence=args.frames_per_sequence, resolution=args.resolution,
                                         seed=args.seed, heldout_fraction=args.heldout_fraction, asset=asset,
-                                        progress=progress, threads=args.threads or None, workers=args.workers)
+                                        progress=progress, threads=args.threads or None, workers=args.workers,
+                                        only_split=args.only_split)
     splits = read_splits(args.out)
     elapsed = time.perf_counter() - start
     print(f"wrote {len(index)} frames ({int((index.label == 1).sum())} synthetic, {int((index.label == 0).sum())} real) "
-          f"of {args.identities} identities to {args.out} in {elapsed:.1f} s; held-out identities: {splits['heldout']}")
+          f"of {len(np.unique(index.identity))} identities to {args.out} in {elapsed:.1f} s; held-out identities: {splits['heldout']}")
     return 0
 
 
@@ -884,6 +891,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     procedural.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     procedural.add_argument("--heldout-fraction", type=float, default=0.2,
                             help="fraction of identities held out of training (default 0.2)")
+    procedural.add_argument("--only-split", choices=("train", "heldout"), default=None,
+                            help="render only this split's identities (their samples are the same as in the "
+                                 "whole dataset): e.g. the held-out set for evaluation")
     procedural.add_argument("--threads", type=int, default=1,
                             help="torch CPU threads while rendering (default 1; 0 = torch's default)")
     procedural.add_argument("--workers", type=int, default=1,

@@ -148,6 +148,7 @@ def _ablations(session: _Session) -> dict[str, Any]:
         scores = evaluate(pipeline.model, spec["data"], "heldout", max_frames=spec.get("max_frames", 8),
                           flame_asset=session.asset, estimator=session.estimator)
         out[name] = {"checkpoint": checkpoint, "self": scores["self"]["method"], "cross": scores["cross"]["method"],
+                     "copy_reference": scores["self"]["baselines"]["copy_reference"],
                      "artefacts": artefact_study(pipeline, index, identities, settings, session.renderer),
                      "views": view_study(pipeline, index, identities, settings, session.renderer)}
     return out
@@ -240,6 +241,9 @@ def render_markdown(results: dict[str, Any], plan: dict[str, Any], grid: str | N
                   ablation.get("description", ""), "",
                   "| variant | PSNR ↑ | SSIM ↑ | AED ↓ | APD ↓ | artefact L1 ↓ | saturation excess ↓ | "
                   + " | ".join(f"PSNR {b}°" for b in buckets) + " |", "|---" * (7 + len(buckets)) + "|"]
+        floor = next(iter(results["ablations"].values()))["copy_reference"]
+        lines.append(f"| copy the reference (floor) | {_cell(floor['psnr'])} | {_cell(floor['ssim'], 3)} | "
+                     f"{_cell(floor['aed'], 3)} | {_cell(floor['apd'], 3)} | – | – | " + " | ".join("–" for _ in buckets) + " |")
         for name, row in results["ablations"].items():
             own, art = row["self"], row["artefacts"]
             lines.append(f"| {name} | {_cell(own['psnr'])} | {_cell(own['ssim'], 3)} | {_cell(own['aed'], 3)} | "
@@ -279,7 +283,7 @@ def run_results(plan_path: str, sections: list[str] | None = None, log=print) ->
     with open(numbers, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     with open(output, "w", encoding="utf-8") as handle:
-        handle.write(render_markdown(results, plan, grid))
+        handle.write(render_markdown(results, plan, grid if grid and os.path.isfile(grid) else None))
     log(f"wrote {output}")
     return results
 
