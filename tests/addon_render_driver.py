@@ -69,6 +69,7 @@ def main() -> None:
     scene.render.fps, scene.render.fps_base = 25, 1.0
     scene.frame_start, scene.frame_end = FIRST, LAST
     scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.flamediff_render.checkpoint = "tiny"  # the test's fast model, not the shipped 128 px demo
 
     bpy.ops.flamediff.add_rig(name="FLAME")
     rig = bpy.context.active_object

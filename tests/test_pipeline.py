@@ -9,20 +9,15 @@ import torch
 
 from backend.demo import demo_animation
 from backend.flame.model import FlameModel
-from backend.models import FlameDiffConfig, FlameDiffModel
+from backend.models import FlameDiffModel
 from backend.pipelines.render import FlameDiffPipeline, RenderCancelled, RenderSettings
 from test_server_helpers import counting_calls
+from tiny_data import visible_control_tiny_model
 
 
 @pytest.fixture(scope="module")
 def pipeline(head_asset) -> FlameDiffPipeline:
-    torch.manual_seed(0)
-    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=head_asset.identity()))
-    model.attach_gaussian_field(head_asset)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
-        model.gaussian_field.features.normal_()
-    return FlameDiffPipeline(model, FlameModel(head_asset))
+    return FlameDiffPipeline(visible_control_tiny_model(head_asset), FlameModel(head_asset))
 
 
 @pytest.fixture(scope="module")

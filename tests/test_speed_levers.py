@@ -17,6 +17,7 @@ from backend.flame.model import FlameModel
 from backend.models import FlameDiffConfig, FlameDiffModel
 from backend.pipelines.render import PREVIEW_STEPS, FlameDiffPipeline, RenderSettings, preview_resolution
 from test_server_helpers import counting_calls
+from tiny_data import visible_control_tiny_model
 
 REFERENCE = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
 SETTINGS = RenderSettings(steps=3, guidance=2.0, seed=7, frames_per_batch=2)
@@ -26,13 +27,7 @@ SETTINGS = RenderSettings(steps=3, guidance=2.0, seed=7, frames_per_batch=2)
 def model(head_asset) -> FlameDiffModel:
     """The tiny model with a visible control; pipelines prepare their model in place, so each
     test gives one a copy."""
-    torch.manual_seed(0)
-    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=head_asset.identity()))
-    model.attach_gaussian_field(head_asset)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
-        model.gaussian_field.features.normal_()
-    return model
+    return visible_control_tiny_model(head_asset)
 
 
 @pytest.fixture(scope="module")

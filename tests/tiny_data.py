@@ -1,4 +1,5 @@
-"""A few-frame dataset of the procedural head for training tests (painter renders, 32 px)."""
+"""Tiny test fixtures: a few-frame dataset of the procedural head (painter renders, 32 px) and a
+tiny model whose control visibly changes its output."""
 
 from __future__ import annotations
 
@@ -40,3 +41,17 @@ def make_tiny_dataset(folder: str, asset, resolution: int = 32, identities: int 
               for i in range(count)]
     return write_dataset(folder, frames, clip, identity=identity, label=np.zeros(count, int) if all_real else np.arange(count) % 2,
                          sequence=identity, frame_in_sequence=np.tile(np.arange(frames_per_identity), identities))
+
+
+def visible_control_tiny_model(asset):
+    """The tiny preset with random non-zero pose-guider output and Gaussian features (fresh
+    ones are zero-initialised, which would hide the control from pipeline tests)."""
+    from backend.models import FlameDiffConfig, FlameDiffModel
+
+    torch.manual_seed(0)
+    model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=asset.identity()))
+    model.attach_gaussian_field(asset)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
+        model.gaussian_field.features.normal_()
+    return model
