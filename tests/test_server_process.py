@@ -124,9 +124,10 @@ def test_serve_end_to_end_and_resume_after_sigkill(tmp_path, head_asset, head_fo
         assert httpx.get(f"http://127.0.0.1:{server.port}/v1/health", timeout=10).status_code == 401
         health = server.get("/v1/health").json()
         assert health["protocol_version"] == 1 and health["flame_asset"]["hash"] == head_asset.content_hash
-        assert [m["name"] for m in server.get("/v1/models").json()["models"]] == ["tiny"]
+        # the shipped demo checkpoint is listed first; this test renders with its fast tiny one
+        assert [m["name"] for m in server.get("/v1/models").json()["models"]] == ["demo", "tiny"]
 
-        job = server.submit(reference, animation, '{"steps": 2, "frames": "1-2", "frames_per_batch": 2}')
+        job = server.submit(reference, animation, '{"steps": 2, "frames": "1-2", "frames_per_batch": 2, "checkpoint": "tiny"}')
         view = server.wait_done(job["id"])
         assert view["status"] == "done" and view["frames_done"] == 2, view
         for frame in (1, 2):
@@ -134,7 +135,7 @@ def test_serve_end_to_end_and_resume_after_sigkill(tmp_path, head_asset, head_fo
             assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
         assert server.get(f"/v1/jobs/{job['id']}/control/1").content.startswith(b"\x89PNG")
 
-        slow = server.submit(reference, animation, '{"steps": 8, "frames_per_batch": 1, "seed": 11}')
+        slow = server.submit(reference, animation, '{"steps": 8, "frames_per_batch": 1, "seed": 11, "checkpoint": "tiny"}')
         folder = os.path.join(str(tmp_path), "jobs", slow["id"])
 
         # the render process dies (a CUDA abort, the OOM killer): the job fails, the server serves on
@@ -143,7 +144,7 @@ def test_serve_end_to_end_and_resume_after_sigkill(tmp_path, head_asset, head_fo
         view = server.wait_done(slow["id"])
         assert view["status"] == "failed" and "render process died" in view["error"] and view["advice"], view
         assert server.get("/v1/health").json()["queue_length"] == 0
-        again = server.submit(reference, animation, '{"steps": 8, "frames_per_batch": 1, "seed": 11}')
+        again = server.submit(reference, animation, '{"steps": 8, "frames_per_batch": 1, "seed": 11, "checkpoint": "tiny"}')
         assert again["id"] == slow["id"] and again["status"] == "queued"
         wait_for(lambda: frame_mtimes(folder), 90, 0.02, "a first frame")
         server.kill()
@@ -160,7 +161,7 @@ def test_serve_end_to_end_and_resume_after_sigkill(tmp_path, head_asset, head_fo
         after = frame_mtimes(folder)
         assert len(after) == 4
         assert {name: after[name] for name in finished} == finished  # never re-rendered
-        again = server.submit(reference, animation, '{"steps": 8, "frames_per_batch": 2, "seed": 11}')
+        again = server.submit(reference, animation, '{"steps": 8, "frames_per_batch": 2, "seed": 11, "checkpoint": "tiny"}')
         assert again["id"] == slow["id"] and not again["created"] and again["status"] == "done"
         assert frame_mtimes(folder) == after
         assert server.get("/v1/health").json()["loaded_model"] == "tiny"
