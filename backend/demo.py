@@ -140,7 +140,8 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
     shutil.copyfile(os.path.join(DEMO_CHECKPOINT, "reference.png"), reference_path)
     results_path = os.path.join(out_dir, "blender_results.json")
     env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.abspath(os.path.join(out_dir, "blender_user")))
-    log(f"Blender (bpy): rig, keys, camera, render through the backend ({num_frames} frames, {steps} steps)")
+    log(f"Blender (bpy): rig, keys, camera, render through the backend ({num_frames} frames, "
+        f"{steps or 'default'} steps)")
     args = [addon_zip, asset.folder, sys.executable, str(_free_port()), os.path.join(out_dir, "token"),
             animation_path, reference_path, os.path.abspath(os.path.join(out_dir, "demo.blend")), str(steps),
             results_path]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bpy
 import numpy as np
+from mathutils import Matrix
 
 from .formats.animation import load_animation
 from .formats.conventions import BlenderCameraIntrinsics, opencv_to_blender_camera
@@ -26,7 +27,7 @@ def add_camera_from_clip(scene: bpy.types.Scene, animation_path: str) -> bpy.typ
     camera = bpy.data.objects.new("flamediff demo camera", data)
     scene.collection.objects.link(camera)
     matrix = opencv_to_blender_camera(clip.R[0], clip.t[0])
-    camera.matrix_world = [list(row) for row in np.asarray(matrix)]
+    camera.matrix_world = Matrix([list(row) for row in np.asarray(matrix)])  # a plain nested list reads as columns
     scene.camera = camera
     render = scene.render
     render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
