@@ -14,6 +14,7 @@ picture grid (reference | control map | output | ground truth):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -64,9 +65,11 @@ class _Session:
         self.plan, self.log = plan, log
         self.asset = load_asset()
         self.renderer = ProceduralRenderer(self.asset)
-        self.estimator = self._regressor()
+        self._pipelines: dict[tuple[str, bool], Any] = {}
 
-    def _regressor(self):
+    @functools.cached_property
+    def estimator(self):
+        """The AED/APD regressor, trained on first use (only sections that score AED/APD need it)."""
         from backend.data.dataset import read_dataset
         from backend.data.procedural import read_splits
         from backend.evaluation.metrics import train_regressor
@@ -78,14 +81,18 @@ class _Session:
         return train_regressor(index, steps=spec["steps"], seed=0, rows=rows)
 
     def pipeline(self, checkpoint: str, temporal: bool = True):
+        """The pipeline of ``checkpoint``, loaded once per run (views and the grid reuse main's)."""
         import torch
 
         from backend.flame.model import FlameModel
         from backend.models.flamediff_model import FlameDiffModel
         from backend.pipelines.render import FlameDiffPipeline
 
-        model = FlameDiffModel.from_pretrained(checkpoint, asset=self.asset, temporal=temporal)
-        return FlameDiffPipeline(model, FlameModel(self.asset), dtype=torch.float32)  # fp32 metrics on any device
+        key = (checkpoint, temporal)
+        if key not in self._pipelines:
+            model = FlameDiffModel.from_pretrained(checkpoint, asset=self.asset, temporal=temporal)
+            self._pipelines[key] = FlameDiffPipeline(model, FlameModel(self.asset), dtype=torch.float32)  # fp32 metrics
+        return self._pipelines[key]
 
     def settings(self, pipeline):
         from backend.pipelines.render import RenderSettings
