@@ -129,9 +129,9 @@ def flicker_study(pipeline, index, identities: list[int], settings, renderer,
     from backend.data.procedural import region_masks
 
     ours, truths, psnrs, sequences = [], [], [], 0
+    continuous = [rows for rows in index.sequences() if (index.label[rows] == 0).all() and len(rows) > 1]
     for identity in identities:
-        real = [rows for rows in index.sequences()
-                if index.identity[rows[0]] == identity and (index.label[rows] == 0).all() and len(rows) > 1]
+        real = [rows for rows in continuous if index.identity[rows[0]] == identity]
         reference = reference_row(index, identity)
         for rows in real[:max_sequences]:
             outside = [r for r in index.samples_of_identity(identity) if index.label[r] == 0 and r not in rows]
