@@ -61,6 +61,53 @@ def test_metrics_respect_the_mask():
         M.psnr(a, c, np.ones((8, 8), bool))
 
 
+def test_colour_error_and_sharpness_ratio():
+    rng = np.random.RandomState(0)
+    image = rng.randint(40, 200, size=(32, 32, 3)).astype(np.uint8)
+    shifted = image.copy()
+    shifted[..., 0] += 12            # red 12 levels brighter everywhere
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    assert M.colour_error(shifted, image, mask) == pytest.approx(4.0)   # (12 + 0 + 0) / 3
+    assert M.colour_error(image, image, ~mask) == 0.0
+    assert M.sharpness_ratio(image, image, mask) == pytest.approx(1.0)
+    blurred = (image.astype(float) + np.roll(image, 1, 0) + np.roll(image, 1, 1) + np.roll(image, (1, 1), (0, 1))) / 4
+    assert M.sharpness_ratio(blurred.astype(np.uint8), image, mask) < 0.5
+    assert M.sharpness_ratio(image, blurred.astype(np.uint8), mask) > 2.0
+
+
+class _CopyReference:
+    """A stand-in pipeline whose frames are the reference's colours on a fixed head silhouette
+    (follow=1) or always the same colours whatever the reference (follow=0)."""
+
+    def __init__(self, follow: float, resolution: int = 32) -> None:
+        from types import SimpleNamespace
+
+        self.follow = follow
+        self.model = SimpleNamespace(config=SimpleNamespace(resolution=resolution))
+
+    def __call__(self, reference, clip, settings):
+        from types import SimpleNamespace
+
+        small = to_resolution(reference, self.model.config.resolution).astype(float)
+        grey = np.full_like(small, 128.0)
+        frame = (self.follow * small + (1 - self.follow) * grey).astype(np.uint8)
+        return SimpleNamespace(frames=[frame] * clip.num_frames)
+
+
+def test_reference_sensitivity_tells_following_from_ignoring(tmp_path, head_asset):
+    from backend.evaluation.evaluate import coverage_masks, reference_sensitivity
+
+    data = str(tmp_path / "data")
+    index = _shared_pose_dataset(data, head_asset)
+    masks_for = lambda rows, frames: list(coverage_masks(index.annotations.take_rows(rows), head_asset, 32))  # noqa: E731
+    follows = reference_sensitivity(_CopyReference(1.0), index, [0, 1], None, masks_for, 2)
+    ignores = reference_sensitivity(_CopyReference(0.0), index, [0, 1], None, masks_for, 2)
+    assert follows["frames"] == ignores["frames"] == 4
+    assert follows["head_follows"] == 1.0 and ignores["head_ratio"] == 0.0
+    assert follows["head_ratio"] > 0.5 and ignores["head_follows"] < 1.0
+
+
 def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     a = _image(2)
     smooth = (np.stack(np.meshgrid(np.arange(32), np.arange(32)), -1).sum(-1) * 4)[..., None].repeat(3, -1)
@@ -226,7 +273,11 @@ def test_evaluate_returns_every_metric_and_baseline(tiny_setup, head_asset, tmp_
     assert cross["baselines"]["other_identity_gt"]["aed"] == 0.0  # the driving frame itself
     assert result["estimator"]["error_on_ground_truth"]["frames"] == 4
     json.dumps(result)  # JSON-ready
-    assert "copy_reference" in format_table(result)
+    assert "copy_reference" in format_table(result) and "reference sensitivity" in format_table(result)
+    for key in ("head_colour", "background_colour", "sharpness"):
+        assert np.isfinite(self_["method"][key]) and np.isfinite(self_["baselines"]["vae_reconstruction"][key])
+    assert self_["baselines"]["vae_reconstruction"]["frames"] == 4
+    assert {"head_ratio", "background_ratio", "head_follows", "background_follows"} <= set(result["reference_sensitivity"])
 
     # copy-reference PSNR is exactly the metrics' value on those image pairs (coverage masks)
     from backend.evaluation.evaluate import coverage_masks

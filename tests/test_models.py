@@ -218,3 +218,25 @@ def test_temporal_layers_start_from_a_motion_adapter_folder(tmp_path):
     with pytest.raises(CheckpointError, match="could not load the motion adapter"):
         FlameDiffModel(FlameDiffConfig.preset_named("tiny", temporal_layers=True,
                                                     motion_adapter=str(tmp_path / "missing")))
+
+
+def test_latent_normalisation_per_channel_or_scalar():
+    """Per-channel shift/scale from the config when recorded (small VAEs), else SD's one scalar;
+    decode inverts encode's normalisation exactly."""
+    torch.manual_seed(0)
+    plain = FlameDiffModel(FlameDiffConfig.preset_named("tiny", vae_scaling_factor=0.5))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    raw = plain.vae.encode(images).latent_dist.mean
+    torch.testing.assert_close(plain.encode_images(images), raw * 0.5)
+    shift, scale = (0.1, -0.2, 0.3, 0.0), (2.0, 1.0, 0.5, 4.0)
+    normalised = FlameDiffModel(FlameDiffConfig.preset_named("tiny", latent_shift=shift, latent_scale=scale))
+    normalised.vae.load_state_dict(plain.vae.state_dict())
+    expected = (raw - torch.tensor(shift).view(1, -1, 1, 1)) / torch.tensor(scale).view(1, -1, 1, 1)
+    torch.testing.assert_close(normalised.encode_images(images), expected)
+    torch.testing.assert_close(normalised.decode_latents(expected), plain.vae.decode(raw).sample.clamp(-1, 1),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="latent_shift has 2 values for 4"):
+        FlameDiffConfig.preset_named("tiny", latent_shift=(0.0, 0.0), latent_scale=(1.0, 1.0))
+    with pytest.raises(ValueError, match="both or neither"):
+        FlameDiffConfig.preset_named("tiny", latent_shift=shift)
+    assert FlameDiffConfig.from_dict(normalised.config.to_dict()) == normalised.config

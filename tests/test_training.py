@@ -27,7 +27,7 @@ def dataset(tmp_path_factory, head_asset) -> str:
 
 def _config(dataset: str, out: str, **changes) -> TrainConfig:
     settings = dict(dataset=dataset, output_dir=out, steps=4, batch_size=2, checkpoint_every=2,
-                    learning_rate=1e-3, reference_dropout=0.0)
+                    learning_rate=1e-3, reference_dropout=0.0, lr_schedule="constant", warmup_steps=0, ema_decay=None)
     settings.update(changes)
     return TrainConfig.from_dict(settings)
 
@@ -221,3 +221,108 @@ def test_ablation_options_domains_label_and_vae_from(tmp_path, dataset):
     for name, value in geometry.model.vae.state_dict().items():
         torch.testing.assert_close(value, trained_vae[f"vae.{name}"])
     assert geometry.model.config.control == "geometry" and geometry.model.gaussian_field is None
+
+
+def test_held_out_identities_are_never_sampled(tmp_path, head_asset):
+    """splits.json's held-out identities reach neither targets nor references, in either stage."""
+    folder = str(tmp_path / "data")
+    make_tiny_dataset(folder, head_asset, identities=3, frames_per_identity=4, all_real=True)
+    (tmp_path / "data" / "splits.json").write_text(json.dumps({"train": [0, 2], "heldout": [1]}))
+    trainer = Trainer(_config(folder, str(tmp_path / "run")), log=lambda m: None)
+    index = trainer.index
+    assert trainer.heldout == [1] and not np.isin(index.identity[trainer.pool], [1]).any()
+    for length in (1, 3):
+        for step in range(40):
+            batch = draw_batch(index, step, 2, 0, 0, length=length, pool=trainer.pool)
+            flat = batch["target"].flatten(0, 1)
+            for frame in flat:  # the held-out identity's frames appear neither as targets ...
+                for row in index.samples_of_identity(1):
+                    held = torch.as_tensor(index.load_frame(int(row)), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+                    assert not torch.equal(frame, held)
+            for reference in batch["reference"]:  # ... nor as references
+                for row in index.samples_of_identity(1):
+                    held = torch.as_tensor(index.load_frame(int(row)), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+                    assert not torch.equal(reference, held)
+    (tmp_path / "data" / "splits.json").write_text("{broken")
+    with pytest.raises(TrainConfigError, match="splits.json is unreadable"):
+        Trainer(_config(folder, str(tmp_path / "run2")), log=lambda m: None)
+
+
+def test_warmup_cosine_schedule_ema_and_loss_curve(tmp_path, dataset):
+    """The learning rate warms up linearly then decays to 0 on a cosine; the saved model holds
+    the EMA weights; the loss log and its picture are written; a resume keeps all of it."""
+    config = _config(dataset, str(tmp_path / "run"), steps=8, checkpoint_every=4, log_every=1, warmup_steps=2,
+                     lr_schedule="cosine", ema_decay=0.9)
+    trainer = Trainer(config, log=lambda m: None)
+    rates = []
+    for _ in range(8):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(5e-4) and rates[2] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and rates[-1] < 1e-4
+
+    train(config, max_steps=4, log=lambda m: None)
+    train(config, log=lambda m: None)
+    run = tmp_path / "run"
+    log = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == list(range(1, 9))
+    assert (run / "model" / "loss.png").stat().st_size > 1000
+    saved = _weights(str(run))
+    state = torch.load(run / "checkpoints" / "step-0000008" / "custom_checkpoint_2.pkl", weights_only=False)
+    trained = [name for name, p in Trainer(config, log=lambda m: None).model.named_parameters() if p.requires_grad]
+    for name, shadow in zip(trained, state["shadow_params"]):
+        torch.testing.assert_close(saved[name], shadow, rtol=0, atol=0, msg=name)
+    raw = torch.load(run / "checkpoints" / "step-0000008" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert any(not torch.equal(raw[name], saved[name]) for name in trained)  # the EMA, not the last step
+
+
+def test_min_snr_weighting(tmp_path, dataset):
+    trainer = Trainer(_config(dataset, str(tmp_path / "run"), snr_gamma=5.0), log=lambda m: None)
+    timesteps = torch.tensor([0, 500, 999])
+    weights = trainer.loss_weights(timesteps)
+    snr = trainer.scheduler.alphas_cumprod[timesteps] / (1 - trainer.scheduler.alphas_cumprod[timesteps])
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    assert weights[0] < 0.01 and weights[2] == 0.0  # clean steps and the zero-SNR last step weigh little
+    plain = Trainer(_config(dataset, str(tmp_path / "plain")), log=lambda m: None)
+    assert torch.equal(plain.loss_weights(timesteps), torch.ones(3))
+    with pytest.raises(TrainConfigError, match="snr_gamma"):
+        _config(dataset, "x", snr_gamma=-1.0)
+    with pytest.raises(TrainConfigError, match="lr_schedule"):
+        _config(dataset, "x", lr_schedule="linear")
+
+
+def test_vae_stage_records_latent_normalisation_and_reconstruction_report(tmp_path, head_asset):
+    from backend.models import FlameDiffModel
+
+    folder = str(tmp_path / "data")
+    make_tiny_dataset(folder, head_asset, identities=3, frames_per_identity=3)
+    (tmp_path / "data" / "splits.json").write_text(json.dumps({"train": [0, 1], "heldout": [2]}))
+    train(_config(folder, str(tmp_path / "vae"), stage="vae", steps=3, ema_decay=0.9), log=lambda m: None)
+    model_dir = tmp_path / "vae" / "model"
+    model = FlameDiffModel.from_pretrained(str(model_dir), asset=head_asset)
+    config = model.config
+    assert len(config.latent_shift) == len(config.latent_scale) == config.latent_channels
+    index = read_dataset(folder)
+    train_rows = np.nonzero(np.isin(index.identity, [0, 1]))[0]
+    images = torch.stack([torch.as_tensor(index.load_frame(int(r)), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+                          for r in train_rows])
+    latents = model.encode_images(images)   # normalised: about zero mean, unit spread per channel
+    assert latents.mean((0, 2, 3)).abs().max() < 0.5
+    assert ((latents.std((0, 2, 3)) - 1).abs() < 0.5).all()
+    torch.testing.assert_close(model.decode_latents(latents),
+                               model.vae.decode(model.vae.encode(images).latent_dist.mean).sample.clamp(-1, 1),
+                               atol=1e-4, rtol=0)
+    report = json.loads((model_dir / "reconstruction.json").read_text())
+    assert report["identities"] == [2] and report["frames"] == 3
+    for key in ("psnr", "ssim", "head_colour_error", "background_colour_error", "sharpness"):
+        assert np.isfinite(report[key]), key
+
+
+def test_config_paths_expand_the_environment(tmp_path, dataset, monkeypatch):
+    monkeypatch.setenv("FLAMEDIFF_TEST_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "t.json").write_text(json.dumps({"dataset": dataset, "output_dir": "$FLAMEDIFF_TEST_RUNS/a"}))
+    assert TrainConfig.from_file(str(tmp_path / "t.json")).output_dir == str(tmp_path / "runs" / "a")
+    (tmp_path / "u.json").write_text(json.dumps({"dataset": dataset, "output_dir": "$FLAMEDIFF_UNSET_VARIABLE/a"}))
+    with pytest.raises(TrainConfigError, match="environment variable that is not set"):
+        TrainConfig.from_file(str(tmp_path / "u.json"))

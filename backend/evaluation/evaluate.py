@@ -47,8 +47,9 @@ from backend.errors import FlamediffError
 from backend.evaluation import metrics as M
 from backend.evaluation.studies import reference_row, spread
 
-METRIC_KEYS = ("psnr", "ssim", "l1", "lpips", "csim", "aed", "apd")
+METRIC_KEYS = ("psnr", "ssim", "l1", "lpips", "csim", "aed", "apd", "head_colour", "background_colour", "sharpness")
 SELF_KEYS = METRIC_KEYS
+SELF_BASELINES = ("copy_reference", "other_identity_gt", "vae_reconstruction")
 CROSS_KEYS = ("csim", "aed", "apd")
 
 
@@ -145,12 +146,15 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
              guidance: float = 2.0, seed: int = 0, max_frames: int | None = 8, max_identities: int | None = None,
              flame_asset=None, estimator: M.ExpressionPoseEstimator | None = None,
              lpips_weights: str | None = None, csim_weights: str | None = None, frames_per_batch: int = 8,
-             device: str | None = None, head_mask: str = "auto", progress=None) -> dict[str, Any]:
+             device: str | None = None, head_mask: str = "auto", progress=None,
+             reference_check: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint folder (or a :class:`FlameDiffModel`) on ``dataset_folder``; returns
     a JSON-ready dict (see the module doc). ``flame_asset``: a loaded asset, a folder or None
     (the default asset). ``head_mask``: "auto" (FLAME coverage where the dataset's asset is the
-    loaded one, else background difference), "coverage" or "background"."""
+    loaded one, else background difference), "coverage" or "background". ``reference_check``:
+    also run :func:`reference_sensitivity` (one more render per identity)."""
     from backend.assets import load_asset
+    from backend.evaluation.reconstruction import reconstruct
     from backend.data.dataset import read_dataset
     from backend.flame.model import FlameModel
     from backend.models.flamediff_model import FlameDiffModel
@@ -198,7 +202,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
 
     steps = steps or model.config.default_steps
     settings = {"steps": steps, "guidance": guidance, "seed": seed, "frames_per_batch": frames_per_batch}
-    acc = {("self", name): _Accumulator(SELF_KEYS) for name in ("method", "copy_reference", "other_identity_gt")}
+    acc = {("self", name): _Accumulator(SELF_KEYS) for name in ("method", *SELF_BASELINES)}
     acc.update({("cross", name): _Accumulator(CROSS_KEYS) for name in ("method", "copy_reference", "other_identity_gt")})
     estimator_error = _Accumulator(("aed", "apd"))
     skipped_other = 0
@@ -214,7 +218,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
         outputs = [outputs[i] for i in keep]
         for j, i in enumerate(keep):
             if truth is not None:
-                a.add(**M.pixel_metrics(outputs[j], truth[i], masks[i]))
+                a.add(**M.pixel_metrics(outputs[j], truth[i], masks[i]), **appearance_metrics(outputs[j], truth[i], masks[i]))
                 if lpips is not None:
                     a.add(lpips=lpips(outputs[j], truth[i], masks[i]))
             if csim is not None:
@@ -248,6 +252,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
                     estimator_error.frames += len(drive)
             score("self", "method", out, truth, masks, truth, drive_est)
             score("self", "copy_reference", [reference] * len(drive), truth, masks, truth, drive_est)
+            score("self", "vae_reconstruction", list(reconstruct(model, np.stack(truth))), truth, masks, truth, drive_est)
             others = np.nonzero(index.identity != identity)[0]
             matches, keep = [], []
             for i, row in enumerate(drive):
@@ -288,18 +293,72 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
         notes.append("CSIM not measured: no --csim-weights file")
 
     def section(kind: str) -> dict[str, Any]:
+        names = SELF_BASELINES if kind == "self" else ("copy_reference", "other_identity_gt")
         return {"method": acc[(kind, "method")].result(),
-                "baselines": {name: acc[(kind, name)].result() for name in ("copy_reference", "other_identity_gt")}}
+                "baselines": {name: acc[(kind, name)].result() for name in names}}
+
+    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings), masks_for, max_frames)
+                   if reference_check and len(identities) > 1 else None)
 
     return {
         "checkpoint": checkpoint, "dataset": os.path.abspath(dataset_folder), "split": split,
         "identities": identities, "resolution": resolution, "mask": mask_kind,
         "settings": {**settings, "max_frames": max_frames},
-        "self": section("self"), "cross": section("cross"),
+        "self": section("self"), "cross": section("cross"), "reference_sensitivity": sensitivity,
         "estimator": None if estimator is None else {"name": type(estimator).__name__,
                                                       "error_on_ground_truth": estimator_error.result()},
         "notes": notes, "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def appearance_metrics(output: np.ndarray, truth: np.ndarray, head: np.ndarray) -> dict[str, float]:
+    """Mean-colour error of the head and of the background (0-255 levels) and the head's
+    sharpness ratio (see :mod:`backend.evaluation.metrics`)."""
+    return {"head_colour": M.colour_error(output, truth, head), "background_colour": M.colour_error(output, truth, ~head),
+            "sharpness": M.sharpness_ratio(output, truth, head)}
+
+
+def _region_colours(image: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """``[2, 3]`` mean RGB of the head and of the background."""
+    x = image.astype(np.float64)
+    return np.stack([x[head].mean(0), x[~head].mean(0)])
+
+
+def reference_sensitivity(pipeline, index, identities: list[int], settings, masks_for,
+                          max_frames: int | None) -> dict[str, Any]:
+    """Same drive, two references: do the outputs' colours follow the reference?
+
+    Identity ``k``'s drive is rendered with its own reference and with identity ``k+1``'s.
+    ``ratio``: |change of the outputs' mean colour| / |change of the references' mean colour|
+    for head and background (1: the colours move as far as the references differ; 0: the
+    reference is ignored). ``follows``: the fraction of frames whose output colour is nearer its
+    own reference's than the other reference's (head and background separately).
+    """
+    from backend.evaluation.studies import reference_row
+
+    ratios, follows = [], []
+    for position, identity in enumerate(identities):
+        other = identities[(position + 1) % len(identities)]
+        rows = np.asarray([reference_row(index, identity), reference_row(index, other)])
+        samples = index.samples_of_identity(identity)
+        drive = spread(samples[samples != rows[0]], max_frames)
+        resolution = pipeline.model.config.resolution
+        drive_masks = masks_for(drive, [to_resolution(index.load_frame(int(r)), resolution) for r in drive])
+        refs = [index.load_frame(int(r)) for r in rows]
+        small = [to_resolution(ref, resolution) for ref in refs]
+        ref_colours = [_region_colours(ref, mask) for ref, mask in zip(small, masks_for(rows, small))]
+        outputs = [pipeline(ref, index.annotations.take_rows(drive), settings).frames for ref in refs]
+        for frame, head in enumerate(drive_masks):
+            own, swapped = (_region_colours(out[frame], head) for out in outputs)
+            ref_change = np.linalg.norm(ref_colours[1] - ref_colours[0], axis=1)
+            ratios.append(np.linalg.norm(swapped - own, axis=1) / np.maximum(ref_change, 1e-6))
+            nearer = [np.linalg.norm(out - ref_colours[k], axis=1) < np.linalg.norm(out - ref_colours[1 - k], axis=1)
+                      for k, out in enumerate((own, swapped))]
+            follows.append(np.mean(nearer, axis=0))
+    ratio, follow = np.mean(ratios, axis=0), np.mean(follows, axis=0)
+    return {"pairs": len(identities), "frames": len(ratios),
+            "head_ratio": float(ratio[0]), "background_ratio": float(ratio[1]),
+            "head_follows": float(follow[0]), "background_follows": float(follow[1])}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -320,5 +379,11 @@ def format_table(result: dict[str, Any]) -> str:
         err = result["estimator"]["error_on_ground_truth"]
         lines.append(f"estimator {result['estimator']['name']} on ground-truth renders: AED {cell(err['aed'])} "
                      f"APD {cell(err['apd'])} ({err['frames']} frames)")
+    sensitivity = result.get("reference_sensitivity")
+    if sensitivity:
+        lines.append(f"reference sensitivity ({sensitivity['frames']} frames, two references each): colour change ratio "
+                     f"head {sensitivity['head_ratio']:.2f} background {sensitivity['background_ratio']:.2f}; "
+                     f"nearer its own reference: head {sensitivity['head_follows']:.0%} "
+                     f"background {sensitivity['background_follows']:.0%}")
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines)

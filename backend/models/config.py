@@ -26,7 +26,12 @@ class FlameDiffConfig:
     norm_num_groups: int = 4
     vae_channels: tuple[int, ...] = (8, 16)  # VAE downsamples by 2 ** (len - 1)
     latent_channels: int = 4
-    vae_scaling_factor: float = 1.0
+    vae_scaling_factor: float = 1.0            # one scale for every latent channel (SD-1.5's 0.18215)
+    # Per-channel latent normalisation measured on the training frames after the VAE stage
+    # (latents = (mean - shift) / scale): the diffusion model then sees unit-variance channels,
+    # which a single scalar cannot give a small VAE whose channels differ 7x in spread.
+    latent_shift: tuple[float, ...] | None = None
+    latent_scale: tuple[float, ...] | None = None
     control: str = "gaussian"                  # one of CONTROLS: what the pose guider sees
     feature_dim: int = 16                      # width of the Gaussian feature field
     uv_resolution: int = 64
@@ -45,6 +50,14 @@ class FlameDiffConfig:
     def __post_init__(self) -> None:
         if self.control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, not {self.control!r}")
+        for name in ("latent_shift", "latent_scale"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.latent_channels:
+                raise ValueError(f"{name} has {len(value)} values for {self.latent_channels} latent channels")
+        if (self.latent_shift is None) != (self.latent_scale is None):
+            raise ValueError("latent_shift and latent_scale are set together (both or neither)")
+        if self.latent_scale is not None and min(self.latent_scale) <= 0:
+            raise ValueError("latent_scale values must be positive")
 
     @property
     def vae_factor(self) -> int:
@@ -100,7 +113,8 @@ PRESETS: dict[str, FlameDiffConfig] = {
     "tiny": FlameDiffConfig(),
     "demo": FlameDiffConfig(
         preset="demo", resolution=128, unet_channels=(48, 96, 128), layers_per_block=1, attention_head_dim=8,
-        cross_attention_dim=64, norm_num_groups=8, vae_channels=(16, 32, 64, 64), feature_dim=16, uv_resolution=128,
+        cross_attention_dim=64, norm_num_groups=8, vae_channels=(16, 32, 64, 64), latent_channels=8,
+        feature_dim=16, uv_resolution=128,
         guider_channels=(16, 32), temporal_heads=4, default_steps=12,
     ),
     "sd15": FlameDiffConfig(

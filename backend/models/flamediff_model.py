@@ -143,14 +143,31 @@ class FlameDiffModel(nn.Module):
         """``[N]`` label ids -> ``[N, 1, cross_attention_dim]`` cross-attention tokens."""
         return self.label_embedding(labels)[:, None, :]
 
+    def _latent_normalisation(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(shift, scale)`` broadcastable over ``[N, C, h, w]``: per channel when the config
+        records them, else 0 and ``1 / vae_scaling_factor``."""
+        config, channels = self.config, self.config.latent_channels
+        if config.latent_scale is None:
+            shift, scale = [0.0] * channels, [1.0 / config.vae_scaling_factor] * channels
+        else:
+            shift, scale = config.latent_shift, config.latent_scale
+        as_tensor = lambda v: torch.as_tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)  # noqa: E731
+        return as_tensor(shift), as_tensor(scale)
+
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
-        """``[N, 3, H, W]`` in [-1, 1] -> scaled latents (the posterior mean: deterministic)."""
-        return self.vae.encode(images).latent_dist.mean * self.config.vae_scaling_factor
+        """``[N, 3, H, W]`` in [-1, 1] -> normalised latents (the posterior mean: deterministic)."""
+        return self.normalise_latents(self.vae.encode(images).latent_dist.mean)
+
+    def normalise_latents(self, raw: Tensor) -> Tensor:
+        """The VAE's raw latents -> what the U-Nets see (``(raw - shift) / scale``)."""
+        shift, scale = self._latent_normalisation(raw)
+        return (raw - shift) / scale
 
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """Scaled latents -> ``[N, 3, H, W]`` in [-1, 1]."""
-        return self.vae.decode(latents / self.config.vae_scaling_factor).sample.clamp(-1.0, 1.0)
+        """Normalised latents -> ``[N, 3, H, W]`` in [-1, 1]."""
+        shift, scale = self._latent_normalisation(latents)
+        return self.vae.decode(latents * scale + shift).sample.clamp(-1.0, 1.0)
 
     def write_reference(self, reference_latents: Tensor) -> None:
         """Run the ReferenceNet once on ``[R, C, h, w]`` clean latents and keep its tokens."""

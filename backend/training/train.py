@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
 
 from backend.errors import FlamediffError
 from backend.assets import load_asset
@@ -43,6 +45,8 @@ from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
 
 STAGES = ("vae", "1", "2")
+LR_SCHEDULES = ("cosine", "constant")
+LOSS_LOG = "loss.jsonl"     # one {"step", "loss", "lr"} line per log_every steps, in output_dir
 
 
 class TrainConfigError(FlamediffError):
@@ -64,6 +68,10 @@ class TrainConfig:
     batch_size: int = 4
     learning_rate: float = 1e-4
     field_learning_rate: float = 5e-3   # the Gaussian attributes learn faster (no direct supervision)
+    lr_schedule: str = "cosine"         # cosine: linear warm-up then cosine decay to 0 | constant (after warm-up)
+    warmup_steps: int = 100
+    ema_decay: float | None = 0.999     # EMA of the trained weights (saved as the model); None: off
+    snr_gamma: float | None = None      # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain v-MSE
     weight_decay: float = 0.0
     seed: int = 0
     checkpoint_every: int = 200
@@ -96,8 +104,8 @@ class TrainConfig:
             raise TrainConfigError(f"{path} must hold a mapping of settings")
         base = os.path.dirname(os.path.abspath(path))
         for key in ("dataset", "output_dir", "init_from", "vae_from", "flame_asset"):
-            if isinstance(data.get(key), str) and not os.path.isabs(data[key]):
-                data[key] = os.path.join(base, data[key])
+            if isinstance(data.get(key), str):
+                data[key] = os.path.join(base, _expand_path(data[key], key, path))
         return cls.from_dict(data, source=path)
 
     @classmethod
@@ -123,12 +131,29 @@ class TrainConfig:
         for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "sequence_length"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
                 raise TrainConfigError(f"{source}: '{key}' must be a positive integer")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise TrainConfigError(f"{source}: 'warmup_steps' must be an integer >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainConfigError(f"{source}: 'lr_schedule' must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise TrainConfigError(f"{source}: 'ema_decay' must be between 0 and 1 (e.g. 0.999), or null for no EMA")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise TrainConfigError(f"{source}: 'snr_gamma' must be positive (5 is usual), or null for plain v-MSE")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise TrainConfigError(f"{source}: 'mixed_precision' must be no, fp16 or bf16")
         self.domains = tuple(self.domains)
         unknown = [d for d in self.domains if d not in ("real", "synthetic")]
         if unknown or not self.domains:
             raise TrainConfigError(f"{source}: 'domains' must list 'real' and/or 'synthetic', not {list(self.domains)}")
+
+
+def _expand_path(value: str, key: str, source: str) -> str:
+    """``~`` and ``$VARIABLES`` expanded (so a config can keep a run's state outside the checkout)."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise TrainConfigError(f"{source}: '{key}' uses an environment variable that is not set ({value!r}); "
+                               "set it or write the path out")
+    return expanded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +168,11 @@ def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int,
                pool: np.ndarray | None = None) -> np.ndarray:
     """``[B, length]`` sample rows: single frames (length 1, from ``pool``, default every sample)
     or consecutive frames of distinct real-label sequences."""
+    pool = np.arange(len(index)) if pool is None else pool
     if length == 1:
-        pool = np.arange(len(index)) if pool is None else pool
         return pool[rng.choice(len(pool), size=batch_size, replace=False)][:, None]
-    clips = [rows for rows in index.sequences() if len(rows) >= length and (index.label[rows] == 0).all()]
+    clips = [rows for rows in index.sequences()
+             if len(rows) >= length and (index.label[rows] == 0).all() and np.isin(rows, pool).all()]
     if len(clips) < batch_size:
         raise TrainConfigError(f"stage 2 needs {batch_size} real sequences of at least {length} frames; "
                                f"the dataset has {len(clips)}")
@@ -163,7 +189,7 @@ def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank:
     rows = _clip_rows(index, rng, batch_size, length, pool)
     references = []
     for clip_rows in rows:
-        same = index.samples_of_identity(int(index.identity[clip_rows[0]]))
+        same = index.samples_of_identity(int(index.identity[clip_rows[0]]))  # never another split's
         others = np.setdiff1d(same, clip_rows)
         references.append(int(rng.choice(others)) if len(others) else int(clip_rows[0]))
     flat = rows.reshape(-1)
@@ -199,10 +225,13 @@ class Trainer:
         if self.index.flame_asset.get("hash") not in (None, self.asset.content_hash):
             raise TrainConfigError(f"dataset {config.dataset} was made with FLAME asset "
                                    f"{self.index.flame_asset.get('name')!r}, not {self.asset.name!r}")
-        self.pool = np.nonzero(np.isin(self.index.label, [LABELS[d] for d in config.domains]))[0]
+        self.heldout = heldout_identities(config.dataset)
+        self.pool = training_pool(self.index, config.domains, self.heldout)
         if config.batch_size > len(self.pool):
             raise TrainConfigError(f"batch_size {config.batch_size} is larger than the dataset's "
-                                   f"{'+'.join(config.domains)} samples ({len(self.pool)} frames)")
+                                   f"{'+'.join(config.domains)} training samples ({len(self.pool)} frames)")
+        if self.heldout:
+            log(f"splits.json: {len(self.heldout)} held-out identities are never sampled")
         self.model = self._build_model()
         if self.model.config.resolution != self.index.resolution:
             raise TrainConfigError(f"the {self.model.config.preset} preset renders {self.model.config.resolution} px "
@@ -214,7 +243,16 @@ class Trainer:
         # the steps call model methods, not forward): gradients are averaged in _sync_gradients.
         self.optimizer = self.accelerator.prepare(
             torch.optim.AdamW(self._parameter_groups(), weight_decay=config.weight_decay))
+        # Not prepared by accelerate: its wrapper steps the schedule once per process per step.
+        self.lr_scheduler = get_scheduler(
+            "cosine" if config.lr_schedule == "cosine" else "constant_with_warmup", self.optimizer,
+            num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+        self.ema = (EMAModel(self.trained_parameters, decay=config.ema_decay)
+                    if config.ema_decay is not None else None)
         self.accelerator.register_for_checkpointing(self.model)
+        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+        if self.ema is not None:
+            self.accelerator.register_for_checkpointing(self.ema)
         self.step = 0
 
     def _build_model(self) -> FlameDiffModel:
@@ -256,6 +294,10 @@ class Trainer:
                 parameter.requires_grad_(True)
         return groups
 
+    @property
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
     # -- steps ----------------------------------------------------------------------------------
 
     @property
@@ -266,9 +308,11 @@ class Trainer:
         model, device = self.model, self.accelerator.device
         target = batch["target"].to(device)
         if self.config.stage == "vae":
+            # The posterior mean, as the diffusion model will see it (encode_images): sampled
+            # latents taught the old demo VAE to leave two of four channels almost empty.
             target = target.flatten(0, 1)
             posterior = model.vae.encode(target).latent_dist
-            reconstruction = model.vae.decode(posterior.sample()).sample
+            reconstruction = model.vae.decode(posterior.mean).sample
             return F.mse_loss(reconstruction, target) + 1e-6 * posterior.kl().mean()
         return self.diffusion_loss(model, batch, target)
 
@@ -295,7 +339,16 @@ class Trainer:
         model.write_reference(reference)
         labels = batch["label"] if self.config.domain_label else torch.full_like(batch["label"], LABELS["real"])
         prediction = model.predict(noisy, timesteps, feature_maps, labels.to(device), keep)
-        return F.mse_loss(prediction.float(), velocity.float())
+        per_clip = (prediction.float() - velocity.float()).pow(2).flatten(1).mean(1)
+        return (per_clip * self.loss_weights(timesteps)).mean()
+
+    def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Per-clip weights of the v-MSE: 1, or min-SNR-gamma's ``min(SNR, gamma) / (SNR + 1)``
+        (for v-prediction) which stops the easy low-noise steps from dominating the gradient."""
+        if self.config.snr_gamma is None:
+            return torch.ones(len(timesteps), device=timesteps.device)
+        snr = compute_snr(self.scheduler, timesteps)
+        return torch.clamp(snr, max=self.config.snr_gamma) / (snr + 1.0)
 
     def train(self, max_steps: int | None = None) -> float:
         """Run until ``config.steps`` (or ``max_steps`` more steps); returns the last loss."""
@@ -305,7 +358,7 @@ class Trainer:
         end = self.config.steps if max_steps is None else min(self.config.steps, self.step + max_steps)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.accelerator.is_main_process,
                    desc=f"stage {self.config.stage}", dynamic_ncols=True)
-        loss_value, started = float("nan"), time.perf_counter()
+        loss_value, started, first_step = float("nan"), time.perf_counter(), self.step
         self.model.train()
         while self.step < end:
             batch = draw_batch(self.index, self.step, self.config.batch_size, self.config.seed,
@@ -316,10 +369,15 @@ class Trainer:
             self.accelerator.backward(loss)
             self._sync_gradients()
             self.optimizer.step()
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.trained_parameters)
             self.step += 1
             loss_value = float(self.accelerator.gather(loss.detach()[None]).mean())
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+            if self.step % self.config.log_every == 0:
+                self._log_step(loss_value, started, first_step, end)
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                 self.save_checkpoint()
         bar.close()
@@ -328,6 +386,19 @@ class Trainer:
         self.log(f"stage {self.config.stage}: step {self.step}/{self.config.steps}, loss {loss_value:.4f}, "
                  f"{time.perf_counter() - started:.1f} s on {self.accelerator.num_processes} process(es)")
         return loss_value
+
+    def _log_step(self, loss_value: float, started: float, first_step: int, end: int) -> None:
+        """Append to the loss log (the curve drawn beside the model) and print a line with the
+        ETA, for runs whose output goes to a file rather than a terminal."""
+        if not self.accelerator.is_main_process:
+            return
+        learning_rate = self.lr_scheduler.get_last_lr()[0]
+        with open(os.path.join(self.config.output_dir, LOSS_LOG), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": self.step, "loss": loss_value, "lr": learning_rate}) + "\n")
+        if self.step % (self.config.log_every * 10) == 0:
+            per_step = (time.perf_counter() - started) / max(self.step - first_step, 1)
+            self.log(f"stage {self.config.stage}: step {self.step}/{self.config.steps} loss {loss_value:.4f} "
+                     f"lr {learning_rate:.2e} {per_step:.2f} s/step, ETA {format_duration(per_step * (end - self.step))}")
 
     def _sync_gradients(self) -> None:
         """Average gradients over processes (what DDP would do), so every replica steps alike."""
@@ -367,15 +438,109 @@ class Trainer:
         self.accelerator.load_state(checkpoints[-1])
         with open(os.path.join(checkpoints[-1], "trainer_state.json"), encoding="utf-8") as handle:
             self.step = int(json.load(handle)["step"])
+        if self.accelerator.is_main_process:
+            truncate_loss_log(os.path.join(self.config.output_dir, LOSS_LOG), self.step)
         self.log(f"resumed from {checkpoints[-1]} (step {self.step})")
 
     def save_model(self) -> str:
+        """The final model (EMA weights when EMA is on) with its loss curve; after the ``vae``
+        stage also the per-channel latent normalisation and the reconstruction report."""
         folder = os.path.join(self.config.output_dir, "model")
         if self.accelerator.is_main_process:
-            self.model.save_pretrained(folder, extra={"trained_steps": self.step, "stage": self.config.stage,
-                                                 "seed": self.config.seed})
+            if self.ema is not None:
+                self.ema.copy_to(self.trained_parameters)
+            extra = {"trained_steps": self.step, "stage": self.config.stage, "seed": self.config.seed,
+                     "ema_decay": self.config.ema_decay, "heldout_identities": self.heldout}
+            if self.config.stage == "vae":
+                self.model.config = replace(self.model.config, **latent_statistics(self.model, self.index, self.pool))
+            self.model.save_pretrained(folder, extra=extra)
+            plot_loss_curve(os.path.join(self.config.output_dir, LOSS_LOG), os.path.join(folder, "loss.png"),
+                            title=f"stage {self.config.stage}")
+            if self.config.stage == "vae" and self.heldout:
+                from backend.evaluation.reconstruction import write_reconstruction_report
+                write_reconstruction_report(self.model, self.index, self.heldout, self.asset, folder, log=self.log)
         self.accelerator.wait_for_everyone()
         return folder
+
+
+def heldout_identities(dataset: str) -> list[int]:
+    """The identities ``splits.json`` holds out (none when the dataset has no splits file)."""
+    path = os.path.join(dataset, "splits.json")
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return sorted(int(i) for i in json.load(handle)["heldout"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainConfigError(f"{path} is unreadable ({exc}); it must hold a 'heldout' list of identity ids") from None
+
+
+def training_pool(index: DatasetIndex, domains: tuple[str, ...], heldout: list[int]) -> np.ndarray:
+    """Rows training may draw (as targets or references): the chosen domains, held-out identities excluded."""
+    chosen = np.isin(index.label, [LABELS[d] for d in domains]) & ~np.isin(index.identity, heldout)
+    return np.nonzero(chosen)[0]
+
+
+@torch.no_grad()
+def latent_statistics(model: FlameDiffModel, index: DatasetIndex, pool: np.ndarray, count: int = 256) -> dict[str, tuple]:
+    """Per-channel mean and std of the VAE's raw latents over ``count`` training frames."""
+    rows = pool[np.linspace(0, len(pool) - 1, min(count, len(pool))).astype(int)]
+    model.eval()
+    device = next(model.vae.parameters()).device
+    latents = torch.cat([model.vae.encode(torch.stack([_image_tensor(index.load_frame(int(r))) for r in chunk]).to(device))
+                         .latent_dist.mean for chunk in np.array_split(rows, max(1, len(rows) // 16))])
+    shift = latents.mean((0, 2, 3))
+    scale = latents.std((0, 2, 3)).clamp_min(1e-4)
+    return {"latent_shift": tuple(round(float(v), 6) for v in shift),
+            "latent_scale": tuple(round(float(v), 6) for v in scale)}
+
+
+def truncate_loss_log(path: str, step: int) -> None:
+    """Drop the lines a killed run logged after the checkpoint it resumes from."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(kept)
+
+
+def plot_loss_curve(log_path: str, out_path: str, title: str) -> None:
+    """Loss (raw and smoothed, log scale) and learning rate against step, as a PNG."""
+    if not os.path.isfile(log_path):
+        return
+    with open(log_path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    if not rows:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    window = max(1, len(loss) // 25)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot(steps, loss, color="0.75", linewidth=0.8, label="loss")
+    axis.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window}")
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title(title)
+    rate = axis.twinx()
+    rate.plot(steps, [r["lr"] for r in rows], color="C1", linewidth=0.8, label="learning rate")
+    rate.set_ylabel("learning rate", color="C1")
+    axis.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out_path)
+    plt.close(figure)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 def train(config: TrainConfig, max_steps: int | None = None, log: Callable[[str], None] = print) -> float:
