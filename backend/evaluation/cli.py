@@ -11,8 +11,11 @@ Self-reenactment (reference = an identity's first clean frame, drive = its other
 cross-reenactment (drive with the next identity's frames, shape swapped to the reference):
 PSNR, SSIM, L1 over the head region (self only); LPIPS and CSIM with user-supplied network
 files; AED and APD with a small regressor trained on the dataset's renders (--regressor-steps).
-Baselines in the same run: copy the reference image; the ground-truth frame of another identity
-in the same pose. Prints a table; --json writes every number.
+Colour (mean-colour error of head and background, 0-255 levels) and sharpness (high-frequency
+energy of the output over the ground truth's). Baselines in the same run: copy the reference
+image; the ground-truth frame of another identity in the same pose; the ground truth through the
+VAE alone (the ceiling). A reference-sensitivity check renders each drive again with another
+identity's reference: the outputs' colours must follow it. Prints a table; --json writes every number.
 """
 
 
@@ -50,6 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       max_frames=args.max_frames, max_identities=args.max_identities, flame_asset=asset,
                       estimator=estimator, lpips_weights=args.lpips_weights, csim_weights=args.csim_weights,
                       device=None if args.device == "auto" else args.device, head_mask=args.head_mask,
+                      reference_check=not args.no_reference_check,
                       progress=lambda done, total: print(f"  identity {done}/{total}", flush=True))
     print(format_table(result))
     if args.json:
@@ -86,6 +90,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--head-mask", default="auto", choices=("auto", "coverage", "background"),
                         help="head region: FLAME mesh coverage (auto: when the dataset's FLAME asset is the loaded "
                              "one) or pixels differing from the corner-estimated background")
+    parser.add_argument("--no-reference-check", action="store_true",
+                        help="skip the reference-sensitivity check (each drive rendered again with another "
+                             "identity's reference, to see whether the output's colours follow it)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--flame-asset", metavar="DIR", default=None,
                         help="FLAME asset folder; default: $FLAMEDIFF_FLAME_ASSET or the procedural head")

@@ -71,6 +71,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"         # cosine: linear warm-up then cosine decay to 0 | constant (after warm-up)
     warmup_steps: int = 100
     ema_decay: float | None = 0.999     # EMA of the trained weights (saved as the model); None: off
+    max_grad_norm: float | None = 1.0   # clip the global gradient norm (a batch of 8 is noisy); None: off
     snr_gamma: float | None = None      # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain v-MSE
     weight_decay: float = 0.0
     seed: int = 0
@@ -137,6 +138,8 @@ class TrainConfig:
             raise TrainConfigError(f"{source}: 'lr_schedule' must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise TrainConfigError(f"{source}: 'ema_decay' must be between 0 and 1 (e.g. 0.999), or null for no EMA")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise TrainConfigError(f"{source}: 'max_grad_norm' must be positive, or null for no clipping")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise TrainConfigError(f"{source}: 'snr_gamma' must be positive (5 is usual), or null for plain v-MSE")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -368,6 +371,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
             self._sync_gradients()
+            if self.config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)
             self.optimizer.step()
             self.lr_scheduler.step()
             if self.ema is not None:
