@@ -326,3 +326,16 @@ def test_config_paths_expand_the_environment(tmp_path, dataset, monkeypatch):
     (tmp_path / "u.json").write_text(json.dumps({"dataset": dataset, "output_dir": "$FLAMEDIFF_UNSET_VARIABLE/a"}))
     with pytest.raises(TrainConfigError, match="environment variable that is not set"):
         TrainConfig.from_file(str(tmp_path / "u.json"))
+
+
+def test_learning_curve_scores_every_kept_checkpoint(tmp_path, dataset):
+    from backend.evaluation.curve import main as curve_main
+
+    run = tmp_path / "run"
+    train(_config(dataset, str(run), steps=4, checkpoint_every=2, ema_decay=0.9), log=lambda m: None)
+    out = tmp_path / "curve.json"
+    assert curve_main([str(run), dataset, "--out", str(out), "--max-identities", "2", "--max-frames", "1"]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["step"] for row in rows] == [2, 4]
+    assert all(np.isfinite(row["psnr"]) and row["gain"] == pytest.approx(row["psnr"] - row["copy_psnr"]) for row in rows)
+    assert rows[0]["psnr"] != rows[1]["psnr"]   # different weights were loaded
