@@ -200,3 +200,26 @@ def test_optimised_path_equals_the_plain_one(pipeline, clip):
         plain = tensor_to_images(model.decode_latents(latents[0]))
     for a, b in zip(fast.frames, plain):
         np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
+
+
+def test_wide_camera_keeps_its_whole_framing(pipeline, clip):
+    """A 16:9 camera renders frames of its aspect showing its whole view (the square is
+    letterboxed around it), not a zoomed centre square."""
+    from dataclasses import replace
+
+    from backend.formats.conventions import fitted_frame, intrinsics_from_fov, square_fit_intrinsics
+
+    width, height = 64, 36
+    wide = replace(clip, K=np.repeat(intrinsics_from_fov(27.0, width, height)[None], clip.num_frames, 0),
+                   image_size=(width, height))
+    out = pipeline(REFERENCE, wide, FAST, return_control=True)
+    assert out.frames[0].shape == (18, 32, 3) and out.control_previews[0].shape == (18, 32, 3)
+    # a point seen at pixel (u, v) of the wide image lands at the matching pixel of the fitted square
+    K = square_fit_intrinsics(wide.K[0], (width, height), 32)
+    point = np.array([0.3, -0.2, 1.0])
+    u, v = (wide.K[0] @ point)[:2]
+    fu, fv = (K @ point)[:2]
+    rows, cols = fitted_frame((width, height), 32)
+    assert fu == pytest.approx(u * 0.5 + cols.start) and fv == pytest.approx(v * 0.5 + rows.start)
+    square = pipeline(REFERENCE, clip, FAST)      # square cameras are unchanged
+    assert square.frames[0].shape == (32, 32, 3)

@@ -187,6 +187,31 @@ def quaternion_to_axis_angle(quaternion: np.ndarray) -> np.ndarray:
     return vector * scale
 
 
+def square_fit_intrinsics(K: np.ndarray, image_size: tuple[int, int], resolution: int) -> np.ndarray:
+    """Intrinsics for the whole ``(width, height)`` image centred in a square of side
+    ``max(width, height)`` (letterboxed), resized to ``resolution`` pixels: a 16:9 camera keeps
+    its whole framing, where :func:`square_crop_intrinsics` would zoom into its centre square.
+    Works on ``[..., 3, 3]``."""
+    width, height = image_size
+    side = max(width, height)
+    out = np.array(K, dtype=np.float64)
+    out[..., 0, 2] += (side - width) / 2.0
+    out[..., 1, 2] += (side - height) / 2.0
+    out[..., :2, :] *= resolution / side
+    return out
+
+
+def fitted_frame(image_size: tuple[int, int], resolution: int) -> tuple[slice, slice]:
+    """``(rows, columns)`` of a ``resolution`` square rendered with :func:`square_fit_intrinsics`
+    that the ``(width, height)`` image covers: crop them to get frames of the camera's aspect."""
+    width, height = image_size
+    side = max(width, height)
+    out_width = max(1, round(resolution * width / side))
+    out_height = max(1, round(resolution * height / side))
+    top, left = (resolution - out_height) // 2, (resolution - out_width) // 2
+    return slice(top, top + out_height), slice(left, left + out_width)
+
+
 def square_crop_intrinsics(K: np.ndarray, image_size: tuple[int, int], resolution: int) -> np.ndarray:
     """Intrinsics for the centred square crop of a ``(width, height)`` image, resized to
     ``resolution`` pixels (models render square frames). Works on ``[..., 3, 3]``."""

@@ -17,6 +17,10 @@ matches the full render only where the subset gives each frame the same window n
 window region in the last step), so a long job is one call: one ReferenceNet pass, unbroken
 temporal context, and memory bounded by the chunk or window when the consumer writes frames out.
 
+Framing: the camera's whole image (any aspect) is fitted into the model's square, letterboxed,
+and the frames are cropped back to the camera's aspect (a 16:9 camera gives 16:9 frames of its
+whole view); square cameras are unchanged.
+
 Speed levers (on by default on CUDA, off on CPU where bf16 is slow and the result must equal the
 fp32 reference): the U-Nets run in bf16 and channels-last; ``compile_denoiser=True`` compiles the
 denoiser. A preview (``RenderSettings.preview``) renders at half resolution with at most
@@ -35,7 +39,7 @@ from torch import Tensor
 
 from backend.flame.model import FlameModel
 from backend.formats.animation import AnimationClip
-from backend.formats.conventions import square_crop_intrinsics
+from backend.formats.conventions import fitted_frame, square_fit_intrinsics
 from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
@@ -232,7 +236,8 @@ class FlameDiffPipeline:
             windows = (context_windows(len(rows), settings.context_window, settings.context_overlap)
                        if self.model.temporal is not None else [(0, len(rows))])
             regions = self._denoise(guidance, group.frame, windows, settings, denoising)
-            yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch)
+            crop = fitted_frame(clip.image_size, resolution)
+            yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, crop)
 
     def _denoising_groups(self, num_frames: int, frames_per_batch: int, first_alone: bool = False) -> list[np.ndarray]:
         """Rows denoised together: chunks of ``frames_per_batch``, or every frame for temporal
@@ -246,16 +251,18 @@ class FlameDiffPipeline:
                       for start in range(first, num_frames, frames_per_batch)]
         return [np.arange(first)] * first + groups
 
-    def _decoded(self, regions: Iterator[tuple[int, Tensor]], frame_numbers: np.ndarray,
-                 previews: list[np.ndarray], frames_per_batch: int) -> Iterator[RenderOutput]:
-        """Decode each ``(first row, final latents)`` region in batches of ``frames_per_batch``."""
+    def _decoded(self, regions: Iterator[tuple[int, Tensor]], frame_numbers: np.ndarray, previews: list[np.ndarray],
+                 frames_per_batch: int, crop: tuple[slice, slice]) -> Iterator[RenderOutput]:
+        """Decode each ``(first row, final latents)`` region in batches of ``frames_per_batch``,
+        cropped to the camera's aspect (``crop``: rows, columns)."""
         for first, latents in regions:
             for offset in range(0, len(latents), frames_per_batch):
                 batch = latents[offset:offset + frames_per_batch]
                 rows = slice(first + offset, first + offset + len(batch))
                 yield RenderOutput(frame_numbers=[int(f) for f in frame_numbers[rows]],
-                                   frames=tensor_to_images(self.model.decode_latents(batch)),
-                                   control_previews=previews[rows])
+                                   frames=[np.ascontiguousarray(f[crop]) for f in
+                                           tensor_to_images(self.model.decode_latents(batch))],
+                                   control_previews=[np.ascontiguousarray(p[crop]) for p in previews[rows]])
 
     def _guidance(self, clip: AnimationClip, settings: RenderSettings, resolution: int,
                   return_control: bool) -> tuple[Tensor, list[np.ndarray]]:
@@ -283,10 +290,11 @@ class FlameDiffPipeline:
 
     def control_maps(self, clip: AnimationClip, resolution: int | None = None) -> Tensor:
         """Splatted Gaussian feature maps ``[F, R, R, D]`` for every frame of ``clip`` at
-        ``resolution`` (default the checkpoint's)."""
+        ``resolution`` (default the checkpoint's). The camera's whole image is fitted into the
+        square (letterboxed when it is not square); :func:`fitted_frame` gives the part it covers."""
         resolution = resolution or self.model.config.resolution
         vertices = self.flame.forward_clip(clip).vertices.to(self.device)
-        Ks = square_crop_intrinsics(clip.K, clip.image_size, resolution)
+        Ks = square_fit_intrinsics(clip.K, clip.image_size, resolution)
         viewmats = np.zeros((clip.num_frames, 4, 4))
         viewmats[:, :3, :3], viewmats[:, :3, 3], viewmats[:, 3, 3] = clip.R, clip.t, 1.0
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
