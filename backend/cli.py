@@ -115,11 +115,77 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from backend.training.train import TrainConfig, train
+    from backend.training.train import train
 
-    config = TrainConfig.from_file(args.config)
-    train(config, max_steps=args.max_steps)
+    train(_train_config(args.config), max_steps=args.max_steps)
     return 0
+
+
+def _train_config(path: str):
+    """The training config, or a one-line error whatever the file holds (binary, broken YAML,
+    values of the wrong type): a typo in a config must not end in a traceback."""
+    import yaml
+
+    from backend.training.train import TrainConfig
+
+    try:
+        return TrainConfig.from_file(path)
+    except FlamediffError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())  # YAML errors span lines
+        raise FlamediffError(f"training config {path} cannot be used: {type(exc).__name__}: {detail}") from None
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """A tracker's files (or a flamediff file) -> one flamediff animation file, saying what was
+    mapped, what was dropped and why."""
+    from backend.formats.animation import save_animation
+    from backend.formats.trackers import fps_in_file, load_any, with_default_camera
+
+    if not args.output.endswith(".npz"):
+        raise FlamediffError(f"the output {args.output} must end in .npz (flamediff's animation format)")
+    result = load_any(args.input, fps=args.fps, camera_index=args.camera_index)
+    clip = result.clip
+    for line in result.report.lines():
+        print(line)
+    if args.default_camera and not clip.has_camera:
+        clip = with_default_camera(clip)
+        print("camera: added flamediff's default portrait camera (--default-camera)")
+    save_animation(args.output, clip)
+    timing = (f"{clip.fps:g} fps" if fps_in_file(clip) else
+              "no frame rate (recorded as such: Blender keys one file frame per scene frame; pass --fps to set one)")
+    print(f"wrote {args.output}: {clip.num_frames} frames {int(clip.frame[0])}..{int(clip.frame[-1])}, {timing}")
+    return 0
+
+
+def _render_reads_trackers(render: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``render --animation`` through the tracker layer: a tracker's file or folder (or a flamediff
+    file without a camera) is converted first, with the default portrait camera when it has none,
+    and the report is printed; a flamediff file with a camera goes to ``render`` untouched."""
+    def run(args: argparse.Namespace) -> int:
+        import tempfile
+
+        from backend.formats.animation import save_animation
+        from backend.formats.trackers import DEFAULT_CAMERA, OWN_FILE, load_any, with_default_camera
+
+        result = load_any(args.animation)
+        if result.report.tool == OWN_FILE and result.clip.has_camera:
+            return render(args)
+        clip = result.clip
+        if result.report.tool != OWN_FILE:
+            for line in result.report.lines():
+                print(f"flamediff render: {line}")
+        if not clip.has_camera:
+            clip = with_default_camera(clip)
+            print(f"flamediff render: no camera in the animation: using the default portrait camera (at "
+                  f"{DEFAULT_CAMERA['eye']} m looking at the face, {DEFAULT_CAMERA['fov_y_degrees']:g} degrees "
+                  "vertical field of view); give a camera with the add-on's export or a tracker that has one")
+        with tempfile.TemporaryDirectory(prefix="flamediff-render-") as folder:
+            path = os.path.join(folder, "animation.npz")
+            save_animation(path, clip)
+            return render(argparse.Namespace(**{**vars(args), "animation": path}))
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,12 +234,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after N more steps (a checkpoint is written; run again to continue)")
     train.set_defaults(func=cmd_train)
 
+    convert = commands.add_parser(
+        "convert", help="convert a face tracker's output (a file or a folder of per-frame files) to a flamediff "
+                        "animation file, printing what was mapped and what was dropped",
+        description="Reads VHAP, GaussianAvatars, SMIRK, DECA / SPECTRE, EMOCA (codedicts or --save_codes folders), "
+                    "metrical-tracker / FlashAvatar (.frame), INSTA (flame/exp), EMOTE (flame_*.pkl), smplx keyword "
+                    "and FLAME-native (pose[15], betas[400]) files. Torch and pickle files are read without running "
+                    "any code from them. See the README's tracker table.")
+    convert.add_argument("input", metavar="IN", help="tracker file or folder (per-frame files sorted by the frame "
+                                                     "number in their names)")
+    convert.add_argument("output", metavar="OUT.npz", help="flamediff animation file to write")
+    convert.add_argument("--fps", type=float, default=None,
+                         help="the source's frame rate (tracker files carry none; default: record that there is none)")
+    convert.add_argument("--camera-index", type=int, default=None, metavar="N",
+                         help="which view of a multi-view export (VHAP transforms.json) to import (default: the first)")
+    convert.add_argument("--default-camera", action="store_true",
+                         help="when the source has no camera, add flamediff's default portrait camera (the server "
+                              "and 'render' need one)")
+    convert.set_defaults(func=cmd_convert)
+
     from backend.data.procedural import register_cli as register_dataset_cli
     from backend.evaluation.cli import register_cli as register_eval_cli
     from backend.evaluation.results import register_cli as register_results_cli
     from backend.server.cli import register_cli as register_server_cli
     register_dataset_cli(commands)
     register_server_cli(commands)
+    render = commands.choices["render"]
+    render.set_defaults(func=_render_reads_trackers(render.get_default("func")))
     register_eval_cli(commands)
     register_results_cli(commands)
     return parser

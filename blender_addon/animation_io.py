@@ -21,8 +21,8 @@ from mathutils import Euler, Matrix, Quaternion
 from . import rig as rigmod
 from .formats.animation import POSE_FIELDS, AnimationClip, AnimationFormatError
 from .formats.conventions import (FLAME_TO_BLENDER, BlenderCameraIntrinsics, axis_angle_to_quaternion,
-                                  blender_camera_to_opencv, quaternion_to_axis_angle)
-from .formats.flame_asset import JOINT_NAMES
+                                  blender_camera_to_opencv, opencv_to_blender_camera, quaternion_to_axis_angle)
+from .formats.flame_asset import JOINT_NAMES, FlameAsset
 
 _TRANSFORM_PATHS = {"location", "rotation_euler", "rotation_quaternion", "rotation_axis_angle", "scale",
                     "delta_location", "delta_rotation_euler", "delta_rotation_quaternion", "delta_scale"}
@@ -323,36 +323,68 @@ def check_rig_asset(rig: bpy.types.Object, identity: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------- import
 
-def fit_clip_to_rig(clip: AnimationClip, rig: bpy.types.Object) -> AnimationClip:
-    """Check ``clip`` against ``rig`` and pad its coefficients to the rig's counts (no scene change)."""
+def required_counts(clip: AnimationClip) -> tuple[int, int]:
+    """Shape and expression coefficients a rig must expose to play ``clip`` (its last non-zero column)."""
+    def last(values: np.ndarray) -> int:
+        used = np.nonzero(np.abs(values).max(axis=0, initial=0.0) > 0)[0]
+        return int(used[-1]) + 1 if len(used) else 0
+    return last(clip.shape), last(clip.expression)
+
+
+def fit_clip_to_rig(clip: AnimationClip, rig: bpy.types.Object,
+                    counts: tuple[int, int] | None = None) -> AnimationClip:
+    """Check ``clip`` against ``rig`` (asset, slider range, coefficient counts) and pad or cut its
+    coefficients to ``counts`` (default: the rig's); changes nothing in the scene."""
     recorded, theirs = rigmod.rig_identity(rig), clip.flame_asset.get("hash")
     if theirs and theirs != recorded["hash"]:
         raise RigMismatchError(
             f"the file was made for FLAME asset '{clip.flame_asset.get('name', '?')}' ({theirs[:12]}) "
             f"but rig {rig.name} was built from '{recorded['name']}' ({recorded['hash'][:12]})")
-    num_shape, num_expression = rigmod.coefficient_counts(rig)
-    for name, count in (("shape", num_shape), ("expression", num_expression)):
-        values = getattr(clip, name)
-        extra = np.nonzero(np.abs(values[:, count:]).max(axis=0, initial=0.0) > 0)[0] if values.shape[1] > count else []
-        if len(extra):
+    num_shape, num_expression = counts or rigmod.coefficient_counts(rig)
+    needed = required_counts(clip)
+    for name, count, need in (("shape", num_shape, needed[0]), ("expression", num_expression, needed[1])):
+        if need > count:
             raise AnimationFormatError(
-                f"the file uses {name} coefficient {count + int(extra[-1]) + 1} but rig {rig.name} exposes "
-                f"{count}: raise the number in the add-on preferences and add a new rig")
-        if np.abs(values).max(initial=0.0) > rigmod.SLIDER_RANGE:
+                f"the file uses {name} coefficient {need} but rig {rig.name} exposes {count}: import with "
+                f"rebuild_rig=True (the import dialog's 'Rebuild rig with enough coefficients', on by default there) "
+                f"to rebuild the rig with enough")
+        if np.abs(getattr(clip, name)).max(initial=0.0) > rigmod.SLIDER_RANGE:
             raise AnimationFormatError(f"'{name}' holds values beyond +-{rigmod.SLIDER_RANGE:g}, the shape key range")
     clip = clip.padded(max(num_shape, clip.shape.shape[1]), max(num_expression, clip.expression.shape[1]))
-    clip.shape, clip.expression = clip.shape[:, :num_shape], clip.expression[:, :num_expression]
-    return clip
+    return replace(clip, shape=clip.shape[:, :num_shape], expression=clip.expression[:, :num_expression])
 
 
-def blender_frames(clip: AnimationClip, fps: float, frame_offset: float) -> np.ndarray:
-    """Blender frame of each row: the file's frame numbers rescaled from its fps to ``fps``, shifted."""
-    return frame_offset + clip.frame.astype(np.float64) * (fps / clip.fps)
+def rebuild_rig(context: bpy.types.Context, rig: bpy.types.Object, asset: FlameAsset, identity: dict[str, str],
+                num_shape: int, num_expression: int) -> bpy.types.Object:
+    """Replace ``rig`` by one with more coefficients, built from the same asset at the same place
+    and name (its previous keys go with it: the import keys the new one); the caller has checked
+    with :func:`check_rig_asset` that ``asset`` is the rig's."""
+    name, matrix = rig.name, rig.matrix_world.copy()
+    helper = rig["flamediff_joints"]
+    old = [rig, rig["flamediff_head"], helper, *helper.children]
+    rig.name = f"{name}.replaced"
+    new = rigmod.build_rig(context, asset, identity, num_shape, num_expression, name)
+    new.matrix_world = matrix
+    for obj in old:
+        data = obj.data
+        bpy.data.objects.remove(obj)
+        if data is not None and data.users == 0:
+            {bpy.types.Mesh: bpy.data.meshes, bpy.types.Armature: bpy.data.armatures}[type(data)].remove(data)
+    return new
 
 
-def apply_clip(rig: bpy.types.Object, clip: AnimationClip, fps: float, frame_offset: float) -> np.ndarray:
-    """Key ``rig`` from a clip already checked by :func:`fit_clip_to_rig`; returns the key frames."""
-    frames = blender_frames(clip, fps, frame_offset)
+def _continuous(quaternions: np.ndarray) -> np.ndarray:
+    """Flip quaternion signs so consecutive keys never jump (interpolation takes the short way)."""
+    flips = np.cumprod(np.where(np.sum(quaternions[1:] * quaternions[:-1], axis=1) < 0, -1.0, 1.0))
+    out = quaternions.copy()
+    out[1:] *= flips[:, None]
+    return out
+
+
+def apply_clip(rig: bpy.types.Object, clip: AnimationClip) -> np.ndarray:
+    """Key ``rig`` on the clip's frames (scene frames: see ``trackers.retime``) from a clip already
+    checked by :func:`fit_clip_to_rig`; returns the key frames."""
+    frames = clip.frame.astype(np.float64)
     head_key = rigmod.rig_head(rig).data.shape_keys
     for name, blocks in zip(("shape", "expression"), rigmod.coefficient_blocks(rig)):
         values = getattr(clip, name)
@@ -360,9 +392,7 @@ def apply_clip(rig: bpy.types.Object, clip: AnimationClip, fps: float, frame_off
             path = f'key_blocks["{block.name}"].value'
             _write_keys(_ensure_fcurve(head_key, path, 0, name.capitalize()), frames, values[:, k])
     for field, joint in zip(POSE_FIELDS, JOINT_NAMES):
-        quaternions = axis_angle_to_quaternion(getattr(clip, field))
-        flips = np.cumprod(np.where(np.sum(quaternions[1:] * quaternions[:-1], axis=1) < 0, -1.0, 1.0))
-        quaternions[1:] *= flips[:, None]  # no sign jumps: interpolation takes the short way
+        quaternions = _continuous(axis_angle_to_quaternion(getattr(clip, field)))
         rig.pose.bones[joint].rotation_mode = "QUATERNION"
         for i in range(4):
             _write_keys(_ensure_fcurve(rig, _bone_path(joint, "rotation_quaternion"), i, joint),
@@ -371,3 +401,41 @@ def apply_clip(rig: bpy.types.Object, clip: AnimationClip, fps: float, frame_off
         _write_keys(_ensure_fcurve(rig, _bone_path(rigmod.TRANSL_BONE, "location"), i, rigmod.TRANSL_BONE),
                     frames, clip.translation[:, i])
     return frames
+
+
+def apply_camera(context: bpy.types.Context, rig: bpy.types.Object, clip: AnimationClip) -> bpy.types.Object:
+    """The clip's OpenCV cameras (FLAME space of ``rig``) as the scene camera ``<rig> camera``, keyed
+    per frame when they move; the render resolution follows the file's image size."""
+    scene = context.scene
+    width, height = clip.image_size
+    settings = [BlenderCameraIntrinsics.from_opencv(K, width, height) for K in clip.K]
+    to_world = np.array(rig.matrix_world) @ np.linalg.inv(_FLAME_TO_BLENDER_4)
+    matrices = [to_world @ opencv_to_blender_camera(R, t) for R, t in zip(clip.R, clip.t)]
+    name = f"{rig.name} camera"
+    camera = bpy.data.objects.get(name)
+    if camera is None or camera.type != "CAMERA":
+        camera = bpy.data.objects.new(name, bpy.data.cameras.new(name))
+        scene.collection.objects.link(camera)
+    camera.rotation_mode = "QUATERNION"
+    parts = [Matrix([list(row) for row in m]).decompose() for m in matrices]  # a nested list reads as rows here
+    location = np.array([tuple(p[0]) for p in parts])
+    rotation = _continuous(np.array([tuple(p[1]) for p in parts]))
+    lens = np.array([[c.lens_mm, c.shift_x, c.shift_y] for c in settings])
+    first = settings[0]
+    camera.data.sensor_fit, camera.data.sensor_width = first.sensor_fit, first.sensor_width_mm
+    camera.data.sensor_height = first.sensor_height_mm
+    camera.location, camera.rotation_quaternion = location[0], rotation[0]
+    camera.data.lens, camera.data.shift_x, camera.data.shift_y = lens[0]
+    frames = clip.frame.astype(np.float64)
+    for values, owner, path in ((location, camera, "location"), (rotation, camera, "rotation_quaternion")):
+        if np.ptp(values, axis=0).max() > 1e-9:
+            for i in range(values.shape[1]):
+                _write_keys(_ensure_fcurve(owner, path, i, "Camera"), frames, values[:, i])
+    for i, path in enumerate(("lens", "shift_x", "shift_y")):
+        if np.ptp(lens[:, i]) > 1e-9:
+            _write_keys(_ensure_fcurve(camera.data, path, 0, "Lens"), frames, lens[:, i])
+    render = scene.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
+    render.pixel_aspect_x, render.pixel_aspect_y = first.pixel_aspect_x, first.pixel_aspect_y
+    scene.camera = camera
+    return camera

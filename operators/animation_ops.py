@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
-
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from .. import animation_io, assets
-from ..formats.animation import AnimationFormatError, AnimationWarning, load_animation, save_animation
+from .. import animation_io, assets, rig as rigmod
+from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
+from ..formats.trackers import OWN_FILE, flame_version_note, load_any, retime
 from .common import NO_RIG, RigOperator, target_rig
 
 
@@ -56,33 +55,74 @@ class FLAMEDIFF_OT_export_animation(RigOperator, bpy.types.Operator, ExportHelpe
 
 
 class FLAMEDIFF_OT_import_animation(RigOperator, bpy.types.Operator, ImportHelper):
-    """Keyframe the rig from a flamediff .npz or a DECA / EMOCA / SMIRK tracker .npz"""
+    """Keyframe the rig from a flamediff .npz or a face tracker's files (VHAP, GaussianAvatars, SMIRK, DECA,
+EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per-frame files"""
 
     bl_idname = "flamediff.import_animation"
     bl_label = "Import FLAME Animation"
     bl_options = {"REGISTER", "UNDO"}
 
     filename_ext = ".npz"
-    filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    filter_glob: StringProperty(default="*.npz;*.npy;*.pkl;*.pth;*.pt;*.frame;*.txt;*.json", options={"HIDDEN"})
     fps: FloatProperty(name="Target fps", default=0.0, min=0.0,
-                       description="Rescale the file's timing to this rate; 0 = the scene's fps")
-    frame_offset: IntProperty(name="Frame offset", default=0, description="Added to every keyed frame")
+                       description="The rate to key at; 0 = the scene's fps")
+    source_fps: FloatProperty(name="Source fps", default=0.0, min=0.0,
+                              description="The file's frame rate when you know it (tracker files carry none); "
+                                          "0 = the file's own, else one file frame per scene frame")
+    frame_offset: IntProperty(name="Frame offset", default=0,
+                              description="Added to every keyed frame (tracker files start at the scene's start)")
+    rebuild_rig: BoolProperty(name="Rebuild rig with enough coefficients", default=False,
+                              description="When the file has more shape / expression coefficients than the rig, "
+                                          "rebuild the rig with enough (its previous keys are replaced)")
+    use_camera: BoolProperty(name="Import camera", default=True,
+                             description="Make the tracker's camera (if its files carry one) the scene camera")
+    camera_index: IntProperty(name="View", default=-1, min=-1,
+                              description="Which view of a multi-view export to import; -1 = the first")
+    whole_sequence: BoolProperty(name="Whole sequence", default=True,
+                                 description="A numbered per-frame file (00012.frame) imports its whole folder")
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if not self.properties.is_property_set("rebuild_rig"):
+            self.rebuild_rig = True  # on in the dialog; scripts must ask for it
+        return ImportHelper.invoke(self, context, event)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = context.scene
         rig = target_rig(context, self.rig)
-        render = context.scene.render
-        fps = self.fps or render.fps / render.fps_base
         try:
             if rig is None:
                 raise AnimationFormatError(NO_RIG)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", AnimationWarning)
-                clip = animation_io.fit_clip_to_rig(load_animation(self.filepath), rig)
-        except (AnimationFormatError, animation_io.RigMismatchError) as exc:
+            imported = load_any(self.filepath, fps=self.source_fps or None,
+                                camera_index=self.camera_index if self.camera_index >= 0 else None,
+                                whole_sequence=self.whole_sequence)
+            clip, how = retime(imported.clip, scene_fps=self.fps or scene.render.fps / scene.render.fps_base,
+                               scene_start=scene.frame_start, frame_offset=self.frame_offset)
+            counts, rebuild = rigmod.coefficient_counts(rig), None
+            needed = animation_io.required_counts(clip)
+            if self.rebuild_rig and (needed[0] > counts[0] or needed[1] > counts[1]):
+                asset, identity = assets.current(context)
+                counts = (min(max(needed[0], counts[0]), asset.num_shape),
+                          min(max(needed[1], counts[1]), asset.num_expression))
+                animation_io.check_rig_asset(rig, identity)
+                rebuild = (asset, identity)
+            clip = animation_io.fit_clip_to_rig(clip, rig, counts)
+        except (AnimationFormatError, animation_io.RigMismatchError, FlameAssetError, OSError) as exc:
             self.report({"ERROR"}, f"Import failed, nothing changed: {exc}")
             return {"CANCELLED"}
-        for warning in caught:
-            self.report({"WARNING"}, str(warning.message))
-        frames = animation_io.apply_clip(rig, clip, fps, self.frame_offset)
+        lines = imported.report.lines() + [f"timing: {how}"]
+        if rebuild is not None:
+            rig = animation_io.rebuild_rig(context, rig, *rebuild, *counts)
+            lines.append(f"rebuilt rig {rig.name} with {counts[0]} shape and {counts[1]} expression coefficients")
+        frames = animation_io.apply_clip(rig, clip)
+        if self.use_camera and clip.has_camera and imported.report.tool != OWN_FILE:
+            camera = animation_io.apply_camera(context, rig, clip)
+            lines.append(f"camera: keyed {camera.name} as the scene camera")
+        version = flame_version_note(imported.report, rigmod.rig_identity(rig)["name"])
+        for line in lines:
+            self.report({"INFO"}, line)
+        if version:
+            self.report({"WARNING"}, version)
+            lines.append(version)
+        scene["flamediff_import_report"] = "\n".join(lines)
         self.report({"INFO"}, f"Keyed {rig.name} on {len(frames)} frames ({frames.min():g}..{frames.max():g})")
         return {"FINISHED"}

@@ -258,12 +258,13 @@ def main() -> None:
     np.save(path("verts_constrained.npy"), evaluate(rig.name, FRAMES))
     rig.pose.bones["jaw"].constraints.remove(limit)
 
-    # tracker (DECA-style) import into the second rig
+    # tracker (EMOCA-style) import into the second rig: no fps in the file, so frame k lands on
+    # scene start (1) + offset (100) + k
     RESULTS["import_tracker"] = call(bpy.ops.flamediff.import_animation, filepath=path("tracker.npz"),
                                      frame_offset=100)
     RESULTS["import_tracker"] = (sorted(RESULTS["import_tracker"][0] or []), RESULTS["import_tracker"][1])
     RESULTS["export_tracker"] = call(bpy.ops.flamediff.export_animation, filepath=path("export_tracker.npz"),
-                                     frame_start=100, frame_end=104, use_camera=False)[1]
+                                     frame_start=101, frame_end=105, use_camera=False)[1]
 
     # bad files and bad requests: CANCELLED (RuntimeError in bpy) and nothing changes
     bad = {}

@@ -188,7 +188,7 @@ def test_tracker_import_pads_and_offsets(run):
     assert run["results"]["export_tracker"] == ""
     exported = load(run, "export_tracker.npz")
     tracker = np.load(os.path.join(run["work"], "tracker.npz"))
-    np.testing.assert_array_equal(exported.frame, np.arange(100, 105))
+    np.testing.assert_array_equal(exported.frame, np.arange(101, 106))  # scene start 1 + offset 100
     np.testing.assert_allclose(exported.expression, tracker["expcode"], atol=1e-6)
     np.testing.assert_allclose(exported.shape, np.repeat(tracker["shapecode"][None], 5, 0), atol=1e-6)
     np.testing.assert_allclose(exported.jaw_pose, tracker["posecode"][:, 3:], atol=1e-6)

@@ -450,3 +450,133 @@ def test_unrecognised_files_say_what_they_look_like(tmp_path):
         load_any(tmp_path / "codes.mat")
     with pytest.raises(TrackerFormatError, match="not found"):
         load_any(tmp_path / "nothing.npz")
+
+
+# ------------------------------------------------------------------ flamediff convert
+
+def test_convert_prints_mapped_and_dropped_and_keeps_no_fps(tmp_path, capsys):
+    from backend.cli import main
+
+    write_metrical(tmp_path)
+    out = tmp_path / "converted.npz"
+    assert main(["convert", str(tmp_path / "checkpoint"), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "metrical-tracker / FlashAvatar (FLAME 2020)" in printed and "flame.eyelids" in printed
+    assert "no frame rate" in printed and "camera: metrical-tracker's OpenCV camera" in printed
+    again = load_any(out)
+    assert again.report.tool == "flamediff animation file (converted from metrical-tracker / FlashAvatar)"
+    assert not again.report.fps_in_file and again.clip.has_camera
+    keyed, how = retime(again.clip, scene_fps=30.0, scene_start=5)
+    np.testing.assert_array_equal(keyed.frame, np.arange(5, 5 + T))
+    write_gaussian_avatars(tmp_path)
+    assert main(["convert", str(tmp_path / "flame_param.npz"), str(out), "--fps", "30", "--default-camera"]) == 0
+    assert "default portrait camera" in capsys.readouterr().out
+    assert load_any(out).clip.has_camera and load_any(out).clip.fps == 30.0
+    (tmp_path / "evil.pkl").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR.")
+    assert main(["convert", str(tmp_path / "evil.pkl"), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "never runs code" in error and "Traceback" not in error
+
+
+# ------------------------------------------------------------------ through the add-on, in bpy
+
+def test_import_through_the_addon_in_bpy(tmp_path, head_folder):
+    """The built add-on keys a rig from a VHAP export (rebuilding the rig for 300 / 100
+    coefficients, its camera as the scene camera) and from metrical-tracker frames resampled
+    from 15 to 30 fps; scripts without rebuild_rig and bad files change nothing."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bpy")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from build_addon import build
+
+    zip_path = build(str(tmp_path / "dist"))
+    p, w2c = write_vhap_export(tmp_path / "vhap_export")
+    frames = write_metrical(tmp_path / "metrical")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with open(bad / "evil.pkl", "wb") as handle:
+        handle.write(b"\x80\x04cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
+    vhap = write_vhap_tracker(tmp_path)
+    vhap["expr"][1, 3] = np.inf
+    np.savez(bad / "nan.npz", **vhap)
+    (bad / "mismatched").mkdir()
+    for i in range(3):
+        np.savez(bad / "mismatched" / f"{i:05d}.npz", expr=f32(1, 100 if i != 1 else 50), rotation=f32(1, 3),
+                 eyes_pose=f32(1, 6), shape=f32(300))
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"))
+    completed = subprocess.run([sys.executable, os.path.join(root, "tests", "tracker_addon_driver.py"), zip_path,
+                                str(tmp_path), head_folder], env=env, capture_output=True, text=True, timeout=600)
+    results_file = tmp_path / "results.json"
+    assert results_file.exists(), completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    assert not results["errors"], results["errors"][0]
+    assert results["install"] == ["FINISHED"] and not results["torch_loaded"]
+
+    refused = results["script_without_rebuild"]
+    assert refused["result"] is None and refused["unchanged"], refused
+    assert "shape coefficient 300 but rig FLAME exposes 100" in refused["message"]
+    assert "rebuild_rig=True" in refused["message"]
+    for name, words in (("evil.pkl", "never runs code"), ("nan.npz", "'expr' holds NaN or Inf (frame 1, index 3)"),
+                        ("mismatched", "00001.npz has 'expr' of shape [1, 50]")):
+        outcome = results[f"bad_{name}"]
+        assert outcome["result"] is None and outcome["unchanged"], outcome
+        assert "Import failed, nothing changed" in outcome["message"] and words in outcome["message"], outcome
+    assert not (tmp_path / "pwned").exists()
+
+    done = results["vhap"]
+    assert done["result"] == ["FINISHED"], done
+    assert results["counts_before"] == [100, 50] and results["counts_after"] == [300, 100]
+    report = done["report"]
+    for words in ("VHAP export", "static_offset", "no frame rate in the file: one file frame per scene frame from "
+                  "frame 101", "rebuilt rig FLAME with 300 shape and 100 expression", "FLAME 2023",
+                  "camera_index 0 of [0, 1]"):
+        assert words in report, (words, report)
+    assert results["scene_camera"] == "FLAME camera" and results["resolution"] == [550, 512]
+    assert results["export_vhap"] == ""
+    exported = load_any(tmp_path / "export_vhap.npz").clip
+    np.testing.assert_array_equal(exported.frame, [101, 102, 103, 104])
+    assert_close(exported.expression, p["expr"])
+    assert_close(exported.shape, np.repeat(p["shape"][None], T, 0))
+    for name, expected in (("global_pose", p["rotation"]), ("neck_pose", p["neck_pose"]), ("jaw_pose", p["jaw_pose"]),
+                           ("left_eye_pose", p["eyes_pose"][:, :3]), ("right_eye_pose", p["eyes_pose"][:, 3:])):
+        assert_close(axis_angle_to_matrix(getattr(exported, name)), axis_angle_to_matrix(expected), 1e-6)
+    assert_close(exported.translation, p["translation"])
+    assert_close(exported.R, np.repeat(w2c[0][0][None], T, 0), 1e-5)
+    assert_close(exported.t, np.repeat(w2c[0][1][None], T, 0), 1e-5)
+    assert_close(exported.K[0], [[1100.0, 0, 256.0], [0, 1101.0, 250.0], [0, 0, 1]], 1e-3)
+    assert exported.image_size == (550, 512)
+
+    resampled = results["metrical"]
+    assert resampled["result"] == ["FINISHED"], resampled
+    assert "resampled 4 frames at 15 fps onto 7 scene frames at 30 fps (101..107" in resampled["report"]
+    assert results["export_metrical"] == ""
+    keyed = load_any(tmp_path / "export_metrical.npz").clip
+    assert_close(keyed.expression[::2], np.concatenate([f["flame"]["exp"] for f in frames]))
+    for i, frame in enumerate(frames):
+        assert_close(axis_angle_to_matrix(keyed.jaw_pose[2 * i]), frame["rot"][0], 1e-6)
+
+
+def test_render_reads_tracker_folders_with_the_default_camera(tmp_path, capsys, monkeypatch):
+    """``flamediff render --animation`` converts through the layer (checked up to the job, not rendered)."""
+    import backend.server.cli as server_cli
+    from backend.cli import main
+
+    seen = {}
+
+    def fake_render(args):
+        seen["clip"] = load_any(args.animation).clip
+        return 0
+
+    monkeypatch.setattr(server_cli, "cmd_render", fake_render)
+    p, _ = write_vhap_export(tmp_path / "export", cameras=1)
+    (tmp_path / "export" / "transforms.json").unlink()  # the per-frame files alone carry no camera
+    assert main(["render", "--reference", "ref.png", "--animation", str(tmp_path / "export" / "flame_param"),
+                 "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "VHAP export (GaussianAvatars / NeRSemble layout) (FLAME 2023): 4 per-frame .npz files" in printed and "default portrait camera" in printed
+    clip = seen["clip"]
+    assert clip.has_camera and clip.image_size == (512, 512)
+    assert_close(clip.expression, p["expr"])

@@ -71,7 +71,7 @@ TOOLS: dict[str, tuple[str, str | None, str, str, str]] = {
               "trans", "all", "-"),
 }
 SUPPORTED = ", ".join(dict.fromkeys(name for name, *_ in TOOLS.values()))
-_OWN = "flamediff animation file"
+OWN_FILE = "flamediff animation file"
 _EXTENSIONS = (".npz", ".npy", ".pkl", ".pickle", ".pth", ".pt", ".frame", ".tar", ".txt")
 _EMOCA_CODES = ("shape.npy", "exp.npy", "pose.npy", "tex.npy", "detail.npy")
 
@@ -152,7 +152,8 @@ def quaternion_to_matrix(quaternion: np.ndarray) -> np.ndarray:
     w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
     return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
                      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1
+                    ).reshape(q.shape[:-1] + (3, 3))
 
 
 def matrix_to_axis_angle(matrix: np.ndarray, name: str = "rotation") -> np.ndarray:
@@ -656,7 +657,8 @@ _TRACKERS: tuple[_Tool, ...] = (
            "(not FLAME)", "camera.R": "pytorch3d copy of the opencv camera", "camera.t": "pytorch3d copy of the opencv "
            "camera", "camera.fl": "pytorch3d copy of the opencv camera", "camera.pp": "pytorch3d copy of the opencv "
            "camera", "global_step": "optimiser state", "mesh": "mesh"}, camera="metrical"),
-    _Tool("vhap", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k and bool(k & {"timestep_id", "n_processed_frames"}),
+    _Tool("vhap", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k
+          and bool(k & {"timestep_id", "n_processed_frames"}),
           _map_vhap, ("expr", "rotation"),
           {"static_offset": _OFFSETS, "dynamic_offset": _OFFSETS, "tex": "albedo", "tex_extra": "albedo",
            "lights": "lighting", "focal_length": "intrinsics without the dataset's extrinsics",
@@ -816,7 +818,8 @@ def _finish(fields: dict[str, Any], frames: int, report: TrackerReport, fps: flo
     if tool_fps is not None:
         report.notes.append(f"{report.tool} animates at {tool_fps:g} fps")
     elif fps is None:
-        report.notes.append("the files carry no frame rate: one file frame per scene frame unless you set the source fps")
+        report.notes.append("the files carry no frame rate: one file frame per scene frame unless you set "
+                            "the source fps")
     extra = {"source_tool": report.tool, "fps_in_file": rate is not None,
              "flame_version": report.flame_version, "dropped": [d.split(" ")[0] for d in report.dropped]}
     clip = _clip_from_fields(fields, frames, float(rate or 25.0), extra)
@@ -968,11 +971,8 @@ def _read_folder(folder: str, fps: float | None, camera_index: int | None) -> Tr
     entries = sorted(os.listdir(folder))
     if kind == "emoca-codes":
         names = _numbered(folder, [e for e in entries if os.path.isfile(os.path.join(folder, e, "exp.npy"))])
-        result = _read_frames(folder, names, _read_emoca_codes, fps, f"{len(names)} --save_codes folders")
-        tool_name, version = TOOLS["emoca-codes"][:2]
-        result.report.tool, result.report.flame_version = tool_name, version
-        result.clip.extra.update(source_tool=tool_name, flame_version=version)
-        return result
+        return _relabel(_read_frames(folder, names, _read_emoca_codes, fps, f"{len(names)} --save_codes folders"),
+                        "emoca-codes")
     tracked = sorted((e for e in entries if e.startswith("tracked_flame_params") and e.endswith(".npz")),
                      key=lambda e: frame_number(e.replace("tracked_flame_params", "")) or -1)
     if tracked:
@@ -988,14 +988,23 @@ def _read_folder(folder: str, fps: float | None, camera_index: int | None) -> Tr
     if extensions == [".txt"]:  # INSTA's flame/exp: one expression vector per file
         def read(path: str) -> dict[str, Any]:
             return {"flame.exp": read_file_arrays(path).popitem()[1]}
-        result = _read_frames(folder, names, read, fps, f"{len(names)} per-frame .txt files")
+        result = _relabel(_read_frames(folder, names, read, fps, f"{len(names)} per-frame .txt files"), "insta")
         result.report.mapped = [m.replace("flame.exp", "exp .txt") for m in result.report.mapped]
-        tool_name, version = TOOLS["insta"][:2]
-        result.report.tool, result.report.flame_version = tool_name, version
         result.report.notes.append("INSTA's folders hold expression only: pose, jaw, eyes and shape stay at rest")
-        result.clip.extra.update(source_tool=tool_name, flame_version=version)
         return result
-    return _read_frames(folder, names, read_file_arrays, fps, f"{len(names)} per-frame {extensions[0]} files")
+    result = _read_frames(folder, names, read_file_arrays, fps, f"{len(names)} per-frame {extensions[0]} files")
+    if os.path.basename(folder) == "flame_param" and result.report.tool == TOOLS["gaussian-avatars"][0]:
+        result = _relabel(result, "vhap-export")
+        result.report.notes.append("no transforms.json beside the folder: no camera")
+    return result
+
+
+def _relabel(result: TrackerImport, tool_id: str) -> TrackerImport:
+    """Name the tool a folder's layout revealed (its files' keys alone look like another tool's)."""
+    name, version = TOOLS[tool_id][:2]
+    result.report.tool, result.report.flame_version = name, version
+    result.clip.extra.update(source_tool=name, flame_version=version)
+    return result
 
 
 def _sequence_folder(path: str) -> str | None:
@@ -1058,7 +1067,10 @@ def load_any(path: str | os.PathLike, *, fps: float | None = None, camera_index:
         clip = load_animation(path)
         if fps is not None:
             clip = replace(clip, fps=float(fps))
-        report = TrackerReport(_OWN, None, "one file", clip.num_frames, mapped=["all fields"], fps_in_file=True,
+        source = clip.extra.get("source_tool")
+        report = TrackerReport(OWN_FILE + (f" (converted from {source})" if source else ""),
+                               clip.extra.get("flame_version"),
+                               "one file", clip.num_frames, mapped=["all fields"], fps_in_file=fps_in_file(clip),
                                camera="K, R, t" if clip.has_camera else None)
         return TrackerImport(clip, report)
     return read_tracker(path, fps=fps, camera_index=camera_index, whole_sequence=whole_sequence)
@@ -1087,7 +1099,8 @@ def flame_version_note(report: TrackerReport, asset_name: str) -> str | None:
     if implied in asset_name or (implied == "2020" and asset_name == "generic_model"):
         return None
     return (f"{report.tool} tracks with {report.flame_version}, but the rig's FLAME asset is '{asset_name}': "
-            f"expressions and identity look different on another model; point the preferences at {report.flame_version}")
+            "expressions and identity look different on another model; point the preferences at "
+            f"{report.flame_version}")
 
 
 # ============================================================================ timing
@@ -1123,7 +1136,8 @@ def resample(clip: AnimationClip, times: np.ndarray, frames: np.ndarray) -> Anim
     for name in POSE_FIELDS:
         fields[name] = quaternion_to_axis_angle(rotation(axis_angle_to_quaternion(getattr(clip, name))))
     if clip.has_camera:
-        fields.update(K=linear(clip.K), t=linear(clip.t), R=quaternion_to_matrix(rotation(matrix_to_quaternion(clip.R))))
+        fields.update(K=linear(clip.K), t=linear(clip.t),
+                      R=quaternion_to_matrix(rotation(matrix_to_quaternion(clip.R))))
     return replace(clip, frame=np.asarray(frames, np.int64), **fields)
 
 
