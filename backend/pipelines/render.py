@@ -6,16 +6,19 @@ pose guider. Then DDIM with both guidance branches in one batched forward, then 
 
 Models without temporal layers denoise chunks of frames independently, and each frame's
 initial noise is seeded by (seed, Blender frame number): rendering a subset of frames gives
-the same pixels for those frames as the full render. Models with temporal layers denoise all
-frames in lockstep through sliding context windows (``context_window`` frames overlapping by
-``context_overlap``, predictions blended with ramps over the overlaps): activations are bounded
-by the window, and only latents and guider outputs (small) are kept for the whole sequence.
-There a frame's pixels also depend on its neighbours inside the window, so a subset render
-matches the full render only where the subset gives each frame the same window neighbours.
+the same pixels for those frames as the full render. Models with temporal layers denoise the
+clip through context windows (``context_window`` frames, consecutive ones sharing
+``context_overlap``), one window after the other: a window's shared frames are pinned to the
+trajectory they had in the previous window, so the new frames see the same neighbours the
+finished ones saw (see ``FlameDiffPipeline._denoise``). Activations are bounded by the window,
+and only latents and guider outputs (small) are kept for the whole sequence. A frame's pixels
+depend on its neighbours in its window, so a subset render matches the full render only where
+the subset gives each frame the same windows.
 
 :meth:`FlameDiffPipeline.stream` hands frames out as soon as they are decoded (per chunk, or per
-window region in the last step), so a long job is one call: one ReferenceNet pass, unbroken
-temporal context, and memory bounded by the chunk or window when the consumer writes frames out.
+window), so frames arrive progressively and a long job is one call: one ReferenceNet pass,
+unbroken temporal context, and memory bounded by the chunk or window when the consumer writes
+frames out.
 
 Framing: the camera's whole image (any aspect) is fitted into the model's square, letterboxed,
 and the frames are cropped back to the camera's aspect (a 16:9 camera gives 16:9 frames of its
@@ -124,13 +127,6 @@ def context_windows(num_frames: int, window: int, overlap: int) -> list[tuple[in
     return [(start, start + window) for start in starts]
 
 
-def window_weights(length: int, overlap: int) -> Tensor:
-    """Blend weights of one window: ramps over the overlaps so seams fade across frames."""
-    index = torch.arange(length, dtype=torch.float32)
-    ramp = float(overlap + 1)
-    return torch.minimum(torch.ones(length), torch.minimum((index + 1) / ramp, (length - index) / ramp))
-
-
 class FlameDiffPipeline:
     """Renders frames for an animation clip with a trained :class:`FlameDiffModel`.
 
@@ -217,8 +213,8 @@ class FlameDiffPipeline:
         """Render ``clip``, yielding frames in order as soon as they are decoded.
 
         The reference runs once for the whole clip. Models without temporal layers yield each
-        chunk of ``frames_per_batch`` frames; temporal ones yield a window region as soon as the
-        last step's windows covering it are done. A consumer that does not keep the frames
+        chunk of ``frames_per_batch`` frames; temporal ones yield each context window's new
+        frames as soon as that window is denoised. A consumer that does not keep the frames
         holds at most one chunk or window of them.
         """
         if not clip.has_camera:
@@ -309,41 +305,41 @@ class FlameDiffPipeline:
 
     def _denoise(self, guidance: Tensor, frame_numbers: np.ndarray, windows: list[tuple[int, int]],
                  settings: RenderSettings, progress: "_DenoisingProgress") -> Iterator[tuple[int, Tensor]]:
-        """DDIM over ``[F, C, h, w]`` guider outputs, window by window each step.
+        """DDIM over ``[F, C, h, w]`` guider outputs, one context window after the other.
 
-        A region of frames steps as soon as every window covering it has predicted (later
-        windows never read it), so in the last step each region's latents are final and are
-        yielded as ``(first row, latents)`` while the later windows still run. Latents and the
-        scheduler stay fp32; only the denoiser's input and output are in its dtype.
+        Each window goes through every step before the next one starts, so its new frames are
+        yielded as ``(first row, final latents)`` after their share of the work: frames arrive
+        progressively, and a cancelled render keeps them. Continuity: a window's first rows are
+        the previous window's last ones, pinned to the trajectory they had there (their latents
+        after every step), so the new frames attend at every step to exactly the neighbours the
+        finished frames had, and finished frames never change. One window (every model without
+        temporal layers, short clips) is plain DDIM. Latents and the scheduler stay fp32; only
+        the denoiser's input and output are in its dtype.
         """
         self.scheduler.set_timesteps(settings.steps, device=self.device)
-        latents = self._initial_noise(frame_numbers, settings.seed, guidance.shape[-1])
+        noise = self._initial_noise(frame_numbers, settings.seed, guidance.shape[-1])
         guided = settings.guidance != 1.0
         branches = 2 if guided else 1
         keep = torch.tensor([True, False], device=self.device) if guided else None
         labels = torch.full((branches,), LABELS["real"], device=self.device)
         index = torch.zeros(branches, dtype=torch.long, device=self.device)
-        last_step = len(self.scheduler.timesteps) - 1
-        for step, timestep in enumerate(self.scheduler.timesteps):
-            velocity = torch.zeros_like(latents)
-            total_weight = torch.zeros(len(latents), device=self.device)
-            finished = 0
-            for number, (start, end) in enumerate(windows):
-                v = self._predict(latents[None, start:end].to(self.dtype).expand(branches, -1, -1, -1, -1),
+        done, path_start, path = 0, 0, None    # rows handed out; the last window's trajectory
+        for start, end in windows:
+            pinned = done - start               # rows of this window that are already final
+            latents = noise[start:end].clone()
+            trajectory = [latents.clone()]
+            for step, timestep in enumerate(self.scheduler.timesteps):
+                v = self._predict(latents[None].to(self.dtype).expand(branches, -1, -1, -1, -1),
                                   timestep.repeat(branches), guidance[None, start:end].expand(branches, -1, -1, -1, -1),
                                   labels, keep, reference_index=index).float()
                 v = v[1] + settings.guidance * (v[0] - v[1]) if guided else v[0]
-                weight = window_weights(end - start, settings.context_overlap if len(windows) > 1 else 0).to(self.device)
-                velocity[start:end] += weight[:, None, None, None] * v
-                total_weight[start:end] += weight
-                ready = windows[number + 1][0] if number + 1 < len(windows) else len(latents)
-                region = slice(finished, ready)
-                latents[region] = self.scheduler.step(velocity[region] / total_weight[region, None, None, None],
-                                                      timestep, latents[region]).prev_sample
-                if step == last_step and ready > finished:
-                    yield finished, latents[region]
-                finished = ready
-            progress.advance(len(latents))
+                latents = self.scheduler.step(v, timestep, latents).prev_sample
+                if pinned:
+                    latents[:pinned] = path[step + 1, start - path_start:done - path_start]
+                trajectory.append(latents.clone())
+                progress.advance(end - start - pinned)
+            yield done, latents[pinned:]
+            done, path_start, path = end, start, torch.stack(trajectory)
 
 
 @dataclass
