@@ -130,7 +130,7 @@ def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype | 
         result["splat_s"] = _timed(lambda: pipeline.control_maps(clip))
         features = control.permute(0, 3, 1, 2)
         result["guider_s"] = _timed(lambda: model.guide(features))
-        guidance = model.guide(features).to(dtype)[None]
+        pose_features = model.guide(features).to(dtype)[None]
         blank = torch.zeros(1, 3, config.resolution, config.resolution, device=device)
         ref_latent = model.encode_images(blank).to(dtype)
         result["reference_net_s"] = _timed(lambda: model.write_reference(ref_latent))
@@ -138,10 +138,10 @@ def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype | 
         noisy = latent.to(dtype)
 
         def single_branch():
-            model.predict_guided(noisy, timestep, guidance, torch.tensor([LABELS["real"]], device=device), None)
+            model.predict_guided(noisy, timestep, pose_features, torch.tensor([LABELS["real"]], device=device), None)
 
         def both_branches():
-            model.predict_guided(noisy.expand(2, -1, -1, -1, -1), timestep.repeat(2), guidance.expand(2, -1, -1, -1, -1),
+            model.predict_guided(noisy.expand(2, -1, -1, -1, -1), timestep.repeat(2), pose_features.expand(2, -1, -1, -1, -1),
                                  torch.tensor([LABELS["real"]] * 2, device=device), torch.tensor([True, False], device=device),
                                  reference_index=torch.zeros(2, dtype=torch.long, device=device))
 

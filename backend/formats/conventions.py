@@ -41,6 +41,12 @@ def _homogeneous(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def view_matrices(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``[..., 4, 4]`` world-to-camera matrices from OpenCV ``R [..., 3, 3]`` and ``t [..., 3]``
+    (what the splatter and the rasteriser take as ``viewmats``)."""
+    return _homogeneous(np.asarray(R, np.float64), np.asarray(t, np.float64))
+
+
 def blender_camera_to_opencv(matrix_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World-to-camera OpenCV ``(R, t)`` in FLAME space from a Blender camera's ``matrix_world``.
 

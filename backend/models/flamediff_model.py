@@ -198,10 +198,10 @@ class FlameDiffModel(nn.Module):
         written reference each sample uses (default: sample i uses reference i). The bank must
         have been written first.
         """
-        guidance = self.guide(feature_maps.flatten(0, 1)).unflatten(0, feature_maps.shape[:2])
-        return self.predict_guided(noisy_latents, timesteps, guidance, labels, keep_reference, reference_index)
+        pose_features = self.guide(feature_maps.flatten(0, 1)).unflatten(0, feature_maps.shape[:2])
+        return self.predict_guided(noisy_latents, timesteps, pose_features, labels, keep_reference, reference_index)
 
-    def predict_guided(self, noisy_latents: Tensor, timesteps: Tensor, guidance: Tensor, labels: Tensor,
+    def predict_guided(self, noisy_latents: Tensor, timesteps: Tensor, pose_features: Tensor, labels: Tensor,
                        keep_reference: Tensor | None, reference_index: Tensor | None = None) -> Tensor:
         """:meth:`predict` with the pose guider's output ``[B, F, C, h, w]`` already computed.
 
@@ -219,7 +219,7 @@ class FlameDiffModel(nn.Module):
             labels = torch.where(keep_reference, labels, torch.full_like(labels, LABELS["null"]))
         dropped = keep_reference is not None and not bool(keep_reference.all())
         self.bank.route(per_frame(reference_index), per_frame(keep_reference) if dropped else None)
-        self._control = guidance.flatten(0, 1)
+        self._control = pose_features.flatten(0, 1)
         self._num_frames = frames
         try:
             tokens = self.label_tokens(per_frame(labels)).to(noisy_latents.dtype)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from backend.flame.model import FlameModel
 from backend.formats.animation import AnimationClip
-from backend.formats.conventions import fitted_frame, square_fit_intrinsics
+from backend.formats.conventions import fitted_frame, square_fit_intrinsics, view_matrices
 from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
@@ -228,10 +228,10 @@ class FlameDiffPipeline:
         denoising = _DenoisingProgress(progress, clip.num_frames * settings.steps)
         for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch, first_alone=settings.preview):
             group = clip.take_rows(rows)
-            guidance, previews = self._guidance(group, settings, resolution, return_control)
+            pose_features, previews = self._pose_features(group, settings, resolution, return_control)
             windows = (context_windows(len(rows), settings.context_window, settings.context_overlap)
                        if self.model.temporal is not None else [(0, len(rows))])
-            regions = self._denoise(guidance, group.frame, windows, settings, denoising)
+            regions = self._denoise(pose_features, group.frame, windows, settings, denoising)
             crop = fitted_frame(clip.image_size, resolution)
             yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, crop)
 
@@ -260,7 +260,7 @@ class FlameDiffPipeline:
                                            tensor_to_images(self.model.decode_latents(batch))],
                                    control_previews=[np.ascontiguousarray(p[crop]) for p in previews[rows]])
 
-    def _guidance(self, clip: AnimationClip, settings: RenderSettings, resolution: int,
+    def _pose_features(self, clip: AnimationClip, settings: RenderSettings, resolution: int,
                   return_control: bool) -> tuple[Tensor, list[np.ndarray]]:
         """Pose-guider outputs ``[F, C, h, w]`` of every frame in the denoiser's dtype (splatting
         in chunks), and the control previews when asked for."""
@@ -291,10 +291,9 @@ class FlameDiffPipeline:
         resolution = resolution or self.model.config.resolution
         vertices = self.flame.forward_clip(clip).vertices.to(self.device)
         Ks = square_fit_intrinsics(clip.K, clip.image_size, resolution)
-        viewmats = np.zeros((clip.num_frames, 4, 4))
-        viewmats[:, :3, :3], viewmats[:, :3, 3], viewmats[:, 3, 3] = clip.R, clip.t, 1.0
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        return self.model.render_control(vertices, self.flame.faces, as_tensor(viewmats), as_tensor(Ks), resolution)
+        return self.model.render_control(vertices, self.flame.faces, as_tensor(view_matrices(clip.R, clip.t)),
+                                         as_tensor(Ks), resolution)
 
     def _initial_noise(self, frame_numbers: np.ndarray, seed: int, latent_size: int) -> Tensor:
         """fp32 noise ``[F, C, latent_size, latent_size]``, seeded per (seed, frame number)."""
@@ -303,9 +302,10 @@ class FlameDiffPipeline:
                  for f in frame_numbers]
         return torch.stack(noise).to(self.device)
 
-    def _denoise(self, guidance: Tensor, frame_numbers: np.ndarray, windows: list[tuple[int, int]],
+    def _denoise(self, pose_features: Tensor, frame_numbers: np.ndarray, windows: list[tuple[int, int]],
                  settings: RenderSettings, progress: "_DenoisingProgress") -> Iterator[tuple[int, Tensor]]:
-        """DDIM over ``[F, C, h, w]`` guider outputs, one context window after the other.
+        """DDIM over ``[F, C, h, w]`` pose-guider outputs, one context window after the other
+        (``settings.guidance`` is the classifier-free guidance scale).
 
         Each window goes through every step before the next one starts, so its new frames are
         yielded as ``(first row, final latents)`` after their share of the work: frames arrive
@@ -317,7 +317,7 @@ class FlameDiffPipeline:
         the denoiser's input and output are in its dtype.
         """
         self.scheduler.set_timesteps(settings.steps, device=self.device)
-        noise = self._initial_noise(frame_numbers, settings.seed, guidance.shape[-1])
+        noise = self._initial_noise(frame_numbers, settings.seed, pose_features.shape[-1])
         guided = settings.guidance != 1.0
         branches = 2 if guided else 1
         keep = torch.tensor([True, False], device=self.device) if guided else None
@@ -330,7 +330,8 @@ class FlameDiffPipeline:
             trajectory = [latents.clone()]
             for step, timestep in enumerate(self.scheduler.timesteps):
                 v = self._predict(latents[None].to(self.dtype).expand(branches, -1, -1, -1, -1),
-                                  timestep.repeat(branches), guidance[None, start:end].expand(branches, -1, -1, -1, -1),
+                                  timestep.repeat(branches),
+                                  pose_features[None, start:end].expand(branches, -1, -1, -1, -1),
                                   labels, keep, reference_index=index).float()
                 v = v[1] + settings.guidance * (v[0] - v[1]) if guided else v[0]
                 latents = self.scheduler.step(v, timestep, latents).prev_sample

@@ -39,7 +39,7 @@ from backend.errors import FlamediffError
 from backend.assets import load_asset
 from backend.data.dataset import DatasetIndex, read_dataset
 from backend.flame.model import FlameModel
-from backend.formats.conventions import square_crop_intrinsics
+from backend.formats.conventions import square_crop_intrinsics, view_matrices
 from backend.models.config import LABELS, FlameDiffConfig
 from backend.models.flamediff_model import FlameDiffModel
 from backend.pipelines.scheduling import make_scheduler
@@ -197,14 +197,12 @@ def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank:
         references.append(int(rng.choice(others)) if len(others) else int(clip_rows[0]))
     flat = rows.reshape(-1)
     clip = index.annotations.take_rows(flat)
-    viewmats = np.zeros((len(flat), 4, 4))
-    viewmats[:, :3, :3], viewmats[:, :3, 3], viewmats[:, 3, 3] = clip.R, clip.t, 1.0
     targets = torch.stack([_image_tensor(index.load_frame(int(r))) for r in flat])
     return {
         "target": targets.unflatten(0, rows.shape),
         "reference": torch.stack([_image_tensor(index.load_frame(r)) for r in references]),
         "clip": clip,
-        "viewmats": torch.as_tensor(viewmats, dtype=torch.float32),
+        "viewmats": torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32),
         "label": torch.as_tensor(index.label[rows[:, 0]], dtype=torch.long),
         "rng": rng,
     }
