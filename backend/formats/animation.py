@@ -23,16 +23,24 @@ array             shape        meaning
 Readers are tolerant where users need it (DECA / EMOCA / SMIRK key names, shorter coefficient
 vectors, a single shape vector for the whole clip) and strict where it matters (NaN/Inf,
 frame-count or rank mismatches, unknown future versions): every error names the field.
+
+Files may come from strangers (the server reads uploads), so reading is bounded: each member's
+shape and dtype are checked from its ``.npy`` header before a byte of data is decompressed, and
+:class:`ReadLimits` caps the decompressed total and the frames, so a 1 MiB zip of zeros cannot
+make the reader allocate gigabytes. The header is checked field by field without pydantic: this
+package also ships inside the Blender add-on, whose Python has numpy but not pydantic.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import IO, Any, Mapping
 
 import numpy as np
 
@@ -64,6 +72,28 @@ PACKED_EYE_KEYS = ("eye_pose", "eyes_pose")
 
 class AnimationFormatError(ValueError):
     """A file or array that does not follow the animation format; the message names the field."""
+
+
+class AnimationTooLarge(AnimationFormatError):
+    """A file that declares more data or frames than :class:`ReadLimits` allows."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What reading one animation file may cost. The defaults hold 100 000 frames of full FLAME
+    parameters and cameras (about 370 MB as float64) for local files; the server passes its own."""
+
+    max_bytes: int = 512 * 1024 * 1024   # decompressed, all members together
+    max_frames: int = 100_000             # rows of any per-frame array
+    max_members: int = 64
+    max_header_bytes: int = 1024 * 1024   # the JSON header
+
+
+DEFAULT_LIMITS = ReadLimits()
+#: Largest rank of an array in a file (K and R are [T, 3, 3]).
+MAX_RANK = 3
+#: Frame numbers are Blender's: 32-bit signed.
+FRAME_RANGE = (-(2**31), 2**31 - 1)
 
 
 class AnimationWarning(UserWarning):
@@ -158,6 +188,10 @@ def validate_clip(clip: AnimationClip) -> None:
     if clip.frame.ndim != 1 or clip.frame.shape[0] == 0:
         raise AnimationFormatError(f"'frame' must be a non-empty [T] array, got shape {clip.frame.shape}")
     frames = clip.frame.shape[0]
+    if clip.frame.dtype.kind not in "iu":
+        raise AnimationFormatError(f"'frame' must hold integers, got dtype {clip.frame.dtype}")
+    if clip.frame.min() < FRAME_RANGE[0] or clip.frame.max() > FRAME_RANGE[1]:
+        raise AnimationFormatError(f"'frame' holds numbers outside {FRAME_RANGE[0]}..{FRAME_RANGE[1]}")
     if len(np.unique(clip.frame)) != frames:
         raise AnimationFormatError("'frame' holds repeated frame numbers")
     _check_array("shape", clip.shape, 2, (), frames)
@@ -178,6 +212,9 @@ def validate_clip(clip: AnimationClip) -> None:
         _check_array("t", clip.t, 2, (3,), frames)
         if clip.image_size is None:
             raise AnimationFormatError("a camera needs 'image_size' [width, height] in the header")
+    if clip.image_size is not None and not (len(clip.image_size) == 2 and min(clip.image_size) > 0):
+        raise AnimationFormatError(f"'image_size' must be two positive integers [width, height], "
+                                   f"got {list(clip.image_size)}")
     if not (np.isfinite(clip.fps) and clip.fps > 0):
         raise AnimationFormatError(f"'fps' must be a positive number, got {clip.fps!r}")
 
@@ -215,20 +252,75 @@ def save_animation(path: str | os.PathLike, clip: AnimationClip) -> None:
     os.replace(tmp, path)
 
 
-def load_animation(path: str | os.PathLike) -> AnimationClip:
+def load_animation(path: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMITS) -> AnimationClip:
     """Read a flamediff animation file, or a tracker's ``.npz`` (DECA / EMOCA / SMIRK style)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AnimationFormatError(f"animation file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise AnimationFormatError(f"{path} is not a readable .npz animation file ({exc})") from None
+    arrays = read_npz(path, limits)
     try:
         return clip_from_arrays(arrays)
     except AnimationFormatError as exc:
-        raise AnimationFormatError(f"{os.path.basename(path)}: {exc}") from None
+        raise type(exc)(f"{os.path.basename(path)}: {exc}") from None
+
+
+def read_npz(source: str | os.PathLike | IO[bytes], limits: ReadLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (no pickles), read within ``limits``: every member's dtype, rank,
+    frames and size are checked from its ``.npy`` header before its data is decompressed, and only
+    the declared bytes are ever read. Raises :class:`AnimationFormatError` (or
+    :class:`AnimationTooLarge`) naming the member."""
+    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the file"
+    try:
+        with zipfile.ZipFile(source) as archive:
+            members = archive.infolist()
+            if len(members) > limits.max_members:
+                raise AnimationTooLarge(f"{where} holds {len(members)} arrays, more than {limits.max_members}")
+            arrays: dict[str, np.ndarray] = {}
+            budget = limits.max_bytes
+            for info in members:
+                if not info.filename.endswith(".npy"):
+                    raise AnimationFormatError(f"{where}: member {info.filename!r} is not a .npy array")
+                name = info.filename[: -len(".npy")]
+                with archive.open(info) as stream:
+                    arrays[name] = _read_member(stream, name, budget, limits)
+                budget -= arrays[name].nbytes
+    except AnimationFormatError:
+        raise
+    except MemoryError:
+        raise AnimationTooLarge(f"{where} does not fit in memory; read a shorter clip") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        raise AnimationFormatError(f"{where} is not a readable .npz animation file ({exc})") from None
+    return arrays
+
+
+def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits) -> np.ndarray:
+    """One ``.npy`` member, checked from its header, then exactly its declared bytes."""
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise AnimationFormatError(f"'{name}' uses .npy format version {version}, expected 1.0 or 2.0")
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = reader(stream)
+    if dtype.kind not in "iuf" or dtype.hasobject or dtype.itemsize > 8:
+        raise AnimationFormatError(f"'{name}' must be a numeric array, got dtype {dtype}")
+    if len(shape) > MAX_RANK:
+        raise AnimationFormatError(f"'{name}' has rank {len(shape)}, more than {MAX_RANK}")
+    rows = limits.max_header_bytes if name == "header" else limits.max_frames
+    if shape and shape[0] > rows:
+        raise AnimationTooLarge(f"'{name}' declares {shape[0]} {'bytes' if name == 'header' else 'frames'}, "
+                                f"more than the limit of {rows}")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if nbytes > budget:
+        raise AnimationTooLarge(f"'{name}' declares {list(shape)} x {dtype} ({nbytes} bytes), past the limit of "
+                                f"{limits.max_bytes} bytes decompressed per file")
+    flat = np.empty(count, dtype)
+    target, got = memoryview(flat.view(np.uint8)), 0
+    while got < nbytes:
+        read = stream.readinto(target[got:])
+        if not read:
+            raise AnimationFormatError(f"'{name}' is truncated: {got} of {nbytes} bytes")
+        got += read
+    return flat.reshape(shape, order="F" if fortran_order else "C")
 
 
 def clip_from_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
@@ -239,19 +331,51 @@ def clip_from_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
 
 
 def _read_header(raw: np.ndarray) -> dict[str, Any]:
+    """The JSON header, every field checked (type and range), so no value breaks a reader later."""
     try:
         header = json.loads(np.asarray(raw, dtype=np.uint8).tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise AnimationFormatError(f"'header' is not UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise AnimationFormatError("'header' is nested too deeply") from None
+    if not isinstance(header, dict):
+        raise AnimationFormatError(f"'header' must be a JSON object, got {type(header).__name__}")
     if header.get("format") != FORMAT_NAME:
-        raise AnimationFormatError(f"'header.format' is {header.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise AnimationFormatError(f"'header.format' is {_short(header.get('format'))}, expected {FORMAT_NAME!r}")
     version = header.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise AnimationFormatError(f"'header.version' must be a positive integer, got {version!r}")
+    if not _is_int(version) or version < 1:
+        raise AnimationFormatError(f"'header.version' must be a positive integer, got {_short(version)}")
     if version > FORMAT_VERSION:
         raise AnimationFormatError(f"'header.version' is {version}, newer than this flamediff reads "
                                    f"({FORMAT_VERSION}); update flamediff to read it")
+    fps = header.get("fps", 25.0)
+    if not (_is_number(fps) and math.isfinite(fps) and fps > 0):
+        raise AnimationFormatError(f"'header.fps' must be a positive number, got {_short(fps)}")
+    size = header.get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_is_int(v) and 0 < v <= 65536 for v in size)):
+        raise AnimationFormatError(f"'header.image_size' must be [width, height] in 1..65536 pixels, "
+                                   f"got {_short(size)}")
+    asset = header.get("flame_asset")
+    if asset is not None and not (isinstance(asset, dict) and all(isinstance(v, str) for v in asset.values())):
+        raise AnimationFormatError(f"'header.flame_asset' must be an object of strings {{name, hash}}, "
+                                   f"got {_short(asset)}")
+    if header.get("extra") is not None and not isinstance(header["extra"], dict):
+        raise AnimationFormatError(f"'header.extra' must be an object, got {_short(header['extra'])}")
     return header
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _required(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
@@ -270,13 +394,23 @@ def _clip_from_own_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
     size = header.get("image_size")
     return AnimationClip(
         **{name: value.astype(np.float64) for name, value in fields.items() if name != "frame"},
-        frame=fields["frame"].astype(np.int64),
+        frame=_frame_numbers(fields["frame"]),
         fps=float(header.get("fps", 25.0)),
         image_size=tuple(int(v) for v in size) if size else None,
         flame_asset=dict(header.get("flame_asset") or {}),
         extra=dict(header.get("extra") or {}),
         **cameras,
     )
+
+
+def _frame_numbers(values: np.ndarray) -> np.ndarray:
+    """Frame numbers as int64; floats only when they are whole numbers (never truncated)."""
+    if values.dtype.kind == "f":
+        if not (np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise AnimationFormatError("'frame' must hold whole frame numbers, got fractions or NaN")
+        if values.size and (values.min() < FRAME_RANGE[0] or values.max() > FRAME_RANGE[1]):
+            raise AnimationFormatError(f"'frame' holds numbers outside {FRAME_RANGE[0]}..{FRAME_RANGE[1]}")
+    return values.astype(np.int64)
 
 
 def _find(arrays: Mapping[str, np.ndarray], name: str, mapped: list[str]) -> np.ndarray | None:
@@ -293,6 +427,9 @@ def _as_frames(value: np.ndarray | None, frames: int, name: str) -> np.ndarray |
     if value is None:
         return None
     if value.ndim == 1:
+        if value.shape[0] > MAX_SHAPE:
+            raise AnimationFormatError(f"'{name}' as one vector for the clip has {value.shape[0]} values; "
+                                       f"FLAME has at most {MAX_SHAPE}")
         value = np.repeat(value[None, :], frames, axis=0)
     if value.ndim != 2:
         raise AnimationFormatError(f"'{name}' must be [T, N] or [N], got shape {value.shape}")
@@ -335,8 +472,11 @@ def _clip_from_tracker_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip
         if value is None:
             values[name] = np.zeros((frames, zeros.get(name, 3)))
     frame = _find(arrays, "frame", mapped)
-    frame = np.arange(frames) if frame is None else frame.astype(np.int64).reshape(-1)
-    fps = float(np.asarray(arrays["fps"]).reshape(-1)[0]) if "fps" in arrays else 25.0
+    frame = np.arange(frames) if frame is None else _frame_numbers(frame.reshape(-1))
+    fps_values = np.asarray(arrays.get("fps", [25.0])).reshape(-1)
+    if fps_values.size != 1:
+        raise AnimationFormatError(f"'fps' must be one number, got {fps_values.size} values")
+    fps = float(fps_values[0])
     notes = [f"read a tracker file: mapped {', '.join(mapped)}" if mapped else "read a tracker file"]
     short = [f"{name} ({values[name].shape[1]} of {limit})" for name, limit in
              (("shape", MAX_SHAPE), ("expression", MAX_EXPRESSION)) if values[name].shape[1] < limit]
