@@ -124,17 +124,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_config(path: str):
     """The training config, or a one-line error whatever the file holds (binary, broken YAML,
     values of the wrong type): a typo in a config must not end in a traceback."""
-    import yaml
-
     from backend.training.train import TrainConfig
 
     try:
-        return TrainConfig.from_file(path)
+        from yaml import YAMLError
+    except ImportError:  # without PyYAML only .json configs load; a .yaml one fails with an ImportError
+        YAMLError = ValueError  # noqa: N806
+    try:
+        config = TrainConfig.from_file(path)
     except FlamediffError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError, YAMLError) as exc:
         detail = " ".join(str(exc).split())  # YAML errors span lines
         raise FlamediffError(f"training config {path} cannot be used: {type(exc).__name__}: {detail}") from None
+    for key in ("dataset", "output_dir"):  # TrainConfig.validate does not check their types (yet)
+        if not isinstance(getattr(config, key), str):
+            raise FlamediffError(f"training config {path}: '{key}' must be a folder path, "
+                                 f"got {getattr(config, key)!r:.60}")
+    return config
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from test_server_helpers import (TOKEN, animation_bytes, counting_calls, frame_mtimes, huge_png_header,
-                                 make_checkpoint, png_bytes, wait_for)
+                                 image_bytes, make_checkpoint, png_bytes, wait_for)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -44,7 +44,8 @@ def inputs(head_asset) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir, head_folder):
     service = build_service(str(tmp_path_factory.mktemp("jobs")), models_dir, "cpu",
-                            shipped_dir=str(tmp_path_factory.mktemp("no-shipped")))
+                            shipped_dir=str(tmp_path_factory.mktemp("no-shipped")),
+                            allow_paths=[str(tmp_path_factory.getbasetemp())])
     with TestClient(create_app(service, TOKEN, max_body_bytes=8 * 1024 * 1024)) as client:
         client.service = service
         yield client
@@ -239,7 +240,8 @@ def _no_camera(arrays):
 
 
 @pytest.mark.parametrize("case", ["garbage-animation", "nan", "wrong-asset-animation", "no-camera",
-                                  "unreadable-image", "huge-image", "big-image", "empty-image", "unknown-checkpoint",
+                                  "unreadable-image", "truncated-image", "tiff-image", "bmp-image", "huge-image",
+                                  "big-image", "empty-image", "unknown-checkpoint",
                                   "checkpoint-for-other-asset", "frames-not-in-clip", "bad-frames", "unknown-setting",
                                   "bad-steps", "nan-guidance", "bad-json", "resolution", "shape-from-reference",
                                   "bad-preview"])
@@ -255,7 +257,11 @@ def test_bad_input_is_a_4xx_naming_the_problem(server, inputs, head_asset, case)
     elif case == "no-camera":
         animation, expected = animation_bytes(head_asset, 4, _no_camera), (422, "camera")
     elif case == "unreadable-image":
-        reference, expected = b"GIF89a-not-really", (422, "unreadable")
+        reference, expected = b"GIF89a-not-really", (415, "not a PNG, JPEG or WebP")
+    elif case == "truncated-image":
+        reference, expected = inputs["reference"][:200], (422, "could not be decoded")
+    elif case in ("tiff-image", "bmp-image"):  # item 11: exactly the protocol's formats
+        reference, expected = image_bytes(case.split("-")[0].upper()), (415, "not a PNG, JPEG or WebP")
     elif case == "huge-image":
         reference, expected = huge_png_header(), (413, "too many pixels")
     elif case == "big-image":
@@ -305,7 +311,7 @@ def test_request_shape_errors(server, inputs):
                                                              "animation": ("a", inputs["animation"]),
                                                              "settings": ("s.json", b"{}")}), 400, "files")
     assert_error(server.post("/v1/jobs", headers=AUTH, json={"reference_path": "/nonexistent/ref.png",
-                                                             "animation_path": "/x"}), 422, "not found")
+                                                             "animation_path": "/x"}), 403, "outside")
     big = b"\0" * (9 * 1024 * 1024)
     assert_error(submit(server, inputs, FAST, reference=big), 413, "larger than")
     for job_id in ("..%2F..%2Fetc", "0123456789abcdef", "ZZZZ"):

@@ -33,13 +33,17 @@ def make_checkpoint(folder: str, asset, flame_asset: dict[str, str] | None = Non
     return folder
 
 
-def png_bytes(height: int = 40, width: int = 56, seed: int = 0) -> bytes:
+def image_bytes(format: str = "PNG", height: int = 40, width: int = 56, seed: int = 0) -> bytes:
     from PIL import Image
 
     pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format=format)
     return buffer.getvalue()
+
+
+def png_bytes(height: int = 40, width: int = 56, seed: int = 0) -> bytes:
+    return image_bytes("PNG", height, width, seed)
 
 
 def huge_png_header(width: int = 60_000, height: int = 60_000) -> bytes:

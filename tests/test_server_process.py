@@ -77,7 +77,11 @@ class Server:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.log = open(os.path.join(self.tmp, "server.log"), "ab")
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, 60, 0.2, "the server to answer /v1/health")
+        try:
+            wait_for(self._healthy, 300, 0.2, "the server to answer /v1/health")  # a loaded 2-core box needs minutes
+        except AssertionError:
+            self.kill()  # never leave a server behind
+            raise
         return self
 
     def _healthy(self) -> bool:

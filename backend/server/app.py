@@ -2,36 +2,75 @@
 
 Routes are thin: they parse the request, call the service, and map :class:`InputError` to a
 4xx JSON body ``{error, advice}``. Long work (decoding, rendering) never runs on the event
-loop, so polling stays fast while a render runs.
+loop, so polling stays fast while a render runs. The OpenAPI document describes both request
+bodies of ``POST /v1/jobs`` and every error answer, so a fuzzer (tests/test_server_fuzz.py) can
+check the server against it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Collection
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import __version__
 from backend.server import PROTOCOL_VERSION
-from backend.server.inputs import InputError
-from backend.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware
-from backend.server.service import JobService, read_local
+from backend.server.inputs import InputError, JobSettings, parse_json
+from backend.server.jobs import CorruptManifest
+from backend.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware, is_loopback
+from backend.server.service import JobService
 
 log = logging.getLogger("flamediff.server")
 
 
-def _error(status: int, error: str, advice: str) -> JSONResponse:
-    return JSONResponse({"error": error, "advice": advice}, status_code=status)
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="names the problem")
+    advice: str = Field(description="what to do about it")
 
 
-async def _read_submission(request: Request) -> tuple[bytes, bytes, dict[str, Any] | None]:
+class LocalJobRequest(BaseModel):
+    """``POST /v1/jobs`` as JSON: files named by path, for a client on the server's disk (only
+    under the folders the server was started with ``--allow-path``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reference_path: str = Field(max_length=4096, description="absolute path of a PNG, JPEG or WebP portrait")
+    animation_path: str = Field(max_length=4096, description="absolute path of the animation .npz")
+    settings: JobSettings | None = None
+
+
+_ERRORS = {400: "malformed request (bad JSON, too deep, missing field, foreign Host)", 401: "missing or wrong token",
+           403: "a local path outside the allowed folders", 404: "unknown job or route, frame not rendered yet",
+           405: "method not allowed (see the Allow header)",
+           409: "FLAME asset mismatch, or a folder holding a different job",
+           413: "too large: body, image pixels, animation data or frames", 415: "content type or image format",
+           422: "invalid input: animation, image, setting or checkpoint", 507: "the server's disk is full"}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in (400, 401, 405, *codes)}
+
+
+def _png_responses() -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the frame as PNG"}, **_responses(404, 422)}
+
+
+def _error(status: int, error: str, advice: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "advice": advice}, status_code=status, headers=headers)
+
+
+async def _read_submission(request: Request, service: JobService) -> tuple[bytes, bytes, Any]:
     """Multipart upload (files ``reference``, ``animation``; field ``settings`` as JSON) or a
     JSON body ``{reference_path, animation_path, settings}`` for a client on the same disk."""
     content_type = request.headers.get("content-type", "")
@@ -47,37 +86,51 @@ async def _read_submission(request: Request) -> tuple[bytes, bytes, dict[str, An
         raw = form.get("settings") or "{}"
         if not isinstance(raw, str):
             raise InputError("the 'settings' field is a file", "send settings as a plain form field holding JSON", 400)
-        settings = _parse_json(raw, "settings")
-        return files["reference"], files["animation"], settings
+        return files["reference"], files["animation"], parse_json(raw, "settings")
     if content_type.startswith("application/json"):
-        body = _parse_json((await request.body()).decode("utf-8", "replace"), "body")
+        body = parse_json(await request.body(), "body")
         if not isinstance(body, dict):
             raise InputError("the JSON body must be an object", "send {reference_path, animation_path, settings}", 400)
-        extra = sorted(set(body) - {"reference_path", "animation_path", "settings"})
+        extra = sorted(set(body) - set(LocalJobRequest.model_fields))
         if extra:
-            raise InputError(f"unknown fields {extra}", "send {reference_path, animation_path, settings}", 422)
+            raise InputError(f"unknown fields {extra[:10]}", "send {reference_path, animation_path, settings}", 422)
         if body.get("settings") is not None and not isinstance(body["settings"], dict):
             raise InputError("settings must be a JSON object", "e.g. {\"steps\": 20, \"seed\": 1}", 422)
-        reference = await run_in_threadpool(read_local, body.get("reference_path"), "reference")
-        animation = await run_in_threadpool(read_local, body.get("animation_path"), "animation")
+        reference = await run_in_threadpool(service.read_local, body.get("reference_path"), "reference")
+        animation = await run_in_threadpool(service.read_local, body.get("animation_path"), "animation")
         return reference, animation, body.get("settings")
-    raise InputError(f"unsupported content type {content_type or '(none)'!r}",
+    raise InputError(f"unsupported content type {content_type[:100] or '(none)'!r}",
                      "send multipart/form-data (upload) or application/json (local paths)", 415)
 
 
-def _parse_json(text: str, what: str) -> Any:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"{what} is not valid JSON ({exc})", "send a JSON object", 400) from None
-    if what == "settings" and not isinstance(value, dict):
-        raise InputError("settings must be a JSON object", "e.g. {\"steps\": 20, \"seed\": 1}", 422)
-    return value
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus what it cannot infer: ``POST /v1/jobs`` reads its body itself,
+    as multipart (uploads) or JSON (local paths)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    ref = "#/components/schemas/{model}"
+    for model in (JobSettings, LocalJobRequest, ErrorBody):
+        schema = model.model_json_schema(ref_template=ref)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    upload = {"type": "object", "required": ["reference", "animation"], "properties": {
+        "reference": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP portrait"},
+        "animation": {"type": "string", "format": "binary", "description": "the animation .npz"},
+        "settings": {"type": "string", "description": "a JSON object; see the JobSettings schema"}}}
+    document["paths"]["/v1/jobs"]["post"]["requestBody"] = {"required": True, "content": {
+        "multipart/form-data": {"schema": upload},
+        "application/json": {"schema": {"$ref": ref.format(model="LocalJobRequest")}}}}
+    app.openapi_schema = document
+    return document
 
 
 def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_BYTES,
-               start_worker: bool = True) -> FastAPI:
-    """The app; with ``start_worker`` its lifespan starts the worker and resumes unfinished jobs."""
+               start_worker: bool = True, allowed_hosts: Collection[str] | None = None) -> FastAPI:
+    """The app; with ``start_worker`` its lifespan starts the worker and resumes unfinished jobs.
+    ``allowed_hosts``: the Host names accepted (``serve`` passes the loopback names on a loopback
+    bind); None accepts any."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -96,9 +149,25 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
                   description=f"flamediff job service, protocol v{PROTOCOL_VERSION}. Every request needs "
                               "'Authorization: Bearer <token>' (the token file 'flamediff serve' prints).")
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
         return _error(exc.status, exc.error, exc.advice)
+
+    @app.exception_handler(CorruptManifest)
+    async def corrupt(_: Request, exc: CorruptManifest) -> JSONResponse:
+        return _error(409, str(exc), "submit the same job again: it starts over in this folder")
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(_: Request, exc: MemoryError) -> JSONResponse:
+        return _error(413, "the request does not fit in the server's memory", "send a smaller image or a shorter clip")
+
+    @app.exception_handler(OSError)
+    async def disk(_: Request, exc: OSError) -> JSONResponse:
+        log.error("storage error: %s", exc)
+        return _error(507, f"the server could not store or read a job file ({exc.strerror or type(exc).__name__})",
+                      "free disk space on the server (its jobs folder), then submit again")
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -113,56 +182,58 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), "see GET /docs for the routes of protocol v1")
+        return _error(exc.status_code, str(exc.detail), "see GET /docs for the routes of protocol v1", exc.headers)
 
     # Polled routes are async on purpose: they read one small file or in-memory state, and a
     # thread-pool hop per poll costs more than the read while a render competes for the GIL.
-    @app.get("/v1/health")
+    @app.get("/v1/health", responses=_responses())
     async def health() -> dict[str, Any]:
         """Protocol and flamediff versions, device, loaded model, FLAME asset hash, queue length."""
         return service.health()
 
-    @app.get("/v1/models")
-    def models() -> dict[str, Any]:
-        """Checkpoints this server can load: shipped, the models folder, hub ids already cached."""
-        return {"models": service.models()}
+    @app.get("/v1/models", responses=_responses())
+    def models(request: Request) -> dict[str, Any]:
+        """Checkpoints this server can load: shipped, the models folder, hub ids already cached.
+        Their server paths only for clients on this machine."""
+        return {"models": service.models(show_paths=request.client is not None and is_loopback(request.client.host))}
 
-    @app.post("/v1/jobs", status_code=201)
+    @app.post("/v1/jobs", status_code=201, responses={200: {"description": "the same job was submitted before"},
+                                                      **_responses(403, 409, 413, 415, 422, 507)})
     async def submit(request: Request) -> JSONResponse:
         """Submit a job; an identical earlier job is returned (200) and renders only missing frames."""
-        reference, animation, settings = await _read_submission(request)
+        reference, animation, settings = await _read_submission(request, service)
         view, created = await run_in_threadpool(service.submit, reference, animation, settings)
         return JSONResponse({**view, "created": created}, status_code=201 if created else 200)
 
-    @app.get("/v1/jobs")
+    @app.get("/v1/jobs", responses=_responses())
     def list_jobs() -> dict[str, Any]:
         """Every job on disk, oldest first."""
         return {"jobs": service.list_jobs()}
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", responses=_responses(404, 422))
     async def job_status(job_id: str) -> dict[str, Any]:
         """Status, phase, progress 0..1, frames done, ETA (s), error and advice."""
         return service.status(job_id)
 
-    @app.get("/v1/jobs/{job_id}/frames/{frame}", response_class=FileResponse)
+    @app.get("/v1/jobs/{job_id}/frames/{frame}", response_class=FileResponse, responses=_png_responses())
     def frame(job_id: str, frame: int) -> FileResponse:
         """A rendered frame (PNG) by Blender frame number; 404 until it is rendered."""
         return FileResponse(service.image_path(job_id, frame), media_type="image/png")
 
-    @app.get("/v1/jobs/{job_id}/control/{frame}", response_class=FileResponse)
+    @app.get("/v1/jobs/{job_id}/control/{frame}", response_class=FileResponse, responses=_png_responses())
     def control(job_id: str, frame: int) -> FileResponse:
         """The splatted control feature map of a frame, coloured by its principal components (PNG)."""
         return FileResponse(service.image_path(job_id, frame, control=True), media_type="image/png")
 
-    @app.delete("/v1/jobs/{job_id}")
+    @app.delete("/v1/jobs/{job_id}", responses=_responses(404, 409, 422))
     def cancel(job_id: str) -> dict[str, Any]:
         """Cancel: a queued job at once, a running one within one denoising step."""
         return service.cancel(job_id)
 
-    @app.post("/v1/release")
+    @app.post("/v1/release", responses=_responses())
     def release() -> dict[str, Any]:
         """Free the loaded model and the GPU memory cache (the next job loads it again)."""
         return service.release()
 
-    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts)
     return app

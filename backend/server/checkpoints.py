@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from backend.server.inputs import InputError
+from backend.server.security import AllowedRoots
 
 #: File names of a checkpoint folder, as ``backend.models.flamediff_model`` writes them (a test
 #: checks they agree). Not imported from there: that module pulls in torch and diffusers, which
@@ -88,11 +89,13 @@ def _hub_cached(hub_cache_dir: str | None = None) -> list[CheckpointInfo]:
 
 class CheckpointRegistry:
     """Lists and resolves checkpoints; the listing is cached a few seconds (scanning the HF
-    cache walks many files and clients poll)."""
+    cache walks many files and clients poll). A checkpoint named by folder must lie in the
+    models folder or under ``roots`` (the server's ``--allow-path``; the CLI allows any)."""
 
     def __init__(self, models_dir: str, shipped_dir: str = SHIPPED_DIR, ttl_s: float = 5.0,
-                 hub_cache_dir: str | None = None) -> None:
+                 hub_cache_dir: str | None = None, roots: AllowedRoots = AllowedRoots(None)) -> None:
         self.models_dir, self.shipped_dir, self.ttl_s = models_dir, shipped_dir, ttl_s
+        self.roots = AllowedRoots(None if roots.roots is None else (*roots.roots, models_dir))
         self.hub_cache_dir = hub_cache_dir  # None: huggingface_hub's default ($HF_HUB_CACHE)
         self._lock = threading.Lock()
         self._cached: tuple[float, list[CheckpointInfo]] | None = None
@@ -123,8 +126,13 @@ class CheckpointRegistry:
         for info in available:  # a listed checkpoint named by its folder keeps its listed name
             if os.path.abspath(os.path.expanduser(name)) == info.path:
                 return info
-        if os.path.isabs(os.path.expanduser(name)) and os.path.isdir(os.path.expanduser(name)):
-            info = describe(os.path.expanduser(name), name, "path")
+        folder = os.path.expanduser(name)
+        if os.path.isabs(folder) and not self.roots.contains(folder):
+            raise InputError("the checkpoint folder is outside the folders this server reads",
+                             f"name a checkpoint from GET /v1/models, put it into the models folder, or start the "
+                             "server with --allow-path for its folder", 422)
+        if os.path.isabs(folder) and os.path.isdir(folder):
+            info = describe(folder, name, "path")
             if info is not None:
                 return info
             raise InputError(f"{name} is not a flamediff checkpoint folder",

@@ -13,6 +13,9 @@ import sys
 import time
 
 from backend.assets import cache_dir
+from backend.errors import FlamediffError
+from backend.formats.animation import ReadLimits
+from backend.server.inputs import InputLimits
 from backend.server.worker import PRECISIONS
 
 DEFAULT_PORT = 8765
@@ -35,6 +38,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="FLAME asset folder; default: $FLAMEDIFF_FLAME_ASSET or the procedural head")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` and ``render`` to flamediff's command line."""
     serve = subparsers.add_parser("serve", help="run the render backend (HTTP, token auth, job queue)",
@@ -50,7 +60,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                        help="render in a child process (default: polling stays fast and a CUDA crash fails one "
                             "job, not the server) or in a thread of the server")
     serve.add_argument("--allow-remote", action="store_true",
-                       help="allow binding a non-loopback address (anyone with the token can then render)")
+                       help="allow binding a non-loopback address and any Host header (anyone with the token can "
+                            "then render)")
+    serve.add_argument("--allow-path", metavar="DIR", action="append", default=[],
+                       help="a folder whose files clients may name by path (reference_path, animation_path, a "
+                            "checkpoint folder); repeatable. Without it clients must upload")
+    limits = InputLimits()
+    serve.add_argument("--max-frames-per-job", type=_positive, default=limits.max_frames_per_job, metavar="N",
+                       help=f"frames one job may render (default {limits.max_frames_per_job})")
+    serve.add_argument("--max-frames-per-file", type=_positive, default=limits.animation.max_frames, metavar="N",
+                       help=f"frames an animation file may hold (default {limits.animation.max_frames})")
+    serve.add_argument("--max-animation-mb", type=_positive, default=limits.animation.max_bytes >> 20, metavar="MB",
+                       help="decompressed size an animation file may have, checked from its array headers "
+                            f"before reading (default {limits.animation.max_bytes >> 20})")
     _common(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -82,9 +104,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backend.errors import FlamediffError
     from backend.server.app import create_app
-    from backend.server.security import default_token_file, is_loopback, write_token_file
+    from backend.server.security import default_token_file, is_loopback, loopback_hosts, write_token_file
     from backend.server.service import build_service
     from backend.server.worker import pick_device
 
@@ -96,12 +117,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     jobs_dir = os.path.abspath(os.path.expanduser(args.jobs_dir or os.path.join(cache_dir(), "jobs")))
     token_file = os.path.abspath(os.path.expanduser(args.token_file or default_token_file()))
     token = write_token_file(token_file)
+    limits = InputLimits(args.max_frames_per_job, ReadLimits(max_bytes=args.max_animation_mb << 20,
+                                                             max_frames=args.max_frames_per_file))
     service = build_service(jobs_dir, _models_dir(args.models_dir), device, args.flame_asset,
-                            render_in=args.render_in, precision=args.precision)
-    app = create_app(service, token)
+                            render_in=args.render_in, precision=args.precision, limits=limits,
+                            allow_paths=[os.path.abspath(os.path.expanduser(p)) for p in args.allow_path])
+    app = create_app(service, token, allowed_hosts=None if args.allow_remote else loopback_hosts(args.host))
     print(f"flamediff serve: http://{args.host}:{args.port} (device {device}, precision {args.precision}, "
           f"jobs in {jobs_dir})", flush=True)
     print(f"flamediff serve: token file {token_file} (readable only by you)", flush=True)
+    print(f"flamediff serve: local paths {'under ' + ', '.join(args.allow_path) if args.allow_path else 'off'} "
+          "(--allow-path)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
@@ -126,12 +152,35 @@ class ProgressBar:
         self.stream.flush()
 
 
-def cmd_render(args: argparse.Namespace) -> int:
+def _reference_shape(path: str) -> list[float]:
+    """FLAME shape coefficients from a ``.npy`` (no pickles); a one-line error otherwise."""
     import numpy as np
 
-    from backend.errors import FlamediffError
+    try:
+        values = np.load(os.path.expanduser(path), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise FlamediffError(f"--reference-shape {path}: not a readable .npy of shape coefficients "
+                             f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})") from None
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "iuf":
+        raise FlamediffError(f"--reference-shape {path}: holds {getattr(values, 'dtype', 'no array')}, not numbers")
+    return [float(v) for v in values.reshape(-1)]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """``flamediff render``; file-system failures become one-line errors naming the path."""
+    try:
+        return _render(args)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise FlamediffError(f"cannot use{where}: {exc.strerror or exc} (check --out and the input paths)") from None
+    except MemoryError:
+        raise FlamediffError("out of memory reading the inputs; use a shorter animation") from None
+
+
+def _render(args: argparse.Namespace) -> int:
     from backend.server.checkpoints import CheckpointRegistry
     from backend.server.jobs import JobFolder
+    from backend.server.security import AllowedRoots
     from backend.server.service import check_request, read_local
     from backend.server.worker import ModelCache, pick_device, render_job
 
@@ -141,9 +190,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         folder = os.path.expanduser(args.checkpoint)
         settings["checkpoint"] = os.path.abspath(folder) if os.path.isdir(folder) else args.checkpoint
     if args.reference_shape:
-        settings["reference_shape"] = np.load(args.reference_shape).reshape(-1).tolist()
-    reference = read_local(os.path.abspath(args.reference), "reference")
-    animation = read_local(os.path.abspath(args.animation), "animation")
+        settings["reference_shape"] = _reference_shape(args.reference_shape)
+    anywhere = AllowedRoots(None)  # the CLI's user names their own files
+    reference = read_local(os.path.abspath(args.reference), "reference", anywhere)
+    animation = read_local(os.path.abspath(args.animation), "animation", anywhere)
     cache = ModelCache(pick_device(args.device), args.flame_asset, args.precision)
     checked = check_request(reference, animation, settings, CheckpointRegistry(_models_dir(args.models_dir)), cache)
     job = JobFolder(args.out)

@@ -8,24 +8,31 @@ words. Nothing here touches torch or HTTP.
 from __future__ import annotations
 
 import io
-import math
+import json
 import os
+import re
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from backend.errors import FlamediffError
-from backend.formats.animation import AnimationClip, AnimationFormatError, load_animation
+from backend.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
+                                       ReadLimits, load_animation)
 
 #: Largest reference image accepted, checked from the header before any pixel is decoded
 #: (a 20 kB PNG can claim 50 000 x 50 000 pixels and eat gigabytes when decoded).
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_SIDE = 8192
-IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
-SHAPE_FROM = ("animation", "reference")
+#: Exactly the formats the protocol promises; anything else is 415 (Pillow never parses it).
+IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+#: Deepest JSON accepted in a request (settings need 3 levels).
+MAX_JSON_DEPTH = 16
 
 
 class InputError(FlamediffError):
@@ -36,24 +43,154 @@ class InputError(FlamediffError):
         self.error, self.advice, self.status = error, advice, status
 
 
-@dataclass
-class JobSettings:
-    """What a job renders with. Everything but ``frames_per_batch`` changes pixels, so
-    everything but it goes into the request hash (batching only trades memory for speed)."""
+@dataclass(frozen=True)
+class InputLimits:
+    """What one request may cost the server; the defaults are documented in PROTOCOL.md and
+    each is an option of ``flamediff serve``."""
 
-    checkpoint: str | None = None
-    steps: int = 0                             # 0 = the checkpoint's default (config.default_steps)
-    guidance: float = 2.0
-    seed: int = 0
-    frames: list[int] | None = None            # Blender frame numbers; None = every frame of the clip
-    shape_from: str = "animation"
-    reference_shape: list[float] | None = None  # needed when shape_from == "reference"
-    resolution: int | None = None              # must equal the checkpoint's; None = the checkpoint's
-    preview: bool = False                      # half resolution, at most 4 steps, first frame first
-    frames_per_batch: int = 4
+    max_frames_per_job: int = 10_000
+    animation: ReadLimits = ReadLimits(max_bytes=256 * 1024 * 1024, max_frames=100_000)
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """JSON from a client, nested at most :data:`MAX_JSON_DEPTH` deep; malformed is a 400."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError as exc:
+        raise InputError(f"{what} is not valid JSON ({exc})", "send a JSON object", 400) from None
+    else:
+        depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise InputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", "send a flat JSON object", 400)
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, iteratively (a recursive walk is what a deep value attacks)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+_FRAME_PART = re.compile(r"(-?\d{1,10})(?:-(-?\d{1,10}))?")
+
+
+def frame_ranges(spec: str | list[int]) -> list[tuple[int, int]]:
+    """``"1-4,7"`` or ``[1, 2, 7]`` -> sorted, merged inclusive ranges, never expanded (a short
+    string can name billions of frames)."""
+    if isinstance(spec, str):
+        ranges = []
+        for part in spec.replace(" ", "").split(","):
+            match = _FRAME_PART.fullmatch(part)
+            if match is None:
+                raise ValueError(part)
+            start = int(match[1])
+            end = int(match[2]) if match[2] is not None else start
+            if end < start:
+                raise ValueError(part)
+            ranges.append((start, end))
+    elif isinstance(spec, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in spec):
+        ranges = [(n, n) for n in spec]
+    else:
+        raise ValueError(spec)
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if start < FRAME_RANGE[0] or end > FRAME_RANGE[1]:
+            raise ValueError(start)
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def parse_frames(spec: Any, max_frames: int = InputLimits.max_frames_per_job) -> list[int] | None:
+    """``None``/``""``/``[]`` -> every frame; ``"1-4,7"`` or ``[1, 2, 3]`` -> sorted frame numbers,
+    refused (413) before expansion when they are more than ``max_frames``."""
+    if spec is None or spec == "" or spec == []:
+        return None
+    if isinstance(spec, list) and len(spec) > max_frames:
+        raise InputError(f"frames names {len(spec)} frames, more than {max_frames} per job",
+                         "render the clip in parts", 413)
+    try:
+        ranges = frame_ranges(spec)
+    except ValueError:
+        raise InputError(f"frames {str(spec)[:60]!r} is not a frame list", "write e.g. \"1-24\" or \"1,5,9-12\" "
+                         "(Blender frame numbers)", 422) from None
+    count = sum(end - start + 1 for start, end in ranges)
+    if count > max_frames:
+        raise InputError(f"frames names {count} frames, more than {max_frames} per job", "render the clip in parts",
+                         413)
+    return [frame for start, end in ranges for frame in range(start, end + 1)]
+
+
+_FRAMES_SCHEMA = {"anyOf": [{"type": "string", "examples": ["1-24", "1,5,9-12"]},
+                            {"type": "array", "items": {"type": "integer"}}, {"type": "null"}]}
+
+
+class JobSettings(BaseModel):
+    """What a job renders with. Everything but ``frames_per_batch`` changes pixels, so
+    everything but it goes into the request hash (batching only trades memory for speed).
+    ``null`` means the default."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    checkpoint: str | None = Field(None, max_length=4096, description="a name from GET /v1/models (or a checkpoint "
+                                   "folder under the models folder or an allowed root); empty = the default")
+    steps: int = Field(0, ge=0, le=1000, description="denoising steps; 0 = the checkpoint's default")
+    guidance: float = Field(2.0, ge=0.0, le=50.0, allow_inf_nan=False, description="classifier-free guidance")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed; each frame's noise is seeded by (seed, frame)")
+    frames: Annotated[list[int] | None, WithJsonSchema(_FRAMES_SCHEMA)] = Field(
+        None, description="Blender frame numbers, e.g. \"1-24\", \"1,5,9-12\" or a list; empty = every frame")
+    shape_from: Literal["animation", "reference"] = Field("animation", description="identity shape source")
+    reference_shape: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None, min_length=1, max_length=300, description="FLAME shape coefficients (for shape_from 'reference')")
+    resolution: int | None = Field(None, ge=8, le=4096, description="must equal the checkpoint's; empty = its own")
+    preview: bool = Field(False, description="a quick look: half resolution, at most 4 steps, first frame first")
+    frames_per_batch: int = Field(4, ge=1, le=256, description="frames denoised together (halves on GPU OOM)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items()
+                    if value is not None and not (value == "" and key in ("checkpoint", "shape_from", "frames"))}
+        return data
+
+    @field_validator("frames", mode="before")
+    @classmethod
+    def _frames(cls, value: Any, info: ValidationInfo) -> list[int] | None:
+        limit = (info.context or {}).get("max_frames", InputLimits.max_frames_per_job)
+        try:
+            return parse_frames(value, limit)
+        except InputError as exc:
+            kind = "too_many_frames" if exc.status == 413 else "frame_list"
+            raise PydanticCustomError(kind, exc.error) from None
+
+    @field_validator("reference_shape", mode="before")
+    @classmethod
+    def _floats(cls, value: Any) -> Any:
+        """JSON integers are numbers too; strict mode would refuse ``[0, 1.5]``."""
+        if isinstance(value, list):
+            return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _shape_source(self) -> "JobSettings":
+        if self.shape_from == "reference" and self.reference_shape is None:
+            raise PydanticCustomError("reference_shape_missing", "shape_from 'reference' needs reference_shape")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def hashed(self) -> dict[str, Any]:
         data = self.to_dict()
@@ -63,8 +200,34 @@ class JobSettings:
         return data
 
 
+def parse_settings(data: Any, max_frames: int = InputLimits.max_frames_per_job) -> JobSettings:
+    """Check a settings mapping (JSON or form fields) against :class:`JobSettings`; the first
+    problem becomes an :class:`InputError` naming the setting."""
+    if data is not None and not isinstance(data, dict):
+        raise InputError("settings must be a JSON object", "e.g. {\"steps\": 20, \"seed\": 1}", 422)
+    try:
+        return JobSettings.model_validate(data or {}, context={"max_frames": max_frames})
+    except ValidationError as exc:
+        errors = exc.errors()
+    unknown = [str(error["loc"][0]) for error in errors if error["type"] == "extra_forbidden"]
+    if unknown:
+        raise InputError(f"unknown settings {sorted(unknown)[:10]}", f"known settings: {list(JobSettings.model_fields)}",
+                         422) from None
+    first = errors[0]
+    if first["type"] == "too_many_frames":
+        raise InputError(first["msg"], "render the clip in parts (several jobs)", 413) from None
+    if first["type"] in ("frame_list", "reference_shape_missing"):
+        name, error = ("frames" if first["type"] == "frame_list" else "reference_shape"), first["msg"]
+    else:
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        error = f"setting {name!r}: {first['msg']}, got {str(first.get('input'))[:60]!r}"
+    info = JobSettings.model_fields.get(name)
+    advice = f"{name}: {info.description}" if info is not None and info.description else "see GET /docs"
+    raise InputError(error, advice, 422) from None
+
+
 def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
-    """Decode ``data`` to ``[H, W, 3]`` uint8, checking its size from the header first.
+    """Decode ``data`` to ``[H, W, 3]`` uint8, checking its format and size from the header first.
 
     Returns the array and the file extension of its format.
     """
@@ -73,18 +236,15 @@ def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tup
     if not data:
         raise InputError("the reference image is empty", "send a PNG or JPEG portrait", 400)
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        image = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))  # reads the header only
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"the reference image is unreadable ({exc.__class__.__name__})",
-                         "send a PNG, JPEG or WebP file", 422) from None
+        raise InputError(f"the reference image is not a PNG, JPEG or WebP file ({exc.__class__.__name__})",
+                         "send a PNG, JPEG or WebP file", 415) from None
     except Image.DecompressionBombError as exc:
         raise InputError(f"the reference image claims too many pixels ({exc})", "send an image of at most "
                          f"{max_pixels} pixels ({MAX_IMAGE_SIDE} px per side)", 413) from None
     width, height = image.size
-    if image.format not in IMAGE_FORMATS:
-        raise InputError(f"the reference image format {image.format} is not accepted",
-                         "send a PNG, JPEG or WebP file", 415)
-    if width * height > max_pixels or max(width, height) > MAX_IMAGE_SIDE or min(width, height) < 1:
+    if width * height > max_pixels or max(width, height) > MAX_IMAGE_SIDE:
         raise InputError(f"the reference image is {width}x{height} pixels, more than the limit of "
                          f"{max_pixels} pixels ({MAX_IMAGE_SIDE} px per side)",
                          "scale it down: the model crops a centre square and resizes it anyway", 413)
@@ -96,11 +256,13 @@ def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tup
     except Exception as exc:  # truncated or corrupt pixel data: Pillow raises many types
         raise InputError(f"the reference image could not be decoded ({exc.__class__.__name__}: {exc})",
                          "the file is truncated or corrupt; export it again", 422) from None
+    if min(array.shape[:2]) < 1:
+        raise InputError("the reference image has no pixels", "send a portrait", 422)
     return array, IMAGE_FORMATS[image.format]
 
 
-def read_animation(data: bytes) -> tuple[AnimationClip, list[str]]:
-    """Parse an animation file's bytes; returns the clip and the format warnings it raised."""
+def read_animation(data: bytes, limits: InputLimits = InputLimits()) -> tuple[AnimationClip, list[str]]:
+    """Parse an animation file's bytes within ``limits``; returns the clip and its format warnings."""
     if not data:
         raise InputError("the animation file is empty", "export it again from Blender (flamediff > Export)", 400)
     with tempfile.TemporaryDirectory(prefix="flamediff-anim-") as folder:
@@ -110,109 +272,26 @@ def read_animation(data: bytes) -> tuple[AnimationClip, list[str]]:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                clip = load_animation(path)
+                clip = load_animation(path, limits.animation)
+        except AnimationTooLarge as exc:
+            raise InputError(f"animation file too large: {_without(path, exc)}",
+                             "send a shorter clip (serve's --max-frames-per-file and --max-animation-mb set the "
+                             "limits)", 413) from None
         except AnimationFormatError as exc:
-            message = str(exc).replace("animation.npz: ", "").replace(path, "the upload")
-            raise InputError(f"malformed animation file: {message}",
+            raise InputError(f"malformed animation file: {_without(path, exc)}",
                              "export it again from Blender, or fix the named field", 422) from None
+        except MemoryError:
+            raise InputError("the animation file does not fit in the server's memory", "send a shorter clip",
+                             413) from None
     if not clip.has_camera:
         raise InputError("the animation has no camera (K, R, t)",
                          "export it from Blender with a camera (use_camera=True)", 422)
     return clip, [str(w.message) for w in caught]
 
 
-def parse_frames(spec: Any) -> list[int] | None:
-    """``None``/``""`` -> every frame; ``"1-4,7"`` or ``[1, 2, 3]`` -> sorted frame numbers."""
-    if spec is None or spec == "" or spec == []:
-        return None
-    numbers: set[int] = set()
-    try:
-        if isinstance(spec, str):
-            for part in spec.replace(" ", "").split(","):
-                head, sep, tail = part.partition("-") if not part.startswith("-") else ("", "", part)
-                if sep:
-                    start, end = int(head), int(tail)
-                    if end < start or end - start > 100_000:
-                        raise ValueError(part)
-                    numbers.update(range(start, end + 1))
-                else:
-                    numbers.add(int(part))
-        elif isinstance(spec, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in spec):
-            numbers.update(spec)
-        else:
-            raise ValueError(spec)
-    except ValueError:
-        raise InputError(f"frames {spec!r} is not a frame list", "write e.g. \"1-24\" or \"1,5,9-12\" "
-                         "(Blender frame numbers)", 422) from None
-    return sorted(numbers)
-
-
-def _number(data: dict[str, Any], name: str, kind: type, low: float, high: float, default: Any) -> Any:
-    value = data.get(name, default)
-    if value is None:
-        return default
-    try:
-        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise InputError(f"setting {name!r} must be a{'n integer' if kind is int else ' number'}, got {value!r}",
-                         f"use a value in [{low}, {high}]", 422) from None
-    if not (math.isfinite(value) and low <= value <= high):
-        raise InputError(f"setting {name!r} is {value!r}, outside [{low}, {high}]",
-                         f"use a value in [{low}, {high}]", 422)
-    return value
-
-
-def _flag(data: dict[str, Any], name: str) -> bool:
-    value = data.get(name, False)
-    if not isinstance(value, bool):
-        raise InputError(f"setting {name!r} must be true or false, got {value!r}", f"send {name}: true or false", 422)
-    return value
-
-
-def parse_settings(data: dict[str, Any] | None) -> JobSettings:
-    """Check a settings mapping (JSON or form fields) and fill in the defaults."""
-    if data is not None and not isinstance(data, dict):
-        raise InputError("settings must be a JSON object", "e.g. {\"steps\": 20, \"seed\": 1}", 422)
-    data = dict(data or {})
-    known = set(JobSettings.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"unknown settings {unknown}", f"known settings: {sorted(known)}", 422)
-    defaults = JobSettings()
-    checkpoint = data.get("checkpoint") or None
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        raise InputError("setting 'checkpoint' must be a name or a folder", "see GET /v1/models", 422)
-    shape_from = data.get("shape_from") or "animation"
-    if shape_from not in SHAPE_FROM:
-        raise InputError(f"shape_from must be one of {list(SHAPE_FROM)}, not {shape_from!r}",
-                         "'animation' drives with the animation's shape, 'reference' with reference_shape", 422)
-    reference_shape = data.get("reference_shape")
-    if reference_shape is not None:
-        try:
-            values = np.asarray(reference_shape, dtype=np.float64)
-        except (TypeError, ValueError):
-            values = np.array([np.nan])
-        if values.ndim != 1 or not 1 <= len(values) <= 300 or not np.isfinite(values).all():
-            raise InputError("reference_shape must be a list of 1..300 finite numbers",
-                             "give the reference identity's FLAME shape coefficients", 422)
-        reference_shape = [float(v) for v in values]
-    if shape_from == "reference" and reference_shape is None:
-        raise InputError("shape_from='reference' needs reference_shape",
-                         "give the reference identity's FLAME shape coefficients, or use shape_from='animation'", 422)
-    return JobSettings(
-        checkpoint=checkpoint,
-        steps=_number(data, "steps", int, 0, 1000, defaults.steps),
-        guidance=_number(data, "guidance", float, 0.0, 50.0, defaults.guidance),
-        seed=_number(data, "seed", int, 0, 2**31 - 1, defaults.seed),
-        frames=parse_frames(data.get("frames")),
-        shape_from=shape_from,
-        reference_shape=reference_shape,
-        resolution=_number(data, "resolution", int, 8, 4096, None),
-        preview=_flag(data, "preview"),
-        frames_per_batch=_number(data, "frames_per_batch", int, 1, 256, defaults.frames_per_batch),
-    )
+def _without(path: str, exc: Exception) -> str:
+    """An error message without the server's temp path."""
+    return str(exc).replace(path, "the upload").replace("animation.npz: ", "")
 
 
 @dataclass

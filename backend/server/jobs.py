@@ -13,29 +13,38 @@ Layout of a job folder::
     inputs/animation.npz      the animation file as uploaded
     frame_%04d.png            rendered frames, by Blender frame number
     control/frame_%04d.png    previews of the splatted control feature map
+    .cancel                   written (synced) before a cancel is acknowledged: a restart keeps it
+
+Folders are 0700 and files 0600 (see :mod:`backend.server.files`). A manifest that cannot be
+parsed makes its job read as failed, and an identical re-submission starts that folder over.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 import numpy as np
 
 from backend.errors import FlamediffError
+from backend.server.files import LockBusy, exclusive_lock, make_private_dir, write_atomic
 from backend.server.inputs import CheckedInputs, InputError, JobSettings
 
 MANIFEST = "manifest.json"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 UNFINISHED = ("queued", "running")
-JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+JOB_ID = re.compile(r"[0-9a-f]{16}")  # always fullmatch: '$' would let a trailing newline through
+CANCEL_MARKER = ".cancel"
+#: Keys every manifest has; one without them is treated as corrupt.
+MANIFEST_KEYS = ("id", "status", "frames", "frames_total", "settings", "checkpoint", "request_hash")
 
 
 def request_hash(reference: bytes, animation: bytes, settings: JobSettings, checkpoint: dict[str, Any],
@@ -50,18 +59,6 @@ def request_hash(reference: bytes, animation: bytes, settings: JobSettings, chec
     return digest.hexdigest()
 
 
-def write_atomic(path: str, data: bytes, sync: bool = False) -> None:
-    """Write ``data`` to a temp name in the same folder, then rename it over ``path``."""
-    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
-    tmp = f"{hidden}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def encode_png(image: np.ndarray) -> bytes:
     import io
 
@@ -74,6 +71,10 @@ def encode_png(image: np.ndarray) -> bytes:
 
 class JobBusy(FlamediffError):
     """Another process is rendering this job folder right now."""
+
+
+class CorruptManifest(FlamediffError):
+    """A manifest that is not the JSON object the store wrote (a disk fault, a hand edit)."""
 
 
 class JobFolder:
@@ -104,8 +105,24 @@ class JobFolder:
         return os.path.isfile(self.manifest_path)
 
     def read(self) -> dict[str, Any]:
-        with open(self.manifest_path, encoding="utf-8") as handle:
-            return json.load(handle)
+        """The manifest; raises :class:`CorruptManifest` when it cannot be parsed."""
+        try:
+            with open(self.manifest_path, "rb") as handle:
+                manifest = json.loads(handle.read())
+        except (ValueError, RecursionError) as exc:
+            raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} is corrupt ({exc})") from None
+        if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
+            raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} lacks its fields")
+        return manifest
+
+    def read_or_failed(self) -> dict[str, Any]:
+        """The manifest, or for a corrupt one a failed job saying how to start it over."""
+        try:
+            return self.read()
+        except CorruptManifest as exc:
+            return {"id": os.path.basename(self.path), "status": "failed", "phase": "failed", "progress": 0.0,
+                    "frames": [], "frames_total": 0, "frames_done": 0, "eta_s": None, "error": str(exc),
+                    "advice": "submit the same job again: it starts over in this folder", "notes": []}
 
     def update(self, **fields: Any) -> dict[str, Any]:
         """Read-modify-write the manifest atomically; returns the new manifest."""
@@ -117,18 +134,23 @@ class JobFolder:
 
     @contextlib.contextmanager
     def render_lock(self) -> Iterator[None]:
-        """An exclusive lock on the folder while rendering; the kernel drops it when the holder
+        """An exclusive lock on the folder while rendering; the system drops it when the holder
         dies (even by SIGKILL), so a crashed render never blocks its resumption."""
-        fd = os.open(os.path.join(self.path, ".render.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise JobBusy(f"{self.path} is being rendered by another process; wait for it, or stop it "
-                              "(its frames are kept) and run again") from None
-            yield
-        finally:
-            os.close(fd)
+            with exclusive_lock(os.path.join(self.path, ".render.lock")):
+                yield
+        except LockBusy:
+            raise JobBusy(f"{self.path} is being rendered by another process; wait for it, or stop it "
+                          "(its frames are kept) and run again") from None
+
+    # -- cancellation ----------------------------------------------------------------------------
+
+    def request_cancel(self) -> None:
+        """Persist a cancel (synced) so a crash right after acknowledging it cannot resume the job."""
+        write_atomic(os.path.join(self.path, CANCEL_MARKER), b"", sync=True)
+
+    def cancel_requested(self) -> bool:
+        return os.path.exists(os.path.join(self.path, CANCEL_MARKER))
 
     # -- frames ----------------------------------------------------------------------------------
 
@@ -143,7 +165,7 @@ class JobFolder:
     def write_frame(self, frame: int, image: np.ndarray, control: np.ndarray | None = None) -> None:
         """Control preview first, then the frame: a frame that exists has its preview."""
         if control is not None:
-            os.makedirs(os.path.dirname(self.control_path(frame)), exist_ok=True)
+            make_private_dir(os.path.dirname(self.control_path(frame)))
             write_atomic(self.control_path(frame), encode_png(control))
         write_atomic(self.frame_path(frame), encode_png(image))
 
@@ -169,12 +191,17 @@ class JobFolder:
         existing folder is refused rather than mixed."""
         with self._lock:
             if self.exists():
-                manifest = self.read()
-                if manifest.get("request_hash") != checked.request_hash:
-                    raise InputError(f"{self.path} already holds a different job (other inputs or settings)",
-                                     "use another output folder, or delete this one to start over", 409)
-                return manifest, False
-            os.makedirs(self.input_path(""), exist_ok=True)
+                try:
+                    manifest = self.read()
+                except CorruptManifest:
+                    self._start_over()
+                else:
+                    if manifest.get("request_hash") != checked.request_hash:
+                        raise InputError(f"{self.path} already holds a different job (other inputs or settings)",
+                                         "use another output folder, or delete this one to start over", 409)
+                    return manifest, False
+            make_private_dir(self.path)
+            make_private_dir(self.input_path(""))
             reference_name = f"reference.{checked.reference_ext}"
             write_atomic(self.input_path(reference_name), checked.reference, sync=True)
             write_atomic(self.input_path("animation.npz"), checked.animation, sync=True)
@@ -190,8 +217,20 @@ class JobFolder:
             write_atomic(self.manifest_path, json.dumps(manifest, indent=2).encode(), sync=True)
             return manifest, True
 
+    def _start_over(self) -> None:
+        """Remove what a job with a corrupt manifest left: its frames cannot be trusted."""
+        os.remove(self.manifest_path)
+        for name in os.listdir(self.path):
+            target = os.path.join(self.path, name)
+            if name in ("control", "inputs"):
+                shutil.rmtree(target, ignore_errors=True)
+            elif name.startswith("frame_") or name == CANCEL_MARKER:
+                os.remove(target)
+
     def requeue(self) -> dict[str, Any]:
         """Mark the job queued again (resume after a restart, a cancel, a failure or a deleted frame)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.path, CANCEL_MARKER))
         done = len(self.done_frames())
         manifest = self.read()
         total = manifest["frames_total"]
@@ -203,20 +242,23 @@ class JobStore:
     """All jobs under one root folder, addressed by id."""
 
     def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
-        os.makedirs(self.root, exist_ok=True)
-        self._folders: dict[str, JobFolder] = {}
+        self.root = make_private_dir(os.path.abspath(root))
+        # One JobFolder (and so one manifest lock) per job while anyone uses it; weak, so ids
+        # merely queried are not kept forever.
+        self._folders: weakref.WeakValueDictionary[str, JobFolder] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def folder(self, job_id: str) -> JobFolder:
         """The folder of ``job_id`` (which may not exist yet); ids are checked so no request
         can address a path outside the store."""
-        if not JOB_ID.match(job_id or ""):
-            raise InputError(f"{job_id!r} is not a job id", "job ids are 16 hex digits, as POST /v1/jobs returns", 404)
+        if not JOB_ID.fullmatch(job_id or ""):
+            raise InputError(f"{job_id[:40]!r} is not a job id", "job ids are 16 hex digits, as POST /v1/jobs returns",
+                             404)
         with self._lock:
-            if job_id not in self._folders:
-                self._folders[job_id] = JobFolder(os.path.join(self.root, job_id))
-            return self._folders[job_id]
+            folder = self._folders.get(job_id)
+            if folder is None:
+                folder = self._folders[job_id] = JobFolder(os.path.join(self.root, job_id))
+            return folder
 
     def get(self, job_id: str) -> JobFolder:
         folder = self.folder(job_id)
@@ -230,14 +272,14 @@ class JobStore:
         return folder, manifest, created
 
     def jobs(self) -> Iterator[tuple[JobFolder, dict[str, Any]]]:
-        """Every readable job, oldest first."""
+        """Every job with a manifest (a corrupt one as failed), oldest first."""
         found = []
         for name in os.listdir(self.root):
-            if JOB_ID.match(name):
+            if JOB_ID.fullmatch(name):
                 folder = self.folder(name)
                 try:
-                    found.append((folder, folder.read()))
-                except (OSError, ValueError):
+                    found.append((folder, folder.read_or_failed()))
+                except OSError:
                     continue  # a folder whose manifest was never written: an interrupted submit
         yield from sorted(found, key=lambda item: item[1].get("created", 0))
 

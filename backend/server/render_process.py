@@ -145,7 +145,7 @@ def _child(device: str, flame_asset: str | None, precision: str) -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library prints go to stderr, never into the protocol stream
     logging.basicConfig(level=logging.INFO, format="%(asctime)s render %(levelname)s %(message)s")
-    from backend.server.jobs import JobBusy
+    from backend.server.jobs import CorruptManifest, JobBusy
     from backend.server.worker import ModelCache, render_job
 
     commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -174,6 +174,9 @@ def _child(device: str, flame_asset: str | None, precision: str) -> int:
         except JobBusy as exc:
             log.warning("%s", exc)
             status = "busy"
+        except (CorruptManifest, OSError) as exc:  # the folder itself is broken: that job fails, we serve on
+            log.error("%s", exc)
+            status = "failed"
         protocol.write(json.dumps({"status": status, "loaded": cache.loaded_name}) + "\n")
 
 

@@ -1,8 +1,10 @@
-"""Token, binding and request-size rules of the server.
+"""Token, binding, Host and request-size rules of the server.
 
 The server renders on the user's GPU and reads files the user names, so only the user should
-reach it: it binds loopback unless told otherwise, and every request carries a random token
-kept in a file only the user can read (the Blender add-on reads that file).
+reach it: it binds loopback unless told otherwise, every request carries a random token kept
+in a file only the user can read (the Blender add-on reads that file), and on a loopback bind
+a request must name a loopback Host, so a web page that rebinds its DNS name to 127.0.0.1 is
+refused even before the token is checked.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import ipaddress
 import json
 import os
 import secrets
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Collection, Iterable
 
 from backend.assets import cache_dir
+from backend.server.files import make_private_dir, write_atomic
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -29,24 +32,61 @@ def default_token_file() -> str:
 
 
 def write_token_file(path: str) -> str:
-    """Create a fresh token in ``path`` with mode 0600 (created so, never widened) and return it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    """Create a fresh token in ``path`` with mode 0600 (see :func:`write_atomic`) and return it."""
+    make_private_dir(os.path.dirname(os.path.abspath(path)))
     token = secrets.token_urlsafe(32)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask only downwards; make it exact
-        os.write(fd, (token + "\n").encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, (token + "\n").encode(), sync=True)
     return token
 
 
 def read_token_file(path: str) -> str:
     with open(path, encoding="utf-8") as handle:
         return handle.read().strip()
+
+
+def loopback_hosts(bound: str) -> frozenset[str]:
+    """Host names a request to a loopback bind may carry (ports stripped)."""
+    return frozenset({"localhost", "127.0.0.1", "[::1]", bound.lower(), f"[{bound.strip('[]').lower()}]"})
+
+
+def host_name(header: str) -> str:
+    """The Host header without its port: ``[::1]:8765`` -> ``[::1]``, ``localhost:80`` -> ``localhost``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class AllowedRoots:
+    """The folders whose files a client may name by path (``serve --allow-path DIR``).
+
+    Paths are compared after resolving symlinks, and a path outside every root gets one answer
+    whether or not it exists, so a client learns nothing about the rest of the disk. ``None``
+    allows every path: the CLI's ``render``, whose user is the one at the keyboard.
+    """
+
+    def __init__(self, roots: Iterable[str] | None = ()) -> None:
+        self.roots = None if roots is None else tuple(os.path.realpath(os.path.expanduser(r)) for r in roots)
+
+    def contains(self, path: str) -> bool:
+        """Whether ``path`` (absolute) resolves into one of the roots."""
+        if self.roots is None:
+            return True
+        real = os.path.realpath(path)
+        for root in self.roots:
+            try:
+                if os.path.commonpath([real, root]) == root:
+                    return True
+            except ValueError:  # another drive (Windows)
+                continue
+        return False
+
+    def refusal(self, what: str) -> str:
+        """Advice for a refused path (the same for every path outside the roots)."""
+        if not self.roots:
+            return (f"this server reads no local files: upload the {what} instead, or start it with "
+                    "--allow-path DIR for the folders clients may name")
+        return f"upload the {what}, or name a path under the folders started with --allow-path"
 
 
 def is_loopback(host: str) -> bool:
@@ -71,16 +111,24 @@ class BodyTooLarge(Exception):
 
 
 class GuardMiddleware:
-    """Checks the bearer token (401) and the body size (413) before any route runs."""
+    """Checks the Host (400, when ``allowed_hosts`` is given), the bearer token (401) and the
+    body size (413) before any route runs."""
 
-    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = MAX_BODY_BYTES,
+                 allowed_hosts: Collection[str] | None = None) -> None:
         self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
+            await _json(send, 400, {"error": f"Host {headers.get('host', '')[:100]!r} is not this loopback server",
+                                    "advice": "connect to http://127.0.0.1:<port> (or localhost); a server for other "
+                                              "machines runs with --allow-remote"})
+            return
         scheme, _, given = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token.encode()):
             await _json(send, 401, {"error": "missing or wrong token",

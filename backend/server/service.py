@@ -5,14 +5,15 @@ into a job folder and queues it. HTTP-free, so ``app.py`` stays a thin adapter a
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 from backend import __version__
 from backend.server import PROTOCOL_VERSION
 from backend.server.checkpoints import CheckpointRegistry
-from backend.server.inputs import (CheckedInputs, InputError, parse_settings, read_animation,
+from backend.server.inputs import (CheckedInputs, InputError, InputLimits, parse_settings, read_animation,
                                    read_reference_image)
 from backend.server.jobs import JobStore, request_hash
+from backend.server.security import AllowedRoots
 from backend.server.worker import ModelCache, Worker
 
 #: Largest file read from a local path (uploads are limited by the HTTP body limit).
@@ -20,11 +21,11 @@ MAX_INPUT_BYTES = 256 * 1024 * 1024
 
 
 def check_request(reference: bytes, animation: bytes, settings_data: dict[str, Any] | None,
-                  registry: CheckpointRegistry, cache: ModelCache) -> CheckedInputs:
+                  registry: CheckpointRegistry, cache: ModelCache, limits: InputLimits = InputLimits()) -> CheckedInputs:
     """Every check a job needs before it is accepted; raises :class:`InputError`."""
-    settings = parse_settings(settings_data)
+    settings = parse_settings(settings_data, limits.max_frames_per_job)
     _, reference_ext = read_reference_image(reference)
-    clip, warnings = read_animation(animation)
+    clip, warnings = read_animation(animation, limits)
     asset = cache.asset()
     checkpoint = registry.resolve(settings.checkpoint, asset.content_hash)
     settings.checkpoint = checkpoint.name
@@ -48,6 +49,9 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
     available = [int(f) for f in clip.frame]
     if settings.frames is None:
         frames = available
+        if len(frames) > limits.max_frames_per_job:
+            raise InputError(f"the animation has {len(frames)} frames, more than {limits.max_frames_per_job} per job",
+                             "render it in parts (settings.frames), or raise serve's --max-frames-per-job", 413)
     else:
         missing = sorted(set(settings.frames) - set(available))
         if missing:
@@ -61,21 +65,30 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
                          frames=frames, request_hash=digest, checkpoint=checkpoint_dict, notes=notes)
 
 
-def read_local(path: str, what: str) -> bytes:
-    """A client-named local file (client and server share a disk); the server only copies it."""
-    if not isinstance(path, str) or not path:
+def read_local(path: Any, what: str, roots: AllowedRoots) -> bytes:
+    """A client-named local file (client and server share a disk), only under ``roots``; the
+    server only copies it. Outside them the answer is the same whether or not the file exists."""
+    if not isinstance(path, str) or not path or "\0" in path:
         raise InputError(f"{what}_path must be a file path", "give an absolute path the server can read", 422)
     path = os.path.expanduser(path)
     if not os.path.isabs(path):
-        raise InputError(f"{what}_path {path!r} is relative", "give an absolute path: the server's working "
+        raise InputError(f"{what}_path {path[:200]!r} is relative", "give an absolute path: the server's working "
                          "folder is not the client's", 422)
-    if not os.path.isfile(path):
+    if not roots.contains(path):
+        raise InputError(f"{what}_path is outside the folders this server reads", roots.refusal(what), 403)
+    real = os.path.realpath(path)  # opened resolved, so a symlink swapped in later cannot leave the roots
+    if not os.path.isfile(real):
         raise InputError(f"{what} file not found: {path}", "check the path; upload the file instead when the "
                          "server runs on another machine", 422)
-    if os.path.getsize(path) > MAX_INPUT_BYTES:
+    try:
+        with open(real, "rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)  # sizes of special files (/proc) are not to be trusted
+    except OSError as exc:
+        raise InputError(f"cannot read the {what} file {path} ({exc.strerror or exc.__class__.__name__})",
+                         "check its permissions, or upload the file", 422) from None
+    if len(data) > MAX_INPUT_BYTES:
         raise InputError(f"{what} file {path} is larger than {MAX_INPUT_BYTES >> 20} MiB", "send a smaller file", 413)
-    with open(path, "rb") as handle:
-        return handle.read()
+    return data
 
 
 def public_view(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -91,13 +104,25 @@ def public_view(manifest: dict[str, Any]) -> dict[str, Any]:
 class JobService:
     """Submit, inspect, cancel; owns the store, the checkpoints, the model cache and the worker."""
 
-    def __init__(self, store: JobStore, registry: CheckpointRegistry, cache: ModelCache, worker: Worker) -> None:
+    def __init__(self, store: JobStore, registry: CheckpointRegistry, cache: ModelCache, worker: Worker,
+                 limits: InputLimits = InputLimits(), roots: AllowedRoots | None = None) -> None:
         self.store, self.registry, self.cache, self.worker = store, registry, cache, worker
+        self.limits = limits
+        self.roots = roots if roots is not None else AllowedRoots()
+
+    def read_local(self, path: Any, what: str) -> bytes:
+        """A file a client names by path, under the allowed roots only."""
+        return read_local(path, what, self.roots)
 
     def resume_unfinished(self) -> list[str]:
-        """Requeue what a crash or restart interrupted (only missing frames will render)."""
+        """Requeue what a crash or restart interrupted (only missing frames will render); a job
+        whose cancel was acknowledged stays cancelled."""
         ids = []
         for folder in self.store.unfinished():
+            if folder.cancel_requested():
+                folder.update(status="cancelled", phase="cancelled", eta_s=None,
+                              advice="submit the same job again to render the rest")
+                continue
             manifest = folder.requeue()
             self.worker.enqueue(manifest["id"])
             ids.append(manifest["id"])
@@ -106,7 +131,7 @@ class JobService:
     def submit(self, reference: bytes, animation: bytes,
                settings: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
         """Returns ``(job view, created)``; an identical job is reused and only missing frames render."""
-        checked = check_request(reference, animation, settings, self.registry, self.cache)
+        checked = check_request(reference, animation, settings, self.registry, self.cache, self.limits)
         folder, manifest, created = self.store.create_or_reuse(checked)
         if created:
             self.worker.enqueue(manifest["id"])
@@ -119,14 +144,14 @@ class JobService:
         return [public_view(manifest) for _, manifest in self.store.jobs()]
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return public_view(self.store.get(job_id).read())
+        return public_view(self.store.get(job_id).read_or_failed())
 
     def image_path(self, job_id: str, frame: int, control: bool = False) -> str:
         folder = self.store.get(job_id)
-        manifest = folder.read()
+        manifest = folder.read_or_failed()
         if frame not in manifest["frames"]:
-            raise InputError(f"frame {frame} is not part of job {job_id}",
-                             f"the job renders frames {manifest['frames'][0]}..{manifest['frames'][-1]}", 404)
+            span = f"frames {manifest['frames'][0]}..{manifest['frames'][-1]}" if manifest["frames"] else "no frames"
+            raise InputError(f"frame {frame} is not part of job {job_id}", f"the job renders {span}", 404)
         path = folder.control_path(frame) if control else folder.frame_path(frame)
         if not os.path.isfile(path):
             raise InputError(f"frame {frame} of job {job_id} is not rendered yet",
@@ -136,7 +161,7 @@ class JobService:
     def cancel(self, job_id: str) -> dict[str, Any]:
         folder = self.store.get(job_id)
         outcome = self.worker.cancel(job_id)
-        view = public_view(folder.read())
+        view = public_view(folder.read_or_failed())
         view["cancel"] = outcome
         return view
 
@@ -155,19 +180,23 @@ class JobService:
                 "flame_asset": {"name": asset.name, "hash": asset.content_hash},
                 "queue_length": self.worker.queue_length, "running_job": self.worker.current}
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self, show_paths: bool = True) -> list[dict[str, Any]]:
+        """The checkpoints; server paths only when ``show_paths`` (a client on this machine)."""
         asset_hash = self.cache.asset().content_hash
+        hidden = {"fingerprint"} | (set() if show_paths else {"path"})
         out = []
         for info in self.registry.list(refresh=True):
-            entry = {key: value for key, value in info.to_dict().items() if key != "fingerprint"}
+            entry = {key: value for key, value in info.to_dict().items() if key not in hidden}
             entry["matches_flame_asset"] = not info.flame_asset.get("hash") or info.flame_asset["hash"] == asset_hash
             out.append(entry)
         return out
 
 
 def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_asset: str | None = None,
-                  shipped_dir: str | None = None, render_in: str = "thread", precision: str = "auto") -> JobService:
+                  shipped_dir: str | None = None, render_in: str = "thread", precision: str = "auto",
+                  limits: InputLimits = InputLimits(), allow_paths: Iterable[str] = ()) -> JobService:
     """A service with its store, checkpoint registry, renderer and (not yet started) worker.
+    Clients may name files (and checkpoint folders) by path only under ``allow_paths``.
 
     ``render_in="process"`` renders in a child process (what ``serve`` uses, see
     :mod:`backend.server.render_process`); ``"thread"`` renders in the worker thread (tests).
@@ -178,5 +207,6 @@ def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_ass
     store = JobStore(jobs_dir)
     renderer = ProcessRenderer if render_in == "process" else ModelCache
     cache = renderer(device, flame_asset, precision)
-    registry = CheckpointRegistry(models_dir, shipped_dir or SHIPPED_DIR)
-    return JobService(store, registry, cache, Worker(store, cache))
+    roots = AllowedRoots(allow_paths)
+    registry = CheckpointRegistry(models_dir, shipped_dir or SHIPPED_DIR, roots=roots)
+    return JobService(store, registry, cache, Worker(store, cache), limits, roots)

@@ -117,10 +117,12 @@ class ModelCache:
         return render_job(job, self, should_cancel)
 
     def release(self) -> bool:
-        """Free the model and the CUDA cache; returns whether a model was loaded."""
+        """Free the model and the CUDA cache; returns whether a model was loaded (if none was,
+        there is nothing to free, and torch is not imported just to say so)."""
         with self._lock:
             had = self._pipeline is not None
-            self._drop()
+            if had:
+                self._drop()
             return had
 
 
@@ -325,15 +327,17 @@ class Worker:
             return True
 
     def cancel(self, job_id: str) -> str:
-        """Cancel a queued job now, or a running one at its next denoising step."""
+        """Cancel a queued job now, or a running one at its next denoising step. Either is on
+        disk before this returns, so a crash right after cannot resume the job."""
         with self._cond:
             if job_id in self._queue:
-                self._queue.remove(job_id)
                 folder = self.store.get(job_id)
                 folder.update(status="cancelled", phase="cancelled", eta_s=None, finished=time.time(),
                               advice="submit the same job again to render it")
+                self._queue.remove(job_id)
                 return "cancelled"
             if job_id == self.current:
+                self.store.get(job_id).request_cancel()
                 self._cancel.add(job_id)
                 return "cancelling"
         return "not running"
