@@ -373,6 +373,27 @@ def rebuild_rig(context: bpy.types.Context, rig: bpy.types.Object, asset: FlameA
     return new
 
 
+STATIC_OFFSET_KEY = "StaticOffset"
+
+
+def add_static_offset(rig: bpy.types.Object, offset: np.ndarray) -> str:
+    """VHAP / GaussianAvatars' per-vertex identity offsets as the head's shape key ``StaticOffset``
+    (value 1), and what was done; those trackers append teeth after FLAME's vertices, so the first
+    rows are the head's. The backend renders from the animation file, which has no such field."""
+    head = rigmod.rig_head(rig)
+    count = len(head.data.vertices)
+    if len(offset) < count:
+        return f"static_offset has {len(offset)} vertices but the rig's head has {count}: not added"
+    keys = head.data.shape_keys
+    block = keys.key_blocks.get(STATIC_OFFSET_KEY) or head.shape_key_add(name=STATIC_OFFSET_KEY, from_mix=False)
+    base = np.empty(count * 3, np.float32)
+    keys.reference_key.data.foreach_get("co", base)
+    block.data.foreach_set("co", (base.reshape(-1, 3) + offset[:count]).astype(np.float32).ravel())
+    block.value = 1.0
+    return (f"static_offset: shape key {STATIC_OFFSET_KEY} on {head.name} (value 1; Blender only, renders "
+            "from the backend do not include it)")
+
+
 def _continuous(quaternions: np.ndarray) -> np.ndarray:
     """Flip quaternion signs so consecutive keys never jump (interpolation takes the short way)."""
     flips = np.cumprod(np.where(np.sum(quaternions[1:] * quaternions[:-1], axis=1) < 0, -1.0, 1.0))

@@ -80,6 +80,9 @@ EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per
                               description="Which view of a multi-view export to import; -1 = the first")
     whole_sequence: BoolProperty(name="Whole sequence", default=True,
                                  description="A numbered per-frame file (00012.frame) imports its whole folder")
+    static_offset_key: BoolProperty(name="Static offset as shape key", default=True,
+                                    description="VHAP / GaussianAvatars' per-vertex identity offsets as the shape "
+                                                "key 'StaticOffset' on the head (Blender only)")
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if not self.properties.is_property_set("rebuild_rig"):
@@ -114,6 +117,8 @@ EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per
             rig = animation_io.rebuild_rig(context, rig, *rebuild, *counts)
             lines.append(f"rebuilt rig {rig.name} with {counts[0]} shape and {counts[1]} expression coefficients")
         frames = animation_io.apply_clip(rig, clip)
+        if self.static_offset_key and imported.static_offset is not None:
+            lines.append(animation_io.add_static_offset(rig, imported.static_offset))
         if self.use_camera and clip.has_camera and imported.report.tool != OWN_FILE:
             camera = animation_io.apply_camera(context, rig, clip)
             lines.append(f"camera: keyed {camera.name} as the scene camera")

@@ -75,11 +75,11 @@ def write_vhap_export(root, cameras: int = 2) -> tuple[dict, list]:
     return params, w2c
 
 
-def write_gaussian_avatars(folder) -> dict:
+def write_gaussian_avatars(folder, vertices: int = V) -> dict:
     """scene/flame_gaussian_model.py save_ply: np.savez(flame_param.npz, **self.flame_param)."""
     params = dict(shape=f32(300), expr=f32(T, 100), rotation=f32(T, 3), neck_pose=f32(T, 3), jaw_pose=f32(T, 3),
-                  eyes_pose=f32(T, 6), translation=f32(T, 3, scale=0.01), static_offset=f32(V, 3, scale=0.001),
-                  dynamic_offset=np.zeros((T, V, 3), np.float32))
+                  eyes_pose=f32(T, 6), translation=f32(T, 3, scale=0.01),
+                  static_offset=f32(vertices, 3, scale=0.001), dynamic_offset=np.zeros((T, vertices, 3), np.float32))
     np.savez(folder / "flame_param.npz", **params)
     return params
 
@@ -197,6 +197,8 @@ def test_gaussian_avatars(tmp_path):
     assert_close(result.clip.right_eye_pose, p["eyes_pose"][:, 3:])
     assert_close(result.clip.shape[2], p["shape"])
     assert [d.split(" ")[0] for d in result.report.dropped] == ["dynamic_offset", "static_offset"]
+    assert_close(result.static_offset, p["static_offset"], 0)
+    assert "optional shape key" in result.report.dropped[1]
 
 
 def test_smirk_torch_file_with_weak_perspective_camera(tmp_path):
@@ -493,6 +495,10 @@ def test_import_through_the_addon_in_bpy(tmp_path, head_folder):
     from build_addon import build
 
     zip_path = build(str(tmp_path / "dist"))
+    from backend.formats.flame_asset import load_flame_asset
+
+    (tmp_path / "gaussian_avatars").mkdir()
+    ga = write_gaussian_avatars(tmp_path / "gaussian_avatars", load_flame_asset(head_folder).num_vertices + 107)
     p, w2c = write_vhap_export(tmp_path / "vhap_export")
     frames = write_metrical(tmp_path / "metrical")
     bad = tmp_path / "bad"
@@ -548,6 +554,12 @@ def test_import_through_the_addon_in_bpy(tmp_path, head_folder):
     assert_close(exported.t, np.repeat(w2c[0][1][None], T, 0), 1e-5)
     assert_close(exported.K[0], [[1100.0, 0, 256.0], [0, 1101.0, 250.0], [0, 0, 1]], 1e-3)
     assert exported.image_size == (550, 512)
+
+    offset = results["gaussian_avatars"]
+    assert offset["result"] == ["FINISHED"] and "shape key StaticOffset" in offset["report"], offset
+    head = np.load(tmp_path / "static_offset_key.npy")
+    assert_close(head, ga["static_offset"][: len(head)], 1e-7)
+    assert "static_offset has 5143 vertices but the rig's head has" in done["report"]
 
     resampled = results["metrical"]
     assert resampled["result"] == ["FINISHED"], resampled

@@ -12,6 +12,7 @@ import sys
 import traceback
 
 import bpy
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from addon_driver import MODULE, RESULTS, WORK, ZIP, ASSET, call, fingerprint, path  # noqa: E402
@@ -50,6 +51,12 @@ def main() -> None:
     RESULTS["resolution"] = [scene.render.resolution_x, scene.render.resolution_y]
     RESULTS["export_vhap"] = call(bpy.ops.flamediff.export_animation, filepath=path("export_vhap.npz"),
                                   rig=rig.name, frame_start=101, frame_end=104)[1]
+
+    RESULTS["gaussian_avatars"] = attempt("ga", filepath=path(os.path.join("gaussian_avatars", "flame_param.npz")),
+                                          rig=rig.name)
+    keys = rig["flamediff_head"].data.shape_keys
+    key = np.array([tuple(v.co) for v in keys.key_blocks["StaticOffset"].data])
+    np.save(path("static_offset_key.npy"), key - np.array([tuple(v.co) for v in keys.reference_key.data]))
 
     RESULTS["metrical"] = attempt("metrical", filepath=path(os.path.join("metrical", "checkpoint", "00002.frame")),
                                   rig=rig.name, source_fps=15.0, use_camera=False)

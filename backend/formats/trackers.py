@@ -111,6 +111,9 @@ class TrackerImport:
 
     clip: AnimationClip
     report: TrackerReport
+    #: ``[V, 3]`` per-vertex identity offsets (VHAP, GaussianAvatars) in FLAME space: no field of the
+    #: animation file holds them; the add-on can add them to the rig as a shape key.
+    static_offset: np.ndarray | None = None
 
 
 # ============================================================================ rotations
@@ -407,15 +410,9 @@ def _read_entry(archive: zipfile.ZipFile, name: str, source: str, optional: bool
         raise TrackerFormatError(f"{source}: '{name}' is truncated or corrupt ({exc}); save the file again") from None
 
 
-def load_pickled(path: str) -> Any:
-    """Read a torch-saved (zip) or plain pickle safely: dicts/lists of numpy arrays and numbers."""
+def _load_plain_pickle(path: str) -> Any:
+    """A plain pickle, read safely; torch's legacy (pre-1.6) files start with a magic number."""
     source = os.path.basename(path)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                return _load_torch_zip(archive, source)
-        except zipfile.BadZipFile as exc:
-            raise TrackerFormatError(f"{source} is a truncated or corrupt zip archive ({exc}); save it again") from None
     with open(path, "rb") as handle:
         value = _unpickle(handle, source)
     if value == _TORCH_MAGIC:
@@ -444,20 +441,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {name: value}
 
 
-def _sniff(path: str) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(b"PK"):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head[:1] == b"\x80":
-        return "pickle"
-    return "text"
-
-
 def _read_npy(path: str) -> dict[str, Any]:
     stem = os.path.splitext(os.path.basename(path))[0]
     with open(path, "rb") as handle:
@@ -478,14 +461,18 @@ def read_file_arrays(path: str) -> dict[str, Any]:
         raise TrackerFormatError(f"{name} is a MATLAB file (DECA's --saveMat holds meshes and landmarks, not FLAME "
                                  "codes): save DECA's codedict with np.savez and import that")
     try:
-        kind = _sniff(path)
-        if kind == "npz":
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head.startswith(b"PK"):  # a zip: torch.save's archive or an .npz
+            with zipfile.ZipFile(path) as archive:
+                if any(n.endswith("data.pkl") for n in archive.namelist()):
+                    return _flatten(_load_torch_zip(archive, name))
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
-        if kind == "npy":
+        if head.startswith(b"\x93NUMPY"):
             return _read_npy(path)
-        if kind in ("torch", "pickle"):
-            return _flatten(load_pickled(path))
+        if head[:1] == b"\x80":
+            return _flatten(_load_plain_pickle(path))
         if name.lower().endswith(".txt"):
             values = np.loadtxt(path, dtype=np.float64, ndmin=1)
             return {os.path.splitext(name)[0]: values.reshape(-1)}
@@ -649,6 +636,7 @@ class _Tool:
 
 
 _OFFSETS = "per-vertex offsets: no rig equivalent"
+_STATIC = "per-vertex identity offsets: not in the animation file; the add-on adds them as an optional shape key"
 _DECA_DROPPED = {"tex": "albedo", "texcode": "albedo", "light": "lighting", "lightcode": "lighting",
                  "detail": "displacement detail", "detailcode": "displacement detail", "images": "input crops"}
 _TRACKERS: tuple[_Tool, ...] = (
@@ -660,11 +648,11 @@ _TRACKERS: tuple[_Tool, ...] = (
     _Tool("vhap", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k
           and bool(k & {"timestep_id", "n_processed_frames"}),
           _map_vhap, ("expr", "rotation"),
-          {"static_offset": _OFFSETS, "dynamic_offset": _OFFSETS, "tex": "albedo", "tex_extra": "albedo",
+          {"static_offset": _STATIC, "dynamic_offset": _OFFSETS, "tex": "albedo", "tex_extra": "albedo",
            "lights": "lighting", "focal_length": "intrinsics without the dataset's extrinsics",
            "n_processed_frames": "tracker state", "image_size": "tracker state"}),
     _Tool("gaussian-avatars", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k, _map_vhap, ("expr", "rotation"),
-          {"static_offset": _OFFSETS, "dynamic_offset": _OFFSETS}),
+          {"static_offset": _STATIC, "dynamic_offset": _OFFSETS}),
     _Tool("smirk", lambda k, a: bool(k & {"expression_params", "jaw_params", "eyelid_params", "pose_params"}),
           _map_smirk, ("expression_params", "jaw_params", "pose_params"),
           {"eyelid_params": "SMIRK's eyelid blendshapes (not FLAME)"}, camera="weak"),
@@ -742,6 +730,11 @@ def _map_tool(tool: _Tool, arrays: dict[str, Any], report: TrackerReport) -> dic
             if len(numbers) == frames and None not in numbers and len(set(numbers)) == frames:
                 fields["frame"] = np.asarray(numbers, dtype=np.int64)
                 mapper.mapped.append(f"{key} -> frame numbers")
+    offset = arrays.get("static_offset")
+    if isinstance(offset, np.ndarray) and offset.dtype.kind == "f" and offset.shape[-1:] == (3,) and offset.size:
+        offset = offset.reshape(-1, *offset.shape[-2:])[0].astype(np.float64)  # one copy per frame file
+        if np.isfinite(offset).all():
+            fields["static_offset"] = offset
     report.mapped += mapper.mapped
     for key in sorted(set(arrays) - mapper.used):
         why = tool.dropped_why.get(key) or tool.dropped_why.get(key.split(".")[0]) or "not a FLAME parameter"
@@ -823,7 +816,7 @@ def _finish(fields: dict[str, Any], frames: int, report: TrackerReport, fps: flo
     extra = {"source_tool": report.tool, "fps_in_file": rate is not None,
              "flame_version": report.flame_version, "dropped": [d.split(" ")[0] for d in report.dropped]}
     clip = _clip_from_fields(fields, frames, float(rate or 25.0), extra)
-    return TrackerImport(clip, report)
+    return TrackerImport(clip, report, fields.get("static_offset"))
 
 
 # ============================================================================ folders of per-frame files
