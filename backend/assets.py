@@ -7,18 +7,11 @@ import functools
 import os
 
 from backend.formats.flame_asset import FlameAsset, load_flame_asset
+from backend.formats.paths import cache_dir
 from backend.formats.procedural_head import ensure_procedural_head
 
 ASSET_ENV = "FLAMEDIFF_FLAME_ASSET"
-
-
-def cache_dir() -> str:
-    """flamediff's cache folder (``$FLAMEDIFF_CACHE``, else ``$XDG_CACHE_HOME/flamediff``)."""
-    explicit = os.environ.get("FLAMEDIFF_CACHE")
-    if explicit:
-        return os.path.expanduser(explicit)
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "flamediff")
+__all__ = ["ASSET_ENV", "cache_dir", "load_asset", "resolve_asset_folder"]  # cache_dir: the shared rule
 
 
 def resolve_asset_folder(path: str | None = None) -> str:
