@@ -4,7 +4,8 @@
 package holding ``blender_addon/`` at its root (with ``blender_manifest.toml``), ``operators/``,
 ``ui_panels/`` and the shared ``backend/formats`` package as ``formats/``. Only source files go
 in: no caches, no generated assets, and a check refuses any torch or backend import, because
-the add-on runs in Blender's own Python.
+the add-on runs in Blender's own Python. ``source_checkout.txt`` records this checkout, so the
+add-on finds the backend's Python in its ``.venv`` (``make``'s) without being told.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def build(out_dir: str = os.path.join(ROOT, "dist")) -> str:
                                 raise SystemExit(f"{full} imports torch or backend; the add-on may not")
                     relative = os.path.relpath(full, os.path.join(ROOT, source))
                     archive.write(full, os.path.join("flamediff", target, relative))
+        archive.writestr("flamediff/source_checkout.txt", ROOT)
     os.replace(tmp, path)
     return path
 

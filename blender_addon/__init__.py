@@ -18,6 +18,7 @@ def register() -> None:
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     ui_panels.register_properties()
+    ui_panels.register_menus()
     render_job.register_handlers()
 
 
@@ -25,6 +26,7 @@ def unregister() -> None:
     render_job.unregister_handlers()
     render_job.cancel_all()
     local_backend.stop()
+    ui_panels.unregister_menus()
     ui_panels.unregister_properties()
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)

@@ -18,6 +18,8 @@ import uuid
 PROTOCOL_VERSION = 1
 START_HINT = ("start it with 'flamediff serve' (or 'python -m backend serve' in the backend's venv), "
               "or choose 'Start locally' in the flamediff add-on preferences")
+LOCAL_START_HINT = ("Render starts it, or press 'Start backend' in the flamediff add-on preferences "
+                    "('Start locally' is selected)")
 
 
 class BackendError(RuntimeError):
@@ -41,15 +43,17 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def read_token(token_file: str) -> str:
+def read_token(token_file: str, start_hint: str = START_HINT) -> str:
+    """The token the backend wrote at start; a missing file means it has not started (yet)."""
     path = os.path.expanduser(token_file or "")
     try:
         with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
     except OSError as exc:
-        raise BackendError(f"cannot read the backend token file '{path}' ({exc.strerror or exc})",
-                           "start the backend (it writes the token file) and set the same token file in the "
-                           "flamediff preferences") from None
+        advice = ("the backend writes it when it starts: " + start_hint if start_hint == LOCAL_START_HINT else
+                  "start the backend (it writes the token file) and set the same token file in the flamediff "
+                  "preferences")
+        raise BackendError(f"cannot read the backend token file '{path}' ({exc.strerror or exc})", advice) from None
     if not token:
         raise BackendError(f"the token file '{path}' is empty", "restart the backend; it writes a fresh token")
     return token
@@ -69,13 +73,16 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> t
 
 
 class BackendClient:
-    """``BackendClient(url, token_file)``; ``online_access`` is Blender's "Allow Online Access"."""
+    """``BackendClient(url, token_file)``; ``online_access`` is Blender's "Allow Online Access";
+    ``start_hint`` says how to start a backend that is not running (it depends on the backend mode)."""
 
-    def __init__(self, url: str, token_file: str, timeout: float = 3.0, online_access: bool = True) -> None:
+    def __init__(self, url: str, token_file: str, timeout: float = 3.0, online_access: bool = True,
+                 start_hint: str = START_HINT) -> None:
         self.url = url.rstrip("/") or "http://127.0.0.1:8765"
         if "://" not in self.url:
             self.url = "http://" + self.url
         self.token_file, self.timeout, self.online_access = token_file, timeout, online_access
+        self.start_hint = start_hint
 
     # ------------------------------------------------------------------ transport
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
@@ -84,7 +91,7 @@ class BackendClient:
             raise BackendError(f"online access is disabled in Blender and {self.url} is not on this machine",
                                "enable Edit > Preferences > System > Network > Allow Online Access, or use a "
                                "backend on 127.0.0.1")
-        headers = {"Authorization": f"Bearer {read_token(self.token_file)}"}
+        headers = {"Authorization": f"Bearer {read_token(self.token_file, self.start_hint)}"}
         if content_type:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
@@ -110,12 +117,12 @@ class BackendClient:
     def _connection_error(self, reason) -> BackendError:
         if isinstance(reason, ConnectionRefusedError) or "refused" in str(reason).lower():
             return BackendError(f"the flamediff backend is not running at {self.url} (connection refused)",
-                                START_HINT)
+                                self.start_hint)
         if isinstance(reason, (socket.timeout, TimeoutError)) or "timed out" in str(reason).lower():
             return BackendError(f"the flamediff backend at {self.url} did not answer within {self.timeout:g} s",
                                 "it may be busy starting or overloaded; try again, or restart it")
         return BackendError(f"cannot reach the flamediff backend at {self.url} ({reason})",
-                            f"check the backend URL in the flamediff preferences; {START_HINT}")
+                            f"check the backend URL in the flamediff preferences; {self.start_hint}")
 
     def _http_error(self, exc: urllib.error.HTTPError) -> BackendError:
         try:

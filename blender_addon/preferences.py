@@ -7,7 +7,10 @@ import os
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
+from .formats.paths import default_token_file
+
 DEFAULT_PORT = 8765
+UNSAVED_FOLDER = "flamediff_renders"  # in the home folder: where an unsaved .blend's renders go by default
 
 
 class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
@@ -26,12 +29,13 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         name="Expression coefficients", default=50, min=1, max=100,
         description="Expression shape keys a new rig exposes (capped at the model's number)")
     backend_mode: EnumProperty(
-        name="Backend", default="URL",
+        name="Backend", default="LOCAL",
         items=[("LOCAL", "Start locally", "The add-on starts 'python -m backend serve' from the backend's venv"),
                ("URL", "Connect to URL", "Use a backend that is already running ('flamediff serve')")])
     backend_python: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default="",
-        description="The python executable of the venv flamediff is installed in (e.g. .venv/bin/python)")
+        description="The python executable of the venv flamediff is installed in (e.g. .venv/bin/python); "
+                    "empty = $FLAMEDIFF_PYTHON, else the usual places (see the README)")
     backend_port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
     backend_device: EnumProperty(
         name="Device", default="auto",
@@ -41,8 +45,13 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         description="URL of a running 'flamediff serve'")
     token_file: StringProperty(
         name="Token file", subtype="FILE_PATH", default="",
-        description="The token file the backend writes at start; empty = ~/.cache/flamediff/server/token "
-                    "(or the add-on's own one in 'Start locally' mode)")
+        description="The token file the backend writes at start; empty = the backend's default, "
+                    "$FLAMEDIFF_CACHE/server/token, else $XDG_CACHE_HOME/flamediff/server/token, else "
+                    "~/.cache/flamediff/server/token (or the add-on's own one in 'Start locally' mode)")
+    unsaved_output_dir: StringProperty(
+        name="Renders of unsaved files", subtype="DIR_PATH", default="",
+        description=f"Where frames go while the .blend is unsaved (a saved one renders into //flamediff next to "
+                    f"it); empty = {UNSAVED_FOLDER} in your home folder")
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -55,16 +64,34 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         box.row().prop(self, "backend_mode", expand=True)
         if self.backend_mode == "LOCAL":
             box.prop(self, "backend_python")
+            draw_python_choice(box, context, self.backend_python)
             row = box.row()
             row.prop(self, "backend_port")
             row.prop(self, "backend_device")
             row = box.row()
-            row.operator("flamediff.backend_start", icon="PLAY")
-            row.operator("flamediff.backend_stop", icon="CANCEL")
+            row.operator("flamediff.backend_start", text="Start backend", icon="PLAY")
+            row.operator("flamediff.backend_stop", text="Stop backend", icon="CANCEL")
         else:
             box.prop(self, "backend_url")
             box.prop(self, "token_file")
-        box.operator("flamediff.test_connection", icon="LINKED")
+        box.operator("flamediff.test_connection", text="Test connection", icon="LINKED")
+        layout.prop(self, "unsaved_output_dir")
+
+
+def draw_python_choice(layout: bpy.types.UILayout, context: bpy.types.Context, preference: str) -> None:
+    """Which backend Python "Start locally" will use, or the command that creates one (file checks only)."""
+    from .ui_panels.text import wrapped_label
+    from . import local_backend
+    from .backend_client import BackendError
+
+    try:
+        choice = local_backend.resolve_python(preference)
+    except BackendError:
+        wrapped_label(layout, context, "No backend Python found. Create one with:", icon="ERROR")
+        wrapped_label(layout, context, local_backend.install_command())
+        layout.operator("flamediff.copy_setup_command", icon="COPYDOWN")
+        return
+    wrapped_label(layout, context, f"Uses {choice.path} ({choice.origin})", icon="CHECKMARK")
 
 
 def get_preferences(context: bpy.types.Context) -> FLAMEDIFF_AP_preferences:
@@ -80,20 +107,28 @@ def backend_settings(context: bpy.types.Context) -> dict:
             bpy.utils.extension_path_user(__package__, path="server", create=True), "token")
         url = f"http://127.0.0.1:{prefs.backend_port}"
     else:
-        cache = os.environ.get("FLAMEDIFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flamediff")
-        token = prefs.token_file.strip() or os.path.join(cache, "server", "token")
+        token = prefs.token_file.strip() or default_token_file()
         url = prefs.backend_url.strip()
+    python = prefs.backend_python.strip()
     return {"mode": prefs.backend_mode, "url": url, "token_file": os.path.abspath(bpy.path.abspath(token)),
-            "python": bpy.path.abspath(prefs.backend_python.strip()), "port": prefs.backend_port,
+            "python": bpy.path.abspath(python) if python else "", "port": prefs.backend_port,
             "device": prefs.backend_device}
 
 
+def unsaved_output_root(context: bpy.types.Context) -> str:
+    """Where an unsaved .blend's renders go: the preference, else ``~/flamediff_renders``."""
+    chosen = get_preferences(context).unsaved_output_dir.strip()
+    return os.path.abspath(os.path.expanduser(chosen)) if chosen else os.path.join(os.path.expanduser("~"),
+                                                                                     UNSAVED_FOLDER)
+
+
 def make_client(context: bpy.types.Context, timeout: float = 3.0):
-    from .backend_client import BackendClient
+    from .backend_client import LOCAL_START_HINT, START_HINT, BackendClient
 
     settings = backend_settings(context)
     return BackendClient(settings["url"], settings["token_file"], timeout=timeout,
-                         online_access=bool(getattr(bpy.app, "online_access", True)))
+                         online_access=bool(getattr(bpy.app, "online_access", True)),
+                         start_hint=LOCAL_START_HINT if settings["mode"] == "LOCAL" else START_HINT)
 
 
 classes = (FLAMEDIFF_AP_preferences,)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import bpy
@@ -84,11 +83,23 @@ def active_job(scene: bpy.types.Scene) -> RenderJob | None:
     return _ACTIVE.get(scene.name)
 
 
-def output_folder(job_id: str) -> str:
-    """``//flamediff/<job id>`` next to the .blend, or a temp folder when the file is unsaved."""
+def output_folder(job_id: str, unsaved_root: str) -> str:
+    """``//flamediff/<job id>`` next to the .blend (absolute), or ``<unsaved_root>/<job id>`` while the
+    file is unsaved (the preference "Renders of unsaved files", default ``~/flamediff_renders``)."""
     if bpy.data.filepath:
         return os.path.join(bpy.path.abspath("//flamediff"), job_id)
-    return os.path.join(tempfile.gettempdir(), "flamediff", job_id)
+    return os.path.join(unsaved_root, job_id)
+
+
+def blend_relative(path: str) -> str:
+    """``path`` as ``//...`` when the .blend is saved, so moving the .blend with its folder keeps the
+    strip working; absolute otherwise (unsaved, or on another Windows drive)."""
+    if not bpy.data.filepath:
+        return path
+    try:
+        return bpy.path.relpath(path)
+    except ValueError:
+        return path
 
 
 def frame_path(folder: str, frame: int) -> str:
@@ -117,7 +128,9 @@ def set_status_bar(text: str | None) -> None:
 
 def update_strip(scene: bpy.types.Scene, folder: str, frames: list[int]) -> bpy.types.Strip:
     """ONE image-sequence strip named ``flamediff`` starting at the first Blender frame; a re-render
-    replaces it on the same channel (the files may land later: Blender shows them as they do)."""
+    replaces it on the same channel (the files may land later: Blender shows them as they do).
+    The strip's folder is ``//``-relative when the .blend is saved."""
+    folder = blend_relative(folder)
     editor = scene.sequence_editor or scene.sequence_editor_create()
     strips = editor.strips if hasattr(editor, "strips") else editor.sequences
     channel = 1
@@ -160,8 +173,8 @@ class RenderJob:
     """Submits one job and follows it until done / failed / cancelled."""
 
     def __init__(self, scene: bpy.types.Scene, client: BackendClient, reference: str, animation: str,
-                 settings: dict, frames: list[int], local: dict | None = None) -> None:
-        self.scene_name, self.client = scene.name, client
+                 settings: dict, frames: list[int], local: dict | None = None, unsaved_root: str = "") -> None:
+        self.scene_name, self.client, self.unsaved_root = scene.name, client, unsaved_root
         self.reference, self.animation, self.settings, self.frames = reference, animation, settings, frames
         self.local = local  # "Start locally": the preferences used to start the backend
         self.phase = "connecting"  # connecting -> running -> finished
@@ -194,7 +207,7 @@ class RenderJob:
         props = self.props
         if props is not None:
             done = len(self.fetched)
-            texts = {"done": f"Rendered {done} frames into {self.folder}",
+            texts = {"done": f"Rendered {done} frames into {blend_relative(self.folder)}",
                      "cancelled": f"Cancelled; {done} of {len(self.frames)} frames kept",
                      "failed": f"Failed after {done} of {len(self.frames)} frames",
                      "error": "Render stopped"}
@@ -237,7 +250,8 @@ class RenderJob:
             # "Start locally": not running (refused / no token file yet) or still starting (old token)
             if local_backend.running() is None:
                 if self.start_attempted:
-                    raise BackendError("the local backend stopped while starting",
+                    raise BackendError(f"the local backend stopped while starting (exit code "
+                                       f"{local_backend.exit_code()}): {local_backend.last_log_line() or 'no output'}",
                                        f"see its log {local_backend.log_path()} (is the port "
                                        f"{self.local['port']} taken by another program?)") from None
                 local_backend.start(self.local["python"], self.local["port"], self.local["device"],
@@ -251,12 +265,12 @@ class RenderJob:
             return
         view = self.client.submit(self.reference, self.animation, self.settings)
         self.job_id = view["id"]
-        self.folder = output_folder(self.job_id)
+        self.folder = output_folder(self.job_id, self.unsaved_root)
         os.makedirs(self.folder, exist_ok=True)
         self.fetched = {f for f in self.frames if os.path.exists(frame_path(self.folder, f))}
         self.view, self.phase, self.last_ok = view, "running", time.monotonic()
         self._write_settings()
-        self._set(job_id=self.job_id, output_dir=self.folder, status=view.get("status", "queued"),
+        self._set(job_id=self.job_id, output_dir=blend_relative(self.folder), status=view.get("status", "queued"),
                   frames_total=len(self.frames), frames_done=len(self.fetched), progress=0.0, error="", advice="",
                   message=f"Submitted job {self.job_id}")
         if self.fetched:

@@ -15,7 +15,7 @@ def target_rig(context: bpy.types.Context, name: str) -> bpy.types.Object | None
     return rigmod.find_rig(context.active_object)
 
 
-NO_RIG = "Select a flamediff rig (or its head mesh), or pass rig=NAME; add one with flamediff.add_rig"
+NO_RIG = "Select a flamediff rig (or its head mesh), or pass rig=NAME; add one with Add > FLAME Rig"
 
 
 def has_rig(context: bpy.types.Context) -> bool:
@@ -31,4 +31,7 @@ class RigOperator:
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return has_rig(context)
+        if has_rig(context):
+            return True
+        cls.poll_message_set("No flamediff rig in this scene: add one with Add > FLAME Rig")
+        return False

@@ -13,8 +13,11 @@ from .. import animation_io, assets, local_backend, render_job
 from ..backend_client import PROTOCOL_VERSION, BackendError
 from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
-from ..preferences import backend_settings, make_client
+from ..preferences import backend_settings, make_client, unsaved_output_root
 from .common import NO_RIG, RigOperator, target_rig
+
+
+_ARGUMENT = {"SKIP_SAVE", "HIDDEN"}
 
 
 def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
@@ -31,34 +34,36 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
 
     bl_idname = "flamediff.render"
     bl_label = "Render with flamediff"
-    bl_options = {"REGISTER"}
+    bl_options = {"REGISTER", "UNDO"}  # Ctrl+Z removes the strip (the frames stay on disk)
 
     # unset arguments fall back to the Render panel (scene.flamediff_render) and the scene frame range;
-    # SKIP_SAVE so a script's values are not remembered for the next button press
-    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+    # SKIP_SAVE so a script's values are not remembered for the next button press; HIDDEN so there is no
+    # "Adjust Last Operation" panel, where every change would submit another render
+    rig: StringProperty(name="Rig", default="", options=_ARGUMENT, description="Rig object name; empty = the active rig")
+    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options=_ARGUMENT,
                                     description="Default: the Render panel's reference image")
-    steps: IntProperty(name="Steps", default=0, min=0, max=1000, options={"SKIP_SAVE"},
+    steps: IntProperty(name="Steps", default=0, min=0, max=1000, options=_ARGUMENT,
                        description="0 = the checkpoint's default. Default: the Render panel's")
-    guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0, options={"SKIP_SAVE"},
+    guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0, options=_ARGUMENT,
                             description="Default: the Render panel's")
-    seed: IntProperty(name="Seed", default=0, min=0, options={"SKIP_SAVE"}, description="Default: the Render panel's")
-    checkpoint: StringProperty(name="Checkpoint", default="", options={"SKIP_SAVE"},
+    seed: IntProperty(name="Seed", default=0, min=0, options=_ARGUMENT, description="Default: the Render panel's")
+    checkpoint: StringProperty(name="Checkpoint", default="", options=_ARGUMENT,
                                description="Default: the Render panel's, else the backend's default model")
-    preview: BoolProperty(name="Preview", default=False, options={"SKIP_SAVE"},
+    preview: BoolProperty(name="Preview", default=False, options=_ARGUMENT,
                           description="Half resolution, at most 4 steps, first frame first (its own job and "
                                       "folder). Default: the Render panel's")
     shape_from: EnumProperty(name="Identity shape", items=render_job.SHAPE_FROM, default="animation",
-                             options={"SKIP_SAVE"}, description="animation | reference (cross-identity). "
+                             options=_ARGUMENT, description="animation | reference (cross-identity). "
                                                                 "Default: the rig's Identity shape setting")
-    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options={"SKIP_SAVE"},
+    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=_ARGUMENT,
                                     description=".npy of the reference person's FLAME shape coefficients. "
                                                 "Default: the rig's")
-    frame_start: IntProperty(name="Start", default=1, options={"SKIP_SAVE"},
+    frame_start: IntProperty(name="Start", default=1, options=_ARGUMENT,
                              description="Default: the scene's start frame")
-    frame_end: IntProperty(name="End", default=250, options={"SKIP_SAVE"}, description="Default: the scene's end frame")
-    wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+    frame_end: IntProperty(name="End", default=250, options=_ARGUMENT, description="Default: the scene's end frame")
+    wait: BoolProperty(name="Wait", default=False, options=_ARGUMENT,
                        description="Block until the render ends (scripts, blender -b); FINISHED only when done")
-    timeout: FloatProperty(name="Timeout", default=3600.0, min=1.0, options={"SKIP_SAVE"},
+    timeout: FloatProperty(name="Timeout", default=3600.0, min=1.0, options=_ARGUMENT,
                            description="With wait: give up (and cancel the job) after this many seconds")
 
     _job = None
@@ -80,9 +85,6 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
         scene = context.scene
         props = scene.flamediff_render
-        if render_job.active_job(scene) is not None:
-            return _report_error(self, scene, "a flamediff render is already running in this scene",
-                                 "wait for it or cancel it (Esc or the Cancel button)")
         start = self.frame_start if self.properties.is_property_set("frame_start") else scene.frame_start
         end = self.frame_end if self.properties.is_property_set("frame_end") else scene.frame_end
         reference = bpy.path.abspath(self._value(props, "reference_image").strip())
@@ -119,7 +121,15 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         props.status, props.message, props.progress, props.frames_done = "connecting", "Connecting...", 0.0, 0
         props.frames_total = len(clip.frame)
         return render_job.RenderJob(scene, make_client(context), reference, animation, settings,
-                                    [int(f) for f in clip.frame], local)
+                                    [int(f) for f in clip.frame], local, unsaved_output_root(context))
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if render_job.active_job(context.scene) is not None:
+            cls.poll_message_set("A flamediff render is already running in this scene: wait for it, or cancel it "
+                                 "(Esc, or Render > flamediff > Cancel Render)")
+            return False
+        return super().poll(context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         job = self._build_job(context)
@@ -175,10 +185,14 @@ class FLAMEDIFF_OT_render_cancel(bpy.types.Operator):
 
     bl_idname = "flamediff.render_cancel"
     bl_label = "Cancel flamediff Render"
+    bl_options = {"REGISTER"}
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return render_job.active_job(context.scene) is not None
+        if render_job.active_job(context.scene) is not None:
+            return True
+        cls.poll_message_set("No flamediff render is running in this scene")
+        return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         render_job.active_job(context.scene).cancel()
@@ -186,21 +200,70 @@ class FLAMEDIFF_OT_render_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _local_state(client, settings: dict) -> tuple[str, str, str]:
+    """``(level, text, found)`` for "Start locally": the backend Python found and the state of the backend
+    this Blender starts; ``level`` is empty when the backend answers (the caller then asks it more)."""
+    try:  # the python the running backend was started with, else the one a start would use
+        choice = local_backend.started_python() if local_backend.running() else local_backend.resolve_python(
+            settings["python"])
+    except BackendError as exc:
+        return "ERROR", str(exc), ""
+    found = f"Backend Python {choice.path} ({choice.origin})"
+    try:
+        client.health(check_version=False)
+    except BackendError as exc:
+        process, log = local_backend.running(), local_backend.log_path()
+        if exc.status == 401 and process is None:
+            return "ERROR", (f"{found}. Port {settings['port']} is used by a flamediff backend this Blender did not "
+                             f"start (its token differs): stop it, or choose another port"), found
+        if exc.status is not None:
+            return "ERROR", f"{found}. {exc}", found
+        if process is not None:
+            seconds = local_backend.seconds_since_start()
+            if seconds < render_job.START_TIMEOUT:
+                return "INFO", (f"{found}. The local backend (pid {process.pid}) is starting ({seconds:.0f} s so "
+                                f"far; loading the model takes a while): test again in a few seconds. Log: {log}"), found
+            return "ERROR", f"{found}. The local backend (pid {process.pid}) does not answer: see its log {log}", found
+        code = local_backend.exit_code()
+        if code is not None:
+            return "ERROR", (f"{found}. The local backend exited with code {code}: "
+                             f"{local_backend.last_log_line() or 'no output'}. Log: {log}"), found
+        try:
+            local_backend.check_python(choice)
+        except BackendError as check:
+            return "ERROR", str(check), found
+        return "INFO", (f"{found}, flamediff installed there. The backend is not started yet: Render starts it, "
+                        f"or press Start backend"), found
+    process = local_backend.running()
+    started = (f"started by this Blender (pid {process.pid})" if process is not None else
+               f"already running on port {settings['port']}, not started by this Blender")
+    return "", "", f"{found}; backend {started}"
+
+
 class FLAMEDIFF_OT_test_connection(bpy.types.Operator):
-    """Contact the backend and say, in plain words, whether it can render"""
+    """Contact the backend and say, in plain words, what was found: the backend Python ("Start locally"),
+    whether the backend runs, its version, device and models"""
 
     bl_idname = "flamediff.test_connection"
-    bl_label = "Test connection"
+    bl_label = "Test flamediff Connection"
+    bl_options = {"REGISTER"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = backend_settings(context)
         client = make_client(context, timeout=3.0)
+        found = ""
+        if settings["mode"] == "LOCAL":
+            level, text, found = _local_state(client, settings)
+            if level:
+                self.report({level}, text)
+                return {"CANCELLED"} if level == "ERROR" else {"FINISHED"}
         try:
             health = client.health(check_version=False)
             if health.get("protocol_version") != PROTOCOL_VERSION:
                 client.health()  # raises the version-mismatch error with advice
             models = client.models()
         except BackendError as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, f"{found}. {exc}" if found else str(exc))
             return {"CANCELLED"}
         problems = []
         usable = [m for m in models if m.get("matches_flame_asset", True)]
@@ -223,16 +286,36 @@ class FLAMEDIFF_OT_test_connection(bpy.types.Operator):
             pass
         names = ", ".join(m.get("name", "?") for m in usable) or "none"
         summary = (f"Connected to flamediff {health.get('flamediff_version')} at {client.url} on "
-                   f"{health.get('device')}; models: {names}")
+                   f"{health.get('device')}; models: {names}" + (f"; {found}" if found else ""))
         self.report({"WARNING"} if problems else {"INFO"}, summary + ("; " + "; ".join(problems) if problems else ""))
         return {"FINISHED"}
+
+
+def _local_mode(cls, context: bpy.types.Context) -> bool:
+    """Poll helper: the backend operators need "Start locally"."""
+    if backend_settings(context)["mode"] == "LOCAL":
+        return True
+    cls.poll_message_set("The flamediff preferences connect to a URL: choose 'Start locally' to start a backend "
+                         "from Blender")
+    return False
 
 
 class FLAMEDIFF_OT_backend_start(bpy.types.Operator):
     """Start the local backend (python -m backend serve) with the preferences' python, port and device"""
 
     bl_idname = "flamediff.backend_start"
-    bl_label = "Start backend"
+    bl_label = "Start flamediff Backend"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not _local_mode(cls, context):
+            return False
+        process = local_backend.running()
+        if process is not None:
+            cls.poll_message_set(f"The local backend is already running (pid {process.pid})")
+            return False
+        return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         settings = backend_settings(context)
@@ -242,8 +325,9 @@ class FLAMEDIFF_OT_backend_start(bpy.types.Operator):
         except (BackendError, OSError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Backend starting (pid {process.pid}) on port {settings['port']}; log "
-                              f"{local_backend.log_path()}")
+        choice = local_backend.started_python()
+        self.report({"INFO"}, f"Backend starting (pid {process.pid}) on port {settings['port']} with {choice.path} "
+                              f"({choice.origin}); log {local_backend.log_path()}")
         return {"FINISHED"}
 
 
@@ -251,9 +335,31 @@ class FLAMEDIFF_OT_backend_stop(bpy.types.Operator):
     """Stop the backend this Blender started"""
 
     bl_idname = "flamediff.backend_stop"
-    bl_label = "Stop backend"
+    bl_label = "Stop flamediff Backend"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if local_backend.running() is not None:
+            return True
+        cls.poll_message_set("No backend started by this Blender is running")
+        return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         stopped = local_backend.stop()
         self.report({"INFO"}, "Backend stopped" if stopped else "No backend started by this Blender is running")
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_copy_setup_command(bpy.types.Operator):
+    """Copy the command that creates the backend's Python environment (for a terminal; see the README)"""
+
+    bl_idname = "flamediff.copy_setup_command"
+    bl_label = "Copy Set-up Command"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        command = local_backend.install_command()
+        context.window_manager.clipboard = command
+        self.report({"INFO"}, f"Copied: {command}")
         return {"FINISHED"}

@@ -28,7 +28,10 @@ class FLAMEDIFF_OT_add_rig(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return context.mode == "OBJECT"
+        if context.mode == "OBJECT":
+            return True
+        cls.poll_message_set("Switch to Object Mode to add a FLAME rig")
+        return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         prefs = get_preferences(context)

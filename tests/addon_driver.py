@@ -18,6 +18,7 @@ import traceback
 import bpy
 import numpy as np
 from bpy_extras.object_utils import world_to_camera_view
+from bpy_reports import reported
 from mathutils import Vector
 
 ZIP, WORK, ASSET = sys.argv[1:4]
@@ -171,6 +172,124 @@ def check_ui(rig) -> dict:
                 type("C", (), {"active_object": None})())}
 
 
+class RecordingLayout(FakeLayout):
+    """A FakeLayout that also records the labels drawn and the operators (with their settings) placed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems)
+        self.labels: list[str] = []
+        self.operators: list[dict] = []
+
+    def label(self, text: str = "", **kwargs):
+        self.labels.append(text)
+        return self
+
+    def operator(self, idname: str, **kwargs):
+        super().operator(idname, **kwargs)
+        record = {"idname": idname}
+        self.operators.append(record)
+        return type("OperatorProperties", (), {"__setattr__": lambda _, k, v: record.__setitem__(k, v)})()
+
+    def menu(self, idname: str, **kwargs):
+        getattr(bpy.types, idname).draw(type("M", (), {"layout": self})(), bpy.context)
+        return self
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_conventions_without_rig() -> dict:
+    """Before any rig exists: the default backend mode, greyed-out operators say why."""
+    addon = sys.modules[MODULE]
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    results = {"default_backend_mode": prefs.backend_mode, "poll_messages": {}}
+    for name, kwargs in (("export_animation", {"filepath": path("never.npz")}), ("render", {}),
+                         ("reset_coefficients", {}), ("render_cancel", {}), ("backend_stop", {})):
+        results["poll_messages"][name] = call(getattr(bpy.ops.flamediff, name), **kwargs)[1]
+    prefs.backend_mode = "URL"
+    results["poll_messages"]["backend_start_url_mode"] = call(bpy.ops.flamediff.backend_start)[1]
+    prefs.backend_mode = "LOCAL"
+    bpy.ops.mesh.primitive_cube_add()
+    bpy.ops.object.mode_set(mode="EDIT")
+    results["poll_messages"]["add_rig_edit_mode"] = call(bpy.ops.flamediff.add_rig)[1]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    bpy.data.objects.remove(bpy.context.active_object)
+
+    # "Start locally" out of the box: the zip's source checkout's .venv is found; the backend is not started
+    prefs.backend_port = free_port()
+    results["python_found"] = reported(bpy.ops.flamediff.test_connection)
+    results["checkouts"] = list(addon.local_backend.source_checkouts())
+    # nothing anywhere (a zip built elsewhere, a fresh home, no flamediff on the PATH): the command to run
+    checkout_file = os.path.join(addon.local_backend.ADDON_DIR, addon.local_backend.CHECKOUT_FILE)
+    with open(checkout_file, encoding="utf-8") as handle:
+        recorded = handle.read()
+    saved = {key: os.environ.get(key) for key in ("HOME", "PATH", "FLAMEDIFF_PYTHON", "XDG_DATA_HOME")}
+    with open(checkout_file, "w", encoding="utf-8") as handle:
+        handle.write(path("elsewhere"))
+    os.environ.update(HOME=path("fresh_home"), PATH="/nonexistent")
+    for key in ("FLAMEDIFF_PYTHON", "XDG_DATA_HOME"):
+        os.environ.pop(key, None)
+    try:
+        results["python_missing"] = reported(bpy.ops.flamediff.test_connection)
+        layout = RecordingLayout([])
+        addon.preferences.draw_python_choice(layout, bpy.context, "")
+        results["python_missing_labels"] = layout.labels
+        results["python_missing_operators"] = [op["idname"] for op in layout.operators]
+        results["copied_command"] = reported(bpy.ops.flamediff.copy_setup_command)[1]  # no clipboard in bpy: its report
+        os.environ["FLAMEDIFF_PYTHON"] = sys.executable
+        results["python_from_env"] = reported(bpy.ops.flamediff.test_connection)
+        prefs.backend_python = path("typo/python")
+        results["python_typo"] = reported(bpy.ops.flamediff.test_connection)
+        prefs.backend_python = ""
+    finally:
+        with open(checkout_file, "w", encoding="utf-8") as handle:
+            handle.write(recorded)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    prefs.backend_mode = "URL"
+    results["url_token_file"] = addon.preferences.backend_settings(bpy.context)["token_file"]
+    prefs.backend_mode = "LOCAL"
+    return results
+
+
+def check_menus_and_panel_text() -> dict:
+    """Every operator is in a Blender menu (so F3 finds it); long advice wraps at words."""
+    addon = sys.modules[MODULE]
+    problems: list[str] = []
+    placed: dict[str, list[dict]] = {}
+    for menu, draw in addon.ui_panels.menus.MENUS:
+        layout = RecordingLayout(problems)
+        draw(type("M", (), {"layout": layout})(), bpy.context)
+        placed[menu] = layout.operators
+        if draw not in getattr(bpy.types, menu)._dyn_ui_initialize():
+            problems.append(f"{draw.__name__} is not appended to {menu}")
+    ours = sorted(name for name in dir(bpy.ops.flamediff))
+    in_menus = sorted({op["idname"].split(".")[1] for ops in placed.values() for op in ops})
+    classes = addon.operators.classes
+    props = bpy.context.scene.flamediff_render
+    props.error = "the flamediff backend is not running at http://127.0.0.1:8765 (connection refused)"
+    props.advice = ("start it with 'flamediff serve' (or 'python -m backend serve' in the backend's venv), or "
+                    "choose 'Start locally' in the flamediff add-on preferences; its log is in "
+                    "/home/someone/.config/blender/5.0/extensions/.user/user_default/flamediff/server/backend.log")
+    advice = props.advice
+    layout = RecordingLayout(problems)
+    bpy.types.FLAMEDIFF_PT_render.draw(type("P", (), {"layout": layout})(), bpy.context)
+    props.error = props.advice = ""
+    return {"problems": problems, "operators": ours, "in_menus": in_menus,
+            "placed": placed,
+            "options": {c.bl_idname: sorted(c.bl_options) for c in classes},
+            "has_own_poll": {c.bl_idname: "poll" in {n for k in c.__mro__[:-1] for n in vars(k)} for c in classes},
+            "panel_labels": layout.labels, "advice": advice}
+
+
 def check_unregister() -> dict:
     """Disable and re-enable: every class and scene property goes away and comes back."""
     import addon_utils
@@ -193,6 +312,7 @@ def main() -> None:
     RESULTS["module_loaded"] = MODULE in sys.modules
     RESULTS["torch_loaded"] = "torch" in sys.modules
     bpy.context.preferences.addons[MODULE].preferences.asset_folder = ASSET
+    RESULTS["conventions"] = check_conventions_without_rig()
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = 25, 1.0
     scene.frame_start, scene.frame_end = FRAMES[0], FRAMES[-1]
@@ -310,6 +430,7 @@ def main() -> None:
                                 if b.name.startswith("Expr"))
 
     RESULTS["ui"] = check_ui(rig)
+    RESULTS["menus"] = check_menus_and_panel_text()
     RESULTS["unregister"] = check_unregister()
 
     # save, then reopen with Python in drivers blocked (Blender's default security setting)

@@ -14,6 +14,7 @@ import traceback
 
 import bpy
 import numpy as np
+from bpy_reports import reported
 from mathutils import Vector
 
 ZIP, WORK, ASSET, PORT, TOKEN_FILE, REFERENCE, DOWN_PORT = sys.argv[1:8]
@@ -46,7 +47,7 @@ def strip_info() -> dict:
     return {"count": len(strips), "names": [s.name for s in strips],
             **({"type": strips[0].type, "frame_start": strips[0].frame_start,
                 "frame_final_start": strips[0].frame_final_start, "frame_final_end": strips[0].frame_final_end,
-                "directory": bpy.path.abspath(strips[0].directory),
+                "directory": bpy.path.abspath(strips[0].directory), "raw_directory": strips[0].directory,
                 "elements": [e.filename for e in strips[0].elements], "channel": strips[0].channel}
                if strips else {})}
 
@@ -114,7 +115,8 @@ def main() -> None:
     RESULTS["strip"] = strip_info()
     RESULTS["latest_image"] = "flamediff latest" in bpy.data.images
 
-    # a re-render (another seed, so another job) updates the same strip
+    # a re-render (another seed, so another job) updates the same strip; into the chosen unsaved-file folder
+    prefs.unsaved_output_dir = os.path.join(WORK, "chosen")
     RESULTS["rerender"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2, seed=8,
                                timeout=120)
     RESULTS["rerender_props"] = props()
@@ -161,11 +163,26 @@ def main() -> None:
     prefs.token_file = os.path.join(WORK, "local_token")
     RESULTS["local_token_file"] = prefs.token_file
     local = sys.modules[MODULE].local_backend
+    RESULTS["local_before_start"] = reported(bpy.ops.flamediff.test_connection)
+    RESULTS["local_start"] = reported(bpy.ops.flamediff.backend_start)
+    RESULTS["local_just_started"] = reported(bpy.ops.flamediff.test_connection)
     RESULTS["local_render"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
                                    seed=7, timeout=120)
     RESULTS["local_props"] = props()
+    RESULTS["local_connected"] = reported(bpy.ops.flamediff.test_connection)
     process = local.running()
     RESULTS["local_pid"] = process.pid if process else None
+
+    # a saved .blend renders into //flamediff/<job> and the strip keeps working when the folder moves
+    project = os.path.join(WORK, "project")
+    os.makedirs(project)
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(project, "shot.blend"))
+    RESULTS["saved_render"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
+                                   seed=11, frame_start=FIRST, frame_end=FIRST, timeout=120)
+    RESULTS["saved_props"] = props()
+    RESULTS["saved_strip"] = strip_info()
+    bpy.ops.wm.save_mainfile()
+
     RESULTS["local_stop"] = call(bpy.ops.flamediff.backend_stop)
     RESULTS["local_stopped"] = process is not None and process.poll() is not None
 
@@ -189,6 +206,12 @@ def main() -> None:
 
     bpy.types.FLAMEDIFF_PT_render.draw(type("P", (), {"layout": Layout()})(), bpy.context)
     RESULTS["panel_problems"] = problems
+
+    moved = os.path.join(WORK, "moved")
+    os.rename(project, moved)
+    bpy.ops.wm.open_mainfile(filepath=os.path.join(moved, "shot.blend"), load_ui=False)
+    strip = bpy.context.scene.sequence_editor.strips["flamediff"]
+    RESULTS["moved_frame"] = os.path.join(bpy.path.abspath(strip.directory), strip.elements[0].filename)
 
 
 if __name__ == "__main__":

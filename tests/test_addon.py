@@ -252,3 +252,78 @@ def test_missing_asset_folder_is_explained(run):
 def test_empty_preference_generates_the_procedural_head(run, head_asset):
     assert run["results"]["generated_asset_in_user_folder"]
     assert run["results"]["generated_asset_identity"] == dict(head_asset.identity())
+
+
+# ----------------------------------------------------------------------------- first run and Blender conventions
+
+def test_start_locally_is_the_default_and_finds_the_checkouts_venv(run):
+    conventions = run["results"]["conventions"]
+    assert conventions["default_backend_mode"] == "LOCAL"
+    assert conventions["checkouts"] == [ROOT]  # recorded in the zip by build_addon.py
+    outcome, message = conventions["python_found"]
+    assert outcome == ["FINISHED"], message
+    venv_python = os.path.join(ROOT, ".venv", "bin", "python")
+    assert f"Backend Python {venv_python} (the .venv of the source checkout {ROOT})" in message, message
+    assert "not started yet" in message and "Start backend" in message and "choose 'Start locally'" not in message
+
+
+def test_no_backend_python_anywhere_says_which_command_to_run(run):
+    conventions = run["results"]["conventions"]
+    outcome, message = conventions["python_missing"]
+    assert outcome is None and "no Python with the flamediff backend was found" in message, message
+    fresh = os.path.join(run["work"], "fresh_home", ".local", "share", "flamediff", "venv")
+    command = f'python3.11 -m venv "{fresh}" && "{fresh}/bin/python" -m pip install -e "/path/to/flamediff"'
+    assert conventions["copied_command"].endswith(f"Copied: {command}"), conventions["copied_command"]
+    assert command in message and os.path.join(fresh, "bin", "python") in message  # looked there, says so
+    labels = " ".join(conventions["python_missing_labels"])
+    assert "No backend Python found" in labels and "python3.11 -m venv" in labels
+    assert conventions["python_missing_operators"] == ["flamediff.copy_setup_command"]
+    outcome, message = conventions["python_from_env"]
+    assert outcome == ["FINISHED"] and "($FLAMEDIFF_PYTHON)" in message and "flamediff installed" in message, message
+    outcome, message = conventions["python_typo"]
+    assert outcome is None and "typo/python" in message and "does not exist" in message, message
+
+
+def test_url_mode_token_file_follows_the_backends_cache_rule(run):
+    cache = os.environ["FLAMEDIFF_CACHE"]  # conftest's private cache, inherited by the bpy subprocess
+    assert run["results"]["conventions"]["url_token_file"] == os.path.join(cache, "server", "token")
+
+
+def test_greyed_out_operators_say_why(run):
+    messages = run["results"]["conventions"]["poll_messages"]
+    for name in ("export_animation", "render", "reset_coefficients"):
+        assert "No flamediff rig in this scene" in messages[name] and "Add > FLAME Rig" in messages[name], name
+    assert "No flamediff render is running" in messages["render_cancel"]
+    assert "No backend started by this Blender" in messages["backend_stop"]
+    assert "choose 'Start locally'" in messages["backend_start_url_mode"]
+    assert "Object Mode" in messages["add_rig_edit_mode"]
+
+
+def test_every_operator_is_in_a_blender_menu_with_undo_where_it_changes_the_scene(run):
+    menus = run["results"]["menus"]
+    assert menus["problems"] == []
+    assert menus["in_menus"] == menus["operators"]  # F3 finds what is in a menu
+    placed = menus["placed"]
+    assert placed["VIEW3D_MT_add"] == [{"idname": "flamediff.add_rig"}]
+    assert placed["TOPBAR_MT_file_import"] == [{"idname": "flamediff.import_animation"}]
+    assert placed["TOPBAR_MT_file_export"] == [{"idname": "flamediff.export_animation"}]
+    render = placed["TOPBAR_MT_render"]
+    assert render[:3] == [{"idname": "flamediff.render"}, {"idname": "flamediff.render", "preview": True},
+                          {"idname": "flamediff.render_cancel"}]
+    options = menus["options"]
+    for idname in ("flamediff.add_rig", "flamediff.import_animation", "flamediff.render",
+                   "flamediff.reset_coefficients", "flamediff.randomize_coefficients"):
+        assert options[idname] == ["REGISTER", "UNDO"], idname
+    assert all("REGISTER" in value for value in options.values()), options
+    for idname in ("flamediff.add_rig", "flamediff.render", "flamediff.render_cancel", "flamediff.export_animation",
+                   "flamediff.backend_start", "flamediff.backend_stop"):
+        assert menus["has_own_poll"][idname], idname
+
+
+def test_panel_advice_wraps_at_words(run):
+    lines = [line for line in run["results"]["menus"]["panel_labels"] if line]
+    assert all(len(line) <= 60 for line in lines), lines  # no region in background bpy: 60 characters
+    drawn = {word for line in lines for word in line.split()}
+    words = [word for word in run["results"]["menus"]["advice"].split() if len(word) <= 60]
+    assert words and all(word in drawn for word in words), sorted(set(words) - drawn)  # none cut mid-word
+    assert any(line.startswith("Unsaved file: frames go to") for line in lines)

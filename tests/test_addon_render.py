@@ -47,13 +47,13 @@ def run(tmp_path_factory: pytest.TempPathFactory, head_asset, head_folder) -> di
     zip_path = build(os.path.join(work, "dist"))
     server = Server(work, models_dir).start()
     try:
-        env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.join(work, "blender_user"), TMPDIR=work,
+        env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.join(work, "blender_user"), HOME=os.path.join(work, "home"),
                    FLAMEDIFF_CACHE=local_cache, FLAMEDIFF_FLAME_ASSET=head_folder, OMP_NUM_THREADS="1")
         started = time.perf_counter()
         completed = subprocess.run(
             [sys.executable, os.path.join(ROOT, "tests", "addon_render_driver.py"), zip_path, work, head_folder,
              str(server.port), server.token_file, reference, str(free_port())],
-            env=env, capture_output=True, text=True, timeout=300)
+            env=env, capture_output=True, text=True, timeout=1500)
         wall = time.perf_counter() - started
     finally:
         server.kill()
@@ -72,7 +72,7 @@ def test_blocking_render_lands_frames_strip_and_settings(run):
     props = results["render_props"]
     assert props["status"] == "done" and props["frames_done"] == props["frames_total"] == 3 and not props["error"]
     folder = props["output_dir"]
-    assert folder.startswith(run["work"])  # unsaved .blend: a temp folder (TMPDIR) / flamediff / job id
+    assert folder.startswith(os.path.join(run["work"], "home", "flamediff_renders"))  # unsaved .blend: ~/flamediff_renders
     assert os.path.basename(folder) == props["job_id"]
     from PIL import Image
 
@@ -101,6 +101,7 @@ def test_rerender_updates_the_same_strip(run):
     strip = results["strip_after_rerender"]
     assert strip["count"] == 1 and strip["channel"] == results["strip"]["channel"]
     assert os.path.samefile(strip["directory"], second["output_dir"])
+    assert second["output_dir"] == os.path.join(run["work"], "chosen", second["job_id"])  # the preference's folder
     assert strip["frame_final_start"] == FRAMES[0] and len(strip["elements"]) == 3
     with open(os.path.join(second["output_dir"], "settings.json"), encoding="utf-8") as handle:
         assert json.load(handle)["seed"] == 8
@@ -186,6 +187,15 @@ def test_start_locally_launches_renders_and_stops_the_backend(run):
     assert results["local_pid"] and results["local_stop"][0] == ["FINISHED"] and results["local_stopped"]
     with open(results["local_token_file"], encoding="utf-8") as handle:
         assert handle.read().strip()
+    outcome, message = results["local_before_start"]
+    assert outcome == ["FINISHED"] and "not started yet" in message and "(the 'Backend Python' preference)" in message
+    outcome, message = results["local_start"]
+    assert outcome == ["FINISHED"] and "Backend starting" in message, message
+    outcome, message = results["local_just_started"]  # right after Start backend: never "not running"
+    assert outcome == ["FINISHED"] and "not running" not in message and "choose 'Start locally'" not in message
+    assert "is starting" in message or "Connected" in message, message
+    outcome, message = results["local_connected"]
+    assert outcome == ["FINISHED"] and f"started by this Blender (pid {results['local_pid']})" in message, message
     print(f"start locally + render 3 frames x 2 steps: {seconds:.1f} s")
 
 
@@ -268,3 +278,14 @@ def test_client_maps_errors_to_advice(tmp_path, fake_server):
         bc.BackendClient("http://192.0.2.1:8765", str(good), online_access=False).health()
     assert "online access" in caught.value.message
     assert bc.is_loopback_url("http://localhost:1") and bc.is_loopback_url("http://[::1]:1")
+
+
+def test_saved_blend_renders_into_a_relative_folder_that_moves_with_it(run):
+    results = run["results"]
+    outcome, message, _ = results["saved_render"]
+    assert outcome == ["FINISHED"], message
+    job = results["saved_props"]["job_id"]
+    assert results["saved_props"]["output_dir"] == f"//flamediff/{job}"
+    assert results["saved_strip"]["raw_directory"].rstrip("/") == f"//flamediff/{job}"
+    assert results["moved_frame"] == os.path.join(run["work"], "moved", "flamediff", job, f"frame_{FRAMES[0]:04d}.png")
+    assert os.path.isfile(results["moved_frame"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bpy
 
 from .. import rig as rigmod
+from ..preferences import unsaved_output_root
+from .text import wrapped_label
 
 
 class FLAMEDIFF_UL_coefficients(bpy.types.UIList):
@@ -122,16 +124,18 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
             layout.operator("flamediff.render_cancel", text="Cancel", icon="CANCEL")
             layout.prop(props, "progress", slider=True)
         if props.message:
-            layout.label(text=props.message, icon="INFO")
+            wrapped_label(layout, context, props.message, icon="INFO")
         if props.output_dir:
-            layout.label(text=f"Frames: {props.output_dir}")
+            wrapped_label(layout, context, f"Frames: {props.output_dir}")
+        if not bpy.data.filepath:
+            wrapped_label(layout, context, f"Unsaved file: frames go to {unsaved_output_root(context)}. Save the "
+                                           f".blend to render into //flamediff beside it.", icon="FILE_FOLDER")
         if props.error:
             box = layout.box()
-            box.label(text=props.error, icon="ERROR")
+            wrapped_label(box, context, props.error, icon="ERROR")
             if props.advice:
-                for start in range(0, len(props.advice), 60):
-                    box.label(text=props.advice[start:start + 60])
-        layout.operator("flamediff.test_connection", icon="LINKED")
+                wrapped_label(box, context, props.advice)
+        layout.operator("flamediff.test_connection", text="Test connection", icon="LINKED")
 
 
 _KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expression", "Expression coefficients"),
