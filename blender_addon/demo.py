@@ -38,9 +38,9 @@ def add_camera_from_clip(scene: bpy.types.Scene, animation_path: str) -> bpy.typ
 
 
 def build_and_render(animation_path: str, reference_image: str, blend_path: str, steps: int = 0,
-                     guidance: float = 2.0, seed: int = 0, checkpoint: str = "", timeout: float = 1800.0) -> dict:
+                     guidance: float = 0.0, seed: int = 0, checkpoint: str = "", timeout: float = 1800.0) -> dict:
     """Key a new rig from ``animation_path``, render it with the backend, save ``blend_path``
-    (``steps`` 0: the checkpoint's default)."""
+    (``steps`` and ``guidance`` 0: the checkpoint's defaults)."""
     scene = bpy.context.scene
     add_camera_from_clip(scene, animation_path)
     bpy.ops.flamediff.add_rig(name="FLAME")

@@ -36,8 +36,8 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
                                     description="Portrait (PNG/JPEG/WebP) whose appearance the frames take")
     steps: IntProperty(name="Steps", default=0, min=0, max=1000,
                        description="Denoising steps; 0 = the checkpoint's default (small models need fewer)")
-    guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0,
-                            description="Classifier-free guidance scale")
+    guidance: FloatProperty(name="Guidance", default=0.0, min=0.0, max=30.0,
+                            description="Classifier-free guidance scale; 0 = the checkpoint's default")
     seed: IntProperty(name="Seed", default=0, min=0, description="Each frame's noise is seeded by (seed, frame)")
     checkpoint: StringProperty(name="Checkpoint", default="",
                                description="Model name from the backend (Test connection lists them); empty = "

@@ -44,8 +44,8 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
                                     description="Default: the Render panel's reference image")
     steps: IntProperty(name="Steps", default=0, min=0, max=1000, options=_ARGUMENT,
                        description="0 = the checkpoint's default. Default: the Render panel's")
-    guidance: FloatProperty(name="Guidance", default=2.0, min=0.0, max=30.0, options=_ARGUMENT,
-                            description="Default: the Render panel's")
+    guidance: FloatProperty(name="Guidance", default=0.0, min=0.0, max=30.0, options=_ARGUMENT,
+                            description="0 = the checkpoint's default. Default: the Render panel's")
     seed: IntProperty(name="Seed", default=0, min=0, options=_ARGUMENT, description="Default: the Render panel's")
     checkpoint: StringProperty(name="Checkpoint", default="", options=_ARGUMENT,
                                description="Default: the Render panel's, else the backend's default model")

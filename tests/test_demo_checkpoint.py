@@ -1,59 +1,63 @@
-"""The shipped demo checkpoint: small, loads by default, and beats copying the reference on
-identities it never saw (a reduced version of docs/RESULTS.md's main table)."""
+"""The shipped demo checkpoint: small, loads by default, and clearly beats copying the reference
+on identities no training run ever saw (a procedural dataset drawn with a seed that no training
+config uses), with colours that follow the reference."""
 
 from __future__ import annotations
 
+import json
 import os
 
-import numpy as np
 import pytest
 
 from backend.evaluation.evaluate import default_checkpoint, evaluate
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backend", "checkpoints", "demo")
-MAX_IDENTITIES = 6
-PSNR_GAIN = 0.5  # dB over "copy the reference" on these 24 frames; on docs/RESULTS.md's 96 frames the gain
-#                   is +0.4 dB: issue #7's 3 dB target is not met (see docs/RESULTS.md)
+FRESH_SEED = 90_210        # training configs use seed 0; docs/RESULTS.md uses 20_261_130
+IDENTITIES, FRAMES = 8, 4  # 32 self-reenacted frames, about 25 s: +2.89 dB with this seed, +3.25 dB with seed 4711
+PSNR_GAIN = 2.0            # dB over "copy the reference" (docs/RESULTS.md: the 16-identity figure)
 
 
 def test_demo_checkpoint_is_shipped_small_and_found_by_default(head_asset):
     from backend.models import FlameDiffModel
     from backend.server.checkpoints import SHIPPED_DIR
 
-    size = sum(os.path.getsize(os.path.join(DEMO, name)) for name in os.listdir(DEMO))
+    size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(DEMO) for name in names)
     assert size <= 50 * 2 ** 20
     assert default_checkpoint() == DEMO and os.path.join(SHIPPED_DIR, "demo") == DEMO
     model = FlameDiffModel.from_pretrained(DEMO, asset=head_asset)
     config = model.config
     assert (config.preset, config.resolution, config.temporal_layers) == ("demo", 128, True)
+    assert config.latent_scale is not None and len(config.latent_scale) == config.latent_channels
     assert os.path.isfile(os.path.join(DEMO, "reference.png"))
+    with open(os.path.join(DEMO, "config.json"), encoding="utf-8") as handle:
+        extra = json.load(handle)["_extra"]
+    assert extra["heldout_identities"] and extra["ema_decay"]  # trained on its split's training identities only
+    with open(os.path.join(DEMO, "training", "vae-reconstruction.json"), encoding="utf-8") as handle:
+        vae = json.load(handle)
+    assert vae["identities"] == extra["heldout_identities"]
 
 
 @pytest.fixture(scope="module")
-def heldout_identities(tmp_path_factory, head_asset) -> str:
-    """The demo dataset's held-out identities (configs/demo/train.sh's command, only that split):
-    identities the checkpoint never saw, with exactly the samples docs/RESULTS.md uses."""
+def fresh_identities(tmp_path_factory, head_asset) -> str:
     from backend.data.procedural import generate_procedural_dataset
 
-    folder = str(tmp_path_factory.mktemp("heldout") / "data")
-    generate_procedural_dataset(folder, identities=60, views_per_identity=20, sequences_per_identity=2,
-                                frames_per_sequence=14, resolution=128, seed=0, asset=head_asset, only_split="heldout")
+    folder = str(tmp_path_factory.mktemp("fresh") / "data")
+    generate_procedural_dataset(folder, identities=IDENTITIES, views_per_identity=2, sequences_per_identity=1,
+                                frames_per_sequence=4, resolution=128, seed=FRESH_SEED, heldout_fraction=0.0,
+                                asset=head_asset)
     return folder
 
 
-def test_heldout_subset_has_the_whole_datasets_samples(heldout_identities):
-    from backend.data.dataset import read_dataset
-    from backend.data.procedural import read_splits
-
-    index = read_dataset(heldout_identities)
-    assert sorted(np.unique(index.identity)) == read_splits(heldout_identities)["heldout"]
-    assert len(index) == 12 * 48
-
-
-def test_demo_checkpoint_beats_copying_the_reference(heldout_identities, head_asset):
-    result = evaluate(DEMO, heldout_identities, "heldout", max_frames=4, max_identities=MAX_IDENTITIES,
-                      flame_asset=head_asset, device="cpu")
+def test_demo_checkpoint_beats_copying_the_reference_on_fresh_identities(fresh_identities, head_asset):
+    result = evaluate(DEMO, fresh_identities, "all", max_frames=FRAMES, flame_asset=head_asset, device="cpu")
     method, copy = result["self"]["method"], result["self"]["baselines"]["copy_reference"]
-    assert method["frames"] == copy["frames"] == 4 * MAX_IDENTITIES
+    vae = result["self"]["baselines"]["vae_reconstruction"]
+    assert method["frames"] == copy["frames"] == FRAMES * IDENTITIES
     assert method["psnr"] >= copy["psnr"] + PSNR_GAIN, (method["psnr"], copy["psnr"])
     assert method["l1"] < copy["l1"] and method["ssim"] > copy["ssim"]
+    # colours follow the reference: a second reference moves the output's colours its way
+    sensitivity = result["reference_sensitivity"]
+    assert sensitivity["background_follows"] > 0.8 and sensitivity["head_follows"] > 0.6, sensitivity
+    # measured: head 13.1 vs 16.0 levels for copying, background 3.7 (the VAE alone: 1.8 and 1.1)
+    assert method["head_colour"] < copy["head_colour"] and method["background_colour"] < 6.0
+    assert vae["psnr"] > method["psnr"] > copy["psnr"]

@@ -226,3 +226,18 @@ def test_wide_camera_keeps_its_whole_framing(pipeline, clip):
     assert fu == pytest.approx(u * 0.5 + cols.start) and fv == pytest.approx(v * 0.5 + rows.start)
     square = pipeline(REFERENCE, clip, FAST)      # square cameras are unchanged
     assert square.frames[0].shape == (32, 32, 3)
+
+
+def test_guidance_zero_is_the_checkpoints_default(pipeline, clip):
+    """guidance 0 renders with config.default_guidance (the demo checkpoint's is 1: no second
+    branch), exactly as asking for that scale does."""
+    from dataclasses import replace
+
+    assert RenderSettings().guidance == 0.0
+    default = pipeline.model.config.default_guidance
+    assert pipeline.resolved_guidance(0.0) == default and pipeline.resolved_guidance(3.0) == 3.0
+    one = clip.select_frames([1])
+    np.testing.assert_array_equal(pipeline(REFERENCE, one, replace(FAST, guidance=0.0)).frames[0],
+                                  pipeline(REFERENCE, one, replace(FAST, guidance=default)).frames[0])
+    with pytest.raises(ValueError, match="guidance must be >= 0"):
+        pipeline(REFERENCE, one, replace(FAST, guidance=-1.0))

@@ -76,7 +76,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--steps", type=int, default=0, metavar="N",
                         help="denoising steps (default 0: the checkpoint's own default)")
-    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
+    parser.add_argument("--guidance", type=float, default=0.0,
+                        help="classifier-free guidance scale (default 0: the checkpoint's own default)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--max-frames", type=int, default=8, metavar="N",
                         help="driving frames per identity and direction (default 8)")

@@ -143,7 +143,7 @@ def pose_keys(clip) -> np.ndarray:
 
 
 def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, steps: int = 0,
-             guidance: float = 2.0, seed: int = 0, max_frames: int | None = 8, max_identities: int | None = None,
+             guidance: float = 0.0, seed: int = 0, max_frames: int | None = 8, max_identities: int | None = None,
              flame_asset=None, estimator: M.ExpressionPoseEstimator | None = None,
              lpips_weights: str | None = None, csim_weights: str | None = None, frames_per_batch: int = 8,
              device: str | None = None, head_mask: str = "auto", progress=None,
@@ -201,6 +201,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
         return estimator.estimate(np.stack(images)) if estimator is not None else None
 
     steps = steps or model.config.default_steps
+    guidance = guidance or model.config.default_guidance
     settings = {"steps": steps, "guidance": guidance, "seed": seed, "frames_per_batch": frames_per_batch}
     acc = {("self", name): _Accumulator(SELF_KEYS) for name in ("method", *SELF_BASELINES)}
     acc.update({("cross", name): _Accumulator(CROSS_KEYS) for name in ("method", "copy_reference", "other_identity_gt")})

@@ -99,7 +99,8 @@ class _Session:
     def settings(self, pipeline):
         from backend.pipelines.render import RenderSettings
 
-        return RenderSettings(steps=pipeline.model.config.default_steps, guidance=self.plan.get("guidance", 2.0),
+        config = pipeline.model.config
+        return RenderSettings(steps=config.default_steps, guidance=self.plan.get("guidance") or config.default_guidance,
                               seed=0, frames_per_batch=8)
 
     def identities(self, spec: dict[str, Any]) -> tuple[Any, list[int]]:

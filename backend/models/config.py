@@ -40,6 +40,7 @@ class FlameDiffConfig:
     prediction_type: str = "v_prediction"
     reference_dropout: float = 0.1             # classifier-free guidance: drop reference + label
     default_steps: int = 25                    # denoising steps when a render asks for 0 ("the model's own")
+    default_guidance: float = 2.0              # classifier-free guidance scale when a render asks for 0
     temporal_layers: bool = False              # motion modules in every denoiser block (stage 2)
     temporal_heads: int = 2
     temporal_max_frames: int = 32              # longest window the positional encoding covers

@@ -63,7 +63,7 @@ class RenderCancelled(RuntimeError):
 @dataclass
 class RenderSettings:
     steps: int = 0                 # 0 = the checkpoint's default (config.default_steps)
-    guidance: float = 2.0
+    guidance: float = 0.0          # classifier-free guidance scale; 0 = the checkpoint's (config.default_guidance)
     seed: int = 0
     frames_per_batch: int = 8
     shape_from: str = "animation"  # or "reference": drive with the reference identity's shape
@@ -191,6 +191,13 @@ class FlameDiffPipeline:
         steps = steps or self.model.config.default_steps
         return min(steps, PREVIEW_STEPS) if preview else steps
 
+    def resolved_guidance(self, guidance: float) -> float:
+        """``guidance``, or the checkpoint's own default scale when it is 0 (chosen, like
+        ``default_steps``, by measuring on validation identities)."""
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0 (0 = the checkpoint's default), not {guidance}")
+        return guidance or self.model.config.default_guidance
+
     def resolution(self, preview: bool = False) -> int:
         """Side of the frames in pixels: the checkpoint's, or :func:`preview_resolution`."""
         return preview_resolution(self.model.config) if preview else self.model.config.resolution
@@ -220,7 +227,8 @@ class FlameDiffPipeline:
         if not clip.has_camera:
             raise ValueError("the animation has no camera (K, R, t): export it from Blender with a camera")
         clip = self._driving_clip(clip, settings.shape_from, reference_shape)
-        settings = replace(settings, steps=self.resolved_steps(settings.steps, settings.preview))
+        settings = replace(settings, steps=self.resolved_steps(settings.steps, settings.preview),
+                           guidance=self.resolved_guidance(settings.guidance))
         resolution = self.resolution(settings.preview)
         reference = self.model.encode_images(image_to_tensor(reference_image, resolution).to(self.device))
         self.model.write_reference(reference.to(self.dtype))
