@@ -85,7 +85,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--out", required=True, metavar="DIR", help="output folder (one job per folder)")
     render.add_argument("--checkpoint", default=None, help="checkpoint name (see --models-dir) or folder")
     render.add_argument("--steps", type=int, default=0, help="denoising steps; 0 = the checkpoint's default")
-    render.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance (default 2.0)")
+    render.add_argument("--guidance", type=float, default=0.0,
+                        help="classifier-free guidance scale (default 0: the checkpoint's own default)")
     render.add_argument("--seed", type=int, default=0, help="seed (default 0); each frame's noise is "
                                                             "seeded by (seed, frame number)")
     render.add_argument("--frames", default=None, metavar="A-B", help="frames to render, e.g. 1-24 or 1,5,9-12")

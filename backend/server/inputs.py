@@ -146,7 +146,8 @@ class JobSettings(BaseModel):
     checkpoint: str | None = Field(None, max_length=4096, description="a name from GET /v1/models (or a checkpoint "
                                    "folder under the models folder or an allowed root); empty = the default")
     steps: int = Field(0, ge=0, le=1000, description="denoising steps; 0 = the checkpoint's default")
-    guidance: float = Field(2.0, ge=0.0, le=50.0, allow_inf_nan=False, description="classifier-free guidance")
+    guidance: float = Field(0.0, ge=0.0, le=50.0, allow_inf_nan=False,
+                            description="classifier-free guidance scale; 0 = the checkpoint's default_guidance")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed; each frame's noise is seeded by (seed, frame)")
     frames: Annotated[list[int] | None, WithJsonSchema(_FRAMES_SCHEMA)] = Field(
         None, description="Blender frame numbers, e.g. \"1-24\", \"1,5,9-12\" or a list; empty = every frame")
