@@ -24,8 +24,8 @@ def checkpoint_model(trainer, checkpoint: str):
     return trainer.model
 
 
-def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames: int = 4,
-                   every: int = 1, log=print) -> list[dict[str, Any]]:
+def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames: int = 4, every: int = 1,
+                   steps: int = 0, guidance: float = 0.0, log=print) -> list[dict[str, Any]]:
     """One row per kept checkpoint: step, method and copy-reference PSNR / SSIM / L1, and the gain."""
     from backend.evaluation.evaluate import evaluate
     from backend.training.train import TrainConfig, Trainer
@@ -35,7 +35,8 @@ def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames:
     rows = []
     for checkpoint in sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-???????")))[::every]:
         model = checkpoint_model(trainer, checkpoint)
-        result = evaluate(model, data, "all", max_frames=max_frames, max_identities=max_identities,
+        result = evaluate(model, data, "all", steps=steps, guidance=guidance, max_frames=max_frames,
+                          max_identities=max_identities,
                           flame_asset=trainer.asset, device="cpu", reference_check=False)
         method, copy = result["self"]["method"], result["self"]["baselines"]["copy_reference"]
         row = {"step": int(checkpoint[-7:]), "psnr": method["psnr"], "ssim": method["ssim"], "l1": method["l1"],
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-identities", type=int, default=6)
     parser.add_argument("--max-frames", type=int, default=4)
     parser.add_argument("--every", type=int, default=1, help="evaluate every N-th kept checkpoint")
+    parser.add_argument("--steps", type=int, default=0, help="denoising steps (0: the run's model default)")
+    parser.add_argument("--guidance", type=float, default=0.0, help="guidance scale (0: the run's model default)")
     args = parser.parse_args(argv)
-    rows = learning_curve(args.run_dir, args.data, args.max_identities, args.max_frames, args.every)
+    rows = learning_curve(args.run_dir, args.data, args.max_identities, args.max_frames, args.every,
+                          args.steps, args.guidance)
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(rows, handle, indent=2)
     return 0
