@@ -39,7 +39,8 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
     backend_port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
     backend_device: EnumProperty(
         name="Device", default="auto",
-        items=[("auto", "Auto", "CUDA when available, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+        items=[("auto", "Auto", "NVIDIA GPU (CUDA) when available, else an Apple GPU (Metal), else CPU"),
+               ("cpu", "CPU", ""), ("cuda", "CUDA", "NVIDIA GPU"), ("mps", "Apple GPU", "Metal (mps) on macOS")])
     backend_url: StringProperty(
         name="Backend URL", default=f"http://127.0.0.1:{DEFAULT_PORT}",
         description="URL of a running 'flamediff serve'")

@@ -145,7 +145,8 @@ def update_strip(scene: bpy.types.Scene, folder: str, frames: list[int]) -> bpy.
             return old
         channel = old.channel
         strips.remove(old)
-    strip = strips.new_image(STRIP_NAME, frame_path(folder, frames[0]), channel, frames[0])
+    # FIT: frames are the model's size (128 px for the demo), scaled to the scene's frame, aspect kept
+    strip = strips.new_image(STRIP_NAME, frame_path(folder, frames[0]), channel, frames[0], fit_method="FIT")
     for frame in frames[1:]:
         strip.elements.append(os.path.basename(frame_path(folder, frame)))
     strip["flamediff_folder"] = folder

@@ -12,6 +12,7 @@ import zlib
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pytest
 
 TOKEN = "test-token-0123456789"
 
@@ -105,3 +106,25 @@ def counting_calls(*modules) -> Iterator[list[int]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def test_pick_device_covers_cuda_apple_gpus_and_cpu(monkeypatch):
+    """Both GPU kinds and their absence, whatever this machine has."""
+    import torch
+
+    from backend.errors import FlamediffError
+    from backend.server.worker import pick_device
+
+    for cuda, mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert pick_device("auto") == expected
+    assert pick_device("cpu") == "cpu"
+    with pytest.raises(FlamediffError, match="no Apple GPU"):
+        pick_device("mps")
+    with pytest.raises(FlamediffError, match="no CUDA GPU"):
+        pick_device("cuda")
+    with pytest.raises(FlamediffError, match="must be one of"):
+        pick_device("tpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("mps") == "mps"

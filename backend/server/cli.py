@@ -16,7 +16,7 @@ from backend.assets import cache_dir
 from backend.errors import FlamediffError
 from backend.formats.animation import ReadLimits
 from backend.server.inputs import InputLimits
-from backend.server.worker import PRECISIONS
+from backend.server.worker import DEVICES, PRECISIONS
 
 DEFAULT_PORT = 8765
 
@@ -26,8 +26,8 @@ def _models_dir(path: str | None) -> str:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to render (default auto: CUDA when available)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where to render (default auto: CUDA when available, else an Apple GPU (mps), else CPU)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="precision of the U-Nets (the VAE decodes in fp32): auto (default) = bf16 on CUDA, "
                              "fp32 on CPU; bf16 on a CPU without bf16 instructions is slower than fp32")

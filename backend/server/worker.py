@@ -26,19 +26,27 @@ from backend.server.jobs import JobFolder, JobStore
 log = logging.getLogger("flamediff.server")
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 def pick_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without one is refused."""
+    """``auto`` -> ``cuda`` when an NVIDIA GPU is usable, else ``mps`` on an Apple GPU, else
+    ``cpu``; ``cuda`` or ``mps`` without one is refused with advice."""
     if device == "cpu":
         return device  # no torch import: the HTTP process of 'serve --device cpu' never needs torch
+    if device not in DEVICES:
+        raise FlamediffError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
     import torch
 
+    mps = torch.backends.mps.is_available()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise FlamediffError("--device cuda was asked for but torch sees no CUDA GPU; run 'flamediff doctor', "
                              "or use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise FlamediffError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "mps" and not mps:
+        raise FlamediffError("--device mps was asked for but torch sees no Apple GPU (macOS 12.3+ on Apple silicon "
+                             "or an AMD GPU, and a torch build with MPS); use --device cpu")
     return device
 
 
