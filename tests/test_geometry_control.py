@@ -135,6 +135,7 @@ def test_stage_1_training_with_the_geometry_control(tmp_path, head_asset):
     make_tiny_dataset(str(tmp_path / "data"), head_asset, identities=2, frames_per_identity=3)
     config = TrainConfig.from_dict(dict(dataset=str(tmp_path / "data"), output_dir=str(tmp_path / "run"), steps=2,
                                         batch_size=2, checkpoint_every=2, learning_rate=1e-3, reference_dropout=0.0,
+                                        lr_schedule="constant", warmup_steps=0, ema_decay=None,
                                         overrides={"control": "geometry"}))
     trainer = Trainer(config, log=lambda message: None)
     assert trainer.model.gaussian_field is None and len(trainer.optimizer.param_groups) == 1

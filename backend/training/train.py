@@ -217,6 +217,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
         self.config, self.log = config, log
+        os.makedirs(config.output_dir, exist_ok=True)  # the loss log is written from the first step
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
         if self.accelerator.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal weights make CPU training 10-20x slower after a while
