@@ -500,3 +500,35 @@ def test_13_render_out_under_a_file_is_one_line(tmp_path, capsys, inputs, head_a
                       str(tmp_path / "models"), "--steps", "1"], capsys)
     assert code == 2 and err.startswith("flamediff render: error: cannot use") and "\n" not in err, err
     assert not JobFolder(str(tmp_path / "file" / "x")).exists()
+
+
+def test_tracker_uploads_are_converted_and_bounded(client, inputs, tmp_path):
+    """Issue 13 through the server: a tracker's file (here a DECA codedict npz) is read by the
+    shared import layer, stored as a flamediff animation, and its notes say what happened; a
+    malicious pickle never runs; a zip declaring too much is refused before decompressing."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    code = {"shape": rng.normal(0, 0.2, (4, 100)), "exp": rng.normal(0, 0.2, (4, 50)),
+            "pose": rng.normal(0, 0.1, (4, 6)), "cam": np.c_[np.full(4, 9.0), np.zeros((4, 2))],
+            "light": np.zeros((4, 9, 3)), "tex": np.zeros((4, 50))}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: v.astype(np.float32) for k, v in code.items()})
+    response = submit(client, inputs, FAST, animation=buffer.getvalue())
+    assert response.status_code == 201, response.text
+    notes = " ".join(response.json()["notes"])
+    assert "DECA" in notes and "dropped" in notes and "light" in notes
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    assert_error(submit(client, inputs, FAST, animation=pickle.dumps({"exp": Exploit()})), 422, "tracker")
+    assert not marker.exists()
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("exp.npy", b"\0" * (8 << 20))        # 8 MiB of zeros, over this server's 4 MiB
+    assert_error(submit(client, inputs, FAST, animation=bomb.getvalue()), 413, "unpacks to more than")

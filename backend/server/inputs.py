@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from backend.errors import FlamediffError
 from backend.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
-                                       ReadLimits, load_animation)
+                                       ReadLimits, load_animation, save_animation)
 
 #: Largest reference image accepted, checked from the header before any pixel is decoded
 #: (a 20 kB PNG can claim 50 000 x 50 000 pixels and eat gigabytes when decoded).
@@ -288,6 +288,70 @@ def read_animation(data: bytes, limits: InputLimits = InputLimits()) -> tuple[An
         raise InputError("the animation has no camera (K, R, t)",
                          "export it from Blender with a camera (use_camera=True)", 422)
     return clip, [str(w.message) for w in caught]
+
+
+def _upload_suffix(data: bytes, max_bytes: int) -> str | None:
+    """The file extension a tracker's upload had, told from its first bytes (uploads have no
+    trustworthy name): torch zip, other zip (npz), .npy, pickle, or None for a flamediff npz.
+    A zip whose members declare more than ``max_bytes`` in all is refused before anything is
+    decompressed (zipfile never reads past a member's declared size)."""
+    if data.startswith(b"PK"):
+        import zipfile
+
+        try:
+            members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        names = [member.filename for member in members]
+        if "header.npy" in names:
+            return None                       # flamediff's own animation file
+        if sum(member.file_size for member in members) > max_bytes:
+            raise InputError(f"the animation archive unpacks to more than {max_bytes // 2 ** 20} MiB",
+                             "send a shorter clip (serve's --max-animation-mb sets the limit)", 413)
+        return ".pth" if any(n.endswith("data.pkl") for n in names) else ".npz"
+    if data.startswith(b"\x93NUMPY"):
+        return ".npy"
+    if data[:1] == b"\x80":
+        return ".pkl"
+    return None
+
+
+def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits()) -> tuple[bytes, list[str]] | None:
+    """A single-file tracker output (SMIRK / DECA / EMOCA / metrical-tracker / VHAP /
+    GaussianAvatars ... read by :mod:`backend.formats.trackers`, never executing pickled code)
+    converted to a flamediff animation file, with notes on what was mapped, dropped and assumed;
+    None when ``data`` is not one (a flamediff file goes to :func:`read_animation` as it is)."""
+    from backend.formats.trackers import TrackerFormatError, read_tracker, with_default_camera
+
+    suffix = _upload_suffix(data, limits.max_bytes)
+    if suffix is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="flamediff-tracker-") as folder:
+        path = os.path.join(folder, "upload" + suffix)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        try:
+            imported = read_tracker(path, whole_sequence=False)
+        except TrackerFormatError as exc:
+            if suffix == ".npz":
+                return None                   # not a tracker's npz: read_animation names what is wrong
+            raise InputError(f"unreadable tracker file: {_without(path, exc)}",
+                             "send a flamediff animation (flamediff convert IN OUT.npz, or export from Blender)",
+                             422) from None
+        clip, report = imported.clip, imported.report
+        if clip.num_frames > limits.max_frames:
+            raise InputError(f"the tracker file holds {clip.num_frames} frames, more than {limits.max_frames}",
+                             "send a shorter clip (serve's --max-frames-per-file sets the limit)", 413)
+        notes = [f"read as {report.tool} output ({report.num_frames} frames)"]
+        if report.dropped:
+            notes.append(f"dropped: {', '.join(str(d) for d in report.dropped)[:500]}")
+        if not clip.has_camera:
+            clip = with_default_camera(clip)
+            notes.append("the file has no camera: the default portrait camera was used")
+        out = os.path.join(folder, "converted.npz")
+        save_animation(out, clip)
+        with open(out, "rb") as handle:
+            return handle.read(), notes
 
 
 def _without(path: str, exc: Exception) -> str:

@@ -10,8 +10,8 @@ from typing import Any, Iterable
 from backend import __version__
 from backend.server import PROTOCOL_VERSION
 from backend.server.checkpoints import CheckpointRegistry
-from backend.server.inputs import (CheckedInputs, InputError, InputLimits, parse_settings, read_animation,
-                                   read_reference_image)
+from backend.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
+                                   read_animation, read_reference_image)
 from backend.server.jobs import JobStore, request_hash
 from backend.server.security import AllowedRoots
 from backend.server.worker import ModelCache, Worker
@@ -25,7 +25,12 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
     """Every check a job needs before it is accepted; raises :class:`InputError`."""
     settings = parse_settings(settings_data, limits.max_frames_per_job)
     _, reference_ext = read_reference_image(reference)
+    converted = convert_tracker_upload(animation, limits.animation)
+    tracker_notes: list[str] = []
+    if converted is not None:   # the job stores (and its worker reads) the converted flamediff file
+        animation, tracker_notes = converted
     clip, warnings = read_animation(animation, limits)
+    warnings = tracker_notes + warnings
     asset = cache.asset()
     checkpoint = registry.resolve(settings.checkpoint, asset.content_hash)
     settings.checkpoint = checkpoint.name
