@@ -32,6 +32,17 @@ def path(name: str) -> str:
     return os.path.join(WORK, name)
 
 
+def run(main) -> None:
+    """Run a driver's ``main`` and always write ``results.json``: a failure is recorded as a
+    traceback in RESULTS["errors"] for the test to print, never lost with the process."""
+    try:
+        main()
+    except Exception:  # noqa: BLE001 - the test prints it
+        RESULTS["errors"].append(traceback.format_exc())
+    with open(path("results.json"), "w", encoding="utf-8") as handle:
+        json.dump(RESULTS, handle, indent=1, default=str)
+
+
 def call(op, **kwargs) -> tuple[set | None, str]:
     """Run an operator; ``(result, error message)`` (bpy raises RuntimeError on ERROR reports)."""
     try:
@@ -443,9 +454,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # noqa: BLE001 - the test prints it
-        RESULTS["errors"].append(traceback.format_exc())
-    with open(path("results.json"), "w", encoding="utf-8") as handle:
-        json.dump(RESULTS, handle, indent=1, default=str)
+    run(main)

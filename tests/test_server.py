@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from test_server_helpers import (TOKEN, animation_bytes, counting_calls, frame_mtimes, huge_png_header,
+from test_server_helpers import (TOKEN, animation_bytes, assert_error, counting_calls, frame_mtimes, huge_png_header,
                                  image_bytes, make_checkpoint, png_bytes, wait_for)
 
 pytest.importorskip("fastapi")
@@ -61,14 +61,6 @@ def submit(client, inputs, settings=None, reference=None, animation=None, filena
 def wait_status(client, job_id, statuses=("done", "failed", "cancelled"), timeout=60.0):
     return wait_for(lambda: (lambda view: view if view["status"] in statuses else None)(
         client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()), timeout, what=f"job {job_id} in {statuses}")
-
-
-def assert_error(response, status, *words):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "advice"} and body["advice"], body
-    for word in words:
-        assert word.lower() in body["error"].lower(), body
 
 
 # -- auth and discovery ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from test_server_helpers import TOKEN, animation_bytes, make_checkpoint, png_bytes, wait_for
+from test_server_helpers import TOKEN, animation_bytes, assert_error, make_checkpoint, png_bytes, wait_for
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -61,14 +61,6 @@ def submit(client, inputs, settings=None, animation=None, reference=None):
     files = {"reference": ("r.png", inputs["reference"] if reference is None else reference),
              "animation": ("a.npz", inputs["animation"] if animation is None else animation)}
     return client.post("/v1/jobs", files=files, data={"settings": json.dumps(settings or {})}, headers=AUTH)
-
-
-def assert_error(response, status, *words):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "advice"} and body["advice"], body
-    for word in words:
-        assert word.lower() in body["error"].lower(), body
 
 
 def npz(members: dict[str, bytes]) -> bytes:

@@ -128,3 +128,12 @@ def test_pick_device_covers_cuda_apple_gpus_and_cpu(monkeypatch):
         pick_device("tpu")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert pick_device("mps") == "mps"
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    """A ``status`` answer in the protocol's error shape ``{error, advice}`` whose error names ``words``."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "advice"} and body["advice"], body
+    for word in words:
+        assert word.lower() in body["error"].lower(), body

@@ -231,18 +231,14 @@ def test_held_out_identities_are_never_sampled(tmp_path, head_asset):
     trainer = Trainer(_config(folder, str(tmp_path / "run")), log=lambda m: None)
     index = trainer.index
     assert trainer.heldout == [1] and not np.isin(index.identity[trainer.pool], [1]).any()
+    held = [torch.as_tensor(index.load_frame(int(row)), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+            for row in index.samples_of_identity(1)]
     for length in (1, 3):
         for step in range(40):
             batch = draw_batch(index, step, 2, 0, 0, length=length, pool=trainer.pool)
-            flat = batch["target"].flatten(0, 1)
-            for frame in flat:  # the held-out identity's frames appear neither as targets ...
-                for row in index.samples_of_identity(1):
-                    held = torch.as_tensor(index.load_frame(int(row)), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
-                    assert not torch.equal(frame, held)
-            for reference in batch["reference"]:  # ... nor as references
-                for row in index.samples_of_identity(1):
-                    held = torch.as_tensor(index.load_frame(int(row)), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
-                    assert not torch.equal(reference, held)
+            # the held-out identity's frames appear neither as targets nor as references
+            for frame in [*batch["target"].flatten(0, 1), *batch["reference"]]:
+                assert not any(torch.equal(frame, h) for h in held)
     (tmp_path / "data" / "splits.json").write_text("{broken")
     with pytest.raises(TrainConfigError, match="splits.json is unreadable"):
         Trainer(_config(folder, str(tmp_path / "run2")), log=lambda m: None)

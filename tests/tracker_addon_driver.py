@@ -6,16 +6,14 @@ WORKDIR holds the fixtures the test wrote. Writes ``results.json`` and exports f
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
 
 import bpy
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from addon_driver import MODULE, RESULTS, WORK, ZIP, ASSET, call, fingerprint, path  # noqa: E402
+from addon_driver import MODULE, RESULTS, WORK, ZIP, ASSET, call, fingerprint, path, run  # noqa: E402
 
 
 def attempt(name: str, **kwargs) -> dict:
@@ -65,9 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # noqa: BLE001 - the test prints it
-        RESULTS["errors"].append(traceback.format_exc())
-    with open(path("results.json"), "w", encoding="utf-8") as handle:
-        json.dump(RESULTS, handle, indent=1, default=str)
+    run(main)
