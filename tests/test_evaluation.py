@@ -97,12 +97,21 @@ class _CopyReference:
 
 def test_reference_sensitivity_tells_following_from_ignoring(tmp_path, head_asset):
     from backend.evaluation.evaluate import coverage_masks, reference_sensitivity
+    from backend.evaluation.studies import reference_row, spread
 
     data = str(tmp_path / "data")
     index = _shared_pose_dataset(data, head_asset)
     masks_for = lambda rows, frames: list(coverage_masks(index.annotations.take_rows(rows), head_asset, 32))  # noqa: E731
-    follows = reference_sensitivity(_CopyReference(1.0), index, [0, 1], None, masks_for, 2)
-    ignores = reference_sensitivity(_CopyReference(0.0), index, [0, 1], None, masks_for, 2)
+    def run(pipeline):   # each identity's drive rendered with its own reference, as evaluate() does
+        runs = {}
+        for identity in (0, 1):
+            samples, ref = index.samples_of_identity(identity), reference_row(index, identity)
+            drive = spread(samples[samples != ref], 2)
+            frames = pipeline(index.load_frame(ref), index.annotations.take_rows(drive), None).frames
+            runs[identity] = (drive, frames, masks_for(drive, None))
+        return reference_sensitivity(pipeline, index, [0, 1], None, masks_for, runs)
+
+    follows, ignores = run(_CopyReference(1.0)), run(_CopyReference(0.0))
     assert follows["frames"] == ignores["frames"] == 4
     assert follows["head_follows"] == 1.0 and ignores["head_ratio"] == 0.0
     assert follows["head_ratio"] > 0.5 and ignores["head_follows"] < 1.0

@@ -50,6 +50,8 @@ from backend.evaluation.studies import reference_row, spread
 METRIC_KEYS = ("psnr", "ssim", "l1", "lpips", "csim", "aed", "apd", "head_colour", "background_colour", "sharpness")
 SELF_KEYS = METRIC_KEYS
 SELF_BASELINES = ("copy_reference", "other_identity_gt", "vae_reconstruction")
+#: One identity's self-reenactment: driving rows, the frames rendered with its own reference, head masks.
+SelfRun = tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
 CROSS_KEYS = ("csim", "aed", "apd")
 
 
@@ -207,6 +209,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
     acc.update({("cross", name): _Accumulator(CROSS_KEYS) for name in ("method", "copy_reference", "other_identity_gt")})
     estimator_error = _Accumulator(("aed", "apd"))
     skipped_other = 0
+    self_runs: dict[int, SelfRun] = {}
     keys = pose_keys(clip)
 
     def score(kind: str, name: str, outputs: list[np.ndarray], truth: list[np.ndarray] | None,
@@ -242,6 +245,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
             truth = [to_resolution(index.load_frame(int(i)), resolution) for i in drive]
             masks = masks_for(drive, truth)
             out = pipeline(reference_raw, clip.take_rows(drive), RenderSettings(**settings)).frames
+            self_runs[identity] = (drive, out, masks)
             drive_est = estimate(truth)
             if drive_est is not None:
                 expression, pose = M.procedural_targets(clip.take_rows(drive), drive_est[0].shape[1]) \
@@ -298,7 +302,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
         return {"method": acc[(kind, "method")].result(),
                 "baselines": {name: acc[(kind, name)].result() for name in names}}
 
-    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings), masks_for, max_frames)
+    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings), masks_for, self_runs)
                    if reference_check and len(identities) > 1 else None)
 
     return {
@@ -326,29 +330,28 @@ def _region_colours(image: np.ndarray, head: np.ndarray) -> np.ndarray:
 
 
 def reference_sensitivity(pipeline, index, identities: list[int], settings, masks_for,
-                          max_frames: int | None) -> dict[str, Any]:
+                          self_runs: dict[int, SelfRun]) -> dict[str, Any]:
     """Same drive, two references: do the outputs' colours follow the reference?
 
-    Identity ``k``'s drive is rendered with its own reference and with identity ``k+1``'s.
+    Identity ``k``'s drive, already rendered with its own reference (``self_runs``, from the
+    self-reenactment), is rendered again with identity ``k+1``'s.
     ``ratio``: |change of the outputs' mean colour| / |change of the references' mean colour|
     for head and background (1: the colours move as far as the references differ; 0: the
     reference is ignored). ``follows``: the fraction of frames whose output colour is nearer its
     own reference's than the other reference's (head and background separately).
     """
-    from backend.evaluation.studies import reference_row
-
     ratios, follows = [], []
+    resolution = pipeline.model.config.resolution
     for position, identity in enumerate(identities):
+        if identity not in self_runs:
+            continue
+        drive, own_frames, drive_masks = self_runs[identity]
         other = identities[(position + 1) % len(identities)]
         rows = np.asarray([reference_row(index, identity), reference_row(index, other)])
-        samples = index.samples_of_identity(identity)
-        drive = spread(samples[samples != rows[0]], max_frames)
-        resolution = pipeline.model.config.resolution
-        drive_masks = masks_for(drive, [to_resolution(index.load_frame(int(r)), resolution) for r in drive])
         refs = [index.load_frame(int(r)) for r in rows]
         small = [to_resolution(ref, resolution) for ref in refs]
         ref_colours = [_region_colours(ref, mask) for ref, mask in zip(small, masks_for(rows, small))]
-        outputs = [pipeline(ref, index.annotations.take_rows(drive), settings).frames for ref in refs]
+        outputs = [own_frames, pipeline(refs[1], index.annotations.take_rows(drive), settings).frames]
         for frame, head in enumerate(drive_masks):
             own, swapped = (_region_colours(out[frame], head) for out in outputs)
             ref_change = np.linalg.norm(ref_colours[1] - ref_colours[0], axis=1)
