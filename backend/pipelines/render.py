@@ -334,8 +334,8 @@ class FlameDiffPipeline:
         done, path_start, path = 0, 0, None    # rows handed out; the last window's trajectory
         for start, end in windows:
             pinned = done - start               # rows of this window that are already final
-            latents = noise[start:end].clone()
-            trajectory = [latents.clone()]
+            latents = noise[start:end]
+            trajectory = [latents]   # each step makes new latents (only pinned rows are written in place)
             for step, timestep in enumerate(self.scheduler.timesteps):
                 v = self._predict(latents[None].to(self.dtype).expand(branches, -1, -1, -1, -1),
                                   timestep.repeat(branches),
@@ -345,7 +345,7 @@ class FlameDiffPipeline:
                 latents = self.scheduler.step(v, timestep, latents).prev_sample
                 if pinned:
                     latents[:pinned] = path[step + 1, start - path_start:done - path_start]
-                trajectory.append(latents.clone())
+                trajectory.append(latents)
                 progress.advance(end - start - pinned)
             yield done, latents[pinned:]
             done, path_start, path = end, start, torch.stack(trajectory)
