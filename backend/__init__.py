@@ -1,6 +1,6 @@
 """flamediff backend: FLAME core, Gaussian feature field, diffusion model, server and CLI.
 
-This package never imports bpy. ``backend.formats`` is pure numpy + stdlib and is shared with
+This package never imports bpy. ``flamediff.formats`` is pure numpy + stdlib and is shared with
 the Blender add-on (``build_addon.py`` copies it into the extension zip).
 """
 

@@ -1,5 +1,5 @@
-"""``python -m backend`` is the same as the ``flamediff`` console script."""
+"""``python -m flamediff`` is the same as the ``flamediff`` console script."""
 
-from backend.cli import main
+from flamediff.cli import main
 
 raise SystemExit(main())

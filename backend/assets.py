@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import os
 
-from backend.formats.flame_asset import FlameAsset, load_flame_asset
-from backend.formats.paths import cache_dir
-from backend.formats.procedural_head import ensure_procedural_head
+from flamediff.formats.flame_asset import FlameAsset, load_flame_asset
+from flamediff.formats.paths import cache_dir
+from flamediff.formats.procedural_head import ensure_procedural_head
 
 ASSET_ENV = "FLAMEDIFF_FLAME_ASSET"
 __all__ = ["ASSET_ENV", "cache_dir", "load_asset", "resolve_asset_folder"]  # cache_dir: the shared rule

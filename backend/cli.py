@@ -1,4 +1,4 @@
-"""The ``flamediff`` command line (also ``python -m backend``)."""
+"""The ``flamediff`` command line (also ``python -m flamediff``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import sys
 import time
 from typing import Callable
 
-from backend import __version__
-from backend.formats.animation import AnimationFormatError
-from backend.formats.flame_asset import FLAME_SITE, FlameAssetError
-from backend.errors import FlamediffError
+from flamediff import __version__
+from flamediff.formats.animation import AnimationFormatError
+from flamediff.formats.flame_asset import FLAME_SITE, FlameAssetError
+from flamediff.errors import FlamediffError
 
 DESCRIPTION = """\
 flamediff turns a keyframed FLAME head rig into portrait frames: a learnable Gaussian feature
@@ -72,7 +72,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _doctor_asset(path: str | None, problems: list[str]) -> None:
-    from backend.assets import ASSET_ENV, load_asset, resolve_asset_folder
+    from flamediff.assets import ASSET_ENV, load_asset, resolve_asset_folder
 
     source = "--flame-asset" if path else (ASSET_ENV if os.environ.get(ASSET_ENV) else "procedural head (default)")
     try:
@@ -89,8 +89,8 @@ def _doctor_asset(path: str | None, problems: list[str]) -> None:
 
 
 def cmd_assets_procedural_head(args: argparse.Namespace) -> int:
-    from backend.formats.flame_asset import load_flame_asset
-    from backend.formats.procedural_head import ProceduralHeadSpec, write_procedural_head
+    from flamediff.formats.flame_asset import load_flame_asset
+    from flamediff.formats.procedural_head import ProceduralHeadSpec, write_procedural_head
 
     started = time.perf_counter()
     write_procedural_head(args.out, ProceduralHeadSpec(seed=args.seed))
@@ -101,13 +101,13 @@ def cmd_assets_procedural_head(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from backend.assets import load_asset
-    from backend.demo import run_demo
+    from flamediff.assets import load_asset
+    from flamediff.demo import run_demo
 
     asset = load_asset(args.flame_asset)
     print(f"FLAME asset: {asset.name} ({asset.folder})")
     if args.addon_zip:
-        from backend.demo import run_product_demo
+        from flamediff.demo import run_product_demo
         run_product_demo(asset, args.out, os.path.abspath(args.addon_zip), num_frames=args.frames, steps=args.steps)
     else:
         run_demo(asset, args.out, num_frames=args.frames, resolution=args.resolution)
@@ -115,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from backend.training.train import train
+    from flamediff.training.train import train
 
     train(_train_config(args.config), max_steps=args.max_steps)
     return 0
@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_config(path: str):
     """The training config, or a one-line error whatever the file holds (binary, broken YAML,
     values of the wrong type): a typo in a config must not end in a traceback."""
-    from backend.training.train import TrainConfig
+    from flamediff.training.train import TrainConfig
 
     try:
         from yaml import YAMLError
@@ -147,8 +147,8 @@ def _train_config(path: str):
 def cmd_convert(args: argparse.Namespace) -> int:
     """A tracker's files (or a flamediff file) -> one flamediff animation file, saying what was
     mapped, what was dropped and why."""
-    from backend.formats.animation import save_animation
-    from backend.formats.trackers import fps_in_file, load_any, with_default_camera
+    from flamediff.formats.animation import save_animation
+    from flamediff.formats.trackers import fps_in_file, load_any, with_default_camera
 
     if not args.output.endswith(".npz"):
         raise FlamediffError(f"the output {args.output} must end in .npz (flamediff's animation format)")
@@ -173,8 +173,8 @@ def _render_reads_trackers(render: Callable[[argparse.Namespace], int]) -> Calla
     def run(args: argparse.Namespace) -> int:
         import tempfile
 
-        from backend.formats.animation import save_animation
-        from backend.formats.trackers import DEFAULT_CAMERA, OWN_FILE, load_any, with_default_camera
+        from flamediff.formats.animation import save_animation
+        from flamediff.formats.trackers import DEFAULT_CAMERA, OWN_FILE, load_any, with_default_camera
 
         result = load_any(args.animation)
         if result.report.tool == OWN_FILE and result.clip.has_camera:
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model (stage 'vae', '1' or '2') from a JSON/YAML config; resumes from the newest "
-                      "checkpoint in output_dir; several GPUs: 'accelerate launch --multi_gpu -m backend train ...', several CPU processes: 'torchrun --nproc_per_node N -m backend train ...'",
+                      "checkpoint in output_dir; several GPUs: 'accelerate launch --multi_gpu -m flamediff train ...', several CPU processes: 'torchrun --nproc_per_node N -m flamediff train ...'",
         description="Keys of the config file: dataset, output_dir (required); preset (tiny|demo|sd15), stage "
                     "(vae|1|2), init_from, vae_from, flame_asset, sequence_length, steps, batch_size, learning_rate, "
                     "field_learning_rate, seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "
@@ -260,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "and 'render' need one)")
     convert.set_defaults(func=cmd_convert)
 
-    from backend.data.procedural import register_cli as register_dataset_cli
-    from backend.evaluation.cli import register_cli as register_eval_cli
-    from backend.evaluation.results import register_cli as register_results_cli
-    from backend.server.cli import register_cli as register_server_cli
+    from flamediff.data.procedural import register_cli as register_dataset_cli
+    from flamediff.evaluation.cli import register_cli as register_eval_cli
+    from flamediff.evaluation.results import register_cli as register_results_cli
+    from flamediff.server.cli import register_cli as register_server_cli
     register_dataset_cli(commands)
     register_server_cli(commands)
     render = commands.choices["render"]

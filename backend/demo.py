@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.errors import FlamediffError
-from backend.formats.animation import AnimationClip, make_clip, save_animation
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
-from backend.formats.flame_asset import FlameAsset, write_obj
-from backend.flame.model import FlameModel
-from backend.flame.preview import render_preview
+from flamediff.errors import FlamediffError
+from flamediff.formats.animation import AnimationClip, make_clip, save_animation
+from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
+from flamediff.formats.flame_asset import FlameAsset, write_obj
+from flamediff.flame.model import FlameModel
+from flamediff.flame.preview import render_preview
 
 SMILE, MOUTH_OPEN, EYES_CLOSED = 0, 1, 4  # procedural head expression components
 
@@ -125,8 +125,8 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
                      log=print) -> dict[str, str]:
     """The README's main job: the built add-on keys a rig in the ``bpy`` module, renders it through a
     real backend subprocess, and the frames land on the timeline of ``out_dir/demo.blend``."""
-    from backend.models.flamediff_model import FlameDiffModel
-    from backend.pipelines.render import FlameDiffPipeline, feature_preview
+    from flamediff.models.flamediff_model import FlameDiffModel
+    from flamediff.pipelines.render import FlameDiffPipeline, feature_preview
 
     started = time.perf_counter()
     if not os.path.isfile(os.path.join(DEMO_CHECKPOINT, "model.safetensors")):

@@ -27,7 +27,7 @@ MODULE = "bl_ext.user_default.flamediff"
 def parent(args: argparse.Namespace) -> None:
     """Outside bpy: build the zip and the asset, then re-run this file with bpy's user folder set."""
     sys.path.insert(0, ROOT)
-    from backend.assets import resolve_asset_folder
+    from flamediff.assets import resolve_asset_folder
     from build_addon import build
 
     work = tempfile.mkdtemp(prefix="flamediff-bench-")
@@ -43,7 +43,7 @@ def child(args: argparse.Namespace) -> None:
     import numpy as np
 
     sys.path.insert(0, ROOT)
-    from backend.formats.animation import load_animation, make_clip, save_animation
+    from flamediff.formats.animation import load_animation, make_clip, save_animation
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.extensions.package_install_files(filepath=args.zip, repo="user_default", enable_on_install=True)

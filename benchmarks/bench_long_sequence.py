@@ -20,11 +20,11 @@ import time
 CHILD = """
 import resource, sys, time, numpy as np, torch
 torch.set_flush_denormal(True)
-from backend.assets import load_asset
-from backend.demo import demo_animation
-from backend.flame.model import FlameModel
-from backend.models import FlameDiffConfig, FlameDiffModel
-from backend.pipelines.render import FlameDiffPipeline, RenderSettings
+from flamediff.assets import load_asset
+from flamediff.demo import demo_animation
+from flamediff.flame.model import FlameModel
+from flamediff.models import FlameDiffConfig, FlameDiffModel
+from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 preset, frames, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 asset = load_asset()
 model = FlameDiffModel(FlameDiffConfig.preset_named(preset, temporal_layers=True, flame_asset=asset.identity()))

@@ -31,13 +31,13 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from backend.assets import load_asset
-from backend.demo import demo_animation
-from backend.flame.model import FlameModel
-from backend.models import FlameDiffConfig, FlameDiffModel
-from backend.models.config import LABELS
-from backend.pipelines.render import FlameDiffPipeline, RenderSettings
-from backend.server.worker import PRECISIONS, precision_dtype
+from flamediff.assets import load_asset
+from flamediff.demo import demo_animation
+from flamediff.flame.model import FlameModel
+from flamediff.models import FlameDiffConfig, FlameDiffModel
+from flamediff.models.config import LABELS
+from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
+from flamediff.server.worker import PRECISIONS, precision_dtype
 
 #: Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA datasheets; their headline figures are with
 #: 2:4 sparsity, twice these), matched in order against ``torch.cuda.get_device_name()``.

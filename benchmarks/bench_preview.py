@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from backend.assets import load_asset
-from backend.demo import demo_animation
-from backend.pipelines.render import FlameDiffPipeline, RenderSettings
-from backend.server.worker import PRECISIONS, precision_dtype
+from flamediff.assets import load_asset
+from flamediff.demo import demo_animation
+from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
+from flamediff.server.worker import PRECISIONS, precision_dtype
 
 from bench_pipeline import build_pipeline, print_and_save
 

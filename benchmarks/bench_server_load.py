@@ -4,7 +4,7 @@ every accepted job is still known to the server (nothing lost).
 
     python benchmarks/bench_server_load.py [--clients 20] [--duration 20] [--json out.json]
 
-By default it starts ``python -m backend.server serve`` on 127.0.0.1 with a tiny checkpoint in a
+By default it starts ``python -m flamediff.server serve`` on 127.0.0.1 with a tiny checkpoint in a
 temporary folder (no shipped checkpoint is needed). ``--url`` + ``--token-file`` target a running
 server instead; only loopback URLs are accepted.
 """
@@ -46,10 +46,10 @@ def prepare_inputs(folder: str) -> tuple[bytes, bytes, str]:
     import torch
     from PIL import Image
 
-    from backend.assets import load_asset
-    from backend.demo import demo_animation
-    from backend.formats.animation import save_animation
-    from backend.models import FlameDiffConfig, FlameDiffModel
+    from flamediff.assets import load_asset
+    from flamediff.demo import demo_animation
+    from flamediff.formats.animation import save_animation
+    from flamediff.models import FlameDiffConfig, FlameDiffModel
 
     asset = load_asset()
     torch.manual_seed(0)
@@ -69,7 +69,7 @@ def start_server(folder: str, models_dir: str, render_in: str) -> tuple[subproce
         port = sock.getsockname()[1]
     token_file = os.path.join(folder, "token")
     log = open(os.path.join(folder, "server.log"), "wb")
-    process = subprocess.Popen([sys.executable, "-m", "backend.server", "serve", "--port", str(port), "--device",
+    process = subprocess.Popen([sys.executable, "-m", "flamediff.server", "serve", "--port", str(port), "--device",
                                 "auto", "--jobs-dir", os.path.join(folder, "jobs"), "--models-dir", models_dir,
                                 "--token-file", token_file, "--render-in", render_in],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend.gaussians.splatting import splat_features  # noqa: E402
+from flamediff.gaussians.splatting import splat_features  # noqa: E402
 
 FULL = [(n, d, r) for n in (15_000, 60_000) for d in (16, 32) for r in (128, 512)]
 QUICK = [(15_000, 16, 128), (15_000, 16, 512)]

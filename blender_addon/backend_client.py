@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 
 PROTOCOL_VERSION = 1
-START_HINT = ("start it with 'flamediff serve' (or 'python -m backend serve' in the backend's venv), "
+START_HINT = ("start it with 'flamediff serve' (or 'python -m flamediff serve' in the backend's venv), "
               "or choose 'Start locally' in the flamediff add-on preferences")
 LOCAL_START_HINT = ("Render starts it, or press 'Start backend' in the flamediff add-on preferences "
                     "('Start locally' is selected)")

@@ -1,6 +1,6 @@
 """The backend started by the add-on ("Start locally"): one subprocess, stopped with Blender.
 
-``<python> -m backend serve --port P --device D --token-file F`` runs non-blocking; its output
+``<python> -m flamediff serve --port P --device D --token-file F`` runs non-blocking; its output
 goes to a log file next to the token file. Which python: :func:`resolve_python` (the preference,
 ``$FLAMEDIFF_PYTHON``, then the usual places of ``formats/paths.py``). Stopped by :func:`stop`, on
 add-on unregister and at Blender's exit (atexit).
@@ -62,7 +62,7 @@ def check_python(choice: PythonChoice) -> None:
                            f"fix it, or clear it to search the usual places; a new venv: {install_command()}")
     try:
         completed = subprocess.run([path, "-c", "import importlib.util, sys; "
-                                                "sys.exit(importlib.util.find_spec('backend.server') is None)"],
+                                                "sys.exit(importlib.util.find_spec('flamediff.server') is None)"],
                                    capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackendError(f"cannot run the backend Python '{path}' ({exc})",
@@ -88,7 +88,7 @@ def start(python_preference: str, port: int, device: str, token_file: str) -> su
     os.makedirs(os.path.dirname(os.path.abspath(token_file)), exist_ok=True)
     log_path = os.path.join(os.path.dirname(os.path.abspath(token_file)), "backend.log")
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its life
-    command = [os.path.expanduser(choice.path), "-m", "backend", "serve", "--port", str(port), "--device", device,
+    command = [os.path.expanduser(choice.path), "-m", "flamediff", "serve", "--port", str(port), "--device", device,
                "--token-file", token_file]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     _PROCESS.update(process=process, started=time.monotonic(), log=log_path, command=command, port=port, stopped=False,

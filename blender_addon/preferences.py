@@ -30,7 +30,7 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         description="Expression shape keys a new rig exposes (capped at the model's number)")
     backend_mode: EnumProperty(
         name="Backend", default="LOCAL",
-        items=[("LOCAL", "Start locally", "The add-on starts 'python -m backend serve' from the backend's venv"),
+        items=[("LOCAL", "Start locally", "The add-on starts 'python -m flamediff serve' from the backend's venv"),
                ("URL", "Connect to URL", "Use a backend that is already running ('flamediff serve')")])
     backend_python: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default="",

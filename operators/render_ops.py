@@ -301,7 +301,7 @@ def _local_mode(cls, context: bpy.types.Context) -> bool:
 
 
 class FLAMEDIFF_OT_backend_start(bpy.types.Operator):
-    """Start the local backend (python -m backend serve) with the preferences' python, port and device"""
+    """Start the local backend (python -m flamediff serve) with the preferences' python, port and device"""
 
     bl_idname = "flamediff.backend_start"
     bl_label = "Start flamediff Backend"

@@ -287,7 +287,7 @@ def check_menus_and_panel_text() -> dict:
     classes = addon.operators.classes
     props = bpy.context.scene.flamediff_render
     props.error = "the flamediff backend is not running at http://127.0.0.1:8765 (connection refused)"
-    props.advice = ("start it with 'flamediff serve' (or 'python -m backend serve' in the backend's venv), or "
+    props.advice = ("start it with 'flamediff serve' (or 'python -m flamediff serve' in the backend's venv), or "
                     "choose 'Start locally' in the flamediff add-on preferences; its log is in "
                     "/home/someone/.config/blender/5.0/extensions/.user/user_default/flamediff/server/backend.log")
     advice = props.advice

@@ -157,7 +157,7 @@ def main() -> None:
     RESULTS["cancel"] = call(bpy.ops.flamediff.render_cancel)
     RESULTS["cancel_props"] = props()
 
-    # "Start locally": the add-on starts python -m backend serve on the (so far unused) DOWN_PORT
+    # "Start locally": the add-on starts python -m flamediff serve on the (so far unused) DOWN_PORT
     prefs.backend_mode = "LOCAL"
     prefs.backend_python, prefs.backend_port, prefs.backend_device = sys.executable, int(DOWN_PORT), "cpu"
     prefs.token_file = os.path.join(WORK, "local_token")

@@ -18,13 +18,13 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def head_folder(private_cache: str) -> str:
-    from backend.assets import resolve_asset_folder
+    from flamediff.assets import resolve_asset_folder
 
     return resolve_asset_folder()
 
 
 @pytest.fixture(scope="session")
 def head_asset(head_folder: str):
-    from backend.formats.flame_asset import load_flame_asset
+    from flamediff.formats.flame_asset import load_flame_asset
 
     return load_flame_asset(head_folder)

@@ -2,7 +2,7 @@
 
 One subprocess (tests/addon_driver.py) installs the BUILT zip into the ``bpy`` module in a private
 user folder and runs every scenario; these tests compare what it wrote with
-``backend.flame.model.FlameModel`` (float64) and with the animation format.
+``flamediff.flame.model.FlameModel`` (float64) and with the animation format.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from backend.formats.animation import load_animation, make_clip, save_animation
-from backend.formats.conventions import project_points
+from flamediff.formats.animation import load_animation, make_clip, save_animation
+from flamediff.formats.conventions import project_points
 
 pytest.importorskip("bpy")  # bpy wheels exist for Python 3.11 only (pyproject's test extra)
 
@@ -95,7 +95,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, head_folder: str, head_asset) 
 @pytest.fixture(scope="module")
 def flame(head_asset):
     torch = pytest.importorskip("torch")
-    from backend.flame.model import FlameModel
+    from flamediff.flame.model import FlameModel
 
     model = FlameModel(head_asset, torch.float64)
     return lambda clip: model.forward_clip(clip).vertices.numpy()

@@ -1,4 +1,4 @@
-"""Rendering from Blender: the installed add-on drives a real ``python -m backend serve`` subprocess.
+"""Rendering from Blender: the installed add-on drives a real ``python -m flamediff serve`` subprocess.
 
 The server runs a tiny checkpoint on the CPU; tests/addon_render_driver.py (a bpy subprocess) installs
 the built zip, points the preferences at the server, keys a rig and renders 3 frames with 2 steps.

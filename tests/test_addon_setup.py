@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from backend import assets
-from backend.formats import paths
+from flamediff import assets
+from flamediff.formats import paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def load_text():
 
 def test_panel_text_wraps_at_words_to_the_region_width():
     text = load_text()
-    advice = ("start it with 'flamediff serve' (or 'python -m backend serve' in the backend's venv), or choose "
+    advice = ("start it with 'flamediff serve' (or 'python -m flamediff serve' in the backend's venv), or choose "
               "'Start locally' in the flamediff add-on preferences")
     lines = text.wrap(advice, 40)
     assert " ".join(lines) == advice and all(len(line) <= 40 for line in lines)

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from backend.formats.animation import (FORMAT_VERSION, AnimationFormatError, AnimationWarning, load_animation,
+from flamediff.formats.animation import (FORMAT_VERSION, AnimationFormatError, AnimationWarning, load_animation,
                                        make_clip, save_animation)
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
+from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
 
 
 def _clip(frames: int = 5, seed: int = 0):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from backend.cli import main
+from flamediff.cli import main
 
 
 def test_help_lists_commands(capsys):
@@ -20,7 +20,7 @@ def test_help_lists_commands(capsys):
 
 
 def test_python_dash_m_backend():
-    result = subprocess.run([sys.executable, "-m", "backend", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "flamediff", "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("flamediff ")
 
 
@@ -52,7 +52,7 @@ def test_demo_writes_meshes_and_previews(tmp_path, head_folder):
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "backend", "demo", "--flame-asset", str(tmp_path / "nope"),
+    result = subprocess.run([sys.executable, "-m", "flamediff", "demo", "--flame-asset", str(tmp_path / "nope"),
                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "does not exist" in result.stderr
@@ -61,7 +61,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
 def test_formats_package_needs_neither_torch_nor_scipy():
     """The add-on ships backend/formats: it must import with numpy and stdlib only."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['scipy'] = None\n"
-            "import backend.formats.animation, backend.formats.conventions, backend.formats.flame_asset, "
-            "backend.formats.procedural_head\nprint('ok')")
+            "import flamediff.formats.animation, backend.formats.conventions, backend.formats.flame_asset, "
+            "flamediff.formats.procedural_head\nprint('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.formats.conventions import (BlenderCameraIntrinsics, blender_camera_to_opencv, blender_to_flame_points,
+from flamediff.formats.conventions import (BlenderCameraIntrinsics, blender_camera_to_opencv, blender_to_flame_points,
                                          flame_to_blender_points, intrinsics_from_fov, look_at_opencv,
                                          opencv_to_blender_camera, project_points)
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from backend.evaluation.evaluate import default_checkpoint, evaluate
+from flamediff.evaluation.evaluate import default_checkpoint, evaluate
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backend", "checkpoints", "demo")
 FRESH_SEED = 90_210        # training configs use seed 0; docs/RESULTS.md uses 20_261_130
@@ -18,8 +18,8 @@ PSNR_GAIN = 2.0            # dB over "copy the reference" (docs/RESULTS.md: the 
 
 
 def test_demo_checkpoint_is_shipped_small_and_found_by_default(head_asset):
-    from backend.models import FlameDiffModel
-    from backend.server.checkpoints import SHIPPED_DIR
+    from flamediff.models import FlameDiffModel
+    from flamediff.server.checkpoints import SHIPPED_DIR
 
     size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(DEMO) for name in names)
     assert size <= 50 * 2 ** 20
@@ -39,7 +39,7 @@ def test_demo_checkpoint_is_shipped_small_and_found_by_default(head_asset):
 
 @pytest.fixture(scope="module")
 def fresh_identities(tmp_path_factory, head_asset) -> str:
-    from backend.data.procedural import generate_procedural_dataset
+    from flamediff.data.procedural import generate_procedural_dataset
 
     folder = str(tmp_path_factory.mktemp("fresh") / "data")
     generate_procedural_dataset(folder, identities=IDENTITIES, views_per_identity=2, sequences_per_identity=1,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.evaluation import metrics as M
-from backend.evaluation.evaluate import (
+from flamediff.evaluation import metrics as M
+from flamediff.evaluation.evaluate import (
     background_mask,
     evaluate,
     format_table,
@@ -96,8 +96,8 @@ class _CopyReference:
 
 
 def test_reference_sensitivity_tells_following_from_ignoring(tmp_path, head_asset):
-    from backend.evaluation.evaluate import coverage_masks, reference_sensitivity
-    from backend.evaluation.studies import reference_row, spread
+    from flamediff.evaluation.evaluate import coverage_masks, reference_sensitivity
+    from flamediff.evaluation.studies import reference_row, spread
 
     data = str(tmp_path / "data")
     index = _shared_pose_dataset(data, head_asset)
@@ -207,11 +207,11 @@ def test_expression_pose_distance_and_rotations():
 
 def _shared_pose_dataset(folder: str, asset, resolution: int = 32):
     """Two identities x 3 frames; identity 1's frames 1 and 2 repeat identity 0's poses."""
-    from backend.data.dataset import write_dataset
-    from backend.flame.model import FlameModel
-    from backend.flame.preview import render_preview
-    from backend.formats.animation import make_clip
-    from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
+    from flamediff.data.dataset import write_dataset
+    from flamediff.flame.model import FlameModel
+    from flamediff.flame.preview import render_preview
+    from flamediff.formats.animation import make_clip
+    from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
 
     rng = np.random.RandomState(0)
     identity = np.repeat([0, 1], 3)
@@ -241,7 +241,7 @@ def _shared_pose_dataset(folder: str, asset, resolution: int = 32):
 
 @pytest.fixture(scope="module")
 def tiny_setup(head_asset, tmp_path_factory):
-    from backend.models import FlameDiffConfig, FlameDiffModel
+    from flamediff.models import FlameDiffConfig, FlameDiffModel
 
     root = tmp_path_factory.mktemp("evaluation")
     data = str(root / "data")
@@ -289,7 +289,7 @@ def test_evaluate_returns_every_metric_and_baseline(tiny_setup, head_asset, tmp_
     assert {"head_ratio", "background_ratio", "head_follows", "background_follows"} <= set(result["reference_sensitivity"])
 
     # copy-reference PSNR is exactly the metrics' value on those image pairs (coverage masks)
-    from backend.evaluation.evaluate import coverage_masks
+    from flamediff.evaluation.evaluate import coverage_masks
 
     values = []
     for identity in (0, 1):
@@ -303,8 +303,8 @@ def test_evaluate_returns_every_metric_and_baseline(tiny_setup, head_asset, tmp_
 
 
 def test_evaluate_splits_and_missing_measurements(tiny_setup, head_asset):
-    from backend.evaluation.evaluate import EvaluationError
-    from backend.models import FlameDiffModel
+    from flamediff.evaluation.evaluate import EvaluationError
+    from flamediff.models import FlameDiffModel
 
     data, checkpoint, _, _ = tiny_setup
     model = FlameDiffModel.from_pretrained(checkpoint, asset=head_asset)
@@ -323,7 +323,7 @@ def test_evaluate_splits_and_missing_measurements(tiny_setup, head_asset):
 
 
 def test_cli_runs_and_writes_json(tiny_setup, tmp_path, capsys):
-    from backend.evaluation.cli import register_cli
+    from flamediff.evaluation.cli import register_cli
 
     data, checkpoint, _, _ = tiny_setup
     parser = argparse.ArgumentParser()
@@ -341,8 +341,8 @@ def test_cli_runs_and_writes_json(tiny_setup, tmp_path, capsys):
 
 
 def test_cli_without_checkpoint_says_none_is_shipped(tmp_path, monkeypatch):
-    from backend.evaluation import evaluate as E
-    from backend.evaluation.cli import register_cli
+    from flamediff.evaluation import evaluate as E
+    from flamediff.evaluation.cli import register_cli
 
     monkeypatch.setattr(E, "default_checkpoint", lambda: None)
     parser = argparse.ArgumentParser()

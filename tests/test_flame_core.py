@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.formats.flame_asset import FlameAssetError, load_flame_asset, read_pickle
-from backend.flame.model import FlameModel
+from flamediff.formats.flame_asset import FlameAssetError, load_flame_asset, read_pickle
+from flamediff.flame.model import FlameModel
 
 smplx = pytest.importorskip("smplx")
 
@@ -108,7 +108,7 @@ def test_loads_chumpy_pickle_without_chumpy(head_folder, head_asset, tmp_path):
 def test_loads_without_scipy_installed(head_folder):
     """Blender has no scipy: the sparse J_regressor must be rebuilt without it."""
     code = ("import sys; sys.modules['scipy'] = None\n"
-            "from backend.formats.flame_asset import load_flame_asset\n"
+            "from flamediff.formats.flame_asset import load_flame_asset\n"
             f"a = load_flame_asset({head_folder!r}); print(a.J_regressor.shape, a.content_hash)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "(5, " in result.stdout

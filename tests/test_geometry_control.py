@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from backend.data.rasterizer import project
-from backend.demo import demo_animation
-from backend.flame.model import FlameModel
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
-from backend.models import FlameDiffConfig, FlameDiffModel
-from backend.models.config import LABELS
-from backend.models.flamediff_model import CheckpointError
-from backend.models.geometry_control import GEOMETRY_CHANNELS, LANDMARK_SIGMA, render_geometry_control
-from backend.pipelines.render import FlameDiffPipeline, RenderSettings
-from backend.training.train import TrainConfig, Trainer
+from flamediff.data.rasterizer import project
+from flamediff.demo import demo_animation
+from flamediff.flame.model import FlameModel
+from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
+from flamediff.models import FlameDiffConfig, FlameDiffModel
+from flamediff.models.config import LABELS
+from flamediff.models.flamediff_model import CheckpointError
+from flamediff.models.geometry_control import GEOMETRY_CHANNELS, LANDMARK_SIGMA, render_geometry_control
+from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
+from flamediff.training.train import TrainConfig, Trainer
 from tiny_data import make_tiny_dataset
 
 RESOLUTION = 128  # maps of the rendering tests (the model tests use the tiny preset's 32 px)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from backend.models import FlameDiffConfig, FlameDiffModel
-from backend.models.config import LABELS
-from backend.models.flamediff_model import CheckpointError, read_config
+from flamediff.models import FlameDiffConfig, FlameDiffModel
+from flamediff.models.config import LABELS
+from flamediff.models.flamediff_model import CheckpointError, read_config
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_sd15_temporal_layers_match_animatediff_layout():
 
 def test_temporal_layers_start_from_a_motion_adapter_folder(tmp_path):
     """The AnimateDiff loading path (diffusers MotionAdapter), with a tiny adapter saved here."""
-    from backend.models.temporal import build_motion_adapter
+    from flamediff.models.temporal import build_motion_adapter
 
     config = FlameDiffConfig.preset_named("tiny")
     adapter = build_motion_adapter(config.unet_channels, config.layers_per_block, 2, config.norm_num_groups, 32)

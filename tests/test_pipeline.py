@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.demo import demo_animation
-from backend.flame.model import FlameModel
-from backend.models import FlameDiffModel
-from backend.pipelines.render import FlameDiffPipeline, RenderCancelled, RenderSettings
+from flamediff.demo import demo_animation
+from flamediff.flame.model import FlameModel
+from flamediff.models import FlameDiffModel
+from flamediff.pipelines.render import FlameDiffPipeline, RenderCancelled, RenderSettings
 from test_server_helpers import counting_calls
 from tiny_data import visible_control_tiny_model
 
@@ -131,14 +131,14 @@ def test_shape_from_reference_changes_the_control(pipeline, clip):
 
 
 def test_needs_a_camera(pipeline, head_asset):
-    from backend.formats.animation import make_clip
+    from flamediff.formats.animation import make_clip
 
     with pytest.raises(ValueError, match="no camera"):
         pipeline(REFERENCE, make_clip(2))
 
 
 def test_context_windows_cover_every_frame():
-    from backend.pipelines.render import context_windows
+    from flamediff.pipelines.render import context_windows
 
     assert context_windows(10, 16, 4) == [(0, 10)]
     windows = context_windows(40, 16, 4)
@@ -181,8 +181,8 @@ def test_temporal_model_renders_long_clips_through_windows(pipeline, temporal, h
 def test_optimised_path_equals_the_plain_one(pipeline, clip):
     """Batched guidance branches + ReferenceNet tokens computed once per job give the frames of a
     plain loop that runs each branch separately and recomputes the reference every step."""
-    from backend.models.config import LABELS
-    from backend.pipelines.render import image_to_tensor, tensor_to_images
+    from flamediff.models.config import LABELS
+    from flamediff.pipelines.render import image_to_tensor, tensor_to_images
 
     settings = RenderSettings(steps=3, guidance=2.5, seed=5, frames_per_batch=4)
     fast = pipeline(REFERENCE, clip, settings)
@@ -210,7 +210,7 @@ def test_wide_camera_keeps_its_whole_framing(pipeline, clip):
     letterboxed around it), not a zoomed centre square."""
     from dataclasses import replace
 
-    from backend.formats.conventions import fitted_frame, intrinsics_from_fov, square_fit_intrinsics
+    from flamediff.formats.conventions import fitted_frame, intrinsics_from_fov, square_fit_intrinsics
 
     width, height = 64, 36
     wide = replace(clip, K=np.repeat(intrinsics_from_fov(27.0, width, height)[None], clip.num_frames, 0),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.data.dataset import read_dataset
-from backend.data.rasterizer import interpolate, rasterize
+from flamediff.data.dataset import read_dataset
+from flamediff.data.rasterizer import interpolate, rasterize
 
 IDENTITY_CAMERA = (torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
 
@@ -126,8 +126,8 @@ def test_back_faces_flagged_or_culled():
 
 
 def test_head_renders_front_faces_from_the_front(head_asset):
-    from backend.flame.model import FlameModel
-    from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
+    from flamediff.flame.model import FlameModel
+    from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
 
     vertices = FlameModel(head_asset)().vertices
     R, t = look_at_opencv([0.0, 0.0, 0.65], [0.0, 0.0, 0.0])
@@ -144,7 +144,7 @@ def test_head_renders_front_faces_from_the_front(head_asset):
 
 @pytest.fixture(scope="module")
 def mini_dataset(tmp_path_factory, head_asset):
-    from backend.data.procedural import generate_procedural_dataset
+    from flamediff.data.procedural import generate_procedural_dataset
 
     folder = str(tmp_path_factory.mktemp("procedural") / "a")
     generate_procedural_dataset(folder, identities=3, views_per_identity=2, sequences_per_identity=1,
@@ -201,7 +201,7 @@ def test_identities_look_different(mini_dataset):
 
 
 def test_same_seed_same_bytes(mini_dataset, tmp_path, head_asset):
-    from backend.data.procedural import generate_procedural_dataset
+    from flamediff.data.procedural import generate_procedural_dataset
 
     # the same seed in two worker processes: the same bytes as the single-process run
     again = str(tmp_path / "again")
@@ -226,7 +226,7 @@ def test_same_seed_same_bytes(mini_dataset, tmp_path, head_asset):
 
 
 def test_artefacts_only_in_their_regions(head_asset):
-    from backend.data import procedural as P
+    from flamediff.data import procedural as P
 
     renderer = P.ProceduralRenderer(head_asset)
     look = P.make_appearance(0, 0, renderer.regions)
@@ -254,10 +254,10 @@ def test_artefacts_only_in_their_regions(head_asset):
 
 
 def test_cli_registers_and_runs(tmp_path, head_folder, head_asset, monkeypatch):
-    import backend.assets
-    from backend.data.procedural import register_cli
+    import flamediff.assets
+    from flamediff.data.procedural import register_cli
 
-    monkeypatch.setattr(backend.assets, "load_asset", lambda path=None: head_asset)
+    monkeypatch.setattr(flamediff.assets, "load_asset", lambda path=None: head_asset)
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest="command"))

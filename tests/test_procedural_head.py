@@ -8,9 +8,9 @@ import os
 import numpy as np
 import torch
 
-from backend.formats.flame_asset import load_flame_asset
-from backend.formats.procedural_head import EXPRESSION_NAMES, ProceduralHeadSpec, build_procedural_head
-from backend.flame.model import FlameModel
+from flamediff.formats.flame_asset import load_flame_asset
+from flamediff.formats.procedural_head import EXPRESSION_NAMES, ProceduralHeadSpec, build_procedural_head
+from flamediff.flame.model import FlameModel
 
 
 def test_flame_layout(head_asset, head_folder):
@@ -112,7 +112,7 @@ def test_shape_changes_proportions_smoothly(head_asset):
 
 
 def test_written_asset_loads_unchanged(tmp_path):
-    from backend.formats.procedural_head import write_procedural_head
+    from flamediff.formats.procedural_head import write_procedural_head
 
     write_procedural_head(str(tmp_path), ProceduralHeadSpec(rows=20, columns=32))
     asset = load_flame_asset(str(tmp_path))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.data import procedural as P
-from backend.evaluation import studies
-from backend.formats.animation import make_clip
+from flamediff.data import procedural as P
+from flamediff.evaluation import studies
+from flamediff.formats.animation import make_clip
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_flicker_of_still_and_alternating_frames():
 
 
 def test_reference_row_and_spread(procedural_data):
-    from backend.data.dataset import read_dataset
+    from flamediff.data.dataset import read_dataset
 
     index = read_dataset(procedural_data)
     rows = index.samples_of_identity(0)
@@ -76,7 +76,7 @@ def test_reference_row_and_spread(procedural_data):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(head_asset, tmp_path_factory):
-    from backend.models import FlameDiffConfig, FlameDiffModel
+    from flamediff.models import FlameDiffConfig, FlameDiffModel
 
     torch.manual_seed(0)
     model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=head_asset.identity(), default_steps=2))
@@ -87,7 +87,7 @@ def tiny_checkpoint(head_asset, tmp_path_factory):
 
 
 def test_results_document_from_a_plan(procedural_data, tiny_checkpoint, tmp_path):
-    from backend.evaluation.results import run_results
+    from flamediff.evaluation.results import run_results
 
     plan = {"output": str(tmp_path / "docs" / "RESULTS.md"), "guidance": 1.5,
             "regressor": {"data": procedural_data, "steps": 3},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.formats.conventions import axis_angle_to_quaternion, quaternion_to_axis_angle
+from flamediff.formats.conventions import axis_angle_to_quaternion, quaternion_to_axis_angle
 
 
 def test_quaternion_axis_angle_round_trip():

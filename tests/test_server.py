@@ -20,8 +20,8 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from backend.server.app import create_app  # noqa: E402
-from backend.server.service import build_service  # noqa: E402
+from flamediff.server.app import create_app  # noqa: E402
+from flamediff.server.service import build_service  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FAST = {"steps": 2, "guidance": 2.0, "seed": 3, "frames_per_batch": 2}
@@ -79,8 +79,8 @@ def test_token_is_checked_before_the_body_is_read(server, inputs):
 
 
 def test_checkpoint_file_names_agree_with_the_model():
-    from backend.models import flamediff_model
-    from backend.server import checkpoints
+    from flamediff.models import flamediff_model
+    from flamediff.server import checkpoints
 
     assert (checkpoints.CONFIG_NAME, checkpoints.WEIGHTS_NAME) == (flamediff_model.CONFIG_NAME,
                                                                      flamediff_model.WEIGHTS_NAME)
@@ -89,8 +89,8 @@ def test_checkpoint_file_names_agree_with_the_model():
 def test_checkpoints_from_shipped_folder_models_folder_and_hub_cache(tmp_path, models_dir, head_asset):
     import shutil
 
-    from backend.server.checkpoints import CheckpointRegistry
-    from backend.server.inputs import InputError
+    from flamediff.server.checkpoints import CheckpointRegistry
+    from flamediff.server.inputs import InputError
 
     shipped = tmp_path / "shipped"
     shutil.copytree(os.path.join(models_dir, "tiny"), shipped / "demo")
@@ -180,7 +180,7 @@ def test_local_paths_and_frame_subset(server, inputs, tmp_path):
 def test_preview_is_another_job_with_half_size_frames(server, inputs):
     from PIL import Image
 
-    from backend.server.inputs import JobSettings
+    from flamediff.server.inputs import JobSettings
 
     assert "preview" not in JobSettings().hashed()  # full renders keep their ids from before previews
 
@@ -200,8 +200,8 @@ def test_preview_is_another_job_with_half_size_frames(server, inputs):
 
 def test_precision_reaches_the_render_process(tmp_path, models_dir, inputs, head_folder):
     """serve's --precision travels to the render child process and into the job view."""
-    from backend.errors import FlamediffError
-    from backend.server.worker import ModelCache
+    from flamediff.errors import FlamediffError
+    from flamediff.server.worker import ModelCache
 
     with pytest.raises(FlamediffError, match="--precision must be one of"):
         ModelCache("cpu", precision="fp16")
@@ -363,9 +363,9 @@ class _FakeCache:
 
 
 def test_out_of_memory_retries_with_smaller_batches(server, inputs):
-    from backend.server.jobs import JobFolder
-    from backend.server.service import check_request
-    from backend.server.worker import render_job
+    from flamediff.server.jobs import JobFolder
+    from flamediff.server.service import check_request
+    from flamediff.server.worker import render_job
 
     service = server.service
     checked = check_request(inputs["reference"], inputs["animation"], {**FAST, "frames_per_batch": 4, "seed": 5,
@@ -391,8 +391,8 @@ def test_out_of_memory_retries_with_smaller_batches(server, inputs):
 def test_one_reference_pass_per_job_and_cancel_keeps_written_frames(server, inputs):
     """4 chunks of 1 frame in one pipeline call: the ReferenceNet runs once. A cancel once frame 1
     is written keeps it and the rerun renders only the rest. Steps 0 resolve to the checkpoint's."""
-    from backend.server.service import check_request
-    from backend.server.worker import render_job
+    from flamediff.server.service import check_request
+    from flamediff.server.worker import render_job
 
     service = server.service
     checked = check_request(inputs["reference"], inputs["animation"],
@@ -418,9 +418,9 @@ def test_one_reference_pass_per_job_and_cancel_keeps_written_frames(server, inpu
 def test_token_file_mode_and_loopback(tmp_path):
     import argparse
 
-    from backend.errors import FlamediffError
-    from backend.server.cli import register_cli
-    from backend.server.security import is_loopback, read_token_file, write_token_file
+    from flamediff.errors import FlamediffError
+    from flamediff.server.cli import register_cli
+    from flamediff.server.security import is_loopback, read_token_file, write_token_file
 
     path = str(tmp_path / "sub" / "token")
     token = write_token_file(path)
@@ -441,7 +441,7 @@ def test_token_file_mode_and_loopback(tmp_path):
 def test_render_command_is_resumable(tmp_path, models_dir, inputs, head_folder, capsys):
     import argparse
 
-    from backend.server.cli import register_cli
+    from flamediff.server.cli import register_cli
 
     (tmp_path / "ref.png").write_bytes(inputs["reference"])
     (tmp_path / "anim.npz").write_bytes(inputs["animation"])
@@ -465,7 +465,7 @@ def test_render_command_is_resumable(tmp_path, models_dir, inputs, head_folder, 
     assert "3 of 3 frames already rendered, 0 to render" in capsys.readouterr().out
     assert frame_mtimes(str(out)) == first
 
-    from backend.server.inputs import InputError
+    from flamediff.server.inputs import InputError
 
     args = parser.parse_args(argv[:-4] + ["--seed", "1", "--device", "cpu"])
     with pytest.raises(InputError, match="different job"):
@@ -477,7 +477,7 @@ def test_render_command_preview_and_precision(tmp_path, models_dir, inputs, head
 
     from PIL import Image
 
-    from backend.server.cli import register_cli
+    from flamediff.server.cli import register_cli
 
     (tmp_path / "ref.png").write_bytes(inputs["reference"])
     (tmp_path / "anim.npz").write_bytes(inputs["animation"])

@@ -18,8 +18,8 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,  # noqa: E402
                                                status_code_conformance)
 
-from backend.server.app import create_app  # noqa: E402
-from backend.server.service import build_service  # noqa: E402
+from flamediff.server.app import create_app  # noqa: E402
+from flamediff.server.service import build_service  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Examples per operation and mode (valid, invalid requests): 9 operations x 2 x 15.

@@ -21,11 +21,11 @@ from test_server_helpers import TOKEN, animation_bytes, assert_error, make_check
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from backend.formats.animation import (AnimationFormatError, AnimationTooLarge, ReadLimits,  # noqa: E402
+from flamediff.formats.animation import (AnimationFormatError, AnimationTooLarge, ReadLimits,  # noqa: E402
                                        read_npz)
-from backend.server.app import create_app  # noqa: E402
-from backend.server.inputs import InputError, InputLimits, parse_settings  # noqa: E402
-from backend.server.service import build_service  # noqa: E402
+from flamediff.server.app import create_app  # noqa: E402
+from flamediff.server.inputs import InputError, InputLimits, parse_settings  # noqa: E402
+from flamediff.server.service import build_service  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FAST = {"steps": 2, "frames_per_batch": 2}
@@ -287,7 +287,7 @@ def test_6_frames_per_file_and_per_job(client, inputs, head_asset):
 # -- 7: a cancel is on disk before it is acknowledged ---------------------------------------------
 
 def test_7_cancel_survives_a_crash_right_after_it(roots, inputs, head_folder, tmp_path):
-    from backend.server.service import check_request
+    from flamediff.server.service import check_request
 
     service = build_service(str(tmp_path / "jobs"), roots["models"], "cpu", shipped_dir=roots["no-shipped"])
     checked = check_request(inputs["reference"], inputs["animation"], FAST, service.registry, service.cache)
@@ -362,14 +362,14 @@ def test_10_job_folders_0700_and_files_0600(client, inputs, roots):
 def test_10_portable_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
     """The render lock (filelock: flock here, msvcrt on Windows) refuses a second holder and is
     free again once its holder is killed."""
-    from backend.server.files import LockBusy, exclusive_lock, write_atomic
+    from flamediff.server.files import LockBusy, exclusive_lock, write_atomic
 
     path = str(tmp_path / ".render.lock")
     with exclusive_lock(path):
         with pytest.raises(LockBusy):
             with exclusive_lock(path):
                 pass
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from backend.server.files import exclusive_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from flamediff.server.files import exclusive_lock\n"
                                f"with exclusive_lock({path!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
@@ -411,7 +411,7 @@ def test_12_method_not_allowed_carries_allow(client):
 
 
 def test_12_host_header_is_checked_on_loopback(roots):
-    from backend.server.security import loopback_hosts
+    from flamediff.server.security import loopback_hosts
 
     service = build_service(roots["jobs"], roots["models"], "cpu", shipped_dir=roots["no-shipped"])
     app = create_app(service, TOKEN, start_worker=False, allowed_hosts=loopback_hosts("127.0.0.1"))
@@ -428,8 +428,8 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
 
     import uvicorn
 
-    from backend.server.cli import register_cli
-    from backend.server.security import GuardMiddleware
+    from flamediff.server.cli import register_cli
+    from flamediff.server.security import GuardMiddleware
 
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
@@ -448,7 +448,7 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
 # -- 13: the CLI prints one line, never a traceback ------------------------------------------------
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    from backend.cli import main
+    from flamediff.cli import main
 
     code = main(argv)
     return code, capsys.readouterr().err.strip()
@@ -481,7 +481,7 @@ def test_13_render_errors_are_one_line(tmp_path, capsys, inputs, head_asset, hea
 
 
 def test_13_render_out_under_a_file_is_one_line(tmp_path, capsys, inputs, head_asset, head_folder):
-    from backend.server.jobs import JobFolder
+    from flamediff.server.jobs import JobFolder
 
     (tmp_path / "ref.png").write_bytes(inputs["reference"])
     (tmp_path / "anim.npz").write_bytes(inputs["animation"])

@@ -21,7 +21,7 @@ def make_checkpoint(folder: str, asset, flame_asset: dict[str, str] | None = Non
     """Save a tiny model (seeded, so every test sees the same weights) into ``folder``."""
     import torch
 
-    from backend.models import FlameDiffConfig, FlameDiffModel
+    from flamediff.models import FlameDiffConfig, FlameDiffModel
 
     torch.manual_seed(0)
     model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=flame_asset or asset.identity()))
@@ -58,8 +58,8 @@ def huge_png_header(width: int = 60_000, height: int = 60_000) -> bytes:
 
 def animation_bytes(asset, num_frames: int = 4, mutate: Callable[[dict[str, np.ndarray]], None] | None = None) -> bytes:
     """The demo animation as file bytes; ``mutate`` edits its arrays (to break it on purpose)."""
-    from backend.demo import demo_animation
-    from backend.formats.animation import save_animation
+    from flamediff.demo import demo_animation
+    from flamediff.formats.animation import save_animation
 
     import tempfile
 
@@ -112,8 +112,8 @@ def test_pick_device_covers_cuda_apple_gpus_and_cpu(monkeypatch):
     """Both GPU kinds and their absence, whatever this machine has."""
     import torch
 
-    from backend.errors import FlamediffError
-    from backend.server.worker import pick_device
+    from flamediff.errors import FlamediffError
+    from flamediff.server.worker import pick_device
 
     for cuda, mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

@@ -22,12 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def serve_command() -> list[str]:
     """``flamediff serve`` once wired into backend/cli.py, else the same command via backend.server."""
-    from backend.cli import build_parser
+    from flamediff.cli import build_parser
 
     actions = [a for a in build_parser()._subparsers._group_actions if hasattr(a, "choices")]  # noqa: SLF001
     if any("serve" in (a.choices or {}) for a in actions):
-        return [sys.executable, "-m", "backend", "serve"]
-    return [sys.executable, "-m", "backend.server", "serve"]
+        return [sys.executable, "-m", "flamediff", "serve"]
+    return [sys.executable, "-m", "flamediff.server", "serve"]
 
 
 def render_child(parent: int) -> int:
@@ -42,14 +42,14 @@ def render_child(parent: int) -> int:
                 command = handle.read()
         except OSError:
             continue
-        if ppid == parent and b"backend.server.render_process" in command:
+        if ppid == parent and b"flamediff.server.render_process" in command:
             return int(name)
     raise AssertionError("no render process found")
 
 
 def lock_is_free(folder: str) -> bool:
     """True when no process (e.g. an orphaned render process) holds the job's render lock."""
-    from backend.server.jobs import JobBusy, JobFolder
+    from flamediff.server.jobs import JobBusy, JobFolder
 
     try:
         with JobFolder(folder).render_lock():

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.demo import demo_animation
-from backend.flame.model import FlameModel
-from backend.models import FlameDiffConfig, FlameDiffModel
-from backend.pipelines.render import PREVIEW_STEPS, FlameDiffPipeline, RenderSettings, preview_resolution
+from flamediff.demo import demo_animation
+from flamediff.flame.model import FlameModel
+from flamediff.models import FlameDiffConfig, FlameDiffModel
+from flamediff.pipelines.render import PREVIEW_STEPS, FlameDiffPipeline, RenderSettings, preview_resolution
 from test_server_helpers import counting_calls
 from tiny_data import visible_control_tiny_model
 

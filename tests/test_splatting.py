@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from backend.gaussians.splatting import (
+from flamediff.gaussians.splatting import (
     splat_features,
     splat_features_gsplat,
     splat_features_torch,
@@ -290,7 +290,7 @@ def test_tile_size_invariance():
 
 def test_small_chunks_match(monkeypatch):
     """Tiny compositing blocks: transmittance carried across K blocks, and early exit."""
-    import backend.gaussians.splatting as sp
+    import flamediff.gaussians.splatting as sp
 
     means, scales, opac, feats = _scene(60, D=4, seed=8, spread=0.3)
     opac = torch.full_like(opac, 0.95)  # dense and opaque: every pixel stops early

@@ -1,6 +1,6 @@
 """The tracker-import layer: one fixture per tool, written the way that tool's own writer code
 writes it (key names, dtypes, shapes, per-frame folders, torch.save archives), then read back
-through ``backend.formats.trackers`` without torch; bad input gets one clear line."""
+through ``flamediff.formats.trackers`` without torch; bad input gets one clear line."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from backend.formats.animation import make_clip, save_animation
-from backend.formats.conventions import look_at_opencv
-from backend.formats.trackers import (TrackerFormatError, axis_angle_to_matrix, load_any, matrix_to_axis_angle,
+from flamediff.formats.animation import make_clip, save_animation
+from flamediff.formats.conventions import look_at_opencv
+from flamediff.formats.trackers import (TrackerFormatError, axis_angle_to_matrix, load_any, matrix_to_axis_angle,
                                       matrix_to_rotation_6d, retime, rotation_6d_to_matrix)
 
 torch = pytest.importorskip("torch")  # only to WRITE torch.save fixtures; the reader never imports it
@@ -457,7 +457,7 @@ def test_unrecognised_files_say_what_they_look_like(tmp_path):
 # ------------------------------------------------------------------ flamediff convert
 
 def test_convert_prints_mapped_and_dropped_and_keeps_no_fps(tmp_path, capsys):
-    from backend.cli import main
+    from flamediff.cli import main
 
     write_metrical(tmp_path)
     out = tmp_path / "converted.npz"
@@ -495,7 +495,7 @@ def test_import_through_the_addon_in_bpy(tmp_path, head_folder):
     from build_addon import build
 
     zip_path = build(str(tmp_path / "dist"))
-    from backend.formats.flame_asset import load_flame_asset
+    from flamediff.formats.flame_asset import load_flame_asset
 
     (tmp_path / "gaussian_avatars").mkdir()
     ga = write_gaussian_avatars(tmp_path / "gaussian_avatars", load_flame_asset(head_folder).num_vertices + 107)
@@ -573,8 +573,8 @@ def test_import_through_the_addon_in_bpy(tmp_path, head_folder):
 
 def test_render_reads_tracker_folders_with_the_default_camera(tmp_path, capsys, monkeypatch):
     """``flamediff render --animation`` converts through the layer (checked up to the job, not rendered)."""
-    import backend.server.cli as server_cli
-    from backend.cli import main
+    import flamediff.server.cli as server_cli
+    from flamediff.cli import main
 
     seen = {}
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backend.cli import main
-from backend.data.dataset import DatasetError, read_dataset
-from backend.training.train import TrainConfig, TrainConfigError, Trainer, draw_batch, train
+from flamediff.cli import main
+from flamediff.data.dataset import DatasetError, read_dataset
+from flamediff.training.train import TrainConfig, TrainConfigError, Trainer, draw_batch, train
 from tiny_data import make_tiny_dataset
 
 
@@ -154,7 +154,7 @@ def test_cli_train_and_two_processes(tmp_path, dataset):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # torchrun sets RANK/WORLD_SIZE; accelerate then runs multi-process on CPU with gloo
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "backend", "train", "--config", str(config)]
+               "-m", "flamediff", "train", "--config", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
@@ -289,7 +289,7 @@ def test_min_snr_weighting(tmp_path, dataset):
 
 
 def test_vae_stage_records_latent_normalisation_and_reconstruction_report(tmp_path, head_asset):
-    from backend.models import FlameDiffModel
+    from flamediff.models import FlameDiffModel
 
     folder = str(tmp_path / "data")
     make_tiny_dataset(folder, head_asset, identities=3, frames_per_identity=3)
@@ -325,7 +325,7 @@ def test_config_paths_expand_the_environment(tmp_path, dataset, monkeypatch):
 
 
 def test_learning_curve_scores_every_kept_checkpoint(tmp_path, dataset):
-    from backend.evaluation.curve import main as curve_main
+    from flamediff.evaluation.curve import main as curve_main
 
     run = tmp_path / "run"
     train(_config(dataset, str(run), steps=4, checkpoint_every=2, ema_decay=0.9), log=lambda m: None)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from backend.flame.model import FlameModel
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
-from backend.gaussians import uv_binding as ub
-from backend.gaussians.field import GaussianFrame, UVGaussianField
-from backend.gaussians.uv_binding import (UVBinding, bind_points, compute_uv_binding,
+from flamediff.flame.model import FlameModel
+from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
+from flamediff.gaussians import uv_binding as ub
+from flamediff.gaussians.field import GaussianFrame, UVGaussianField
+from flamediff.gaussians.uv_binding import (UVBinding, bind_points, compute_uv_binding,
                                           load_or_compute_uv_binding, local_triangle_scale)
 
 JAW = 2  # FLAME joint order: global, neck, jaw, left eye, right eye

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.data.dataset import DatasetIndex, write_dataset
-from backend.flame.model import FlameModel
-from backend.flame.preview import render_preview
-from backend.formats.animation import make_clip
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv
+from flamediff.data.dataset import DatasetIndex, write_dataset
+from flamediff.flame.model import FlameModel
+from flamediff.flame.preview import render_preview
+from flamediff.formats.animation import make_clip
+from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
 
 SKIN = [(224.0, 182.0, 160.0), (150.0, 105.0, 80.0), (240.0, 205.0, 190.0)]
 
@@ -46,7 +46,7 @@ def make_tiny_dataset(folder: str, asset, resolution: int = 32, identities: int 
 def visible_control_tiny_model(asset):
     """The tiny preset with random non-zero pose-guider output and Gaussian features (fresh
     ones are zero-initialised, which would hide the control from pipeline tests)."""
-    from backend.models import FlameDiffConfig, FlameDiffModel
+    from flamediff.models import FlameDiffConfig, FlameDiffModel
 
     torch.manual_seed(0)
     model = FlameDiffModel(FlameDiffConfig.preset_named("tiny", flame_asset=asset.identity()))

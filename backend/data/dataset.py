@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backend.errors import FlamediffError
-from backend.formats.animation import AnimationClip, AnimationFormatError, load_animation, save_animation
+from flamediff.errors import FlamediffError
+from flamediff.formats.animation import AnimationClip, AnimationFormatError, load_animation, save_animation
 
 FORMAT_NAME = "flamediff.dataset"
 FORMAT_VERSION = 1

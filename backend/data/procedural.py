@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backend.data.dataset import DatasetError, DatasetIndex, write_dataset
-from backend.data.rasterizer import downsample, interpolate, rasterize, sample_texture, vertex_normals
-from backend.formats.animation import make_clip
-from backend.formats.conventions import intrinsics_from_fov, look_at_opencv, square_crop_intrinsics
+from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
+from flamediff.data.rasterizer import downsample, interpolate, rasterize, sample_texture, vertex_normals
+from flamediff.formats.animation import make_clip
+from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv, square_crop_intrinsics
 
 NUM_SHAPE = 100
 NUM_EXPRESSION = 50
@@ -369,7 +369,7 @@ class ProceduralRenderer:
     """Renders FrameSpecs of one identity with its Appearance (batched, CPU)."""
 
     def __init__(self, asset, supersample: int = SUPERSAMPLE) -> None:
-        from backend.flame.model import FlameModel
+        from flamediff.flame.model import FlameModel
 
         self.asset = asset
         self.model = FlameModel(asset)
@@ -783,7 +783,7 @@ def generate_procedural_dataset(out_dir: str, identities: int, views_per_identit
                                 heldout_fraction: float = 0.2, asset=None, progress=None,
                                 threads: int | None = 1, workers: int = 1, only_split: str | None = None) -> DatasetIndex:
     """Render and write a procedural dataset to ``out_dir`` (see the module docstring); returns its
-    index. ``asset`` defaults to :func:`backend.assets.load_asset` (the procedural head);
+    index. ``asset`` defaults to :func:`flamediff.assets.load_asset` (the procedural head);
     ``progress(done, total)`` is called after every rendered batch. ``threads``: torch CPU threads
     while rendering (restored afterwards; None leaves torch's setting). One thread is the default:
     the renderer's many small ops gain little from a second thread, and on a busy 2-core machine
@@ -810,7 +810,7 @@ def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_
     if views_per_identity + sequences_per_identity == 0:
         raise DatasetError("nothing to render: --views-per-identity and --sequences-per-identity are both 0")
     if asset is None:
-        from backend.assets import load_asset
+        from flamediff.assets import load_asset
         asset = load_asset()
     if only_split not in (None, "train", "heldout"):
         raise DatasetError(f"only_split must be 'train' or 'heldout', not {only_split!r}")
@@ -848,7 +848,7 @@ def read_splits(folder: str) -> dict[str, list[int]]:
 
 
 def cmd(args: argparse.Namespace) -> int:
-    from backend.assets import load_asset
+    from flamediff.assets import load_asset
 
     asset = load_asset(args.flame_asset)
     start = time.perf_counter()

@@ -20,14 +20,14 @@ identity's reference: the outputs' colours must follow it. Prints a table; --jso
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from backend.assets import load_asset
-    from backend.evaluation.evaluate import (
+    from flamediff.assets import load_asset
+    from flamediff.evaluation.evaluate import (
         EvaluationError,
         default_checkpoint,
         evaluate,
         format_table,
     )
-    from backend.evaluation.metrics import train_regressor
+    from flamediff.evaluation.metrics import train_regressor
 
     checkpoint = args.checkpoint or default_checkpoint()
     if checkpoint is None:
@@ -39,8 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.regressor_steps > 0:
         import numpy as np
 
-        from backend.data.dataset import read_dataset
-        from backend.data.procedural import read_splits
+        from flamediff.data.dataset import read_dataset
+        from flamediff.data.procedural import read_splits
 
         index = read_dataset(args.data)
         rows, which = None, "every identity"

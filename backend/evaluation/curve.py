@@ -1,6 +1,6 @@
 """Learning curve of a training run: each kept checkpoint's (EMA) weights evaluated the same way.
 
-``python -m backend.evaluation.curve RUN_DIR DATA_DIR --out curve.json`` rebuilds the run's model
+``python -m flamediff.evaluation.curve RUN_DIR DATA_DIR --out curve.json`` rebuilds the run's model
 from its ``train_config.json`` exactly as training did, loads every ``checkpoints/step-*`` (the
 EMA weights when the run keeps an EMA), and scores self-reenactment on ``DATA_DIR`` against
 copying the reference: where a run is heading when its budget ends before its target.
@@ -27,8 +27,8 @@ def checkpoint_model(trainer, checkpoint: str):
 def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames: int = 4, every: int = 1,
                    steps: int = 0, guidance: float = 0.0, log=print) -> list[dict[str, Any]]:
     """One row per kept checkpoint: step, method and copy-reference PSNR / SSIM / L1, and the gain."""
-    from backend.evaluation.evaluate import evaluate
-    from backend.training.train import TrainConfig, Trainer
+    from flamediff.evaluation.evaluate import evaluate
+    from flamediff.training.train import TrainConfig, Trainer
 
     with open(os.path.join(run_dir, "train_config.json"), encoding="utf-8") as handle:
         trainer = Trainer(TrainConfig.from_dict(json.load(handle)), log=lambda message: None)
@@ -48,7 +48,7 @@ def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.evaluation.curve", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flamediff.evaluation.curve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a training run's output_dir (holds train_config.json and checkpoints/)")
     parser.add_argument("data", help="dataset folder to evaluate on (every identity; use one no training saw)")

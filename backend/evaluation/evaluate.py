@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.errors import FlamediffError
-from backend.evaluation import metrics as M
-from backend.evaluation.studies import reference_row, spread
+from flamediff.errors import FlamediffError
+from flamediff.evaluation import metrics as M
+from flamediff.evaluation.studies import reference_row, spread
 
 METRIC_KEYS = ("psnr", "ssim", "l1", "lpips", "csim", "aed", "apd", "head_colour", "background_colour", "sharpness")
 SELF_KEYS = METRIC_KEYS
@@ -72,7 +72,7 @@ def split_identities(index, split: str) -> list[int]:
         raise EvaluationError(f"split must be 'all', 'train' or 'heldout', not {split!r}")
     if not os.path.isfile(os.path.join(index.folder, "splits.json")):
         raise EvaluationError(f"{index.folder} has no splits.json: use --split all (or a procedural dataset)")
-    from backend.data.procedural import read_splits
+    from flamediff.data.procedural import read_splits
 
     chosen = sorted(int(i) for i in read_splits(index.folder).get(split, []) if int(i) in all_ids)
     if not chosen:
@@ -84,16 +84,16 @@ def to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
     """Ground truth at the model's resolution, prepared like the pipeline's input images."""
     if image.shape[:2] == (resolution, resolution):
         return image
-    from backend.pipelines.render import image_to_tensor, tensor_to_images
+    from flamediff.pipelines.render import image_to_tensor, tensor_to_images
 
     return tensor_to_images(image_to_tensor(image, resolution))[0]
 
 
 def coverage_masks(clip, asset, resolution: int, supersample: int = 2) -> np.ndarray:
     """``[N, R, R]`` bool: FLAME mesh coverage >= 0.5 (annotated parameters and camera)."""
-    from backend.data.rasterizer import downsample, rasterize
-    from backend.flame.model import FlameModel
-    from backend.formats.conventions import square_crop_intrinsics
+    from flamediff.data.rasterizer import downsample, rasterize
+    from flamediff.flame.model import FlameModel
+    from flamediff.formats.conventions import square_crop_intrinsics
 
     with torch.no_grad():
         vertices = FlameModel(asset).forward_clip(clip).vertices.float()
@@ -155,12 +155,12 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
     (the default asset). ``head_mask``: "auto" (FLAME coverage where the dataset's asset is the
     loaded one, else background difference), "coverage" or "background". ``reference_check``:
     also run :func:`reference_sensitivity` (one more render per identity)."""
-    from backend.assets import load_asset
-    from backend.evaluation.reconstruction import reconstruct
-    from backend.data.dataset import read_dataset
-    from backend.flame.model import FlameModel
-    from backend.models.flamediff_model import FlameDiffModel
-    from backend.pipelines.render import FlameDiffPipeline, RenderSettings
+    from flamediff.assets import load_asset
+    from flamediff.evaluation.reconstruction import reconstruct
+    from flamediff.data.dataset import read_dataset
+    from flamediff.flame.model import FlameModel
+    from flamediff.models.flamediff_model import FlameDiffModel
+    from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 
     started = time.perf_counter()
     asset = flame_asset if flame_asset is not None and not isinstance(flame_asset, str) else load_asset(flame_asset)
@@ -318,7 +318,7 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
 
 def appearance_metrics(output: np.ndarray, truth: np.ndarray, head: np.ndarray) -> dict[str, float]:
     """Mean-colour error of the head and of the background (0-255 levels) and the head's
-    sharpness ratio (see :mod:`backend.evaluation.metrics`)."""
+    sharpness ratio (see :mod:`flamediff.evaluation.metrics`)."""
     return {"head_colour": M.colour_error(output, truth, head), "background_colour": M.colour_error(output, truth, ~head),
             "sharpness": M.sharpness_ratio(output, truth, head)}
 

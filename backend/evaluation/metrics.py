@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backend.errors import FlamediffError
+from flamediff.errors import FlamediffError
 
 PSNR_CAP = 100.0
 
@@ -361,7 +361,7 @@ def axis_angle_to_matrix(v: np.ndarray) -> np.ndarray:
 
 
 def _matrix_to_axis_angle(m: np.ndarray) -> np.ndarray:
-    from backend.formats.conventions import quaternion_to_axis_angle
+    from flamediff.formats.conventions import quaternion_to_axis_angle
 
     m = np.asarray(m, np.float64)
     # Shepperd-style: pick the largest of the four quaternion candidates per matrix
@@ -427,7 +427,7 @@ def train_regressor(dataset, steps: int = 500, num_expression: int = 10, input_s
                     rows: np.ndarray | None = None) -> ProceduralRegressor:
     """Train a :class:`ProceduralRegressor` on the renders of ``dataset`` (a folder or a
     :class:`~backend.data.dataset.DatasetIndex`), on ``rows`` (default: every sample)."""
-    from backend.data.dataset import read_dataset
+    from flamediff.data.dataset import read_dataset
 
     index = read_dataset(dataset) if isinstance(dataset, str) else dataset
     rows = np.arange(len(index)) if rows is None or len(rows) == 0 else np.asarray(rows)

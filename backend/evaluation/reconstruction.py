@@ -16,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from backend.evaluation import metrics as M
-from backend.evaluation.evaluate import coverage_masks
-from backend.evaluation.studies import spread
+from flamediff.evaluation import metrics as M
+from flamediff.evaluation.evaluate import coverage_masks
+from flamediff.evaluation.studies import spread
 
 REPORT_NAME = "reconstruction.json"
 
@@ -26,7 +26,7 @@ REPORT_NAME = "reconstruction.json"
 @torch.no_grad()
 def reconstruct(model, frames: np.ndarray) -> np.ndarray:
     """``[N, R, R, 3]`` uint8 -> the same frames encoded and decoded by ``model``'s VAE."""
-    from backend.pipelines.render import tensor_to_images
+    from flamediff.pipelines.render import tensor_to_images
 
     device = next(model.vae.parameters()).device
     images = torch.as_tensor(frames, dtype=torch.float32, device=device).permute(0, 3, 1, 2) / 127.5 - 1.0

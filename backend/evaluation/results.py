@@ -61,8 +61,8 @@ class _Session:
     """Shared state of one results run: asset, regressor, renderer, cached pipelines."""
 
     def __init__(self, plan: dict[str, Any], log) -> None:
-        from backend.assets import load_asset
-        from backend.data.procedural import ProceduralRenderer
+        from flamediff.assets import load_asset
+        from flamediff.data.procedural import ProceduralRenderer
 
         self.plan, self.log = plan, log
         self.asset = load_asset()
@@ -72,9 +72,9 @@ class _Session:
     @functools.cached_property
     def estimator(self):
         """The AED/APD regressor, trained on first use (only sections that score AED/APD need it)."""
-        from backend.data.dataset import read_dataset
-        from backend.data.procedural import read_splits
-        from backend.evaluation.metrics import train_regressor
+        from flamediff.data.dataset import read_dataset
+        from flamediff.data.procedural import read_splits
+        from flamediff.evaluation.metrics import train_regressor
 
         spec = self.plan["regressor"]
         index = read_dataset(spec["data"])
@@ -86,9 +86,9 @@ class _Session:
         """The pipeline of ``checkpoint``, loaded once per run (views and the grid reuse main's)."""
         import torch
 
-        from backend.flame.model import FlameModel
-        from backend.models.flamediff_model import FlameDiffModel
-        from backend.pipelines.render import FlameDiffPipeline
+        from flamediff.flame.model import FlameModel
+        from flamediff.models.flamediff_model import FlameDiffModel
+        from flamediff.pipelines.render import FlameDiffPipeline
 
         key = (checkpoint, temporal)
         if key not in self._pipelines:
@@ -97,7 +97,7 @@ class _Session:
         return self._pipelines[key]
 
     def settings(self, pipeline):
-        from backend.pipelines.render import RenderSettings
+        from flamediff.pipelines.render import RenderSettings
 
         config = pipeline.model.config
         return RenderSettings(steps=config.default_steps, guidance=self.plan.get("guidance") or config.default_guidance,
@@ -105,15 +105,15 @@ class _Session:
 
     def identities(self, spec: dict[str, Any]) -> tuple[Any, list[int]]:
         """A section's dataset and the identities it evaluates (``split``, default "heldout")."""
-        from backend.data.dataset import read_dataset
-        from backend.evaluation.evaluate import split_identities
+        from flamediff.data.dataset import read_dataset
+        from flamediff.evaluation.evaluate import split_identities
 
         index = read_dataset(spec["data"])
         return index, split_identities(index, spec.get("split", "heldout"))
 
 
 def _main(session: _Session) -> dict[str, Any]:
-    from backend.evaluation.evaluate import evaluate
+    from flamediff.evaluation.evaluate import evaluate
 
     spec = session.plan["main"]
     session.log(f"main: {spec['checkpoint']} on {spec['data']}")
@@ -122,7 +122,7 @@ def _main(session: _Session) -> dict[str, Any]:
 
 
 def _views(session: _Session) -> dict[str, Any]:
-    from backend.evaluation.studies import view_study
+    from flamediff.evaluation.studies import view_study
 
     spec = session.plan["main"]
     pipeline = session.pipeline(spec["checkpoint"])
@@ -132,7 +132,7 @@ def _views(session: _Session) -> dict[str, Any]:
 
 
 def _temporal(session: _Session) -> dict[str, Any]:
-    from backend.evaluation.studies import flicker_study
+    from flamediff.evaluation.studies import flicker_study
 
     spec = session.plan["temporal"]
     index, identities = session.identities(spec)
@@ -145,8 +145,8 @@ def _temporal(session: _Session) -> dict[str, Any]:
 
 
 def _ablations(session: _Session) -> dict[str, Any]:
-    from backend.evaluation.evaluate import evaluate
-    from backend.evaluation.studies import artefact_study, view_study
+    from flamediff.evaluation.evaluate import evaluate
+    from flamediff.evaluation.studies import artefact_study, view_study
 
     spec = session.plan["ablations"]
     index, identities = session.identities(spec)
@@ -169,8 +169,8 @@ def picture_grid(session: _Session, path: str, count: int = 4) -> None:
     """Rows of reference | control map | output | ground truth for held-out identities."""
     from PIL import Image
 
-    from backend.evaluation.evaluate import to_resolution
-    from backend.evaluation.studies import reference_row, spread
+    from flamediff.evaluation.evaluate import to_resolution
+    from flamediff.evaluation.studies import reference_row, spread
 
     spec = session.plan["main"]
     pipeline = session.pipeline(spec["checkpoint"])

@@ -5,7 +5,7 @@
   carries the artefacts), bucketed by the absolute yaw of the camera around the head.
 - :func:`artefact_study`: does a "real"-label output reproduce the synthetic artefacts? Drive
   with clean ("real") samples and measure, inside the artefact regions (ears, mouth interior,
-  from :func:`backend.data.procedural.region_masks`), L1 to the clean ground truth and the
+  from :func:`flamediff.data.procedural.region_masks`), L1 to the clean ground truth and the
   saturation excess (mean of max(0, saturation(output) - saturation(truth))).
 - :func:`flicker_study`: temporal consistency. Render each held-out continuous sequence as one
   clip; flicker = mean over consecutive frame pairs of the mean absolute difference (0-1 scale)
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.evaluation import metrics as M
+from flamediff.evaluation import metrics as M
 
 YAW_BUCKETS = ((0.0, 20.0), (20.0, 45.0), (45.0, 90.0))
 
@@ -51,7 +51,7 @@ def spread(rows: np.ndarray, count: int | None) -> np.ndarray:
 
 
 def _ground_truth(index, rows: np.ndarray, resolution: int) -> list[np.ndarray]:
-    from backend.evaluation.evaluate import to_resolution
+    from flamediff.evaluation.evaluate import to_resolution
 
     return [to_resolution(index.load_frame(int(r)), resolution) for r in rows]
 
@@ -69,7 +69,7 @@ def _saturation(image: np.ndarray) -> np.ndarray:
 def view_study(pipeline, index, identities: list[int], settings, renderer, max_frames: int | None = 12) -> dict[str, Any]:
     resolution = pipeline.model.config.resolution
     buckets: dict[str, list[float]] = {f"{lo:.0f}-{hi:.0f}": [] for lo, hi in YAW_BUCKETS}
-    from backend.data.procedural import region_masks
+    from flamediff.data.procedural import region_masks
 
     for identity in identities:
         rows = index.samples_of_identity(identity)
@@ -91,7 +91,7 @@ def view_study(pipeline, index, identities: list[int], settings, renderer, max_f
 def artefact_study(pipeline, index, identities: list[int], settings, renderer,
                    max_frames: int | None = 8) -> dict[str, Any]:
     resolution = pipeline.model.config.resolution
-    from backend.data.procedural import region_masks
+    from flamediff.data.procedural import region_masks
 
     l1, excess, frames = [], [], 0
     for identity in identities:
@@ -126,7 +126,7 @@ def flicker(frames: list[np.ndarray], masks: np.ndarray) -> float:
 def flicker_study(pipeline, index, identities: list[int], settings, renderer,
                   max_sequences: int | None = 1) -> dict[str, Any]:
     resolution = pipeline.model.config.resolution
-    from backend.data.procedural import region_masks
+    from flamediff.data.procedural import region_masks
 
     ours, truths, psnrs, sequences = [], [], [], 0
     continuous = [rows for rows in index.sequences() if (index.label[rows] == 0).all() and len(rows) > 1]

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from backend.formats.animation import AnimationClip
-from backend.formats.flame_asset import FlameAsset
-from backend.flame.lbs import lbs
+from flamediff.formats.animation import AnimationClip
+from flamediff.formats.flame_asset import FlameAsset
+from flamediff.flame.lbs import lbs
 
 
 def surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from backend.gaussians.splatting import splat_features
-from backend.gaussians.uv_binding import UVBinding, _as_long, barycentric_points, local_triangle_scale
+from flamediff.gaussians.splatting import splat_features
+from flamediff.gaussians.uv_binding import UVBinding, _as_long, barycentric_points, local_triangle_scale
 
 __all__ = ["GaussianFrame", "UVGaussianField"]
 

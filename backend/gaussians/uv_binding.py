@@ -209,7 +209,7 @@ def load_or_compute_uv_binding(asset, resolution: int = 128, cache_dir: str | No
     ``cache_dir=None`` uses ``<flamediff cache>/uv_bindings``.
     """
     if cache_dir is None:
-        from backend.assets import cache_dir as flamediff_cache_dir
+        from flamediff.assets import cache_dir as flamediff_cache_dir
 
         cache_dir = os.path.join(flamediff_cache_dir(), "uv_bindings")
     resolution = int(resolution)

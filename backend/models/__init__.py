@@ -1,6 +1,6 @@
 """The reference-guided diffusion model: config presets, pose guider, reference attention."""
 
-from backend.models.config import PRESETS, FlameDiffConfig
-from backend.models.flamediff_model import FlameDiffModel
+from flamediff.models.config import PRESETS, FlameDiffConfig
+from flamediff.models.flamediff_model import FlameDiffModel
 
 __all__ = ["PRESETS", "FlameDiffConfig", "FlameDiffModel"]

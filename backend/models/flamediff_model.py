@@ -17,16 +17,16 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from backend.errors import FlamediffError
-from backend import __version__
-from backend.formats.flame_asset import FlameAsset
-from backend.gaussians.field import UVGaussianField
-from backend.gaussians.uv_binding import load_or_compute_uv_binding
-from backend.models.config import LABELS, FlameDiffConfig
-from backend.models.geometry_control import GEOMETRY_CHANNELS, render_geometry_control
-from backend.models.pose_guider import PoseGuider
-from backend.models.reference_attention import ReferenceBank, install_reference_attention
-from backend.models.temporal import attach_motion_modules, build_motion_adapter, load_motion_adapter
+from flamediff.errors import FlamediffError
+from flamediff import __version__
+from flamediff.formats.flame_asset import FlameAsset
+from flamediff.gaussians.field import UVGaussianField
+from flamediff.gaussians.uv_binding import load_or_compute_uv_binding
+from flamediff.models.config import LABELS, FlameDiffConfig
+from flamediff.models.geometry_control import GEOMETRY_CHANNELS, render_geometry_control
+from flamediff.models.pose_guider import PoseGuider
+from flamediff.models.reference_attention import ReferenceBank, install_reference_attention
+from flamediff.models.temporal import attach_motion_modules, build_motion_adapter, load_motion_adapter
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

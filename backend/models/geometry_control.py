@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from backend.data.rasterizer import Fragments, interpolate, project, rasterize, vertex_normals
-from backend.flame.model import surface_points
+from flamediff.data.rasterizer import Fragments, interpolate, project, rasterize, vertex_normals
+from flamediff.flame.model import surface_points
 
 GEOMETRY_CHANNELS = 5    # normal x, y, z | depth | landmark heatmap
 LANDMARK_SIGMA = 0.015   # standard deviation of a landmark blob, as a fraction of the resolution

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.flame.model import FlameModel
-from backend.formats.animation import AnimationClip
-from backend.formats.conventions import fitted_frame, square_fit_intrinsics, view_matrices
-from backend.models.config import LABELS, FlameDiffConfig
-from backend.models.flamediff_model import FlameDiffModel
-from backend.pipelines.scheduling import make_scheduler
+from flamediff.flame.model import FlameModel
+from flamediff.formats.animation import AnimationClip
+from flamediff.formats.conventions import fitted_frame, square_fit_intrinsics, view_matrices
+from flamediff.models.config import LABELS, FlameDiffConfig
+from flamediff.models.flamediff_model import FlameDiffModel
+from flamediff.pipelines.scheduling import make_scheduler
 
 log = logging.getLogger("flamediff.pipeline")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from diffusers import DDIMScheduler
 
-from backend.models.config import FlameDiffConfig
+from flamediff.models.config import FlameDiffConfig
 
 
 def make_scheduler(config: FlameDiffConfig) -> DDIMScheduler:

@@ -1,4 +1,4 @@
-"""``python -m backend.server serve|render ...``: the same commands as ``flamediff serve|render``,
+"""``python -m flamediff.server serve|render ...``: the same commands as ``flamediff serve|render``,
 usable before (or without) their wiring into ``backend/cli.py``."""
 
 from __future__ import annotations
@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.errors import FlamediffError
-from backend.formats.animation import AnimationFormatError
-from backend.formats.flame_asset import FlameAssetError
-from backend.server.cli import register_cli
+from flamediff.errors import FlamediffError
+from flamediff.formats.animation import AnimationFormatError
+from flamediff.formats.flame_asset import FlameAssetError
+from flamediff.server.cli import register_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.server")
+    parser = argparse.ArgumentParser(prog="python -m flamediff.server")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_cli(commands)
     args = parser.parse_args(argv)

@@ -21,12 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend import __version__
-from backend.server import PROTOCOL_VERSION
-from backend.server.inputs import InputError, JobSettings, parse_json
-from backend.server.jobs import CorruptManifest
-from backend.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware, is_loopback
-from backend.server.service import JobService
+from flamediff import __version__
+from flamediff.server import PROTOCOL_VERSION
+from flamediff.server.inputs import InputError, JobSettings, parse_json
+from flamediff.server.jobs import CorruptManifest
+from flamediff.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware, is_loopback
+from flamediff.server.service import JobService
 
 log = logging.getLogger("flamediff.server")
 

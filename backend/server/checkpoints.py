@@ -11,10 +11,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from backend.server.inputs import InputError
-from backend.server.security import AllowedRoots
+from flamediff.server.inputs import InputError
+from flamediff.server.security import AllowedRoots
 
-#: File names of a checkpoint folder, as ``backend.models.flamediff_model`` writes them (a test
+#: File names of a checkpoint folder, as ``flamediff.models.flamediff_model`` writes them (a test
 #: checks they agree). Not imported from there: that module pulls in torch and diffusers, which
 #: the HTTP process of ``serve`` otherwise never needs (seconds of start-up, a GB of memory).
 CONFIG_NAME = "config.json"

@@ -12,11 +12,11 @@ import os
 import sys
 import time
 
-from backend.assets import cache_dir
-from backend.errors import FlamediffError
-from backend.formats.animation import ReadLimits
-from backend.server.inputs import InputLimits
-from backend.server.worker import DEVICES, PRECISIONS
+from flamediff.assets import cache_dir
+from flamediff.errors import FlamediffError
+from flamediff.formats.animation import ReadLimits
+from flamediff.server.inputs import InputLimits
+from flamediff.server.worker import DEVICES, PRECISIONS
 
 DEFAULT_PORT = 8765
 
@@ -105,10 +105,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backend.server.app import create_app
-    from backend.server.security import default_token_file, is_loopback, loopback_hosts, write_token_file
-    from backend.server.service import build_service
-    from backend.server.worker import pick_device
+    from flamediff.server.app import create_app
+    from flamediff.server.security import default_token_file, is_loopback, loopback_hosts, write_token_file
+    from flamediff.server.service import build_service
+    from flamediff.server.worker import pick_device
 
     if not is_loopback(args.host) and not args.allow_remote:
         raise FlamediffError(f"refusing to bind {args.host}: it is not a loopback address. Pass --allow-remote "
@@ -179,11 +179,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from backend.server.checkpoints import CheckpointRegistry
-    from backend.server.jobs import JobFolder
-    from backend.server.security import AllowedRoots
-    from backend.server.service import check_request, read_local
-    from backend.server.worker import ModelCache, pick_device, render_job
+    from flamediff.server.checkpoints import CheckpointRegistry
+    from flamediff.server.jobs import JobFolder
+    from flamediff.server.security import AllowedRoots
+    from flamediff.server.service import check_request, read_local
+    from flamediff.server.worker import ModelCache, pick_device, render_job
 
     settings = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
                 "shape_from": args.shape_from, "frames_per_batch": args.frames_per_batch, "preview": args.preview}

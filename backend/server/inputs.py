@@ -21,8 +21,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from backend.errors import FlamediffError
-from backend.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
+from flamediff.errors import FlamediffError
+from flamediff.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
                                        ReadLimits, load_animation, save_animation)
 
 #: Largest reference image accepted, checked from the header before any pixel is decoded
@@ -318,10 +318,10 @@ def _upload_suffix(data: bytes, max_bytes: int) -> str | None:
 
 def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits()) -> tuple[bytes, list[str]] | None:
     """A single-file tracker output (SMIRK / DECA / EMOCA / metrical-tracker / VHAP /
-    GaussianAvatars ... read by :mod:`backend.formats.trackers`, never executing pickled code)
+    GaussianAvatars ... read by :mod:`flamediff.formats.trackers`, never executing pickled code)
     converted to a flamediff animation file, with notes on what was mapped, dropped and assumed;
     None when ``data`` is not one (a flamediff file goes to :func:`read_animation` as it is)."""
-    from backend.formats.trackers import TrackerFormatError, read_tracker, with_default_camera
+    from flamediff.formats.trackers import TrackerFormatError, read_tracker, with_default_camera
 
     suffix = _upload_suffix(data, limits.max_bytes)
     if suffix is None:

@@ -15,7 +15,7 @@ Layout of a job folder::
     control/frame_%04d.png    previews of the splatted control feature map
     .cancel                   written (synced) before a cancel is acknowledged: a restart keeps it
 
-Folders are 0700 and files 0600 (see :mod:`backend.server.files`). A manifest that cannot be
+Folders are 0700 and files 0600 (see :mod:`flamediff.server.files`). A manifest that cannot be
 parsed makes its job read as failed, and an identical re-submission starts that folder over.
 """
 
@@ -34,9 +34,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from backend.errors import FlamediffError
-from backend.server.files import LockBusy, exclusive_lock, make_private_dir, write_atomic
-from backend.server.inputs import CheckedInputs, InputError, JobSettings
+from flamediff.errors import FlamediffError
+from flamediff.server.files import LockBusy, exclusive_lock, make_private_dir, write_atomic
+from flamediff.server.inputs import CheckedInputs, InputError, JobSettings
 
 MANIFEST = "manifest.json"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import IO, Any, Callable
 
-from backend.server.jobs import JobFolder
+from flamediff.server.jobs import JobFolder
 
 log = logging.getLogger("flamediff.server")
 
@@ -44,7 +44,7 @@ class ProcessRenderer:
         self._release_after_job = False
 
     def asset(self):
-        from backend.assets import load_asset
+        from flamediff.assets import load_asset
 
         return load_asset(self.flame_asset)
 
@@ -56,7 +56,7 @@ class ProcessRenderer:
         with self._lock:
             if self._alive():
                 return
-            command = [sys.executable, "-m", "backend.server.render_process", "--device", self.device,
+            command = [sys.executable, "-m", "flamediff.server.render_process", "--device", self.device,
                        "--precision", self.precision]
             if self.flame_asset:
                 command += ["--flame-asset", self.flame_asset]
@@ -145,8 +145,8 @@ def _child(device: str, flame_asset: str | None, precision: str) -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library prints go to stderr, never into the protocol stream
     logging.basicConfig(level=logging.INFO, format="%(asctime)s render %(levelname)s %(message)s")
-    from backend.server.jobs import CorruptManifest, JobBusy
-    from backend.server.worker import ModelCache, render_job
+    from flamediff.server.jobs import CorruptManifest, JobBusy
+    from flamediff.server.worker import ModelCache, render_job
 
     commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancel = threading.Event()

@@ -15,8 +15,8 @@ import os
 import secrets
 from typing import Any, Awaitable, Callable, Collection, Iterable
 
-from backend.assets import cache_dir
-from backend.server.files import make_private_dir, write_atomic
+from flamediff.assets import cache_dir
+from flamediff.server.files import make_private_dir, write_atomic
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from backend import __version__
-from backend.server import PROTOCOL_VERSION
-from backend.server.checkpoints import CheckpointRegistry
-from backend.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
+from flamediff import __version__
+from flamediff.server import PROTOCOL_VERSION
+from flamediff.server.checkpoints import CheckpointRegistry
+from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
                                    read_animation, read_reference_image)
-from backend.server.jobs import JobStore, request_hash
-from backend.server.security import AllowedRoots
-from backend.server.worker import ModelCache, Worker
+from flamediff.server.jobs import JobStore, request_hash
+from flamediff.server.security import AllowedRoots
+from flamediff.server.worker import ModelCache, Worker
 
 #: Largest file read from a local path (uploads are limited by the HTTP body limit).
 MAX_INPUT_BYTES = 256 * 1024 * 1024
@@ -204,10 +204,10 @@ def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_ass
     Clients may name files (and checkpoint folders) by path only under ``allow_paths``.
 
     ``render_in="process"`` renders in a child process (what ``serve`` uses, see
-    :mod:`backend.server.render_process`); ``"thread"`` renders in the worker thread (tests).
+    :mod:`flamediff.server.render_process`); ``"thread"`` renders in the worker thread (tests).
     """
-    from backend.server.checkpoints import SHIPPED_DIR
-    from backend.server.render_process import ProcessRenderer
+    from flamediff.server.checkpoints import SHIPPED_DIR
+    from flamediff.server.render_process import ProcessRenderer
 
     store = JobStore(jobs_dir)
     renderer = ProcessRenderer if render_in == "process" else ModelCache

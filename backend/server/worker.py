@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backend.errors import FlamediffError
-from backend.server.jobs import JobFolder, JobStore
+from flamediff.errors import FlamediffError
+from flamediff.server.jobs import JobFolder, JobStore
 
 log = logging.getLogger("flamediff.server")
 
@@ -89,7 +89,7 @@ class ModelCache:
 
     def asset(self):
         """The FLAME asset checkpoints must match (loaded once per process)."""
-        from backend.assets import load_asset
+        from flamediff.assets import load_asset
 
         return load_asset(self.flame_asset)
 
@@ -99,9 +99,9 @@ class ModelCache:
         with self._lock:
             if self._key != key:
                 self._drop()
-                from backend.flame.model import FlameModel
-                from backend.models.flamediff_model import FlameDiffModel
-                from backend.pipelines.render import FlameDiffPipeline
+                from flamediff.flame.model import FlameModel
+                from flamediff.models.flamediff_model import FlameDiffModel
+                from flamediff.pipelines.render import FlameDiffPipeline
 
                 asset = self.asset()
                 model = FlameDiffModel.from_pretrained(checkpoint["path"], asset=asset, device=self.device)
@@ -159,7 +159,7 @@ def render_job(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bo
 
 def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bool],
                    on_progress: Callable[[Progress], None] | None) -> str:
-    from backend.pipelines.render import RenderCancelled
+    from flamediff.pipelines.render import RenderCancelled
 
     manifest = job.update(status="running", phase="loading", started=time.time(), error=None, advice=None)
     try:
@@ -198,9 +198,9 @@ def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobPr
                     should_cancel: Callable[[], bool]) -> None:
     """One pipeline call over every missing frame (one ReferenceNet pass, unbroken temporal
     context) with the steps resolved in the manifest, writing each frame as it is handed out."""
-    from backend.formats.animation import load_animation
-    from backend.pipelines.render import RenderSettings
-    from backend.server.inputs import read_reference_image
+    from flamediff.formats.animation import load_animation
+    from flamediff.pipelines.render import RenderSettings
+    from flamediff.server.inputs import read_reference_image
 
     manifest = job.read()
     settings = manifest["settings"]

@@ -35,14 +35,14 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
-from backend.errors import FlamediffError
-from backend.assets import load_asset
-from backend.data.dataset import DatasetIndex, read_dataset
-from backend.flame.model import FlameModel
-from backend.formats.conventions import square_crop_intrinsics, view_matrices
-from backend.models.config import LABELS, FlameDiffConfig
-from backend.models.flamediff_model import FlameDiffModel
-from backend.pipelines.scheduling import make_scheduler
+from flamediff.errors import FlamediffError
+from flamediff.assets import load_asset
+from flamediff.data.dataset import DatasetIndex, read_dataset
+from flamediff.flame.model import FlameModel
+from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
+from flamediff.models.config import LABELS, FlameDiffConfig
+from flamediff.models.flamediff_model import FlameDiffModel
+from flamediff.pipelines.scheduling import make_scheduler
 
 STAGES = ("vae", "1", "2")
 LR_SCHEDULES = ("cosine", "constant")
@@ -461,7 +461,7 @@ class Trainer:
             plot_loss_curve(os.path.join(self.config.output_dir, LOSS_LOG), os.path.join(folder, "loss.png"),
                             title=f"stage {self.config.stage}")
             if self.config.stage == "vae" and self.heldout:
-                from backend.evaluation.reconstruction import write_reconstruction_report
+                from flamediff.evaluation.reconstruction import write_reconstruction_report
                 write_reconstruction_report(self.model, self.index, self.heldout, self.asset, folder, log=self.log)
         self.accelerator.wait_for_everyone()
         return folder

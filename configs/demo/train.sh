@@ -9,12 +9,12 @@ PY=${PYTHON:-.venv/bin/python}
 export FLAMEDIFF_DEMO_WORK=${FLAMEDIFF_DEMO_WORK:-${FLAMEDIFF_CACHE:-$HOME/.cache/flamediff}/train/demo}
 mkdir -p "$FLAMEDIFF_DEMO_WORK/logs"
 # 160 identities (32 held out by splits.json, never sampled by training), seed 0
-[ -f "$FLAMEDIFF_DEMO_WORK/data/dataset.json" ] || $PY -m backend dataset procedural --out "$FLAMEDIFF_DEMO_WORK/data" \
+[ -f "$FLAMEDIFF_DEMO_WORK/data/dataset.json" ] || $PY -m flamediff dataset procedural --out "$FLAMEDIFF_DEMO_WORK/data" \
     --identities 160 --views-per-identity 12 --sequences-per-identity 2 --frames-per-sequence 14 --resolution 128 \
     --seed 0 --workers 2
 for stage in vae stage1 stage2; do
     [ -f "$FLAMEDIFF_DEMO_WORK/$stage/model/model.safetensors" ] && continue
-    /usr/bin/time -f "$stage: %e s wall, %U s user CPU" $PY -m backend train --config configs/demo/$stage.json \
+    /usr/bin/time -f "$stage: %e s wall, %U s user CPU" $PY -m flamediff train --config configs/demo/$stage.json \
         2>&1 | tee -a "$FLAMEDIFF_DEMO_WORK/logs/$stage.log"
 done
 rm -rf backend/checkpoints/demo
@@ -40,9 +40,9 @@ PY
 $PY - <<'PY'
 import os
 from PIL import Image
-from backend.data.dataset import read_dataset
-from backend.data.procedural import read_splits
-from backend.evaluation.studies import reference_row
+from flamediff.data.dataset import read_dataset
+from flamediff.data.procedural import read_splits
+from flamediff.evaluation.studies import reference_row
 data = os.path.join(os.environ["FLAMEDIFF_DEMO_WORK"], "data")
 index = read_dataset(data)
 row = reference_row(index, read_splits(data)["heldout"][0])

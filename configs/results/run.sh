@@ -8,15 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 export FLAMEDIFF_DEMO_WORK=${FLAMEDIFF_DEMO_WORK:-${FLAMEDIFF_CACHE:-$HOME/.cache/flamediff}/train/demo}
-[ -f "$FLAMEDIFF_DEMO_WORK/data/dataset.json" ] || $PY -m backend dataset procedural --out "$FLAMEDIFF_DEMO_WORK/data" \
+[ -f "$FLAMEDIFF_DEMO_WORK/data/dataset.json" ] || $PY -m flamediff dataset procedural --out "$FLAMEDIFF_DEMO_WORK/data" \
     --identities 160 --views-per-identity 12 --sequences-per-identity 2 --frames-per-sequence 14 --resolution 128 \
     --seed 0 --workers 2
-[ -f work/results/fresh/dataset.json ] || $PY -m backend dataset procedural --out work/results/fresh --identities 16 \
+[ -f work/results/fresh/dataset.json ] || $PY -m flamediff dataset procedural --out work/results/fresh --identities 16 \
     --views-per-identity 8 --sequences-per-identity 1 --frames-per-sequence 14 --resolution 128 --seed 20261130 \
     --heldout-fraction 0 --workers 2
-[ -f work/ablation/data/dataset.json ] || $PY -m backend dataset procedural --out work/ablation/data --identities 60 \
+[ -f work/ablation/data/dataset.json ] || $PY -m flamediff dataset procedural --out work/ablation/data --identities 60 \
     --views-per-identity 20 --sequences-per-identity 2 --frames-per-sequence 14 --resolution 64 --seed 0 --workers 2
 for config in vae gaussian geometry no_label no_multiview; do
-    $PY -m backend train --config configs/ablations/$config.json
+    $PY -m flamediff train --config configs/ablations/$config.json
 done
-$PY -m backend results --plan configs/results/plan.json
+$PY -m flamediff results --plan configs/results/plan.json
