@@ -201,10 +201,10 @@ def test_preview_is_another_job_with_half_size_frames(server, inputs):
 def test_precision_reaches_the_render_process(tmp_path, models_dir, inputs, head_folder):
     """serve's --precision travels to the render child process and into the job view."""
     from flamediff.errors import FlamediffError
-    from flamediff.server.worker import ModelCache
+    from flamediff.server.worker import InProcessRenderer
 
     with pytest.raises(FlamediffError, match="--precision must be one of"):
-        ModelCache("cpu", precision="fp16")
+        InProcessRenderer("cpu", precision="fp16")
     service = build_service(str(tmp_path / "jobs"), models_dir, "cpu", render_in="process", precision="bf16",
                             shipped_dir=str(tmp_path / "no-shipped"))
     with TestClient(create_app(service, TOKEN)) as client:
@@ -338,8 +338,8 @@ def test_release_frees_the_model(server, inputs):
 
 # -- worker: OOM retry, failures ---------------------------------------------------------------
 
-class _FakeCache:
-    """Stands in for ModelCache: a pipeline that runs out of memory above one frame per batch."""
+class _OutOfMemoryRenderer:
+    """Stands in for InProcessRenderer: a pipeline that runs out of memory above one frame per batch."""
 
     def __init__(self, real, fail_with=None):
         self.real, self.fail_with, self.calls = real, fail_with, []
@@ -370,9 +370,9 @@ def test_out_of_memory_retries_with_smaller_batches(server, inputs):
     service = server.service
     checked = check_request(inputs["reference"], inputs["animation"], {**FAST, "frames_per_batch": 4, "seed": 5,
                                                                        "frames": "1-2"},
-                            service.registry, service.cache)
+                            service.registry, service.renderer)
     folder, _, _ = service.store.create_or_reuse(checked)
-    fake = _FakeCache(service.cache)
+    fake = _OutOfMemoryRenderer(service.renderer)
     assert render_job(folder, fake) == "done"
     manifest = folder.read()
     assert fake.calls == [2, 1] and manifest["oom_retries"] == 1 and manifest["frames_per_batch_used"] == 1
@@ -383,7 +383,7 @@ def test_out_of_memory_retries_with_smaller_batches(server, inputs):
     for name in os.listdir(failing.path):
         if name.startswith("frame_"):
             os.remove(os.path.join(failing.path, name))
-    assert render_job(failing, _FakeCache(service.cache, fail_with=RuntimeError("boom"))) == "failed"
+    assert render_job(failing, _OutOfMemoryRenderer(service.renderer, fail_with=RuntimeError("boom"))) == "failed"
     manifest = failing.read()
     assert manifest["status"] == "failed" and "boom" in manifest["error"] and "missing" in manifest["advice"]
 
@@ -396,16 +396,16 @@ def test_one_reference_pass_per_job_and_cancel_keeps_written_frames(server, inpu
 
     service = server.service
     checked = check_request(inputs["reference"], inputs["animation"],
-                            {**FAST, "steps": 0, "frames_per_batch": 1, "seed": 21}, service.registry, service.cache)
+                            {**FAST, "steps": 0, "frames_per_batch": 1, "seed": 21}, service.registry, service.renderer)
     folder, _, _ = service.store.create_or_reuse(checked)
-    reference_unet = service.cache.pipeline(checked.checkpoint).model.reference_unet
+    reference_unet = service.renderer.pipeline(checked.checkpoint).model.reference_unet
     with counting_calls(reference_unet) as calls:
-        status = render_job(folder, service.cache, should_cancel=lambda: os.path.exists(folder.frame_path(1)))
+        status = render_job(folder, service.renderer, should_cancel=lambda: os.path.exists(folder.frame_path(1)))
     assert status == "cancelled" and calls == [1]
     assert folder.done_frames() == [1] and folder.read()["frames_done"] == 1
     kept = frame_mtimes(folder.path)
     with counting_calls(reference_unet) as calls:
-        assert render_job(folder, service.cache) == "done"
+        assert render_job(folder, service.renderer) == "done"
     assert calls == [1] and folder.done_frames() == [1, 2, 3, 4]
     assert frame_mtimes(folder.path)["frame_0001.png"] == kept["frame_0001.png"]
     manifest = folder.read()

@@ -290,7 +290,7 @@ def test_7_cancel_survives_a_crash_right_after_it(roots, inputs, head_folder, tm
     from flamediff.server.service import check_request
 
     service = build_service(str(tmp_path / "jobs"), roots["models"], "cpu", shipped_dir=roots["no-shipped"])
-    checked = check_request(inputs["reference"], inputs["animation"], FAST, service.registry, service.cache)
+    checked = check_request(inputs["reference"], inputs["animation"], FAST, service.registry, service.renderer)
     folder, manifest, _ = service.store.create_or_reuse(checked)
     folder.update(status="running", phase="rendering")
     service.worker.current = manifest["id"]  # as if the worker were rendering it

@@ -136,9 +136,8 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_worker:
-            await run_in_threadpool(service.cache.asset)  # load the FLAME asset before the first request
-            if hasattr(service.cache, "start"):
-                await run_in_threadpool(service.cache.start)  # the render process imports torch meanwhile
+            await run_in_threadpool(service.renderer.asset)  # load the FLAME asset before the first request
+            await run_in_threadpool(service.renderer.start)  # a render process imports torch meanwhile
             resumed = service.resume_unfinished()
             if resumed:
                 log.info("resuming %d unfinished job(s): %s", len(resumed), ", ".join(resumed))

@@ -183,7 +183,7 @@ def _render(args: argparse.Namespace) -> int:
     from flamediff.server.jobs import JobFolder
     from flamediff.server.security import AllowedRoots
     from flamediff.server.service import check_request, read_local
-    from flamediff.server.worker import ModelCache, pick_device, render_job
+    from flamediff.server.worker import InProcessRenderer, pick_device, render_job
 
     settings = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
                 "shape_from": args.shape_from, "frames_per_batch": args.frames_per_batch, "preview": args.preview}
@@ -195,8 +195,8 @@ def _render(args: argparse.Namespace) -> int:
     anywhere = AllowedRoots(None)  # the CLI's user names their own files
     reference = read_local(os.path.abspath(args.reference), "reference", anywhere)
     animation = read_local(os.path.abspath(args.animation), "animation", anywhere)
-    cache = ModelCache(pick_device(args.device), args.flame_asset, args.precision)
-    checked = check_request(reference, animation, settings, CheckpointRegistry(_models_dir(args.models_dir)), cache)
+    renderer = InProcessRenderer(pick_device(args.device), args.flame_asset, args.precision)
+    checked = check_request(reference, animation, settings, CheckpointRegistry(_models_dir(args.models_dir)), renderer)
     job = JobFolder(args.out)
     manifest, created = job.create_or_reuse(checked)
     job.clean_temporaries()
@@ -207,7 +207,7 @@ def _render(args: argparse.Namespace) -> int:
     job.requeue()
     started, bar = time.perf_counter(), ProgressBar()
     try:
-        status = render_job(job, cache, on_progress=bar)
+        status = render_job(job, renderer, on_progress=bar)
     except KeyboardInterrupt:
         job.update(status="cancelled", phase="cancelled", frames_done=len(job.done_frames()))
         print("\nflamediff render: interrupted; frames already rendered are kept, rerun to finish", file=sys.stderr)

@@ -23,16 +23,19 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from flamediff.server.jobs import JobFolder
+
+if TYPE_CHECKING:
+    from flamediff.formats.flame_asset import FlameAsset
 
 log = logging.getLogger("flamediff.server")
 
 
-class ProcessRenderer:
-    """Drop-in for :class:`ModelCache` in the worker: same ``asset``, ``loaded_name``,
-    ``release`` and ``run_job``, but the model lives in a long-lived child process."""
+class ChildProcessRenderer:
+    """A :class:`~flamediff.server.worker.Renderer` whose model lives in a long-lived child process
+    (which runs an :class:`~flamediff.server.worker.InProcessRenderer`)."""
 
     def __init__(self, device: str = "cpu", flame_asset: str | None = None, precision: str = "auto") -> None:
         self.device, self.flame_asset, self.precision = device, flame_asset, precision
@@ -43,7 +46,7 @@ class ProcessRenderer:
         self._busy = False
         self._release_after_job = False
 
-    def asset(self):
+    def asset(self) -> "FlameAsset":
         from flamediff.assets import load_asset
 
         return load_asset(self.flame_asset)
@@ -146,7 +149,7 @@ def _child(device: str, flame_asset: str | None, precision: str) -> int:
     os.dup2(2, 1)  # library prints go to stderr, never into the protocol stream
     logging.basicConfig(level=logging.INFO, format="%(asctime)s render %(levelname)s %(message)s")
     from flamediff.server.jobs import CorruptManifest, JobBusy
-    from flamediff.server.worker import ModelCache, render_job
+    from flamediff.server.worker import InProcessRenderer, render_job
 
     commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancel = threading.Event()
@@ -162,22 +165,22 @@ def _child(device: str, flame_asset: str | None, precision: str) -> int:
         os._exit(0)  # stdin closed: the server released us or died; stop now, mid-render or not
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    cache = ModelCache(device, flame_asset, precision)
-    cache.asset()
+    renderer = InProcessRenderer(device, flame_asset, precision)
+    renderer.asset()
     protocol.write(json.dumps({"ready": True}) + "\n")
     while True:
         message = commands.get()
         if message is None or message.get("cmd") != "render":
             continue
         try:
-            status = render_job(JobFolder(message["path"]), cache, should_cancel=cancel.is_set)
+            status = render_job(JobFolder(message["path"]), renderer, should_cancel=cancel.is_set)
         except JobBusy as exc:
             log.warning("%s", exc)
             status = "busy"
         except (CorruptManifest, OSError) as exc:  # the folder itself is broken: that job fails, we serve on
             log.error("%s", exc)
             status = "failed"
-        protocol.write(json.dumps({"status": status, "loaded": cache.loaded_name}) + "\n")
+        protocol.write(json.dumps({"status": status, "loaded": renderer.loaded_name}) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, con
                                    read_animation, read_reference_image)
 from flamediff.server.jobs import JobStore, request_hash
 from flamediff.server.security import AllowedRoots
-from flamediff.server.worker import ModelCache, Worker
+from flamediff.server.worker import InProcessRenderer, Renderer, Worker
 
 #: Largest file read from a local path (uploads are limited by the HTTP body limit).
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 
 
 def check_request(reference: bytes, animation: bytes, settings_data: dict[str, Any] | None,
-                  registry: CheckpointRegistry, cache: ModelCache, limits: InputLimits = InputLimits()) -> CheckedInputs:
+                  registry: CheckpointRegistry, renderer: Renderer, limits: InputLimits = InputLimits()) -> CheckedInputs:
     """Every check a job needs before it is accepted; raises :class:`InputError`."""
     settings = parse_settings(settings_data, limits.max_frames_per_job)
     _, reference_ext = read_reference_image(reference)
@@ -31,7 +31,7 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
         animation, tracker_notes = converted
     clip, warnings = read_animation(animation, limits)
     warnings = tracker_notes + warnings
-    asset = cache.asset()
+    asset = renderer.asset()
     checkpoint = registry.resolve(settings.checkpoint, asset.content_hash)
     settings.checkpoint = checkpoint.name
     trained_for = checkpoint.flame_asset.get("hash")
@@ -107,11 +107,11 @@ def public_view(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 class JobService:
-    """Submit, inspect, cancel; owns the store, the checkpoints, the model cache and the worker."""
+    """Submit, inspect, cancel; owns the store, the checkpoints, the renderer and the worker."""
 
-    def __init__(self, store: JobStore, registry: CheckpointRegistry, cache: ModelCache, worker: Worker,
+    def __init__(self, store: JobStore, registry: CheckpointRegistry, renderer: Renderer, worker: Worker,
                  limits: InputLimits = InputLimits(), roots: AllowedRoots | None = None) -> None:
-        self.store, self.registry, self.cache, self.worker = store, registry, cache, worker
+        self.store, self.registry, self.renderer, self.worker = store, registry, renderer, worker
         self.limits = limits
         self.roots = roots if roots is not None else AllowedRoots()
 
@@ -136,7 +136,7 @@ class JobService:
     def submit(self, reference: bytes, animation: bytes,
                settings: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
         """Returns ``(job view, created)``; an identical job is reused and only missing frames render."""
-        checked = check_request(reference, animation, settings, self.registry, self.cache, self.limits)
+        checked = check_request(reference, animation, settings, self.registry, self.renderer, self.limits)
         folder, manifest, created = self.store.create_or_reuse(checked)
         if created:
             self.worker.enqueue(manifest["id"])
@@ -172,22 +172,22 @@ class JobService:
 
     def release(self) -> dict[str, Any]:
         """Free the model and GPU memory now, or right after the running job."""
-        released = self.cache.release()
+        released = self.renderer.release()
         pending = not released and self.worker.current is not None
         return {"released": released, "pending": pending,
                 "detail": "frees GPU memory after the running job" if pending else
                 ("model released" if released else "no model was loaded")}
 
     def health(self) -> dict[str, Any]:
-        asset = self.cache.asset()
+        asset = self.renderer.asset()
         return {"protocol_version": PROTOCOL_VERSION, "flamediff_version": __version__,
-                "device": self.cache.device, "loaded_model": self.cache.loaded_name,
+                "device": self.renderer.device, "loaded_model": self.renderer.loaded_name,
                 "flame_asset": {"name": asset.name, "hash": asset.content_hash},
                 "queue_length": self.worker.queue_length, "running_job": self.worker.current}
 
     def models(self, show_paths: bool = True) -> list[dict[str, Any]]:
         """The checkpoints; server paths only when ``show_paths`` (a client on this machine)."""
-        asset_hash = self.cache.asset().content_hash
+        asset_hash = self.renderer.asset().content_hash
         hidden = {"fingerprint"} | (set() if show_paths else {"path"})
         out = []
         for info in self.registry.list(refresh=True):
@@ -207,11 +207,11 @@ def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_ass
     :mod:`flamediff.server.render_process`); ``"thread"`` renders in the worker thread (tests).
     """
     from flamediff.server.checkpoints import SHIPPED_DIR
-    from flamediff.server.render_process import ProcessRenderer
+    from flamediff.server.render_process import ChildProcessRenderer
 
     store = JobStore(jobs_dir)
-    renderer = ProcessRenderer if render_in == "process" else ModelCache
-    cache = renderer(device, flame_asset, precision)
+    kind = ChildProcessRenderer if render_in == "process" else InProcessRenderer
+    renderer: Renderer = kind(device, flame_asset, precision)
     roots = AllowedRoots(allow_paths)
     registry = CheckpointRegistry(models_dir, shipped_dir or SHIPPED_DIR, roots=roots)
-    return JobService(store, registry, cache, Worker(store, cache), limits, roots)
+    return JobService(store, registry, renderer, Worker(store, renderer), limits, roots)

@@ -16,12 +16,15 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from flamediff.errors import FlamediffError
 from flamediff.server.jobs import JobFolder, JobStore
+
+if TYPE_CHECKING:
+    from flamediff.formats.flame_asset import FlameAsset
 
 log = logging.getLogger("flamediff.server")
 
@@ -76,8 +79,31 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-class ModelCache:
-    """Keeps the last loaded pipeline (model + FLAME) so consecutive jobs skip the load."""
+@runtime_checkable
+class Renderer(Protocol):
+    """What the :class:`Worker` and :class:`~flamediff.server.service.JobService` need from a renderer:
+    :class:`InProcessRenderer` (``flamediff render``, tests) or
+    :class:`~flamediff.server.render_process.ChildProcessRenderer` (``flamediff serve``)."""
+
+    device: str
+    loaded_name: str | None
+
+    def asset(self) -> "FlameAsset":
+        """The FLAME asset checkpoints and animations must match."""
+
+    def start(self) -> None:
+        """Get ready before the first job (the server calls it while it starts serving)."""
+
+    def run_job(self, job: JobFolder, should_cancel: Callable[[], bool]) -> str:
+        """Render the job's missing frames; returns its final status (done|failed|cancelled|busy)."""
+
+    def release(self) -> bool:
+        """Free the model and its memory; returns whether one was loaded."""
+
+
+class InProcessRenderer:
+    """Renders in this process, keeping the last loaded pipeline (model + FLAME) so consecutive
+    jobs skip the load."""
 
     def __init__(self, device: str = "cpu", flame_asset: str | None = None, precision: str = "auto") -> None:
         self.device, self.flame_asset, self.precision = device, flame_asset, precision
@@ -87,11 +113,14 @@ class ModelCache:
         self._pipeline: Any = None
         self.loaded_name: str | None = None
 
-    def asset(self):
+    def asset(self) -> "FlameAsset":
         """The FLAME asset checkpoints must match (loaded once per process)."""
         from flamediff.assets import load_asset
 
         return load_asset(self.flame_asset)
+
+    def start(self) -> None:
+        """Nothing to start: the model loads at the first job, in the worker thread."""
 
     def pipeline(self, checkpoint: dict[str, Any]):
         """The pipeline for ``checkpoint`` (a :class:`CheckpointInfo` dict), loading it if needed."""
@@ -121,7 +150,7 @@ class ModelCache:
             torch.cuda.empty_cache()
 
     def run_job(self, job: JobFolder, should_cancel: Callable[[], bool]) -> str:
-        """Render ``job`` in this process (the worker thread); see :class:`ProcessRenderer`."""
+        """Render ``job`` in this process (the worker thread)."""
         return render_job(job, self, should_cancel)
 
     def release(self) -> bool:
@@ -145,7 +174,7 @@ class Progress:
     eta_s: float | None
 
 
-def render_job(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bool] = lambda: False,
+def render_job(job: JobFolder, renderer: InProcessRenderer, should_cancel: Callable[[], bool] = lambda: False,
                on_progress: Callable[[Progress], None] | None = None) -> str:
     """Render the job's missing frames; returns its final status (done|failed|cancelled).
 
@@ -154,10 +183,10 @@ def render_job(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bo
     waste the GPU on the same frames).
     """
     with job.render_lock():
-        return _render_locked(job, cache, should_cancel, on_progress)
+        return _render_locked(job, renderer, should_cancel, on_progress)
 
 
-def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[], bool],
+def _render_locked(job: JobFolder, renderer: InProcessRenderer, should_cancel: Callable[[], bool],
                    on_progress: Callable[[Progress], None] | None) -> str:
     from flamediff.pipelines.render import RenderCancelled
 
@@ -166,7 +195,7 @@ def _render_locked(job: JobFolder, cache: ModelCache, should_cancel: Callable[[]
         missing = job.missing_frames()
         if not missing:
             return _finish(job, manifest["frames_total"])
-        pipeline = cache.pipeline(manifest["checkpoint"])
+        pipeline = renderer.pipeline(manifest["checkpoint"])
         preview = bool(manifest["settings"].get("preview", False))  # jobs written before previews have none
         job.update(phase="rendering", steps=pipeline.resolved_steps(int(manifest["settings"]["steps"]), preview),
                    resolution=pipeline.resolution(preview), precision=precision_name(pipeline.dtype))
@@ -293,8 +322,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 class Worker:
     """A FIFO of job ids served by one daemon thread."""
 
-    def __init__(self, store: JobStore, cache: "ModelCache | Any") -> None:
-        self.store, self.cache = store, cache
+    def __init__(self, store: JobStore, renderer: Renderer) -> None:
+        self.store, self.renderer = store, renderer
         self._queue: collections.deque[str] = collections.deque()
         self._cancel: set[str] = set()
         self._cond = threading.Condition()
@@ -360,7 +389,7 @@ class Worker:
                 job_id = self._queue.popleft()
                 self.current = job_id
             try:
-                self.cache.run_job(self.store.get(job_id), lambda: job_id in self._cancel)
+                self.renderer.run_job(self.store.get(job_id), lambda: job_id in self._cancel)
             except Exception:  # the store itself failed (disk full, folder deleted): log, keep serving
                 log.exception("job %s could not run", job_id)
             finally:
