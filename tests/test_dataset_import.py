@@ -1,0 +1,196 @@
+"""``flamediff dataset import``: VHAP exports and video frames + tracker output -> a training dataset
+that the trainer reads and trains on."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flamediff.data.dataset import DatasetError, read_dataset
+from flamediff.data.importing import import_dataset
+from flamediff.flame.model import FlameModel
+from flamediff.flame.preview import render_preview
+from flamediff.formats.animation import make_clip
+from flamediff.formats.conventions import look_at_opencv
+from flamediff.training.train import TrainConfig, Trainer, heldout_identities
+
+TIMESTEPS = 3
+WIDTH, HEIGHT = 40, 56  # NeRSemble's frames are portrait too
+WHITE = (255, 255, 255)
+
+
+def _vertices(asset, params: dict, cameras: tuple) -> np.ndarray:
+    clip = make_clip(TIMESTEPS, first_frame=0, num_shape=300, num_expression=100, shape=params["shape"][None].repeat(TIMESTEPS, 0),
+                     expression=params["expr"], global_pose=params["rotation"], neck_pose=params["neck_pose"],
+                     jaw_pose=params["jaw_pose"], left_eye_pose=params["eyes_pose"][:, :3],
+                     right_eye_pose=params["eyes_pose"][:, 3:], translation=params["translation"])
+    with torch.no_grad():
+        return FlameModel(asset).forward_clip(clip).vertices.double().numpy()
+
+
+def write_vhap_export(root, asset, seed: int, cameras: int = 2) -> dict:
+    """As vhap/export_as_nerf_dataset.py writes it: images/<ti>_<ci>.png on white, fg_masks/ (alpha),
+    flame_param/<ti>.npz (each timestep's rows with a leading 1, shape [300], static_offset),
+    transforms.json (OpenGL camera-to-world, fl_x, fl_y, cx, cy, w, h per view and timestep),
+    canonical_flame_param.npz and the backup / split json files beside it."""
+    rng = np.random.default_rng(seed)
+    params = dict(rotation=rng.normal(0, 0.1, (TIMESTEPS, 3)), translation=rng.normal(0, 0.005, (TIMESTEPS, 3)),
+                  neck_pose=rng.normal(0, 0.05, (TIMESTEPS, 3)), jaw_pose=np.c_[rng.uniform(0, 0.2, TIMESTEPS),
+                                                                                 np.zeros((TIMESTEPS, 2))],
+                  eyes_pose=rng.normal(0, 0.05, (TIMESTEPS, 6)), shape=rng.normal(0, 0.5, 300),
+                  expr=rng.normal(0, 0.5, (TIMESTEPS, 100)))
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    for folder in ("images", "fg_masks", "flame_param"):
+        (root / folder).mkdir(parents=True)
+    views = [look_at_opencv([0.12 * c - 0.06, 0.02, 0.6], [0.0, -0.01, 0.0]) for c in range(cameras)]
+    K = np.array([[110.0, 0.0, WIDTH / 2], [0.0, 110.0, HEIGHT / 2], [0.0, 0.0, 1.0]])
+    vertices = _vertices(asset, params, views)
+    frames = []
+    for ti in range(TIMESTEPS):
+        np.savez(root / "flame_param" / f"{ti:05d}.npz", static_offset=np.zeros((1, 5143, 3), np.float32),
+                 **{k: (v if k == "shape" else v[[ti]]) for k, v in params.items()})
+        for ci, (R, t) in enumerate(views):
+            image = render_preview(vertices[ti], asset.faces, K, R, t, (WIDTH, HEIGHT), background=WHITE)
+            image.save(root / "images" / f"{ti:05d}_{ci:02d}.png")
+            mask = (np.asarray(image) != 255).any(-1)
+            Image.fromarray((mask * 255).astype(np.uint8)).save(root / "fg_masks" / f"{ti:05d}_{ci:02d}.png")
+            w2c = np.eye(4)
+            w2c[:3, :3], w2c[:3, 3] = R, t
+            c2w_gl = np.linalg.inv(w2c) @ np.diag([1.0, -1.0, -1.0, 1.0])
+            frames.append({"timestep_index": ti, "timestep_index_original": ti, "timestep_id": f"frame_{ti:05d}",
+                           "camera_index": ci, "camera_id": f"22{ci}", "cx": K[0, 2], "cy": K[1, 2], "fl_x": K[0, 0],
+                           "fl_y": K[1, 1], "h": HEIGHT, "w": WIDTH, "camera_angle_x": 0.4, "camera_angle_y": 0.5,
+                           "transform_matrix": c2w_gl.tolist(), "file_path": f"images/{ti:05d}_{ci:02d}.png",
+                           "fg_mask_path": f"fg_masks/{ti:05d}_{ci:02d}.png",
+                           "flame_param_path": f"flame_param/{ti:05d}.npz"})
+    db = {"frames": frames, "cx": K[0, 2], "cy": K[1, 2], "fl_x": K[0, 0], "fl_y": K[1, 1], "h": HEIGHT, "w": WIDTH,
+          "camera_angle_x": 0.4, "camera_angle_y": 0.5, "timestep_indices": list(range(TIMESTEPS)),
+          "camera_indices": list(range(cameras))}
+    for name in ("transforms.json", "transforms_backup.json", "transforms_backup_flame.json"):
+        (root / name).write_text(json.dumps(db, indent=4))
+    np.savez(root / "canonical_flame_param.npz", shape=params["shape"], expr=np.zeros((1, 100), np.float32))
+    return params
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, head_asset):
+    root = tmp_path_factory.mktemp("nersemble")
+    params = {subject: write_vhap_export(root / f"{subject}_EMO-1_v16_DS4_whiteBg_staticOffset", head_asset, seed)
+              for seed, subject in enumerate(("074", "104"))}
+    return root, params
+
+
+def _silhouette(frame: np.ndarray) -> np.ndarray:
+    return (np.asarray(frame, np.int64) < 235).any(-1)
+
+
+def test_vhap_exports_become_a_dataset_that_trains(tmp_path, exports, head_asset):
+    root, params = exports
+    out = str(tmp_path / "data")
+    index = import_dataset([str(root)], out, head_asset, resolution=32, heldout_fraction=0.5, log=lambda m: None)
+    assert len(index) == 2 * 2 * TIMESTEPS and index.resolution == 32
+    assert (index.label == 0).all()  # real
+    np.testing.assert_array_equal(index.identity, np.repeat([0, 1], 2 * TIMESTEPS))
+    assert len(index.sequences()) == 4  # one per subject and camera, in time order
+    np.testing.assert_array_equal(index.frame_in_sequence, np.tile(np.arange(TIMESTEPS), 4))
+    splits = json.loads((tmp_path / "data" / "splits.json").read_text())
+    assert splits["identity_names"] == ["074", "104"] and len(splits["heldout"]) == 1
+    assert sorted(splits["train"] + splits["heldout"]) == [0, 1]
+    clip = index.annotations
+    for s, subject in enumerate(("074", "104")):
+        rows = np.arange(s * 2 * TIMESTEPS, (s + 1) * 2 * TIMESTEPS)
+        expected = np.tile(params[subject]["expr"], (2, 1))
+        np.testing.assert_allclose(clip.expression[rows], expected, atol=1e-6)
+        np.testing.assert_allclose(clip.global_pose[rows], np.tile(params[subject]["rotation"], (2, 1)), atol=1e-6)
+        np.testing.assert_allclose(clip.shape[rows], np.repeat(params[subject]["shape"][None], 2 * TIMESTEPS, 0),
+                                   atol=1e-6)
+    # the cropped camera sees the head where the cropped frame shows it
+    with torch.no_grad():
+        vertices = FlameModel(head_asset).forward_clip(clip).vertices.double().numpy()
+    for row in range(len(index)):
+        render = render_preview(vertices[row], head_asset.faces, clip.K[row], clip.R[row], clip.t[row], (32, 32),
+                                background=WHITE)
+        a, b = _silhouette(index.load_frame(row)), _silhouette(np.asarray(render))
+        assert (a & b).sum() / (a | b).sum() > 0.85
+    # the trainer reads it, never samples the held-out subject, and trains
+    assert heldout_identities(out) == splits["heldout"]
+    config = TrainConfig.from_dict(dict(dataset=out, output_dir=str(tmp_path / "run"), steps=2, batch_size=2,
+                                        checkpoint_every=2, learning_rate=1e-3, lr_schedule="constant",
+                                        warmup_steps=0, ema_decay=None))
+    trainer = Trainer(config, log=lambda m: None)
+    assert not np.isin(index.identity[trainer.pool], splits["heldout"]).any()
+    assert np.isfinite(trainer.train())
+    assert os.path.isfile(tmp_path / "run" / "model" / "model.safetensors")
+
+
+def test_background_from_fg_masks_and_camera_choice(tmp_path, exports, head_asset):
+    root, _ = exports
+    capture = root / "074_EMO-1_v16_DS4_whiteBg_staticOffset"
+    index = import_dataset([str(capture)], str(tmp_path / "d"), head_asset, resolution=16, cameras=[1],
+                           background="black", log=lambda m: None)
+    assert len(index) == TIMESTEPS and len(index.sequences()) == 1
+    frame = index.load_frame(0)
+    assert (frame[0, 0] < 10).all() and _silhouette(frame).mean() > 0.2  # black outside the head's mask
+    with pytest.raises(DatasetError, match="no camera_index \\[5\\]"):
+        import_dataset([str(capture)], str(tmp_path / "e"), head_asset, cameras=[5], log=lambda m: None)
+
+
+def test_broken_exports_name_the_problem(tmp_path, head_asset):
+    capture = tmp_path / "200_EMO-1"
+    write_vhap_export(capture, head_asset, seed=5, cameras=1)
+    os.remove(capture / "images" / "00001_00.png")
+    with pytest.raises(DatasetError, match="names images/00001_00.png, which is missing"):
+        import_dataset([str(capture)], str(tmp_path / "out"), head_asset, log=lambda m: None)
+    os.remove(capture / "flame_param" / "00002.npz")
+    with pytest.raises(DatasetError, match="00002.npz, which is missing"):
+        import_dataset([str(capture)], str(tmp_path / "out"), head_asset, log=lambda m: None)
+    (tmp_path / "empty" / "something").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="holds no capture: expected a VHAP export"):
+        import_dataset([str(tmp_path / "empty")], str(tmp_path / "out"), head_asset, log=lambda m: None)
+
+
+def _write_frames_and_tracker(capture, head_asset, frames: int = 4, downscale: int = 4) -> None:
+    """metrical-tracker's layout: checkpoint/<n>.frame (torch.save of numpy arrays, OpenCV camera for
+    the 512 px crops) beside the frames it tracked, here saved at 1/downscale of that size."""
+    (capture / "checkpoint").mkdir(parents=True)
+    (capture / "images").mkdir()
+    K = np.array([[2000.0, 0, 256.0], [0, 2000.0, 256.0], [0, 0, 1]])
+    for i in range(frames):
+        R, t = look_at_opencv([0.02 * i, 0.0, 1.0], [0.0, 0.0, 0.0])
+        torch.save({"flame": {"exp": np.zeros((1, 100), np.float32), "shape": np.zeros((1, 300), np.float32),
+                              "jaw": np.array([[1.0, 0, 0, 0, 1, 0]], np.float32),
+                              "eyes": np.array([[1.0, 0, 0, 0, 1, 0] * 2], np.float32)},
+                    "opencv": {"R": R[None].astype(np.float32), "t": t[None].astype(np.float32),
+                               "K": K[None].astype(np.float32)},
+                    "img_size": np.array([512, 512]), "frame_id": f"{i:05d}"}, capture / "checkpoint" / f"{i:05d}.frame")
+        Image.new("RGB", (512 // downscale, 512 // downscale), (90, 90, 90)).save(capture / "images" / f"{i:05d}.png")
+
+
+def test_video_frames_and_tracker_folder(tmp_path, head_asset):
+    capture = tmp_path / "obama_interview"
+    _write_frames_and_tracker(capture, head_asset)
+    index = import_dataset([str(capture)], str(tmp_path / "out"), head_asset, resolution=32, heldout_fraction=0.0,
+                           log=lambda m: None)
+    assert len(index) == 4 and len(index.sequences()) == 1
+    splits = json.loads((tmp_path / "out" / "splits.json").read_text())
+    assert splits["identity_names"] == ["obama"] and splits["heldout"] == []
+    # K followed the 4x downscale and the crop: the head projects into the middle of the frame
+    clip = index.annotations
+    with torch.no_grad():
+        vertices = FlameModel(head_asset).forward_clip(clip).vertices.double().numpy()
+    for row in range(len(index)):
+        pixels = vertices[row] @ clip.R[row].T + clip.t[row]
+        pixels = pixels @ clip.K[row].T
+        centre = (pixels[:, :2] / pixels[:, 2:]).mean(0)
+        assert np.abs(centre - 16).max() < 4
+    os.remove(capture / "images" / "00003.png")
+    with pytest.raises(DatasetError, match="4 tracked frames but 3 images .*no image for frames \\[3\\]"):
+        import_dataset([str(capture)], str(tmp_path / "out2"), head_asset, log=lambda m: None)
+    Image.new("RGB", (100, 60)).save(capture / "images" / "00003.png")
+    with pytest.raises(DatasetError, match="differ in size"):
+        import_dataset([str(capture)], str(tmp_path / "out3"), head_asset, log=lambda m: None)
