@@ -95,11 +95,12 @@ def test_steps_zero_is_the_checkpoints_default(pipeline, clip):
 
 
 @pytest.mark.parametrize("temporal_layers, pieces", [(False, [[1, 2], [3, 4], [5, 6], [7]]),
-                                                     (True, [[1, 2, 3], [4], [5, 6], [7]])])
+                                                     (True, [[1, 2], [3, 4], [5, 6], [7]])])
 def test_stream_hands_out_every_frame_once_in_order_as_it_is_decoded(pipeline, temporal, head_asset,
                                                                       temporal_layers, pieces):
-    """Chunks without temporal layers; with them, each window's new frames once it is denoised
-    (windows (0, 4), (2, 6), (3, 7): frames 1-4, then 5-6, then 7), decoded 3 at a time.
+    """Chunks without temporal layers; with them, each window's final frames once it is denoised
+    (windows of frames 1-2, 1-4, 3-6, 5-7 and 7: frames 1-2 are final after the second, 3-4
+    after the third, 5-6 after the fourth, 7 at the end), decoded 3 at a time.
     The ReferenceNet runs once per render however many chunks it has."""
     pipe = temporal if temporal_layers else pipeline
     clip = demo_animation(head_asset, num_frames=7, resolution=48)
@@ -137,43 +138,59 @@ def test_needs_a_camera(pipeline, head_asset):
         pipeline(REFERENCE, make_clip(2))
 
 
-def test_context_windows_cover_every_frame():
+def test_context_windows_are_anchored_to_frame_numbers_and_blend_to_one():
     from flamediff.pipelines.render import context_windows
 
-    assert context_windows(10, 16, 4) == [(0, 10)]
-    windows = context_windows(40, 16, 4)
-    assert windows == [(0, 16), (12, 28), (24, 40)]
-    covered = np.zeros(40)
-    for start, end in windows:
-        covered[start:end] += 1
-    assert covered.min() == 1 and covered.max() == 2
-    assert context_windows(41, 16, 4)[-1] == (25, 41)
+    windows = context_windows(np.arange(1, 41), 16, 4)
+    assert [(w.rows.start, w.rows.stop) for w in windows] == [(0, 12), (8, 24), (20, 36), (32, 40)]
+    total = np.zeros(40)
+    for window in windows:
+        total[window.rows] += window.weights
+    np.testing.assert_allclose(total, 1.0)     # every frame's blend weights sum to one
+    np.testing.assert_allclose(windows[1].weights[:4], [0.2, 0.4, 0.6, 0.8])
+    assert [w.final_rows for w in windows] == [8, 12, 12, 8]   # the last window: all its rows
+    short = context_windows(np.arange(1, 9), 16, 4)
+    assert [(w.rows.start, w.rows.stop) for w in short] == [(0, 8)]
+    later = context_windows(np.arange(21, 33), 16, 4)   # frames 21-24 end one window and start the next
+    assert [(w.rows.start + 21, w.rows.stop + 21) for w in later] == [(21, 25), (21, 33)]
     with pytest.raises(ValueError, match="overlap < window"):
-        context_windows(40, 8, 8)
+        context_windows(np.arange(1, 41), 8, 8)
+
+
+def test_frames_for_exact_subset_are_the_windows_holding_the_wanted_frames():
+    from flamediff.pipelines.render import frames_for_exact_subset
+
+    assert frames_for_exact_subset([5, 6, 7], range(1, 8), 4, 2) == [3, 4, 5, 6, 7]
+    assert frames_for_exact_subset([30], range(1, 100), 16, 4) == list(range(21, 37))
+    assert frames_for_exact_subset([2], range(1, 100), 16, 4) == list(range(1, 13))
 
 
 def test_temporal_model_renders_long_clips_through_windows(pipeline, temporal, head_asset):
     """Windows denoised one after the other: the frames differ from one window over the whole
-    clip (other neighbours), the shared frames are pinned (a later window never changes a
-    finished frame), and zero-initialised temporal layers give the frames of no temporal layers."""
+    clip (other neighbours); a subset holding the windows of frames 5-7 whole gives those frames
+    the full render's pixels; zero-initialised temporal layers give the frames of no temporal
+    layers."""
     import copy
 
+    from flamediff.pipelines.render import frames_for_exact_subset
+
     clip = demo_animation(head_asset, num_frames=7, resolution=48)
-    windowed = temporal(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4,
-                                                        context_overlap=2), return_control=True)
+    settings = RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4, context_overlap=2)
+    windowed = temporal(REFERENCE, clip, settings, return_control=True)
     assert len(windowed.frames) == 7 and len(windowed.control_previews) == 7
-    whole = temporal(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=7))
+    whole = temporal(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=9))
     differs = [not np.array_equal(a, b) for a, b in zip(windowed.frames, whole.frames)]
     assert any(differs)  # the temporal layers see different neighbours
-    first_window = temporal(REFERENCE, clip.select_frames([1, 2, 3, 4]),
-                            RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4, context_overlap=2))
-    for a, b in zip(first_window.frames, windowed.frames[:4]):
-        np.testing.assert_array_equal(a, b)   # later windows left frames 1-4 as they were
+    needed = frames_for_exact_subset([5, 6, 7], clip.frame, 4, 2)
+    subset = temporal(REFERENCE, clip.select_frames(needed), settings)
+    assert subset.frame_numbers == needed == [3, 4, 5, 6, 7]
+    for a, b in zip(subset.frames[2:], windowed.frames[4:], strict=True):
+        np.testing.assert_array_equal(a, b)   # frames 5-7: the full render's pixels
+    assert not np.array_equal(subset.frames[0], windowed.frames[2])   # frame 3's first window was cut
     fresh = FlameDiffPipeline(copy.deepcopy(pipeline.model), pipeline.flame)
     plain = fresh(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3))
     fresh.model.add_temporal_layers()  # zero-initialised: same frames as without temporal layers
-    windows = fresh(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4,
-                                                    context_overlap=2))
+    windows = fresh(REFERENCE, clip, settings)
     for a, b in zip(plain.frames, windows.frames):
         np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
 

@@ -465,6 +465,17 @@ def test_render_command_is_resumable(tmp_path, models_dir, inputs, head_folder, 
     assert "3 of 3 frames already rendered, 0 to render" in capsys.readouterr().out
     assert frame_mtimes(str(out)) == first
 
+    # the same render with other frames extends the folder's job: only the new frame is rendered
+    args = parser.parse_args(argv[:-6] + ["--frames", "2-4", "--device", "cpu", "--models-dir", models_dir])
+    assert args.func(args) == 0
+    assert "3 of 4 frames already rendered, 1 to render" in capsys.readouterr().out
+    assert {name: mtime for name, mtime in frame_mtimes(str(out)).items() if name in first} == first
+    alone = tmp_path / "alone"
+    args = parser.parse_args(argv[:-6] + ["--out", str(alone), "--frames", "4", "--device", "cpu",
+                                          "--models-dir", models_dir])
+    assert args.func(args) == 0
+    assert (alone / "frame_0004.png").read_bytes() == (out / "frame_0004.png").read_bytes()
+
     from flamediff.server.inputs import InputError
 
     args = parser.parse_args(argv[:-4] + ["--seed", "1", "--device", "cpu"])

@@ -7,13 +7,13 @@ pose guider. Then DDIM with both guidance branches in one batched forward, then 
 Models without temporal layers denoise chunks of frames independently, and each frame's
 initial noise is seeded by (seed, Blender frame number): rendering a subset of frames gives
 the same pixels for those frames as the full render. Models with temporal layers denoise the
-clip through context windows (``context_window`` frames, consecutive ones sharing
-``context_overlap``), one window after the other: a window's shared frames are pinned to the
-trajectory they had in the previous window, so the new frames see the same neighbours the
-finished ones saw (see ``FlameDiffPipeline._denoise``). Activations are bounded by the window,
-and only latents and guider outputs (small) are kept for the whole sequence. A frame's pixels
-depend on its neighbours in its window, so a subset render matches the full render only where
-the subset gives each frame the same windows.
+clip through context windows of ``context_window`` frames, consecutive ones sharing
+``context_overlap``, anchored to absolute frame numbers (a clip starting at frame 1 starts a
+window); each window is denoised on its own and a frame held by two windows blends their
+results (see :func:`context_windows`). So a frame's pixels depend only on the frames of its
+windows: a subset render reproduces the full render's pixels for every frame whose windows
+it holds whole (:func:`frames_for_exact_subset` says which frames that takes). Activations are
+bounded by the window, and only latents and guider outputs (small) are kept for the sequence.
 
 :meth:`FlameDiffPipeline.stream` hands frames out as soon as they are decoded (per chunk, or per
 window), so frames arrive progressively and a long job is one call: one ReferenceNet pass,
@@ -115,16 +115,67 @@ def preview_resolution(config: FlameDiffConfig) -> int:
     return max(multiple, config.resolution // 2 // multiple * multiple)
 
 
-def context_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """``[start, end)`` windows covering ``num_frames``, consecutive ones sharing ``overlap``."""
+@dataclass(frozen=True)
+class ContextWindow:
+    """One context window of a temporal render: ``rows`` index the job's sorted frames,
+    ``weights`` (one per row) blend its final latents with the neighbouring window's where
+    the two overlap, and ``final_rows`` rows are final once this window is done."""
+
+    rows: slice
+    weights: np.ndarray
+    final_rows: int
+
+
+def _window_index_range(frame: int, window: int, overlap: int) -> range:
+    """Indices ``k`` of the windows holding Blender frame ``frame``: window ``k`` spans frame
+    numbers ``[1 - overlap + k * stride, 1 - overlap + k * stride + window)``."""
+    stride = window - overlap
+    offset = frame - (1 - overlap)
+    return range((offset - window) // stride + 1, offset // stride + 1)
+
+
+def context_windows(frame_numbers: np.ndarray, window: int, overlap: int) -> list[ContextWindow]:
+    """The context windows holding ``frame_numbers`` (sorted Blender frame numbers), in order.
+
+    Windows are anchored to absolute frame numbers, not to the first frame of the render:
+    window ``k`` spans frames ``1 - overlap + k * (window - overlap)`` onwards, so a clip that
+    starts at frame 1 starts a window, and which frames share a window never depends on where a
+    render starts. Each window is denoised on its own (its noise is seeded per frame number);
+    a frame in two windows gets both final latents blended, the later window's weight rising
+    linearly across the overlap. So a frame's pixels depend only on the frames of the windows
+    holding it: a subset render reproduces the full render for every frame whose windows hold
+    the same frames in both (see :func:`frames_for_exact_subset`).
+    """
     if window < 1 or not 0 <= overlap < window:
         raise ValueError(f"need window >= 1 and 0 <= overlap < window, got {window} and {overlap}")
-    if num_frames <= window:
-        return [(0, num_frames)]
-    starts = list(range(0, num_frames - window + 1, window - overlap))
-    if starts[-1] + window < num_frames:
-        starts.append(num_frames - window)
-    return [(start, start + window) for start in starts]
+    frames = np.asarray(frame_numbers, dtype=np.int64)
+    if len(frames) == 0:
+        return []
+    stride, base = window - overlap, 1 - overlap
+    first = _window_index_range(int(frames[0]), window, overlap)[0]
+    last = _window_index_range(int(frames[-1]), window, overlap)[-1]
+    windows = []
+    for k in range(first, last + 1):
+        start = base + k * stride
+        lo, hi = np.searchsorted(frames, [start, start + window])
+        if lo == hi:
+            continue
+        position = frames[lo:hi] - start       # place of each frame inside the window
+        rising = np.clip((position + 1) / (overlap + 1), 0.0, 1.0)          # entering overlap
+        falling = np.clip((window - position) / (overlap + 1), 0.0, 1.0)    # leaving overlap
+        final = int(np.searchsorted(frames, start + stride)) - lo           # rows before the next window
+        windows.append(ContextWindow(slice(int(lo), int(hi)), np.minimum(rising, falling), max(final, 0)))
+    return windows[:-1] + [replace(windows[-1], final_rows=windows[-1].rows.stop - windows[-1].rows.start)]
+
+
+def frames_for_exact_subset(wanted: list[int] | np.ndarray, job_frames: list[int] | np.ndarray,
+                            window: int, overlap: int) -> list[int]:
+    """The job frames a temporal render of ``wanted`` must denoise so that those frames get the
+    full job's pixels: every job frame of every window holding a wanted frame."""
+    stride, base = window - overlap, 1 - overlap
+    windows = {k for frame in wanted for k in _window_index_range(int(frame), window, overlap)}
+    return sorted(int(f) for f in job_frames
+                  if any(base + k * stride <= f < base + k * stride + window for k in windows))
 
 
 class FlameDiffPipeline:
@@ -233,15 +284,31 @@ class FlameDiffPipeline:
         reference = self.model.encode_images(image_to_tensor(reference_image, resolution).to(self.device))
         self.model.write_reference(reference.to(self.dtype))
         self._preview_basis = None  # preview colours: one projection per job
-        denoising = _DenoisingProgress(progress, clip.num_frames * settings.steps)
-        for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch, first_alone=settings.preview):
+        plan = [(rows, self._windows(clip.frame[rows], settings))
+                for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch,
+                                                   first_alone=settings.preview)]
+        denoising = _DenoisingProgress(progress, settings.steps * sum(window.rows.stop - window.rows.start
+                                                                      for _, windows in plan for window in windows))
+        crop = fitted_frame(clip.image_size, resolution)
+        for rows, windows in plan:
             group = clip.take_rows(rows)
             pose_features, previews = self._pose_features(group, settings, resolution, return_control)
-            windows = (context_windows(len(rows), settings.context_window, settings.context_overlap)
-                       if self.model.temporal is not None else [(0, len(rows))])
             regions = self._denoise(pose_features, group.frame, windows, settings, denoising)
-            crop = fitted_frame(clip.image_size, resolution)
             yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, crop)
+
+    def frames_to_render(self, wanted: list[int], job_frames: list[int], settings: RenderSettings) -> list[int]:
+        """The frames to denoise so that ``wanted`` (a subset of the job's ``job_frames``) get the
+        pixels of the whole job's render: ``wanted`` itself without temporal layers, else every
+        job frame of the context windows holding them."""
+        if self.model.temporal is None:
+            return sorted(wanted)
+        return frames_for_exact_subset(wanted, job_frames, settings.context_window, settings.context_overlap)
+
+    def _windows(self, frame_numbers: np.ndarray, settings: RenderSettings) -> list[ContextWindow]:
+        """Context windows of temporal models; one plain window of every row otherwise."""
+        if self.model.temporal is not None:
+            return context_windows(frame_numbers, settings.context_window, settings.context_overlap)
+        return [ContextWindow(slice(0, len(frame_numbers)), np.ones(len(frame_numbers)), len(frame_numbers))]
 
     def _denoising_groups(self, num_frames: int, frames_per_batch: int, first_alone: bool = False) -> list[np.ndarray]:
         """Rows denoised together: chunks of ``frames_per_batch``, or every frame for temporal
@@ -310,19 +377,18 @@ class FlameDiffPipeline:
                  for f in frame_numbers]
         return torch.stack(noise).to(self.device)
 
-    def _denoise(self, pose_features: Tensor, frame_numbers: np.ndarray, windows: list[tuple[int, int]],
+    def _denoise(self, pose_features: Tensor, frame_numbers: np.ndarray, windows: list[ContextWindow],
                  settings: RenderSettings, progress: "_DenoisingProgress") -> Iterator[tuple[int, Tensor]]:
         """DDIM over ``[F, C, h, w]`` pose-guider outputs, one context window after the other
         (``settings.guidance`` is the classifier-free guidance scale).
 
-        Each window goes through every step before the next one starts, so its new frames are
-        yielded as ``(first row, final latents)`` after their share of the work: frames arrive
-        progressively, and a cancelled render keeps them. Continuity: a window's first rows are
-        the previous window's last ones, pinned to the trajectory they had there (their latents
-        after every step), so the new frames attend at every step to exactly the neighbours the
-        finished frames had, and finished frames never change. One window (every model without
-        temporal layers, short clips) is plain DDIM. Latents and the scheduler stay fp32; only
-        the denoiser's input and output are in its dtype.
+        Each window goes through every step on its own, from its frames' own noise, before the
+        next one starts; its final latents are added, weighted, into the frames' blend (see
+        :func:`context_windows`). Rows that no later window holds are then final and are
+        yielded as ``(first row, final latents)``: frames arrive progressively, a cancelled
+        render keeps them, and a frame never depends on where the render started. One window
+        (every model without temporal layers, short clips) is plain DDIM. Latents and the
+        scheduler stay fp32; only the denoiser's input and output are in its dtype.
         """
         self.scheduler.set_timesteps(settings.steps, device=self.device)
         noise = self._initial_noise(frame_numbers, settings.seed, pose_features.shape[-1])
@@ -331,24 +397,24 @@ class FlameDiffPipeline:
         keep = torch.tensor([True, False], device=self.device) if guided else None
         labels = torch.full((branches,), LABELS["real"], device=self.device)
         index = torch.zeros(branches, dtype=torch.long, device=self.device)
-        done, path_start, path = 0, 0, None    # rows handed out; the last window's trajectory
-        for start, end in windows:
-            pinned = done - start               # rows of this window that are already final
-            latents = noise[start:end]
-            trajectory = [latents]   # each step makes new latents (only pinned rows are written in place)
-            for step, timestep in enumerate(self.scheduler.timesteps):
+        blend = torch.zeros_like(noise)
+        done = 0                                    # rows handed out
+        for window in windows:
+            latents = noise[window.rows]
+            for timestep in self.scheduler.timesteps:
                 v = self._predict(latents[None].to(self.dtype).expand(branches, -1, -1, -1, -1),
                                   timestep.repeat(branches),
-                                  pose_features[None, start:end].expand(branches, -1, -1, -1, -1),
+                                  pose_features[None, window.rows].expand(branches, -1, -1, -1, -1),
                                   labels, keep, reference_index=index).float()
                 v = v[1] + settings.guidance * (v[0] - v[1]) if guided else v[0]
                 latents = self.scheduler.step(v, timestep, latents).prev_sample
-                if pinned:
-                    latents[:pinned] = path[step + 1, start - path_start:done - path_start]
-                trajectory.append(latents)
-                progress.advance(end - start - pinned)
-            yield done, latents[pinned:]
-            done, path_start, path = end, start, torch.stack(trajectory)
+                progress.advance(len(latents))
+            weights = torch.as_tensor(window.weights, dtype=latents.dtype, device=self.device)
+            blend[window.rows] += weights[:, None, None, None] * latents
+            final_end = window.rows.start + window.final_rows
+            if final_end > done:
+                yield done, blend[done:final_end]
+                done = final_end
 
 
 @dataclass

@@ -369,5 +369,6 @@ class CheckedInputs:
     settings: JobSettings
     frames: list[int]
     request_hash: str
+    render_hash: str          # request_hash without the frames (see jobs.render_hash)
     checkpoint: dict[str, Any]
     notes: list[str] = field(default_factory=list)

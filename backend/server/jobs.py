@@ -50,11 +50,25 @@ MANIFEST_KEYS = ("id", "status", "frames", "frames_total", "settings", "checkpoi
 def request_hash(reference: bytes, animation: bytes, settings: JobSettings, checkpoint: dict[str, Any],
                  frames: list[int]) -> str:
     """SHA-256 over everything that decides the pixels: inputs, settings, checkpoint, frames."""
+    return _digest(reference, animation, {"settings": settings.hashed(), "frames": frames,
+                                          "checkpoint": _checkpoint_identity(checkpoint)})
+
+
+def render_hash(reference: bytes, animation: bytes, settings: JobSettings, checkpoint: dict[str, Any]) -> str:
+    """:func:`request_hash` without the frames: two jobs with the same render hash give a frame
+    they share the same pixels, so one folder can hold both (a subset re-rendered, a range extended)."""
+    identity = {key: value for key, value in settings.hashed().items() if key != "frames"}
+    return _digest(reference, animation, {"settings": identity, "checkpoint": _checkpoint_identity(checkpoint)})
+
+
+def _checkpoint_identity(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return {key: checkpoint.get(key) for key in ("path", "fingerprint", "flame_asset")}
+
+
+def _digest(reference: bytes, animation: bytes, identity: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for part in (reference, animation):
         digest.update(hashlib.sha256(part).digest())
-    identity = {"settings": settings.hashed(), "frames": frames,
-                "checkpoint": {key: checkpoint.get(key) for key in ("path", "fingerprint", "flame_asset")}}
     digest.update(json.dumps(identity, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -196,10 +210,9 @@ class JobFolder:
                 except CorruptManifest:
                     self._start_over()
                 else:
-                    if manifest.get("request_hash") != checked.request_hash:
-                        raise InputError(f"{self.path} already holds a different job (other inputs or settings)",
-                                         "use another output folder, or delete this one to start over", 409)
-                    return manifest, False
+                    if manifest.get("request_hash") == checked.request_hash:
+                        return manifest, False
+                    return self._extend(manifest, checked), False
             make_private_dir(self.path)
             make_private_dir(self.input_path(""))
             reference_name = f"reference.{checked.reference_ext}"
@@ -211,11 +224,25 @@ class JobFolder:
                 "frames": checked.frames, "frames_total": len(checked.frames), "frames_done": 0,
                 "eta_s": None, "error": None, "advice": None,
                 "settings": checked.settings.to_dict(), "checkpoint": checked.checkpoint,
-                "request_hash": checked.request_hash, "reference": reference_name, "animation": "animation.npz",
+                "request_hash": checked.request_hash, "render_hash": checked.render_hash,
+                "reference": reference_name, "animation": "animation.npz",
                 "notes": list(checked.notes), "created": now, "updated": now, "started": None, "finished": None,
             }
             write_atomic(self.manifest_path, json.dumps(manifest, indent=2).encode(), sync=True)
             return manifest, True
+
+    def _extend(self, manifest: dict[str, Any], checked: CheckedInputs) -> dict[str, Any]:
+        """The same render with other frames: the folder's job grows to the union of both frame
+        lists (frames already on disk are kept and not rendered again). Anything else that
+        differs is another job, refused rather than mixed."""
+        if manifest.get("render_hash") != checked.render_hash:
+            raise InputError(f"{self.path} already holds a different job (other inputs or settings)",
+                             "use another output folder, or delete this one to start over", 409)
+        if manifest["status"] == "running":
+            raise InputError(f"{self.path} is being rendered right now",
+                             "wait for that render to finish (or cancel it), then ask for these frames again", 409)
+        frames = sorted(set(manifest["frames"]) | set(checked.frames))
+        return self.update(frames=frames, frames_total=len(frames))
 
     def _start_over(self) -> None:
         """Remove what a job with a corrupt manifest left: its frames cannot be trusted."""

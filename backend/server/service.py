@@ -12,7 +12,7 @@ from flamediff.server import PROTOCOL_VERSION
 from flamediff.server.checkpoints import CheckpointRegistry
 from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
                                    read_animation, read_reference_image)
-from flamediff.server.jobs import JobStore, request_hash
+from flamediff.server.jobs import JobStore, render_hash, request_hash
 from flamediff.server.security import AllowedRoots
 from flamediff.server.worker import InProcessRenderer, Renderer, Worker
 
@@ -67,7 +67,8 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
     digest = request_hash(reference, animation, settings, checkpoint_dict, frames)
     notes = [f"animation: {w}" for w in warnings]
     return CheckedInputs(reference=reference, reference_ext=reference_ext, animation=animation, settings=settings,
-                         frames=frames, request_hash=digest, checkpoint=checkpoint_dict, notes=notes)
+                         frames=frames, request_hash=digest, checkpoint=checkpoint_dict, notes=notes,
+                         render_hash=render_hash(reference, animation, settings, checkpoint_dict))
 
 
 def read_local(path: Any, what: str, roots: AllowedRoots) -> bytes:

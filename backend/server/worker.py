@@ -226,7 +226,8 @@ def _render_locked(job: JobFolder, renderer: InProcessRenderer, should_cancel: C
 def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobProgress",
                     should_cancel: Callable[[], bool]) -> None:
     """One pipeline call over every missing frame (one ReferenceNet pass, unbroken temporal
-    context) with the steps resolved in the manifest, writing each frame as it is handed out."""
+    context) with the steps resolved in the manifest, writing each missing frame as it is
+    handed out."""
     from flamediff.formats.animation import load_animation
     from flamediff.pipelines.render import RenderSettings
     from flamediff.server.inputs import read_reference_image
@@ -235,7 +236,7 @@ def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobPr
     settings = manifest["settings"]
     with open(job.input_path(manifest["reference"]), "rb") as handle:
         reference, _ = read_reference_image(handle.read())
-    clip = load_animation(job.input_path(manifest["animation"])).select_frames(job.missing_frames())
+    missing = set(job.missing_frames())
     reference_shape = np.asarray(settings["reference_shape"]) if settings.get("reference_shape") else None
     render_settings = RenderSettings(steps=manifest["steps"], guidance=float(settings["guidance"]),
                                      seed=int(settings["seed"]), frames_per_batch=batch,
@@ -245,11 +246,17 @@ def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobPr
         progress.denoised(done / total)
         return not should_cancel()
 
+    # temporal models also denoise the missing frames' window neighbours, so a resumed or
+    # extended job gets exactly the pixels of one uninterrupted render; only missing frames are written
+    rendered = pipeline.frames_to_render(sorted(missing), manifest["frames"], render_settings)
+    clip = load_animation(job.input_path(manifest["animation"])).select_frames(rendered)
     for piece in pipeline.stream(reference, clip, render_settings, reference_shape=reference_shape,
                                  progress=denoised, return_control=True):
-        for number, frame, control in zip(piece.frame_numbers, piece.frames, piece.control_previews):
+        written = [(n, f, c) for n, f, c in zip(piece.frame_numbers, piece.frames, piece.control_previews)
+                   if n in missing]
+        for number, frame, control in written:
             job.write_frame(number, frame, control)
-        progress.wrote(len(piece.frames))
+        progress.wrote(len(written))
 
 
 class _JobProgress:
