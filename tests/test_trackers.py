@@ -4,6 +4,7 @@ through ``flamediff.formats.trackers`` without torch; bad input gets one clear l
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from flamediff.formats.animation import make_clip, save_animation
+from flamediff.formats.animation import AnimationFormatError, make_clip, read_npz, save_animation
 from flamediff.formats.conventions import look_at_opencv
-from flamediff.formats.trackers import (TrackerFormatError, axis_angle_to_matrix, load_any, matrix_to_axis_angle,
-                                      matrix_to_rotation_6d, retime, rotation_6d_to_matrix)
+from flamediff.formats.trackers import (TRACKER_LIMITS, TrackerFormatError, axis_angle_to_matrix, load_any,
+                                      matrix_to_axis_angle, matrix_to_rotation_6d, retime, rotation_6d_to_matrix)
 
 torch = pytest.importorskip("torch")  # only to WRITE torch.save fixtures; the reader never imports it
 
@@ -412,6 +413,25 @@ def test_truncated_and_corrupt_files(tmp_path):
     torch.save({"exp": torch.zeros(2, 50)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     with pytest.raises(TrackerFormatError, match="before 1.6"):
         load_any(tmp_path / "legacy.pth")
+
+
+def test_npz_files_are_read_within_limits_with_vhaps_string_arrays(tmp_path):
+    """Tracker .npz files go through the bounded reader: VHAP's timestep_id strings are read, object
+    arrays (pickles) are refused unread, and sizes are checked from headers before decompressing."""
+    params = write_vhap_tracker(tmp_path)
+    arrays = read_npz(tmp_path / "tracked_flame_params_30.npz", TRACKER_LIMITS, text=True)
+    assert arrays["timestep_id"].dtype.kind == "U" and list(arrays["timestep_id"]) == list(params["timestep_id"])
+    with pytest.raises(AnimationFormatError, match="'timestep_id' must be a numeric array"):
+        read_npz(tmp_path / "tracked_flame_params_30.npz")  # animation files stay numeric
+    np.savez(tmp_path / "objects.npz", expr=f32(T, 100), meta=np.array([{"run": "os.system"}], dtype=object))
+    with pytest.raises(TrackerFormatError, match="'meta' must be a numeric or string array, got dtype object"):
+        load_any(tmp_path / "objects.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**4)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("expr.npy", header.getvalue() + bytes(64))
+    with pytest.raises(TrackerFormatError, match="bomb.npz: 'expr' declares"):
+        load_any(tmp_path / "bomb.npz")
 
 
 def test_nan_and_wrong_widths_name_the_key(tmp_path):

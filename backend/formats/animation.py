@@ -87,11 +87,12 @@ class ReadLimits:
     max_frames: int = 100_000             # rows of any per-frame array
     max_members: int = 64
     max_header_bytes: int = 1024 * 1024   # the JSON header
+    max_rank: int = 3                     # K and R are [T, 3, 3]; trackers' images [T, 3, H, W] need 4
 
 
 DEFAULT_LIMITS = ReadLimits()
-#: Largest rank of an array in a file (K and R are [T, 3, 3]).
-MAX_RANK = 3
+#: Longest string element :func:`read_npz` accepts with ``text`` (256 UTF-32 characters).
+MAX_TEXT_BYTES = 1024
 #: Frame numbers are Blender's: 32-bit signed.
 FRAME_RANGE = (-(2**31), 2**31 - 1)
 
@@ -264,11 +265,13 @@ def load_animation(path: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMITS)
         raise type(exc)(f"{os.path.basename(path)}: {exc}") from None
 
 
-def read_npz(source: str | os.PathLike | IO[bytes], limits: ReadLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+def read_npz(source: str | os.PathLike | IO[bytes], limits: ReadLimits = DEFAULT_LIMITS,
+             text: bool = False) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` (no pickles), read within ``limits``: every member's dtype, rank,
     frames and size are checked from its ``.npy`` header before its data is decompressed, and only
-    the declared bytes are ever read. Raises :class:`AnimationFormatError` (or
-    :class:`AnimationTooLarge`) naming the member."""
+    the declared bytes are ever read. ``text`` also accepts fixed-width string arrays (trackers
+    store frame ids as such; they are plain bytes, never pickles). Raises
+    :class:`AnimationFormatError` (or :class:`AnimationTooLarge`) naming the member."""
     where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the file"
     try:
         with zipfile.ZipFile(source) as archive:
@@ -282,7 +285,7 @@ def read_npz(source: str | os.PathLike | IO[bytes], limits: ReadLimits = DEFAULT
                     raise AnimationFormatError(f"{where}: member {info.filename!r} is not a .npy array")
                 name = info.filename[: -len(".npy")]
                 with archive.open(info) as stream:
-                    arrays[name] = _read_member(stream, name, budget, limits)
+                    arrays[name] = _read_member(stream, name, budget, limits, text)
                 budget -= arrays[name].nbytes
     except AnimationFormatError:
         raise
@@ -293,17 +296,19 @@ def read_npz(source: str | os.PathLike | IO[bytes], limits: ReadLimits = DEFAULT
     return arrays
 
 
-def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits) -> np.ndarray:
+def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits, text: bool = False) -> np.ndarray:
     """One ``.npy`` member, checked from its header, then exactly its declared bytes."""
     version = np.lib.format.read_magic(stream)
     if version not in ((1, 0), (2, 0)):
         raise AnimationFormatError(f"'{name}' uses .npy format version {version}, expected 1.0 or 2.0")
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = reader(stream)
-    if dtype.kind not in "iuf" or dtype.hasobject or dtype.itemsize > 8:
-        raise AnimationFormatError(f"'{name}' must be a numeric array, got dtype {dtype}")
-    if len(shape) > MAX_RANK:
-        raise AnimationFormatError(f"'{name}' has rank {len(shape)}, more than {MAX_RANK}")
+    is_text = text and dtype.kind in "US" and dtype.itemsize <= MAX_TEXT_BYTES
+    if not is_text and (dtype.kind not in "iuf" or dtype.hasobject or dtype.itemsize > 8):
+        kind = "a numeric or string array" if text else "a numeric array"
+        raise AnimationFormatError(f"'{name}' must be {kind}, got dtype {dtype}")
+    if len(shape) > limits.max_rank:
+        raise AnimationFormatError(f"'{name}' has rank {len(shape)}, more than {limits.max_rank}")
     rows = limits.max_header_bytes if name == "header" else limits.max_frames
     if shape and shape[0] > rows:
         raise AnimationTooLarge(f"'{name}' declares {shape[0]} {'bytes' if name == 'header' else 'frames'}, "

@@ -25,12 +25,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .animation import (MAX_EXPRESSION, MAX_SHAPE, POSE_FIELDS, AnimationClip, AnimationFormatError,
-                        AnimationWarning, clip_from_arrays, load_animation)
+                        AnimationWarning, ReadLimits, clip_from_arrays, load_animation, read_npz)
 from .conventions import (axis_angle_to_quaternion, intrinsics_from_fov, look_at_opencv,
                           quaternion_to_axis_angle)
 
 #: Largest file (or archive entry) read, so a hostile upload cannot exhaust memory.
 MAX_FILE_BYTES = 2 << 30
+#: What one tracker ``.npz`` may declare (checked from each member's header before decompressing):
+#: DECA's codedict holds ``images`` [T, 3, 224, 224], VHAP's ``dynamic_offset`` [T, V, 3].
+TRACKER_LIMITS = ReadLimits(max_bytes=MAX_FILE_BYTES, max_members=256, max_rank=4)
 #: Distance of the pinhole camera that stands in for a weak-perspective (orthographic) camera.
 WEAK_PERSPECTIVE_DISTANCE = 10.0
 #: The crop DECA, EMOCA and SMIRK run on; their weak-perspective ``cam`` maps to it.
@@ -467,8 +470,7 @@ def read_file_arrays(path: str) -> dict[str, Any]:
             with zipfile.ZipFile(path) as archive:
                 if any(n.endswith("data.pkl") for n in archive.namelist()):
                     return _flatten(_load_torch_zip(archive, name))
-            with np.load(path, allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
+            return read_npz(path, TRACKER_LIMITS, text=True)
         if head.startswith(b"\x93NUMPY"):
             return _read_npy(path)
         if head[:1] == b"\x80":
@@ -478,6 +480,8 @@ def read_file_arrays(path: str) -> dict[str, Any]:
             return {os.path.splitext(name)[0]: values.reshape(-1)}
     except TrackerFormatError:
         raise
+    except AnimationFormatError as exc:  # read_npz names the member and the limit
+        raise TrackerFormatError(f"{name}: {exc}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
         raise TrackerFormatError(f"{name} is truncated or not a readable {os.path.splitext(name)[1] or 'tracker'} "
