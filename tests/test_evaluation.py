@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flamediff.evaluation import metrics as M
+from flamediff.formats.trackers import axis_angle_to_matrix, matrix_to_axis_angle
 from flamediff.evaluation.evaluate import (
     background_mask,
     evaluate,
@@ -198,7 +199,7 @@ def test_csim_loads_state_dict_and_torchscript_embedders(tmp_path):
 def test_expression_pose_distance_and_rotations():
     assert M.expression_pose_distance(np.ones(4), np.zeros(6), np.zeros(4), np.full(6, 0.5)) == {"aed": 1.0, "apd": 0.5}
     v = RNG.normal(size=(6, 3)) * 0.7
-    np.testing.assert_allclose(M._matrix_to_axis_angle(M.axis_angle_to_matrix(v)), v, atol=1e-10)
+    np.testing.assert_allclose(matrix_to_axis_angle(axis_angle_to_matrix(v)), v, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flamediff.data.rasterizer import project
+from flamediff.geometry.rasterizer import project
 from flamediff.demo import demo_animation
 from flamediff.flame.model import FlameModel
 from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv

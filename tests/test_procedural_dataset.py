@@ -1,4 +1,4 @@
-"""The rasteriser (backend/data/rasterizer.py) and the procedural dataset (backend/data/procedural.py)."""
+"""The rasteriser (backend/geometry/rasterizer.py) and the procedural dataset (backend/data/procedural.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flamediff.data.dataset import read_dataset
-from flamediff.data.rasterizer import interpolate, rasterize
+from flamediff.geometry.rasterizer import interpolate, rasterize
 
 IDENTITY_CAMERA = (torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
 

@@ -1,5 +1,5 @@
 """The procedural training dataset (issue 7): the procedural head rendered with per-identity
-appearance, in the paper's two domains, by flamediff's own rasteriser (``rasterizer.py``).
+appearance, in the paper's two domains, by flamediff's own rasteriser (``flamediff.geometry.rasterizer``).
 
 Per identity (all drawn from ``numpy.random.default_rng([seed, identity])``):
 
@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
-from flamediff.data.rasterizer import downsample, interpolate, rasterize, sample_texture, vertex_normals
+from flamediff.geometry.mesh import surface_points, vertex_normals
+from flamediff.geometry.rasterizer import downsample, interpolate, rasterize, sample_texture
 from flamediff.formats.animation import make_clip
 from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv, square_crop_intrinsics
 
@@ -132,8 +133,8 @@ class HeadRegions:
         self.eye_vertex = eye[0] | eye[1]
         self.eye_face = self.eye_vertex[faces].all(axis=1)
         self.eye_centres = np.stack([rest[m].mean(axis=0) if m.any() else np.zeros(3) for m in eye])
-        corners = rest[faces[asset.landmark_faces]]
-        lm = np.einsum("lkc,lk->lc", corners, asset.landmark_barycentrics)
+        lm = surface_points(torch.as_tensor(rest)[None], torch.as_tensor(faces[asset.landmark_faces]),
+                            torch.as_tensor(asset.landmark_barycentrics))[0].numpy()
         self.landmarks = lm
         self.brows = [lm[0:5], lm[5:10]]
         lips = lm[31:43]

@@ -91,7 +91,7 @@ def to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
 
 def coverage_masks(clip, asset, resolution: int, supersample: int = 2) -> np.ndarray:
     """``[N, R, R]`` bool: FLAME mesh coverage >= 0.5 (annotated parameters and camera)."""
-    from flamediff.data.rasterizer import downsample, rasterize
+    from flamediff.geometry.rasterizer import downsample, rasterize
     from flamediff.flame.model import FlameModel
     from flamediff.formats.conventions import square_crop_intrinsics
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flamediff.errors import FlamediffError
+from flamediff.formats.trackers import axis_angle_to_matrix, matrix_to_axis_angle
 
 PSNR_CAP = 100.0
 
@@ -349,40 +350,6 @@ def expression_pose_distance(expression_a: np.ndarray, pose_a: np.ndarray, expre
             "apd": float(np.abs(np.asarray(pose_a) - np.asarray(pose_b)).mean())}
 
 
-def axis_angle_to_matrix(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.float64)
-    angle = np.linalg.norm(v, axis=-1)[..., None, None]
-    k = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    zero = np.zeros(v.shape[:-1])
-    kx = np.stack([np.stack([zero, -k[..., 2], k[..., 1]], -1), np.stack([k[..., 2], zero, -k[..., 0]], -1),
-                   np.stack([-k[..., 1], k[..., 0], zero], -1)], -2)
-    eye = np.broadcast_to(np.eye(3), kx.shape)
-    return eye + np.sin(angle) * kx + (1 - np.cos(angle)) * (kx @ kx)
-
-
-def _matrix_to_axis_angle(m: np.ndarray) -> np.ndarray:
-    from flamediff.formats.conventions import quaternion_to_axis_angle
-
-    m = np.asarray(m, np.float64)
-    # Shepperd-style: pick the largest of the four quaternion candidates per matrix
-    t = np.stack([1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                  1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1)
-    best = t.argmax(-1)
-    q = np.zeros(m.shape[:-2] + (4,))
-    r = np.sqrt(np.maximum(t, 1e-12))
-    for index in np.ndindex(m.shape[:-2]):
-        a, s, mm = best[index], r[index][best[index]], m[index]
-        if a == 0:
-            q[index] = [s, (mm[2, 1] - mm[1, 2]) / s, (mm[0, 2] - mm[2, 0]) / s, (mm[1, 0] - mm[0, 1]) / s]
-        elif a == 1:
-            q[index] = [(mm[2, 1] - mm[1, 2]) / s, s, (mm[0, 1] + mm[1, 0]) / s, (mm[0, 2] + mm[2, 0]) / s]
-        elif a == 2:
-            q[index] = [(mm[0, 2] - mm[2, 0]) / s, (mm[0, 1] + mm[1, 0]) / s, s, (mm[1, 2] + mm[2, 1]) / s]
-        else:
-            q[index] = [(mm[1, 0] - mm[0, 1]) / s, (mm[0, 2] + mm[2, 0]) / s, (mm[1, 2] + mm[2, 1]) / s, s]
-    return quaternion_to_axis_angle(q)
-
-
 FRONTAL_CAMERA = np.diag([1.0, -1.0, -1.0])  # OpenCV camera on +z looking at the FLAME origin
 
 
@@ -393,7 +360,7 @@ def procedural_targets(clip, num_expression: int = 10) -> tuple[np.ndarray, np.n
     count = min(num_expression, clip.expression.shape[1])
     expression[:, :count] = clip.expression[:, :count]
     relative = FRONTAL_CAMERA.T @ np.asarray(clip.R) @ axis_angle_to_matrix(clip.global_pose)
-    pose = np.concatenate([_matrix_to_axis_angle(relative), np.asarray(clip.jaw_pose, np.float64)], -1)
+    pose = np.concatenate([matrix_to_axis_angle(relative), np.asarray(clip.jaw_pose, np.float64)], -1)
     return expression, pose
 
 

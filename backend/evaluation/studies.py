@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from flamediff.evaluation import metrics as M
+from flamediff.formats.trackers import axis_angle_to_matrix
 
 YAW_BUCKETS = ((0.0, 20.0), (20.0, 45.0), (45.0, 90.0))
 
@@ -30,7 +31,7 @@ YAW_BUCKETS = ((0.0, 20.0), (20.0, 45.0), (45.0, 90.0))
 def view_yaw(clip) -> np.ndarray:
     """``[N]`` absolute yaw (degrees) of each camera around the head's up axis, in the frame of
     the head's global rotation (0 = frontal)."""
-    head = M.axis_angle_to_matrix(np.asarray(clip.global_pose, np.float64))
+    head = axis_angle_to_matrix(np.asarray(clip.global_pose, np.float64))
     centres = -np.einsum("nji,nj->ni", np.asarray(clip.R, np.float64), np.asarray(clip.t, np.float64))
     direction = np.einsum("nji,nj->ni", head, centres - np.asarray(clip.translation, np.float64))
     return np.degrees(np.abs(np.arctan2(direction[:, 0], direction[:, 2])))

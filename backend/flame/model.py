@@ -11,12 +11,7 @@ from torch import Tensor, nn
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.flame.lbs import lbs
-
-
-def surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
-    """Points on meshes ``[B, V, 3]`` given by the vertex ids of a triangle ``[L, 3]`` and
-    barycentrics ``[L, 3]`` each (FLAME's landmark embedding): ``[B, L, 3]``."""
-    return torch.einsum("blkc,lk->blc", vertices[:, triangles], barycentrics)
+from flamediff.geometry.mesh import surface_points
 
 
 @dataclass

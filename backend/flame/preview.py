@@ -6,18 +6,20 @@ Not the training renderer: no anti-aliasing or texture, just enough to see a pos
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from flamediff.formats.conventions import project_points
+from flamediff.geometry.mesh import face_normals
 
 LIGHT = np.array([0.3, 0.5, 0.8]) / np.linalg.norm([0.3, 0.5, 0.8])
 
 
-def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit normals ``[F, 3]`` of a triangle mesh."""
-    corners = vertices[faces]
-    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+def unit_face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normals ``[F, 3]`` of one triangle mesh."""
+    normals = face_normals(torch.as_tensor(vertices)[None], torch.as_tensor(faces, dtype=torch.long))[0]
+    return F.normalize(normals, dim=-1, eps=1e-12).numpy()
 
 
 def render_preview(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray,
@@ -26,7 +28,7 @@ def render_preview(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, R: np
     """Flat-shaded render of one mesh seen by an OpenCV camera; back faces are drawn dark."""
     pixels, depth = project_points(vertices, K, R, t)
     corners_depth = depth[faces].mean(axis=1)
-    normals_cam = face_normals(vertices, faces) @ np.asarray(R).T
+    normals_cam = unit_face_normals(vertices, faces) @ np.asarray(R).T
     centres_cam = vertices[faces].mean(axis=1) @ np.asarray(R).T + t
     facing = np.einsum("fc,fc->f", normals_cam, -centres_cam) > 0
     light_cam = np.asarray(R) @ LIGHT

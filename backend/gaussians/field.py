@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from flamediff.gaussians.splatting import splat_features
-from flamediff.gaussians.uv_binding import UVBinding, _as_long, barycentric_points, local_triangle_scale
+from flamediff.geometry.mesh import as_index, surface_points
+from flamediff.gaussians.uv_binding import UVBinding, local_triangle_scale
 
 __all__ = ["GaussianFrame", "UVGaussianField"]
 
@@ -113,8 +114,8 @@ class UVGaussianField(nn.Module):
         """The Gaussians on posed meshes ``vertices`` [B, V, 3]; ``faces`` [F, 3] as in the asset."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"vertices must have shape [B, V, 3], got {tuple(vertices.shape)}")
-        faces = _as_long(faces, vertices.device)
-        means = barycentric_points(vertices, faces, self.face_ids, self.barycentrics)
+        faces = as_index(faces, vertices.device)
+        means = surface_points(vertices, faces[self.face_ids], self.barycentrics)
         tri_scale = local_triangle_scale(vertices, faces, self.face_ids)
         scales = self.scale_factors().to(vertices.dtype)[None] * tri_scale
         return GaussianFrame(means, scales, self.opacities().to(vertices.dtype),

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flamediff.geometry.mesh import as_index, face_areas, surface_points
+
 __all__ = ["UVBinding", "compute_uv_binding", "load_or_compute_uv_binding", "uv_layout_hash",
            "bind_points", "local_triangle_scale", "face_areas"]
 
@@ -239,12 +241,6 @@ def load_or_compute_uv_binding(asset, resolution: int = 128, cache_dir: str | No
 # torch: binding applied to posed meshes
 
 
-def _as_long(index, device: torch.device) -> Tensor:
-    if isinstance(index, Tensor):
-        return index.to(device=device, dtype=torch.long)
-    return torch.as_tensor(np.asarray(index), dtype=torch.long, device=device)
-
-
 def _check_vertices(vertices: Tensor) -> None:
     if vertices.dim() != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"vertices must have shape [B, V, 3], got {tuple(vertices.shape)}")
@@ -257,23 +253,9 @@ def bind_points(binding: UVBinding, vertices: Tensor, faces) -> Tensor:
     is the barycentric combination of its face's three posed vertices, differentiable in them.
     """
     _check_vertices(vertices)
-    face_ids = _as_long(binding.face_ids, vertices.device)
+    triangles = as_index(faces, vertices.device)[as_index(binding.face_ids, vertices.device)]
     bary = torch.as_tensor(binding.barycentrics, dtype=vertices.dtype, device=vertices.device)
-    return barycentric_points(vertices, _as_long(faces, vertices.device), face_ids, bary)
-
-
-def barycentric_points(vertices: Tensor, faces: Tensor, face_ids: Tensor, bary: Tensor) -> Tensor:
-    """sum_k bary[n, k] * vertices[b, faces[face_ids[n], k]] -> [B, N, 3]."""
-    tri = vertices[:, faces[face_ids]]  # [B, N, 3, 3]
-    return torch.einsum("bnkc,nk->bnc", tri, bary.to(vertices.dtype))
-
-
-def face_areas(vertices: Tensor, faces) -> Tensor:
-    """Areas [B, F] of the posed triangles."""
-    _check_vertices(vertices)
-    faces = _as_long(faces, vertices.device)
-    a, b, c = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
-    return 0.5 * torch.linalg.vector_norm(torch.cross(b - a, c - a, dim=-1), dim=-1)
+    return surface_points(vertices, triangles, bary)
 
 
 def local_triangle_scale(vertices: Tensor, faces, face_ids) -> Tensor:
@@ -283,5 +265,6 @@ def local_triangle_scale(vertices: Tensor, faces, face_ids) -> Tensor:
     stretch of the mesh (expression, shape).  Degenerate triangles give a tiny positive length
     (the area is clamped at 1e-20 m^2), never a NaN gradient.
     """
-    areas = face_areas(vertices, faces)
-    return areas.clamp_min(1e-20).sqrt()[:, _as_long(face_ids, vertices.device)]
+    _check_vertices(vertices)
+    areas = face_areas(vertices, as_index(faces, vertices.device))
+    return areas.clamp_min(1e-20).sqrt()[:, as_index(face_ids, vertices.device)]

@@ -4,7 +4,8 @@ The paper argues for its learnable Gaussian feature map against the usual geomet
 and its ablation swaps the feature map for FLAME landmarks + normal map + depth map,
 concatenated and fed through the same pose guider. A model with ``control="geometry"`` renders
 these maps instead of splatting a field, so the baseline trains exactly like the method.
-Nothing here learns: the maps come from flamediff's own (CPU) rasteriser and are returned on
+Nothing here learns: the maps come from flamediff's own (CPU) rasteriser
+(:mod:`flamediff.geometry`, shared with the procedural dataset) and are returned on
 the device of the input vertices.
 
 Channels, OpenCV camera axes (x right, y down, z forward): camera-space unit normal (3),
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flamediff.data.rasterizer import Fragments, interpolate, project, rasterize, vertex_normals
-from flamediff.flame.model import surface_points
+from flamediff.geometry.mesh import surface_points, vertex_normals
+from flamediff.geometry.rasterizer import Fragments, interpolate, project, rasterize
 
 GEOMETRY_CHANNELS = 5    # normal x, y, z | depth | landmark heatmap
 LANDMARK_SIGMA = 0.015   # standard deviation of a landmark blob, as a fraction of the resolution

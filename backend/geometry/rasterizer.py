@@ -1,6 +1,8 @@
 """flamediff's own small triangle rasteriser (pure torch, batched over frames, fast on CPU).
 
-Used to render the procedural training data (``backend/data/procedural.py``); not differentiable.
+Renders the procedural training data (``flamediff.data.procedural``), the ablation's geometry
+control maps (``flamediff.models.geometry_control``) and the evaluation's head masks; not
+differentiable.
 
 Conventions (the animation format's): OpenCV cameras, world-to-camera ``x_cam = R @ x + t``,
 ``K`` in pixels with the image's top-left corner at (0, 0), so pixel ``(i, j)`` (column, row)
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from flamediff.geometry.mesh import face_normals
 
 MAX_DEPTH = 1000.0       # metres; depths are quantised on [0, MAX_DEPTH)
 _DEPTH_BITS = 38
@@ -122,8 +126,7 @@ def rasterize(vertices: Tensor, faces: Tensor, K: Tensor, R: Tensor, t: Tensor, 
         tri_cam = cam[:, faces]               # [B, F, 3, 3]
         tri_xy = pix[:, faces]                # [B, F, 3, 2]
         tri_z = tri_cam[..., 2]               # [B, F, 3]
-        normal = torch.cross(tri_cam[:, :, 1] - tri_cam[:, :, 0], tri_cam[:, :, 2] - tri_cam[:, :, 0], dim=-1)
-        front = (normal * tri_cam[:, :, 0]).sum(-1) < 0.0   # [B, F]
+        front = (face_normals(cam, faces) * tri_cam[:, :, 0]).sum(-1) < 0.0   # [B, F]
         valid = (tri_z > near).all(-1)
         if cull_backfaces:
             valid &= front
@@ -242,13 +245,3 @@ def downsample(image: Tensor, factor: int) -> Tensor:
         return image
     return F.avg_pool2d(image.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1)
 
-
-def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Area-weighted unit vertex normals ``[B, V, 3]`` of ``[B, V, 3]`` meshes."""
-    faces = torch.as_tensor(faces, dtype=torch.long)
-    corners = vertices[:, faces]
-    normal = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
-    out = torch.zeros_like(vertices)
-    for k in range(3):
-        out.index_add_(1, faces[:, k], normal)
-    return F.normalize(out, dim=-1, eps=1e-12)
