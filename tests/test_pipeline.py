@@ -245,6 +245,53 @@ def test_wide_camera_keeps_its_whole_framing(pipeline, clip):
     assert square.frames[0].shape == (32, 32, 3)
 
 
+def test_head_framing_places_the_head_square_in_a_transparent_frame_of_the_image_size(pipeline, clip):
+    """Head framing: each frame renders the square around its head and hands out an RGBA frame of
+    the camera's image size, opaque inside that square and transparent outside; a frame rendered
+    alone is the same frame (its square depends on that frame only)."""
+    from dataclasses import replace
+
+    from flamediff.formats.conventions import head_squares, intrinsics_from_fov, project_points
+
+    width, height = 192, 108
+    wide = replace(clip, K=np.repeat(intrinsics_from_fov(27.0, width, height)[None], clip.num_frames, 0),
+                   image_size=(width, height))
+    settings = replace(FAST, framing="head")
+    out = pipeline(REFERENCE, wide, settings, return_control=True)
+    vertices = pipeline.flame.forward_clip(wide).vertices.double().numpy()
+    squares = head_squares(vertices, wide.K, wide.R, wide.t)
+    for frame, preview, square, row in zip(out.frames, out.control_previews, squares, range(wide.num_frames)):
+        assert frame.shape == preview.shape == (height, width, 4)
+        left, top, side = square
+        assert 0 < side < width   # the head is smaller than this frame
+        ys, xs = np.nonzero(frame[..., 3])
+        assert abs(xs.min() - max(0, left)) <= 1 and abs(xs.max() + 1 - min(width, left + side)) <= 1
+        assert abs(ys.min() - max(0, top)) <= 1 and abs(ys.max() + 1 - min(height, top + side)) <= 1
+        assert (frame[frame[..., 3] == 0, :3] == 0).all()
+        u, v = project_points(vertices[row].mean(0, keepdims=True), wide.K[row], wide.R[row], wide.t[row])[0][0]
+        assert frame[int(v), int(u), 3] == 255     # the head is inside its square
+    alone = pipeline(REFERENCE, wide.select_frames([2]), settings)
+    np.testing.assert_array_equal(alone.frames[0], out.frames[1])
+    with pytest.raises(ValueError, match="framing must be"):
+        pipeline(REFERENCE, wide, replace(FAST, framing="centre"))
+    with pytest.raises(ValueError, match="more than 8K UHD"):
+        pipeline(REFERENCE, replace(wide, image_size=(20000, 10000)), settings)
+
+
+def test_place_in_frame_samples_only_the_visible_part():
+    from flamediff.pipelines.render import place_in_frame
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    image[:, 4:] = 200                               # right half bright
+    frame = place_in_frame(image, np.array([-4.0, 2.0, 16.0]), (10, 20))
+    assert frame.shape == (20, 10, 4)
+    assert (frame[2:18, :, 3] == 255).all() and (frame[:2, :, 3] == 0).all() and (frame[18:, :, 3] == 0).all()
+    assert frame[10, 1, 0] < 20 and frame[10, 8, 0] > 180    # the square's left quarter is cut off
+    huge = place_in_frame(image, np.array([-1e6, -1e6, 4e6]), (10, 20))   # bounded by the frame, not the square
+    assert (huge[..., 3] == 255).all()
+    assert not place_in_frame(image, np.array([50.0, 50.0, 8.0]), (10, 20))[..., 3].any()
+
+
 def test_guidance_zero_is_the_checkpoints_default(pipeline, clip):
     """guidance 0 renders with config.default_guidance (the demo checkpoint's is 1: no second
     branch), exactly as asking for that scale does."""

@@ -218,6 +218,43 @@ def fitted_frame(image_size: tuple[int, int], resolution: int) -> tuple[slice, s
     return slice(top, top + out_height), slice(left, left + out_width)
 
 
+#: How the procedural training set frames a head, measured on the "real" samples of the
+#: seed-20261130 set (``docs/RESULTS.md``): the square's side over the diameter of the head's
+#: projected bounding sphere (median; p10-p90 0.79-0.93), and the square centre's offset from the
+#: projected vertex centroid in sides (x right, y down: the face sits a little above centre).
+HEAD_SQUARE_SCALE = 0.874
+HEAD_SQUARE_OFFSET = (-0.006, 0.120)
+
+
+def head_squares(vertices: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``[F, 3]`` squares ``(left, top, side)`` in image pixels that frame each frame's head the
+    way the training set does. ``vertices`` ``[F, V, 3]`` in FLAME space, cameras OpenCV.
+
+    The side comes from the head's bounding sphere (centroid and farthest vertex), not its
+    outline, so it does not breathe as the head turns, and each frame's square depends on that
+    frame alone (a subset render frames a frame exactly as the full render does)."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    centre = vertices.mean(axis=1)
+    radius = np.linalg.norm(vertices - centre[:, None], axis=-1).max(axis=1)
+    camera = np.einsum("fij,fj->fi", np.asarray(R, np.float64), centre) + np.asarray(t, np.float64)
+    depth = np.maximum(camera[:, 2], 1e-6)
+    pixel = np.einsum("fij,fj->fi", np.asarray(K, np.float64), camera)[:, :2] / depth[:, None]
+    side = 2.0 * HEAD_SQUARE_SCALE * np.asarray(K, np.float64)[:, 0, 0] * radius / depth
+    middle = pixel + np.asarray(HEAD_SQUARE_OFFSET) * side[:, None]
+    return np.stack([middle[:, 0] - side / 2, middle[:, 1] - side / 2, side], axis=1)
+
+
+def square_region_intrinsics(K: np.ndarray, squares: np.ndarray, resolution: int) -> np.ndarray:
+    """Intrinsics ``[F, 3, 3]`` that render the ``(left, top, side)`` square of each frame's
+    image at ``resolution`` pixels."""
+    out = np.array(K, dtype=np.float64)
+    squares = np.asarray(squares, dtype=np.float64)
+    out[..., 0, 2] -= squares[:, 0]
+    out[..., 1, 2] -= squares[:, 1]
+    out[..., :2, :] *= (resolution / squares[:, 2])[:, None, None]
+    return out
+
+
 def square_crop_intrinsics(K: np.ndarray, image_size: tuple[int, int], resolution: int) -> np.ndarray:
     """Intrinsics for the centred square crop of a ``(width, height)`` image, resized to
     ``resolution`` pixels (models render square frames). Works on ``[..., 3, 3]``."""

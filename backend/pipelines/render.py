@@ -20,9 +20,13 @@ window), so frames arrive progressively and a long job is one call: one Referenc
 unbroken temporal context, and memory bounded by the chunk or window when the consumer writes
 frames out.
 
-Framing: the camera's whole image (any aspect) is fitted into the model's square, letterboxed,
-and the frames are cropped back to the camera's aspect (a 16:9 camera gives 16:9 frames of its
-whole view); square cameras are unchanged.
+Framing (``RenderSettings.framing``): ``"camera"`` fits the camera's whole image (any aspect)
+into the model's square, letterboxed, and crops the frames back to the camera's aspect (the
+framing of the training set when the camera is the dataset's; evaluation uses it). ``"head"``
+(what jobs use) renders, per frame, the square around the head that frames it as the training
+set does (:func:`~flamediff.formats.conventions.head_squares`), and places it, resized, into a
+transparent RGBA frame of the camera's image size: the model always sees a head framed as it
+learned, whatever the artist's lens and resolution, and the strip composites over other work.
 
 Speed levers (on by default on CUDA, off on CPU where bf16 is slow and the result must equal the
 fp32 reference): the U-Nets run in bf16 and channels-last; ``compile_denoiser=True`` compiles the
@@ -42,7 +46,8 @@ from torch import Tensor
 
 from flamediff.flame.model import FlameModel
 from flamediff.formats.animation import AnimationClip
-from flamediff.formats.conventions import fitted_frame, square_fit_intrinsics, view_matrices
+from flamediff.formats.conventions import (fitted_frame, head_squares, square_fit_intrinsics,
+                                           square_region_intrinsics, view_matrices)
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
@@ -60,6 +65,10 @@ class RenderCancelled(RuntimeError):
     """Raised when the progress callback asks to stop; frames already yielded are kept."""
 
 
+#: Head-framed frames are RGBA at the camera's image size: at most 8K UHD, ~130 MB a frame in memory.
+MAX_FRAME_PIXELS = 7680 * 4320
+
+
 @dataclass
 class RenderSettings:
     steps: int = 0                 # 0 = the checkpoint's default (config.default_steps)
@@ -70,12 +79,13 @@ class RenderSettings:
     context_window: int = 16       # temporal models: frames seen together
     context_overlap: int = 4
     preview: bool = False          # half resolution, at most PREVIEW_STEPS steps, first frame alone
+    framing: str = "camera"        # or "head": see the module docstring
 
 
 @dataclass
 class RenderOutput:
     frame_numbers: list[int]
-    frames: list[np.ndarray]                      # [H, W, 3] uint8 each
+    frames: list[np.ndarray]                      # [H, W, 3] uint8 each; [H, W, 4] with head framing
     control_previews: list[np.ndarray] = field(default_factory=list)
 
 
@@ -106,6 +116,30 @@ def feature_preview(feature_maps: Tensor, basis: Tensor | None = None) -> tuple[
     low, high = projected.amin(dim=(0, 1, 2)), projected.amax(dim=(0, 1, 2))
     images = ((projected - low) / (high - low + 1e-8) * 255).round().to(torch.uint8).cpu().numpy()
     return list(images), basis
+
+
+def place_in_frame(square_image: np.ndarray, square: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """An RGBA ``[height, width, 4]`` frame, transparent but for the ``(left, top, side)``
+    square, which shows ``square_image`` resampled (bicubic) to its pixels. Only the visible part
+    of the square is sampled, so a square far larger than the frame costs no more than the frame."""
+    width, height = image_size
+    left, top, side = (float(v) for v in square)
+    frame = np.zeros((height, width, 4), dtype=np.uint8)
+    x0, x1 = max(0, int(np.floor(left))), min(width, int(np.ceil(left + side)))
+    y0, y1 = max(0, int(np.floor(top))), min(height, int(np.ceil(top + side)))
+    if x0 >= x1 or y0 >= y1:
+        return frame
+    # pixel centres of the visible rectangle in the square's [-1, 1] coordinates (align_corners=False)
+    u = (torch.arange(x0, x1, dtype=torch.float64) + 0.5 - left) / side * 2 - 1
+    v = (torch.arange(y0, y1, dtype=torch.float64) + 0.5 - top) / side * 2 - 1
+    grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1)[None].float()
+    image = torch.from_numpy(np.ascontiguousarray(square_image)).permute(2, 0, 1)[None].float()
+    sampled = torch.nn.functional.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    inside = (grid.abs() <= 1).all(-1)[0].numpy()
+    frame[y0:y1, x0:x1, :3] = sampled[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+    frame[y0:y1, x0:x1, 3] = np.where(inside, 255, 0)
+    frame[..., :3] *= (frame[..., 3:] > 0)
+    return frame
 
 
 def preview_resolution(config: FlameDiffConfig) -> int:
@@ -289,12 +323,30 @@ class FlameDiffPipeline:
                                                    first_alone=settings.preview)]
         denoising = _DenoisingProgress(progress, settings.steps * sum(window.rows.stop - window.rows.start
                                                                       for _, windows in plan for window in windows))
-        crop = fitted_frame(clip.image_size, resolution)
         for rows, windows in plan:
             group = clip.take_rows(rows)
-            pose_features, previews = self._pose_features(group, settings, resolution, return_control)
+            intrinsics, finish = self._framing(group, settings.framing, resolution)
+            pose_features, previews = self._pose_features(group, settings, resolution, return_control, intrinsics)
             regions = self._denoise(pose_features, group.frame, windows, settings, denoising)
-            yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, crop)
+            yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, finish)
+
+    def _framing(self, clip: AnimationClip, framing: str, resolution: int
+                 ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:
+        """The square each frame renders (as intrinsics ``[F, 3, 3]``) and how a rendered square
+        becomes the frame handed out (given the image and its row in ``clip``)."""
+        if framing == "camera":
+            rows, columns = fitted_frame(clip.image_size, resolution)
+            return (square_fit_intrinsics(clip.K, clip.image_size, resolution),
+                    lambda image, _row: np.ascontiguousarray(image[rows, columns]))
+        if framing != "head":
+            raise ValueError(f"framing must be 'camera' or 'head', not {framing!r}")
+        width, height = clip.image_size
+        if width * height > MAX_FRAME_PIXELS:
+            raise ValueError(f"the camera's image is {width}x{height}, more than 8K UHD (7680x4320) pixels: lower the "
+                             "scene's resolution (Output Properties > Format > %) or render with framing 'camera'")
+        squares = head_squares(self.flame.forward_clip(clip).vertices.double().cpu().numpy(), clip.K, clip.R, clip.t)
+        return (square_region_intrinsics(clip.K, squares, resolution),
+                lambda image, row: place_in_frame(image, squares[row], clip.image_size))
 
     def frames_to_render(self, wanted: list[int], job_frames: list[int], settings: RenderSettings) -> list[int]:
         """The frames to denoise so that ``wanted`` (a subset of the job's ``job_frames``) get the
@@ -323,26 +375,28 @@ class FlameDiffPipeline:
         return [np.arange(first)] * first + groups
 
     def _decoded(self, regions: Iterator[tuple[int, Tensor]], frame_numbers: np.ndarray, previews: list[np.ndarray],
-                 frames_per_batch: int, crop: tuple[slice, slice]) -> Iterator[RenderOutput]:
-        """Decode each ``(first row, final latents)`` region in batches of ``frames_per_batch``,
-        cropped to the camera's aspect (``crop``: rows, columns)."""
+                 frames_per_batch: int, finish: Callable[[np.ndarray, int], np.ndarray]) -> Iterator[RenderOutput]:
+        """Decode each ``(first row, final latents)`` region in batches of ``frames_per_batch``;
+        ``finish`` turns each rendered square (frame or control preview) into the frame handed out."""
         for first, latents in regions:
             for offset in range(0, len(latents), frames_per_batch):
                 batch = latents[offset:offset + frames_per_batch]
                 rows = slice(first + offset, first + offset + len(batch))
+                images = tensor_to_images(self.model.decode_latents(batch))
                 yield RenderOutput(frame_numbers=[int(f) for f in frame_numbers[rows]],
-                                   frames=[np.ascontiguousarray(f[crop]) for f in
-                                           tensor_to_images(self.model.decode_latents(batch))],
-                                   control_previews=[np.ascontiguousarray(p[crop]) for p in previews[rows]])
+                                   frames=[finish(image, row) for image, row in zip(images, range(rows.start, rows.stop))],
+                                   control_previews=[finish(preview, row) for preview, row in
+                                                     zip(previews[rows], range(rows.start, rows.stop))])
 
     def _pose_features(self, clip: AnimationClip, settings: RenderSettings, resolution: int,
-                  return_control: bool) -> tuple[Tensor, list[np.ndarray]]:
+                       return_control: bool, intrinsics: np.ndarray) -> tuple[Tensor, list[np.ndarray]]:
         """Pose-guider outputs ``[F, C, h, w]`` of every frame in the denoiser's dtype (splatting
-        in chunks), and the control previews when asked for."""
+        in chunks, each frame's square given by ``intrinsics``), and the control previews when
+        asked for."""
         outputs, previews = [], []
         for start in range(0, clip.num_frames, settings.frames_per_batch):
             rows = np.arange(start, min(start + settings.frames_per_batch, clip.num_frames))
-            control = self.control_maps(clip.take_rows(rows), resolution)
+            control = self.control_maps(clip.take_rows(rows), resolution, intrinsics[rows])
             outputs.append(self.model.guide(control.permute(0, 3, 1, 2)).to(self.dtype))
             if return_control:
                 images, self._preview_basis = feature_preview(control, self._preview_basis)
@@ -359,13 +413,15 @@ class FlameDiffPipeline:
         shape = np.repeat(np.asarray(reference_shape, np.float64).reshape(1, -1), clip.num_frames, axis=0)
         return replace(clip, shape=shape)
 
-    def control_maps(self, clip: AnimationClip, resolution: int | None = None) -> Tensor:
+    def control_maps(self, clip: AnimationClip, resolution: int | None = None,
+                     intrinsics: np.ndarray | None = None) -> Tensor:
         """Splatted Gaussian feature maps ``[F, R, R, D]`` for every frame of ``clip`` at
-        ``resolution`` (default the checkpoint's). The camera's whole image is fitted into the
-        square (letterboxed when it is not square); :func:`fitted_frame` gives the part it covers."""
+        ``resolution`` (default the checkpoint's), through ``intrinsics`` ``[F, 3, 3]`` of the
+        square; by default the camera's whole image fitted into it (letterboxed when it is not
+        square; :func:`fitted_frame` gives the part it covers)."""
         resolution = resolution or self.model.config.resolution
         vertices = self.flame.forward_clip(clip).vertices.to(self.device)
-        Ks = square_fit_intrinsics(clip.K, clip.image_size, resolution)
+        Ks = square_fit_intrinsics(clip.K, clip.image_size, resolution) if intrinsics is None else intrinsics
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         return self.model.render_control(vertices, self.flame.faces, as_tensor(view_matrices(clip.R, clip.t)),
                                          as_tensor(Ks), resolution)
