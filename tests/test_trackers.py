@@ -267,6 +267,21 @@ def test_emoca_codedict_pickle_and_save_codes_folders(tmp_path):
         assert [d.split(" ")[0] for d in result.report.dropped] == ["detail", "tex"]
 
 
+def test_emoca_video_folders_with_several_faces_take_the_first(tmp_path):
+    """gdl/datasets/FaceDataModuleBase.py names each detection <frame %06d>_<detection %03d>; the
+    first face is imported and the note names the faces left out."""
+    code = deca_codedict()
+    for i, name in enumerate(("000001_000", "000001_001", "000002_000", "000003_000", "000003_001")):
+        (tmp_path / name).mkdir()
+        for key in ("shape", "exp", "pose", "tex", "detail"):
+            np.save(tmp_path / name / f"{key}.npy", code[key][i % T])
+    result = load_any(tmp_path)
+    np.testing.assert_array_equal(result.clip.frame, [1, 2, 3])
+    assert_close(result.clip.expression, code["exp"][[0, 2, 3]])
+    note = next(n for n in result.report.notes if "several faces" in n)
+    assert "imported face 000 (3 frames)" in note and "face 001 (2 frames, e.g. 000001_001)" in note
+
+
 def test_metrical_tracker_frames(tmp_path):
     frames = write_metrical(tmp_path)
     for path in (tmp_path, tmp_path / "checkpoint", tmp_path / "checkpoint" / "00001.frame"):

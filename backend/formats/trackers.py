@@ -77,6 +77,8 @@ SUPPORTED = ", ".join(dict.fromkeys(name for name, *_ in TOOLS.values()))
 OWN_FILE = "flamediff animation file"
 _EXTENSIONS = (".npz", ".npy", ".pkl", ".pickle", ".pth", ".pt", ".frame", ".tar", ".txt")
 _EMOCA_CODES = ("shape.npy", "exp.npy", "pose.npy", "tex.npy", "detail.npy")
+#: EMOCA's video demo: ``<frame %06d>_<detection %03d>`` per detected face.
+_EMOCA_DETECTION = re.compile(r"^(\d+)_(\d{3})$")
 
 
 class TrackerFormatError(AnimationFormatError):
@@ -873,6 +875,23 @@ def _read_frames(folder: str, names: list[tuple[int, str]], read: Callable[[str]
     return result
 
 
+def _first_face(folders: list[str]) -> tuple[list[str], str | None]:
+    """EMOCA's video demo names each detection ``<frame>_<detection index>`` (``000012_001``): the
+    first face's folders, and a note naming the faces left out (None when there is one face)."""
+    faces: dict[int, list[str]] = {}
+    for name in folders:
+        match = _EMOCA_DETECTION.match(name)
+        faces.setdefault(int(match.group(2)) if match else 0, []).append(name)
+    if len(faces) < 2:
+        return folders, None
+    first = min(faces)
+    others = "; ".join(f"face {face:03d} ({len(names)} frames, e.g. {sorted(names)[0]})"
+                       for face, names in sorted(faces.items()) if face != first)
+    return faces[first], (f"EMOCA saved several faces per frame: imported face {first:03d} ({len(faces[first])} "
+                          f"frames), left out {others}; EMOCA numbers detections per frame, not per person: to "
+                          "import another face, put its folders (<frame>_<face>) in a folder of their own")
+
+
 def _read_emoca_codes(folder: str) -> dict[str, Any]:
     """One EMOCA ``--save_codes`` folder: ``shape.npy``, ``exp.npy``, ``pose.npy`` (+ tex, detail)."""
     out: dict[str, Any] = {}
@@ -967,9 +986,12 @@ def _read_folder(folder: str, fps: float | None, camera_index: int | None) -> Tr
         return _read_vhap_export(folder, fps, camera_index)
     entries = sorted(os.listdir(folder))
     if kind == "emoca-codes":
-        names = _numbered(folder, [e for e in entries if os.path.isfile(os.path.join(folder, e, "exp.npy"))])
-        return _relabel(_read_frames(folder, names, _read_emoca_codes, fps, f"{len(names)} --save_codes folders"),
-                        "emoca-codes")
+        faces, note = _first_face([e for e in entries if os.path.isfile(os.path.join(folder, e, "exp.npy"))])
+        names = _numbered(folder, faces)
+        result = _relabel(_read_frames(folder, names, _read_emoca_codes, fps, f"{len(names)} --save_codes folders"),
+                          "emoca-codes")
+        result.report.notes += [note] if note else []
+        return result
     tracked = sorted((e for e in entries if e.startswith("tracked_flame_params") and e.endswith(".npz")),
                      key=lambda e: frame_number(e.replace("tracked_flame_params", "")) or -1)
     if tracked:
