@@ -6,7 +6,6 @@ failure is one :class:`BackendError` whose ``advice`` says in plain words what t
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -15,7 +14,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-PROTOCOL_VERSION = 1
+from .formats.protocol import DEFAULT_URL, PROTOCOL_VERSION, is_loopback_url
 START_HINT = ("start it with 'flamediff serve' (or 'python -m flamediff serve' in the backend's venv), "
               "or choose 'Start locally' in the flamediff add-on preferences")
 LOCAL_START_HINT = ("Render starts it, or press 'Start backend' in the flamediff add-on preferences "
@@ -31,16 +30,6 @@ class BackendError(RuntimeError):
 
     def __str__(self) -> str:
         return f"{self.message}. {self.advice[:1].upper()}{self.advice[1:]}" if self.advice else self.message
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_token(token_file: str, start_hint: str = START_HINT) -> str:
@@ -78,7 +67,7 @@ class BackendClient:
 
     def __init__(self, url: str, token_file: str, timeout: float = 3.0, online_access: bool = True,
                  start_hint: str = START_HINT) -> None:
-        self.url = url.rstrip("/") or "http://127.0.0.1:8765"
+        self.url = url.rstrip("/") or DEFAULT_URL
         if "://" not in self.url:
             self.url = "http://" + self.url
         self.token_file, self.timeout, self.online_access = token_file, timeout, online_access

@@ -7,9 +7,8 @@ import os
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from .formats.paths import default_token_file
+from .formats.protocol import DEFAULT_PORT, DEFAULT_URL, default_token_file
 
-DEFAULT_PORT = 8765
 UNSAVED_FOLDER = "flamediff_renders"  # in the home folder: where an unsaved .blend's renders go by default
 
 
@@ -42,7 +41,7 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         items=[("auto", "Auto", "NVIDIA GPU (CUDA) when available, else an Apple GPU (Metal), else CPU"),
                ("cpu", "CPU", ""), ("cuda", "CUDA", "NVIDIA GPU"), ("mps", "Apple GPU", "Metal (mps) on macOS")])
     backend_url: StringProperty(
-        name="Backend URL", default=f"http://127.0.0.1:{DEFAULT_PORT}",
+        name="Backend URL", default=DEFAULT_URL,
         description="URL of a running 'flamediff serve'")
     token_file: StringProperty(
         name="Token file", subtype="FILE_PATH", default="",

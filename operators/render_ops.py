@@ -7,17 +7,22 @@ import tempfile
 import time
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from .. import animation_io, assets, local_backend, render_job
-from ..backend_client import PROTOCOL_VERSION, BackendError
+from .. import animation_io, assets, local_backend, render_job, render_scene
+from ..backend_client import BackendError
 from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
+from ..formats.protocol import PROTOCOL_VERSION
+from ..render_scene import setting_property
 from ..preferences import backend_settings, make_client, unsaved_output_root
 from .common import NO_RIG, RigOperator, target_rig
 
 
 _ARGUMENT = {"SKIP_SAVE", "HIDDEN"}
+_PANEL = "Default: the Render panel's"
+#: Job settings the Render panel holds (the operator's argument, when given, wins).
+PANEL_SETTINGS = ("steps", "guidance", "seed", "preview")
 
 
 def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
@@ -42,19 +47,13 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
     rig: StringProperty(name="Rig", default="", options=_ARGUMENT, description="Rig object name; empty = the active rig")
     reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options=_ARGUMENT,
                                     description="Default: the Render panel's reference image")
-    steps: IntProperty(name="Steps", default=0, min=0, max=1000, options=_ARGUMENT,
-                       description="0 = the checkpoint's default. Default: the Render panel's")
-    guidance: FloatProperty(name="Guidance", default=0.0, min=0.0, max=30.0, options=_ARGUMENT,
-                            description="0 = the checkpoint's default. Default: the Render panel's")
-    seed: IntProperty(name="Seed", default=0, min=0, options=_ARGUMENT, description="Default: the Render panel's")
-    checkpoint: StringProperty(name="Checkpoint", default="", options=_ARGUMENT,
-                               description="Default: the Render panel's, else the backend's default model")
-    preview: BoolProperty(name="Preview", default=False, options=_ARGUMENT,
-                          description="Half resolution, at most 4 steps, first frame first (its own job and "
-                                      "folder). Default: the Render panel's")
-    shape_from: EnumProperty(name="Identity shape", items=render_job.SHAPE_FROM, default="animation",
-                             options=_ARGUMENT, description="animation | reference (cross-identity). "
-                                                                "Default: the rig's Identity shape setting")
+    steps: setting_property("steps", _PANEL, options=_ARGUMENT)
+    guidance: setting_property("guidance", _PANEL, options=_ARGUMENT)
+    seed: setting_property("seed", _PANEL, options=_ARGUMENT)
+    checkpoint: setting_property("checkpoint", options=_ARGUMENT,
+                                 description="Default: the Render panel's, else the backend's default model")
+    preview: setting_property("preview", f"Its own job and folder. {_PANEL}", options=_ARGUMENT)
+    shape_from: setting_property("shape_from", "Default: the rig's Identity shape setting", options=_ARGUMENT)
     reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=_ARGUMENT,
                                     description=".npy of the reference person's FLAME shape coefficients. "
                                                 "Default: the rig's")
@@ -80,7 +79,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         path = self._value(rig.flamediff_rig_settings, "reference_shape").strip()
         if not path:
             raise ValueError("Identity shape is Reference but no reference shape file is set")
-        return {"shape_from": shape_from, "reference_shape": render_job.read_reference_shape(path)}
+        return {"shape_from": shape_from, "reference_shape": render_scene.read_reference_shape(path)}
 
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
         scene = context.scene
@@ -110,8 +109,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         except (AnimationFormatError, animation_io.ExportError, FlameAssetError, OSError) as exc:
             os.remove(animation)
             return _report_error(self, scene, f"export failed: {exc}")
-        settings = {"steps": self._value(props, "steps"), "guidance": self._value(props, "guidance"),
-                    "seed": self._value(props, "seed"), "preview": self._value(props, "preview"), **identity}
+        settings = {name: self._value(props, name) for name in PANEL_SETTINGS} | identity
         checkpoint = self._value(props, "checkpoint").strip()
         if checkpoint:
             settings["checkpoint"] = checkpoint
@@ -120,12 +118,13 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         props.error = props.advice = ""
         props.status, props.message, props.progress, props.frames_done = "connecting", "Connecting...", 0.0, 0
         props.frames_total = len(clip.frame)
-        return render_job.RenderJob(scene, make_client(context), reference, animation, settings,
-                                    [int(f) for f in clip.frame], local, unsaved_output_root(context))
+        host = render_scene.SceneHost(scene, unsaved_output_root(context))
+        return render_job.RenderJob(host, make_client(context), reference, animation, settings,
+                                    [int(f) for f in clip.frame], local)
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if render_job.active_job(context.scene) is not None:
+        if render_job.active_job(context.scene.name) is not None:
             cls.poll_message_set("A flamediff render is already running in this scene: wait for it, or cancel it "
                                  "(Esc, or Render > flamediff > Cancel Render)")
             return False
@@ -140,7 +139,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
             return self._wait(job)
         if not job.step():  # first contact at once: a down backend is reported now
             return self._outcome(job)
-        render_job.follow_in_background(job)  # a bpy.app.timers poll: runs even if this modal is dropped
+        render_scene.follow_in_background(job)  # a bpy.app.timers poll: runs even if this modal is dropped
         if context.window is not None and not bpy.app.background:
             self._job = job  # the modal part only listens for Esc and reports the outcome
             self._timer = context.window_manager.event_timer_add(render_job.POLL_INTERVAL, window=context.window)
@@ -153,20 +152,18 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         deadline = time.monotonic() + self.timeout
         while job.step():
             if time.monotonic() > deadline:
-                job.cancel()
-                job.props.error = f"the render did not finish within {self.timeout:g} s"
-                job.props.advice = "raise timeout=, or use fewer frames / steps"
+                job.cancel(f"the render did not finish within {self.timeout:g} s",
+                           "raise timeout=, or use fewer frames / steps")
                 break
             time.sleep(render_job.POLL_INTERVAL)
         return self._outcome(job)
 
     def _outcome(self, job: render_job.RenderJob) -> set[str]:
-        props = job.props
         if job.outcome == "done":
-            self.report({"INFO"}, props.message)
+            self.report({"INFO"}, job.message)
             return {"FINISHED"}
-        text = props.error or props.message
-        advice = props.advice[:1].upper() + props.advice[1:]
+        text = job.error or job.message
+        advice = job.advice[:1].upper() + job.advice[1:]
         self.report({"ERROR"}, f"{text}. {advice}" if advice else text)
         return {"CANCELLED"}
 
@@ -189,13 +186,13 @@ class FLAMEDIFF_OT_render_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if render_job.active_job(context.scene) is not None:
+        if render_job.active_job(context.scene.name) is not None:
             return True
         cls.poll_message_set("No flamediff render is running in this scene")
         return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        render_job.active_job(context.scene).cancel()
+        render_job.active_job(context.scene.name).cancel()
         self.report({"INFO"}, "flamediff render cancelled")
         return {"FINISHED"}
 

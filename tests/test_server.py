@@ -419,15 +419,16 @@ def test_token_file_mode_and_loopback(tmp_path):
     import argparse
 
     from flamediff.errors import FlamediffError
+    from flamediff.formats.protocol import is_loopback_host
     from flamediff.server.cli import register_cli
-    from flamediff.server.security import is_loopback, read_token_file, write_token_file
+    from flamediff.server.security import read_token_file, write_token_file
 
     path = str(tmp_path / "sub" / "token")
     token = write_token_file(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and read_token_file(path) == token and len(token) > 30
     assert write_token_file(path) != token  # a fresh token per start
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")
+    assert all(map(is_loopback_host, ("127.0.0.1", "::1", "localhost")))
+    assert not any(map(is_loopback_host, ("0.0.0.0", "192.168.1.2", "example.com")))
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
     args = parser.parse_args(["serve", "--host", "0.0.0.0", "--token-file", str(tmp_path / "t2")])
@@ -504,3 +505,26 @@ def test_render_command_preview_and_precision(tmp_path, models_dir, inputs, head
     assert manifest["settings"]["preview"] and manifest["precision"] == "bf16" and manifest["steps"] == 4
     with Image.open(tmp_path / "out" / "frame_0001.png") as image:
         assert image.size == (16, 16)
+
+
+def test_reference_warnings_reach_the_job_and_the_models_list(server, inputs, models_dir):
+    """A far-from-square or tiny reference is accepted with a note that says what to do; a
+    checkpoint trained only on procedural heads says so in /v1/models and in every job's notes."""
+    from flamediff.server.checkpoints import describe
+    from flamediff.server.service import reference_notes
+
+    response = submit(server, inputs, {"steps": 1, "frames": "1"}, reference=png_bytes(height=30, width=90))
+    assert response.status_code in (200, 201), response.text
+    notes = wait_status(server, response.json()["id"])["notes"]
+    assert any("90x30 is far from square" in note and "crop the photo" in note for note in notes)
+    assert any("only 30 px on its short side" in note for note in notes)
+    square = submit(server, inputs, {"steps": 1, "frames": "1"}, reference=png_bytes(height=80, width=80))
+    assert not [note for note in wait_status(server, square.json()["id"])["notes"] if note.startswith("reference:")]
+    tiny = describe(os.path.join(models_dir, "tiny"), "tiny", "folder")
+    assert tiny.training_domain == ""
+    procedural = describe(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backend",
+                                       "checkpoints", "demo"), "demo", "shipped")
+    assert procedural.training_domain == "procedural"
+    assert any("only on flamediff's procedural heads" in note for note in reference_notes((512, 512), procedural))
+    listed = {entry["name"]: entry for entry in server.get("/v1/models", headers=AUTH).json()["models"]}
+    assert "domain_note" not in listed["tiny"]

@@ -1,10 +1,18 @@
-"""The seams between the server's parts: one declared ``Renderer`` interface for the in-process
-and the child-process renderer."""
+"""The seams of the server: one declared ``Renderer`` interface for the in-process and the
+child-process renderer; one protocol module (version, job settings, loopback rule, frame names)
+for the server, its command line and the add-on; typed settings in the job manifest."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
 
+import pytest
+
+from flamediff.formats.protocol import JOB_SETTINGS, frame_file, is_loopback_host, is_loopback_url, setting
+from flamediff.server.inputs import JobSettings, parse_settings
+from flamediff.server.jobs import CorruptManifest, JobFolder
 from flamediff.server.render_process import ChildProcessRenderer
 from flamediff.server.worker import InProcessRenderer, Renderer
 
@@ -20,3 +28,111 @@ def test_both_renderers_implement_the_renderer_protocol_with_its_signatures() ->
         for name, signature in methods.items():
             assert list(inspect.signature(getattr(kind, name)).parameters) == list(signature.parameters), name
         assert renderer.release() is False and renderer.loaded_name is None  # nothing loaded, no child started
+
+
+# -- one protocol: version, settings schema, loopback rule ------------------------------------------
+
+def test_the_protocol_version_is_defined_once() -> None:
+    """Server and add-on read the version from formats/protocol.py; no other file assigns one."""
+    import ast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assigned = []
+    for folder in ("backend", "blender_addon", "operators", "ui_panels"):
+        for base, _, names in os.walk(os.path.join(root, folder)):
+            for name in (n for n in names if n.endswith(".py")):
+                path = os.path.join(base, name)
+                with open(path, encoding="utf-8") as handle:
+                    tree = ast.parse(handle.read())
+                assigned += [os.path.relpath(path, root) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                             for target in node.targets if getattr(target, "id", None) == "PROTOCOL_VERSION"]
+    assert assigned == [os.path.join("backend", "formats", "protocol.py")]
+
+
+def test_the_request_model_is_the_protocol_settings_schema() -> None:
+    """Every protocol setting is a JobSettings field with its default, bounds, choices and text."""
+    schema = JobSettings.model_json_schema()["properties"]
+    assert list(JobSettings.model_fields) == [entry.name for entry in JOB_SETTINGS]
+    for entry in JOB_SETTINGS:
+        field, prop = JobSettings.model_fields[entry.name], schema[entry.name]
+        assert (field.default, field.description) == (entry.default, entry.description), entry.name
+        limits = {"int": ("minimum", "maximum"), "float": ("minimum", "maximum"),
+                  "floats": ("minItems", "maxItems"), "text": (None, "maxLength")}.get(entry.kind, (None, None))
+        numeric = prop.get("anyOf", [prop])[0]
+        for key, bound in zip(limits, (entry.minimum, entry.maximum)):
+            if key is not None and bound is not None:
+                assert numeric[key] == bound, (entry.name, key)
+        if entry.kind == "choice":
+            assert tuple(prop["enum"]) == entry.values
+    assert set(JobSettings().hashed()) == {
+        entry.name for entry in JOB_SETTINGS if entry.hashed} - {"preview"}  # preview False keeps old ids
+
+
+def test_the_render_command_takes_its_options_from_the_protocol() -> None:
+    import argparse
+
+    from flamediff.server.cli import RENDER_SETTINGS, register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["render", "--reference", "r.png", "--animation", "a.npz", "--out", "o"])
+    assert {name: getattr(args, name) for name in RENDER_SETTINGS} == {name: setting(name).default
+                                                                       for name in RENDER_SETTINGS}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["render", "--reference", "r", "--animation", "a", "--out", "o", "--shape-from", "mesh"])
+
+
+@pytest.mark.parametrize("host, loopback", [("localhost", True), ("LocalHost", True), ("127.0.0.1", True),
+                                            ("127.8.0.1", True), ("::1", True), ("[::1]", True),
+                                            ("0.0.0.0", False), ("10.0.0.1", False), ("localhost.evil.com", False),
+                                            ("127.0.0.1.evil.com", False), ("", False)])
+def test_one_loopback_rule_for_hosts_and_urls(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+    url = f"http://{'[' + host + ']' if host == '::1' else host}:8765/v1"
+    assert is_loopback_url(url) is loopback
+    assert frame_file(7) == "frame_0007.png"
+
+
+# -- the manifest stores typed settings and reads them back -------------------------------------------
+
+def _job_folder(tmp_path, settings: dict) -> JobFolder:
+    folder = JobFolder(str(tmp_path / "job"))
+    os.makedirs(folder.path, exist_ok=True)
+    manifest = {"id": "0" * 16, "status": "queued", "frames": [1, 2], "frames_total": 2, "settings": settings,
+                "checkpoint": {"name": "tiny"}, "request_hash": "0" * 64}
+    with open(folder.manifest_path, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+    return folder
+
+
+def test_manifest_settings_read_back_as_job_settings(tmp_path) -> None:
+    settings = parse_settings({"steps": 3, "guidance": 1.5, "seed": 9, "frames": "1-2", "shape_from": "reference",
+                               "reference_shape": [0.5, -1], "preview": True, "frames_per_batch": 2})
+    folder = _job_folder(tmp_path, settings.to_dict())
+    assert folder.settings() == settings and isinstance(folder.settings(), JobSettings)
+
+
+def test_manifests_of_the_version_before_previews_still_read(tmp_path) -> None:
+    """What the first server wrote: every field but ``preview``."""
+    old = {"checkpoint": "tiny", "steps": 25, "guidance": 2.0, "seed": 0, "frames": [1, 2], "shape_from": "animation",
+           "reference_shape": None, "resolution": None, "frames_per_batch": 4}
+    settings = _job_folder(tmp_path, old).settings()
+    assert settings.preview is False and settings.steps == 25 and settings.frames == [1, 2]
+
+
+def test_unreadable_stored_settings_fail_the_job_with_advice(tmp_path) -> None:
+    folder = _job_folder(tmp_path, {"steps": "many", "guidance": 2.0})
+    with pytest.raises(CorruptManifest, match="settings this flamediff cannot read.*'steps'"):
+        folder.settings()
+    view = folder.read_or_failed()
+    assert view["status"] == "failed" and "starts over" in view["advice"]
+
+
+def test_the_pipeline_settings_are_the_job_settings_it_shares() -> None:
+    from flamediff.pipelines.render import RenderSettings
+    from flamediff.server.worker import pipeline_settings
+
+    settings = parse_settings({"steps": 0, "guidance": 3.5, "seed": 11, "shape_from": "reference",
+                               "reference_shape": [0.1], "preview": True, "frames_per_batch": 8})
+    assert pipeline_settings(settings, steps=4, frames_per_batch=2) == RenderSettings(
+        steps=4, guidance=3.5, seed=11, frames_per_batch=2, shape_from="reference", preview=True)

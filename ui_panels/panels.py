@@ -116,7 +116,7 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
             layout.prop(rig.flamediff_rig_settings, "shape_from")
             if rig.flamediff_rig_settings.shape_from == "reference":
                 layout.prop(rig.flamediff_rig_settings, "reference_shape")
-        running = render_job.active_job(context.scene) is not None
+        running = render_job.active_job(context.scene.name) is not None
         row = layout.row(align=True)
         row.enabled = not running
         row.operator("flamediff.render", text="Preview" if props.preview else "Render", icon="RENDER_ANIMATION")
@@ -145,7 +145,7 @@ _KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expressio
 def register_properties() -> None:
     bpy.types.Scene.flamediff_coefficient_kind = bpy.props.EnumProperty(
         name="Coefficients", items=_KINDS, default="Shape")
-    from ..render_job import FlamediffRenderProps, FlamediffRigSettings
+    from ..render_scene import FlamediffRenderProps, FlamediffRigSettings
 
     bpy.types.Scene.flamediff_render = bpy.props.PointerProperty(type=FlamediffRenderProps)
     bpy.types.Object.flamediff_rig_settings = bpy.props.PointerProperty(type=FlamediffRigSettings)

@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flamediff import __version__
-from flamediff.server import PROTOCOL_VERSION
+from flamediff.formats.protocol import PROTOCOL_VERSION, is_loopback_host
 from flamediff.server.inputs import InputError, JobSettings, parse_json
 from flamediff.server.jobs import CorruptManifest
-from flamediff.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware, is_loopback
+from flamediff.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware
 from flamediff.server.service import JobService
 
 log = logging.getLogger("flamediff.server")
@@ -195,7 +195,7 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
     def models(request: Request) -> dict[str, Any]:
         """Checkpoints this server can load: shipped, the models folder, hub ids already cached.
         Their server paths only for clients on this machine."""
-        return {"models": service.models(show_paths=request.client is not None and is_loopback(request.client.host))}
+        return {"models": service.models(show_paths=request.client is not None and is_loopback_host(request.client.host))}
 
     @app.post("/v1/jobs", status_code=201, responses={200: {"description": "the same job was submitted before"},
                                                       **_responses(403, 409, 413, 415, 422, 507)})

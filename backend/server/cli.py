@@ -15,14 +15,29 @@ import time
 from flamediff.assets import cache_dir
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import ReadLimits
+from flamediff.formats.protocol import DEFAULT_PORT, setting
 from flamediff.server.inputs import InputLimits
 from flamediff.server.worker import DEVICES, PRECISIONS
 
-DEFAULT_PORT = 8765
+#: The job settings ``render`` takes as options (``--checkpoint`` and ``--reference-shape`` name files).
+RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "frames_per_batch", "preview")
 
 
 def _models_dir(path: str | None) -> str:
     return os.path.abspath(os.path.expanduser(path or os.path.join(cache_dir(), "models")))
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--name`` for the protocol's job setting ``name``: its type, default, choices and description."""
+    entry = setting(name)
+    option = "--" + name.replace("_", "-")
+    if entry.kind == "bool":
+        parser.add_argument(option, action="store_true", help=entry.description)
+        return
+    types = {"int": int, "float": float}
+    parser.add_argument(option, type=types.get(entry.kind, str), default=entry.default, choices=entry.values or None,
+                        help=f"{entry.description} (default {entry.default})" if entry.default is not None
+                        else entry.description)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -84,20 +99,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     render.add_argument("--animation", required=True, metavar="NPZ", help="animation file exported from Blender")
     render.add_argument("--out", required=True, metavar="DIR", help="output folder (one job per folder)")
     render.add_argument("--checkpoint", default=None, help="checkpoint name (see --models-dir) or folder")
-    render.add_argument("--steps", type=int, default=0, help="denoising steps; 0 = the checkpoint's default")
-    render.add_argument("--guidance", type=float, default=0.0,
-                        help="classifier-free guidance scale (default 0: the checkpoint's own default)")
-    render.add_argument("--seed", type=int, default=0, help="seed (default 0); each frame's noise is "
-                                                            "seeded by (seed, frame number)")
-    render.add_argument("--frames", default=None, metavar="A-B", help="frames to render, e.g. 1-24 or 1,5,9-12")
-    render.add_argument("--shape-from", choices=("animation", "reference"), default="animation",
-                        help="identity shape from the animation (default) or --reference-shape")
+    for name in RENDER_SETTINGS:
+        _add_setting(render, name)
     render.add_argument("--reference-shape", metavar="NPY", default=None,
                         help=".npy of the reference identity's FLAME shape coefficients (for --shape-from reference)")
-    render.add_argument("--frames-per-batch", type=int, default=4, help="frames denoised together (default 4)")
-    render.add_argument("--preview", action="store_true",
-                        help="a quick look: half the checkpoint's resolution, at most 4 steps, first frame first "
-                             "(another job than the full render: use another --out)")
     _common(render)
     render.set_defaults(func=cmd_render)
 
@@ -106,11 +111,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flamediff.server.app import create_app
-    from flamediff.server.security import default_token_file, is_loopback, loopback_hosts, write_token_file
+    from flamediff.formats.protocol import default_token_file, is_loopback_host
+    from flamediff.server.security import loopback_hosts, write_token_file
     from flamediff.server.service import build_service
     from flamediff.server.worker import pick_device
 
-    if not is_loopback(args.host) and not args.allow_remote:
+    if not is_loopback_host(args.host) and not args.allow_remote:
         raise FlamediffError(f"refusing to bind {args.host}: it is not a loopback address. Pass --allow-remote "
                              "to serve other machines (they need the token), or use --host 127.0.0.1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -185,8 +191,7 @@ def _render(args: argparse.Namespace) -> int:
     from flamediff.server.service import check_request, read_local
     from flamediff.server.worker import InProcessRenderer, pick_device, render_job
 
-    settings = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "frames": args.frames,
-                "shape_from": args.shape_from, "frames_per_batch": args.frames_per_batch, "preview": args.preview}
+    settings = {name: getattr(args, name) for name in RENDER_SETTINGS}
     if args.checkpoint:
         folder = os.path.expanduser(args.checkpoint)
         settings["checkpoint"] = os.path.abspath(folder) if os.path.isdir(folder) else args.checkpoint
@@ -200,6 +205,8 @@ def _render(args: argparse.Namespace) -> int:
     job = JobFolder(args.out)
     manifest, created = job.create_or_reuse(checked)
     job.clean_temporaries()
+    for note in checked.notes:
+        print(f"flamediff render: note: {note}", file=sys.stderr)
     missing = job.missing_frames()
     total = manifest["frames_total"]
     print(f"flamediff render: {args.out}: {total - len(missing)} of {total} frames already rendered, "

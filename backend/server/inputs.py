@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
                                        ReadLimits, load_animation, save_animation)
+from flamediff.formats.protocol import setting
 
 #: Largest reference image accepted, checked from the header before any pixel is decoded
 #: (a 20 kB PNG can claim 50 000 x 50 000 pixels and eat gigabytes when decoded).
@@ -136,27 +137,35 @@ _FRAMES_SCHEMA = {"anyOf": [{"type": "string", "examples": ["1-24", "1,5,9-12"]}
                             {"type": "array", "items": {"type": "integer"}}, {"type": "null"}]}
 
 
+def _protocol_field(name: str, **extra: Any) -> Any:
+    """A pydantic field with the default, bounds and description of the protocol's setting ``name``
+    (:data:`flamediff.formats.protocol.JOB_SETTINGS`, which the add-on's properties use too)."""
+    entry = setting(name)
+    if entry.kind in ("text", "floats"):
+        bounds = {"min_length": entry.minimum, "max_length": entry.maximum}
+    else:
+        bounds = {"ge": entry.minimum, "le": entry.maximum}
+    return Field(entry.default, description=entry.description,
+                 **{key: value for key, value in bounds.items() if value is not None}, **extra)
+
+
 class JobSettings(BaseModel):
-    """What a job renders with. Everything but ``frames_per_batch`` changes pixels, so
-    everything but it goes into the request hash (batching only trades memory for speed).
+    """What a job renders with: the protocol's job settings. Those marked ``hashed`` change the
+    pixels and go into the request hash (``frames_per_batch`` only trades memory for speed).
     ``null`` means the default."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    checkpoint: str | None = Field(None, max_length=4096, description="a name from GET /v1/models (or a checkpoint "
-                                   "folder under the models folder or an allowed root); empty = the default")
-    steps: int = Field(0, ge=0, le=1000, description="denoising steps; 0 = the checkpoint's default")
-    guidance: float = Field(0.0, ge=0.0, le=50.0, allow_inf_nan=False,
-                            description="classifier-free guidance scale; 0 = the checkpoint's default_guidance")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed; each frame's noise is seeded by (seed, frame)")
-    frames: Annotated[list[int] | None, WithJsonSchema(_FRAMES_SCHEMA)] = Field(
-        None, description="Blender frame numbers, e.g. \"1-24\", \"1,5,9-12\" or a list; empty = every frame")
-    shape_from: Literal["animation", "reference"] = Field("animation", description="identity shape source")
-    reference_shape: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
-        None, min_length=1, max_length=300, description="FLAME shape coefficients (for shape_from 'reference')")
-    resolution: int | None = Field(None, ge=8, le=4096, description="must equal the checkpoint's; empty = its own")
-    preview: bool = Field(False, description="a quick look: half resolution, at most 4 steps, first frame first")
-    frames_per_batch: int = Field(4, ge=1, le=256, description="frames denoised together (halves on GPU OOM)")
+    checkpoint: str | None = _protocol_field("checkpoint")
+    steps: int = _protocol_field("steps")
+    guidance: float = _protocol_field("guidance", allow_inf_nan=False)
+    seed: int = _protocol_field("seed")
+    frames: Annotated[list[int] | None, WithJsonSchema(_FRAMES_SCHEMA)] = _protocol_field("frames")
+    shape_from: Literal["animation", "reference"] = _protocol_field("shape_from")
+    reference_shape: list[Annotated[float, Field(allow_inf_nan=False)]] | None = _protocol_field("reference_shape")
+    resolution: int | None = _protocol_field("resolution")
+    preview: bool = _protocol_field("preview")
+    frames_per_batch: int = _protocol_field("frames_per_batch")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,11 +203,25 @@ class JobSettings(BaseModel):
         return self.model_dump()
 
     def hashed(self) -> dict[str, Any]:
-        data = self.to_dict()
-        data.pop("frames_per_batch")
+        """The settings that change the pixels (the protocol's ``hashed`` ones)."""
+        data = {name: value for name, value in self.to_dict().items() if setting(name).hashed}
         if not data["preview"]:
             data.pop("preview")  # full renders keep the ids they had before previews existed
         return data
+
+    @classmethod
+    def from_manifest(cls, stored: Any) -> "JobSettings":
+        """The settings a job folder's manifest stored (:meth:`to_dict`), as this type again.
+        Manifests of older versions read too: settings added since (``preview``) take their
+        defaults. Raises ``ValueError`` naming the setting when they no longer validate."""
+        if not isinstance(stored, dict):
+            raise ValueError("the stored settings are not a JSON object")
+        try:
+            return cls.model_validate(stored, context={"max_frames": len(stored.get("frames") or ())})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "settings"
+            raise ValueError(f"stored setting {where!r}: {first['msg']}") from None
 
 
 def parse_settings(data: Any, max_frames: int = InputLimits.max_frames_per_job) -> JobSettings:

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from flamediff.errors import FlamediffError
+from flamediff.formats.protocol import frame_file
 from flamediff.server.files import LockBusy, exclusive_lock, make_private_dir, write_atomic
 from flamediff.server.inputs import CheckedInputs, InputError, JobSettings
 
@@ -105,10 +106,10 @@ class JobFolder:
         return os.path.join(self.path, MANIFEST)
 
     def frame_path(self, frame: int) -> str:
-        return os.path.join(self.path, f"frame_{int(frame):04d}.png")
+        return os.path.join(self.path, frame_file(frame))
 
     def control_path(self, frame: int) -> str:
-        return os.path.join(self.path, "control", f"frame_{int(frame):04d}.png")
+        return os.path.join(self.path, "control", frame_file(frame))
 
     def input_path(self, name: str) -> str:
         return os.path.join(self.path, "inputs", name)
@@ -119,7 +120,8 @@ class JobFolder:
         return os.path.isfile(self.manifest_path)
 
     def read(self) -> dict[str, Any]:
-        """The manifest; raises :class:`CorruptManifest` when it cannot be parsed."""
+        """The manifest; raises :class:`CorruptManifest` when it cannot be parsed or its settings
+        are not valid :class:`JobSettings` (a hand edit, or a version that cannot read them)."""
         try:
             with open(self.manifest_path, "rb") as handle:
                 manifest = json.loads(handle.read())
@@ -127,7 +129,19 @@ class JobFolder:
             raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} is corrupt ({exc})") from None
         if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
             raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} lacks its fields")
+        self._settings(manifest)
         return manifest
+
+    def settings(self) -> JobSettings:
+        """The job's settings, read back as the type they were stored from."""
+        return self._settings(self.read())
+
+    def _settings(self, manifest: dict[str, Any]) -> JobSettings:
+        try:
+            return JobSettings.from_manifest(manifest["settings"])
+        except ValueError as exc:
+            raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} holds settings this "
+                                  f"flamediff cannot read ({exc})") from None
 
     def read_or_failed(self) -> dict[str, Any]:
         """The manifest, or for a corrupt one a failed job saying how to start it over."""

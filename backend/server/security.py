@@ -9,13 +9,12 @@ refused even before the token is checked.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import secrets
 from typing import Any, Awaitable, Callable, Collection, Iterable
 
-from flamediff.assets import cache_dir
+from flamediff.formats.protocol import default_token_file
 from flamediff.server.files import make_private_dir, write_atomic
 
 Scope = dict[str, Any]
@@ -25,10 +24,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Largest request body: a reference image plus a long animation fit well within it.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
-def default_token_file() -> str:
-    return os.path.join(cache_dir(), "server", "token")
 
 
 def write_token_file(path: str) -> str:
@@ -87,15 +82,6 @@ class AllowedRoots:
             return (f"this server reads no local files: upload the {what} instead, or start it with "
                     "--allow-path DIR for the folders clients may name")
         return f"upload the {what}, or name a path under the folders started with --allow-path"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 async def _json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:

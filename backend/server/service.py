@@ -8,8 +8,8 @@ import os
 from typing import Any, Iterable
 
 from flamediff import __version__
-from flamediff.server import PROTOCOL_VERSION
-from flamediff.server.checkpoints import CheckpointRegistry
+from flamediff.formats.protocol import PROTOCOL_VERSION
+from flamediff.server.checkpoints import CheckpointInfo, CheckpointRegistry
 from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
                                    read_animation, read_reference_image)
 from flamediff.server.jobs import JobStore, render_hash, request_hash
@@ -24,7 +24,7 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
                   registry: CheckpointRegistry, renderer: Renderer, limits: InputLimits = InputLimits()) -> CheckedInputs:
     """Every check a job needs before it is accepted; raises :class:`InputError`."""
     settings = parse_settings(settings_data, limits.max_frames_per_job)
-    _, reference_ext = read_reference_image(reference)
+    reference_image, reference_ext = read_reference_image(reference)
     converted = convert_tracker_upload(animation, limits.animation)
     tracker_notes: list[str] = []
     if converted is not None:   # the job stores (and its worker reads) the converted flamediff file
@@ -65,10 +65,35 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
         frames = settings.frames
     checkpoint_dict = checkpoint.to_dict()
     digest = request_hash(reference, animation, settings, checkpoint_dict, frames)
-    notes = [f"animation: {w}" for w in warnings]
+    notes = [f"animation: {w}" for w in warnings] + reference_notes(reference_image.shape[:2], checkpoint)
     return CheckedInputs(reference=reference, reference_ext=reference_ext, animation=animation, settings=settings,
                          frames=frames, request_hash=digest, checkpoint=checkpoint_dict, notes=notes,
                          render_hash=render_hash(reference, animation, settings, checkpoint_dict))
+
+
+#: A reference whose long side is more than this times its short side loses much of itself to
+#: the centre-square crop; one under MIN_REFERENCE_SIDE pixels is upsampled into mush.
+MAX_REFERENCE_ASPECT = 1.3
+MIN_REFERENCE_SIDE = 64
+DOMAIN_NOTES = {"procedural": "checkpoint {name!r} was trained only on flamediff's procedural heads: a photo of a real "
+                              "person is outside what it learned, and the frames will look like a procedural head; "
+                              "train on real footage (flamediff dataset import) for real faces"}
+
+
+def reference_notes(size: tuple[int, int], checkpoint: CheckpointInfo) -> list[str]:
+    """Warnings (not errors) about a reference of ``(height, width)`` pixels for ``checkpoint``."""
+    height, width = size
+    notes = []
+    if max(height, width) > MAX_REFERENCE_ASPECT * min(height, width):
+        side = min(height, width)
+        notes.append(f"reference: {width}x{height} is far from square; the model sees only its centre "
+                     f"{side}x{side} square: crop the photo around the face for better frames")
+    if min(height, width) < MIN_REFERENCE_SIDE:
+        notes.append(f"reference: only {min(height, width)} px on its short side; the model upsamples it to "
+                     f"{checkpoint.resolution} px and loses detail: use a larger photo")
+    if checkpoint.training_domain in DOMAIN_NOTES:
+        notes.append("reference: " + DOMAIN_NOTES[checkpoint.training_domain].format(name=checkpoint.name))
+    return notes
 
 
 def read_local(path: Any, what: str, roots: AllowedRoots) -> bytes:
@@ -194,6 +219,8 @@ class JobService:
         for info in self.registry.list(refresh=True):
             entry = {key: value for key, value in info.to_dict().items() if key not in hidden}
             entry["matches_flame_asset"] = not info.flame_asset.get("hash") or info.flame_asset["hash"] == asset_hash
+            if info.training_domain in DOMAIN_NOTES:
+                entry["domain_note"] = DOMAIN_NOTES[info.training_domain].format(name=info.name)
             out.append(entry)
         return out
 

@@ -11,6 +11,7 @@ pipeline's progress callback, which runs after every denoising step.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -25,6 +26,8 @@ from flamediff.server.jobs import JobFolder, JobStore
 
 if TYPE_CHECKING:
     from flamediff.formats.flame_asset import FlameAsset
+    from flamediff.pipelines.render import RenderSettings
+    from flamediff.server.inputs import JobSettings
 
 log = logging.getLogger("flamediff.server")
 
@@ -196,15 +199,17 @@ def _render_locked(job: JobFolder, renderer: InProcessRenderer, should_cancel: C
         if not missing:
             return _finish(job, manifest["frames_total"])
         pipeline = renderer.pipeline(manifest["checkpoint"])
-        preview = bool(manifest["settings"].get("preview", False))  # jobs written before previews have none
-        job.update(phase="rendering", steps=pipeline.resolved_steps(int(manifest["settings"]["steps"]), preview),
-                   resolution=pipeline.resolution(preview), precision=precision_name(pipeline.dtype))
-        batch = max(1, min(int(manifest["settings"]["frames_per_batch"]), len(missing)))
+        settings = job.settings()
+        steps = pipeline.resolved_steps(settings.steps, settings.preview)
+        job.update(phase="rendering", steps=steps, resolution=pipeline.resolution(settings.preview),
+                   precision=precision_name(pipeline.dtype))
+        batch = max(1, min(settings.frames_per_batch, len(missing)))
         while True:
             if should_cancel():
                 raise RenderCancelled("cancelled")
             try:
-                _render_missing(job, pipeline, batch, _JobProgress(job, on_progress), should_cancel)
+                _render_missing(job, pipeline, settings, pipeline_settings(settings, steps, batch),
+                                _JobProgress(job, on_progress), should_cancel)
                 return _finish(job, manifest["frames_total"])
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch == 1:
@@ -223,24 +228,28 @@ def _render_locked(job: JobFolder, renderer: InProcessRenderer, should_cancel: C
         return "failed"
 
 
-def _render_missing(job: JobFolder, pipeline: Any, batch: int, progress: "_JobProgress",
-                    should_cancel: Callable[[], bool]) -> None:
-    """One pipeline call over every missing frame (one ReferenceNet pass, unbroken temporal
-    context) with the steps resolved in the manifest, writing each missing frame as it is
-    handed out."""
-    from flamediff.formats.animation import load_animation
+def pipeline_settings(settings: "JobSettings", steps: int, frames_per_batch: int) -> "RenderSettings":
+    """The pipeline's settings for a job: every job setting the pipeline shares by name, with the
+    steps resolved for its checkpoint and the batch size in use (smaller after a GPU OOM)."""
     from flamediff.pipelines.render import RenderSettings
+
+    shared = {field.name for field in dataclasses.fields(RenderSettings)} & set(type(settings).model_fields)
+    values = {name: getattr(settings, name) for name in shared}
+    return RenderSettings(**{**values, "steps": steps, "frames_per_batch": frames_per_batch})
+
+
+def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", render_settings: "RenderSettings",
+                    progress: "_JobProgress", should_cancel: Callable[[], bool]) -> None:
+    """One pipeline call over every missing frame (one ReferenceNet pass, unbroken temporal
+    context) with the job's typed settings, writing each missing frame as it is handed out."""
+    from flamediff.formats.animation import load_animation
     from flamediff.server.inputs import read_reference_image
 
     manifest = job.read()
-    settings = manifest["settings"]
     with open(job.input_path(manifest["reference"]), "rb") as handle:
         reference, _ = read_reference_image(handle.read())
     missing = set(job.missing_frames())
-    reference_shape = np.asarray(settings["reference_shape"]) if settings.get("reference_shape") else None
-    render_settings = RenderSettings(steps=manifest["steps"], guidance=float(settings["guidance"]),
-                                     seed=int(settings["seed"]), frames_per_batch=batch,
-                                     shape_from=settings["shape_from"], preview=bool(settings.get("preview", False)))
+    reference_shape = np.asarray(settings.reference_shape) if settings.reference_shape else None
 
     def denoised(_phase: str, done: int, total: int) -> bool:
         progress.denoised(done / total)

@@ -1,0 +1,230 @@
+"""A render job in Blender: the Render panel's properties, the VSE strip, timers and handlers.
+
+The job itself is :class:`~.render_job.RenderJob` (plain Python); :class:`SceneHost` is how it
+shows itself in a scene. The settings a job sends are the protocol's
+(:data:`~.formats.protocol.JOB_SETTINGS`): :func:`setting_property` gives the panel and the
+render operator the same labels, defaults and bounds as the server's request model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from . import render_job
+from .formats.protocol import setting
+from .render_job import frame_path
+
+STRIP_NAME = "flamediff"
+
+
+def setting_property(name: str, note: str = "", description: str = "", **options: Any) -> Any:
+    """A bpy property for the protocol's job setting ``name``: its label, default and bounds.
+    ``description`` replaces the protocol's text, ``note`` is appended to it."""
+    entry = setting(name)
+    text = description or entry.description[:1].upper() + entry.description[1:]
+    common = {"name": entry.label, "description": f"{text}. {note}" if note else text, **options}
+    if entry.kind == "int":
+        return IntProperty(default=int(entry.default or 0), min=int(entry.minimum or 0),
+                           max=int(entry.maximum or 2**31 - 1), **common)
+    if entry.kind == "float":
+        return FloatProperty(default=float(entry.default or 0.0), min=float(entry.minimum or 0.0),
+                             max=float(entry.maximum or 1e9), **common)
+    if entry.kind == "bool":
+        return BoolProperty(default=bool(entry.default), **common)
+    if entry.kind == "choice":
+        return EnumProperty(items=entry.choices, default=str(entry.default), **common)
+    if entry.kind == "text":
+        return StringProperty(default=str(entry.default or ""), maxlen=int(entry.maximum or 0), **common)
+    raise ValueError(f"the job setting {name!r} ({entry.kind}) has no Blender property")
+
+
+class FlamediffRenderProps(bpy.types.PropertyGroup):
+    """``scene.flamediff_render``: the Render panel's inputs and the current job's state."""
+
+    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="",
+                                    description="Portrait (PNG/JPEG/WebP) whose appearance the frames take")
+    steps: setting_property("steps", "Small models need fewer")
+    guidance: setting_property("guidance")
+    seed: setting_property("seed")
+    checkpoint: setting_property("checkpoint", description="Model name from the backend (Test connection lists "
+                                                           "them); empty = the backend's default")
+    preview: setting_property("preview", "Its own job and folder: the full render is not touched")
+    # state (written by the add-on)
+    job_id: StringProperty(name="Job", default="")
+    status: StringProperty(name="Status", default="")
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    frames_done: IntProperty(default=0)
+    frames_total: IntProperty(default=0)
+    message: StringProperty(name="Progress", default="")
+    error: StringProperty(name="Error", default="")
+    advice: StringProperty(name="Advice", default="")
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="")
+
+
+class FlamediffRigSettings(bpy.types.PropertyGroup):
+    """``rig.flamediff_rig_settings``: per rig, because each rig is one identity to drive."""
+
+    shape_from: setting_property("shape_from", description="Whose FLAME shape the render uses with this rig's motion")
+    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="",
+                                    description=".npy of the reference person's FLAME shape coefficients (e.g. "
+                                                "DECA, EMOCA or SMIRK run on the reference image); used when "
+                                                "Identity shape is Reference")
+
+
+def read_reference_shape(path: str) -> list[float]:
+    """The coefficients of a ``.npy`` file (the backend checks their count and values)."""
+    try:
+        values = np.load(bpy.path.abspath(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the reference shape file '{path}' ({exc})") from None
+    if not isinstance(values, np.ndarray):
+        raise ValueError(f"the reference shape file '{path}' is not a .npy array")
+    return values.astype(np.float64).reshape(-1).tolist()
+
+
+def output_folder(job_id: str, unsaved_root: str) -> str:
+    """``//flamediff/<job id>`` next to the .blend (absolute), or ``<unsaved_root>/<job id>`` while the
+    file is unsaved (the preference "Renders of unsaved files", default ``~/flamediff_renders``)."""
+    if bpy.data.filepath:
+        return os.path.join(bpy.path.abspath("//flamediff"), job_id)
+    return os.path.join(unsaved_root, job_id)
+
+
+def blend_relative(path: str) -> str:
+    """``path`` as ``//...`` when the .blend is saved, so moving the .blend with its folder keeps the
+    strip working; absolute otherwise (unsaved, or on another Windows drive)."""
+    if not bpy.data.filepath:
+        return path
+    try:
+        return bpy.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def set_status_bar(text: str | None) -> None:
+    """Status bar text in every window (none in background mode); ``None`` clears it."""
+    wm = getattr(bpy.context, "window_manager", None)
+    for window in (wm.windows if wm else []):
+        try:
+            window.workspace.status_text_set(text)
+        except (AttributeError, RuntimeError, TypeError):
+            pass
+        for area in (window.screen.areas if window.screen else []):
+            if area.type in ("VIEW_3D", "SEQUENCE_EDITOR", "IMAGE_EDITOR", "STATUSBAR"):
+                area.tag_redraw()
+
+
+def update_strip(scene: bpy.types.Scene, folder: str, frames: list[int]) -> bpy.types.Strip:
+    """ONE image-sequence strip named ``flamediff`` starting at the first Blender frame; a re-render
+    replaces it on the same channel (the files may land later: Blender shows them as they do).
+    The strip's folder is ``//``-relative when the .blend is saved."""
+    folder = blend_relative(folder)
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    channel = 1
+    old = strips.get(STRIP_NAME)
+    if old is not None:
+        if (old.get("flamediff_folder") == folder and old.frame_start == frames[0]
+                and len(old.elements) == len(frames)):
+            try:
+                old.invalidate_cache("RAW")  # frames that were missing when last drawn have landed
+            except (RuntimeError, TypeError):
+                pass
+            return old
+        channel = old.channel
+        strips.remove(old)
+    # FIT: frames are the model's size (128 px for the demo), scaled to the scene's frame, aspect kept
+    strip = strips.new_image(STRIP_NAME, frame_path(folder, frames[0]), channel, frames[0], fit_method="FIT")
+    for frame in frames[1:]:
+        strip.elements.append(os.path.basename(frame_path(folder, frame)))
+    strip["flamediff_folder"] = folder
+    strip["flamediff_job"] = os.path.basename(folder)
+    return strip
+
+
+def show_latest(path: str) -> None:
+    """The newest frame in one image datablock (``flamediff latest``), shown in any Image Editor."""
+    image = bpy.data.images.get("flamediff latest")
+    if image is None:
+        image = bpy.data.images.load(path)
+        image.name = "flamediff latest"
+    else:
+        image.filepath = path
+        image.reload()
+    wm = getattr(bpy.context, "window_manager", None)
+    for window in (wm.windows if wm else []):
+        for area in (window.screen.areas if window.screen else []):
+            if area.type == "IMAGE_EDITOR":
+                area.spaces.active.image = image
+
+
+class SceneHost:
+    """The :class:`~.render_job.RenderHost` of a scene: ``scene.flamediff_render``, its VSE strip,
+    the newest frame in an Image Editor and the status bar."""
+
+    def __init__(self, scene: bpy.types.Scene, unsaved_root: str) -> None:
+        self.key, self.unsaved_root = scene.name, unsaved_root
+
+    @property
+    def scene(self) -> bpy.types.Scene | None:
+        return bpy.data.scenes.get(self.key)
+
+    def alive(self) -> bool:
+        return self.scene is not None
+
+    def show(self, **state: Any) -> None:
+        scene = self.scene
+        if scene is not None:
+            for key, value in state.items():
+                setattr(scene.flamediff_render, key, value)
+
+    def output_folder(self, job_id: str) -> str:
+        return output_folder(job_id, self.unsaved_root)
+
+    def display_path(self, path: str) -> str:
+        return blend_relative(path)
+
+    def frames_landed(self, folder: str, frames: list[int], latest: str | None) -> None:
+        update_strip(self.scene, folder, frames)
+        if latest is not None:
+            try:
+                show_latest(latest)
+            except RuntimeError:
+                pass
+
+    def status_bar(self, text: str | None) -> None:
+        set_status_bar(text)
+
+
+def follow_in_background(job: render_job.RenderJob) -> None:
+    """Poll with ``bpy.app.timers`` (every 0.5 s) until the job ends."""
+    def tick() -> float | None:
+        return render_job.POLL_INTERVAL if job.step() else None
+
+    bpy.app.timers.register(tick, first_interval=render_job.POLL_INTERVAL)
+
+
+@bpy.app.handlers.persistent
+def forget_on_load(*_args: Any) -> None:
+    """Opening another file stops following running jobs (they keep rendering on the backend), so
+    no strip lands in the wrong file."""
+    render_job.forget_all()
+    set_status_bar(None)
+
+
+def register_handlers() -> None:
+    if forget_on_load not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(forget_on_load)
+
+
+def unregister_handlers() -> None:
+    if forget_on_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(forget_on_load)
+
+
+classes = (FlamediffRenderProps, FlamediffRigSettings)
