@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = {"blender_addon": "", "operators": "operators", "ui_panels": "ui_panels",
            os.path.join("backend", "formats"): "formats"}
 INCLUDE = (".py", ".toml", ".md", ".txt")
-FORBIDDEN_IMPORT = re.compile(r"^\s*(import|from)\s+(torch|backend)\b", re.MULTILINE)
+FORBIDDEN_IMPORT = re.compile(r"^\s*(import|from)\s+(torch|backend|flamediff)\b", re.MULTILINE)
 
 
 def manifest_version() -> str:
@@ -47,7 +47,7 @@ def build(out_dir: str = os.path.join(ROOT, "dist")) -> str:
                     if name.endswith(".py"):
                         with open(full, encoding="utf-8") as handle:
                             if FORBIDDEN_IMPORT.search(handle.read()):
-                                raise SystemExit(f"{full} imports torch or backend; the add-on may not")
+                                raise SystemExit(f"{full} imports torch or the flamediff backend; the add-on may not")
                     relative = os.path.relpath(full, os.path.join(ROOT, source))
                     archive.write(full, os.path.join("flamediff", target, relative))
         archive.writestr("flamediff/source_checkout.txt", ROOT)

@@ -47,6 +47,9 @@ class FlameDiffConfig:
     motion_adapter: str | None = None          # AnimateDiff adapter (hub id or folder) to start from
     pretrained: str | None = None              # hub id or folder of SD-1.5 weights (sd15 preset)
     flame_asset: dict[str, str] = field(default_factory=dict)
+    # What the checkpoint learned from, e.g. "procedural" (flamediff's generated heads): renders
+    # warn when a reference is likely outside it. Copied from the training dataset's "source".
+    training_domain: str = ""
 
     def __post_init__(self) -> None:
         if self.control not in CONTROLS:

@@ -35,6 +35,7 @@ class CheckpointInfo:
     resolution: int | None
     flame_asset: dict[str, str]
     fingerprint: str             # size + mtime of the weights: a retrained folder is a new job
+    training_domain: str = ""    # what it learned from ("procedural": generated heads only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +54,8 @@ def describe(folder: str, name: str, source: str) -> CheckpointInfo | None:
         return None
     return CheckpointInfo(name=name, path=os.path.abspath(folder), source=source, preset=config.get("preset"),
                           resolution=config.get("resolution"), flame_asset=dict(config.get("flame_asset") or {}),
-                          fingerprint=f"{stat.st_size}-{stat.st_mtime_ns}")
+                          fingerprint=f"{stat.st_size}-{stat.st_mtime_ns}",
+                          training_domain=str(config.get("training_domain") or ""))
 
 
 def _folders(root: str, source: str) -> list[CheckpointInfo]:
