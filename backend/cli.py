@@ -264,12 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     from flamediff.evaluation.cli import register_cli as register_eval_cli
     from flamediff.evaluation.results import register_cli as register_results_cli
     from flamediff.server.cli import register_cli as register_server_cli
+    from flamediff.tracking.cli import register_cli as register_tracking_cli
     register_dataset_cli(commands)
     register_server_cli(commands)
     render = commands.choices["render"]
     render.set_defaults(func=_render_reads_trackers(render.get_default("func")))
     register_eval_cli(commands)
     register_results_cli(commands)
+    register_tracking_cli(commands)
     return parser
 
 

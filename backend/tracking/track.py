@@ -1,0 +1,113 @@
+"""Footage -> landmarks -> FLAME fit -> animation clip, overlay and report (what ``flamediff track`` runs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flamediff.flame.model import FlameModel
+from flamediff.formats.animation import AnimationClip
+from flamediff.formats.flame_asset import FlameAsset
+from flamediff.tracking.fit import FitResult, FitSettings, LandmarkFitter
+from flamediff.tracking.landmarks import LandmarkDetector, TrackingError
+from flamediff.tracking.media import Footage, FrameWriter, draw_overlay
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+NO_FACE_ADVICE = ("use footage where one face is visible, turned less than about 60 degrees from the camera and at "
+                  "least about 100 pixels tall")
+
+
+@dataclass
+class Tracked:
+    """A tracking run: the fit, its clip, MediaPipe's points per frame and the seconds per stage."""
+
+    footage: Footage
+    fit: FitResult
+    clip: AnimationClip
+    landmarks: list[np.ndarray | None]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def missing_frames(self) -> list[int]:
+        return [int(frame) for frame, points in zip(self.clip.frame, self.landmarks) if points is None]
+
+
+def _report(progress: Progress | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
+
+
+def detect_footage(footage: Footage, progress: Progress | None = None) -> list[np.ndarray | None]:
+    """MediaPipe's landmarks of every frame (frame-to-frame tracking for videos)."""
+    landmarks = []
+    with LandmarkDetector(video=footage.kind == "video") as detector:
+        for frame in footage.frames():
+            landmarks.append(detector.detect(frame))
+            _report(progress, "landmarks", len(landmarks), footage.count)
+    if not any(points is not None for points in landmarks):
+        raise TrackingError(f"MediaPipe found no face in {footage.path} ({len(landmarks)} frame(s)); {NO_FACE_ADVICE}")
+    return landmarks
+
+
+def track_footage(footage: Footage, asset: FlameAsset, settings: FitSettings | None = None,
+                  progress: Progress | None = None, first_frame: int = 1) -> Tracked:
+    """Detect, then fit one shape for the whole footage and per-frame everything else."""
+    start = time.perf_counter()
+    landmarks = detect_footage(footage, progress)
+    detected = time.perf_counter()
+    _report(progress, "fit", 0, 1)
+    fit = LandmarkFitter(asset, settings).fit(landmarks, footage.size)
+    _report(progress, "fit", 1, 1)
+    clip = fit.clip(asset, footage.fps, first_frame)
+    return Tracked(footage=footage, fit=fit, clip=clip, landmarks=landmarks,
+                   seconds={"landmarks": detected - start, "fit": time.perf_counter() - detected})
+
+
+def write_overlay(tracked: Tracked, asset: FlameAsset, path: str, progress: Progress | None = None) -> None:
+    """The fitted mesh drawn over every frame: a PNG for a photo, an MP4 for a clip."""
+    start = time.perf_counter()
+    fit = tracked.fit
+    model = FlameModel(asset)
+    writer = FrameWriter(path, tracked.footage.fps, tracked.footage.size, single=tracked.footage.kind == "image")
+    try:
+        for frame_index, frame in enumerate(tracked.footage.frames()):
+            with torch.no_grad():
+                posed = model(shape=torch.as_tensor(fit.shape, dtype=torch.float32)[None],
+                              expression=torch.as_tensor(fit.expression[frame_index:frame_index + 1], dtype=torch.float32),
+                              pose=torch.as_tensor(fit.pose[frame_index:frame_index + 1], dtype=torch.float32),
+                              translation=torch.as_tensor(fit.translation[frame_index:frame_index + 1], dtype=torch.float32))
+            camera = posed.vertices[0].double().numpy() @ fit.R.T + fit.t
+            pixels = camera @ fit.K.T
+            pixels = pixels[:, :2] / pixels[:, 2:3]
+            detected = tracked.landmarks[frame_index]
+            error = fit.error_px[frame_index]
+            caption = "no face found" if detected is None else f"landmark error {error:.1f} px"
+            fitted = fit.landmark_pixels[frame_index]
+            writer.write(draw_overlay(frame, pixels, asset.faces, camera,
+                                      None if detected is None else detected[fit.mediapipe_index], fitted, caption))
+            _report(progress, "overlay", frame_index + 1, tracked.footage.count)
+    finally:
+        writer.close()
+    tracked.seconds["overlay"] = time.perf_counter() - start
+
+
+def write_report(tracked: Tracked, path: str) -> None:
+    """JSON beside the animation: per-frame landmark error (pixels; null where no face was found)."""
+    error = tracked.fit.error_px
+    found = ~np.isnan(error)
+    report = {
+        "input": tracked.footage.path, "kind": tracked.footage.kind, "frames": tracked.footage.count,
+        "fps": tracked.footage.fps, "image_size": list(tracked.footage.size), "embedding": tracked.fit.embedding_kind,
+        "mean_landmark_error_px": float(error[found].mean()), "frames_without_face": tracked.missing_frames,
+        "seconds": {name: round(value, 3) for name, value in tracked.seconds.items()},
+        "focal_px": float(tracked.fit.K[0, 0]),
+        "per_frame": [{"frame": int(frame), "landmark_error_px": None if np.isnan(value) else round(float(value), 3)}
+                      for frame, value in zip(tracked.clip.frame, error)],
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1)
