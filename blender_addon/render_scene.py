@@ -138,8 +138,10 @@ def update_strip(scene: bpy.types.Scene, folder: str, frames: list[int]) -> bpy.
             return old
         channel = old.channel
         strips.remove(old)
-    # FIT: frames are the model's size (128 px for the demo), scaled to the scene's frame, aspect kept
+    # head framing (the default) gives frames of the scene's size, transparent around the head's
+    # square: alpha over whatever lies below; FIT scales 'camera' framing's model-size frames up
     strip = strips.new_image(STRIP_NAME, frame_path(folder, frames[0]), channel, frames[0], fit_method="FIT")
+    strip.blend_type = "ALPHA_OVER"
     for frame in frames[1:]:
         strip.elements.append(os.path.basename(frame_path(folder, frame)))
     strip["flamediff_folder"] = folder

@@ -48,7 +48,8 @@ def strip_info() -> dict:
             **({"type": strips[0].type, "frame_start": strips[0].frame_start,
                 "frame_final_start": strips[0].frame_final_start, "frame_final_end": strips[0].frame_final_end,
                 "directory": bpy.path.abspath(strips[0].directory), "raw_directory": strips[0].directory,
-                "elements": [e.filename for e in strips[0].elements], "channel": strips[0].channel}
+                "elements": [e.filename for e in strips[0].elements], "channel": strips[0].channel,
+                "blend_type": strips[0].blend_type}
                if strips else {})}
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = 25, 1.0
     scene.frame_start, scene.frame_end = FIRST, LAST
-    scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.render.resolution_x, scene.render.resolution_y = 1920, 1080   # an animator's 16:9 shot
     scene.flamediff_render.checkpoint = "tiny"  # the test's fast model, not the shipped 128 px demo
 
     bpy.ops.flamediff.add_rig(name="FLAME")
@@ -82,7 +83,7 @@ def main() -> None:
     head = rig["flamediff_head"]
     centre = np.mean([tuple(head.matrix_world @ Vector(c)) for c in head.bound_box], axis=0)
     data = bpy.data.cameras.new("Cam")
-    data.lens = 50.0
+    data.lens = 35.0   # the head's square (about 800 px) lies inside the 1920x1080 frame
     cam = bpy.data.objects.new("Cam", data)
     scene.collection.objects.link(cam)
     cam.location = tuple(centre + (0.0, -0.7, 0.0))

@@ -76,12 +76,18 @@ def test_blocking_render_lands_frames_strip_and_settings(run):
     assert os.path.basename(folder) == props["job_id"]
     from PIL import Image
 
-    for frame in FRAMES:
+    for frame in FRAMES:   # the scene is 1920x1080: head framing fills a square around the head, alpha elsewhere
         with Image.open(os.path.join(folder, f"frame_{frame:04d}.png")) as image:
-            assert image.size == (32, 32)  # the tiny checkpoint's resolution
+            assert image.size == (1920, 1080) and image.mode == "RGBA"
+            alpha = np.asarray(image)[..., 3]
+        opaque = np.argwhere(alpha == 255)
+        (top, left), (bottom, right) = opaque.min(0), opaque.max(0) + 1
+        assert 0 < right - left < 1920 and abs((right - left) - (bottom - top)) <= 2   # a square inside the frame
+        assert (alpha[top:bottom, left:right] == 255).all() and alpha.sum() == 255 * (right - left) * (bottom - top)
     assert not [n for n in os.listdir(folder) if n.startswith("frame_") and int(n[6:10]) not in FRAMES]
     strip = results["strip"]
     assert strip["count"] == 1 and strip["type"] == "IMAGE" and strip["names"] == ["flamediff"]
+    assert strip["blend_type"] == "ALPHA_OVER"
     assert strip["frame_final_start"] == FRAMES[0] and strip["frame_final_end"] == FRAMES[-1] + 1
     assert strip["elements"] == [f"frame_{f:04d}.png" for f in FRAMES]
     assert os.path.samefile(strip["directory"], folder)
@@ -138,7 +144,8 @@ def test_preview_from_the_operator_argument_or_the_panel_renders_half_size_into_
         assert not os.path.samefile(props["output_dir"], full["output_dir"])
         for frame in frames:
             with Image.open(os.path.join(props["output_dir"], f"frame_{frame:04d}.png")) as image:
-                assert image.size == (16, 16), key  # half the tiny checkpoint's 32 px
+                assert image.size == (1920, 1080), key  # head-framed into the scene's frame (the server test
+                # checks the half-size render itself, with framing "camera")
         with open(os.path.join(props["output_dir"], "settings.json"), encoding="utf-8") as handle:
             record = json.load(handle)
         assert record["settings"]["preview"] is True and record["steps"] == steps, key  # panel: 0 -> at most 4

@@ -143,7 +143,8 @@ def test_render_then_identical_resubmit_renders_nothing(server, inputs):
         for kind in ("frames", "control"):
             png = server.get(f"/v1/jobs/{job['id']}/{kind}/{frame}", headers=AUTH)
             assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-            assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+            image = Image.open(io.BytesIO(png.content))
+            assert image.size == (48, 48) and image.mode == "RGBA"  # head framing: the camera's image size
     before = frame_mtimes(folder)
     assert len(before) == 4
 
@@ -184,7 +185,7 @@ def test_preview_is_another_job_with_half_size_frames(server, inputs):
 
     assert "preview" not in JobSettings().hashed()  # full renders keep their ids from before previews
 
-    settings = {**FAST, "frames": "1-2", "seed": 31, "steps": 0}
+    settings = {**FAST, "frames": "1-2", "seed": 31, "steps": 0, "framing": "camera"}  # frames at model size
     full = submit(server, inputs, settings).json()
     preview = submit(server, inputs, {**settings, "preview": True}).json()
     assert preview["id"] != full["id"] and preview["settings"]["preview"] and not full["settings"]["preview"]
@@ -499,7 +500,7 @@ def test_render_command_preview_and_precision(tmp_path, models_dir, inputs, head
     args = parser.parse_args(["render", "--reference", str(tmp_path / "ref.png"), "--animation",
                               str(tmp_path / "anim.npz"), "--out", str(tmp_path / "out"), "--checkpoint",
                               os.path.join(models_dir, "tiny"), "--frames", "1", "--device", "cpu",
-                              "--models-dir", models_dir, "--preview", "--precision", "bf16"])
+                              "--models-dir", models_dir, "--preview", "--precision", "bf16", "--framing", "camera"])
     assert args.func(args) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["settings"]["preview"] and manifest["precision"] == "bf16" and manifest["steps"] == 4

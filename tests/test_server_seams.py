@@ -135,4 +135,4 @@ def test_the_pipeline_settings_are_the_job_settings_it_shares() -> None:
     settings = parse_settings({"steps": 0, "guidance": 3.5, "seed": 11, "shape_from": "reference",
                                "reference_shape": [0.1], "preview": True, "frames_per_batch": 8})
     assert pipeline_settings(settings, steps=4, frames_per_batch=2) == RenderSettings(
-        steps=4, guidance=3.5, seed=11, frames_per_batch=2, shape_from="reference", preview=True)
+        steps=4, guidance=3.5, seed=11, frames_per_batch=2, shape_from="reference", preview=True, framing="head")

@@ -15,7 +15,7 @@ from typing import Union
 
 from .paths import cache_dir, default_token_file
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "JOB_SETTINGS", "PROTOCOL_VERSION", "SHAPE_SOURCES", "Setting",
+__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "FRAMINGS", "JOB_SETTINGS", "PROTOCOL_VERSION", "SHAPE_SOURCES", "Setting",
            "cache_dir", "default_token_file", "frame_file", "is_loopback_host", "is_loopback_url", "setting"]
 
 #: Bumped when a route or a field of the HTTP protocol changes meaning; client and server compare it.
@@ -76,6 +76,11 @@ class Setting:
         return tuple(value for value, _, _ in self.choices)
 
 
+FRAMINGS = (("head", "Head", "Each frame renders the square around the head, framed as the model was trained, placed "
+                             "into a transparent frame of the scene's resolution (composites over other work)"),
+            ("camera", "Whole camera", "The camera's whole view fitted into the model's square: frames of the "
+                                       "camera's aspect at the model's resolution, no transparency"))
+
 SHAPE_SOURCES = (("animation", "Animation", "The rig's own shape keys: the frames show the rig's identity"),
                  ("reference", "Reference", "The reference person's FLAME shape (Reference shape file): the rig's "
                                             "motion on the reference identity (cross-identity)"))
@@ -96,6 +101,9 @@ JOB_SETTINGS: tuple[Setting, ...] = (
     Setting("reference_shape", "floats", "Reference shape", "FLAME shape coefficients (for shape_from "
             "'reference')", None, 1, 300),
     Setting("resolution", "int", "Resolution", "must equal the checkpoint's; empty = its own", None, 8, 4096),
+    Setting("framing", "choice", "Framing", "what the model renders: the square around the head placed in a "
+            "transparent frame of the camera's image size ('head'), or the camera's whole view at the model's "
+            "resolution ('camera')", "head", choices=FRAMINGS),
     Setting("preview", "bool", "Preview", "a quick look: half resolution, at most 4 steps, first frame first",
             False),
     Setting("frames_per_batch", "int", "Frames per batch", "frames denoised together (halves on GPU OOM)", 4, 1,

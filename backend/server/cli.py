@@ -20,7 +20,7 @@ from flamediff.server.inputs import InputLimits
 from flamediff.server.worker import DEVICES, PRECISIONS
 
 #: The job settings ``render`` takes as options (``--checkpoint`` and ``--reference-shape`` name files).
-RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "frames_per_batch", "preview")
+RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "framing", "frames_per_batch", "preview")
 
 
 def _models_dir(path: str | None) -> str:

@@ -164,6 +164,7 @@ class JobSettings(BaseModel):
     shape_from: Literal["animation", "reference"] = _protocol_field("shape_from")
     reference_shape: list[Annotated[float, Field(allow_inf_nan=False)]] | None = _protocol_field("reference_shape")
     resolution: int | None = _protocol_field("resolution")
+    framing: Literal["head", "camera"] = _protocol_field("framing")
     preview: bool = _protocol_field("preview")
     frames_per_batch: int = _protocol_field("frames_per_batch")
 
