@@ -524,3 +524,52 @@ def test_tracker_uploads_are_converted_and_bounded(client, inputs, tmp_path):
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("exp.npy", b"\0" * (8 << 20))        # 8 MiB of zeros, over this server's 4 MiB
     assert_error(submit(client, inputs, FAST, animation=bomb.getvalue()), 413, "unpacks to more than")
+
+
+def _zipped(files: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    """A zip of ``files`` (name -> bytes) as a user's archiver writes a folder; ``links`` are symlinks."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            if name in links:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _flame_param_folder(frames: int = 4, widths: dict[str, int] | None = None) -> dict[str, bytes]:
+    """VHAP's export flame_param/<timestep>.npz files (a leading 1 per array) and an image beside them."""
+    rng = np.random.default_rng(3)
+    files = {"capture/images/00000_00.png": png_bytes()}
+    for ti in range(frames):
+        width = (widths or {}).get(str(ti), 100)
+        arrays = {"rotation": rng.normal(0, 0.1, (1, 3)), "translation": np.zeros((1, 3)),
+                  "neck_pose": np.zeros((1, 3)), "jaw_pose": rng.normal(0, 0.1, (1, 3)), "eyes_pose": np.zeros((1, 6)),
+                  "shape": rng.normal(0, 0.5, 300), "expr": rng.normal(0, 0.5, (1, width))}
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: v.astype(np.float32) for k, v in arrays.items()})
+        files[f"capture/flame_param/{ti:05d}.npz"] = buffer.getvalue()
+    return files
+
+
+def test_zipped_tracker_folders_are_read_within_caps(client, inputs):
+    """Issue 13: a zipped per-frame tracker folder is read by the shared layer (images skipped);
+    too many members, unsafe names, links and mismatched frames are 4xx with advice."""
+    response = submit(client, inputs, FAST, animation=_zipped(_flame_param_folder()))
+    assert response.status_code == 201, response.text
+    notes = " ".join(response.json()["notes"])
+    assert "VHAP export" in notes and "4 frames" in notes and "default portrait camera" in notes
+    crowded = {f"capture/flame_param/{i:05d}.npz": b"" for i in range(8 * 8 + 17)}  # this server: 8 frames
+    assert_error(submit(client, inputs, FAST, animation=_zipped(crowded)), 413, "81 files, more than 80")
+    for name in ("../../evil.npz", "/tmp/evil.npz", "capture/../../evil.npz"):
+        files = {**_flame_param_folder(2), name: b"x"}
+        assert_error(submit(client, inputs, FAST, animation=_zipped(files)), 422, "unsafe path")
+    files = _flame_param_folder(2)
+    files["capture/flame_param/00009.npz"] = b"/etc/passwd"
+    assert_error(submit(client, inputs, FAST, animation=_zipped(files, links=("capture/flame_param/00009.npz",))),
+                 422, "link")
+    mismatched = _zipped(_flame_param_folder(3, widths={"1": 50}))
+    assert_error(submit(client, inputs, FAST, animation=mismatched), 422, "tracker folder", "00001.npz", "'expr'")
+    assert_error(submit(client, inputs, FAST, animation=_zipped({"capture/notes.md": b"hi"})), 422,
+                 "no tracker files")

@@ -316,11 +316,14 @@ def read_animation(data: bytes, limits: InputLimits = InputLimits()) -> tuple[An
 
 def _upload_suffix(data: bytes, max_bytes: int) -> str | None:
     """The file extension a tracker's upload had, told from its first bytes (uploads have no
-    trustworthy name): torch zip, other zip (npz), .npy, pickle, or None for a flamediff npz.
+    trustworthy name): torch zip, zipped tracker folder (.zip), other zip (npz), .npy, pickle, or
+    None for a flamediff npz.
     A zip whose members declare more than ``max_bytes`` in all is refused before anything is
     decompressed (zipfile never reads past a member's declared size)."""
     if data.startswith(b"PK"):
         import zipfile
+
+        from flamediff.server.tracker_archive import is_folder_archive
 
         try:
             members = zipfile.ZipFile(io.BytesIO(data)).infolist()
@@ -332,6 +335,8 @@ def _upload_suffix(data: bytes, max_bytes: int) -> str | None:
         if sum(member.file_size for member in members) > max_bytes:
             raise InputError(f"the animation archive unpacks to more than {max_bytes // 2 ** 20} MiB",
                              "send a shorter clip (serve's --max-animation-mb sets the limit)", 413)
+        if is_folder_archive(names):
+            return ".zip"
         return ".pth" if any(n.endswith("data.pkl") for n in names) else ".npz"
     if data.startswith(b"\x93NUMPY"):
         return ".npy"
@@ -341,25 +346,29 @@ def _upload_suffix(data: bytes, max_bytes: int) -> str | None:
 
 
 def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits()) -> tuple[bytes, list[str]] | None:
-    """A single-file tracker output (SMIRK / DECA / EMOCA / metrical-tracker / VHAP /
+    """A tracker's file or zipped per-frame folder (SMIRK / DECA / EMOCA / metrical-tracker / VHAP /
     GaussianAvatars ... read by :mod:`flamediff.formats.trackers`, never executing pickled code)
     converted to a flamediff animation file, with notes on what was mapped, dropped and assumed;
     None when ``data`` is not one (a flamediff file goes to :func:`read_animation` as it is)."""
     from flamediff.formats.trackers import TrackerFormatError, read_tracker, with_default_camera
+    from flamediff.server.tracker_archive import archive_member_limit, unpack_tracker_archive
 
     suffix = _upload_suffix(data, limits.max_bytes)
     if suffix is None:
         return None
     with tempfile.TemporaryDirectory(prefix="flamediff-tracker-") as folder:
         path = os.path.join(folder, "upload" + suffix)
-        with open(path, "wb") as handle:
-            handle.write(data)
+        if suffix == ".zip":
+            path = unpack_tracker_archive(data, path, archive_member_limit(limits.max_frames))
+        else:
+            with open(path, "wb") as handle:
+                handle.write(data)
         try:
             imported = read_tracker(path, whole_sequence=False)
         except TrackerFormatError as exc:
             if suffix == ".npz":
                 return None                   # not a tracker's npz: read_animation names what is wrong
-            raise InputError(f"unreadable tracker file: {_without(path, exc)}",
+            raise InputError(f"unreadable tracker {'folder' if suffix == '.zip' else 'file'}: {_without(path, exc)}",
                              "send a flamediff animation (flamediff convert IN OUT.npz, or export from Blender)",
                              422) from None
         clip, report = imported.clip, imported.report
