@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "and 'render' need one)")
     convert.set_defaults(func=cmd_convert)
 
-    from flamediff.data.procedural import register_cli as register_dataset_cli
+    from flamediff.data.cli import register_cli as register_dataset_cli
     from flamediff.evaluation.cli import register_cli as register_eval_cli
     from flamediff.evaluation.results import register_cli as register_results_cli
     from flamediff.server.cli import register_cli as register_server_cli

@@ -11,13 +11,10 @@ import pytest
 import torch
 
 from flamediff.evaluation import metrics as M
+from flamediff.evaluation.evaluate import evaluate, format_table
+from flamediff.evaluation.masks import background_mask
+from flamediff.evaluation.selection import to_resolution
 from flamediff.formats.trackers import axis_angle_to_matrix, matrix_to_axis_angle
-from flamediff.evaluation.evaluate import (
-    background_mask,
-    evaluate,
-    format_table,
-    to_resolution,
-)
 
 RNG = np.random.default_rng(0)
 
@@ -97,8 +94,9 @@ class _CopyReference:
 
 
 def test_reference_sensitivity_tells_following_from_ignoring(tmp_path, head_asset):
-    from flamediff.evaluation.evaluate import coverage_masks, reference_sensitivity
-    from flamediff.evaluation.studies import reference_row, spread
+    from flamediff.evaluation.evaluate import reference_sensitivity
+    from flamediff.evaluation.masks import coverage_masks
+    from flamediff.evaluation.selection import reference_row, spread
 
     data = str(tmp_path / "data")
     index = _shared_pose_dataset(data, head_asset)
@@ -290,7 +288,7 @@ def test_evaluate_returns_every_metric_and_baseline(tiny_setup, head_asset, tmp_
     assert {"head_ratio", "background_ratio", "head_follows", "background_follows"} <= set(result["reference_sensitivity"])
 
     # copy-reference PSNR is exactly the metrics' value on those image pairs (coverage masks)
-    from flamediff.evaluation.evaluate import coverage_masks
+    from flamediff.evaluation.masks import coverage_masks
 
     values = []
     for identity in (0, 1):
@@ -304,7 +302,7 @@ def test_evaluate_returns_every_metric_and_baseline(tiny_setup, head_asset, tmp_
 
 
 def test_evaluate_splits_and_missing_measurements(tiny_setup, head_asset):
-    from flamediff.evaluation.evaluate import EvaluationError
+    from flamediff.evaluation.selection import EvaluationError
     from flamediff.models import FlameDiffModel
 
     data, checkpoint, _, _ = tiny_setup

@@ -255,7 +255,7 @@ def test_artefacts_only_in_their_regions(head_asset):
 
 def test_cli_registers_and_runs(tmp_path, head_folder, head_asset, monkeypatch):
     import flamediff.assets
-    from flamediff.data.procedural import register_cli
+    from flamediff.data.cli import register_cli
 
     monkeypatch.setattr(flamediff.assets, "load_asset", lambda path=None: head_asset)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flamediff.data import procedural as P
-from flamediff.evaluation import studies
+from flamediff.evaluation import selection, studies
 from flamediff.formats.animation import make_clip
 
 
@@ -68,10 +68,10 @@ def test_reference_row_and_spread(procedural_data):
     index = read_dataset(procedural_data)
     rows = index.samples_of_identity(0)
     assert index.label[rows[0]] == 1  # multi-view samples come first...
-    ref = studies.reference_row(index, 0)
+    ref = selection.reference_row(index, 0)
     assert index.label[ref] == 0 and ref == rows[index.label[rows] == 0][0]  # ...the reference is clean
-    np.testing.assert_array_equal(studies.spread(np.arange(10), 3), [0, 4, 9])
-    np.testing.assert_array_equal(studies.spread(np.arange(2), 3), [0, 1])
+    np.testing.assert_array_equal(selection.spread(np.arange(10), 3), [0, 4, 9])
+    np.testing.assert_array_equal(selection.spread(np.arange(2), 3), [0, 1])
 
 
 @pytest.fixture(scope="module")

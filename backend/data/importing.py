@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
-from flamediff.data.procedural import split_identities
+from flamediff.data.splits import split_identities
 from flamediff.formats.animation import POSE_FIELDS, AnimationClip
 from flamediff.formats.conventions import project_points
 from flamediff.formats.trackers import (TrackerFormatError, TrackerReport, flame_version_note, frame_number,

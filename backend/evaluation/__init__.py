@@ -1,8 +1,13 @@
-"""Evaluation of flamediff checkpoints (issue #7): ``flamediff eval``.
+"""Evaluation of flamediff checkpoints (issue #7): ``flamediff eval`` and ``flamediff results``.
 
 - :mod:`flamediff.evaluation.metrics`: PSNR, SSIM, L1 over a head mask; LPIPS-style and CSIM
   hooks for user-supplied network files; the AED/APD estimator interface and the procedural
   regressor.
+- :mod:`flamediff.evaluation.selection`: split identities, references, driving rows, ground truth.
+- :mod:`flamediff.evaluation.masks`: head masks (FLAME coverage or background difference).
 - :mod:`flamediff.evaluation.evaluate`: self- and cross-reenactment with baselines.
+- :mod:`flamediff.evaluation.studies`: PSNR by view, artefact level, flicker.
+- :mod:`flamediff.evaluation.reconstruction`: the VAE's reconstruction ceiling.
+- :mod:`flamediff.evaluation.results`: docs/RESULTS.md from a plan; :mod:`.curve`: learning curves.
 - :mod:`flamediff.evaluation.cli`: ``register_cli(subparsers)`` adds ``eval``.
 """

@@ -21,12 +21,8 @@ identity's reference: the outputs' colours must follow it. Prints a table; --jso
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from flamediff.assets import load_asset
-    from flamediff.evaluation.evaluate import (
-        EvaluationError,
-        default_checkpoint,
-        evaluate,
-        format_table,
-    )
+    from flamediff.evaluation.evaluate import default_checkpoint, evaluate, format_table
+    from flamediff.evaluation.selection import EvaluationError
     from flamediff.evaluation.metrics import train_regressor
 
     checkpoint = args.checkpoint or default_checkpoint()
@@ -40,7 +36,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import numpy as np
 
         from flamediff.data.dataset import read_dataset
-        from flamediff.data.procedural import read_splits
+        from flamediff.data.splits import read_splits
 
         index = read_dataset(args.data)
         rows, which = None, "every identity"
@@ -64,7 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers) -> argparse.ArgumentParser:
+def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``eval`` to an argparse subparsers object; returns its parser."""
     parser = subparsers.add_parser("eval", help="evaluate a checkpoint: self/cross-reenactment metrics and baselines",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)

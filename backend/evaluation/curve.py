@@ -12,10 +12,14 @@ import argparse
 import glob
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from flamediff.models.flamediff_model import FlameDiffModel
+    from flamediff.training.train import Trainer
 
 
-def checkpoint_model(trainer, checkpoint: str):
+def checkpoint_model(trainer: Trainer, checkpoint: str) -> FlameDiffModel:
     """The trainer's model with ``checkpoint``'s weights (its EMA when the run keeps one)."""
     trainer.accelerator.load_state(checkpoint)
     if trainer.ema is not None:
@@ -25,7 +29,8 @@ def checkpoint_model(trainer, checkpoint: str):
 
 
 def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames: int = 4, every: int = 1,
-                   steps: int = 0, guidance: float = 0.0, log=print) -> list[dict[str, Any]]:
+                   steps: int = 0, guidance: float = 0.0,
+                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One row per kept checkpoint: step, method and copy-reference PSNR / SSIM / L1, and the gain."""
     from flamediff.evaluation.evaluate import evaluate
     from flamediff.training.train import TrainConfig, Trainer

@@ -36,84 +36,38 @@ file, no estimator) are ``None``.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from flamediff.errors import FlamediffError
+from flamediff.data.dataset import DatasetIndex
 from flamediff.evaluation import metrics as M
-from flamediff.evaluation.studies import reference_row, spread
+from flamediff.evaluation.masks import background_mask, coverage_masks
+from flamediff.evaluation.selection import EvaluationError, identities_in_split, reference_row, spread, to_resolution
+from flamediff.formats.animation import AnimationClip
+from flamediff.formats.flame_asset import FlameAsset
 
 METRIC_KEYS = ("psnr", "ssim", "l1", "lpips", "csim", "aed", "apd", "head_colour", "background_colour", "sharpness")
 SELF_KEYS = METRIC_KEYS
 SELF_BASELINES = ("copy_reference", "other_identity_gt", "vae_reconstruction")
+CROSS_BASELINES = ("copy_reference", "other_identity_gt")
 #: One identity's self-reenactment: driving rows, the frames rendered with its own reference, head masks.
 SelfRun = tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
 CROSS_KEYS = ("csim", "aed", "apd")
-
-
-class EvaluationError(FlamediffError):
-    """Bad evaluation inputs (split, dataset, checkpoint); the message says which and why."""
+#: An estimator's (expression [N, E], pose [N, P]) on the driving frames, or None without an estimator.
+DriveEstimate = tuple[np.ndarray, np.ndarray] | None
+MaskFunction = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
 
 
 def default_checkpoint() -> str | None:
+    """The shipped demo checkpoint's folder (None when it is not there)."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "demo")
     return path if os.path.isdir(path) else None
-
-
-def split_identities(index, split: str) -> list[int]:
-    all_ids = sorted(int(i) for i in np.unique(index.identity))
-    if split == "all":
-        return all_ids
-    if split not in ("train", "heldout"):
-        raise EvaluationError(f"split must be 'all', 'train' or 'heldout', not {split!r}")
-    if not os.path.isfile(os.path.join(index.folder, "splits.json")):
-        raise EvaluationError(f"{index.folder} has no splits.json: use --split all (or a procedural dataset)")
-    from flamediff.data.procedural import read_splits
-
-    chosen = sorted(int(i) for i in read_splits(index.folder).get(split, []) if int(i) in all_ids)
-    if not chosen:
-        raise EvaluationError(f"{index.folder}: the {split!r} split has no identities in this dataset")
-    return chosen
-
-
-def to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Ground truth at the model's resolution, prepared like the pipeline's input images."""
-    if image.shape[:2] == (resolution, resolution):
-        return image
-    from flamediff.pipelines.render import image_to_tensor, tensor_to_images
-
-    return tensor_to_images(image_to_tensor(image, resolution))[0]
-
-
-def coverage_masks(clip, asset, resolution: int, supersample: int = 2) -> np.ndarray:
-    """``[N, R, R]`` bool: FLAME mesh coverage >= 0.5 (annotated parameters and camera)."""
-    from flamediff.geometry.rasterizer import downsample, rasterize
-    from flamediff.flame.model import FlameModel
-    from flamediff.formats.conventions import square_crop_intrinsics
-
-    with torch.no_grad():
-        vertices = FlameModel(asset).forward_clip(clip).vertices.float()
-    image_size = clip.image_size or (resolution, resolution)
-    K = square_crop_intrinsics(clip.K, image_size, resolution * supersample)
-    faces = torch.as_tensor(np.asarray(asset.faces), dtype=torch.long)
-    frags = rasterize(vertices, faces, torch.as_tensor(K, dtype=torch.float32), torch.as_tensor(clip.R, dtype=torch.float32),
-                      torch.as_tensor(clip.t, dtype=torch.float32), resolution * supersample, resolution * supersample)
-    covered = (frags.face_id >= 0).float()[..., None]
-    return (downsample(covered, supersample)[..., 0] >= 0.5).numpy()
-
-
-def background_mask(image: np.ndarray, threshold: float = 12.0) -> np.ndarray:
-    """``[H, W]`` bool: pixels that differ from the corner-estimated background (see the module doc)."""
-    x = image.astype(np.float64)
-    top = (x[:3, :3].mean((0, 1)) + x[:3, -3:].mean((0, 1))) / 2
-    bottom = (x[-3:, :3].mean((0, 1)) + x[-3:, -3:].mean((0, 1))) / 2
-    s = np.linspace(0.0, 1.0, x.shape[0])[:, None, None]
-    background = top * (1 - s) + bottom * s
-    return np.abs(x - background).max(-1) > threshold
 
 
 def _mean(values: list[float]) -> float | None:
@@ -122,6 +76,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 class _Accumulator:
+    """Per-frame values of one table row, averaged at the end."""
+
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = keys
         self.values: dict[str, list[float]] = {k: [] for k in keys}
@@ -137,18 +93,219 @@ class _Accumulator:
         return out
 
 
-def pose_keys(clip) -> np.ndarray:
+def pose_keys(clip: AnimationClip) -> np.ndarray:
     """``[N, D]`` per-sample expression, pose, translation and camera, to find equal poses."""
     fields = ("expression", "global_pose", "neck_pose", "jaw_pose", "left_eye_pose", "right_eye_pose",
               "translation", "K", "R", "t")
     return np.concatenate([np.asarray(getattr(clip, f), np.float64).reshape(clip.num_frames, -1) for f in fields], 1)
 
 
-def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, steps: int = 0,
+@dataclass
+class _Scorer:
+    """The table's rows and the optional networks every output is scored with."""
+
+    estimator: M.ExpressionPoseEstimator | None
+    lpips: M.LPIPSMetric | None
+    csim: M.CSIMMetric | None
+    rows: dict[tuple[str, str], _Accumulator] = field(default_factory=dict)
+    estimator_error: _Accumulator = field(default_factory=lambda: _Accumulator(("aed", "apd")))
+
+    def __post_init__(self) -> None:
+        self.rows.update({("self", name): _Accumulator(SELF_KEYS) for name in ("method", *SELF_BASELINES)})
+        self.rows.update({("cross", name): _Accumulator(CROSS_KEYS) for name in ("method", *CROSS_BASELINES)})
+
+    def estimate(self, images: list[np.ndarray]) -> DriveEstimate:
+        return self.estimator.estimate(np.stack(images)) if self.estimator is not None else None
+
+    def score(self, kind: str, name: str, outputs: list[np.ndarray], truth: list[np.ndarray] | None,
+              masks: list[np.ndarray] | None, identity_ref: list[np.ndarray], drive_est: DriveEstimate,
+              keep: list[int] | None = None) -> None:
+        """Add the frames ``keep`` (default all) of ``outputs`` to row ``(kind, name)``: pixel and
+        colour metrics against ``truth`` (when given), CSIM against ``identity_ref``, AED / APD
+        against the driving frames' estimates."""
+        row = self.rows[(kind, name)]
+        keep = list(range(len(outputs))) if keep is None else keep
+        if not keep:
+            return
+        row.frames += len(keep)
+        outputs = [outputs[i] for i in keep]
+        for j, i in enumerate(keep):
+            if truth is not None and masks is not None:
+                row.add(**M.pixel_metrics(outputs[j], truth[i], masks[i]),
+                        **appearance_metrics(outputs[j], truth[i], masks[i]))
+                if self.lpips is not None:
+                    row.add(lpips=self.lpips(outputs[j], truth[i], masks[i]))
+            if self.csim is not None:
+                row.add(csim=self.csim(outputs[j], identity_ref[i]))
+        if drive_est is not None and self.estimator is not None:
+            expression, pose = self.estimator.estimate(np.stack(outputs))
+            for j, i in enumerate(keep):
+                row.add(**M.expression_pose_distance(expression[j], pose[j], drive_est[0][i], drive_est[1][i]))
+
+    def score_estimator(self, clip: AnimationClip, drive_est: DriveEstimate) -> None:
+        """The procedural regressor's own error on the driving frames (their annotations are the truth)."""
+        if drive_est is None or not isinstance(self.estimator, M.ProceduralRegressor):
+            return
+        expression, pose = M.procedural_targets(clip, drive_est[0].shape[1])
+        for i in range(clip.num_frames):
+            self.estimator_error.add(**M.expression_pose_distance(drive_est[0][i], drive_est[1][i], expression[i], pose[i]))
+        self.estimator_error.frames += clip.num_frames
+
+    def section(self, kind: str) -> dict[str, Any]:
+        names = SELF_BASELINES if kind == "self" else CROSS_BASELINES
+        return {"method": self.rows[(kind, "method")].result(),
+                "baselines": {name: self.rows[(kind, name)].result() for name in names}}
+
+
+@dataclass
+class _Reference:
+    """One identity's reference: its row, the image as stored and at the model's resolution."""
+
+    row: int
+    raw: np.ndarray
+    small: np.ndarray
+
+
+@dataclass
+class _Evaluation:
+    """One run of :func:`evaluate`: the pipeline, the data, the scorer and what the run noted."""
+
+    pipeline: Any
+    index: DatasetIndex
+    asset: FlameAsset
+    scorer: _Scorer
+    settings: dict[str, Any]
+    use_coverage: bool
+    max_frames: int | None
+    notes: list[str] = field(default_factory=list)
+    self_runs: dict[int, SelfRun] = field(default_factory=dict)
+    skipped_other: int = 0
+
+    @property
+    def resolution(self) -> int:
+        return self.pipeline.model.config.resolution
+
+    def masks_for(self, rows: np.ndarray, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Head masks of the samples ``rows`` (their frames ``frames``), see the module doc."""
+        if self.use_coverage:
+            return list(coverage_masks(self.index.annotations.take_rows(rows), self.asset, self.resolution))
+        return [background_mask(f) for f in frames]
+
+    def render(self, reference: _Reference, rows: np.ndarray, swap_shape: bool = False) -> list[np.ndarray]:
+        """The method's frames for the samples ``rows``; ``swap_shape``: the reference's shape
+        instead of the driving samples' (cross-reenactment)."""
+        from flamediff.pipelines.render import RenderSettings
+
+        clip = self.index.annotations.take_rows(rows)
+        if not swap_shape:
+            return self.pipeline(reference.raw, clip, RenderSettings(**self.settings)).frames
+        return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, shape_from="reference"),
+                             reference_shape=self.index.annotations.shape[reference.row]).frames
+
+    @functools.cached_property
+    def pose_keys(self) -> np.ndarray:
+        return pose_keys(self.index.annotations)
+
+    def frames(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [to_resolution(self.index.load_frame(int(i)), self.resolution) for i in rows]
+
+    def reference(self, identity: int) -> _Reference:
+        row = reference_row(self.index, identity)
+        raw = self.index.load_frame(row)
+        return _Reference(row, raw, to_resolution(raw, self.resolution))
+
+    def self_reenactment(self, identity: int, reference: _Reference) -> None:
+        """Drive with the identity's other samples and score the method and the self baselines."""
+        from flamediff.evaluation.reconstruction import reconstruct
+
+        samples = self.index.samples_of_identity(identity)
+        drive = spread(samples[samples != reference.row], self.max_frames)
+        if len(drive) == 0:
+            self.notes.append(f"identity {identity}: a single sample, no self-reenactment")
+            return
+        truth = self.frames(drive)
+        masks = self.masks_for(drive, truth)
+        out = self.render(reference, drive)
+        self.self_runs[identity] = (drive, out, masks)
+        drive_est = self.scorer.estimate(truth)
+        self.scorer.score_estimator(self.index.annotations.take_rows(drive), drive_est)
+        score = self.scorer.score
+        score("self", "method", out, truth, masks, truth, drive_est)
+        score("self", "copy_reference", [reference.small] * len(drive), truth, masks, truth, drive_est)
+        score("self", "vae_reconstruction", list(reconstruct(self.pipeline.model, np.stack(truth))), truth, masks,
+              truth, drive_est)
+        matches, keep = self.same_pose_frames(identity, drive)
+        self.skipped_other += len(drive) - len(keep)
+        score("self", "other_identity_gt", [m if m is not None else reference.small for m in matches], truth, masks,
+              truth, drive_est, keep)
+
+    def same_pose_frames(self, identity: int, drive: np.ndarray) -> tuple[list[np.ndarray | None], list[int]]:
+        """Per driving row, another identity's frame in the same pose (None without one), and the
+        positions of the rows that have one."""
+        keys = self.pose_keys
+        others = np.nonzero(self.index.identity != identity)[0]
+        matches: list[np.ndarray | None] = []
+        keep: list[int] = []
+        for i, row in enumerate(drive):
+            equal = others[np.abs(keys[others] - keys[row]).max(1) <= 1e-6] if len(others) else others
+            match = int(equal[0]) if len(equal) else None
+            matches.append(None if match is None else to_resolution(self.index.load_frame(match), self.resolution))
+            if match is not None:
+                keep.append(i)
+        return matches, keep
+
+    def cross_reenactment(self, driver: int, reference: _Reference) -> None:
+        """Drive with identity ``driver``'s samples, shape swapped to the reference's."""
+        rows = spread(self.index.samples_of_identity(driver), self.max_frames)
+        drive_frames = self.frames(rows)
+        out = self.render(reference, rows, swap_shape=True)
+        drive_est = self.scorer.estimate(drive_frames)
+        refs = [reference.small] * len(rows)
+        self.scorer.score("cross", "method", out, None, None, refs, drive_est)
+        self.scorer.score("cross", "copy_reference", refs, None, None, refs, drive_est)
+        self.scorer.score("cross", "other_identity_gt", drive_frames, None, None, refs, drive_est)
+
+    def closing_notes(self, identities: list[int]) -> None:
+        if len(identities) < 2:
+            self.notes.append("one identity only: no cross-reenactment")
+        if self.skipped_other:
+            self.notes.append(f"other_identity_gt (self): {self.skipped_other} driving frames have no other identity's "
+                              "frame in the same pose and were skipped")
+        for missing, note in ((self.scorer.estimator, "AED/APD not measured: no expression/pose estimator given"),
+                              (self.scorer.lpips, "LPIPS not measured: no --lpips-weights file"),
+                              (self.scorer.csim, "CSIM not measured: no --csim-weights file")):
+            if missing is None:
+                self.notes.append(note)
+
+
+def _load_model(checkpoint_or_model: Any, asset: FlameAsset, device: str) -> tuple[Any, str]:
+    """The model and how to name it in the result."""
+    from flamediff.models.flamediff_model import FlameDiffModel
+
+    if isinstance(checkpoint_or_model, FlameDiffModel):
+        return checkpoint_or_model, "<in-memory model>"
+    checkpoint = str(checkpoint_or_model)
+    if not os.path.exists(checkpoint):
+        raise EvaluationError(f"checkpoint {checkpoint} does not exist")
+    return FlameDiffModel.from_pretrained(checkpoint, asset=asset, device=device), checkpoint
+
+
+def _use_coverage(index: DatasetIndex, asset: FlameAsset, head_mask: str, dataset_folder: str) -> bool:
+    """Whether head masks come from FLAME coverage (else from the background difference)."""
+    if head_mask not in ("auto", "coverage", "background"):
+        raise EvaluationError(f"head_mask must be 'auto', 'coverage' or 'background', not {head_mask!r}")
+    same_asset = bool(index.flame_asset.get("hash")) and index.flame_asset.get("hash") == asset.content_hash
+    if head_mask == "coverage" and not same_asset:
+        raise EvaluationError(f"{dataset_folder} was made with FLAME asset {index.flame_asset.get('name')!r}, not the "
+                              f"loaded {asset.name!r}: its coverage cannot be computed (use head_mask='background')")
+    return same_asset and head_mask != "background"
+
+
+def evaluate(checkpoint_or_model: Any, dataset_folder: str, split: str = "all", *, steps: int = 0,
              guidance: float = 0.0, seed: int = 0, max_frames: int | None = 8, max_identities: int | None = None,
-             flame_asset=None, estimator: M.ExpressionPoseEstimator | None = None,
+             flame_asset: FlameAsset | str | None = None, estimator: M.ExpressionPoseEstimator | None = None,
              lpips_weights: str | None = None, csim_weights: str | None = None, frames_per_batch: int = 8,
-             device: str | None = None, head_mask: str = "auto", progress=None,
+             device: str | None = None, head_mask: str = "auto", progress: Callable[[int, int], None] | None = None,
              reference_check: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint folder (or a :class:`FlameDiffModel`) on ``dataset_folder``; returns
     a JSON-ready dict (see the module doc). ``flame_asset``: a loaded asset, a folder or None
@@ -156,163 +313,44 @@ def evaluate(checkpoint_or_model, dataset_folder: str, split: str = "all", *, st
     loaded one, else background difference), "coverage" or "background". ``reference_check``:
     also run :func:`reference_sensitivity` (one more render per identity)."""
     from flamediff.assets import load_asset
-    from flamediff.evaluation.reconstruction import reconstruct
     from flamediff.data.dataset import read_dataset
     from flamediff.flame.model import FlameModel
-    from flamediff.models.flamediff_model import FlameDiffModel
     from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 
     started = time.perf_counter()
     asset = flame_asset if flame_asset is not None and not isinstance(flame_asset, str) else load_asset(flame_asset)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(checkpoint_or_model, FlameDiffModel):
-        model, checkpoint = checkpoint_or_model, "<in-memory model>"
-    else:
-        checkpoint = str(checkpoint_or_model)
-        if not os.path.exists(checkpoint):
-            raise EvaluationError(f"checkpoint {checkpoint} does not exist")
-        model = FlameDiffModel.from_pretrained(checkpoint, asset=asset, device=device)
+    model, checkpoint = _load_model(checkpoint_or_model, asset, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = FlameDiffPipeline(model, FlameModel(asset), dtype=torch.float32)  # metrics in fp32, also on GPUs
-    resolution = model.config.resolution
     index = read_dataset(dataset_folder)
-    clip = index.annotations
-    identities = split_identities(index, split)
-    if max_identities is not None:
-        identities = identities[:max_identities]
-    notes: list[str] = []
-    if head_mask not in ("auto", "coverage", "background"):
-        raise EvaluationError(f"head_mask must be 'auto', 'coverage' or 'background', not {head_mask!r}")
-    same_asset = bool(index.flame_asset.get("hash")) and index.flame_asset.get("hash") == asset.content_hash
-    if head_mask == "coverage" and not same_asset:
-        raise EvaluationError(f"{dataset_folder} was made with FLAME asset {index.flame_asset.get('name')!r}, not the "
-                              f"loaded {asset.name!r}: its coverage cannot be computed (use head_mask='background')")
-    use_coverage = same_asset and head_mask != "background"
-    mask_kind = "flame-coverage" if use_coverage else "background-difference"
+    identities = identities_in_split(index, split)[:max_identities]
+    use_coverage = _use_coverage(index, asset, head_mask, dataset_folder)
+    settings = {"steps": steps or model.config.default_steps, "guidance": guidance or model.config.default_guidance,
+                "seed": seed, "frames_per_batch": frames_per_batch}
+    scorer = _Scorer(estimator, M.LPIPSMetric(lpips_weights) if lpips_weights else None,
+                     M.CSIMMetric(csim_weights) if csim_weights else None)
+    run = _Evaluation(pipeline, index, asset, scorer, settings, use_coverage, max_frames)
     if head_mask == "auto" and not use_coverage:
-        notes.append("head mask: the dataset's FLAME asset is not the one loaded, so pixels differing from the "
-                     "corner-estimated background are used")
-    lpips = M.LPIPSMetric(lpips_weights) if lpips_weights else None
-    csim = M.CSIMMetric(csim_weights) if csim_weights else None
-
-    def masks_for(rows: np.ndarray, frames: list[np.ndarray]) -> list[np.ndarray]:
-        if use_coverage:
-            return list(coverage_masks(clip.take_rows(rows), asset, resolution))
-        return [background_mask(f) for f in frames]
-
-    def estimate(images: list[np.ndarray]):
-        return estimator.estimate(np.stack(images)) if estimator is not None else None
-
-    steps = steps or model.config.default_steps
-    guidance = guidance or model.config.default_guidance
-    settings = {"steps": steps, "guidance": guidance, "seed": seed, "frames_per_batch": frames_per_batch}
-    acc = {("self", name): _Accumulator(SELF_KEYS) for name in ("method", *SELF_BASELINES)}
-    acc.update({("cross", name): _Accumulator(CROSS_KEYS) for name in ("method", "copy_reference", "other_identity_gt")})
-    estimator_error = _Accumulator(("aed", "apd"))
-    skipped_other = 0
-    self_runs: dict[int, SelfRun] = {}
-    keys = pose_keys(clip)
-
-    def score(kind: str, name: str, outputs: list[np.ndarray], truth: list[np.ndarray] | None,
-              masks: list[np.ndarray] | None, identity_ref: list[np.ndarray], drive_est, keep: list[int] | None = None) -> None:
-        a = acc[(kind, name)]
-        keep = list(range(len(outputs))) if keep is None else keep
-        if not keep:
-            return
-        a.frames += len(keep)
-        outputs = [outputs[i] for i in keep]
-        for j, i in enumerate(keep):
-            if truth is not None:
-                a.add(**M.pixel_metrics(outputs[j], truth[i], masks[i]), **appearance_metrics(outputs[j], truth[i], masks[i]))
-                if lpips is not None:
-                    a.add(lpips=lpips(outputs[j], truth[i], masks[i]))
-            if csim is not None:
-                a.add(csim=csim(outputs[j], identity_ref[i]))
-        if drive_est is not None:
-            expression, pose = estimator.estimate(np.stack(outputs))
-            for j, i in enumerate(keep):
-                a.add(**M.expression_pose_distance(expression[j], pose[j], drive_est[0][i], drive_est[1][i]))
-
+        run.notes.append("head mask: the dataset's FLAME asset is not the one loaded, so pixels differing from the "
+                         "corner-estimated background are used")
     for position, identity in enumerate(identities):
-        samples = index.samples_of_identity(identity)
-        ref = reference_row(index, identity)
-        reference_raw = index.load_frame(ref)
-        reference = to_resolution(reference_raw, resolution)
-        # self-reenactment
-        drive = spread(samples[samples != ref], max_frames)
-        if len(drive) == 0:
-            notes.append(f"identity {identity}: a single sample, no self-reenactment")
-        else:
-            truth = [to_resolution(index.load_frame(int(i)), resolution) for i in drive]
-            masks = masks_for(drive, truth)
-            out = pipeline(reference_raw, clip.take_rows(drive), RenderSettings(**settings)).frames
-            self_runs[identity] = (drive, out, masks)
-            drive_est = estimate(truth)
-            if drive_est is not None:
-                expression, pose = M.procedural_targets(clip.take_rows(drive), drive_est[0].shape[1]) \
-                    if isinstance(estimator, M.ProceduralRegressor) else (None, None)
-                if expression is not None:
-                    for i in range(len(drive)):
-                        estimator_error.add(**M.expression_pose_distance(drive_est[0][i], drive_est[1][i],
-                                                                         expression[i], pose[i]))
-                    estimator_error.frames += len(drive)
-            score("self", "method", out, truth, masks, truth, drive_est)
-            score("self", "copy_reference", [reference] * len(drive), truth, masks, truth, drive_est)
-            score("self", "vae_reconstruction", list(reconstruct(model, np.stack(truth))), truth, masks, truth, drive_est)
-            others = np.nonzero(index.identity != identity)[0]
-            matches, keep = [], []
-            for i, row in enumerate(drive):
-                equal = others[np.abs(keys[others] - keys[row]).max(1) <= 1e-6] if len(others) else others
-                match = int(equal[0]) if len(equal) else None
-                matches.append(None if match is None else to_resolution(index.load_frame(match), resolution))
-                if match is not None:
-                    keep.append(i)
-            skipped_other += len(drive) - len(keep)
-            score("self", "other_identity_gt", [m if m is not None else reference for m in matches], truth, masks,
-                  truth, drive_est, keep)
-        # cross-reenactment
+        reference = run.reference(identity)
+        run.self_reenactment(identity, reference)
         if len(identities) > 1:
-            driver = identities[(position + 1) % len(identities)]
-            rows = index.samples_of_identity(driver)
-            rows = spread(rows, max_frames)
-            drive_frames = [to_resolution(index.load_frame(int(i)), resolution) for i in rows]
-            out = pipeline(reference_raw, clip.take_rows(rows),
-                           RenderSettings(**settings, shape_from="reference"),
-                           reference_shape=clip.shape[ref]).frames
-            drive_est = estimate(drive_frames)
-            refs = [reference] * len(rows)
-            score("cross", "method", out, None, None, refs, drive_est)
-            score("cross", "copy_reference", refs, None, None, refs, drive_est)
-            score("cross", "other_identity_gt", drive_frames, None, None, refs, drive_est)
+            run.cross_reenactment(identities[(position + 1) % len(identities)], reference)
         if progress is not None:
             progress(position + 1, len(identities))
-    if len(identities) < 2:
-        notes.append("one identity only: no cross-reenactment")
-    if skipped_other:
-        notes.append(f"other_identity_gt (self): {skipped_other} driving frames have no other identity's frame in the "
-                     "same pose and were skipped")
-    if estimator is None:
-        notes.append("AED/APD not measured: no expression/pose estimator given")
-    if lpips is None:
-        notes.append("LPIPS not measured: no --lpips-weights file")
-    if csim is None:
-        notes.append("CSIM not measured: no --csim-weights file")
-
-    def section(kind: str) -> dict[str, Any]:
-        names = SELF_BASELINES if kind == "self" else ("copy_reference", "other_identity_gt")
-        return {"method": acc[(kind, "method")].result(),
-                "baselines": {name: acc[(kind, name)].result() for name in names}}
-
-    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings), masks_for, self_runs)
-                   if reference_check and len(identities) > 1 else None)
-
+    run.closing_notes(identities)
+    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings), run.masks_for,
+                                         run.self_runs) if reference_check and len(identities) > 1 else None)
     return {
         "checkpoint": checkpoint, "dataset": os.path.abspath(dataset_folder), "split": split,
-        "identities": identities, "resolution": resolution, "mask": mask_kind,
+        "identities": identities, "resolution": model.config.resolution,
+        "mask": "flame-coverage" if use_coverage else "background-difference",
         "settings": {**settings, "max_frames": max_frames},
-        "self": section("self"), "cross": section("cross"), "reference_sensitivity": sensitivity,
+        "self": scorer.section("self"), "cross": scorer.section("cross"), "reference_sensitivity": sensitivity,
         "estimator": None if estimator is None else {"name": type(estimator).__name__,
-                                                      "error_on_ground_truth": estimator_error.result()},
-        "notes": notes, "seconds": round(time.perf_counter() - started, 2),
+                                                      "error_on_ground_truth": scorer.estimator_error.result()},
+        "notes": run.notes, "seconds": round(time.perf_counter() - started, 2),
     }
 
 
@@ -329,8 +367,8 @@ def _region_colours(image: np.ndarray, head: np.ndarray) -> np.ndarray:
     return np.stack([x[head].mean(0), x[~head].mean(0)])
 
 
-def reference_sensitivity(pipeline, index, identities: list[int], settings, masks_for,
-                          self_runs: dict[int, SelfRun]) -> dict[str, Any]:
+def reference_sensitivity(pipeline: Any, index: DatasetIndex, identities: list[int], settings: Any,
+                          masks_for: MaskFunction, self_runs: dict[int, SelfRun]) -> dict[str, Any]:
     """Same drive, two references: do the outputs' colours follow the reference?
 
     Identity ``k``'s drive, already rendered with its own reference (``self_runs``, from the

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -47,7 +47,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flamediff.errors import FlamediffError
+from flamediff.formats.animation import AnimationClip
 from flamediff.formats.trackers import axis_angle_to_matrix, matrix_to_axis_angle
+
+if TYPE_CHECKING:
+    from flamediff.data.dataset import DatasetIndex
 
 PSNR_CAP = 100.0
 
@@ -228,7 +232,7 @@ class ConvFeatures(nn.Module):
 
     @staticmethod
     def spec_from_state(state: dict, path: str = "weights") -> tuple[list[tuple[int, int, int]], list[int] | None]:
-        channels = []
+        channels: list[tuple[int, int, int]] = []
         while f"layers.{len(channels)}.weight" in state:
             w = state[f"layers.{len(channels)}.weight"]
             if w.ndim != 4:
@@ -275,7 +279,8 @@ class LPIPSMetric:
             x = x / (x.norm(dim=1, keepdim=True) + 1e-10)
             y = y / (y.norm(dim=1, keepdim=True) + 1e-10)
             d = (x - y) ** 2
-            d = (d * self.lins[i].reshape(1, -1, 1, 1).float()).sum(1) if self.lins[i] is not None else d.sum(1)
+            lin = self.lins[i]
+            d = (d * lin.reshape(1, -1, 1, 1).float()).sum(1) if lin is not None else d.sum(1)
             w = F.interpolate(m, size=d.shape[-2:], mode="area")[:, 0]
             if float(w.sum()) <= 0:
                 return float("nan")
@@ -353,7 +358,7 @@ def expression_pose_distance(expression_a: np.ndarray, pose_a: np.ndarray, expre
 FRONTAL_CAMERA = np.diag([1.0, -1.0, -1.0])  # OpenCV camera on +z looking at the FLAME origin
 
 
-def procedural_targets(clip, num_expression: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def procedural_targets(clip: AnimationClip, num_expression: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Regression targets of every row of an annotation clip: the first ``num_expression``
     expression coefficients, and [head rotation relative to a frontal camera (3), jaw pose (3)]."""
     expression = np.zeros((clip.num_frames, num_expression))
@@ -385,11 +390,11 @@ class ProceduralRegressor(nn.Module):
     def estimate(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.eval()
         out = torch.cat([self(_prepare(images[i:i + 64], self.input_size)) for i in range(0, len(images), 64)])
-        out = out.double().numpy()
-        return out[:, :self.num_expression], out[:, self.num_expression:]
+        values = out.double().numpy()
+        return values[:, :self.num_expression], values[:, self.num_expression:]
 
 
-def train_regressor(dataset, steps: int = 500, num_expression: int = 10, input_size: int = 64,
+def train_regressor(dataset: str | DatasetIndex, steps: int = 500, num_expression: int = 10, input_size: int = 64,
                     batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0,
                     rows: np.ndarray | None = None) -> ProceduralRegressor:
     """Train a :class:`ProceduralRegressor` on the renders of ``dataset`` (a folder or a

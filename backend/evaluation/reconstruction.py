@@ -17,14 +17,17 @@ import numpy as np
 import torch
 
 from flamediff.evaluation import metrics as M
-from flamediff.evaluation.evaluate import coverage_masks
-from flamediff.evaluation.studies import spread
+from flamediff.evaluation.masks import coverage_masks
+from flamediff.data.dataset import DatasetIndex
+from flamediff.evaluation.selection import spread
+from flamediff.formats.flame_asset import FlameAsset
+from flamediff.models.flamediff_model import FlameDiffModel
 
 REPORT_NAME = "reconstruction.json"
 
 
 @torch.no_grad()
-def reconstruct(model, frames: np.ndarray) -> np.ndarray:
+def reconstruct(model: FlameDiffModel, frames: np.ndarray) -> np.ndarray:
     """``[N, R, R, 3]`` uint8 -> the same frames encoded and decoded by ``model``'s VAE."""
     from flamediff.pipelines.render import tensor_to_images
 
@@ -41,7 +44,8 @@ def reconstruction_metrics(outputs: np.ndarray, truth: np.ndarray, head: np.ndar
     return {key: float(np.nanmean([r[key] for r in rows])) for key in rows[0]}
 
 
-def reconstruction_report(model, index, identities: list[int], asset, frames_per_identity: int = 8) -> dict[str, Any]:
+def reconstruction_report(model: FlameDiffModel, index: DatasetIndex, identities: list[int], asset: FlameAsset,
+                          frames_per_identity: int = 8) -> dict[str, Any]:
     """:func:`reconstruction_metrics` over ``frames_per_identity`` frames (evenly spread) of each identity."""
     rows = np.concatenate([spread(index.samples_of_identity(i), frames_per_identity) for i in identities])
     truth = np.stack([index.load_frame(int(r)) for r in rows])
@@ -51,7 +55,8 @@ def reconstruction_report(model, index, identities: list[int], asset, frames_per
             **reconstruction_metrics(outputs, truth, head)}
 
 
-def write_reconstruction_report(model, index, identities: list[int], asset, folder: str,
+def write_reconstruction_report(model: FlameDiffModel, index: DatasetIndex, identities: list[int], asset: FlameAsset,
+                                folder: str,
                                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure on ``identities`` (the held-out ones: never seen by the VAE) and write the report."""
     report = reconstruction_report(model, index, identities, asset)

@@ -19,9 +19,14 @@ import json
 import os
 import platform
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flamediff.data.dataset import DatasetIndex
+    from flamediff.evaluation.metrics import ProceduralRegressor
+    from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 
 DESCRIPTION = """\
 Regenerate docs/RESULTS.md: evaluate the checkpoints a plan file names (see
@@ -60,7 +65,7 @@ def load_plan(path: str) -> dict[str, Any]:
 class _Session:
     """Shared state of one results run: asset, regressor, renderer, cached pipelines."""
 
-    def __init__(self, plan: dict[str, Any], log) -> None:
+    def __init__(self, plan: dict[str, Any], log: Callable[[str], None]) -> None:
         from flamediff.assets import load_asset
         from flamediff.data.procedural import ProceduralRenderer
 
@@ -70,10 +75,10 @@ class _Session:
         self._pipelines: dict[tuple[str, bool], Any] = {}
 
     @functools.cached_property
-    def estimator(self):
+    def estimator(self) -> ProceduralRegressor:
         """The AED/APD regressor, trained on first use (only sections that score AED/APD need it)."""
         from flamediff.data.dataset import read_dataset
-        from flamediff.data.procedural import read_splits
+        from flamediff.data.splits import read_splits
         from flamediff.evaluation.metrics import train_regressor
 
         spec = self.plan["regressor"]
@@ -82,7 +87,7 @@ class _Session:
         self.log(f"training the expression/pose regressor ({spec['steps']} steps, train identities)")
         return train_regressor(index, steps=spec["steps"], seed=0, rows=rows)
 
-    def pipeline(self, checkpoint: str, temporal: bool = True):
+    def pipeline(self, checkpoint: str, temporal: bool = True) -> FlameDiffPipeline:
         """The pipeline of ``checkpoint``, loaded once per run (views and the grid reuse main's)."""
         import torch
 
@@ -96,20 +101,20 @@ class _Session:
             self._pipelines[key] = FlameDiffPipeline(model, FlameModel(self.asset), dtype=torch.float32)  # fp32 metrics
         return self._pipelines[key]
 
-    def settings(self, pipeline):
+    def settings(self, pipeline: FlameDiffPipeline) -> RenderSettings:
         from flamediff.pipelines.render import RenderSettings
 
         config = pipeline.model.config
         return RenderSettings(steps=config.default_steps, guidance=self.plan.get("guidance") or config.default_guidance,
                               seed=0, frames_per_batch=8)
 
-    def identities(self, spec: dict[str, Any]) -> tuple[Any, list[int]]:
+    def identities(self, spec: dict[str, Any]) -> tuple[DatasetIndex, list[int]]:
         """A section's dataset and the identities it evaluates (``split``, default "heldout")."""
         from flamediff.data.dataset import read_dataset
-        from flamediff.evaluation.evaluate import split_identities
+        from flamediff.evaluation.selection import identities_in_split
 
         index = read_dataset(spec["data"])
-        return index, split_identities(index, spec.get("split", "heldout"))
+        return index, identities_in_split(index, spec.get("split", "heldout"))
 
 
 def _main(session: _Session) -> dict[str, Any]:
@@ -169,8 +174,7 @@ def picture_grid(session: _Session, path: str, count: int = 4) -> None:
     """Rows of reference | control map | output | ground truth for held-out identities."""
     from PIL import Image
 
-    from flamediff.evaluation.evaluate import to_resolution
-    from flamediff.evaluation.studies import reference_row, spread
+    from flamediff.evaluation.selection import reference_row, spread, to_resolution
 
     spec = session.plan["main"]
     pipeline = session.pipeline(spec["checkpoint"])
@@ -289,7 +293,8 @@ def render_markdown(results: dict[str, Any], plan: dict[str, Any], grid: str | N
     return "\n".join(lines).rstrip() + "\n"
 
 
-def run_results(plan_path: str, sections: list[str] | None = None, log=print) -> dict[str, Any]:
+def run_results(plan_path: str, sections: list[str] | None = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every section of the plan (or ``sections``) and write the document; returns the numbers."""
     started = time.perf_counter()
     plan = load_plan(plan_path)
@@ -324,7 +329,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers) -> argparse.ArgumentParser:
+def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``results`` to an argparse subparsers object; returns its parser."""
     parser = subparsers.add_parser("results", help="regenerate docs/RESULTS.md from a plan of checkpoints and data",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", default="configs/results/plan.json", metavar="FILE",

@@ -18,17 +18,24 @@ frame), never one of the driving frames.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flamediff.data.dataset import DatasetIndex
+from flamediff.data.procedural import ProceduralRenderer, region_masks
 from flamediff.evaluation import metrics as M
+from flamediff.evaluation.selection import ground_truth, reference_row, spread
+from flamediff.formats.animation import AnimationClip
 from flamediff.formats.trackers import axis_angle_to_matrix
+
+if TYPE_CHECKING:
+    from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 
 YAW_BUCKETS = ((0.0, 20.0), (20.0, 45.0), (45.0, 90.0))
 
 
-def view_yaw(clip) -> np.ndarray:
+def view_yaw(clip: AnimationClip) -> np.ndarray:
     """``[N]`` absolute yaw (degrees) of each camera around the head's up axis, in the frame of
     the head's global rotation (0 = frontal)."""
     head = axis_angle_to_matrix(np.asarray(clip.global_pose, np.float64))
@@ -37,27 +44,8 @@ def view_yaw(clip) -> np.ndarray:
     return np.degrees(np.abs(np.arctan2(direction[:, 0], direction[:, 2])))
 
 
-def reference_row(index, identity: int) -> int:
-    """The identity's first "real" sample (its first sample when it has none)."""
-    rows = index.samples_of_identity(identity)
-    real = rows[index.label[rows] == 0]
-    return int(real[0] if len(real) else rows[0])
-
-
-def spread(rows: np.ndarray, count: int | None) -> np.ndarray:
-    """At most ``count`` of ``rows``, evenly spaced (all when ``count`` is None)."""
-    if count is None or len(rows) <= count:
-        return rows
-    return rows[np.linspace(0, len(rows) - 1, count).round().astype(int)]
-
-
-def _ground_truth(index, rows: np.ndarray, resolution: int) -> list[np.ndarray]:
-    from flamediff.evaluation.evaluate import to_resolution
-
-    return [to_resolution(index.load_frame(int(r)), resolution) for r in rows]
-
-
-def _render(pipeline, index, reference: int, rows: np.ndarray, settings) -> list[np.ndarray]:
+def _render(pipeline: FlameDiffPipeline, index: DatasetIndex, reference: int, rows: np.ndarray,
+            settings: RenderSettings) -> list[np.ndarray]:
     return pipeline(index.load_frame(reference), index.annotations.take_rows(rows), settings).frames
 
 
@@ -67,11 +55,11 @@ def _saturation(image: np.ndarray) -> np.ndarray:
     return np.where(high > 1e-6, (high - low) / np.maximum(high, 1e-6), 0.0)
 
 
-def view_study(pipeline, index, identities: list[int], settings, renderer, max_frames: int | None = 12) -> dict[str, Any]:
+def view_study(pipeline: FlameDiffPipeline, index: DatasetIndex, identities: list[int], settings: RenderSettings,
+               renderer: ProceduralRenderer, max_frames: int | None = 12) -> dict[str, Any]:
+    """PSNR by view yaw bucket (see the module doc)."""
     resolution = pipeline.model.config.resolution
     buckets: dict[str, list[float]] = {f"{lo:.0f}-{hi:.0f}": [] for lo, hi in YAW_BUCKETS}
-    from flamediff.data.procedural import region_masks
-
     for identity in identities:
         rows = index.samples_of_identity(identity)
         rows = spread(rows[index.label[rows] == 1], max_frames)
@@ -80,7 +68,7 @@ def view_study(pipeline, index, identities: list[int], settings, renderer, max_f
         clip = index.annotations.take_rows(rows)
         head, artefact = region_masks(renderer, clip, resolution)
         outputs = _render(pipeline, index, reference_row(index, identity), rows, settings)
-        for output, truth, h, a, yaw in zip(outputs, _ground_truth(index, rows, resolution), head, artefact,
+        for output, truth, h, a, yaw in zip(outputs, ground_truth(index, rows, resolution), head, artefact,
                                             view_yaw(clip)):
             for lo, hi in YAW_BUCKETS:
                 if lo <= yaw < hi or (hi == YAW_BUCKETS[-1][1] and yaw >= hi):
@@ -89,12 +77,13 @@ def view_study(pipeline, index, identities: list[int], settings, renderer, max_f
     return {name: {"psnr": float(np.mean(v)) if v else None, "frames": len(v)} for name, v in buckets.items()}
 
 
-def artefact_study(pipeline, index, identities: list[int], settings, renderer,
-                   max_frames: int | None = 8) -> dict[str, Any]:
+def artefact_study(pipeline: FlameDiffPipeline, index: DatasetIndex, identities: list[int], settings: RenderSettings,
+                   renderer: ProceduralRenderer, max_frames: int | None = 8) -> dict[str, Any]:
+    """Artefact-region L1 and saturation excess of clean-driven outputs (see the module doc)."""
     resolution = pipeline.model.config.resolution
-    from flamediff.data.procedural import region_masks
-
-    l1, excess, frames = [], [], 0
+    l1: list[float] = []
+    excess: list[float] = []
+    frames = 0
     for identity in identities:
         reference = reference_row(index, identity)
         rows = index.samples_of_identity(identity)
@@ -103,7 +92,7 @@ def artefact_study(pipeline, index, identities: list[int], settings, renderer,
             continue
         _, artefact = region_masks(renderer, index.annotations.take_rows(rows), resolution)
         outputs = _render(pipeline, index, reference, rows, settings)
-        for output, truth, a in zip(outputs, _ground_truth(index, rows, resolution), artefact):
+        for output, truth, a in zip(outputs, ground_truth(index, rows, resolution), artefact):
             region = a >= 0.5
             if region.sum() < 4:
                 continue
@@ -124,12 +113,14 @@ def flicker(frames: list[np.ndarray], masks: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def flicker_study(pipeline, index, identities: list[int], settings, renderer,
-                  max_sequences: int | None = 1) -> dict[str, Any]:
+def flicker_study(pipeline: FlameDiffPipeline, index: DatasetIndex, identities: list[int], settings: RenderSettings,
+                  renderer: ProceduralRenderer, max_sequences: int | None = 1) -> dict[str, Any]:
+    """Flicker of outputs and ground truth over held-out continuous sequences (see the module doc)."""
     resolution = pipeline.model.config.resolution
-    from flamediff.data.procedural import region_masks
-
-    ours, truths, psnrs, sequences = [], [], [], 0
+    ours: list[float] = []
+    truths: list[float] = []
+    psnrs: list[float] = []
+    sequences = 0
     continuous = [rows for rows in index.sequences() if (index.label[rows] == 0).all() and len(rows) > 1]
     for identity in identities:
         real = [rows for rows in continuous if index.identity[rows[0]] == identity]
@@ -140,7 +131,7 @@ def flicker_study(pipeline, index, identities: list[int], settings, renderer,
             head, _ = region_masks(renderer, index.annotations.take_rows(rows), resolution)
             masks = head >= 0.5
             outputs = _render(pipeline, index, ref, rows, settings)
-            truth = _ground_truth(index, rows, resolution)
+            truth = ground_truth(index, rows, resolution)
             ours.append(flicker(outputs, masks))
             truths.append(flicker(truth, masks))
             psnrs += [M.psnr(o, t, m) for o, t, m in zip(outputs, truth, masks)]

@@ -41,7 +41,7 @@ $PY - <<'PY'
 import os
 from PIL import Image
 from flamediff.data.dataset import read_dataset
-from flamediff.data.procedural import read_splits
+from flamediff.data.splits import read_splits
 from flamediff.evaluation.studies import reference_row
 data = os.path.join(os.environ["FLAMEDIFF_DEMO_WORK"], "data")
 index = read_dataset(data)
