@@ -8,7 +8,7 @@ The backend client's error mapping is also checked against a stdlib http.server 
 from __future__ import annotations
 
 import http.server
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -209,11 +209,10 @@ def test_start_locally_launches_renders_and_stops_the_backend(run):
 # ----------------------------------------------------------------------------- backend_client unit tests
 
 def load_client():
-    spec = importlib.util.spec_from_file_location("flamediff_backend_client",
-                                                  os.path.join(ROOT, "blender_addon", "backend_client.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The add-on's client as the add-on package imports it (plain Python: no Blender needed)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return importlib.import_module("blender_addon.backend_client")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
