@@ -34,8 +34,10 @@ def _pulse(frames: np.ndarray, start: float, end: float) -> np.ndarray:
     return np.sin(np.pi * phase) ** 2
 
 
-def demo_animation(asset: FlameAsset, num_frames: int = 24, resolution: int = 256, fps: float = 24.0) -> AnimationClip:
-    """Head turn, jaw open, smile and a blink, seen by a fixed portrait camera."""
+def demo_animation(asset: FlameAsset, num_frames: int = 24, resolution: int = 256, fps: float = 24.0,
+                   aspect: float = 1.0) -> AnimationClip:
+    """Head turn, jaw open, smile and a blink, seen by a fixed portrait camera whose image is
+    ``resolution`` pixels high and ``aspect`` times as wide."""
     s = np.linspace(0.0, 1.0, num_frames)
     expression = np.zeros((num_frames, 50))
     expression[:, SMILE] = 1.6 * _pulse(s, 0.45, 0.95)
@@ -46,11 +48,12 @@ def demo_animation(asset: FlameAsset, num_frames: int = 24, resolution: int = 25
     jaw_pose = np.zeros((num_frames, 3))
     jaw_pose[:, 0] = 0.25 * _pulse(s, 0.15, 0.5)
     rotation, translation = look_at_opencv([0.0, 0.0, 0.65], [0.0, -0.005, 0.0])
-    K = intrinsics_from_fov(26.0, resolution, resolution)
+    width = int(round(resolution * aspect))
+    K = intrinsics_from_fov(26.0, width, resolution)
     camera = (np.repeat(K[None], num_frames, 0), np.repeat(rotation[None], num_frames, 0),
               np.repeat(translation[None], num_frames, 0))
     return make_clip(num_frames, fps=fps, expression=expression, global_pose=global_pose, jaw_pose=jaw_pose,
-                     camera=camera, image_size=(resolution, resolution), flame_asset=asset.identity())
+                     camera=camera, image_size=(width, resolution), flame_asset=asset.identity())
 
 
 def _face_colors(asset: FlameAsset) -> np.ndarray:
@@ -88,6 +91,19 @@ def run_demo(asset: FlameAsset, out_dir: str, num_frames: int = 24, resolution: 
     frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=int(1000 / clip.fps), loop=0)
     log(f"done in {time.perf_counter() - started:.1f} s: {sheet_path}, {gif_path}")
     return {"animation": animation_path, "contact_sheet": sheet_path, "preview": gif_path}
+
+
+def _over_grey(frame: np.ndarray) -> np.ndarray:
+    """An RGBA frame composited over mid grey (where the strip would show the work below)."""
+    alpha = frame[..., 3:].astype(np.float32) / 255.0
+    return (frame[..., :3] * alpha + 128.0 * (1.0 - alpha)).round().astype(np.uint8)
+
+
+def _opaque_square(frame: np.ndarray, size: int) -> np.ndarray:
+    """The opaque (rendered) square of a head-framed RGBA frame, resized to ``size`` pixels."""
+    rows, columns = np.nonzero(frame[..., 3])
+    square = frame[rows.min():rows.max() + 1, columns.min():columns.max() + 1, :3]
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
@@ -133,7 +149,7 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
         raise FlamediffError(f"the shipped demo checkpoint is missing ({DEMO_CHECKPOINT}); restore it with "
                              "'git checkout backend/checkpoints' or retrain it with configs/demo/train.sh")
     os.makedirs(out_dir, exist_ok=True)
-    clip = demo_animation(asset, num_frames, resolution=256)
+    clip = demo_animation(asset, num_frames, resolution=270, aspect=16 / 9)   # a 480x270 (16:9) shot
     animation_path = os.path.join(out_dir, "animation.npz")
     save_animation(animation_path, clip)
     reference_path = os.path.join(out_dir, "reference.png")
@@ -153,19 +169,23 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
         outcome = json.load(handle)
     if outcome["status"] != "done":
         raise RuntimeError(f"render {outcome['status']}: {outcome['error']} ({outcome['advice']})")
-    frames = [np.asarray(Image.open(os.path.join(outcome["output_dir"], f"frame_{n:04d}.png")).convert("RGB"))
+    frames = [np.asarray(Image.open(os.path.join(outcome["output_dir"], f"frame_{n:04d}.png")).convert("RGBA"))
               for n in clip.frame]
     with torch.no_grad():
         pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(DEMO_CHECKPOINT, asset=asset), FlameModel(asset))
-        previews, _ = feature_preview(pipeline.control_maps(clip))
-    pairs = [Image.fromarray(np.concatenate([p, f], axis=1)) for p, f in zip(previews, frames)]
+        resolution = pipeline.resolution()
+        intrinsics, _ = pipeline.framing(clip, "head", resolution)   # the squares the job rendered
+        previews, _ = feature_preview(pipeline.control_maps(clip, resolution, intrinsics))
+    pairs = [Image.fromarray(np.concatenate([p, _opaque_square(f, resolution)], axis=1))
+             for p, f in zip(previews, frames)]
     sheet_path = os.path.join(out_dir, "control_and_frames.png")
     _contact_sheet(pairs, columns=6).save(sheet_path)
     gif_path = os.path.join(out_dir, "render.gif")
-    big = [Image.fromarray(f) for f in frames]
+    big = [Image.fromarray(_over_grey(f)) for f in frames]
     big[0].save(gif_path, save_all=True, append_images=big[1:], duration=int(1000 / clip.fps), loop=0)
     log(f"done in {time.perf_counter() - started:.1f} s: {outcome['output_dir']} (frames), "
-        f"{os.path.join(out_dir, 'demo.blend')} (VSE strip), {sheet_path}, {gif_path}")
+        f"{os.path.join(out_dir, 'demo.blend')} (VSE strip over a backdrop), {outcome['composite']} "
+        f"(the sequencer's picture of it), {sheet_path}, {gif_path}")
     return {"blend": os.path.join(out_dir, "demo.blend"), "frames": outcome["output_dir"], "sheet": sheet_path,
             "gif": gif_path}
 

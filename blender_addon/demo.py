@@ -6,6 +6,8 @@ installed add-on, so the demo exercises exactly what an artist's clicks do.
 
 from __future__ import annotations
 
+import os
+
 import bpy
 import numpy as np
 from mathutils import Matrix
@@ -51,7 +53,28 @@ def build_and_render(animation_path: str, reference_image: str, blend_path: str,
     outcome = bpy.ops.flamediff.render(reference_image=reference_image, steps=steps, guidance=guidance, seed=seed,
                                        checkpoint=checkpoint, wait=True, timeout=timeout)
     state = scene.flamediff_render
+    composite = ""
+    if state.status == "done":
+        composite = render_composite(scene, os.path.join(os.path.dirname(blend_path), "vse_composite.png"),
+                                     (scene.frame_start + scene.frame_end) // 2)
     bpy.ops.wm.save_mainfile()
     return {"outcome": sorted(outcome), "status": state.status, "error": state.error, "advice": state.advice,
             "output_dir": bpy.path.abspath(state.output_dir), "job_id": state.job_id,
-            "frames": [scene.frame_start, scene.frame_end]}
+            "frames": [scene.frame_start, scene.frame_end], "composite": composite}
+
+
+def render_composite(scene: bpy.types.Scene, path: str, frame: int) -> str:
+    """Put a colour backdrop under the flamediff strip and render the sequencer at ``frame``: what an
+    editor sees of a head-framed render composited over other work (the README's picture)."""
+    strips = scene.sequence_editor.strips
+    ours = strips["flamediff"]
+    ours.channel = 2
+    backdrop = strips.new_effect("backdrop", "COLOR", 1, scene.frame_start,
+                                 length=scene.frame_end - scene.frame_start + 1)
+    backdrop.color = (0.16, 0.22, 0.30)
+    scene.render.use_sequencer = True
+    scene.view_settings.view_transform = "Standard"   # the frames' own colours
+    scene.render.filepath = path
+    scene.frame_set(frame)
+    bpy.ops.render.render(write_still=True)
+    return path

@@ -325,12 +325,12 @@ class FlameDiffPipeline:
                                                                       for _, windows in plan for window in windows))
         for rows, windows in plan:
             group = clip.take_rows(rows)
-            intrinsics, finish = self._framing(group, settings.framing, resolution)
+            intrinsics, finish = self.framing(group, settings.framing, resolution)
             pose_features, previews = self._pose_features(group, settings, resolution, return_control, intrinsics)
             regions = self._denoise(pose_features, group.frame, windows, settings, denoising)
             yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, finish)
 
-    def _framing(self, clip: AnimationClip, framing: str, resolution: int
+    def framing(self, clip: AnimationClip, framing: str, resolution: int
                  ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:
         """The square each frame renders (as intrinsics ``[F, 3, 3]``) and how a rendered square
         becomes the frame handed out (given the image and its row in ``clip``)."""
