@@ -14,7 +14,6 @@ import os
 import secrets
 from typing import Any, Awaitable, Callable, Collection, Iterable
 
-from flamediff.formats.protocol import default_token_file
 from flamediff.server.files import make_private_dir, write_atomic
 
 Scope = dict[str, Any]
