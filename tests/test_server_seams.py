@@ -32,21 +32,28 @@ def test_both_renderers_implement_the_renderer_protocol_with_its_signatures() ->
 
 # -- one protocol: version, settings schema, loopback rule ------------------------------------------
 
-def test_the_protocol_version_is_defined_once() -> None:
-    """Server and add-on read the version from formats/protocol.py; no other file assigns one."""
+def test_the_protocol_rules_are_defined_once() -> None:
+    """Server and add-on take the version, the loopback rule and the cache / token paths from
+    formats/; no other file assigns a PROTOCOL_VERSION or defines those functions again."""
     import ast
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assigned = []
+    shared = {"PROTOCOL_VERSION", "is_loopback", "is_loopback_host", "is_loopback_url", "cache_dir",
+              "default_token_file"}
+    defined = []
     for folder in ("backend", "blender_addon", "operators", "ui_panels"):
         for base, _, names in os.walk(os.path.join(root, folder)):
             for name in (n for n in names if n.endswith(".py")):
                 path = os.path.join(base, name)
                 with open(path, encoding="utf-8") as handle:
                     tree = ast.parse(handle.read())
-                assigned += [os.path.relpath(path, root) for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                             for target in node.targets if getattr(target, "id", None) == "PROTOCOL_VERSION"]
-    assert assigned == [os.path.join("backend", "formats", "protocol.py")]
+                for node in tree.body:  # module level: a local variable may share a name
+                    targets = [getattr(t, "id", None) for t in node.targets] if isinstance(node, ast.Assign) else [
+                        node.name] if isinstance(node, ast.FunctionDef) else []
+                    defined += [(os.path.relpath(path, root), t) for t in targets if t in shared]
+    protocol, paths = os.path.join("backend", "formats", "protocol.py"), os.path.join("backend", "formats", "paths.py")
+    assert sorted(defined) == [(paths, "cache_dir"), (paths, "default_token_file"), (protocol, "PROTOCOL_VERSION"),
+                               (protocol, "is_loopback_host"), (protocol, "is_loopback_url")]
 
 
 def test_the_request_model_is_the_protocol_settings_schema() -> None:
