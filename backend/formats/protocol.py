@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import urllib.parse
 from dataclasses import dataclass
-from typing import Union
 
 from .paths import cache_dir, default_token_file
 
@@ -25,7 +24,7 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 #: A rendered frame's file name, by Blender frame number (job folders, the add-on's output folder).
 FRAME_FILE = "frame_{:04d}.png"
 
-Value = Union[bool, int, float, str, None]
+Value = bool | int | float | str | None
 
 
 def frame_file(frame: int) -> str:
