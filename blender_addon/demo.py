@@ -9,34 +9,15 @@ from __future__ import annotations
 import os
 
 import bpy
-import numpy as np
-from mathutils import Matrix
 
-from .formats.animation import load_animation
-from .formats.conventions import BlenderCameraIntrinsics, opencv_to_blender_camera
+from .animation_io import apply_camera
+from .formats.animation import AnimationClip, load_animation
 
 
-def add_camera_from_clip(scene: bpy.types.Scene, animation_path: str) -> bpy.types.Object:
-    """A scene camera reproducing the file's first OpenCV camera (intrinsics and pose)."""
-    clip = load_animation(animation_path)
-    if not clip.has_camera:
-        raise ValueError(f"{animation_path} has no camera")
-    width, height = clip.image_size
-    settings = BlenderCameraIntrinsics.from_opencv(clip.K[0], width, height)
-    data = bpy.data.cameras.new("flamediff demo camera")
-    data.lens, data.sensor_width, data.sensor_height = settings.lens_mm, settings.sensor_width_mm, settings.sensor_height_mm
-    data.sensor_fit, data.shift_x, data.shift_y = settings.sensor_fit, settings.shift_x, settings.shift_y
-    camera = bpy.data.objects.new("flamediff demo camera", data)
-    scene.collection.objects.link(camera)
-    matrix = opencv_to_blender_camera(clip.R[0], clip.t[0])
-    camera.matrix_world = Matrix([list(row) for row in np.asarray(matrix)])  # a plain nested list reads as columns
-    scene.camera = camera
-    render = scene.render
-    render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
-    render.pixel_aspect_x, render.pixel_aspect_y = settings.pixel_aspect_x, settings.pixel_aspect_y
+def match_timeline(scene: bpy.types.Scene, clip: AnimationClip) -> None:
+    """The scene's frame range and rate become the clip's, so its frames key one to one."""
     scene.frame_start, scene.frame_end = int(clip.frame.min()), int(clip.frame.max())
-    render.fps, render.fps_base = int(round(clip.fps)), 1.0
-    return camera
+    scene.render.fps, scene.render.fps_base = int(round(clip.fps)), 1.0
 
 
 def build_and_render(animation_path: str, reference_image: str, blend_path: str, steps: int = 0,
@@ -44,11 +25,16 @@ def build_and_render(animation_path: str, reference_image: str, blend_path: str,
     """Key a new rig from ``animation_path``, render it with the backend, save ``blend_path``
     (``steps`` and ``guidance`` 0: the checkpoint's defaults)."""
     scene = bpy.context.scene
-    add_camera_from_clip(scene, animation_path)
+    clip = load_animation(animation_path)
+    if not clip.has_camera:
+        raise ValueError(f"{animation_path} has no camera")
+    match_timeline(scene, clip)
     bpy.ops.flamediff.add_rig(name="FLAME")
+    rig = bpy.context.view_layer.objects.active
     result = bpy.ops.flamediff.import_animation(filepath=animation_path, frame_offset=0)
     if "FINISHED" not in result:
         raise RuntimeError(f"import_animation returned {result}")
+    apply_camera(bpy.context, rig, clip)
     bpy.ops.wm.save_as_mainfile(filepath=blend_path)  # frames then land in //flamediff/ beside it
     outcome = bpy.ops.flamediff.render(reference_image=reference_image, steps=steps, guidance=guidance, seed=seed,
                                        checkpoint=checkpoint, wait=True, timeout=timeout)

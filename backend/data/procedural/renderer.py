@@ -149,100 +149,149 @@ class ProceduralRenderer:
             return self._render(look, specs, resolution, texture)
 
     def _render(self, look: Appearance, specs: FrameSpecs, resolution: int, texture: torch.Tensor) -> RenderedBatch:
-        batch = len(specs.label)
-        s = self.supersample
-        size = resolution * s
+        size = resolution * self.supersample
+        surface = self._surface(look, specs, size, texture)
+        synthetic = torch.as_tensor(specs.label == LABEL_SYNTHETIC)[surface.frame]
+        albedo, artefact_ears = _ear_artefacts(surface, synthetic, specs.noise_seed)
+        colour = _lit_colour(surface, specs, albedo)
+        interior, in_mouth = _head_inside(surface, specs, look, synthetic)
+        colour = torch.where(~surface.front[:, None], interior, colour).clamp(0, 1)
+        return _compose(surface, specs, look, colour, (artefact_ears + in_mouth.float()).clamp(0, 1), self.supersample)
+
+    def _surface(self, look: Appearance, specs: FrameSpecs, size: int, texture: torch.Tensor) -> _Surface:
+        """Pose the identity, rasterise at ``size`` (supersampled) and gather what shading needs at
+        every covered pixel."""
         f32 = torch.float32
+        batch = len(specs.label)
         shape = torch.as_tensor(look.shape, dtype=f32)[None].expand(batch, -1)
         flame = self.model(shape=shape, expression=torch.as_tensor(specs.expression, dtype=f32),
                            pose=torch.as_tensor(specs.pose, dtype=f32),
                            translation=torch.as_tensor(specs.translation, dtype=f32))
         vertices = flame.vertices
         K = torch.as_tensor(specs.K, dtype=f32).clone()
-        K[:, :2] *= s
+        K[:, :2] *= self.supersample
         R = torch.as_tensor(specs.R, dtype=f32)
         t = torch.as_tensor(specs.t, dtype=f32)
         frags = rasterize(vertices, self.faces, K, R, t, size, size)
-        # shade only the covered pixels
         flat = torch.nonzero(frags.face_id.view(-1) >= 0, as_tuple=True)[0]
         b = flat // (size * size)
         face = frags.face_id.view(-1)[flat]
         bary = frags.bary.view(-1, 3)[flat].to(f32)[..., None]
-        front = frags.front.view(-1)[flat]
         corners = self.faces[face]                                  # [M, 3]
         normals = vertex_normals(vertices, self.faces)
-        world = (vertices[b[:, None], corners] * bary).sum(1)
-        N = F.normalize((normals[b[:, None], corners] * bary).sum(1), dim=-1, eps=1e-9)
         uv = (self.corner_uv[face] * bary).sum(1)
-        tex = sample_texture(texture, uv[None, None])[0, 0]        # [M, C]
-        albedo, ears, hair, eye = tex[:, 0:3], tex[:, 3], tex[:, 4:5], tex[:, 5:6]
-        synthetic = torch.as_tensor(specs.label == LABEL_SYNTHETIC)[b]
+        return _Surface(size=size, pixel=flat, frame=b, front=frags.front.view(-1)[flat],
+                        world=(vertices[b[:, None], corners] * bary).sum(1),
+                        normal=F.normalize((normals[b[:, None], corners] * bary).sum(1), dim=-1, eps=1e-9),
+                        uv=uv, texture=sample_texture(texture, uv[None, None])[0, 0],
+                        depth=frags.depth.view(-1)[flat].to(f32),
+                        nearest=frags.depth.view(batch, -1).amin(dim=1).to(f32)[b],
+                        landmarks=flame.landmarks, K=K, R=R, t=t)
+
+
+@dataclass
+class _Surface:
+    """The covered pixels of a supersampled batch (``M`` of them) and the batch's cameras."""
+
+    size: int                  # supersampled side in pixels
+    pixel: torch.Tensor        # [M] flat index into [B, size, size]
+    frame: torch.Tensor        # [M] frame of each pixel
+    front: torch.Tensor        # [M] bool: the visible triangle faces the camera
+    world: torch.Tensor        # [M, 3] surface point
+    normal: torch.Tensor       # [M, 3] unit interpolated normal
+    uv: torch.Tensor           # [M, 2]
+    texture: torch.Tensor      # [M, 6] albedo RGB, ears, hair, eye (see bake_texture)
+    depth: torch.Tensor        # [M] camera-space depth
+    nearest: torch.Tensor      # [M] the frame's nearest depth
+    landmarks: torch.Tensor    # [B, L, 3] posed landmarks
+    K: torch.Tensor            # [B, 3, 3] supersampled intrinsics
+    R: torch.Tensor
+    t: torch.Tensor
+
+    def per_frame(self, values: np.ndarray) -> torch.Tensor:
+        """A per-frame value ``[B, ...]`` at every covered pixel."""
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32)[self.frame]
+
+
+def _ear_artefacts(surface: _Surface, synthetic: torch.Tensor, seeds: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Albedo with synthetic artefact 1 (noisy saturated colour blotches on the ears of synthetic
+    samples) and the ear-artefact coverage of every pixel."""
+    albedo, ears = surface.texture[:, 0:3], surface.texture[:, 3]
+    artefact_ears = ears * surface.front.to(torch.float32)
+    if bool(synthetic.any()):
+        blotch = sample_texture(artefact_noise(), scramble_uv(surface.uv, seeds, surface.frame, 0)[None, None])[0, 0]
+        weight = (artefact_ears * synthetic.to(torch.float32))[:, None] * 0.9
+        albedo = albedo * (1 - weight) + noise_colours(blotch) * weight
+    return albedo, artefact_ears
+
+
+def _lit_colour(surface: _Surface, specs: FrameSpecs, albedo: torch.Tensor) -> torch.Tensor:
+    """Ambient + Lambert + Blinn-Phong with a tinted light per frame (shinier eyes, duller hair)."""
+    hair, eye = surface.texture[:, 4:5], surface.texture[:, 5:6]
+    L = surface.per_frame(specs.light)
+    camera_centre = -torch.einsum("bji,bj->bi", surface.R, surface.t)[surface.frame]
+    V = F.normalize(camera_centre - surface.world, dim=-1, eps=1e-9)
+    H = F.normalize(L + V, dim=-1, eps=1e-9)
+    n_dot_l = (surface.normal * L).sum(-1, keepdim=True).clamp(min=0)
+    n_dot_h = (surface.normal * H).sum(-1, keepdim=True).clamp(min=0)
+    ambient, diffuse, specular = (surface.per_frame(v)[:, None] for v in (specs.ambient, specs.diffuse, specs.specular))
+    tint = surface.per_frame(specs.light_colour)
+    shininess = 18.0 + 62.0 * eye
+    strength = specular * (1.0 - 0.7 * hair) * (1 - eye) + (specular * 3.0 + 0.2) * eye
+    return albedo * tint * (ambient + diffuse * n_dot_l) + strength * tint * n_dot_h.pow(shininess)
+
+
+def _head_inside(surface: _Surface, specs: FrameSpecs, look: Appearance,
+                 synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour of the back faces (the inside of the head): the mouth interior near the projected
+    mouth (bright and noisy in synthetic samples: artefact 2), dark skin elsewhere; and the
+    mouth-interior flag of every pixel."""
+    f32 = torch.float32
+    K, R, t, b = surface.K, surface.R, surface.t, surface.frame
+    mouth = surface.landmarks[:, 43:51].mean(1)                 # [B, 3] inner lips, posed
+    mouth_cam = torch.einsum("bij,bj->bi", R, mouth) + t
+    mouth_pix = torch.einsum("bij,bj->bi", K, mouth_cam)
+    mouth_pix = mouth_pix[:, :2] / mouth_pix[:, 2:3]
+    radius = 0.032 * K[:, 0, 0] / mouth_cam[:, 2]
+    px = (surface.pixel % surface.size).to(f32) + 0.5
+    py = ((surface.pixel // surface.size) % surface.size).to(f32) + 0.5
+    near_mouth = ((px - mouth_pix[b, 0]) ** 2 + (py - mouth_pix[b, 1]) ** 2) < radius[b] ** 2
+    in_mouth = ~surface.front & near_mouth
+    depth_shade = (1.0 - 3.5 * (surface.depth - surface.nearest).clamp(0, 0.2))[:, None]
+    ambient = surface.per_frame(specs.ambient)[:, None]
+    skin = torch.as_tensor(look.skin, dtype=f32)
+    interior = torch.where(in_mouth[:, None], torch.tensor([0.30, 0.07, 0.08]) * (0.8 + ambient),
+                           skin * 0.25 * (0.5 + ambient)) * depth_shade
+    if bool((synthetic & in_mouth).any()):
         seeds = specs.noise_seed
+        noise = sample_texture(artefact_noise(), scramble_uv(surface.uv, seeds, b, 1)[None, None])[0, 0, :, :1]
+        hue = torch.as_tensor(np.asarray([seed_fraction(int(x)) for x in seeds]), dtype=f32)[b]
+        bright = hue_colour(hue) * (0.8 + 0.4 * noise).clamp(0, 1)
+        interior = torch.where((synthetic & in_mouth)[:, None], bright, interior)
+    return interior, in_mouth
 
-        # synthetic artefact 1: noisy saturated colour blotches on the ears
-        artefact_ears = ears * front.to(f32)
-        if bool(synthetic.any()):
-            blotch = sample_texture(artefact_noise(), scramble_uv(uv, seeds, b, 0)[None, None])[0, 0]
-            colour = noise_colours(blotch)
-            weight = (artefact_ears * synthetic.to(f32))[:, None] * 0.9
-            albedo = albedo * (1 - weight) + colour * weight
 
-        # lighting: ambient + Lambert + Blinn-Phong, a tinted light per frame
-        def per_frame(values: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(values), dtype=f32)[b]
-        L = per_frame(specs.light)
-        camera_centre = -torch.einsum("bji,bj->bi", R, t)[b]
-        V = F.normalize(camera_centre - world, dim=-1, eps=1e-9)
-        H = F.normalize(L + V, dim=-1, eps=1e-9)
-        n_dot_l = (N * L).sum(-1, keepdim=True).clamp(min=0)
-        n_dot_h = (N * H).sum(-1, keepdim=True).clamp(min=0)
-        ambient, diffuse, specular = (per_frame(v)[:, None] for v in (specs.ambient, specs.diffuse, specs.specular))
-        tint = per_frame(specs.light_colour)
-        shininess = 18.0 + 62.0 * eye
-        strength = specular * (1.0 - 0.7 * hair) * (1 - eye) + (specular * 3.0 + 0.2) * eye
-        colour = albedo * tint * (ambient + diffuse * n_dot_l) + strength * tint * n_dot_h.pow(shininess)
-
-        # the inside of the head (back faces): mouth interior near the projected mouth, dark elsewhere
-        mouth = flame.landmarks[:, 43:51].mean(1)                   # [B, 3] inner lips, posed
-        mouth_cam = torch.einsum("bij,bj->bi", R, mouth) + t
-        mouth_pix = torch.einsum("bij,bj->bi", K, mouth_cam)
-        mouth_pix = mouth_pix[:, :2] / mouth_pix[:, 2:3]
-        radius = 0.032 * K[:, 0, 0] / mouth_cam[:, 2]
-        px = (flat % size).to(f32) + 0.5
-        py = ((flat // size) % size).to(f32) + 0.5
-        near_mouth = ((px - mouth_pix[b, 0]) ** 2 + (py - mouth_pix[b, 1]) ** 2) < radius[b] ** 2
-        back = ~front
-        in_mouth = back & near_mouth
-        depth = frags.depth.view(-1)[flat].to(f32)
-        nearest = frags.depth.view(batch, -1).amin(dim=1).to(f32)[b]
-        depth_shade = (1.0 - 3.5 * (depth - nearest).clamp(0, 0.2))[:, None]
-        skin = torch.as_tensor(look.skin, dtype=f32)
-        interior = torch.where(in_mouth[:, None], torch.tensor([0.30, 0.07, 0.08]) * (0.8 + ambient),
-                               skin * 0.25 * (0.5 + ambient)) * depth_shade
-        artefact_mouth = in_mouth.to(f32)
-        if bool((synthetic & in_mouth).any()):
-            noise = sample_texture(artefact_noise(), scramble_uv(uv, seeds, b, 1)[None, None])[0, 0, :, :1]
-            hue = torch.as_tensor(np.asarray([seed_fraction(int(x)) for x in seeds]), dtype=f32)[b]
-            bright = hue_colour(hue) * (0.8 + 0.4 * noise).clamp(0, 1)
-            interior = torch.where((synthetic & in_mouth)[:, None], bright, interior)
-        colour = torch.where(back[:, None], interior, colour).clamp(0, 1)
-
-        # background gradient, composition, supersampling
-        rows = (torch.arange(size, dtype=f32) + 0.5) / size
-        top = torch.as_tensor(look.background[0], dtype=f32)
-        bottom = torch.as_tensor(look.background[1], dtype=f32)
-        bg = top * (1 - rows[:, None]) + bottom * rows[:, None]
-        frame_ambient = torch.as_tensor(np.asarray(specs.ambient), dtype=f32)
-        image = (bg[None, :, None, :] * (0.9 + 0.2 * frame_ambient)[:, None, None, None]).expand(batch, size, size, 3)
-        image = image.reshape(-1, 3).clone()
-        image[flat] = colour
-        extra = torch.zeros(batch * size * size, 2)
-        extra[flat, 0] = 1.0
-        extra[flat, 1] = (artefact_ears + artefact_mouth).clamp(0, 1)
-        image = downsample(image.view(batch, size, size, 3), s)
-        extra = downsample(extra.view(batch, size, size, 2), s)
-        images = (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
-        return RenderedBatch(images=images, head_mask=extra[..., 0].numpy(), artefact_mask=extra[..., 1].numpy())
+def _compose(surface: _Surface, specs: FrameSpecs, look: Appearance, colour: torch.Tensor, artefact: torch.Tensor,
+             supersample: int) -> RenderedBatch:
+    """The head over the identity's background gradient, with head and artefact coverage, box-filtered
+    down from the supersampled size."""
+    f32 = torch.float32
+    batch, size = len(specs.label), surface.size
+    rows = (torch.arange(size, dtype=f32) + 0.5) / size
+    top = torch.as_tensor(look.background[0], dtype=f32)
+    bottom = torch.as_tensor(look.background[1], dtype=f32)
+    bg = top * (1 - rows[:, None]) + bottom * rows[:, None]
+    frame_ambient = torch.as_tensor(np.asarray(specs.ambient), dtype=f32)
+    image = (bg[None, :, None, :] * (0.9 + 0.2 * frame_ambient)[:, None, None, None]).expand(batch, size, size, 3)
+    image = image.reshape(-1, 3).clone()
+    image[surface.pixel] = colour
+    extra = torch.zeros(batch * size * size, 2)
+    extra[surface.pixel, 0] = 1.0
+    extra[surface.pixel, 1] = artefact
+    image = downsample(image.view(batch, size, size, 3), supersample)
+    extra = downsample(extra.view(batch, size, size, 2), supersample)
+    images = (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+    return RenderedBatch(images=images, head_mask=extra[..., 0].numpy(), artefact_mask=extra[..., 1].numpy())
 
 
 def _dilate(texture: torch.Tensor, covered: torch.Tensor, steps: int = 6) -> torch.Tensor:
