@@ -1,8 +1,9 @@
 """Which mesh points the MediaPipe landmarks are fitted to, for a given FLAME asset.
 
 An asset that carries FLAME 2023's MediaPipe embedding (``mediapipe_landmark_embedding.npz``:
-``lmk_face_idx``, ``lmk_b_coords`` and the MediaPipe ``landmark_indices``) is fitted with it.
-Otherwise the asset's own iBUG embedding is used (FLAME 2020 / the procedural head: 51 points,
+``lmk_face_idx``, ``lmk_b_coords`` and the MediaPipe ``landmark_indices``) is fitted with it; the
+procedural head with its own MediaPipe table (``procedural_mediapipe.py``, derived on its renders).
+Otherwise (or with ``use="ibug"``) the asset's own iBUG embedding is used (FLAME 2020 / the procedural head: 51 points,
 iBUG 17-67; a 68-point one is cut to its last 51, the jaw contour being view-dependent) with the
 fixed MediaPipe index of each iBUG point below. Both get the two pupils (the front-most vertex of
 each eyeball) matched to MediaPipe's iris centres, which is what makes the eye pose observable.
@@ -82,10 +83,31 @@ def _ibug_embedding(asset: FlameAsset) -> tuple[np.ndarray, np.ndarray, np.ndarr
             np.asarray(asset.landmark_barycentrics[keep], np.float64))
 
 
-def landmark_embedding(asset: FlameAsset) -> LandmarkEmbedding:
-    """MediaPipe's embedding when the asset has one, else the iBUG subset; plus the pupils."""
-    found = _mediapipe_embedding(asset)
-    kind = "mediapipe" if found is not None else "ibug51"
+def _procedural_embedding(asset: FlameAsset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    from flamediff.tracking import procedural_mediapipe as table
+
+    spec = asset.metadata.get("spec") or {}
+    if (asset.metadata.get("name") != "procedural-head" or asset.metadata.get("generator_version") != table.GENERATOR_VERSION
+            or {key: spec.get(key) for key in table.TOPOLOGY} != table.TOPOLOGY):
+        return None
+    pairs = np.array([(index, vertex) for index, vertex in table.VERTEX_OF_MEDIAPIPE.items()
+                      if index not in PUPILS_FROM_MEDIAPIPE], np.int64)
+    return pairs[:, 0], np.repeat(pairs[:, 1:], 3, axis=1), np.tile([1.0, 0.0, 0.0], (len(pairs), 1))
+
+
+def landmark_embedding(asset: FlameAsset, use: str = "auto") -> LandmarkEmbedding:
+    """``use="auto"``: MediaPipe's embedding when the asset has one (its file, or the procedural
+    head's table), else the iBUG subset; ``"ibug"``: the iBUG subset. Plus the pupils."""
+    if use not in ("auto", "ibug"):
+        raise TrackingError(f"landmark embedding {use!r} is not one of auto, ibug")
+    kind, found = "ibug51", None
+    if use == "auto":
+        for kind, reader in (("mediapipe", _mediapipe_embedding), ("procedural-mediapipe", _procedural_embedding)):
+            found = reader(asset)
+            if found is not None:
+                break
+        else:
+            kind = "ibug51"
     index, triangles, barycentrics = found if found is not None else _ibug_embedding(asset)
     pupils = pupil_vertices(asset)
     one_hot = np.tile([1.0, 0.0, 0.0], (2, 1))

@@ -27,6 +27,9 @@ from flamediff.tracking.fit import FitResult, FitSettings, LandmarkFitter
 from flamediff.tracking.landmarks import LandmarkDetector
 
 
+RENDER_BATCH = 16  # frames per render call (bounds memory for long clips)
+
+
 @dataclass
 class ProceduralCase:
     """One render with its truth: shape ``[S]``, expression ``[E]``, pose ``[5, 3]``, camera."""
@@ -53,7 +56,10 @@ class CaseErrors:
 
 def _cases(renderer: procedural.ProceduralRenderer, look: procedural.Appearance, specs: procedural.FrameSpecs,
            resolution: int) -> list[ProceduralCase]:
-    images = renderer.render(look, specs, resolution).images
+    texture = renderer.bake_texture(look)
+    images = np.concatenate([renderer.render(look, specs.rows(slice(start, start + RENDER_BATCH)), resolution,
+                                             texture=texture).images
+                             for start in range(0, len(specs.label), RENDER_BATCH)])
     yaws = [float(np.degrees(np.arctan2(-R[2, 0], -R[2, 2]))) for R in specs.R]  # camera left of the head: +
     return [ProceduralCase(image=image, yaw=yaw, shape=look.shape, expression=specs.expression[i],
                            pose=specs.pose[i], K=specs.K[i], R=specs.R[i], t=specs.t[i])

@@ -24,7 +24,7 @@ from flamediff.formats.animation import AnimationClip, make_clip
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.tracking.embedding import LandmarkEmbedding, landmark_embedding
 
-NECK, JAW = 1, 2
+SMALL_CLIP = 32  # frames
 
 
 @dataclass
@@ -40,10 +40,13 @@ class FitSettings:
     learning_rate: float = 0.03
     shape_prior: float = 1e-2
     expression_prior: float = 5e-3
-    pose_prior: float = 0.2         # neck, jaw and eyes (radians)
+    neck_prior: float = 0.2         # on neck rotation (radians): the global rotation turns the head
+    jaw_prior: float = 0.01         # on jaw rotation: weak, an open mouth is common
+    eye_prior: float = 0.05         # on eye rotations
     focal_prior: float = 1e-2       # on log(focal / initial focal)
     smoothness: float = 1.0         # frame-to-frame change, clips only
     huber: float = 0.02             # residuals beyond this (in face sizes) count linearly
+    landmarks: str = "auto"         # "auto": MediaPipe's embedding when the asset has one; "ibug": iBUG-51
 
 
 @dataclass
@@ -136,7 +139,7 @@ class LandmarkFitter:
     def __init__(self, asset: FlameAsset, settings: FitSettings | None = None) -> None:
         self.asset = asset
         self.settings = settings or FitSettings()
-        self.embedding = landmark_embedding(asset)
+        self.embedding = landmark_embedding(asset, self.settings.landmarks)
         self.num_shape = min(self.settings.num_shape, asset.num_shape)
         self.num_expression = min(self.settings.num_expression, asset.num_expression)
         self.model = LandmarkFlame(asset, self.embedding, self.num_shape, self.num_expression)
@@ -174,8 +177,14 @@ class LandmarkFitter:
                         focal0=focal0, centre=torch.tensor([image_size[0] / 2.0, image_size[1] / 2.0]),
                         R=torch.as_tensor(R, dtype=torch.float32), t=torch.as_tensor(t, dtype=torch.float32),
                         scale=torch.as_tensor(_face_size(targets, found), dtype=torch.float32))
-        self._optimise(unknowns, data, rigid=True)
-        self._optimise(unknowns, data, rigid=False)
+        threads = torch.get_num_threads()
+        if len(landmarks) < SMALL_CLIP:
+            torch.set_num_threads(1)  # a few frames' steps are too small to gain from threads
+        try:
+            self._optimise(unknowns, data, rigid=True)
+            self._optimise(unknowns, data, rigid=False)
+        finally:
+            torch.set_num_threads(threads)
         return self._result(unknowns, data, R, t, image_size)
 
     def _loss(self, unknowns: _Unknowns, data: "_FitData") -> tuple[Tensor, Tensor, Tensor]:
@@ -190,7 +199,8 @@ class LandmarkFitter:
         loss = (robust.mean(dim=1) * weight).sum()
         loss = loss + s.shape_prior * unknowns.shape.pow(2).sum() + s.focal_prior * unknowns.log_focal ** 2
         loss = loss + s.expression_prior * unknowns.expression.pow(2).sum(1).mean()
-        loss = loss + s.pose_prior * pose[:, NECK:].pow(2).sum((1, 2)).mean()
+        joint_weight = pose.new_tensor([0.0, s.neck_prior, s.jaw_prior, s.eye_prior, s.eye_prior])
+        loss = loss + (pose.pow(2).sum(2) * joint_weight).sum(1).mean()
         if len(pose) > 1 and s.smoothness > 0:
             changes = [unknowns.expression, pose.flatten(1), unknowns.translation * 10.0]
             loss = loss + s.smoothness * sum(value.diff(dim=0).pow(2).sum(1).mean() for value in changes) * 0.1
