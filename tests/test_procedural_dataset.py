@@ -154,6 +154,7 @@ def mini_dataset(tmp_path_factory, head_asset):
 
 def test_mini_dataset_reads_back(mini_dataset):
     index = read_dataset(mini_dataset)
+    assert index.source == "procedural"   # a checkpoint trained on it warns about real photos
     assert len(index) == 3 * (2 + 4) and index.resolution == 32
     assert set(index.label.tolist()) == {0, 1}
     assert index.annotations.has_camera and index.annotations.K.shape == (18, 3, 3)

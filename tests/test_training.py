@@ -161,6 +161,7 @@ def test_cli_train_and_two_processes(tmp_path, dataset):
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["_extra"]["trained_steps"] == 2
+    assert saved["training_domain"] == "real"   # the dataset's source: write_dataset's default
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
 
 

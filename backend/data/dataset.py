@@ -47,6 +47,7 @@ class DatasetIndex:
     label: np.ndarray
     sequence: np.ndarray
     frame_in_sequence: np.ndarray
+    source: str = "real"   # what the frames are: "procedural" (generated heads) or "real" (footage)
 
     def __len__(self) -> int:
         return len(self.identity)
@@ -81,8 +82,9 @@ class DatasetIndex:
 
 def write_dataset(folder: str, frames: list[np.ndarray], annotations: AnimationClip, identity: np.ndarray,
                   label: np.ndarray, sequence: np.ndarray, frame_in_sequence: np.ndarray,
-                  description: str = "") -> DatasetIndex:
-    """Write a complete dataset folder (used by the procedural generator and by tests)."""
+                  description: str = "", source: str = "real") -> DatasetIndex:
+    """Write a complete dataset folder (the procedural generator, ``dataset import``, tests);
+    ``source`` says what the frames are, and becomes a trained checkpoint's ``training_domain``."""
     os.makedirs(os.path.join(folder, "frames"), exist_ok=True)
     resolution = int(frames[0].shape[0])
     for index, frame in enumerate(frames):
@@ -91,7 +93,8 @@ def write_dataset(folder: str, frames: list[np.ndarray], annotations: AnimationC
     np.savez(os.path.join(folder, "samples.npz"), identity=identity, label=label, sequence=sequence,
              frame_in_sequence=frame_in_sequence)
     header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "resolution": resolution,
-              "flame_asset": annotations.flame_asset, "num_samples": len(frames), "description": description}
+              "flame_asset": annotations.flame_asset, "num_samples": len(frames), "description": description,
+              "source": source}
     with open(os.path.join(folder, "dataset.json"), "w", encoding="utf-8") as handle:
         json.dump(header, handle, indent=2)
     return read_dataset(folder)
@@ -145,4 +148,11 @@ def read_dataset(folder: str) -> DatasetIndex:
         raise DatasetError(f"{folder}/dataset.json says {header.get('num_samples')} samples, "
                            f"annotations.npz has {annotations.num_frames}")
     return DatasetIndex(folder=folder, resolution=header["resolution"], flame_asset=dict(header.get("flame_asset") or {}),
-                        annotations=annotations, **fields)
+                        annotations=annotations, source=_source(header), **fields)
+
+
+def _source(header: dict[str, Any]) -> str:
+    """The header's ``source``; datasets written before it existed say it in their description."""
+    if isinstance(header.get("source"), str):
+        return header["source"]
+    return "procedural" if str(header.get("description", "")).startswith("flamediff procedural") else "real"

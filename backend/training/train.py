@@ -274,6 +274,7 @@ class Trainer:
             model.add_temporal_layers()
         if config.reference_dropout is not None:
             model.config = replace(model.config, reference_dropout=config.reference_dropout)
+        model.config = replace(model.config, training_domain=self.index.source)   # renders warn outside it
         return model
 
     def _parameter_groups(self) -> list[dict[str, Any]]:

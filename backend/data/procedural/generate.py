@@ -192,6 +192,6 @@ def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_
                      right_eye_pose=pose[:, 4], translation=specs.translation)
     frames = LazyFrames(renderer, plan, resolution, progress, workers=workers, threads=threads)
     index = write_dataset(out_dir, frames, clip, plan.identity, plan.label, plan.sequence, plan.frame_in_sequence,
-                          description=DESCRIPTION)
+                          description=DESCRIPTION, source="procedural")
     write_splits(out_dir, seed, heldout_fraction, train, heldout)
     return index
