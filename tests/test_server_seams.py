@@ -120,11 +120,13 @@ def test_manifest_settings_read_back_as_job_settings(tmp_path) -> None:
 
 
 def test_manifests_of_the_version_before_previews_still_read(tmp_path) -> None:
-    """What the first server wrote: every field but ``preview``."""
+    """What the first server wrote: every field but ``preview`` and ``framing``; its frames were
+    rendered with the camera's whole view, so a resumed job keeps rendering them so."""
     old = {"checkpoint": "tiny", "steps": 25, "guidance": 2.0, "seed": 0, "frames": [1, 2], "shape_from": "animation",
            "reference_shape": None, "resolution": None, "frames_per_batch": 4}
     settings = _job_folder(tmp_path, old).settings()
     assert settings.preview is False and settings.steps == 25 and settings.frames == [1, 2]
+    assert settings.framing == "camera" and parse_settings({}).framing == "head"
 
 
 def test_unreadable_stored_settings_fail_the_job_with_advice(tmp_path) -> None:

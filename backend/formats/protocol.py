@@ -56,7 +56,8 @@ class Setting:
     ``kind``: ``int``, ``float``, ``bool``, ``text``, ``choice`` (one of ``choices``: value, label,
     description, as Blender enums take them), ``frames`` (a frame spec: ``"1-24"``, ``"1,5,9-12"``
     or a list of Blender frame numbers) or ``floats`` (a list of at most ``maximum`` numbers).
-    ``hashed``: the setting changes the pixels, so it is part of a job's identity.
+    ``hashed``: the setting changes the pixels, so it is part of a job's identity. ``legacy``: what
+    a job stored by a version without this setting rendered with, when that is not ``default``.
     """
 
     name: str
@@ -68,6 +69,7 @@ class Setting:
     maximum: float | None = None
     choices: tuple[tuple[str, str, str], ...] = ()
     hashed: bool = True
+    legacy: Value = None
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -102,7 +104,7 @@ JOB_SETTINGS: tuple[Setting, ...] = (
     Setting("resolution", "int", "Resolution", "must equal the checkpoint's; empty = its own", None, 8, 4096),
     Setting("framing", "choice", "Framing", "what the model renders: the square around the head placed in a "
             "transparent frame of the camera's image size ('head'), or the camera's whole view at the model's "
-            "resolution ('camera')", "head", choices=FRAMINGS),
+            "resolution ('camera')", "head", choices=FRAMINGS, legacy="camera"),
     Setting("preview", "bool", "Preview", "a quick look: half resolution, at most 4 steps, first frame first",
             False),
     Setting("frames_per_batch", "int", "Frames per batch", "frames denoised together (halves on GPU OOM)", 4, 1,

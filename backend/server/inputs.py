@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
                                        ReadLimits, load_animation, save_animation)
-from flamediff.formats.protocol import setting
+from flamediff.formats.protocol import JOB_SETTINGS, setting
 
 #: Largest reference image accepted, checked from the header before any pixel is decoded
 #: (a 20 kB PNG can claim 50 000 x 50 000 pixels and eat gigabytes when decoded).
@@ -213,10 +213,13 @@ class JobSettings(BaseModel):
     @classmethod
     def from_manifest(cls, stored: Any) -> "JobSettings":
         """The settings a job folder's manifest stored (:meth:`to_dict`), as this type again.
-        Manifests of older versions read too: settings added since (``preview``) take their
-        defaults. Raises ``ValueError`` naming the setting when they no longer validate."""
+        Manifests of older versions read too: a setting added since takes the value those
+        versions rendered with (its ``legacy`` value: ``framing`` 'camera'), else its default.
+        Raises ``ValueError`` naming the setting when they no longer validate."""
         if not isinstance(stored, dict):
             raise ValueError("the stored settings are not a JSON object")
+        legacy = {entry.name: entry.legacy for entry in JOB_SETTINGS if entry.legacy is not None}
+        stored = {**{name: value for name, value in legacy.items() if name not in stored}, **stored}
         try:
             return cls.model_validate(stored, context={"max_frames": len(stored.get("frames") or ())})
         except ValidationError as exc:
