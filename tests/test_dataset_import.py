@@ -16,7 +16,7 @@ from flamediff.data.importing import import_dataset
 from flamediff.flame.model import FlameModel
 from flamediff.flame.preview import render_preview
 from flamediff.formats.animation import make_clip
-from flamediff.formats.conventions import look_at_opencv
+from flamediff.formats.conventions import head_squares, look_at_opencv
 from flamediff.training.train import TrainConfig, Trainer, heldout_identities
 
 TIMESTEPS = 3
@@ -36,7 +36,8 @@ def _vertices(asset, params: dict, cameras: tuple) -> np.ndarray:
 def write_vhap_export(root, asset, seed: int, cameras: int = 2) -> dict:
     """As vhap/export_as_nerf_dataset.py writes it: images/<ti>_<ci>.png on white, fg_masks/ (alpha),
     flame_param/<ti>.npz (each timestep's rows with a leading 1, shape [300], static_offset),
-    transforms.json (OpenGL camera-to-world, fl_x, fl_y, cx, cy, w, h per view and timestep),
+    transforms.json (OpenGL camera-to-world, fl_x, fl_y, cx, cy, w, h per view and timestep; VHAP's
+    renderer puts the principal row at h - cy from the top),
     canonical_flame_param.npz and the backup / split json files beside it."""
     rng = np.random.default_rng(seed)
     params = dict(rotation=rng.normal(0, 0.1, (TIMESTEPS, 3)), translation=rng.normal(0, 0.005, (TIMESTEPS, 3)),
@@ -48,7 +49,7 @@ def write_vhap_export(root, asset, seed: int, cameras: int = 2) -> dict:
     for folder in ("images", "fg_masks", "flame_param"):
         (root / folder).mkdir(parents=True)
     views = [look_at_opencv([0.12 * c - 0.06, 0.02, 0.6], [0.0, -0.01, 0.0]) for c in range(cameras)]
-    K = np.array([[110.0, 0.0, WIDTH / 2], [0.0, 110.0, HEIGHT / 2], [0.0, 0.0, 1.0]])
+    K = np.array([[110.0, 0.0, WIDTH / 2 + 1.5], [0.0, 110.0, 0.45 * HEIGHT], [0.0, 0.0, 1.0]])  # off-centre
     vertices = _vertices(asset, params, views)
     frames = []
     for ti in range(TIMESTEPS):
@@ -63,13 +64,14 @@ def write_vhap_export(root, asset, seed: int, cameras: int = 2) -> dict:
             w2c[:3, :3], w2c[:3, 3] = R, t
             c2w_gl = np.linalg.inv(w2c) @ np.diag([1.0, -1.0, -1.0, 1.0])
             frames.append({"timestep_index": ti, "timestep_index_original": ti, "timestep_id": f"frame_{ti:05d}",
-                           "camera_index": ci, "camera_id": f"22{ci}", "cx": K[0, 2], "cy": K[1, 2], "fl_x": K[0, 0],
+                           "camera_index": ci, "camera_id": f"22{ci}", "cx": K[0, 2], "cy": HEIGHT - K[1, 2],
+                           "fl_x": K[0, 0],
                            "fl_y": K[1, 1], "h": HEIGHT, "w": WIDTH, "camera_angle_x": 0.4, "camera_angle_y": 0.5,
                            "transform_matrix": c2w_gl.tolist(), "file_path": f"images/{ti:05d}_{ci:02d}.png",
                            "fg_mask_path": f"fg_masks/{ti:05d}_{ci:02d}.png",
                            "flame_param_path": f"flame_param/{ti:05d}.npz"})
-    db = {"frames": frames, "cx": K[0, 2], "cy": K[1, 2], "fl_x": K[0, 0], "fl_y": K[1, 1], "h": HEIGHT, "w": WIDTH,
-          "camera_angle_x": 0.4, "camera_angle_y": 0.5, "timestep_indices": list(range(TIMESTEPS)),
+    db = {"frames": frames, "cx": K[0, 2], "cy": HEIGHT - K[1, 2], "fl_x": K[0, 0], "fl_y": K[1, 1], "h": HEIGHT,
+          "w": WIDTH, "camera_angle_x": 0.4, "camera_angle_y": 0.5, "timestep_indices": list(range(TIMESTEPS)),
           "camera_indices": list(range(cameras))}
     for name in ("transforms.json", "transforms_backup.json", "transforms_backup_flame.json"):
         (root / name).write_text(json.dumps(db, indent=4))
@@ -179,18 +181,29 @@ def test_video_frames_and_tracker_folder(tmp_path, head_asset):
     assert len(index) == 4 and len(index.sequences()) == 1
     splits = json.loads((tmp_path / "out" / "splits.json").read_text())
     assert splits["identity_names"] == ["obama"] and splits["heldout"] == []
-    # K followed the 4x downscale and the crop: the head projects into the middle of the frame
+    # K followed the 4x downscale and the crop: the head sits where the training set's framing puts it
     clip = index.annotations
     with torch.no_grad():
         vertices = FlameModel(head_asset).forward_clip(clip).vertices.double().numpy()
-    for row in range(len(index)):
-        pixels = vertices[row] @ clip.R[row].T + clip.t[row]
-        pixels = pixels @ clip.K[row].T
-        centre = (pixels[:, :2] / pixels[:, 2:]).mean(0)
-        assert np.abs(centre - 16).max() < 4
+    np.testing.assert_allclose(head_squares(vertices, clip.K, clip.R, clip.t), [[0.0, 0.0, 32.0]] * 4, atol=1e-6)
     os.remove(capture / "images" / "00003.png")
     with pytest.raises(DatasetError, match="4 tracked frames but 3 images .*no image for frames \\[3\\]"):
         import_dataset([str(capture)], str(tmp_path / "out2"), head_asset, log=lambda m: None)
     Image.new("RGB", (100, 60)).save(capture / "images" / "00003.png")
     with pytest.raises(DatasetError, match="differ in size"):
         import_dataset([str(capture)], str(tmp_path / "out3"), head_asset, log=lambda m: None)
+
+
+def test_command_line(tmp_path, exports, capsys):
+    from flamediff.cli import main
+
+    root, _ = exports
+    out = str(tmp_path / "cli")
+    assert main(["dataset", "import", str(root), "--out", out, "--resolution", "16", "--cameras", "0", "--every", "2",
+                 "--heldout-fraction", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 4 real frames of 2 subjects (074, 104) in 2 sequences" in printed and "held-out subjects: ['" in printed
+    assert len(read_dataset(out)) == 4
+    assert main(["dataset", "import", str(tmp_path / "nothing-here"), "--out", out]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("flamediff dataset: error:") and "is not a folder" in error and "\n" not in error

@@ -15,7 +15,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from flamediff.formats.animation import AnimationFormatError, make_clip, read_npz, save_animation
-from flamediff.formats.conventions import look_at_opencv
+from flamediff.formats.conventions import look_at_opencv, project_points
 from flamediff.formats.trackers import (TRACKER_LIMITS, TrackerFormatError, axis_angle_to_matrix, load_any,
                                       matrix_to_axis_angle, matrix_to_rotation_6d, retime, rotation_6d_to_matrix)
 
@@ -181,13 +181,36 @@ def test_vhap_export_with_cameras(tmp_path):
         assert_close(clip.expression, p["expr"])
         assert_close(clip.R, np.repeat(w2c[0][0][None], T, 0), 1e-9)
         assert_close(clip.t, np.repeat(w2c[0][1][None], T, 0), 1e-9)
-        assert_close(clip.K[0], [[1100.0, 0, 256.0], [0, 1101.0, 250.0], [0, 0, 1]])
+        assert_close(clip.K[0], [[1100.0, 0, 256.0], [0, 1101.0, 512 - 250.0], [0, 0, 1]])
         assert clip.image_size == (550, 512)
         assert "static_offset" in " ".join(report.dropped) and "camera_index 0 of [0, 1]" in report.camera
     second = load_any(tmp_path / "export", camera_index=1).clip
     assert_close(second.R[0], w2c[1][0], 1e-9)
     with pytest.raises(TrackerFormatError, match="no camera_index 5"):
         load_any(tmp_path / "export", camera_index=5)
+
+
+def test_vhap_cameras_project_as_vhaps_renderer(tmp_path):
+    """VHAP's own projection (vhap/util/render_nvdiffrast.py projection_from_intrinsics, then
+    world_to_ndc(flip_y=True) and (ndc * 0.5 + 0.5) * [w, h] as tracker.py draws its landmarks; the
+    NDC spans the image's outer edges, so pixel centres sit at +0.5 as in flamediff) lands every
+    point where flamediff's OpenCV reading of transforms.json puts it, off-centre principal point
+    included: the y axis points up in VHAP's clip space, so its principal row is h - cy."""
+    write_vhap_export(tmp_path / "export")
+    frame = json.loads((tmp_path / "export" / "transforms.json").read_text())["frames"][0]
+    clip = load_any(tmp_path / "export").clip
+    points = RNG.normal(0.0, 0.08, (20, 3))
+    w, h, cx, cy, fx, fy = (frame[k] for k in ("w", "h", "cx", "cy", "fl_x", "fl_y"))
+    near, far = 0.1, 10.0
+    proj = np.array([[2 * fx / w, 0, (w - 2 * cx) / w, 0], [0, 2 * fy / h, (h - 2 * cy) / h, 0],
+                     [0, 0, -(far + near) / (far - near), -2 * far * near / (far - near)], [0, 0, -1, 0]])
+    w2c = np.linalg.inv(np.asarray(frame["transform_matrix"]))
+    clip_space = np.c_[points, np.ones(len(points))] @ (proj @ w2c).T
+    ndc = clip_space[:, :2] / clip_space[:, 3:]
+    ndc[:, 1] *= -1  # flip_y
+    vhap_pixels = (ndc * 0.5 + 0.5) * [w, h]
+    ours, _ = project_points(points, clip.K[0], clip.R[0], clip.t[0])
+    assert_close(ours, vhap_pixels, 1e-9)
 
 
 def test_gaussian_avatars(tmp_path):
@@ -587,7 +610,7 @@ def test_import_through_the_addon_in_bpy(tmp_path, head_folder):
     assert_close(exported.translation, p["translation"])
     assert_close(exported.R, np.repeat(w2c[0][0][None], T, 0), 1e-5)
     assert_close(exported.t, np.repeat(w2c[0][1][None], T, 0), 1e-5)
-    assert_close(exported.K[0], [[1100.0, 0, 256.0], [0, 1101.0, 250.0], [0, 0, 1]], 1e-3)
+    assert_close(exported.K[0], [[1100.0, 0, 256.0], [0, 1101.0, 512 - 250.0], [0, 0, 1]], 1e-3)
     assert exported.image_size == (550, 512)
 
     offset = results["gaussian_avatars"]

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from flamediff.data.importing import add_import_command
 from flamediff.data.procedural import DESCRIPTION, generate_procedural_dataset
 from flamediff.data.splits import read_splits
 
@@ -66,4 +67,5 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     procedural.add_argument("--flame-asset", metavar="DIR", default=None,
                             help="FLAME asset folder; default: $FLAMEDIFF_FLAME_ASSET or the procedural head")
     procedural.set_defaults(func=cmd_procedural)
+    add_import_command(commands)
     return dataset

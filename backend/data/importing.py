@@ -14,15 +14,15 @@ tracker layer (``flamediff.formats.trackers``), so every tracker ``flamediff con
   tracker must save a camera, and the frames must be the ones it tracked (same numbers, same size
   or aspect).
 
-Frames are cropped to a square around the projected head and resized to the dataset resolution;
-the intrinsics follow the crop exactly. Every sample is labelled real; identities are split into
+Frames are cropped to the square that frames the head as the procedural training set and the render
+pipeline do (``conventions.head_squares``) and resized to the dataset resolution; the intrinsics
+follow the crop exactly. Every sample is labelled real; identities are split into
 train and held-out sets (``splits.json``) as in the procedural dataset.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -32,17 +32,15 @@ import torch
 from PIL import Image
 
 from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
-from flamediff.data.splits import split_identities
+from flamediff.data.splits import read_splits, split_identities, write_splits
 from flamediff.formats.animation import POSE_FIELDS, AnimationClip
-from flamediff.formats.conventions import project_points
+from flamediff.formats.conventions import head_squares, square_region_intrinsics
 from flamediff.formats.trackers import (TrackerFormatError, TrackerReport, flame_version_note, frame_number,
-                                        read_tracker)
+                                        read_tracker, transforms_views)
 
 #: Folders of video frames a capture may hold, in the order they are looked for.
 FRAME_FOLDERS = ("images", "frames")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-#: The crop's side is this many times the projected head's larger extent (capped by the image).
-CROP_MARGIN = 1.3
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 LAYOUTS = ("a VHAP export (transforms.json + images/ + flame_param/), or images/ (or frames/) of numbered video "
            "frames beside a tracker's output (e.g. checkpoint/*.frame, flame_param/*.npz)")
@@ -123,17 +121,15 @@ def _every(view: CaptureView, every: int) -> CaptureView:
 def _read_vhap_export(folder: str, name: str, cameras: list[int] | None, asset_name: str) -> list[CaptureView]:
     """Every camera of a VHAP export: parameters and cameras through the tracker layer, the image
     and mask paths from ``transforms.json`` (``file_path``, ``fg_mask_path``)."""
-    with open(os.path.join(folder, "transforms.json"), encoding="utf-8") as handle:
-        rows = json.load(handle).get("frames") or []
-    present = sorted({int(row.get("camera_index", 0)) for row in rows})
-    chosen = present if cameras is None else cameras
-    missing = sorted(set(chosen) - set(present))
+    rows_of = transforms_views(os.path.join(folder, "transforms.json"))
+    chosen = list(rows_of) if cameras is None else cameras
+    missing = sorted(set(chosen) - set(rows_of))
     if missing:
-        raise DatasetError(f"{name}/transforms.json has no camera_index {missing}; it has {present}")
+        raise DatasetError(f"{name}/transforms.json has no camera_index {missing}; it has {list(rows_of)}")
     views = []
     for camera in chosen:
         result = read_tracker(folder, camera_index=camera)
-        own = sorted((r for r in rows if int(r.get("camera_index", 0)) == camera), key=lambda r: r["timestep_index"])
+        own = rows_of[camera]
         images = [_exported_path(folder, name, row, "file_path", required=True) for row in own]
         masks = [_exported_path(folder, name, row, "fg_mask_path", required=False) for row in own]
         camera_id = str(own[0].get("camera_id", camera))
@@ -193,41 +189,22 @@ def _numbered_images(folder: str, name: str) -> dict[int, str]:
 
 # ============================================================================ cropping
 
-def head_crops(view: CaptureView, vertices: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[T, 3]`` square crops ``(x0, y0, side)`` in pixels: one side for the whole view (the
-    projected head's largest extent times :data:`CROP_MARGIN`, at most the image's shorter side),
-    centred on each frame's projected head and kept inside the image."""
-    clip = view.clip
-    boxes = []
-    for i in range(clip.num_frames):
-        pixels, depth = project_points(vertices[i], clip.K[i], clip.R[i], clip.t[i])
-        if (depth <= 0).any():
-            raise DatasetError(f"{view.capture}: frame {int(clip.frame[i])} has the head behind the camera: the "
-                               "tracker's camera does not match its parameters")
-        boxes.append(np.r_[pixels.min(0), pixels.max(0)])
-    box = np.asarray(boxes)
-    side = min(float((box[:, 2:] - box[:, :2]).max()) * CROP_MARGIN, float(min(width, height)))
-    centre = (box[:, :2] + box[:, 2:]) / 2.0
-    x0 = np.clip(centre[:, 0] - side / 2.0, 0.0, width - side)
-    y0 = np.clip(centre[:, 1] - side / 2.0, 0.0, height - side)
-    return np.stack([x0, y0, np.full_like(x0, side)], axis=1)
+def head_crops(capture: str, clip: AnimationClip, vertices: np.ndarray) -> np.ndarray:
+    """``[T, 3]`` squares ``(left, top, side)`` framing each frame's head the way the procedural
+    training set and the render pipeline do (:func:`head_squares`); they may reach past the image."""
+    depth = np.einsum("fij,fvj->fv", clip.R, vertices)[..., 2] + clip.t[:, None, 2]
+    behind = np.nonzero((depth <= 0).any(axis=1))[0]
+    if len(behind):
+        raise DatasetError(f"{capture}: frame {int(clip.frame[behind[0]])} has the head behind the camera: the "
+                           "tracker's camera does not match its parameters")
+    return head_squares(vertices, clip.K, clip.R, clip.t)
 
 
-def cropped_intrinsics(K: np.ndarray, crops: np.ndarray, resolution: int) -> np.ndarray:
-    """``K`` of the resized crops: ``u' = (u - x0) * resolution / side`` (continuous pixel coordinates,
-    the same convention as Pillow's resize box)."""
-    scale = resolution / crops[:, 2]
-    out = np.array(K, np.float64, copy=True)
-    out[:, 0, :] *= scale[:, None]
-    out[:, 1, :] *= scale[:, None]
-    out[:, 0, 2] -= crops[:, 0] * scale
-    out[:, 1, 2] -= crops[:, 1] * scale
-    return out
-
-
-def load_sample(image_path: str, mask_path: str | None, crop: np.ndarray, resolution: int,
+def load_sample(image_path: str, mask_path: str | None, square: np.ndarray, resolution: int,
                 background: str) -> np.ndarray:
-    """One ``[R, R, 3]`` uint8 frame: the crop of the image, composited on ``background`` by its mask."""
+    """One ``[R, R, 3]`` uint8 frame: the square of the image, composited on ``background`` by its
+    mask; where the square reaches past the image it is filled with the background colour (with
+    ``keep``: the median colour of the image's border)."""
     try:
         with Image.open(image_path) as opened:
             image = opened.convert("RGB")
@@ -237,9 +214,20 @@ def load_sample(image_path: str, mask_path: str | None, crop: np.ndarray, resolu
             image = Image.composite(image, Image.new("RGB", image.size, BACKGROUNDS[background]), mask)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{image_path} is not a readable image ({exc})") from None
-    x0, y0, side = (float(v) for v in crop)
-    box = (x0, y0, x0 + side, y0 + side)
+    left, top, side = (float(v) for v in square)
+    pad = int(np.ceil(max(0.0, -left, -top, left + side - image.width, top + side - image.height)))
+    if pad:
+        fill = BACKGROUNDS.get(background) or _border_colour(np.asarray(image))
+        padded = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad), fill)
+        padded.paste(image, (pad, pad))
+        image, left, top = padded, left + pad, top + pad
+    box = (left, top, left + side, top + side)
     return np.asarray(image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box))
+
+
+def _border_colour(pixels: np.ndarray) -> tuple[int, int, int]:
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return tuple(int(v) for v in np.median(border, axis=0))
 
 
 def _image_size(path: str) -> tuple[int, int]:
@@ -329,8 +317,8 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
         clip = fit_camera_to_images(view)
         with torch.no_grad():
             vertices = flame.forward_clip(clip).vertices.double().numpy()
-        view_crops = head_crops(view, vertices, *clip.image_size)
-        clips.append(replace(clip, K=cropped_intrinsics(clip.K, view_crops, resolution),
+        view_crops = head_crops(view.capture, clip, vertices)
+        clips.append(replace(clip, K=square_region_intrinsics(clip.K, view_crops, resolution),
                              image_size=(resolution, resolution)))
         crops.append(view_crops)
         images += view.images
@@ -338,8 +326,8 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
         identity_ids += [subjects.index(view.subject)] * clip.num_frames
         sequence += [number] * clip.num_frames
         position += list(range(clip.num_frames))
-        label = f"{view.capture}" + (f" camera {view.view}" if view.view else "")
-        log(f"  {label}: {clip.num_frames} frames of subject {view.subject}")
+        where = view.capture + (f" camera {view.view}" if view.view else "")
+        log(f"  {where}: {clip.num_frames} frames of subject {view.subject}")
         for note in dict.fromkeys(view.notes):
             log(f"    {note}")
     annotations = _concatenate(clips, asset)
@@ -349,11 +337,8 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
                           label=np.zeros(len(images), np.int64), sequence=np.asarray(sequence),
                           frame_in_sequence=np.asarray(position), description=description)
     train, heldout = split_identities(len(subjects), seed, heldout_fraction)
-    splits = {"seed": seed, "heldout_fraction": heldout_fraction, "train": train, "heldout": heldout,
-              "identity_names": subjects,
-              "sequences": [f"{v.capture}" + (f"/{v.view}" if v.view else "") for v in views]}
-    with open(os.path.join(out_dir, "splits.json"), "w", encoding="utf-8") as handle:
-        json.dump(splits, handle, indent=2)
+    write_splits(out_dir, seed, heldout_fraction, train, heldout, identity_names=subjects,
+                 sequences=[v.capture + (f"/{v.view}" if v.view else "") for v in views])
     return index
 
 
@@ -367,8 +352,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     index = import_dataset(args.sources, args.out, asset, resolution=args.resolution,
                            heldout_fraction=args.heldout_fraction, seed=args.seed, cameras=cameras, every=args.every,
                            background=args.background, identity=args.identity)
-    with open(os.path.join(args.out, "splits.json"), encoding="utf-8") as handle:
-        splits = json.load(handle)
+    splits = read_splits(args.out)
     names = splits["identity_names"]
     print(f"wrote {len(index)} real frames of {len(names)} subjects ({', '.join(names)}) in "
           f"{len(index.sequences())} sequences to {args.out}; held-out subjects: "
@@ -383,7 +367,8 @@ def add_import_command(commands) -> None:
                        "a tracker's output) into a training dataset",
         description=f"Each SRC is a capture ({LAYOUTS}) or a folder of captures. The subject of a capture is its "
                     "folder name up to the first '_' (VHAP's rule: 074_EMO-1_v16 is subject 074); every camera view "
-                    "becomes a sequence; frames are cropped square around the projected head; all samples are "
+                    "becomes a sequence; frames are cropped to the square that frames the head as the procedural "
+                    "training set does (padded where it reaches past the image); all samples are "
                     "labelled real; subjects are split into train / held-out (splits.json).")
     parser.add_argument("sources", nargs="+", metavar="SRC", help="capture folder or folder of captures")
     parser.add_argument("--out", required=True, metavar="DIR", help="output dataset folder")

@@ -901,21 +901,28 @@ def _read_emoca_codes(folder: str) -> dict[str, Any]:
     return out
 
 
-def _transforms_camera(path: str, camera_index: int | None) -> tuple[list[dict[str, Any]], str]:
-    """The frames of one view of a VHAP export's ``transforms.json``, ordered by timestep."""
+def transforms_views(path: str) -> dict[int, list[dict[str, Any]]]:
+    """The frames of a VHAP export's ``transforms.json`` by ``camera_index``, each view ordered by timestep."""
     try:
         with open(path, encoding="utf-8") as handle:
             frames = json.load(handle)["frames"]
-        views = sorted({int(f.get("camera_index", 0)) for f in frames})
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        views: dict[int, list[dict[str, Any]]] = {}
+        for row in frames:
+            views.setdefault(int(row.get("camera_index", 0)), []).append(row)
+        return {view: sorted(rows, key=lambda r: int(r["timestep_index"])) for view, rows in sorted(views.items())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TrackerFormatError(f"{path} is not a readable transforms.json ({exc.__class__.__name__}: {exc}); "
                                  "export it again with VHAP") from None
-    chosen = views[0] if camera_index is None or camera_index < 0 else camera_index
+
+
+def _transforms_camera(path: str, camera_index: int | None) -> tuple[list[dict[str, Any]], str]:
+    """The frames of one view of a VHAP export's ``transforms.json``, ordered by timestep."""
+    views = transforms_views(path)
+    chosen = next(iter(views), 0) if camera_index is None or camera_index < 0 else camera_index
     if chosen not in views:
-        raise TrackerFormatError(f"transforms.json has no camera_index {chosen}; it has {views}")
-    rows = sorted((f for f in frames if int(f.get("camera_index", 0)) == chosen), key=lambda f: f["timestep_index"])
-    note = f"camera_index {chosen} of {views}" + (" (the other views are dropped)" if len(views) > 1 else "")
-    return rows, note
+        raise TrackerFormatError(f"transforms.json has no camera_index {chosen}; it has {list(views)}")
+    note = f"camera_index {chosen} of {list(views)}" + (" (the other views are dropped)" if len(views) > 1 else "")
+    return views[chosen], note
 
 
 def _opengl_c2w_to_opencv(matrix: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -940,8 +947,8 @@ def _read_vhap_export(root: str, fps: float | None, camera_index: int | None) ->
             raise TrackerFormatError(f"transforms.json names {name}, which is missing: the export is incomplete")
         per_file.append((name, read_file_arrays(path)))
         rotation, translation = _opengl_c2w_to_opencv(row.get("transform_matrix"), name)
-        try:
-            K.append([[row["fl_x"], 0.0, row["cx"]], [0.0, row["fl_y"], row["cy"]], [0.0, 0.0, 1.0]])
+        try:  # VHAP renders with y up and flips rows, so its principal row from the top is h - cy
+            K.append([[row["fl_x"], 0.0, row["cx"]], [0.0, row["fl_y"], row["h"] - row["cy"]], [0.0, 0.0, 1.0]])
             sizes.add((int(row["w"]), int(row["h"])))
         except (KeyError, TypeError, ValueError):
             raise TrackerFormatError(f"transforms.json frame {name} lacks fl_x, fl_y, cx, cy, w or h") from None
@@ -959,7 +966,7 @@ def _read_vhap_export(root: str, fps: float | None, camera_index: int | None) ->
     fields = _map_tool(tool, arrays, report)
     fields.update(K=np.asarray(K, np.float64), R=np.stack(R), t=np.stack(t), image_size=sizes.pop(),
                   frame=np.asarray(numbers, np.int64))
-    report.mapped.append("transforms.json transform_matrix (OpenGL camera-to-world), fl_x, fl_y, cx, cy -> camera")
+    report.mapped.append("transforms.json transform_matrix (OpenGL camera-to-world), fl_x, fl_y, cx, h - cy -> camera")
     report.mapped.append("timestep_index -> frame numbers")
     report.camera = f"transforms.json, {note}"
     return _finish(fields, len(per_file), report, fps, None)
