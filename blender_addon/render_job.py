@@ -91,6 +91,7 @@ class RenderJob:
         self.view: dict[str, Any] = {}
         self.outcome = ""  # done | failed | cancelled | error
         self.message = self.error = self.advice = ""
+        self.notes: list[str] = []   # the backend's warnings about this job's inputs
         self.started = self.last_ok = time.monotonic()
         self.start_attempted = False
 
@@ -155,10 +156,12 @@ class RenderJob:
         os.makedirs(self.folder, exist_ok=True)
         self.fetched = {f for f in self.frames if os.path.exists(frame_path(self.folder, f))}
         self.view, self.phase, self.last_ok = view, "running", time.monotonic()
+        self.notes = [str(note) for note in view.get("notes") or []]
         self._write_settings()
         self._show(job_id=self.job_id, output_dir=self.host.display_path(self.folder),
                    status=view.get("status", "queued"), frames_total=len(self.frames), frames_done=len(self.fetched),
-                   progress=0.0, error="", advice="", message=f"Submitted job {self.job_id}")
+                   progress=0.0, error="", advice="", message=f"Submitted job {self.job_id}",
+                   notes="\n".join(self.notes))
         if self.fetched:
             self.host.frames_landed(self.folder, self.frames, None)
 

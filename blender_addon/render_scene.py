@@ -54,6 +54,7 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
     checkpoint: setting_property("checkpoint", description="Model name from the backend (Test connection lists "
                                                            "them); empty = the backend's default")
     preview: setting_property("preview", "Its own job and folder: the full render is not touched")
+    framing: setting_property("framing")
     # state (written by the add-on)
     job_id: StringProperty(name="Job", default="")
     status: StringProperty(name="Status", default="")
@@ -63,6 +64,8 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
     message: StringProperty(name="Progress", default="")
     error: StringProperty(name="Error", default="")
     advice: StringProperty(name="Advice", default="")
+    notes: StringProperty(name="Notes", default="", description="The backend's notes on the last job, one per line "
+                          "(reference warnings, what a tracker import dropped)")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="")
 
 

@@ -22,7 +22,7 @@ from .common import NO_RIG, RigOperator, target_rig
 _ARGUMENT = {"SKIP_SAVE", "HIDDEN"}
 _PANEL = "Default: the Render panel's"
 #: Job settings the Render panel holds (the operator's argument, when given, wins).
-PANEL_SETTINGS = ("steps", "guidance", "seed", "preview")
+PANEL_SETTINGS = ("steps", "guidance", "seed", "preview", "framing")
 
 
 def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
@@ -53,6 +53,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
     checkpoint: setting_property("checkpoint", options=_ARGUMENT,
                                  description="Default: the Render panel's, else the backend's default model")
     preview: setting_property("preview", f"Its own job and folder. {_PANEL}", options=_ARGUMENT)
+    framing: setting_property("framing", _PANEL, options=_ARGUMENT)
     shape_from: setting_property("shape_from", "Default: the rig's Identity shape setting", options=_ARGUMENT)
     reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=_ARGUMENT,
                                     description=".npy of the reference person's FLAME shape coefficients. "
@@ -115,7 +116,7 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
             settings["checkpoint"] = checkpoint
         backend = backend_settings(context)
         local = backend if backend["mode"] == "LOCAL" else None
-        props.error = props.advice = ""
+        props.error = props.advice = props.notes = ""
         props.status, props.message, props.progress, props.frames_done = "connecting", "Connecting...", 0.0, 0
         props.frames_total = len(clip.frame)
         host = render_scene.SceneHost(scene, unsaved_output_root(context))
@@ -159,6 +160,8 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         return self._outcome(job)
 
     def _outcome(self, job: render_job.RenderJob) -> set[str]:
+        if job.notes:   # e.g. a reference outside the checkpoint's training domain: said, not refused
+            self.report({"WARNING"}, "; ".join(job.notes))
         if job.outcome == "done":
             self.report({"INFO"}, job.message)
             return {"FINISHED"}

@@ -56,7 +56,7 @@ def strip_info() -> dict:
 def props() -> dict:
     p = bpy.context.scene.flamediff_render
     return {name: getattr(p, name) for name in ("job_id", "status", "progress", "frames_done", "frames_total",
-                                                "message", "error", "advice", "output_dir")}
+                                                "message", "error", "advice", "output_dir", "notes")}
 
 
 def main() -> None:

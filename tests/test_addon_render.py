@@ -88,6 +88,7 @@ def test_blocking_render_lands_frames_strip_and_settings(run):
     strip = results["strip"]
     assert strip["count"] == 1 and strip["type"] == "IMAGE" and strip["names"] == ["flamediff"]
     assert strip["blend_type"] == "ALPHA_OVER"
+    assert "only 40 px on its short side" in props["notes"]   # the backend's reference warning reaches the panel
     assert strip["frame_final_start"] == FRAMES[0] and strip["frame_final_end"] == FRAMES[-1] + 1
     assert strip["elements"] == [f"frame_{f:04d}.png" for f in FRAMES]
     assert os.path.samefile(strip["directory"], folder)

@@ -42,7 +42,8 @@ class ScriptedClient:
     def submit(self, reference: str, animation: str, settings: dict) -> dict:
         self.calls.append("submit")
         self.submitted = settings
-        return {"id": "0123456789abcdef", "status": "queued", "settings": settings}
+        return {"id": "0123456789abcdef", "status": "queued", "settings": settings,
+                "notes": ["reference: only 40 px on its short side; use a larger photo"]}
 
     def job(self, job_id: str) -> dict:
         self.calls.append("job")
@@ -149,6 +150,8 @@ def test_a_job_submits_fetches_frames_as_they_land_and_ends_done(tmp_path) -> No
     assert record["requested_settings"] == {"steps": 2, "seed": 4} and record["status"] == "done"
     assert not os.path.exists(job.animation)  # the exported temp file is removed
     assert client.calls[:2] == ["health", "submit"]
+    assert job.notes == ["reference: only 40 px on its short side; use a larger photo"]   # the backend's warnings
+    assert host.state["notes"] == job.notes[0]                                          # reach the Render panel
 
 
 def test_frames_already_in_the_folder_are_not_fetched_again(tmp_path) -> None:

@@ -95,6 +95,17 @@ class FLAMEDIFF_PT_camera(_FlamediffPanel, bpy.types.Panel):
         row.prop(scene.render, "resolution_y")
 
 
+def framing_summary(framing: str, render: bpy.types.RenderSettings) -> str:
+    """What a render will hand back, said before it starts."""
+    scale = render.resolution_percentage / 100.0
+    width, height = int(render.resolution_x * scale), int(render.resolution_y * scale)
+    if framing == "head":
+        return (f"Frames: {width}x{height} with alpha; the square around the head is rendered at the model's "
+                f"resolution and scaled into place, the rest is transparent")
+    return (f"Frames: the camera's whole {width}x{height} view fitted into the model's square, at the model's "
+            f"resolution with the camera's aspect, no transparency")
+
+
 class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
     bl_label = "Render"
 
@@ -111,6 +122,8 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
         row.prop(props, "seed")
         row.prop(props, "checkpoint", text="Model")
         layout.prop(props, "preview")
+        layout.prop(props, "framing")
+        wrapped_label(layout, context, framing_summary(props.framing, context.scene.render), icon="IMAGE_DATA")
         rig = rigmod.find_rig(context.active_object)
         if rig is not None:
             layout.prop(rig.flamediff_rig_settings, "shape_from")
@@ -130,6 +143,10 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
         if not bpy.data.filepath:
             wrapped_label(layout, context, f"Unsaved file: frames go to {unsaved_output_root(context)}. Save the "
                                            f".blend to render into //flamediff beside it.", icon="FILE_FOLDER")
+        if props.notes:
+            box = layout.box()
+            for note in props.notes.splitlines():
+                wrapped_label(box, context, note, icon="INFO")
         if props.error:
             box = layout.box()
             wrapped_label(box, context, props.error, icon="ERROR")
