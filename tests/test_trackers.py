@@ -292,7 +292,7 @@ def test_emoca_codedict_pickle_and_save_codes_folders(tmp_path):
 
 def test_emoca_video_folders_with_several_faces_take_the_first(tmp_path):
     """gdl/datasets/FaceDataModuleBase.py names each detection <frame %06d>_<detection %03d>; the
-    first face is imported and the note names the faces left out."""
+    first face is imported (or the face of the file named) and the note names the faces left out."""
     code = deca_codedict()
     for i, name in enumerate(("000001_000", "000001_001", "000002_000", "000003_000", "000003_001")):
         (tmp_path / name).mkdir()
@@ -303,6 +303,10 @@ def test_emoca_video_folders_with_several_faces_take_the_first(tmp_path):
     assert_close(result.clip.expression, code["exp"][[0, 2, 3]])
     note = next(n for n in result.report.notes if "several faces" in n)
     assert "imported face 000 (3 frames)" in note and "face 001 (2 frames, e.g. 000001_001)" in note
+    second = load_any(tmp_path / "000003_001" / "exp.npy")  # one of face 001's files: that face
+    np.testing.assert_array_equal(second.clip.frame, [1, 3])
+    assert_close(second.clip.expression, code["exp"][[1, 0]])
+    assert any("imported face 001 (2 frames), left out face 000" in n for n in second.report.notes)
 
 
 def test_metrical_tracker_frames(tmp_path):

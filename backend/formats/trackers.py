@@ -875,21 +875,22 @@ def _read_frames(folder: str, names: list[tuple[int, str]], read: Callable[[str]
     return result
 
 
-def _first_face(folders: list[str]) -> tuple[list[str], str | None]:
+def _emoca_face(folders: list[str], wanted: int | None = None) -> tuple[list[str], str | None]:
     """EMOCA's video demo names each detection ``<frame>_<detection index>`` (``000012_001``): the
-    first face's folders, and a note naming the faces left out (None when there is one face)."""
+    folders of face ``wanted`` (default the first), and a note naming the faces left out (None
+    when there is one face)."""
     faces: dict[int, list[str]] = {}
     for name in folders:
         match = _EMOCA_DETECTION.match(name)
         faces.setdefault(int(match.group(2)) if match else 0, []).append(name)
     if len(faces) < 2:
         return folders, None
-    first = min(faces)
+    chosen = wanted if wanted in faces else min(faces)
     others = "; ".join(f"face {face:03d} ({len(names)} frames, e.g. {sorted(names)[0]})"
-                       for face, names in sorted(faces.items()) if face != first)
-    return faces[first], (f"EMOCA saved several faces per frame: imported face {first:03d} ({len(faces[first])} "
-                          f"frames), left out {others}; EMOCA numbers detections per frame, not per person: to "
-                          "import another face, put its folders (<frame>_<face>) in a folder of their own")
+                       for face, names in sorted(faces.items()) if face != chosen)
+    return faces[chosen], (f"EMOCA saved several faces per frame: imported face {chosen:03d} ({len(faces[chosen])} "
+                           f"frames), left out {others}; EMOCA numbers detections per frame, not per person: to "
+                           "import another face, import one of its files (e.g. <frame>_001/exp.npy)")
 
 
 def _read_emoca_codes(folder: str) -> dict[str, Any]:
@@ -987,13 +988,13 @@ def _folder_layout(folder: str) -> tuple[str, str]:
     return "files", folder
 
 
-def _read_folder(folder: str, fps: float | None, camera_index: int | None) -> TrackerImport:
+def _read_folder(folder: str, fps: float | None, camera_index: int | None, face: int | None = None) -> TrackerImport:
     kind, folder = _folder_layout(folder)
     if kind == "vhap-export":
         return _read_vhap_export(folder, fps, camera_index)
     entries = sorted(os.listdir(folder))
     if kind == "emoca-codes":
-        faces, note = _first_face([e for e in entries if os.path.isfile(os.path.join(folder, e, "exp.npy"))])
+        faces, note = _emoca_face([e for e in entries if os.path.isfile(os.path.join(folder, e, "exp.npy"))], face)
         names = _numbered(folder, faces)
         result = _relabel(_read_frames(folder, names, _read_emoca_codes, fps, f"{len(names)} --save_codes folders"),
                           "emoca-codes")
@@ -1071,8 +1072,9 @@ def read_tracker(path: str | os.PathLike, *, fps: float | None = None, camera_in
     if not os.path.isfile(path):
         raise TrackerFormatError(f"animation file not found: {path}")
     folder = _sequence_folder(path) if whole_sequence else None
-    if folder is not None:
-        return _read_folder(folder, fps, camera_index)
+    if folder is not None:  # a file of one EMOCA detection folder imports that face
+        detection = _EMOCA_DETECTION.match(os.path.basename(os.path.dirname(os.path.abspath(path))))
+        return _read_folder(folder, fps, camera_index, int(detection.group(2)) if detection else None)
     arrays = read_file_arrays(path)
     return _import_arrays(os.path.basename(path), arrays, "one file", fps)
 
