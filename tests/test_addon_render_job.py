@@ -235,3 +235,33 @@ def test_the_source_tree_imports_as_the_add_on_package(blocked: bool) -> None:
     else:
         assert out.stdout.split()[:2] == [os.path.join(ROOT, "operators", "__init__.py"),
                                           os.path.join(ROOT, "ui_panels", "__init__.py")]
+
+
+def test_the_render_panel_and_operator_offer_the_protocol_settings() -> None:
+    """Each job setting the Render panel and ``flamediff.render`` expose has the protocol's label,
+    default, bounds and choices (the server's request model is checked against it in
+    test_server_seams.py), and the operator sends every panel setting."""
+    code = ("import json, blender_addon.render_scene as s, blender_addon.operators.render_ops as r\n"
+            "def props(cls, module):\n"
+            "    return {name: eval(text, vars(module)).keywords for name, text in cls.__annotations__.items()}\n"
+            "print(json.dumps({'panel': props(s.FlamediffRenderProps, s), 'rig': props(s.FlamediffRigSettings, s),\n"
+            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': r.PANEL_SETTINGS}, default=sorted))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout)
+    from blender_addon.formats.protocol import JOB_SETTINGS, setting
+
+    names = {entry.name for entry in JOB_SETTINGS}
+    offered = [(where, name, keywords) for where in ("panel", "rig", "operator")
+               for name, keywords in found[where].items() if name in names and name != "reference_shape"]
+    assert {name for _, name, _ in offered} >= {"steps", "guidance", "seed", "checkpoint", "preview", "shape_from"}
+    for where, name, keywords in offered:
+        entry = setting(name)
+        default = "" if entry.default is None else entry.default  # Blender strings: "" means the backend's default
+        assert (keywords["name"], keywords["default"]) == (entry.label, default), (where, name)
+        if entry.kind in ("int", "float"):
+            assert (keywords["min"], keywords["max"]) == (entry.minimum, entry.maximum), (where, name)
+        if entry.kind == "choice":
+            assert [tuple(item) for item in keywords["items"]] == list(entry.choices), (where, name)
+    panel = {name for name in found["panel"] if name in names}
+    assert panel - {"checkpoint"} == set(found["sent"])  # the checkpoint is sent only when one is named
