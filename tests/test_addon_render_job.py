@@ -116,7 +116,8 @@ class FakeProcess:
         return "/tmp/serve.log"
 
 
-def make_job(tmp_path, client, frames=(1, 2, 3), local=None, process=None) -> tuple[render_job.RenderJob, RecordingHost]:
+def make_job(tmp_path, client, frames=(1, 2, 3), local=None,
+             process=None) -> tuple[render_job.RenderJob, RecordingHost]:
     animation = tmp_path / "export.npz"
     animation.write_bytes(b"npz")
     host = RecordingHost(str(tmp_path / "renders"))
@@ -245,7 +246,8 @@ def test_the_render_panel_and_operator_offer_the_protocol_settings() -> None:
             "def props(cls, module):\n"
             "    return {name: eval(text, vars(module)).keywords for name, text in cls.__annotations__.items()}\n"
             "print(json.dumps({'panel': props(s.FlamediffRenderProps, s), 'rig': props(s.FlamediffRigSettings, s),\n"
-            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': r.PANEL_SETTINGS}, default=sorted))")
+            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': r.PANEL_SETTINGS},\n"
+            "                 default=sorted))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout)
