@@ -117,3 +117,21 @@ def test_unreadable_input_gets_one_line_advice(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and "could not be read" in lines[0] and "does not exist" in lines[1]
     assert all("give a photo" in line for line in lines)
+
+
+def test_folder_sorted_by_frame_number_with_a_faceless_frame(tmp_path, clip_cases, capsys):
+    from PIL import Image
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    images = [clip_cases[0].image, np.full_like(clip_cases[0].image, 90), clip_cases[2].image]
+    for number, image in zip((9, 10, 11), images):   # "frame_10" sorts before "frame_9" as text
+        Image.fromarray(image).save(folder / f"frame_{number}.png")
+    out = tmp_path / "take.npz"
+    assert main(["track", str(folder), "--out", str(out), "--fps", "30", "--steps", "40", "--quiet"]) == 0
+    clip = load_animation(str(out))
+    assert clip.num_frames == 3 and clip.fps == 30.0 and np.isfinite(clip.expression).all()
+    report = json.loads((tmp_path / "take_track.json").read_text())
+    assert report["frames_without_face"] == [2]
+    assert [row["landmark_error_px"] is None for row in report["per_frame"]] == [False, True, False]
+    assert "no face found in 1 of 3 frames (2)" in capsys.readouterr().out
+    assert (tmp_path / "take_overlay.mp4").stat().st_size > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,29 +68,33 @@ def track_footage(footage: Footage, asset: FlameAsset, settings: FitSettings | N
                    seconds={"landmarks": detected - start, "fit": time.perf_counter() - detected})
 
 
+def _fitted_vertices(model: FlameModel, fit: FitResult, chunk: int = 32) -> Iterator[np.ndarray]:
+    """The fitted mesh of each frame ``[V, 3]`` (FLAME space), computed ``chunk`` frames at a time."""
+    def tensor(value: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=torch.float32)
+    for start in range(0, len(fit.expression), chunk):
+        rows = slice(start, start + chunk)
+        with torch.no_grad():
+            posed = model(shape=tensor(fit.shape), expression=tensor(fit.expression[rows]), pose=tensor(fit.pose[rows]),
+                          translation=tensor(fit.translation[rows]))
+        yield from posed.vertices.double().numpy()
+
+
 def write_overlay(tracked: Tracked, asset: FlameAsset, path: str, progress: Progress | None = None) -> None:
     """The fitted mesh drawn over every frame: a PNG for a photo, an MP4 for a clip."""
     start = time.perf_counter()
     fit = tracked.fit
-    model = FlameModel(asset)
     writer = FrameWriter(path, tracked.footage.fps, tracked.footage.size, single=tracked.footage.kind == "image")
     try:
-        for frame_index, frame in enumerate(tracked.footage.frames()):
-            with torch.no_grad():
-                posed = model(shape=torch.as_tensor(fit.shape, dtype=torch.float32)[None],
-                              expression=torch.as_tensor(fit.expression[frame_index:frame_index + 1], dtype=torch.float32),
-                              pose=torch.as_tensor(fit.pose[frame_index:frame_index + 1], dtype=torch.float32),
-                              translation=torch.as_tensor(fit.translation[frame_index:frame_index + 1], dtype=torch.float32))
-            camera = posed.vertices[0].double().numpy() @ fit.R.T + fit.t
+        frames = zip(tracked.footage.frames(), _fitted_vertices(FlameModel(asset), fit), tracked.landmarks)
+        for index, (frame, vertices, detected) in enumerate(frames):
+            camera = vertices @ fit.R.T + fit.t
             pixels = camera @ fit.K.T
-            pixels = pixels[:, :2] / pixels[:, 2:3]
-            detected = tracked.landmarks[frame_index]
-            error = fit.error_px[frame_index]
-            caption = "no face found" if detected is None else f"landmark error {error:.1f} px"
-            fitted = fit.landmark_pixels[frame_index]
-            writer.write(draw_overlay(frame, pixels, asset.faces, camera,
-                                      None if detected is None else detected[fit.mediapipe_index], fitted, caption))
-            _report(progress, "overlay", frame_index + 1, tracked.footage.count)
+            caption = "no face found" if detected is None else f"landmark error {fit.error_px[index]:.1f} px"
+            writer.write(draw_overlay(frame, pixels[:, :2] / pixels[:, 2:3], asset.faces, camera,
+                                      None if detected is None else detected[fit.mediapipe_index],
+                                      fit.landmark_pixels[index], caption))
+            _report(progress, "overlay", index + 1, tracked.footage.count)
     finally:
         writer.close()
     tracked.seconds["overlay"] = time.perf_counter() - start
