@@ -22,6 +22,7 @@ from flamediff.errors import FlamediffError
 from flamediff.formats.animation import AnimationClip, make_clip, save_animation
 from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
 from flamediff.formats.flame_asset import FlameAsset, write_obj
+from flamediff.formats.protocol import frame_file
 from flamediff.flame.model import FlameModel
 from flamediff.flame.preview import render_preview
 
@@ -169,7 +170,7 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
         outcome = json.load(handle)
     if outcome["status"] != "done":
         raise RuntimeError(f"render {outcome['status']}: {outcome['error']} ({outcome['advice']})")
-    frames = [np.asarray(Image.open(os.path.join(outcome["output_dir"], f"frame_{n:04d}.png")).convert("RGBA"))
+    frames = [np.asarray(Image.open(os.path.join(outcome["output_dir"], frame_file(n))).convert("RGBA"))
               for n in clip.frame]
     with torch.no_grad():
         pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(DEMO_CHECKPOINT, asset=asset), FlameModel(asset))
