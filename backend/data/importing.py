@@ -41,7 +41,7 @@ from flamediff.formats.trackers import (TrackerFormatError, TrackerReport, flame
 #: Folders of video frames a capture may hold, in the order they are looked for.
 FRAME_FOLDERS = ("images", "frames")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+BACKGROUNDS: dict[str, tuple[int, ...]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
 LAYOUTS = ("a VHAP export (transforms.json + images/ + flame_param/), or images/ (or frames/) of numbered video "
            "frames beside a tracker's output (e.g. checkpoint/*.frame, flame_param/*.npz)")
 
@@ -130,21 +130,21 @@ def _read_vhap_export(folder: str, name: str, cameras: list[int] | None, asset_n
     for camera in chosen:
         result = read_tracker(folder, camera_index=camera)
         own = rows_of[camera]
-        images = [_exported_path(folder, name, row, "file_path", required=True) for row in own]
-        masks = [_exported_path(folder, name, row, "fg_mask_path", required=False) for row in own]
+        images = [_exported_path(folder, name, row, "file_path") for row in own]
+        masks = [_exported_path(folder, name, row, "fg_mask_path") if row.get("fg_mask_path") else None
+                 for row in own]
         camera_id = str(own[0].get("camera_id", camera))
         views.append(CaptureView(name, subject_of(name), camera_id, result.clip, images, masks,
                                  _notes(result.report, asset_name)))
     return views
 
 
-def _exported_path(folder: str, name: str, row: dict, key: str, required: bool) -> str | None:
+def _exported_path(folder: str, name: str, row: dict, key: str) -> str:
+    """The file a ``transforms.json`` frame names under ``key``, checked to exist."""
     relative = row.get(key)
     if not relative:
-        if required:
-            raise DatasetError(f"{name}/transforms.json: a frame (timestep {row.get('timestep_index')}) lacks "
-                               f"'{key}': export the dataset again with VHAP's export_as_nerf_dataset")
-        return None
+        raise DatasetError(f"{name}/transforms.json: a frame (timestep {row.get('timestep_index')}) lacks "
+                           f"'{key}': export the dataset again with VHAP's export_as_nerf_dataset")
     path = os.path.normpath(os.path.join(folder, relative))
     if not os.path.isfile(path):
         raise DatasetError(f"{name}: transforms.json names {relative}, which is missing: the export is incomplete "
@@ -156,10 +156,7 @@ def _read_frames_and_tracker(folder: str, name: str, frames_dir: str, asset_name
     """Numbered video frames matched by frame number to a tracker's per-frame output."""
     result = read_tracker(folder)
     clip = result.clip
-    if not clip.has_camera:
-        raise DatasetError(f"{name}: {result.report.tool} saves no camera, and training needs the camera each frame "
-                           "was seen from; track with a tool that saves one (VHAP, metrical-tracker) or convert "
-                           "with a camera")
+    camera_of(clip, f"{name}: {result.report.tool}")
     images = _numbered_images(frames_dir, name)
     tracked, have = set(clip.frame.tolist()), set(images)
     if tracked != have:
@@ -189,15 +186,24 @@ def _numbered_images(folder: str, name: str) -> dict[int, str]:
 
 # ============================================================================ cropping
 
+def camera_of(clip: AnimationClip, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """``(K, R, t, image_size)`` of a tracked clip; training needs the camera each frame was seen from."""
+    if clip.K is None or clip.R is None or clip.t is None or clip.image_size is None:
+        raise DatasetError(f"{source} saves no camera, and training needs the camera each frame was seen from; "
+                           "track with a tool that saves one (VHAP, metrical-tracker)")
+    return clip.K, clip.R, clip.t, clip.image_size
+
+
 def head_crops(capture: str, clip: AnimationClip, vertices: np.ndarray) -> np.ndarray:
     """``[T, 3]`` squares ``(left, top, side)`` framing each frame's head the way the procedural
     training set and the render pipeline do (:func:`head_squares`); they may reach past the image."""
-    depth = np.einsum("fij,fvj->fv", clip.R, vertices)[..., 2] + clip.t[:, None, 2]
+    K, R, t, _ = camera_of(clip, capture)
+    depth = np.einsum("fij,fvj->fv", R, vertices)[..., 2] + t[:, None, 2]
     behind = np.nonzero((depth <= 0).any(axis=1))[0]
     if len(behind):
         raise DatasetError(f"{capture}: frame {int(clip.frame[behind[0]])} has the head behind the camera: the "
                            "tracker's camera does not match its parameters")
-    return head_squares(vertices, clip.K, clip.R, clip.t)
+    return head_squares(vertices, K, R, t)
 
 
 def load_sample(image_path: str, mask_path: str | None, square: np.ndarray, resolution: int,
@@ -208,7 +214,7 @@ def load_sample(image_path: str, mask_path: str | None, square: np.ndarray, reso
     try:
         with Image.open(image_path) as opened:
             image = opened.convert("RGB")
-        if background != "keep":
+        if background != "keep" and mask_path is not None:  # import_dataset checked every frame has one
             with Image.open(mask_path) as opened:
                 mask = opened.convert("L")
             image = Image.composite(image, Image.new("RGB", image.size, BACKGROUNDS[background]), mask)
@@ -225,7 +231,7 @@ def load_sample(image_path: str, mask_path: str | None, square: np.ndarray, reso
     return np.asarray(image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box))
 
 
-def _border_colour(pixels: np.ndarray) -> tuple[int, int, int]:
+def _border_colour(pixels: np.ndarray) -> tuple[int, ...]:
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     return tuple(int(v) for v in np.median(border, axis=0))
 
@@ -242,18 +248,18 @@ def fit_camera_to_images(view: CaptureView) -> AnimationClip:
     """The view's clip with ``K`` in the images' pixels: equal sizes pass, a uniformly scaled
     copy (a downscaled video) scales ``K``; anything else is refused."""
     clip = view.clip
+    K, _, _, (tracked_w, tracked_h) = camera_of(clip, view.capture)
     sizes = {_image_size(path) for path in view.images}
     if len(sizes) != 1:
         raise DatasetError(f"{view.capture}: the images of one view differ in size ({sorted(sizes)})")
     width, height = sizes.pop()
-    tracked_w, tracked_h = clip.image_size
     if (width, height) == (tracked_w, tracked_h):
         return clip
     scale = width / tracked_w
     if abs(height / tracked_h - scale) > 1e-3:
         raise DatasetError(f"{view.capture}: the images are {width} x {height} px but the tracker's camera is for "
                            f"{tracked_w} x {tracked_h}: give the frames the tracker ran on (e.g. its crops)")
-    K = np.array(clip.K, np.float64)
+    K = np.array(K, np.float64)
     K[:, :2, :] *= scale
     return replace(clip, K=K, image_size=(width, height))
 
@@ -318,7 +324,7 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
         with torch.no_grad():
             vertices = flame.forward_clip(clip).vertices.double().numpy()
         view_crops = head_crops(view.capture, clip, vertices)
-        clips.append(replace(clip, K=square_region_intrinsics(clip.K, view_crops, resolution),
+        clips.append(replace(clip, K=square_region_intrinsics(camera_of(clip, view.capture)[0], view_crops, resolution),
                              image_size=(resolution, resolution)))
         crops.append(view_crops)
         images += view.images

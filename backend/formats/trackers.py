@@ -39,7 +39,7 @@ WEAK_PERSPECTIVE_DISTANCE = 10.0
 #: The crop DECA, EMOCA and SMIRK run on; their weak-perspective ``cam`` maps to it.
 WEAK_PERSPECTIVE_IMAGE = 224
 #: ``flamediff render``'s camera for files without one (the demo's portrait framing).
-DEFAULT_CAMERA = {"eye": (0.0, 0.0, 0.65), "target": (0.0, -0.005, 0.0), "fov_y_degrees": 26.0, "size": 512}
+DEFAULT_CAMERA: dict[str, Any] = {"eye": (0.0, 0.0, 0.65), "target": (0.0, -0.005, 0.0), "fov_y_degrees": 26.0, "size": 512}
 
 #: tool id -> (name, FLAME version its files imply, layout, what is imported, what is dropped)
 TOOLS: dict[str, tuple[str, str | None, str, str, str]] = {
@@ -231,7 +231,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_ignored
     if 0 in size:
         out = np.zeros(size, data.dtype)
     else:
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= data.size:
             raise TrackerFormatError("a tensor reaches past the end of its storage: the file is truncated or corrupt")
         view = np.lib.stride_tricks.as_strided(data[offset:], shape=size,
@@ -706,9 +706,9 @@ def _map_tool(tool: _Tool, arrays: dict[str, Any], report: TrackerReport) -> dic
     frames = _frame_count(arrays, tool.frame_keys)
     mapper = _Mapper(arrays, frames)
     tool.mapper(mapper)
-    fields = dict(mapper.values)
-    if tool.camera == "weak" and "cam" in arrays:
-        cam = mapper.get("cam", (3,))
+    fields: dict[str, Any] = dict(mapper.values)
+    cam = mapper.get("cam", (3,)) if tool.camera == "weak" else None
+    if cam is not None:
         K, R, t = _weak_perspective_camera(cam)
         fields.update(K=K, R=R, t=t, image_size=(WEAK_PERSPECTIVE_IMAGE, WEAK_PERSPECTIVE_IMAGE))
         mapper.mapped.append(f"cam {list(cam.shape)} -> camera")
@@ -774,12 +774,12 @@ def _unrecognised(source: str, arrays: dict[str, Any]) -> TrackerFormatError:
 
 
 def _clip_from_fields(fields: dict[str, Any], frames: int, fps: float, extra: dict[str, Any]) -> AnimationClip:
-    values = {name: fields.get(name, np.zeros((frames, 3))) for name in (*POSE_FIELDS, "translation")}
-    camera = {name: fields.get(name) for name in ("K", "R", "t")}
+    values: dict[str, Any] = {name: fields.get(name, np.zeros((frames, 3))) for name in (*POSE_FIELDS, "translation")}
     return AnimationClip(frame=np.asarray(fields.get("frame", np.arange(frames)), np.int64),
                          shape=fields.get("shape", np.zeros((frames, 0))),
                          expression=fields.get("expression", np.zeros((frames, 0))),
-                         fps=fps, image_size=fields.get("image_size"), extra=extra, **values, **camera)
+                         fps=fps, image_size=fields.get("image_size"), extra=extra, K=fields.get("K"),
+                         R=fields.get("R"), t=fields.get("t"), **values)
 
 
 def _generic(source: str, arrays: dict[str, Any], layout: str) -> TrackerImport:
@@ -854,7 +854,7 @@ def _stack(per_file: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def _numbered(folder: str, entries: list[str]) -> list[tuple[int, str]]:
     """``(frame number, name)`` sorted by number; refuses repeated numbers (several faces per frame)."""
-    numbered = sorted((frame_number(e), e) for e in entries if frame_number(e) is not None)
+    numbered = sorted((n, e) for e in entries if (n := frame_number(e)) is not None)
     numbers = [n for n, _ in numbered]
     repeated = sorted({n for n in numbers if numbers.count(n) > 1})
     if repeated:
@@ -1163,7 +1163,7 @@ def resample(clip: AnimationClip, times: np.ndarray, frames: np.ndarray) -> Anim
     fields: dict[str, Any] = {name: linear(getattr(clip, name)) for name in ("shape", "expression", "translation")}
     for name in POSE_FIELDS:
         fields[name] = quaternion_to_axis_angle(rotation(axis_angle_to_quaternion(getattr(clip, name))))
-    if clip.has_camera:
+    if clip.K is not None and clip.R is not None and clip.t is not None:  # has_camera, for the type checker
         fields.update(K=linear(clip.K), t=linear(clip.t),
                       R=quaternion_to_matrix(rotation(matrix_to_quaternion(clip.R))))
     return replace(clip, frame=np.asarray(frames, np.int64), **fields)
