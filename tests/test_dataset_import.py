@@ -206,6 +206,8 @@ def test_command_line(tmp_path, exports, capsys):
     printed = capsys.readouterr().out
     assert "wrote 4 real frames of 2 subjects (074, 104) in 2 sequences" in printed
     assert "held-out subjects: ['" in printed
+    assert "tracks with FLAME 2023, but the FLAME asset is 'procedural-head'" in printed  # the tool's FLAME version
+    assert "dropped: static_offset" in printed
     assert len(read_dataset(out)) == 4
     assert main(["dataset", "import", str(tmp_path / "nothing-here"), "--out", out]) == 2
     error = capsys.readouterr().err.strip()

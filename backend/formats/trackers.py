@@ -1126,9 +1126,9 @@ def flame_version_note(report: TrackerReport, asset_name: str) -> str | None:
     implied = report.flame_version.replace("FLAME ", "")
     if implied in asset_name or (implied == "2020" and asset_name == "generic_model"):
         return None
-    return (f"{report.tool} tracks with {report.flame_version}, but the rig's FLAME asset is '{asset_name}': "
-            "expressions and identity look different on another model; point the preferences at "
-            f"{report.flame_version}")
+    version = report.flame_version
+    return (f"{report.tool} tracks with {version}, but the FLAME asset is '{asset_name}': expressions and identity "
+            f"look different on another model; use a {version} asset (the add-on's preferences, or --flame-asset)")
 
 
 # ============================================================================ timing
