@@ -33,6 +33,7 @@ package also ships inside the Blender add-on, whose Python has numpy but not pyd
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -40,7 +41,7 @@ import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Mapping
+from typing import IO, Any, Mapping, TypeGuard, cast
 
 import numpy as np
 
@@ -153,8 +154,8 @@ class AnimationClip:
         return self.take_rows(rows)
 
     def take_rows(self, rows: np.ndarray) -> "AnimationClip":
-        arrays = {name: getattr(self, name)[rows] for name in _PER_FRAME_FIELDS}
-        cameras = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
+        arrays: dict[str, Any] = {name: getattr(self, name)[rows] for name in _PER_FRAME_FIELDS}
+        cameras: dict[str, Any] = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
                    for name in ("K", "R", "t")}
         return replace(self, **arrays, **cameras)
 
@@ -207,7 +208,7 @@ def validate_clip(clip: AnimationClip) -> None:
     cameras = [clip.K is not None, clip.R is not None, clip.t is not None]
     if any(cameras) and not all(cameras):
         raise AnimationFormatError("a camera needs all of 'K', 'R' and 't'")
-    if all(cameras):
+    if clip.K is not None and clip.R is not None and clip.t is not None:
         _check_array("K", clip.K, 3, (3, 3), frames)
         _check_array("R", clip.R, 3, (3, 3), frames)
         _check_array("t", clip.t, 2, (3,), frames)
@@ -244,7 +245,7 @@ def save_animation(path: str | os.PathLike, clip: AnimationClip) -> None:
     }
     for name in _PER_FRAME_FIELDS[1:]:
         arrays[name] = getattr(clip, name).astype(np.float64)
-    if clip.has_camera:
+    if clip.K is not None and clip.R is not None and clip.t is not None:
         arrays.update(K=clip.K.astype(np.float64), R=clip.R.astype(np.float64), t=clip.t.astype(np.float64))
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -319,9 +320,9 @@ def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits, 
         raise AnimationTooLarge(f"'{name}' declares {list(shape)} x {dtype} ({nbytes} bytes), past the limit of "
                                 f"{limits.max_bytes} bytes decompressed per file")
     flat = np.empty(count, dtype)
-    target, got = memoryview(flat.view(np.uint8)), 0
+    target, got = flat.view(np.uint8).data, 0
     while got < nbytes:
-        read = stream.readinto(target[got:])
+        read = cast(io.BufferedIOBase, stream).readinto(target[got:])  # zipfile streams are buffered
         if not read:
             raise AnimationFormatError(f"'{name}' is truncated: {got} of {nbytes} bytes")
         got += read
@@ -370,7 +371,7 @@ def _read_header(raw: np.ndarray) -> dict[str, Any]:
     return header
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -395,13 +396,14 @@ def _clip_from_own_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
     for name, value in fields.items():
         if value.dtype.kind not in "iuf":
             raise AnimationFormatError(f"'{name}' must be numeric, got dtype {value.dtype}")
-    cameras = {name: np.asarray(arrays[name], np.float64) if name in arrays else None for name in ("K", "R", "t")}
+    cameras: dict[str, Any] = {name: np.asarray(arrays[name], np.float64) if name in arrays else None
+                               for name in ("K", "R", "t")}
     size = header.get("image_size")
     return AnimationClip(
         **{name: value.astype(np.float64) for name, value in fields.items() if name != "frame"},
         frame=_frame_numbers(fields["frame"]),
         fps=float(header.get("fps", 25.0)),
-        image_size=tuple(int(v) for v in size) if size else None,
+        image_size=cast("tuple[int, int]", tuple(int(v) for v in size)) if size else None,  # checked by AnimationClip
         flame_asset=dict(header.get("flame_asset") or {}),
         extra=dict(header.get("extra") or {}),
         **cameras,
@@ -427,10 +429,8 @@ def _find(arrays: Mapping[str, np.ndarray], name: str, mapped: list[str]) -> np.
     return None
 
 
-def _as_frames(value: np.ndarray | None, frames: int, name: str) -> np.ndarray | None:
-    """Accept ``[T, N]``, a single ``[N]`` vector for the whole clip, or nothing."""
-    if value is None:
-        return None
+def _as_frames(value: np.ndarray, frames: int, name: str) -> np.ndarray:
+    """Accept ``[T, N]`` or a single ``[N]`` vector for the whole clip."""
     if value.ndim == 1:
         if value.shape[0] > MAX_SHAPE:
             raise AnimationFormatError(f"'{name}' as one vector for the clip has {value.shape[0]} values; "
@@ -456,8 +456,9 @@ def _frame_count(arrays: Mapping[str, np.ndarray]) -> int:
 def _clip_from_tracker_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
     frames = _frame_count(arrays)
     mapped: list[str] = []
-    values = {name: _as_frames(_find(arrays, name, mapped), frames, name)
-              for name in ("shape", "expression", *POSE_FIELDS, "translation")}
+    found = {name: _find(arrays, name, mapped) for name in ("shape", "expression", *POSE_FIELDS, "translation")}
+    values: dict[str, Any] = {name: None if value is None else _as_frames(value, frames, name)
+                              for name, value in found.items()}
     for key in PACKED_POSE_KEYS:
         if key in arrays and values["global_pose"] is None:
             packed = _as_frames(np.asarray(arrays[key], np.float64), frames, key)
@@ -501,7 +502,7 @@ def make_clip(num_frames: int, *, fps: float = 25.0, first_frame: int = 1, num_s
               **params: np.ndarray) -> AnimationClip:
     """A clip of ``num_frames`` rest-pose frames with the given per-frame ``params`` filled in;
     ``camera`` is ``(K, R, t)`` with a leading frame axis."""
-    values = {
+    values: dict[str, Any] = {
         "shape": np.zeros((num_frames, num_shape)),
         "expression": np.zeros((num_frames, num_expression)),
         **{name: np.zeros((num_frames, 3)) for name in (*POSE_FIELDS, "translation")},
