@@ -21,7 +21,7 @@ import json
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         if module in ("copy_reg", "copyreg") and name == "_reconstructor":
-            return copyreg._reconstructor
+            return copyreg._reconstructor  # type: ignore[attr-defined]  # private, named by Python 2 pickles
         if module in ("__builtin__", "builtins") and name in ("object", "set", "frozenset", "slice", "complex"):
             return getattr(__import__("builtins"), name)
         if module == "_codecs" and name == "encode":
@@ -163,17 +163,18 @@ class _ScipyCSCMatrix:
             "data": np.concatenate([dense[c, j] for j, c in enumerate(columns)]).astype(np.float64),
         }
 
-    def __reduce_ex__(self, protocol: int) -> tuple:
-        return copyreg.__newobj__, (type(self),), self.state
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        return copyreg.__newobj__, (type(self),), self.state  # type: ignore[attr-defined]  # what protocol 2 writes
 
 
 class _FlamePickler(pickle._Pickler):  # the pure-Python pickler lets us name scipy's class
+    # write / memoize / save_global are the pure-Python pickler's internals (typeshed omits them)
     def save_global(self, obj: Any, name: str | None = None) -> None:
         if obj is _ScipyCSCMatrix:
-            self.write(pickle.GLOBAL + b"scipy.sparse._csc\ncsc_matrix\n")
-            self.memoize(obj)
+            self.write(pickle.GLOBAL + b"scipy.sparse._csc\ncsc_matrix\n")  # type: ignore[attr-defined]
+            self.memoize(obj)  # type: ignore[attr-defined]
             return
-        super().save_global(obj, name)
+        super().save_global(obj, name)  # type: ignore[misc]
 
 
 def write_flame_pickle(path: str, model: dict[str, Any]) -> None:
@@ -226,7 +227,7 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray
               faces_uv: np.ndarray | None = None) -> None:
     """Write a triangle OBJ (with ``f v/vt`` when a UV layout is given)."""
     lines = [f"v {x:.7f} {y:.7f} {z:.7f}" for x, y, z in vertices]
-    if uv is not None:
+    if uv is not None and faces_uv is not None:
         lines += [f"vt {u:.7f} {v:.7f}" for u, v in uv]
         lines += [f"f {a+1}/{ta+1} {b+1}/{tb+1} {c+1}/{tc+1}"
                   for (a, b, c), (ta, tb, tc) in zip(faces, faces_uv)]
@@ -393,9 +394,10 @@ def load_flame_asset(path: str) -> FlameAsset:
         folder, model_file = os.path.dirname(path) or ".", path
     elif os.path.isdir(path):
         folder = path
-        model_file = _find_file(folder, MODEL_FILE_NAMES, (".pkl", ".npz"))
-        if model_file is None or os.path.basename(model_file) in LANDMARK_FILE_NAMES:
+        found = _find_file(folder, MODEL_FILE_NAMES, (".pkl", ".npz"))
+        if found is None or os.path.basename(found) in LANDMARK_FILE_NAMES:
             raise _missing(folder, f"holds no FLAME model file (looked for {', '.join(MODEL_FILE_NAMES)})")
+        model_file = found
     else:
         raise _missing(path, "does not exist")
     model = _read_model(model_file)

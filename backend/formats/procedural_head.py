@@ -21,6 +21,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,7 +68,8 @@ def _bump(points: np.ndarray, centre: np.ndarray, sigma: tuple[float, float, flo
     return np.exp(-0.5 * np.sum(d * d, axis=-1))
 
 
-def _mirror(bump_fn, points: np.ndarray, centre: np.ndarray, sigma) -> np.ndarray:
+def _mirror(bump_fn: Callable[..., np.ndarray], points: np.ndarray, centre: np.ndarray,
+            sigma: Sequence[float]) -> np.ndarray:
     """The same bump on both sides of the face (x and -x)."""
     flipped = centre * np.array([-1.0, 1.0, 1.0])
     return bump_fn(points, centre, sigma) + bump_fn(points, flipped, sigma)
@@ -206,7 +208,7 @@ def _build_head_surface(spec: ProceduralHeadSpec, lm: _FaceAnchors) -> tuple:
     theta, azimuth = _grid_angles(spec)
     base = _base_points(theta, azimuth[None, :])
     points = base + _feature_offset(base, lm)[..., None] * _radial(base)
-    crown = CENTRE + _base_radius(np.float64(0.0), np.float64(0.0)) * np.array([0.0, 1.0, 0.0])
+    crown = CENTRE + _base_radius(np.array(0.0), np.array(0.0)) * np.array([0.0, 1.0, 0.0])
     mouth_row = int(np.argmin(np.abs(theta[:, 0] - np.radians(lm.mouth_theta))))
     return theta, azimuth, points, crown, mouth_row
 
@@ -355,7 +357,7 @@ class _Fields:
         self.eye_left = slice(mesh.head_count, mesh.head_count + mesh.eye_count)
         self.eye_right = slice(mesh.head_count + mesh.eye_count, len(mesh.vertices))
 
-    def full(self, field_fn, rigid_eyes: bool = True) -> np.ndarray:
+    def full(self, field_fn: Callable[[np.ndarray], np.ndarray], rigid_eyes: bool = True) -> np.ndarray:
         """Evaluate ``field_fn(points) -> [N, 3]`` on the head (and eye centres when rigid)."""
         out = np.zeros_like(self.mesh.vertices)
         out[: self.mesh.head_count] = field_fn(self.head)
@@ -382,7 +384,7 @@ def _shape_components(fields: _Fields, count: int) -> np.ndarray:
     forehead = lm.point(lm.eye_theta - 30.0, 0.0)
     eye = lm.point(lm.eye_theta, lm.eye_azimuth)
 
-    def radial(weight_fn):
+    def radial(weight_fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         return lambda p: weight_fn(p)[:, None] * _radial(p)
 
     designed = [
@@ -431,11 +433,11 @@ def _expression_components(fields: _Fields, count: int) -> np.ndarray:
     cheek = lm.point(lm.eye_theta + 20.0, lm.eye_azimuth + 12.0)
     nose_side = lm.point(lm.nose_theta - 3.0, 7.0)
 
-    def vec(p, wx=0.0, wy=0.0, wz=0.0, mirror_x=False):
+    def vec(p: np.ndarray, wx: float = 0.0, wy: float = 0.0, wz: float = 0.0, mirror_x: bool = False) -> np.ndarray:
         x = np.tanh(p[:, 0] / 0.004) if mirror_x else 1.0
         return np.stack([wx * x * np.ones(len(p)), wy * np.ones(len(p)), wz * np.ones(len(p))], -1)
 
-    def m(p, c, s):
+    def m(p: np.ndarray, c: np.ndarray, s: Sequence[float]) -> np.ndarray:
         return _mirror(_bump, p, c, s)[:, None]
 
     designed = [
