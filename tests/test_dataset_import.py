@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from flamediff.data.importing import import_dataset
 from flamediff.flame.model import FlameModel
 from flamediff.flame.preview import render_preview
 from flamediff.formats.animation import make_clip
-from flamediff.formats.conventions import head_squares, look_at_opencv
+from flamediff.formats.conventions import look_at_opencv
+from flamediff.formats.trackers import read_tracker
 from flamediff.training.train import TrainConfig, Trainer, heldout_identities
 
 TIMESTEPS = 3
@@ -92,6 +94,22 @@ def _silhouette(frame: np.ndarray) -> np.ndarray:
     return (np.asarray(frame, np.int64) < 235).any(-1)
 
 
+def _render(asset, clip, size: tuple[int, int]) -> list[np.ndarray]:
+    """The head of every row of ``clip`` seen by its camera, on white."""
+    with torch.no_grad():
+        vertices = FlameModel(asset).forward_clip(clip).vertices.double().numpy()
+    return [np.asarray(render_preview(vertices[i], asset.faces, clip.K[i], clip.R[i], clip.t[i], size,
+                                      background=WHITE)) for i in range(clip.num_frames)]
+
+
+def assert_frames_show_the_head(index, asset) -> None:
+    """Each imported frame shows the head where its imported (cropped) camera sees it."""
+    renders = _render(asset, index.annotations, (index.resolution, index.resolution))
+    for row, render in enumerate(renders):
+        a, b = _silhouette(index.load_frame(row)), _silhouette(render)
+        assert (a & b).sum() / (a | b).sum() > 0.85, row
+
+
 def test_vhap_exports_become_a_dataset_that_trains(tmp_path, exports, head_asset):
     root, params = exports
     out = str(tmp_path / "data")
@@ -112,14 +130,7 @@ def test_vhap_exports_become_a_dataset_that_trains(tmp_path, exports, head_asset
         np.testing.assert_allclose(clip.global_pose[rows], np.tile(params[subject]["rotation"], (2, 1)), atol=1e-6)
         np.testing.assert_allclose(clip.shape[rows], np.repeat(params[subject]["shape"][None], 2 * TIMESTEPS, 0),
                                    atol=1e-6)
-    # the cropped camera sees the head where the cropped frame shows it
-    with torch.no_grad():
-        vertices = FlameModel(head_asset).forward_clip(clip).vertices.double().numpy()
-    for row in range(len(index)):
-        render = render_preview(vertices[row], head_asset.faces, clip.K[row], clip.R[row], clip.t[row], (32, 32),
-                                background=WHITE)
-        a, b = _silhouette(index.load_frame(row)), _silhouette(np.asarray(render))
-        assert (a & b).sum() / (a | b).sum() > 0.85
+    assert_frames_show_the_head(index, head_asset)
     # the trainer reads it, never samples the held-out subject, and trains
     assert heldout_identities(out) == splits["heldout"]
     config = TrainConfig.from_dict(dict(dataset=out, output_dir=str(tmp_path / "run"), steps=2, batch_size=2,
@@ -157,11 +168,10 @@ def test_broken_exports_name_the_problem(tmp_path, head_asset):
         import_dataset([str(tmp_path / "empty")], str(tmp_path / "out"), head_asset, log=lambda m: None)
 
 
-def _write_frames_and_tracker(capture, head_asset, frames: int = 4, downscale: int = 4) -> None:
-    """metrical-tracker's layout: checkpoint/<n>.frame (torch.save of numpy arrays, OpenCV camera for
-    the 512 px crops) beside the frames it tracked, here saved at 1/downscale of that size."""
+def _write_metrical(capture, frames: int) -> None:
+    """metrical-tracker's checkpoint/<n>.frame: torch.save of numpy arrays, the OpenCV camera for its
+    512 px crops."""
     (capture / "checkpoint").mkdir(parents=True)
-    (capture / "images").mkdir()
     K = np.array([[2000.0, 0, 256.0], [0, 2000.0, 256.0], [0, 0, 1]])
     for i in range(frames):
         R, t = look_at_opencv([0.02 * i, 0.0, 1.0], [0.0, 0.0, 0.0])
@@ -172,22 +182,36 @@ def _write_frames_and_tracker(capture, head_asset, frames: int = 4, downscale: i
                                "K": K[None].astype(np.float32)},
                     "img_size": np.array([512, 512]), "frame_id": f"{i:05d}"},
                    capture / "checkpoint" / f"{i:05d}.frame")
-        Image.new("RGB", (512 // downscale, 512 // downscale), (90, 90, 90)).save(capture / "images" / f"{i:05d}.png")
 
 
-def test_video_frames_and_tracker_folder(tmp_path, head_asset):
+def _write_vhap_monocular(capture, frames: int) -> None:
+    """VHAP's tracker on a monocular video (vhap/model/tracker.py save_result): stacked parameters,
+    timestep_id strings, the optimised focal_length and image_size [h, w] of the 512 px frames."""
+    capture.mkdir(parents=True)
+    zeros = {key: np.zeros((frames, width), np.float32) for key, width in
+             (("rotation", 3), ("translation", 3), ("neck_pose", 3), ("jaw_pose", 3), ("eyes_pose", 6), ("expr", 100))}
+    np.savez(capture / "tracked_flame_params_30.npz", **zeros, shape=np.zeros(300, np.float32),
+             timestep_id=np.array([f"{i:05d}" for i in range(frames)]), n_processed_frames=frames,
+             focal_length=np.array([2.0], np.float32), image_size=np.array([512, 512]))
+
+
+@pytest.mark.parametrize("write_tracker", [_write_metrical, _write_vhap_monocular], ids=["metrical", "vhap"])
+def test_video_frames_and_tracker_folder(tmp_path, head_asset, write_tracker):
+    """Video frames (here saved at 1/4 of the size the tracker ran on) beside a tracker's output."""
     capture = tmp_path / "obama_interview"
-    _write_frames_and_tracker(capture, head_asset)
+    write_tracker(capture, 4)
+    tracked = read_tracker(capture).clip
+    K = tracked.K.copy()
+    K[:, :2] /= 4
+    (capture / "images").mkdir()
+    for i, frame in enumerate(_render(head_asset, replace(tracked, K=K, image_size=(128, 128)), (128, 128))):
+        Image.fromarray(frame).save(capture / "images" / f"{i:05d}.png")
     index = import_dataset([str(capture)], str(tmp_path / "out"), head_asset, resolution=32, heldout_fraction=0.0,
                            log=lambda m: None)
     assert len(index) == 4 and len(index.sequences()) == 1
     splits = json.loads((tmp_path / "out" / "splits.json").read_text())
     assert splits["identity_names"] == ["obama"] and splits["heldout"] == []
-    # K followed the 4x downscale and the crop: the head sits where the training set's framing puts it
-    clip = index.annotations
-    with torch.no_grad():
-        vertices = FlameModel(head_asset).forward_clip(clip).vertices.double().numpy()
-    np.testing.assert_allclose(head_squares(vertices, clip.K, clip.R, clip.t), [[0.0, 0.0, 32.0]] * 4, atol=1e-6)
+    assert_frames_show_the_head(index, head_asset)  # K followed the 4x downscale and the crop
     os.remove(capture / "images" / "00003.png")
     with pytest.raises(DatasetError, match="4 tracked frames but 3 images .*no image for frames \\[3\\]"):
         import_dataset([str(capture)], str(tmp_path / "out2"), head_asset, log=lambda m: None)

@@ -162,9 +162,16 @@ def test_vhap_tracker_file(tmp_path):
     assert_close(clip.shape, np.repeat(p["shape"][None], T, 0))
     assert_close(clip.expression, p["expr"])
     dropped = " ".join(report.dropped)
-    for name in ("static_offset", "tex", "lights", "focal_length"):
+    for name in ("static_offset", "tex", "lights"):
         assert name in dropped
-    assert not clip.has_camera
+    # the monocular camera as vhap/model/tracker.py sets it when uncalibrated: RT = [I | (0, 0, -1)] in
+    # OpenGL axes, f = focal_length * max(h, w), principal point at the centre; a point at the origin
+    # projects to the image centre, one 0.1 m right (and up) to f * 0.1 right of (and above) it
+    assert_close(clip.K[0], [[1.5 * 512, 0, 256], [0, 1.5 * 512, 256], [0, 0, 1]])
+    pixels, depth = project_points(np.array([[0.0, 0.0, 0.0], [0.1, 0.1, 0.0]]), clip.K[0], clip.R[0], clip.t[0])
+    assert_close(depth, [1.0, 1.0])
+    assert_close(pixels, [[256, 256], [256 + 76.8, 256 - 76.8]])
+    assert clip.image_size == (512, 512) and "monocular camera" in report.camera
     # the folder holding it works too (the newest epoch is chosen)
     assert load_any(tmp_path).clip.num_frames == T
 

@@ -44,8 +44,9 @@ DEFAULT_CAMERA: dict[str, Any] = {"eye": (0.0, 0.0, 0.65), "target": (0.0, -0.00
 #: tool id -> (name, FLAME version its files imply, layout, what is imported, what is dropped)
 TOOLS: dict[str, tuple[str, str | None, str, str, str]] = {
     "vhap": ("VHAP tracker", "FLAME 2023", "tracked_flame_params_<epoch>.npz",
-             "rotation, translation, neck, jaw, eyes_pose, shape, expr; timestep_id as frame numbers",
-             "static_offset, dynamic_offset, tex, tex_extra, lights, focal_length, image_size"),
+             "rotation, translation, neck, jaw, eyes_pose, shape, expr; timestep_id as frame numbers; "
+             "focal_length + image_size as the monocular camera",
+             "static_offset, dynamic_offset, tex, tex_extra, lights"),
     "vhap-export": ("VHAP export (GaussianAvatars / NeRSemble layout)", "FLAME 2023",
                     "transforms.json + flame_param/00000.npz ...",
                     "as VHAP, one file per timestep; the camera of one view from transforms.json",
@@ -637,7 +638,7 @@ class _Tool:
     mapper: Callable[[_Mapper], None]
     frame_keys: tuple[str, ...]
     dropped_why: dict[str, str] = field(default_factory=dict)
-    camera: str | None = None  # "weak", "metrical"
+    camera: str | None = None  # "weak", "metrical", "vhap"
     fps: float | None = None
 
 
@@ -655,8 +656,9 @@ _TRACKERS: tuple[_Tool, ...] = (
           and bool(k & {"timestep_id", "n_processed_frames"}),
           _map_vhap, ("expr", "rotation"),
           {"static_offset": _STATIC, "dynamic_offset": _OFFSETS, "tex": "albedo", "tex_extra": "albedo",
-           "lights": "lighting", "focal_length": "intrinsics without the dataset's extrinsics",
-           "n_processed_frames": "tracker state", "image_size": "tracker state"}),
+           "lights": "lighting", "n_processed_frames": "tracker state",
+           "image_size": "tracker state (without focal_length: a calibrated capture's cameras are in its dataset)"},
+          camera="vhap"),
     _Tool("gaussian-avatars", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k, _map_vhap, ("expr", "rotation"),
           {"static_offset": _STATIC, "dynamic_offset": _OFFSETS}),
     _Tool("smirk", lambda k, a: bool(k & {"expression_params", "jaw_params", "eyelid_params", "pose_params"}),
@@ -701,6 +703,23 @@ def _weak_perspective_camera(cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return K, R, t
 
 
+def _vhap_monocular_camera(arrays: dict[str, Any], frames: int) -> dict[str, Any]:
+    """VHAP's uncalibrated (monocular) camera, as its tracker sets it: world-to-camera ``[I | (0, 0, -1)]``
+    in OpenGL axes, focal length ``focal_length * max(h, w)`` px, principal point at the image centre;
+    ``image_size`` is ``(h, w)``."""
+    focal = np.asarray(arrays["focal_length"], np.float64).reshape(-1)
+    size = np.asarray(arrays["image_size"]).reshape(-1)
+    if focal.size != 1 or not np.isfinite(focal).all() or focal[0] <= 0 or size.size != 2 or (size <= 0).any():
+        raise TrackerFormatError("'focal_length' must be one positive number and 'image_size' [h, w] positive "
+                                 f"integers, got {focal.tolist()} and {size.tolist()}")
+    height, width = (int(v) for v in size)
+    f = float(focal[0]) * max(height, width)
+    K = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+    flip = np.diag([1.0, -1.0, -1.0])  # OpenGL camera axes -> OpenCV
+    return {"K": np.repeat(K[None], frames, 0), "R": np.repeat(flip[None], frames, 0),
+            "t": np.repeat((flip @ [0.0, 0.0, -1.0])[None], frames, 0), "image_size": (width, height)}
+
+
 def _map_tool(tool: _Tool, arrays: dict[str, Any], report: TrackerReport) -> dict[str, Any]:
     """Clip fields (and camera) from one recognised dict; fills the report's mapped/dropped."""
     frames = _frame_count(arrays, tool.frame_keys)
@@ -714,6 +733,13 @@ def _map_tool(tool: _Tool, arrays: dict[str, Any], report: TrackerReport) -> dic
         mapper.mapped.append(f"cam {list(cam.shape)} -> camera")
         report.camera = (f"weak-perspective cam [s, tx, ty] on the {WEAK_PERSPECTIVE_IMAGE} px crop, as a pinhole "
                          f"camera {WEAK_PERSPECTIVE_DISTANCE:g} m away")
+    if tool.camera == "vhap" and {"focal_length", "image_size"} <= set(arrays):
+        fields.update(_vhap_monocular_camera(arrays, frames))
+        mapper.used |= {"focal_length", "image_size"}
+        width, height = fields["image_size"]
+        mapper.mapped.append(f"focal_length x max(h, w) + image_size [{height}, {width}] -> camera")
+        report.camera = (f"VHAP's monocular camera (1 m in front of the origin, principal point at the centre), "
+                         f"{width} x {height} px")
     if tool.camera == "metrical" and {"opencv.K", "opencv.R", "opencv.t", "img_size"} <= set(arrays):
         K = np.asarray(arrays["opencv.K"], np.float64).reshape(frames, 3, 3)
         R = np.asarray(arrays["opencv.R"], np.float64).reshape(frames, 3, 3)
