@@ -28,6 +28,17 @@ class FlameModel(nn.Module):
     expression coefficients): they are zero-padded, which is exactly FLAME's meaning of them.
     """
 
+    # the asset's arrays, registered as buffers in __init__
+    v_template: Tensor
+    blend_dirs: Tensor
+    posedirs: Tensor
+    J_regressor: Tensor
+    weights: Tensor
+    parents: Tensor
+    faces: Tensor
+    landmark_faces: Tensor
+    landmark_barycentrics: Tensor
+
     def __init__(self, asset: FlameAsset, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.num_shape, self.num_expression = asset.num_shape, asset.num_expression

@@ -49,6 +49,10 @@ class UVGaussianField(nn.Module):
     (``UVGaussianField.from_config``).
     """
 
+    face_ids: Tensor       # [N] buffers, registered in __init__
+    barycentrics: Tensor   # [N, 3]
+    texel_ij: Tensor       # [N, 2]
+
     def __init__(self, binding: UVBinding, feature_dim: int = 16, *, init_opacity: float = 0.9,
                  init_scale: float = 1.0, feature_init_std: float = 1e-2,
                  generator: torch.Generator | None = None) -> None:
@@ -110,7 +114,7 @@ class UVGaussianField(nn.Module):
     def opacities(self) -> Tensor:
         return torch.sigmoid(self.opacity_logits)
 
-    def forward(self, vertices: Tensor, faces) -> GaussianFrame:
+    def forward(self, vertices: Tensor, faces: Tensor | np.ndarray) -> GaussianFrame:
         """The Gaussians on posed meshes ``vertices`` [B, V, 3]; ``faces`` [F, 3] as in the asset."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"vertices must have shape [B, V, 3], got {tuple(vertices.shape)}")
@@ -121,8 +125,8 @@ class UVGaussianField(nn.Module):
         return GaussianFrame(means, scales, self.opacities().to(vertices.dtype),
                              self.features.to(vertices.dtype))
 
-    def render(self, vertices: Tensor, faces, viewmats: Tensor, Ks: Tensor, width: int, height: int,
-               **splat_kwargs: Any) -> tuple[Tensor, Tensor]:
+    def render(self, vertices: Tensor, faces: Tensor | np.ndarray, viewmats: Tensor, Ks: Tensor, width: int,
+               height: int, **splat_kwargs: Any) -> tuple[Tensor, Tensor]:
         """Splat the field: ``(feature_map [B, H, W, D], alpha [B, H, W, 1])``.
 
         ``viewmats`` [B, 4, 4] OpenCV world-to-camera (FLAME space), ``Ks`` [B, 3, 3] pixels;

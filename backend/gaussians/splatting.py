@@ -306,7 +306,7 @@ def _render_group(
     py = (local // tw * ts).to(params.dtype)[:, None] + ar
     t_run = params.new_ones(len(tiles), ts * ts)
     dummy = params.shape[0] - 1
-    out = None
+    out: Tensor | None = None
     for k0 in range(0, k_max, k_block):
         k = torch.arange(k0, min(k0 + k_block, k_max), device=tiles.device)
         inside = k[None] < counts[tiles][:, None]
@@ -318,6 +318,8 @@ def _render_group(
         out = res if out is None else out + res
         if k0 + k_block < k_max and not bool((t_run > T_MIN).any()):
             break  # every pixel in the group has stopped
+    if out is None:
+        raise ValueError(f"a tile group needs k_max >= 1, got {k_max}")
     return out
 
 

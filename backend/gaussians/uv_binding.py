@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flamediff.formats.flame_asset import FlameAsset
 from flamediff.geometry.mesh import as_index, face_areas, surface_points
 
 __all__ = ["UVBinding", "compute_uv_binding", "load_or_compute_uv_binding", "uv_layout_hash",
@@ -83,7 +84,8 @@ def _cross2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
-def rasterize_uv(uv: np.ndarray, faces_uv: np.ndarray, resolution: int):
+def rasterize_uv(uv: np.ndarray, faces_uv: np.ndarray,
+                 resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Raster a UV layout at texel centres.
 
     Returns ``(texel_ij [N, 2], face_ids [N], barycentrics [N, 3], signed double areas [F])``,
@@ -158,7 +160,7 @@ def rasterize_uv(uv: np.ndarray, faces_uv: np.ndarray, resolution: int):
     return texel_ij, face.astype(np.int64), bary, double_area
 
 
-def uv_layout_hash(asset) -> str:
+def uv_layout_hash(asset: FlameAsset) -> str:
     """SHA-256 of the asset's UV layout (``uv`` quantised to 1e-9, ``faces_uv``)."""
     digest = hashlib.sha256()
     uv = np.round(np.asarray(asset.uv, dtype=np.float64) * 1e9).astype(np.int64)
@@ -169,7 +171,7 @@ def uv_layout_hash(asset) -> str:
     return digest.hexdigest()
 
 
-def compute_uv_binding(asset, resolution: int = 128) -> UVBinding:
+def compute_uv_binding(asset: FlameAsset, resolution: int = 128) -> UVBinding:
     """Raster ``asset``'s UV layout (``uv``, ``faces_uv``) at ``resolution``^2 texel centres."""
     faces = np.asarray(asset.faces)
     faces_uv = np.asarray(asset.faces_uv)
@@ -184,7 +186,7 @@ def compute_uv_binding(asset, resolution: int = 128) -> UVBinding:
 # cache
 
 
-def _cache_name(asset, resolution: int) -> str:
+def _cache_name(asset: FlameAsset, resolution: int) -> str:
     return (f"uv_binding_{asset.content_hash[:20]}_{uv_layout_hash(asset)[:12]}"
             f"_r{int(resolution)}_v{BINDING_VERSION}.npz")
 
@@ -202,7 +204,7 @@ def _read_cache(path: str, asset_hash: str, layout_hash: str, resolution: int) -
         return None
 
 
-def load_or_compute_uv_binding(asset, resolution: int = 128, cache_dir: str | None = None) -> UVBinding:
+def load_or_compute_uv_binding(asset: FlameAsset, resolution: int = 128, cache_dir: str | None = None) -> UVBinding:
     """``compute_uv_binding`` with an ``.npz`` cache in ``cache_dir``.
 
     The file is keyed by the asset's content hash, its UV layout hash, the resolution and the
@@ -246,7 +248,7 @@ def _check_vertices(vertices: Tensor) -> None:
         raise ValueError(f"vertices must have shape [B, V, 3], got {tuple(vertices.shape)}")
 
 
-def bind_points(binding: UVBinding, vertices: Tensor, faces) -> Tensor:
+def bind_points(binding: UVBinding, vertices: Tensor, faces: Tensor | np.ndarray) -> Tensor:
     """Positions [B, N, 3] of the bound texels on posed meshes ``vertices`` [B, V, 3].
 
     ``faces`` [F, 3] (tensor or array) is the mesh's triangle list (``asset.faces``); each point
@@ -258,7 +260,7 @@ def bind_points(binding: UVBinding, vertices: Tensor, faces) -> Tensor:
     return surface_points(vertices, triangles, bary)
 
 
-def local_triangle_scale(vertices: Tensor, faces, face_ids) -> Tensor:
+def local_triangle_scale(vertices: Tensor, faces: Tensor | np.ndarray, face_ids: Tensor | np.ndarray) -> Tensor:
     """sqrt(area) [B, N] of each texel's posed triangle: a length that follows the surface.
 
     A Gaussian's scale is a learnt factor times this, so it grows and shrinks with the local
