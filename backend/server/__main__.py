@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     register_cli(commands)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except (FlameAssetError, AnimationFormatError, FlamediffError) as exc:
         print(f"flamediff {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Collection
+from typing import Any, AsyncIterator, Collection, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -66,7 +66,7 @@ def _png_responses() -> dict[int | str, dict[str, Any]]:
                   "description": "the frame as PNG"}, **_responses(404, 422)}
 
 
-def _error(status: int, error: str, advice: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, error: str, advice: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "advice": advice}, status_code=status, headers=headers)
 
 

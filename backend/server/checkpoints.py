@@ -59,7 +59,7 @@ def describe(folder: str, name: str, source: str) -> CheckpointInfo | None:
 
 
 def _folders(root: str, source: str) -> list[CheckpointInfo]:
-    found = []
+    found: list[CheckpointInfo] = []
     try:
         entries = sorted(os.listdir(root))
     except OSError:
@@ -134,9 +134,9 @@ class CheckpointRegistry:
                              f"name a checkpoint from GET /v1/models, put it into the models folder, or start the "
                              "server with --allow-path for its folder", 422)
         if os.path.isabs(folder) and os.path.isdir(folder):
-            info = describe(folder, name, "path")
-            if info is not None:
-                return info
+            described = describe(folder, name, "path")
+            if described is not None:
+                return described
             raise InputError(f"{name} is not a flamediff checkpoint folder",
                              f"it needs {CONFIG_NAME} (class FlameDiffModel) and {WEIGHTS_NAME}", 422)
         names = [info.name for info in available] or ["(none)"]

@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import time
+from typing import TextIO
 
 from flamediff.assets import cache_dir
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import ReadLimits
 from flamediff.formats.protocol import DEFAULT_PORT, setting
 from flamediff.server.inputs import InputLimits
-from flamediff.server.worker import DEVICES, PRECISIONS
+from flamediff.server.worker import DEVICES, PRECISIONS, Progress
 
 #: The job settings ``render`` takes as options (``--checkpoint`` and ``--reference-shape`` name files).
 RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "framing", "frames_per_batch", "preview")
@@ -60,7 +61,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve`` and ``render`` to flamediff's command line."""
     serve = subparsers.add_parser("serve", help="run the render backend (HTTP, token auth, job queue)",
                                   description="Serve the job API (/v1, OpenAPI at /docs) on loopback. A fresh "
@@ -142,12 +143,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 class ProgressBar:
     """A one-line text bar on stderr (no dependency; redraws at most 10 times a second)."""
 
-    def __init__(self, stream=None, width: int = 30) -> None:
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
         # resolved now, not at import: sys.stderr may have been replaced since (pytest, IDEs)
         self.stream = stream if stream is not None else sys.stderr
         self.width, self._last, self.drawn = width, 0.0, False
 
-    def __call__(self, progress) -> None:
+    def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._last < 0.1 and progress.progress < 1.0:
             return

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
@@ -141,6 +142,7 @@ def _protocol_field(name: str, **extra: Any) -> Any:
     """A pydantic field with the default, bounds and description of the protocol's setting ``name``
     (:data:`flamediff.formats.protocol.JOB_SETTINGS`, which the add-on's properties use too)."""
     entry = setting(name)
+    bounds: dict[str, Any]
     if entry.kind in ("text", "floats"):
         bounds = {"min_length": entry.minimum, "max_length": entry.maximum}
     else:
@@ -254,7 +256,7 @@ def parse_settings(data: Any, max_frames: int = InputLimits.max_frames_per_job) 
     raise InputError(error, advice, 422) from None
 
 
-def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
+def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[NDArray[np.uint8], str]:
     """Decode ``data`` to ``[H, W, 3]`` uint8, checking its format and size from the header first.
 
     Returns the array and the file extension of its format.
@@ -286,7 +288,7 @@ def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tup
                          "the file is truncated or corrupt; export it again", 422) from None
     if min(array.shape[:2]) < 1:
         raise InputError("the reference image has no pixels", "send a portrait", 422)
-    return array, IMAGE_FORMATS[image.format]
+    return array, IMAGE_FORMATS[str(image.format)]
 
 
 def read_animation(data: bytes, limits: InputLimits = InputLimits()) -> tuple[AnimationClip, list[str]]:

@@ -33,6 +33,7 @@ import weakref
 from typing import Any, Iterator
 
 import numpy as np
+from numpy.typing import NDArray
 
 from flamediff.errors import FlamediffError
 from flamediff.formats.protocol import frame_file
@@ -74,7 +75,7 @@ def _digest(reference: bytes, animation: bytes, identity: dict[str, Any]) -> str
     return digest.hexdigest()
 
 
-def encode_png(image: np.ndarray) -> bytes:
+def encode_png(image: NDArray[np.uint8]) -> bytes:
     import io
 
     from PIL import Image
@@ -190,7 +191,7 @@ class JobFolder:
         wanted = self.read()["frames"]
         return [frame for frame in wanted if not os.path.isfile(self.frame_path(frame))]
 
-    def write_frame(self, frame: int, image: np.ndarray, control: np.ndarray | None = None) -> None:
+    def write_frame(self, frame: int, image: NDArray[np.uint8], control: NDArray[np.uint8] | None = None) -> None:
         """Control preview first, then the frame: a frame that exists has its preview."""
         if control is not None:
             make_private_dir(os.path.dirname(self.control_path(frame)))

@@ -40,7 +40,7 @@ class ChildProcessRenderer:
     def __init__(self, device: str = "cpu", flame_asset: str | None = None, precision: str = "auto") -> None:
         self.device, self.flame_asset, self.precision = device, flame_asset, precision
         self.loaded_name: str | None = None
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[str] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._busy = False
@@ -103,7 +103,7 @@ class ChildProcessRenderer:
                     return self._died(job)
                 if "status" in reply:
                     self.loaded_name = reply.get("loaded")
-                    return reply["status"]
+                    return str(reply["status"])
         except (BrokenPipeError, OSError):
             return self._died(job)
         finally:
@@ -135,7 +135,8 @@ class ChildProcessRenderer:
             had = self.loaded_name is not None
             process, self._process, self.loaded_name = self._process, None, None
         if process is not None and process.poll() is None:
-            process.stdin.close()  # the child exits on end of input
+            if process.stdin is not None:
+                process.stdin.close()  # the child exits on end of input
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:

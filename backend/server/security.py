@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from typing import Any, Awaitable, Callable, Collection, Iterable
+from typing import Any, Awaitable, Callable, Collection, Iterable, Sequence
 
 from flamediff.server.files import make_private_dir, write_atomic
 
@@ -83,7 +83,7 @@ class AllowedRoots:
         return f"upload the {what}, or name a path under the folders started with --allow-path"
 
 
-async def _json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),

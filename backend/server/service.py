@@ -80,7 +80,7 @@ DOMAIN_NOTES = {"procedural": "checkpoint {name!r} was trained only on flamediff
                               "train on real footage (flamediff dataset import) for real faces"}
 
 
-def reference_notes(size: tuple[int, int], checkpoint: CheckpointInfo) -> list[str]:
+def reference_notes(size: tuple[int, ...], checkpoint: CheckpointInfo) -> list[str]:
     """Warnings (not errors) about a reference of ``(height, width)`` pixels for ``checkpoint``."""
     height, width = size
     notes = []

@@ -25,8 +25,10 @@ from flamediff.errors import FlamediffError
 from flamediff.server.jobs import JobFolder, JobStore
 
 if TYPE_CHECKING:
+    import torch
+
     from flamediff.formats.flame_asset import FlameAsset
-    from flamediff.pipelines.render import RenderSettings
+    from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
     from flamediff.server.inputs import JobSettings
 
 log = logging.getLogger("flamediff.server")
@@ -59,7 +61,7 @@ def pick_device(device: str = "auto") -> str:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def precision_dtype(precision: str):
+def precision_dtype(precision: str) -> torch.dtype | None:
     """``--precision`` -> the pipeline's ``dtype`` (None = its default: bf16 on CUDA, fp32 on CPU)."""
     if precision not in PRECISIONS:
         raise FlamediffError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -70,7 +72,7 @@ def precision_dtype(precision: str):
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def precision_name(dtype) -> str:
+def precision_name(dtype: object) -> str:
     """A pipeline's ``dtype`` as ``--precision`` names it (what the job view reports)."""
     return {"torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(str(dtype), str(dtype))
 
@@ -113,7 +115,7 @@ class InProcessRenderer:
         precision_dtype(precision)  # refuse a bad value now, not at the first job
         self._lock = threading.Lock()
         self._key: tuple[str, str] | None = None
-        self._pipeline: Any = None
+        self._pipeline: FlameDiffPipeline | None = None
         self.loaded_name: str | None = None
 
     def asset(self) -> "FlameAsset":
@@ -125,11 +127,11 @@ class InProcessRenderer:
     def start(self) -> None:
         """Nothing to start: the model loads at the first job, in the worker thread."""
 
-    def pipeline(self, checkpoint: dict[str, Any]):
+    def pipeline(self, checkpoint: dict[str, Any]) -> FlameDiffPipeline:
         """The pipeline for ``checkpoint`` (a :class:`CheckpointInfo` dict), loading it if needed."""
         key = (checkpoint["path"], checkpoint.get("fingerprint", ""))
         with self._lock:
-            if self._key != key:
+            if self._pipeline is None or self._key != key:
                 self._drop()
                 from flamediff.flame.model import FlameModel
                 from flamediff.models.flamediff_model import FlameDiffModel
