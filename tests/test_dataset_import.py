@@ -166,6 +166,10 @@ def test_broken_exports_name_the_problem(tmp_path, head_asset):
     (tmp_path / "empty" / "something").mkdir(parents=True)
     with pytest.raises(DatasetError, match="holds no capture: expected a VHAP export"):
         import_dataset([str(tmp_path / "empty")], str(tmp_path / "out"), head_asset, log=lambda m: None)
+    (tmp_path / "UNION_200").mkdir()
+    (tmp_path / "UNION_200" / "transforms_train.json").write_text(json.dumps({"frames": []}))
+    with pytest.raises(DatasetError, match="combined VHAP dataset .* give the folder that holds those exports"):
+        import_dataset([str(tmp_path / "UNION_200")], str(tmp_path / "out"), head_asset, log=lambda m: None)
 
 
 def _write_metrical(capture, frames: int) -> None:

@@ -84,6 +84,10 @@ def find_captures(source: str) -> list[str]:
         raise DatasetError(f"{source} is not a folder; give a capture folder ({LAYOUTS}) or a folder of them")
     if _is_capture(source):
         return [source]
+    if os.path.isfile(os.path.join(source, "transforms_train.json")):  # vhap/combine_nerf_datasets.py
+        raise DatasetError(f"{source} is a combined VHAP dataset (transforms_train.json pointing into its sibling "
+                           "sequence exports): give the folder that holds those exports (sequences_trainval.txt "
+                           "and sequences_test.txt list them)")
     found = sorted(os.path.join(source, e) for e in os.listdir(source) if _is_capture(os.path.join(source, e)))
     if not found:
         raise DatasetError(f"{source} holds no capture: expected {LAYOUTS}, or a folder of such captures")
