@@ -39,7 +39,8 @@ WEAK_PERSPECTIVE_DISTANCE = 10.0
 #: The crop DECA, EMOCA and SMIRK run on; their weak-perspective ``cam`` maps to it.
 WEAK_PERSPECTIVE_IMAGE = 224
 #: ``flamediff render``'s camera for files without one (the demo's portrait framing).
-DEFAULT_CAMERA: dict[str, Any] = {"eye": (0.0, 0.0, 0.65), "target": (0.0, -0.005, 0.0), "fov_y_degrees": 26.0, "size": 512}
+DEFAULT_CAMERA: dict[str, Any] = {"eye": (0.0, 0.0, 0.65), "target": (0.0, -0.005, 0.0), "fov_y_degrees": 26.0,
+                                  "size": 512}
 
 #: tool id -> (name, FLAME version its files imply, layout, what is imported, what is dropped)
 TOOLS: dict[str, tuple[str, str | None, str, str, str]] = {
