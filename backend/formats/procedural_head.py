@@ -404,7 +404,7 @@ def _shape_components(fields: _Fields, count: int) -> np.ndarray:
     for k in range(len(designed), count):
         amplitude = 0.003 * (k + 1) ** -0.6
         wavelength = 0.25 / (1.0 + 0.02 * k)
-        components.append(fields.full(lambda p: fields.random_smooth(p, wavelength, amplitude)))
+        components.append(fields.full(lambda p: fields.random_smooth(p, wavelength, amplitude)))  # noqa: B023 (called now)
     return np.stack(components[:count], axis=-1)
 
 
@@ -463,8 +463,8 @@ def _expression_components(fields: _Fields, count: int) -> np.ndarray:
     for k in range(len(designed), count):
         amplitude = 0.0025 * (k - len(designed) + 2) ** -0.5
         centre = face + fields.rng.normal(scale=(0.025, 0.03, 0.005))
-        components.append(fields.full(
-            lambda p: _bump(p, centre, (0.03, 0.03, 0.06))[:, None] * fields.random_smooth(p, 0.06, amplitude),
+        components.append(fields.full(  # the field is evaluated at once, so the loop's values are current
+            lambda p: _bump(p, centre, (0.03, 0.03, 0.06))[:, None] * fields.random_smooth(p, 0.06, amplitude),  # noqa: B023
             rigid_eyes=False))
     return np.stack(components[:count], axis=-1)
 
@@ -484,7 +484,7 @@ def _pose_correctives(fields: _Fields, weights: np.ndarray) -> np.ndarray:
     posedirs[:, :, 0 * 9 + 7] += under_chin      # neck pitch (R21 = sin): double chin looking down
     posedirs[:, :, 1 * 9 + 7] += 0.5 * under_chin  # jaw open: soft tissue under the chin bulges
     for eye_joint, eye_index in ((3, 0), (4, 1)):
-        lid = fields.full(lambda p: _lid_field(fields, eye_index, np.radians(62.0)), rigid_eyes=False)
+        lid = fields.full(lambda p: _lid_field(fields, eye_index, np.radians(62.0)), rigid_eyes=False)  # noqa: B023
         posedirs[:, :, 9 * (eye_joint - 1) + 5] = -0.45 * lid  # R12 = -sin: lids follow the gaze down
     return posedirs
 
