@@ -25,6 +25,8 @@ BATCH = 16             # frames per render call
 
 @dataclass
 class RenderedBatch:
+    """One rendered batch of procedural frames, with the coverage the masks and tests read."""
+
     images: np.ndarray          # [B, R, R, 3] uint8
     head_mask: np.ndarray       # [B, R, R] float coverage of the head
     artefact_mask: np.ndarray   # [B, R, R] float coverage of the artefact regions (ears, mouth interior)
