@@ -560,6 +560,15 @@ def test_zipped_tracker_folders_are_read_within_caps(client, inputs):
     assert response.status_code == 201, response.text
     notes = " ".join(response.json()["notes"])
     assert "VHAP export" in notes and "4 frames" in notes and "default portrait camera" in notes
+    emoca = {}  # gdl_apps/EMOCA/utils/io.py save_codes: <out>/<frame>_<detection>/shape.npy, exp.npy, pose.npy ...
+    for frame in range(3):
+        for name, width in (("shape", 100), ("exp", 50), ("pose", 6), ("tex", 50), ("detail", 128)):
+            buffer = io.BytesIO()
+            np.save(buffer, np.full(width, 0.01 * frame, np.float32))
+            emoca[f"emoca_out/{frame:06d}_000/{name}.npy"] = buffer.getvalue()
+    response = submit(client, inputs, FAST, animation=_zipped(emoca))
+    assert response.status_code == 201, response.text
+    assert "EMOCA --save_codes output (3 frames)" in " ".join(response.json()["notes"])
     crowded = {f"capture/flame_param/{i:05d}.npz": b"" for i in range(8 * 8 + 17)}  # this server: 8 frames
     assert_error(submit(client, inputs, FAST, animation=_zipped(crowded)), 413, "81 files, more than 80")
     for name in ("../../evil.npz", "/tmp/evil.npz", "capture/../../evil.npz"):

@@ -30,10 +30,12 @@ ADVICE = "zip the tracker's per-frame folder as it is (e.g. flame_param/ or chec
 
 
 def is_folder_archive(names: list[str]) -> bool:
-    """A zip that is neither an ``.npz`` (only ``.npy`` members) nor a ``torch.save`` archive."""
+    """A zip that is neither an ``.npz`` (``.npy`` members, no folders) nor a ``torch.save`` archive;
+    EMOCA's folders hold only ``.npy`` files, but in sub-folders."""
     files = [n for n in names if not n.endswith("/")]
-    return bool(files) and not all(n.endswith(".npy") for n in files) and not any(
-        n.endswith("data.pkl") and n.count("/") == 1 for n in files)
+    npz = all(n.endswith(".npy") and "/" not in n for n in files)
+    torch_archive = any(n.endswith("data.pkl") and n.count("/") == 1 for n in files)
+    return bool(files) and not npz and not torch_archive
 
 
 def _safe_parts(name: str) -> list[str]:
