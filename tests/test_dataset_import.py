@@ -199,27 +199,30 @@ def _write_vhap_monocular(capture, frames: int) -> None:
              focal_length=np.array([2.0], np.float32), image_size=np.array([512, 512]))
 
 
-@pytest.mark.parametrize("write_tracker", [_write_metrical, _write_vhap_monocular], ids=["metrical", "vhap"])
-def test_video_frames_and_tracker_folder(tmp_path, head_asset, write_tracker):
-    """Video frames (here saved at 1/4 of the size the tracker ran on) beside a tracker's output."""
+@pytest.mark.parametrize("write_tracker, frames_folder", [(_write_metrical, "input"), (_write_vhap_monocular, "images")],
+                         ids=["metrical", "vhap"])
+def test_video_frames_and_tracker_folder(tmp_path, head_asset, write_tracker, frames_folder):
+    """Video frames (here saved at 1/4 of the size the tracker ran on) beside a tracker's output;
+    metrical-tracker's output folder holds them as input/ beside checkpoint/."""
     capture = tmp_path / "obama_interview"
     write_tracker(capture, 4)
     tracked = read_tracker(capture).clip
     K = tracked.K.copy()
     K[:, :2] /= 4
-    (capture / "images").mkdir()
+    images = capture / frames_folder
+    images.mkdir()
     for i, frame in enumerate(_render(head_asset, replace(tracked, K=K, image_size=(128, 128)), (128, 128))):
-        Image.fromarray(frame).save(capture / "images" / f"{i:05d}.png")
+        Image.fromarray(frame).save(images / f"{i:05d}.png")
     index = import_dataset([str(capture)], str(tmp_path / "out"), head_asset, resolution=32, heldout_fraction=0.0,
                            log=lambda m: None)
     assert len(index) == 4 and len(index.sequences()) == 1
     splits = json.loads((tmp_path / "out" / "splits.json").read_text())
     assert splits["identity_names"] == ["obama"] and splits["heldout"] == []
     assert_frames_show_the_head(index, head_asset)  # K followed the 4x downscale and the crop
-    os.remove(capture / "images" / "00003.png")
+    os.remove(images / "00003.png")
     with pytest.raises(DatasetError, match="4 tracked frames but 3 images .*no image for frames \\[3\\]"):
         import_dataset([str(capture)], str(tmp_path / "out2"), head_asset, log=lambda m: None)
-    Image.new("RGB", (100, 60)).save(capture / "images" / "00003.png")
+    Image.new("RGB", (100, 60)).save(images / "00003.png")
     with pytest.raises(DatasetError, match="differ in size"):
         import_dataset([str(capture)], str(tmp_path / "out3"), head_asset, log=lambda m: None)
 

@@ -9,8 +9,8 @@ tracker layer (``flamediff.formats.trackers``), so every tracker ``flamediff con
   (per view and timestep: ``file_path``, ``fg_mask_path``, ``flame_param_path``, OpenGL
   camera-to-world and intrinsics), ``images/``, ``fg_masks/``, ``flame_param/``; every view is
   imported as its own sequence;
-- video frames plus a tracker: ``images/`` (or ``frames/``) of numbered frames beside the
-  tracker's output (``checkpoint/``, ``flame_param/``, ``tracked_flame_params_*.npz``, ...); the
+- video frames plus a tracker: ``images/`` (or ``frames/``, or metrical-tracker's ``input/``) of
+  numbered frames beside the tracker's output (``checkpoint/``, ``flame_param/``, ``tracked_flame_params_*.npz``, ...); the
   tracker must save a camera, and the frames must be the ones it tracked (same numbers, same size
   or aspect).
 
@@ -38,11 +38,12 @@ from flamediff.formats.conventions import head_squares, square_region_intrinsics
 from flamediff.formats.trackers import (TrackerFormatError, TrackerReport, flame_version_note, frame_number,
                                         read_tracker, transforms_views)
 
-#: Folders of video frames a capture may hold, in the order they are looked for.
-FRAME_FOLDERS = ("images", "frames")
+#: Folders of video frames a capture may hold, in the order they are looked for (metrical-tracker
+#: writes the frames it tracked to input/ beside checkpoint/).
+FRAME_FOLDERS = ("images", "frames", "input")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BACKGROUNDS: dict[str, tuple[int, ...]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
-LAYOUTS = ("a VHAP export (transforms.json + images/ + flame_param/), or images/ (or frames/) of numbered video "
+LAYOUTS = ("a VHAP export (transforms.json + images/ + flame_param/), or images/ (frames/, input/) of numbered video "
            "frames beside a tracker's output (e.g. checkpoint/*.frame, flame_param/*.npz)")
 
 
