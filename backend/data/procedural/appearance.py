@@ -80,6 +80,8 @@ class Appearance:
 
 
 def make_appearance(identity: int, seed: int, regions: HeadRegions) -> Appearance:
+    """One identity's shape and look, drawn from its own seed so any subset of identities gets the
+    same looks as the whole dataset."""
     rng = np.random.default_rng([seed, identity, 1])
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
     shape = np.zeros(NUM_SHAPE)

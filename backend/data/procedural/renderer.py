@@ -151,6 +151,7 @@ class ProceduralRenderer:
             return self._render(look, specs, resolution, texture)
 
     def _render(self, look: Appearance, specs: FrameSpecs, resolution: int, texture: torch.Tensor) -> RenderedBatch:
+        """Surface, ear artefacts, lighting, the inside of the head, then the composed frames."""
         size = resolution * self.supersample
         surface = self._surface(look, specs, size, texture)
         synthetic = torch.as_tensor(specs.label == LABEL_SYNTHETIC)[surface.frame]
