@@ -1,8 +1,9 @@
 """Derive the fixed MediaPipe -> iBUG-51 landmark mapping of ``flamediff.tracking.embedding`` and
 the procedural head's own MediaPipe embedding (``flamediff.tracking.procedural_mediapipe``).
 
-How: render procedural heads (``flamediff.data.procedural``: random identities, expressions,
-jaw, gaze, lighting) from cameras within +-30 deg yaw and +-20 deg pitch, where the positions
+How: render procedural heads (``flamediff.tracking.evaluate.procedural_cases``: random identities,
+expressions, jaw, gaze, lighting, clean rendering) from cameras within +-30 deg yaw and +-10 deg
+pitch, where the positions
 of the head's 51 iBUG landmarks and of its two pupils are known exactly (the asset's landmark
 embedding projected through the render camera); run MediaPipe's face mesh on each render; for
 every iBUG point (and pupil) take the MediaPipe point with the smallest median distance over
@@ -26,45 +27,35 @@ import numpy as np
 import torch
 
 from flamediff.assets import load_asset
-from flamediff.data import procedural
+from flamediff.flame.model import FlameModel
+from flamediff.formats.conventions import project_points
 from flamediff.tracking.embedding import pupil_vertices
+from flamediff.tracking.evaluate import face_region, procedural_cases
 from flamediff.tracking.landmarks import LandmarkDetector
-
-
-def _project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    camera = np.einsum("bij,blj->bli", R, points) + t[:, None]
-    pixels = np.einsum("bij,blj->bli", K, camera)
-    return pixels[..., :2] / pixels[..., 2:3]
 
 
 def collect(identities: int, views: int, resolution: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Known points ``[N, 53, 2]`` (51 iBUG + left/right pupil), MediaPipe points ``[N, 478, 2]`` and
     every vertex's projection ``[N, V, 2]``."""
     asset = load_asset(None)
-    renderer = procedural.ProceduralRenderer(asset)
+    model = FlameModel(asset)
     pupils = torch.as_tensor(pupil_vertices(asset))
-    plan = procedural.plan_dataset(renderer.regions, identities, views, 0, 1, resolution, seed)
     known, found, vertices = [], [], []
     with LandmarkDetector() as detector:
-        for look, specs in zip(plan.looks, plan.specs):
-            rng = np.random.default_rng([seed, look.identity, 9])
-            cameras = [procedural.orbit_camera(y, p) for y, p in zip(rng.uniform(-30, 30, views),
-                                                                        rng.uniform(-20, 20, views))]
-            specs.R, specs.t = np.stack([c[0] for c in cameras]), np.stack([c[1] for c in cameras])
-            images = renderer.render(look, specs, resolution).images
-            with torch.no_grad():
-                flame = renderer.model(shape=torch.as_tensor(look.shape, dtype=torch.float32)[None].expand(views, -1),
-                                       expression=torch.as_tensor(specs.expression, dtype=torch.float32),
-                                       pose=torch.as_tensor(specs.pose, dtype=torch.float32))
-            points = torch.cat([flame.landmarks, flame.vertices[:, pupils]], 1).numpy()
-            projected = _project(points, specs.K, specs.R, specs.t)
-            mesh = _project(flame.vertices.numpy(), specs.K, specs.R, specs.t)
-            for image, truth, mesh_points in zip(images, projected, mesh):
-                detected = detector.detect(image)
-                if detected is not None:
-                    known.append(truth)
-                    found.append(detected)
-                    vertices.append(mesh_points)
+        for identity in range(identities):
+            yaws = np.random.default_rng([seed, identity, 9]).uniform(-30, 30, views).tolist()
+            for case in procedural_cases(asset, identity, yaws, resolution, seed):
+                detected = detector.detect(case.image)
+                if detected is None:
+                    continue
+                with torch.no_grad():
+                    flame = model(shape=torch.as_tensor(case.shape, dtype=torch.float32)[None],
+                                  expression=torch.as_tensor(case.expression, dtype=torch.float32)[None],
+                                  pose=torch.as_tensor(case.pose, dtype=torch.float32)[None])
+                points = torch.cat([flame.landmarks[0], flame.vertices[0, pupils]]).double().numpy()
+                known.append(project_points(points, case.K, case.R, case.t)[0])
+                found.append(detected)
+                vertices.append(project_points(flame.vertices[0].double().numpy(), case.K, case.R, case.t)[0])
     return np.stack(known), np.stack(found), np.stack(vertices).astype(np.float32)
 
 
@@ -79,15 +70,6 @@ def nearest(points: np.ndarray, candidates: np.ndarray, scale: np.ndarray, block
         best.append(median.argmin(axis=1))
         residual.append(median.min(axis=1))
     return np.concatenate(best), np.concatenate(residual)
-
-
-def front_vertices(asset) -> np.ndarray:
-    """Rest vertices that face forward and lie on the front half of the head (MediaPipe's candidates)."""
-    from flamediff.geometry.mesh import vertex_normals
-
-    rest = torch.as_tensor(asset.v_template, dtype=torch.float32)[None]
-    normals = vertex_normals(rest, torch.as_tensor(asset.faces))[0].numpy()
-    return np.flatnonzero((normals[:, 2] > 0.3) & (asset.v_template[:, 2] > np.median(asset.v_template[:, 2])))
 
 
 def write_embedding(path: str, asset, vertex_of: dict[int, int], residual: dict[int, float]) -> None:
@@ -133,7 +115,7 @@ def main() -> None:
     asset = load_asset(None)
     oval = {index for edge in FACEMESH_FACE_OVAL for index in edge}
     indices = np.array([i for i in range(found.shape[1]) if i not in oval])
-    candidates = front_vertices(asset)
+    candidates = face_region(asset)
     vertex, distance = nearest(found[:, indices], vertices[:, candidates], scale)
     keep = distance < args.keep_below
     write_embedding(args.write, asset, {int(i): int(candidates[v]) for i, v in zip(indices[keep], vertex[keep])},

@@ -6,8 +6,9 @@ gaze and a camera at a chosen yaw, run MediaPipe and the fit, and compare
 
 - landmark reprojection error: fitted iBUG landmarks against their true projection (pixels);
 - vertex error: the fitted and the true mesh with the head pose removed (shape, expression, jaw
-  and eyes only), mean over all vertices, in mm (the procedural head is in metres like FLAME),
-  beside the same error of the rest head (all coefficients zero) as the do-nothing baseline;
+  and eyes only), mean over all vertices and over the face (``face_region``: what the landmarks
+  can see), in mm (the procedural head is in metres like FLAME), each beside the same error of
+  the rest head (all coefficients zero) as the do-nothing baseline;
 - pose error: the angle between the fitted and the true head rotation seen from the camera
   (camera rotation x global x neck), in degrees.
 """
@@ -22,7 +23,9 @@ from scipy.spatial.transform import Rotation
 
 from flamediff.data import procedural
 from flamediff.flame.model import FlameModel
+from flamediff.formats.conventions import project_points
 from flamediff.formats.flame_asset import FlameAsset
+from flamediff.geometry.mesh import vertex_normals
 from flamediff.tracking.fit import FitResult, FitSettings, LandmarkFitter
 from flamediff.tracking.landmarks import LandmarkDetector
 
@@ -51,7 +54,9 @@ class CaseErrors:
     landmark_px: float = float("nan")
     vertex_mm: float = float("nan")
     pose_degrees: float = float("nan")
-    mean_face_vertex_mm: float = float("nan")  # the same measure for the rest head (all coefficients zero)
+    face_mm: float = float("nan")
+    rest_vertex_mm: float = float("nan")       # the same measures for the rest head (all coefficients zero)
+    rest_face_mm: float = float("nan")
 
 
 def _cases(renderer: procedural.ProceduralRenderer, look: procedural.Appearance, specs: procedural.FrameSpecs,
@@ -68,13 +73,15 @@ def _cases(renderer: procedural.ProceduralRenderer, look: procedural.Appearance,
 
 def procedural_cases(asset: FlameAsset, identity: int, yaws: list[float], resolution: int = 256,
                      seed: int = 3) -> list[ProceduralCase]:
-    """Renders of one procedural identity with random expressions, at the given yaws (pitch +-10 deg)."""
+    """Clean renders of one procedural identity with random expressions (the dataset's multi-view
+    parameters), at the given yaws (pitch +-10 deg)."""
     renderer = procedural.ProceduralRenderer(asset)
     plan = procedural.plan_dataset(renderer.regions, 1, len(yaws), 0, 1, resolution, seed, persons=[identity])
     look, specs = plan.looks[0], plan.specs[0]
     rng = np.random.default_rng([seed, identity, 11])
     cameras = [procedural.orbit_camera(yaw, pitch) for yaw, pitch in zip(yaws, rng.uniform(-10, 10, len(yaws)))]
     specs.R, specs.t = np.stack([c[0] for c in cameras]), np.stack([c[1] for c in cameras])
+    specs.label[:] = procedural.LABEL_REAL  # clean rendering: no deliberate ear / mouth artefacts
     return _cases(renderer, look, specs, resolution)
 
 
@@ -107,12 +114,25 @@ def _posed(model: FlameModel, shape: np.ndarray, expression: np.ndarray, pose: n
                      translation=None if translation is None else tensor(translation))
 
 
-def case_errors(model: FlameModel, case: ProceduralCase, fit: FitResult, frame: int = 0) -> CaseErrors:
-    """Errors of frame ``frame`` of ``fit`` against the case's truth (see the module docstring)."""
+def face_region(asset: FlameAsset) -> np.ndarray:
+    """Rest vertices that face forward and lie on the front half of the head: the face."""
+    rest = torch.as_tensor(asset.v_template, dtype=torch.float32)[None]
+    normals = vertex_normals(rest, torch.as_tensor(asset.faces))[0].numpy()
+    return np.flatnonzero((normals[:, 2] > 0.3) & (asset.v_template[:, 2] > np.median(asset.v_template[:, 2])))
+
+
+def _mean_mm(a: torch.Tensor, b: torch.Tensor, rows: np.ndarray | slice = slice(None)) -> float:
+    return float((a[rows] - b[rows]).norm(dim=1).mean()) * 1000.0
+
+
+def case_errors(model: FlameModel, case: ProceduralCase, fit: FitResult, face: np.ndarray,
+                frame: int = 0) -> CaseErrors:
+    """Errors of frame ``frame`` of ``fit`` against the case's truth (see the module docstring);
+    ``face``: the vertex ids of :func:`face_region`."""
     truth = _posed(model, case.shape, case.expression, case.pose)
     fitted = _posed(model, fit.shape, fit.expression[frame], fit.pose[frame], fit.translation[frame])
-    truth_px = _project(truth.landmarks[0].double().numpy(), case.K, case.R, case.t)
-    fitted_px = _project(fitted.landmarks[0].double().numpy(), fit.K, fit.R, fit.t)
+    truth_px = project_points(truth.landmarks[0].double().numpy(), case.K, case.R, case.t)[0]
+    fitted_px = project_points(fitted.landmarks[0].double().numpy(), fit.K, fit.R, fit.t)[0]
     neutral_truth, neutral_fit = case.pose.copy(), fit.pose[frame].copy()
     neutral_truth[:2] = 0.0
     neutral_fit[:2] = 0.0
@@ -122,14 +142,9 @@ def case_errors(model: FlameModel, case: ProceduralCase, fit: FitResult, frame: 
     return CaseErrors(
         yaw=case.yaw, found=True,
         landmark_px=float(np.linalg.norm(truth_px - fitted_px, axis=1).mean()),
-        vertex_mm=float((canonical_truth - canonical_fit).norm(dim=1).mean()) * 1000.0,
-        mean_face_vertex_mm=float((canonical_truth - rest).norm(dim=1).mean()) * 1000.0,
+        vertex_mm=_mean_mm(canonical_truth, canonical_fit), face_mm=_mean_mm(canonical_truth, canonical_fit, face),
+        rest_vertex_mm=_mean_mm(canonical_truth, rest), rest_face_mm=_mean_mm(canonical_truth, rest, face),
         pose_degrees=rotation_angle_degrees(head_rotation(case.pose, case.R), head_rotation(fit.pose[frame], fit.R)))
-
-
-def _project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    pixels = (points @ R.T + t) @ K.T
-    return pixels[:, :2] / pixels[:, 2:3]
 
 
 def evaluate_cases(asset: FlameAsset, cases: list[ProceduralCase], settings: FitSettings | None = None,
@@ -138,12 +153,13 @@ def evaluate_cases(asset: FlameAsset, cases: list[ProceduralCase], settings: Fit
     smooth motion, MediaPipe tracking from frame to frame), and measure each frame's errors."""
     fitter = LandmarkFitter(asset, settings)
     model = FlameModel(asset)
+    face = face_region(asset)
     size = (cases[0].image.shape[1], cases[0].image.shape[0])
     with LandmarkDetector(video=clip) as detector:
         landmarks = [detector.detect(case.image) for case in cases]
     if clip:
         fit = fitter.fit(landmarks, size)
-        return [case_errors(model, case, fit, frame) if points is not None else CaseErrors(yaw=case.yaw, found=False)
+        return [case_errors(model, case, fit, face, frame) if points is not None else CaseErrors(yaw=case.yaw, found=False)
                 for frame, (case, points) in enumerate(zip(cases, landmarks))]
-    return [case_errors(model, case, fitter.fit([points], size)) if points is not None
+    return [case_errors(model, case, fitter.fit([points], size), face) if points is not None
             else CaseErrors(yaw=case.yaw, found=False) for case, points in zip(cases, landmarks)]

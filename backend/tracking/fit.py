@@ -17,12 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import Tensor, nn
 
 from flamediff.flame.lbs import lbs
 from flamediff.formats.animation import AnimationClip, make_clip
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.tracking.embedding import LandmarkEmbedding, landmark_embedding
+from flamediff.tracking.landmarks import TrackingError
 
 SMALL_CLIP = 32  # frames
 
@@ -121,11 +123,11 @@ def project(points: Tensor, focal: Tensor, centre: Tensor, R: Tensor, t: Tensor)
 
 
 class _Unknowns(nn.Module):
-    def __init__(self, frames: int, num_shape: int, num_expression: int, translation: Tensor) -> None:
+    def __init__(self, frames: int, num_shape: int, num_expression: int, rotation: Tensor, translation: Tensor) -> None:
         super().__init__()
         self.shape = nn.Parameter(torch.zeros(num_shape))
         self.expression = nn.Parameter(torch.zeros(frames, num_expression))
-        self.pose = nn.Parameter(torch.zeros(frames, 5, 3))
+        self.pose = nn.Parameter(torch.cat([rotation[:, None], torch.zeros(frames, 4, 3)], dim=1))
         self.translation = nn.Parameter(translation)
         self.log_focal = nn.Parameter(torch.zeros(()))
 
@@ -147,31 +149,44 @@ class LandmarkFitter:
             rest = self.model(torch.zeros(1, self.num_shape + self.num_expression), torch.zeros(1, 5, 3))[0]
         self.rest_points = rest.double().numpy()
 
-    def _initial_camera(self, targets: np.ndarray, found: np.ndarray, size: tuple[int, int]) -> tuple[float, float, np.ndarray]:
-        """Focal length, camera distance and per-frame translation that put the rest head over the landmarks."""
+    def _initial_pose(self, targets: np.ndarray, found: np.ndarray,
+                      size: tuple[int, int]) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """Focal length, camera distance and per-frame global rotation and translation that put the
+        rest head over the landmarks: OpenCV's PnP per frame with the initial focal length (frames
+        without a face take their nearest neighbours' values)."""
+        import cv2
+
         width, height = size
         focal = 0.5 * height / math.tan(math.radians(self.settings.fov_y_degrees) / 2.0)
-        spread_model = np.linalg.norm(self.rest_points[:, :2] - self.rest_points[:, :2].mean(0), axis=1).mean()
-        centre = np.array([width / 2.0, height / 2.0])
-        means = targets.mean(axis=1)
-        spreads = np.linalg.norm(targets - means[:, None], axis=2).mean(axis=1)
-        depth = np.where(found, focal * spread_model / np.maximum(spreads, 1e-6), np.nan)
-        distance = float(np.nanmedian(depth))
-        offset = (np.where(found[:, None], means, np.nanmedian(np.where(found[:, None], means, np.nan), 0)) - centre)
-        lateral = offset / focal * distance * np.array([1.0, -1.0])  # image y points down, FLAME y up
-        rest_centre = self.rest_points.mean(0)
-        translation = np.concatenate([lateral - rest_centre[:2], np.full((len(targets), 1), -rest_centre[2])], 1)
-        return focal, distance, translation
+        K = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
+        solved = np.full((len(targets), 2, 3), np.nan)
+        for frame in np.flatnonzero(found):
+            ok, rotation, translation = cv2.solvePnP(self.rest_points, targets[frame], K, None, flags=cv2.SOLVEPNP_SQPNP)
+            if ok:
+                solved[frame] = rotation[:, 0], translation[:, 0]
+        known = np.flatnonzero(~np.isnan(solved[:, 0, 0]))
+        if not len(known):
+            raise TrackingError("the landmarks fit no head pose; use footage where the face is turned less than "
+                                "about 60 degrees from the camera")
+        solved = np.stack([np.interp(np.arange(len(targets)), known, solved[known, i, j])
+                           for i in range(2) for j in range(3)], axis=1).reshape(-1, 2, 3)
+        distance = float(np.median(solved[:, 1, 2]))
+        R_camera, t_camera = camera_pose(distance)
+        R_pnp = Rotation.from_rotvec(solved[:, 0]).as_matrix()
+        global_rotation = Rotation.from_matrix(R_camera @ R_pnp).as_rotvec()
+        root = self.asset.J_regressor[0] @ self.asset.v_template
+        translation = (solved[:, 1] - t_camera + R_pnp @ root) @ R_camera.T - root
+        return focal, distance, global_rotation, translation
 
     def fit(self, landmarks: list[np.ndarray | None], image_size: tuple[int, int]) -> FitResult:
         """``landmarks``: per frame MediaPipe's ``[478, 2]`` pixels or ``None`` (no face found there)."""
         found = np.array([points is not None for points in landmarks])
         index = self.embedding.mediapipe_index
         targets = np.stack([points[index] if points is not None else np.zeros((len(index), 2)) for points in landmarks])
-        focal0, distance, translation0 = self._initial_camera(targets, found, image_size)
+        focal0, distance, rotation0, translation0 = self._initial_pose(targets, found, image_size)
         R, t = camera_pose(distance)
         unknowns = _Unknowns(len(landmarks), self.num_shape, self.num_expression,
-                             torch.as_tensor(translation0, dtype=torch.float32))
+                             torch.as_tensor(rotation0, dtype=torch.float32), torch.as_tensor(translation0, dtype=torch.float32))
         data = _FitData(targets=torch.as_tensor(targets, dtype=torch.float32),
                         found=torch.as_tensor(found, dtype=torch.float32),
                         focal0=focal0, centre=torch.tensor([image_size[0] / 2.0, image_size[1] / 2.0]),
