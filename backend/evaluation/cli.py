@@ -22,8 +22,8 @@ identity's reference: the outputs' colours must follow it. Prints a table; --jso
 def cmd_eval(args: argparse.Namespace) -> int:
     from flamediff.assets import load_asset
     from flamediff.evaluation.evaluate import default_checkpoint, evaluate, format_table
-    from flamediff.evaluation.selection import EvaluationError
     from flamediff.evaluation.metrics import train_regressor
+    from flamediff.evaluation.selection import EvaluationError
 
     checkpoint = args.checkpoint or default_checkpoint()
     if checkpoint is None:

@@ -16,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from flamediff.data.dataset import DatasetIndex
 from flamediff.evaluation import metrics as M
 from flamediff.evaluation.masks import coverage_masks
-from flamediff.data.dataset import DatasetIndex
 from flamediff.evaluation.selection import spread
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.models.flamediff_model import FlameDiffModel

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flamediff.flame.lbs import lbs
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.flame_asset import FlameAsset
-from flamediff.flame.lbs import lbs
 from flamediff.geometry.mesh import surface_points
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from flamediff.gaussians.splatting import splat_features
-from flamediff.geometry.mesh import as_index, surface_points
 from flamediff.gaussians.uv_binding import UVBinding, local_triangle_scale
+from flamediff.geometry.mesh import as_index, surface_points
 
 __all__ = ["GaussianFrame", "UVGaussianField"]
 

@@ -38,8 +38,14 @@ from flamediff.data.procedural.appearance import Appearance, HeadRegions, make_a
 from flamediff.data.procedural.generate import DESCRIPTION, DatasetPlan, generate_procedural_dataset, plan_dataset
 from flamediff.data.procedural.masks import region_masks
 from flamediff.data.procedural.renderer import ProceduralRenderer, RenderedBatch
-from flamediff.data.procedural.scene import (LABEL_REAL, LABEL_SYNTHETIC, FrameSpecs, orbit_camera, real_sequence,
-                                            synthetic_views)
+from flamediff.data.procedural.scene import (
+    LABEL_REAL,
+    LABEL_SYNTHETIC,
+    FrameSpecs,
+    orbit_camera,
+    real_sequence,
+    synthetic_views,
+)
 
 __all__ = ["DESCRIPTION", "LABEL_REAL", "LABEL_SYNTHETIC", "Appearance", "DatasetPlan", "FrameSpecs", "HeadRegions",
            "ProceduralRenderer", "RenderedBatch", "generate_procedural_dataset", "make_appearance", "orbit_camera",

@@ -11,8 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from flamediff.data.procedural.appearance import Appearance, HeadRegions
-from flamediff.data.procedural.patterns import (artefact_noise, hue_colour, noise_colours, scramble_uv, seed_fraction,
-                                                smoothstep)
+from flamediff.data.procedural.patterns import (
+    artefact_noise,
+    hue_colour,
+    noise_colours,
+    scramble_uv,
+    seed_fraction,
+    smoothstep,
+)
 from flamediff.data.procedural.scene import LABEL_SYNTHETIC, FrameSpecs
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.geometry.mesh import vertex_normals
