@@ -22,6 +22,7 @@ pick, and writes ``backend/tracking/procedural_mediapipe.py``.
 from __future__ import annotations
 
 import argparse
+from contextlib import closing
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ def collect(identities: int, views: int, resolution: int, seed: int) -> tuple[np
     model = FlameModel(asset)
     pupils = torch.as_tensor(pupil_vertices(asset))
     known, found, vertices = [], [], []
-    with LandmarkDetector() as detector:
+    with closing(LandmarkDetector()) as detector:
         for identity in range(identities):
             yaws = np.random.default_rng([seed, identity, 9]).uniform(-30, 30, views).tolist()
             for case in procedural_cases(asset, identity, yaws, resolution, seed):

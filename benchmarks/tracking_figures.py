@@ -38,20 +38,24 @@ BEGIN, END = "<!-- figures -->", "<!-- /figures -->"
 
 def procedural_table(identities: int) -> str:
     from flamediff.assets import load_asset
-    from flamediff.tracking.evaluate import evaluate_cases, procedural_cases, procedural_clip
+    from flamediff.tracking.evaluate import (
+        evaluate_cases,
+        procedural_cases,
+        procedural_clip,
+    )
     from flamediff.tracking.fit import FitSettings
 
     asset = load_asset(None)
     cases = [case for identity in range(identities) for case in procedural_cases(asset, 100 + identity, YAWS)]
     clips = [procedural_clip(asset, 200 + identity, CLIP_FRAMES) for identity in range(identities // 2)]
-    rows = ["| landmarks | abs(yaw) deg | face found | landmark error px | face vertex error mm (rest head) "
-            "| all-vertex error mm (rest head) | pose error deg |", "|---|---|---|---|---|---|---|"]
+    rows = [("| landmarks | abs(yaw) deg | face found | landmark error px | face vertex error mm (rest head) "
+             "| all-vertex error mm (rest head) | pose error deg |"), "|---|---|---|---|---|---|---|"]
     for landmarks in ("auto", "ibug"):
         settings = FitSettings(landmarks=landmarks)
         errors = evaluate_cases(asset, cases, settings)
         buckets = defaultdict(list)
         for error in errors:
-            buckets[str(int(round(abs(error.yaw))))].append(error)
+            buckets[str(round(abs(error.yaw)))].append(error)
         buckets["all"] = errors
         buckets["clips"] = [error for clip in clips for error in evaluate_cases(asset, clip, settings, clip=True)]
         name = "MediaPipe table" if landmarks == "auto" else "iBUG-51 mapping"
@@ -96,7 +100,10 @@ def main() -> None:
     command = f"python benchmarks/tracking_figures.py --identities {args.identities}"
     body = "\n\n".join([f"Measured with `{command}`.", procedural_table(args.identities),
                         astronaut(os.path.dirname(args.out))])
-    text = open(args.out, encoding="utf-8").read() if os.path.isfile(args.out) else f"{BEGIN}\n{END}\n"
+    text = f"{BEGIN}\n{END}\n"
+    if os.path.isfile(args.out):
+        with open(args.out, encoding="utf-8") as handle:
+            text = handle.read()
     head, rest = text.split(BEGIN, 1)
     with open(args.out, "w", encoding="utf-8") as handle:
         handle.write(f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")

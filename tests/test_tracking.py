@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 
 import numpy as np
 import pytest
 
 pytest.importorskip("mediapipe", reason="the tracking extra (pip install 'flamediff[tracking]')")
 
-from flamediff.assets import load_asset  # noqa: E402
-from flamediff.cli import main  # noqa: E402
-from flamediff.formats.animation import load_animation  # noqa: E402
-from flamediff.tracking.embedding import MEDIAPIPE_EMBEDDING_FILE, landmark_embedding  # noqa: E402
-from flamediff.tracking.evaluate import evaluate_cases, procedural_cases, procedural_clip  # noqa: E402
-from flamediff.tracking.fit import FitSettings, LandmarkFitter  # noqa: E402
-from flamediff.tracking.landmarks import LandmarkDetector  # noqa: E402
-from flamediff.tracking.media import FrameWriter  # noqa: E402
+from flamediff.assets import load_asset
+from flamediff.cli import main
+from flamediff.formats.animation import load_animation
+from flamediff.tracking.embedding import MEDIAPIPE_EMBEDDING_FILE, landmark_embedding
+from flamediff.tracking.evaluate import (
+    evaluate_cases,
+    procedural_cases,
+    procedural_clip,
+)
+from flamediff.tracking.fit import FitSettings, LandmarkFitter
+from flamediff.tracking.landmarks import LandmarkDetector
+from flamediff.tracking.media import FrameWriter
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def test_mediapipe_embedding_is_used_when_the_asset_has_one(asset, tmp_path, cli
     with_mediapipe = load_asset(str(folder))
     assert landmark_embedding(with_mediapipe).kind == "mediapipe" and ibug.kind == "ibug51"
     assert landmark_embedding(asset).kind == "procedural-mediapipe"   # the procedural head's own table
-    with LandmarkDetector() as detector:
+    with closing(LandmarkDetector()) as detector:
         points = [detector.detect(clip_cases[0].image)]
     fits = [LandmarkFitter(a, FitSettings(rigid_steps=20, steps=40, landmarks=use)).fit(points, (256, 256))
             for a, use in ((asset, "ibug"), (with_mediapipe, "auto"))]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
+
 from flamediff.tracking.fit import FitSettings
 
 DESCRIPTION = """\
@@ -61,7 +63,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     error = tracked.fit.error_px
     seconds = ", ".join(f"{name} {value:.1f} s" for name, value in tracked.seconds.items())
     print(f"flamediff track: {footage.count} frame(s) of {args.input} -> {args.out} "
-          f"({tracked.fit.embedding_kind} landmarks, mean error {float(error[error == error].mean()):.2f} px; "
+          f"({tracked.fit.embedding_kind} landmarks, mean error {float(np.nanmean(error)):.2f} px; "
           f"{seconds})" + (f"; overlay {overlay}" if overlay else ""))
     return 0
 

@@ -15,6 +15,7 @@ gaze and a camera at a chosen yaw, run MediaPipe and the fit, and compare
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,6 @@ from flamediff.formats.flame_asset import FlameAsset
 from flamediff.geometry.mesh import vertex_normals
 from flamediff.tracking.fit import FitResult, FitSettings, LandmarkFitter
 from flamediff.tracking.landmarks import LandmarkDetector
-
 
 RENDER_BATCH = 16  # frames per render call (bounds memory for long clips)
 
@@ -155,7 +155,7 @@ def evaluate_cases(asset: FlameAsset, cases: list[ProceduralCase], settings: Fit
     model = FlameModel(asset)
     face = face_region(asset)
     size = (cases[0].image.shape[1], cases[0].image.shape[0])
-    with LandmarkDetector(video=clip) as detector:
+    with closing(LandmarkDetector(video=clip)) as detector:
         landmarks = [detector.detect(case.image) for case in cases]
     if clip:
         fit = fitter.fit(landmarks, size)

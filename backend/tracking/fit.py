@@ -202,7 +202,7 @@ class LandmarkFitter:
             torch.set_num_threads(threads)
         return self._result(unknowns, data, R, t, image_size)
 
-    def _loss(self, unknowns: _Unknowns, data: "_FitData") -> tuple[Tensor, Tensor, Tensor]:
+    def _loss(self, unknowns: _Unknowns, data: _FitData) -> tuple[Tensor, Tensor, Tensor]:
         s = self.settings
         pose = unknowns.pose
         points = self.model(unknowns.coefficients(), pose) + unknowns.translation[:, None]
@@ -221,7 +221,7 @@ class LandmarkFitter:
             loss = loss + s.smoothness * sum(value.diff(dim=0).pow(2).sum(1).mean() for value in changes) * 0.1
         return loss, residual, pixels
 
-    def _optimise(self, unknowns: _Unknowns, data: "_FitData", rigid: bool) -> None:
+    def _optimise(self, unknowns: _Unknowns, data: _FitData, rigid: bool) -> None:
         s = self.settings
         hook = unknowns.pose.register_hook(_keep_only_global) if rigid else None
         if rigid:
@@ -241,7 +241,7 @@ class LandmarkFitter:
         if hook is not None:
             hook.remove()
 
-    def _result(self, unknowns: _Unknowns, data: "_FitData", R: np.ndarray, t: np.ndarray,
+    def _result(self, unknowns: _Unknowns, data: _FitData, R: np.ndarray, t: np.ndarray,
                 image_size: tuple[int, int]) -> FitResult:
         with torch.no_grad():
             _, residual, pixels = self._loss(unknowns, data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class LandmarkDetector:
     """One MediaPipe FaceMesh (with iris refinement) for a photo, a folder or a video.
 
     ``video=True`` lets MediaPipe track the face from frame to frame (faster, steadier points);
-    otherwise every image is searched on its own. Use it as a context manager.
+    otherwise every image is searched on its own. Close it (``contextlib.closing``) when done.
     """
 
     def __init__(self, video: bool = False, min_confidence: float = 0.5) -> None:
@@ -43,12 +44,6 @@ class LandmarkDetector:
         self._mesh = face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True,
                                         min_detection_confidence=min_confidence,
                                         min_tracking_confidence=min_confidence)
-
-    def __enter__(self) -> "LandmarkDetector":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._mesh.close()
@@ -67,6 +62,6 @@ class LandmarkDetector:
 
 def detect_all(images: Iterable[np.ndarray], video: bool = False) -> Iterator[np.ndarray | None]:
     """Landmarks of each image in turn (``None`` where no face is found)."""
-    with LandmarkDetector(video=video) as detector:
+    with closing(LandmarkDetector(video=video)) as detector:
         for image in images:
             yield detector.detect(image)

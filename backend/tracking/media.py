@@ -129,12 +129,12 @@ def draw_overlay(frame: np.ndarray, pixels: np.ndarray, faces: np.ndarray, camer
         cv2.fillConvexPoly(layer, polygons[k], (int(shades[k]),) * 3, cv2.LINE_AA, shift=4)
     out = cv2.addWeighted(layer, 0.6, frame, 0.4, 0.0)
     scale = max(frame.shape[:2]) / 512.0
-    radius = max(1, int(round(2 * scale)))
+    radius = max(1, round(2 * scale))
     for points, colour in ((detected, (40, 220, 60)), (fitted, (235, 40, 40))):
         for x, y in ([] if points is None else points):
-            cv2.circle(out, (int(round(x)), int(round(y))), radius, colour, -1, cv2.LINE_AA)
+            cv2.circle(out, (round(x), round(y)), radius, colour, -1, cv2.LINE_AA)
     cv2.putText(out, caption, (int(8 * scale) + 2, int(24 * scale) + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale + 0.2,
-                (255, 255, 0), max(1, int(round(scale))), cv2.LINE_AA)
+                (255, 255, 0), max(1, round(scale)), cv2.LINE_AA)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,7 @@ def _report(progress: Progress | None, stage: str, done: int, total: int) -> Non
 def detect_footage(footage: Footage, progress: Progress | None = None) -> list[np.ndarray | None]:
     """MediaPipe's landmarks of every frame (frame-to-frame tracking for videos)."""
     landmarks = []
-    with LandmarkDetector(video=footage.kind == "video") as detector:
+    with closing(LandmarkDetector(video=footage.kind == "video")) as detector:
         for frame in footage.frames():
             landmarks.append(detector.detect(frame))
             _report(progress, "landmarks", len(landmarks), footage.count)
