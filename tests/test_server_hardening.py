@@ -510,6 +510,7 @@ def test_tracker_uploads_are_converted_and_bounded(client, inputs, tmp_path):
     assert response.status_code == 201, response.text
     notes = " ".join(response.json()["notes"])
     assert "DECA" in notes and "dropped" in notes and "light" in notes
+    client.delete(f"/v1/jobs/{response.json()['id']}", headers=AUTH)
 
     marker = tmp_path / "pwned"
 
@@ -560,6 +561,7 @@ def test_zipped_tracker_folders_are_read_within_caps(client, inputs):
     assert response.status_code == 201, response.text
     notes = " ".join(response.json()["notes"])
     assert "VHAP export" in notes and "4 frames" in notes and "default portrait camera" in notes
+    client.delete(f"/v1/jobs/{response.json()['id']}", headers=AUTH)
     emoca = {}  # gdl_apps/EMOCA/utils/io.py save_codes: <out>/<frame>_<detection>/shape.npy, exp.npy, pose.npy ...
     for frame in range(3):
         for name, width in (("shape", 100), ("exp", 50), ("pose", 6), ("tex", 50), ("detail", 128)):
@@ -569,6 +571,7 @@ def test_zipped_tracker_folders_are_read_within_caps(client, inputs):
     response = submit(client, inputs, FAST, animation=_zipped(emoca))
     assert response.status_code == 201, response.text
     assert "EMOCA --save_codes output (3 frames)" in " ".join(response.json()["notes"])
+    client.delete(f"/v1/jobs/{response.json()['id']}", headers=AUTH)
     crowded = {f"capture/flame_param/{i:05d}.npz": b"" for i in range(8 * 8 + 17)}  # this server: 8 frames
     assert_error(submit(client, inputs, FAST, animation=_zipped(crowded)), 413, "81 files, more than 80")
     for name in ("../../evil.npz", "/tmp/evil.npz", "capture/../../evil.npz"):
