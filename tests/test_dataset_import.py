@@ -243,3 +243,8 @@ def test_command_line(tmp_path, exports, capsys):
     assert main(["dataset", "import", str(tmp_path / "nothing-here"), "--out", out]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("flamediff dataset: error:") and "is not a folder" in error and "\n" not in error
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, not a traceback
+        main(["dataset", "import", str(root), "--out", out, "--cameras", "front"])
+    assert "expected camera_index numbers like 0,8, got 'front'" in capsys.readouterr().err
+    assert main(["dataset", "import", str(root), "--out", out, "--heldout-fraction", "1.5"]) == 2
+    assert "--heldout-fraction in [0, 1)" in capsys.readouterr().err

@@ -10,9 +10,9 @@ tracker layer (``flamediff.formats.trackers``), so every tracker ``flamediff con
   camera-to-world and intrinsics), ``images/``, ``fg_masks/``, ``flame_param/``; every view is
   imported as its own sequence;
 - video frames plus a tracker: ``images/`` (or ``frames/``, or metrical-tracker's ``input/``) of
-  numbered frames beside the tracker's output (``checkpoint/``, ``flame_param/``, ``tracked_flame_params_*.npz``, ...); the
-  tracker must save a camera, and the frames must be the ones it tracked (same numbers, same size
-  or aspect).
+  numbered frames beside the tracker's output (metrical-tracker's ``checkpoint/``, a monocular VHAP
+  track's ``tracked_flame_params_*.npz``, ...); the tracker must save a camera, and the frames must
+  be the ones it tracked (same numbers, same size or aspect).
 
 Frames are cropped to the square that frames the head as the procedural training set and the render
 pipeline do (``conventions.head_squares``) and resized to the dataset resolution; the intrinsics
@@ -312,8 +312,8 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
     """Write the training dataset of the captures in ``sources`` to ``out_dir``; returns its index."""
     from flamediff.flame.model import FlameModel
 
-    if every < 1 or resolution < 8:
-        raise DatasetError("--every must be >= 1 and --resolution >= 8")
+    if every < 1 or resolution < 8 or not 0.0 <= heldout_fraction < 1.0:
+        raise DatasetError("--every must be >= 1, --resolution >= 8 and --heldout-fraction in [0, 1)")
     views = [view for source in sources for capture in find_captures(source)
              for view in read_capture(capture, asset.name, cameras, every)]
     if identity:
@@ -323,34 +323,36 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
                            "some captures have none: use --background keep")
     subjects = sorted({view.subject for view in views})
     flame = FlameModel(asset)
-    clips, crops, images, masks, identity_ids, sequence, position = [], [], [], [], [], [], []
-    for number, view in enumerate(views):
-        clip = fit_camera_to_images(view)
-        with torch.no_grad():
-            vertices = flame.forward_clip(clip).vertices.double().numpy()
-        view_crops = head_crops(view.capture, clip, vertices)
-        clips.append(replace(clip, K=square_region_intrinsics(camera_of(clip, view.capture)[0], view_crops, resolution),
-                             image_size=(resolution, resolution)))
-        crops.append(view_crops)
-        images += view.images
-        masks += view.masks
-        identity_ids += [subjects.index(view.subject)] * clip.num_frames
-        sequence += [number] * clip.num_frames
-        position += list(range(clip.num_frames))
-        where = view.capture + (f" camera {view.view}" if view.view else "")
-        log(f"  {where}: {clip.num_frames} frames of subject {view.subject}")
-        for note in dict.fromkeys(view.notes):
-            log(f"    {note}")
-    annotations = _concatenate(clips, asset)
-    frames = ImportedFrames(images, masks, np.concatenate(crops), resolution, background)
-    description = f"imported by 'flamediff dataset import' from {len(views)} views of {len(subjects)} subjects"
-    index = write_dataset(out_dir, frames, annotations, identity=np.asarray(identity_ids),
-                          label=np.zeros(len(images), np.int64), sequence=np.asarray(sequence),
-                          frame_in_sequence=np.asarray(position), description=description)
+    framed = [_framed(view, flame, resolution, log) for view in views]
+    clips = [clip for clip, _ in framed]
+    frames = ImportedFrames([path for view in views for path in view.images],
+                            [mask for view in views for mask in view.masks],
+                            np.concatenate([squares for _, squares in framed]), resolution, background)
+    index = write_dataset(
+        out_dir, frames, _concatenate(clips, asset),
+        identity=np.concatenate([[subjects.index(v.subject)] * c.num_frames for v, c in zip(views, clips)]),
+        label=np.zeros(len(frames), np.int64),
+        sequence=np.concatenate([[number] * c.num_frames for number, c in enumerate(clips)]),
+        frame_in_sequence=np.concatenate([np.arange(c.num_frames) for c in clips]),
+        description=f"imported by 'flamediff dataset import' from {len(views)} views of {len(subjects)} subjects")
     train, heldout = split_identities(len(subjects), seed, heldout_fraction)
     write_splits(out_dir, seed, heldout_fraction, train, heldout, identity_names=subjects,
                  sequences=[v.capture + (f"/{v.view}" if v.view else "") for v in views])
     return index
+
+
+def _framed(view: CaptureView, flame, resolution: int, log) -> tuple[AnimationClip, np.ndarray]:
+    """The view's clip with the cameras of its head squares at ``resolution``, and the squares."""
+    clip = fit_camera_to_images(view)
+    with torch.no_grad():
+        vertices = flame.forward_clip(clip).vertices.double().numpy()
+    squares = head_crops(view.capture, clip, vertices)
+    K = square_region_intrinsics(camera_of(clip, view.capture)[0], squares, resolution)
+    log(f"  {view.capture}{f' camera {view.view}' if view.view else ''}: {clip.num_frames} frames of subject "
+        f"{view.subject}")
+    for note in dict.fromkeys(view.notes):
+        log(f"    {note}")
+    return replace(clip, K=K, image_size=(resolution, resolution)), squares
 
 
 # ============================================================================ command line
@@ -359,16 +361,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     from flamediff.assets import load_asset
 
     asset = load_asset(args.flame_asset)
-    cameras = [int(c) for c in args.cameras.split(",")] if args.cameras else None
     index = import_dataset(args.sources, args.out, asset, resolution=args.resolution,
-                           heldout_fraction=args.heldout_fraction, seed=args.seed, cameras=cameras, every=args.every,
-                           background=args.background, identity=args.identity)
+                           heldout_fraction=args.heldout_fraction, seed=args.seed, cameras=args.cameras,
+                           every=args.every, background=args.background, identity=args.identity)
     splits = read_splits(args.out)
     names = splits["identity_names"]
     print(f"wrote {len(index)} real frames of {len(names)} subjects ({', '.join(names)}) in "
           f"{len(index.sequences())} sequences to {args.out}; held-out subjects: "
           f"{[names[i] for i in splits['heldout']] or 'none'}")
     return 0
+
+
+def _camera_list(text: str) -> list[int]:
+    """``--cameras 0,8`` as camera_index values."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected camera_index numbers like 0,8, got {text!r}") from None
 
 
 def add_import_command(commands) -> None:
@@ -387,7 +396,7 @@ def add_import_command(commands) -> None:
     parser.add_argument("--heldout-fraction", type=float, default=0.2,
                         help="fraction of subjects held out of training (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subject split (default 0)")
-    parser.add_argument("--cameras", default=None, metavar="I,J",
+    parser.add_argument("--cameras", default=None, metavar="I,J", type=_camera_list,
                         help="camera_index values of a multi-view export to import (default: all)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="keep every N-th frame (default 1)")
     parser.add_argument("--background", choices=("keep", *BACKGROUNDS), default="keep",
