@@ -140,3 +140,20 @@ def test_folder_sorted_by_frame_number_with_a_faceless_frame(tmp_path, clip_case
     assert [row["landmark_error_px"] is None for row in report["per_frame"]] == [False, True, False]
     assert "no face found in 1 of 3 frames (2)" in capsys.readouterr().out
     assert (tmp_path / "take_overlay.mp4").stat().st_size > 0
+
+
+def test_render_shape_from_reference_fits_the_reference_photo(tmp_path, asset):
+    """``flamediff render --shape-from reference`` without ``--reference-shape`` fits the photo."""
+    import flamediff
+    from flamediff.tracking.track import photo_shape
+
+    reference = os.path.join(os.path.dirname(flamediff.__file__), "checkpoints", "demo", "reference.png")
+    animation, out = str(tmp_path / "pose.npz"), tmp_path / "render"
+    assert main(["track", reference, "--out", animation, "--steps", "40", "--no-overlay", "--quiet"]) == 0
+    assert main(["render", "--reference", reference, "--animation", animation, "--out", str(out),
+                 "--shape-from", "reference"]) == 0
+    used = json.loads((out / "manifest.json").read_text())["settings"]["reference_shape"]
+    fitted = photo_shape(reference, asset)
+    assert np.abs(fitted).max() > 0.05
+    np.testing.assert_allclose(used, fitted, atol=1e-6)
+    assert (out / "frame_0001.png").is_file()

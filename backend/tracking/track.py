@@ -16,7 +16,7 @@ from flamediff.formats.animation import AnimationClip
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.tracking.fit import FitResult, FitSettings, LandmarkFitter
 from flamediff.tracking.landmarks import LandmarkDetector, TrackingError
-from flamediff.tracking.media import Footage, FrameWriter, draw_overlay
+from flamediff.tracking.media import Footage, FrameWriter, draw_overlay, open_footage
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 NO_FACE_ADVICE = ("use footage where one face is visible, turned less than about 60 degrees from the camera and at "
@@ -41,6 +41,15 @@ class Tracked:
 def _report(progress: Progress | None, stage: str, done: int, total: int) -> None:
     if progress is not None:
         progress(stage, done, total)
+
+
+def photo_shape(path: str, asset: FlameAsset) -> np.ndarray:
+    """The FLAME shape coefficients of the face in a photo: what ``shape_from=reference`` drives
+    the rig with when no shape file is given."""
+    footage = open_footage(path)
+    if footage.kind != "image":
+        raise TrackingError(f"{path} is a {footage.kind}, not a photo; give the reference photo")
+    return track_footage(footage, asset).fit.shape
 
 
 def detect_footage(footage: Footage, progress: Progress | None = None) -> list[np.ndarray | None]:
