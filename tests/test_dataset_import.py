@@ -115,7 +115,8 @@ def test_vhap_exports_become_a_dataset_that_trains(tmp_path, exports, head_asset
     out = str(tmp_path / "data")
     index = import_dataset([str(root)], out, head_asset, resolution=32, heldout_fraction=0.5, log=lambda m: None)
     assert len(index) == 2 * 2 * TIMESTEPS and index.resolution == 32
-    assert (index.label == 0).all()  # real
+    assert (index.label == 0).all()  # real, and so is the checkpoint's training_domain
+    assert json.loads((tmp_path / "data" / "dataset.json").read_text())["source"] == "real"
     np.testing.assert_array_equal(index.identity, np.repeat([0, 1], 2 * TIMESTEPS))
     assert len(index.sequences()) == 4  # one per subject and camera, in time order
     np.testing.assert_array_equal(index.frame_in_sequence, np.tile(np.arange(TIMESTEPS), 4))
