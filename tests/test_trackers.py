@@ -661,3 +661,57 @@ def test_render_reads_tracker_folders_with_the_default_camera(tmp_path, capsys, 
     clip = seen["clip"]
     assert clip.has_camera and clip.image_size == (512, 512)
     assert_close(clip.expression, p["expr"])
+
+
+def _zipped_folder(folder) -> bytes:
+    """``folder`` zipped as a user's archiver does it (the folder itself at the top)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder.parent).as_posix())
+    return buffer.getvalue()
+
+
+def test_each_tool_through_the_server(tmp_path, head_asset):
+    """Each tool's file, or its per-frame folder zipped, uploaded as a job's animation: the job stores
+    the values the shared layer reads locally (a camera-less file gets the default camera)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from flamediff.formats.animation import load_animation
+    from flamediff.server.app import create_app
+    from flamediff.server.service import build_service
+    from test_server_helpers import TOKEN, make_checkpoint, png_bytes
+
+    write_vhap_tracker(tmp_path)
+    write_gaussian_avatars(tmp_path)
+    torch.save({k: torch.from_numpy(v) for k, v in smirk_outputs().items()}, tmp_path / "smirk.pth")
+    np.savez(tmp_path / "deca.npz", **deca_codedict())
+    write_metrical(tmp_path / "metrical")
+    write_vhap_export(tmp_path / "vhap_export")
+    uploads = {"VHAP tracker": tmp_path / "tracked_flame_params_30.npz", "GaussianAvatars": tmp_path / "flame_param.npz",
+               "SMIRK": tmp_path / "smirk.pth", "DECA / SPECTRE": tmp_path / "deca.npz",
+               "metrical-tracker": tmp_path / "metrical" / "checkpoint", "VHAP export": tmp_path / "vhap_export"}
+    models = tmp_path / "models"
+    make_checkpoint(str(models / "tiny"), head_asset)
+    service = build_service(str(tmp_path / "jobs"), str(models), "cpu", shipped_dir=str(tmp_path / "none"))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(service, TOKEN)) as client:
+        for tool, path in uploads.items():
+            data = _zipped_folder(path) if path.is_dir() else path.read_bytes()
+            response = client.post("/v1/jobs", headers=auth, data={"settings": json.dumps({"steps": 1})},
+                                   files={"reference": ("r.png", png_bytes()), "animation": ("a", data)})
+            assert response.status_code == 201, (tool, response.text)
+            job = response.json()
+            client.delete(f"/v1/jobs/{job['id']}", headers=auth)
+            assert any(tool in note for note in job["notes"]), (tool, job["notes"])
+            stored = load_animation(tmp_path / "jobs" / job["id"] / "inputs" / "animation.npz")
+            local = load_any(path, whole_sequence=path.is_dir()).clip
+            for name in ("expression", "global_pose", "jaw_pose", "left_eye_pose", "translation"):
+                assert_close(getattr(stored, name), getattr(local, name), 1e-9)
+            if local.has_camera:
+                assert_close(stored.K, local.K, 1e-9)
+                assert_close(stored.R, local.R, 1e-9)
+            else:
+                assert any("default portrait camera" in note for note in job["notes"]), tool
