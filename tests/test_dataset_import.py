@@ -27,8 +27,9 @@ WHITE = (255, 255, 255)
 
 
 def _vertices(asset, params: dict) -> np.ndarray:
-    clip = make_clip(TIMESTEPS, first_frame=0, num_shape=300, num_expression=100,
-                     shape=params["shape"][None].repeat(TIMESTEPS, 0),
+    timesteps = len(params["expr"])
+    clip = make_clip(timesteps, first_frame=0, num_shape=300, num_expression=100,
+                     shape=params["shape"][None].repeat(timesteps, 0),
                      expression=params["expr"], global_pose=params["rotation"], neck_pose=params["neck_pose"],
                      jaw_pose=params["jaw_pose"], left_eye_pose=params["eyes_pose"][:, :3],
                      right_eye_pose=params["eyes_pose"][:, 3:], translation=params["translation"])
@@ -36,30 +37,34 @@ def _vertices(asset, params: dict) -> np.ndarray:
         return FlameModel(asset).forward_clip(clip).vertices.double().numpy()
 
 
-def write_vhap_export(root, asset, seed: int, cameras: int = 2) -> dict:
+def write_vhap_export(root, asset, seed: int, cameras: int = 2, timesteps: int = TIMESTEPS,
+                      size: tuple[int, int] = (WIDTH, HEIGHT)) -> dict:
     """As vhap/export_as_nerf_dataset.py writes it: images/<ti>_<ci>.png on white, fg_masks/ (alpha),
     flame_param/<ti>.npz (each timestep's rows with a leading 1, shape [300], static_offset),
     transforms.json (OpenGL camera-to-world, fl_x, fl_y, cx, cy, w, h per view and timestep; VHAP's
     renderer puts the principal row at h - cy from the top),
-    canonical_flame_param.npz and the backup / split json files beside it."""
+    canonical_flame_param.npz and the backup / split json files beside it. ``size``: (w, h) px.
+    Also used by benchmarks/bench_dataset_import.py."""
+    width, height = size
     rng = np.random.default_rng(seed)
-    params = dict(rotation=rng.normal(0, 0.1, (TIMESTEPS, 3)), translation=rng.normal(0, 0.005, (TIMESTEPS, 3)),
-                  neck_pose=rng.normal(0, 0.05, (TIMESTEPS, 3)), jaw_pose=np.c_[rng.uniform(0, 0.2, TIMESTEPS),
-                                                                                 np.zeros((TIMESTEPS, 2))],
-                  eyes_pose=rng.normal(0, 0.05, (TIMESTEPS, 6)), shape=rng.normal(0, 0.5, 300),
-                  expr=rng.normal(0, 0.5, (TIMESTEPS, 100)))
+    params = dict(rotation=rng.normal(0, 0.1, (timesteps, 3)), translation=rng.normal(0, 0.005, (timesteps, 3)),
+                  neck_pose=rng.normal(0, 0.05, (timesteps, 3)), jaw_pose=np.c_[rng.uniform(0, 0.2, timesteps),
+                                                                                 np.zeros((timesteps, 2))],
+                  eyes_pose=rng.normal(0, 0.05, (timesteps, 6)), shape=rng.normal(0, 0.5, 300),
+                  expr=rng.normal(0, 0.5, (timesteps, 100)))
     params = {k: v.astype(np.float32) for k, v in params.items()}
     for folder in ("images", "fg_masks", "flame_param"):
         (root / folder).mkdir(parents=True)
     views = [look_at_opencv([0.12 * c - 0.06, 0.02, 0.6], [0.0, -0.01, 0.0]) for c in range(cameras)]
-    K = np.array([[110.0, 0.0, WIDTH / 2 + 1.5], [0.0, 110.0, 0.45 * HEIGHT], [0.0, 0.0, 1.0]])  # off-centre
+    focal = 110.0 * height / 56
+    K = np.array([[focal, 0.0, width / 2 + 1.5], [0.0, focal, 0.45 * height], [0.0, 0.0, 1.0]])  # off-centre
     vertices = _vertices(asset, params)
     frames = []
-    for ti in range(TIMESTEPS):
+    for ti in range(timesteps):
         np.savez(root / "flame_param" / f"{ti:05d}.npz", static_offset=np.zeros((1, 5143, 3), np.float32),
                  **{k: (v if k == "shape" else v[[ti]]) for k, v in params.items()})
         for ci, (R, t) in enumerate(views):
-            image = render_preview(vertices[ti], asset.faces, K, R, t, (WIDTH, HEIGHT), background=WHITE)
+            image = render_preview(vertices[ti], asset.faces, K, R, t, (width, height), background=WHITE)
             image.save(root / "images" / f"{ti:05d}_{ci:02d}.png")
             mask = (np.asarray(image) != 255).any(-1)
             Image.fromarray((mask * 255).astype(np.uint8)).save(root / "fg_masks" / f"{ti:05d}_{ci:02d}.png")
@@ -67,14 +72,14 @@ def write_vhap_export(root, asset, seed: int, cameras: int = 2) -> dict:
             w2c[:3, :3], w2c[:3, 3] = R, t
             c2w_gl = np.linalg.inv(w2c) @ np.diag([1.0, -1.0, -1.0, 1.0])
             frames.append({"timestep_index": ti, "timestep_index_original": ti, "timestep_id": f"frame_{ti:05d}",
-                           "camera_index": ci, "camera_id": f"22{ci}", "cx": K[0, 2], "cy": HEIGHT - K[1, 2],
-                           "fl_x": K[0, 0],
-                           "fl_y": K[1, 1], "h": HEIGHT, "w": WIDTH, "camera_angle_x": 0.4, "camera_angle_y": 0.5,
+                           "camera_index": ci, "camera_id": f"22{ci}", "cx": K[0, 2], "cy": height - K[1, 2],
+                           "fl_x": K[0, 0], "fl_y": K[1, 1], "h": height, "w": width, "camera_angle_x": 0.4,
+                           "camera_angle_y": 0.5,
                            "transform_matrix": c2w_gl.tolist(), "file_path": f"images/{ti:05d}_{ci:02d}.png",
                            "fg_mask_path": f"fg_masks/{ti:05d}_{ci:02d}.png",
                            "flame_param_path": f"flame_param/{ti:05d}.npz"})
-    db = {"frames": frames, "cx": K[0, 2], "cy": HEIGHT - K[1, 2], "fl_x": K[0, 0], "fl_y": K[1, 1], "h": HEIGHT,
-          "w": WIDTH, "camera_angle_x": 0.4, "camera_angle_y": 0.5, "timestep_indices": list(range(TIMESTEPS)),
+    db = {"frames": frames, "cx": K[0, 2], "cy": height - K[1, 2], "fl_x": K[0, 0], "fl_y": K[1, 1], "h": height,
+          "w": width, "camera_angle_x": 0.4, "camera_angle_y": 0.5, "timestep_indices": list(range(timesteps)),
           "camera_indices": list(range(cameras))}
     for name in ("transforms.json", "transforms_backup.json", "transforms_backup_flame.json"):
         (root / name).write_text(json.dumps(db, indent=4))
@@ -200,8 +205,8 @@ def _write_vhap_monocular(capture, frames: int) -> None:
              focal_length=np.array([2.0], np.float32), image_size=np.array([512, 512]))
 
 
-@pytest.mark.parametrize("write_tracker, frames_folder", [(_write_metrical, "input"), (_write_vhap_monocular, "images")],
-                         ids=["metrical", "vhap"])
+@pytest.mark.parametrize("write_tracker, frames_folder",
+                         [(_write_metrical, "input"), (_write_vhap_monocular, "images")], ids=["metrical", "vhap"])
 def test_video_frames_and_tracker_folder(tmp_path, head_asset, write_tracker, frames_folder):
     """Video frames (here saved at 1/4 of the size the tracker ran on) beside a tracker's output;
     metrical-tracker's output folder holds them as input/ beside checkpoint/."""
