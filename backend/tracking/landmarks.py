@@ -7,7 +7,6 @@ imported only when a detector is created.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 
@@ -24,7 +23,6 @@ class TrackingError(FlamediffError):
 
 
 def _face_mesh_module():
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
     try:
         from mediapipe.python.solutions import face_mesh
     except ImportError as exc:
