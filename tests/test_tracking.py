@@ -157,3 +157,27 @@ def test_render_shape_from_reference_fits_the_reference_photo(tmp_path, asset):
     assert np.abs(fitted).max() > 0.05
     np.testing.assert_allclose(used, fitted, atol=1e-6)
     assert (out / "frame_0001.png").is_file()
+
+
+def test_68_point_ibug_embedding_uses_its_last_51_points(asset):
+    """FLAME's 68-point iBUG embeddings (jaw contour first) are fitted through the same 51 points."""
+    import dataclasses
+    contour = 17
+    with_contour = dataclasses.replace(
+        asset, landmark_faces=np.concatenate([np.zeros(contour, np.int64), asset.landmark_faces]),
+        landmark_barycentrics=np.concatenate([np.full((contour, 3), 1 / 3), asset.landmark_barycentrics]))
+    plain, cut = landmark_embedding(asset, "ibug"), landmark_embedding(with_contour, "ibug")
+    assert len(cut.mediapipe_index) == 51 + 2   # plus the two pupils
+    for name in ("mediapipe_index", "triangles", "barycentrics"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(cut, name))
+
+
+def test_missing_mediapipe_names_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+    from PIL import Image
+    monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)   # import fails as if not installed
+    photo = tmp_path / "face.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photo)
+    assert main(["track", str(photo), "--out", str(tmp_path / "a.npz"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "needs MediaPipe" in error and "pip install 'flamediff[tracking]'" in error and "\n" not in error
