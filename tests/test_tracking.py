@@ -174,6 +174,7 @@ def test_68_point_ibug_embedding_uses_its_last_51_points(asset):
 
 def test_missing_mediapipe_names_the_extra(monkeypatch, tmp_path, capsys):
     import sys
+
     from PIL import Image
     monkeypatch.setitem(sys.modules, "mediapipe.python.solutions", None)   # import fails as if not installed
     photo = tmp_path / "face.png"
