@@ -330,7 +330,8 @@ def import_dataset(sources: list[str], out_dir: str, asset, resolution: int = 12
                             np.concatenate([squares for _, squares in framed]), resolution, background)
     index = write_dataset(
         out_dir, frames, _concatenate(clips, asset),
-        identity=np.concatenate([[subjects.index(v.subject)] * c.num_frames for v, c in zip(views, clips, strict=True)]),
+        identity=np.concatenate([[subjects.index(view.subject)] * clip.num_frames
+                                 for view, clip in zip(views, clips, strict=True)]),
         label=np.zeros(len(frames), np.int64),
         sequence=np.concatenate([[number] * c.num_frames for number, c in enumerate(clips)]),
         frame_in_sequence=np.concatenate([np.arange(c.num_frames) for c in clips]),
