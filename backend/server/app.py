@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any, AsyncIterator, Collection, Mapping
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,7 @@ from flamediff.server.inputs import InputError, JobSettings, parse_json
 from flamediff.server.jobs import CorruptManifest
 from flamediff.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware
 from flamediff.server.service import JobService
+from flamediff.server.tracking import TrackingTasks, tracking_router
 
 log = logging.getLogger("flamediff.server")
 
@@ -235,5 +237,8 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
         """Free the loaded model and the GPU memory cache (the next job loads it again)."""
         return service.release()
 
+    tracks = os.path.join(os.path.dirname(service.store.root), "tracks")  # beside the jobs, never listed as one
+    app.include_router(tracking_router(TrackingTasks(tracks, getattr(service.renderer, "flame_asset", None)),
+                                       _responses(400, 404, 409, 413, 415, 422)))
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts)
     return app

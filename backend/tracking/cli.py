@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -39,6 +40,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
+        if args.progress_file:
+            _write_progress(args.progress_file, stage, done, total)
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=stage, unit="frame" if stage != "fit" else "clip",
@@ -66,6 +69,14 @@ def cmd_track(args: argparse.Namespace) -> int:
           f"({tracked.fit.embedding_kind} landmarks, mean error {float(np.nanmean(error)):.2f} px; "
           f"{seconds})" + (f"; overlay {overlay}" if overlay else ""))
     return 0
+
+
+def _write_progress(path: str, stage: str, done: int, total: int) -> None:
+    """``{stage, done, total}`` as JSON, replaced atomically (the server polls it)."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump({"stage": stage, "done": done, "total": total}, handle)
+    os.replace(partial, path)
 
 
 def _ranges(frames: list[int]) -> str:
@@ -96,5 +107,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                        help=f"optimisation steps after the rigid alignment (default {FitSettings.steps})")
     track.add_argument("--no-overlay", action="store_true", help="skip the overlay picture / video")
     track.add_argument("--quiet", action="store_true", help="no progress bars")
+    track.add_argument("--progress-file", default=None, metavar="JSON",
+                       help="keep {stage, done, total} in this file while running (what 'serve' polls)")
     track.set_defaults(func=cmd_track)
     return track
