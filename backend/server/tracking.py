@@ -147,8 +147,8 @@ def tracking_router(tasks: TrackingTasks, errors: dict[int | str, dict[str, Any]
         """Status, stage (landmarks, fit, overlay), frames done / total, error and advice."""
         return tasks.status(task_id)
 
-    npz = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                 "description": "the animation .npz"}}
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    npz: dict[int | str, dict[str, Any]] = {200: {"content": binary, "description": "the animation .npz"}}
 
     @router.get("/v1/tracks/{task_id}/animation", response_class=FileResponse, responses={**npz, **errors})
     def tracked_animation(task_id: str) -> FileResponse:

@@ -80,12 +80,14 @@ def _write_progress(path: str, stage: str, done: int, total: int) -> None:
 
 
 def _ranges(frames: list[int]) -> str:
-    parts, start = [], frames[0]
-    for previous, current in zip(frames, frames[1:] + [None]):
-        if current != previous + 1:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-            start = current
-    return ", ".join(parts)
+    """``[2, 3, 4, 9]`` -> ``"2-4, 9"``."""
+    runs: list[list[int]] = []
+    for frame in frames:
+        if runs and frame == runs[-1][-1] + 1:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:

@@ -161,7 +161,7 @@ class LandmarkFitter:
         K = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
         solved = np.full((len(targets), 2, 3), np.nan)
         for frame in np.flatnonzero(found):
-            ok, rotation, translation = cv2.solvePnP(self.rest_points, targets[frame], K, None, flags=cv2.SOLVEPNP_SQPNP)
+            ok, rotation, translation = cv2.solvePnP(self.rest_points, targets[frame], K, np.zeros(4), flags=cv2.SOLVEPNP_SQPNP)
             if ok:
                 solved[frame] = rotation[:, 0], translation[:, 0]
         known = np.flatnonzero(~np.isnan(solved[:, 0, 0]))
@@ -252,7 +252,7 @@ class LandmarkFitter:
         as_numpy = {name: value.detach().double().numpy() for name, value in unknowns.named_parameters()}
         return FitResult(shape=as_numpy["shape"], expression=as_numpy["expression"], pose=as_numpy["pose"],
                          translation=as_numpy["translation"], K=K, R=R, t=t, error_px=error,
-                         image_size=tuple(int(v) for v in image_size), landmark_pixels=pixels.double().numpy(),
+                         image_size=(int(image_size[0]), int(image_size[1])), landmark_pixels=pixels.double().numpy(),
                          mediapipe_index=self.embedding.mediapipe_index, embedding_kind=self.embedding.kind)
 
 
