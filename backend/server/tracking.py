@@ -27,7 +27,7 @@ from flamediff.server.inputs import InputError
 from flamediff.tracking.landmarks import TrackingError
 from flamediff.tracking.media import open_footage
 
-TASK_ID = re.compile(r"^[0-9a-f]{16}$")
+TASK_ID = re.compile(r"[0-9a-f]{16}")  # always fullmatch: "$" would let a trailing newline through
 UPLOAD_FORM = {"multipart/form-data": {"schema": {"type": "object", "required": ["media"], "properties": {
     "media": {"type": "string", "format": "binary", "description": "a photo (PNG, JPEG, WebP) or a video (MP4, MOV, ...)"},
     "first_frame": {"type": "integer", "description": "frame number of the first frame (default 1)"}}}}}
@@ -44,7 +44,7 @@ class TrackingTasks:
 
     def _folder(self, task_id: str) -> str:
         folder = os.path.join(self.root, task_id)
-        if not TASK_ID.match(task_id) or not os.path.isdir(folder):
+        if not TASK_ID.fullmatch(task_id) or not os.path.isdir(folder):
             raise InputError(f"no tracking task {task_id[:40]!r}", "submit one with POST /v1/tracks", 404)
         return folder
 
