@@ -20,9 +20,10 @@ if not os.path.isdir(os.path.join(_HERE, "operators")):  # the source checkout, 
 
 
 def _classes() -> tuple[type, ...]:
-    from . import operators, preferences, render_scene, ui_panels
+    from . import operators, preferences, render_scene, track_scene, ui_panels
 
-    return (*preferences.classes, *render_scene.classes, *operators.classes, *ui_panels.classes)
+    return (*preferences.classes, *render_scene.classes, *track_scene.classes, *operators.classes,
+            *ui_panels.classes)
 
 
 def register() -> None:

@@ -41,17 +41,22 @@ class RigMismatchError(ExportError):
 
 # ----------------------------------------------------------------------------- F-curve access
 
-def fcurves_of(id_data: bpy.types.ID) -> list[bpy.types.FCurve]:
-    """The F-curves of ``id_data``'s active action (slotted actions in 4.4+, legacy before)."""
+def _fcurve_owner(id_data: bpy.types.ID):
+    """What holds ``id_data``'s F-curves: its slot's channel bag (4.4+), its action (before), or None."""
     anim = id_data.animation_data
     if anim is None or anim.action is None:
-        return []
+        return None
     try:
         from bpy_extras.anim_utils import animdata_get_channelbag_for_assigned_slot
     except ImportError:  # Blender 4.2 / 4.3
-        return list(anim.action.fcurves)
-    bag = animdata_get_channelbag_for_assigned_slot(anim)
-    return list(bag.fcurves) if bag is not None else []
+        return anim.action
+    return animdata_get_channelbag_for_assigned_slot(anim)
+
+
+def fcurves_of(id_data: bpy.types.ID) -> list[bpy.types.FCurve]:
+    """The F-curves of ``id_data``'s active action (slotted actions in 4.4+, legacy before)."""
+    owner = _fcurve_owner(id_data)
+    return list(owner.fcurves) if owner is not None else []
 
 
 def _fcurve_map(id_data: bpy.types.ID) -> dict[tuple[str, int], bpy.types.FCurve]:
@@ -354,6 +359,21 @@ def fit_clip_to_rig(clip: AnimationClip, rig: bpy.types.Object,
     return replace(clip, shape=clip.shape[:, :num_shape], expression=clip.expression[:, :num_expression])
 
 
+def coefficient_plan(context: bpy.types.Context, rig: bpy.types.Object, clip: AnimationClip,
+                     rebuild: bool) -> tuple[tuple[int, int], tuple[FlameAsset, dict[str, str]] | None]:
+    """The shape / expression counts ``clip`` is fitted to and, when ``rebuild`` is asked and the rig
+    has too few, the ``(asset, identity)`` to rebuild it from (:func:`rebuild_rig`); checks the asset."""
+    from . import assets
+
+    counts, needed = rigmod.coefficient_counts(rig), required_counts(clip)
+    if not rebuild or (needed[0] <= counts[0] and needed[1] <= counts[1]):
+        return counts, None
+    asset, identity = assets.current(context)
+    check_rig_asset(rig, identity)
+    return (min(max(needed[0], counts[0]), asset.num_shape),
+            min(max(needed[1], counts[1]), asset.num_expression)), (asset, identity)
+
+
 def rebuild_rig(context: bpy.types.Context, rig: bpy.types.Object, asset: FlameAsset, identity: dict[str, str],
                 num_shape: int, num_expression: int) -> bpy.types.Object:
     """Replace ``rig`` by one with more coefficients, built from the same asset at the same place
@@ -402,26 +422,42 @@ def _continuous(quaternions: np.ndarray) -> np.ndarray:
     return out
 
 
-def apply_clip(rig: bpy.types.Object, clip: AnimationClip) -> np.ndarray:
-    """Key ``rig`` on the clip's frames (scene frames: see ``trackers.retime``) from a clip already
-    checked by :func:`fit_clip_to_rig`; returns the key frames."""
+CHANNELS = ("shape", "expression", *POSE_FIELDS, "translation")
+
+
+def apply_clip(rig: bpy.types.Object, clip: AnimationClip, channels: tuple[str, ...] = CHANNELS) -> np.ndarray:
+    """Key ``rig``'s ``channels`` on the clip's frames (scene frames: see ``trackers.retime``) from a
+    clip already checked by :func:`fit_clip_to_rig`; returns the key frames."""
     frames = clip.frame.astype(np.float64)
     head_key = rigmod.rig_head(rig).data.shape_keys
     for name, blocks in zip(("shape", "expression"), rigmod.coefficient_blocks(rig)):
         values = getattr(clip, name)
-        for k, block in enumerate(blocks):
+        for k, block in enumerate(blocks if name in channels else []):
             path = f'key_blocks["{block.name}"].value'
             _write_keys(_ensure_fcurve(head_key, path, 0, name.capitalize()), frames, values[:, k])
     for field, joint in zip(POSE_FIELDS, JOINT_NAMES):
+        if field not in channels:
+            continue
         quaternions = _continuous(axis_angle_to_quaternion(getattr(clip, field)))
         rig.pose.bones[joint].rotation_mode = "QUATERNION"
         for i in range(4):
             _write_keys(_ensure_fcurve(rig, _bone_path(joint, "rotation_quaternion"), i, joint),
                         frames, quaternions[:, i])
-    for i in range(3):
+    for i in range(3 if "translation" in channels else 0):
         _write_keys(_ensure_fcurve(rig, _bone_path(rigmod.TRANSL_BONE, "location"), i, rigmod.TRANSL_BONE),
                     frames, clip.translation[:, i])
     return frames
+
+
+def set_identity(rig: bpy.types.Object, shape: np.ndarray) -> None:
+    """``shape`` as the rig's identity on every frame: the shape keys' values, their keys removed
+    (one person has one shape)."""
+    head_key = rigmod.rig_head(rig).data.shape_keys
+    paths = {f'key_blocks["{block.name}"].value' for block in rigmod.coefficient_blocks(rig)[0]}
+    owner = _fcurve_owner(head_key)
+    for fcurve in [fc for fc in fcurves_of(head_key) if fc.data_path in paths]:
+        owner.fcurves.remove(fcurve)
+    rigmod.set_coefficients(rig, "SHAPE", shape)
 
 
 def apply_camera(context: bpy.types.Context, rig: bpy.types.Object, clip: AnimationClip) -> bpy.types.Object:

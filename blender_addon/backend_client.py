@@ -176,5 +176,30 @@ class BackendClient:
     def cancel(self, job_id: str) -> dict:
         return self._request("DELETE", f"/v1/jobs/{urllib.parse.quote(job_id)}")
 
+    def submit_track(self, media: str, first_frame: int) -> dict:
+        """Upload a photo or video to ``POST /v1/tracks``; ``first_frame`` numbers its first frame."""
+        try:
+            with open(media, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise BackendError(f"cannot read '{media}' ({exc.strerror or exc})",
+                               "choose an existing photo or video file") from None
+        body, content_type = _multipart({"first_frame": str(int(first_frame))}, {"media": (os.path.basename(media), data)})
+        return self._request("POST", "/v1/tracks", body, content_type, timeout=max(self.timeout, 60))
+
+    def track(self, task_id: str) -> dict:
+        return self._request("GET", f"/v1/tracks/{urllib.parse.quote(task_id)}")
+
+    def fetch_track_animation(self, task_id: str, path: str) -> str:
+        """Write a finished tracking task's animation file to ``path``."""
+        data = self._request("GET", f"/v1/tracks/{urllib.parse.quote(task_id)}/animation", raw=True,
+                             timeout=max(self.timeout, 30))
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
+    def cancel_track(self, task_id: str) -> dict:
+        return self._request("DELETE", f"/v1/tracks/{urllib.parse.quote(task_id)}")
+
     def release(self) -> dict:
         return self._request("POST", "/v1/release", b"", "application/json")

@@ -24,7 +24,8 @@ START_TIMEOUT = 120.0
 SLOW_ANSWER_GRACE = 10.0  # seconds of failed polls tolerated while rendering (a busy backend)
 FINAL = ("done", "failed", "cancelled")
 
-_ACTIVE: dict[str, RenderJob] = {}  # host key (the scene's name) -> the job it is rendering
+#: (job kind, host key: the scene's name) -> the job followed there: one render and one tracking per scene
+_ACTIVE: dict[tuple[str, str], BackendJob] = {}
 
 
 class RenderHost(Protocol):
@@ -72,26 +73,19 @@ def format_eta(seconds: float | None) -> str:
     return f", ETA {whole // 60}:{whole % 60:02d}"
 
 
-class RenderJob:
-    """Submits one job and follows it until done / failed / cancelled / error.
+class BackendJob:
+    """What a job that follows a backend task shares: the step loop (short calls, a grace for slow
+    answers), reaching the backend and "Start locally". Subclasses define ``_connect`` (submit once
+    the backend answers), ``_poll``, ``_finish`` and ``cancel``, and their ``kind``."""
 
-    ``local``: the backend preferences when the add-on starts the backend itself ("Start
-    locally"); ``animation``: the exported temp file, removed when the job ends.
-    """
+    kind = ""
 
-    def __init__(self, host: RenderHost, client: BackendClient, reference: str, animation: str,
-                 settings: dict[str, Any], frames: list[int], local: dict[str, Any] | None = None,
-                 process: BackendProcess = local_backend) -> None:
-        self.host, self.client, self.process = host, client, process
-        self.reference, self.animation, self.settings, self.frames = reference, animation, settings, frames
-        self.local = local
+    def __init__(self, host: Any, client: BackendClient, local: dict[str, Any] | None,
+                 process: BackendProcess) -> None:
+        self.host, self.client, self.process, self.local = host, client, process, local
         self.phase = "connecting"  # connecting -> running -> finished
-        self.job_id, self.folder = "", ""
-        self.fetched: set[int] = set()
-        self.view: dict[str, Any] = {}
         self.outcome = ""  # done | failed | cancelled | error
         self.message = self.error = self.advice = ""
-        self.notes: list[str] = []   # the backend's warnings about this job's inputs
         self.started = self.last_ok = time.monotonic()
         self.start_attempted = False
 
@@ -101,34 +95,31 @@ class RenderJob:
                 setattr(self, name, state[name])
         self.host.show(**state)
 
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _poll(self) -> None:
+        raise NotImplementedError
+
     def _finish(self, outcome: str, error: str = "", advice: str = "") -> None:
-        self.phase, self.outcome = "finished", outcome
-        _ACTIVE.pop(self.host.key, None)
-        done = len(self.fetched)
-        texts = {"done": f"Rendered {done} frames into {self.host.display_path(self.folder)}",
-                 "cancelled": f"Cancelled; {done} of {len(self.frames)} frames kept",
-                 "failed": f"Failed after {done} of {len(self.frames)} frames",
-                 "error": "Render stopped"}
-        if self.host.alive():
-            self._show(status=outcome, message=texts[outcome], error=error, advice=advice)
-        self.cleanup()
-        self.host.status_bar(None)
+        raise NotImplementedError
+
+    def cancel(self, error: str = "", advice: str = "") -> None:
+        raise NotImplementedError
 
     def cleanup(self) -> None:
-        """Remove the exported animation (the backend has its own copy)."""
-        try:
-            os.remove(self.animation)
-        except OSError:
-            pass
+        """Remove this job's temporary files."""
 
-    # ------------------------------------------------------------------ the state machine
+    def _unfollow(self) -> None:
+        self.phase = "finished"
+        _ACTIVE.pop((self.kind, self.host.key), None)
+
     def step(self) -> bool:
         """Advance once; True while the job still needs polling."""
         if self.phase == "finished":
             return False
         if not self.host.alive():  # the scene was deleted: stop following the job
-            self.phase = "finished"
-            _ACTIVE.pop(self.host.key, None)
+            self._unfollow()
             return False
         try:
             if self.phase == "connecting":
@@ -138,32 +129,21 @@ class RenderJob:
         except BackendError as exc:
             if (self.phase == "running" and exc.status is None
                     and time.monotonic() - self.last_ok < SLOW_ANSWER_GRACE):
-                return True  # a slow answer while rendering: try again next tick
+                return True  # a slow answer while the backend works: try again next tick
             self._finish("error", exc.message, exc.advice)
         return self.phase != "finished"
 
-    def _connect(self) -> None:
+    def _backend_ready(self) -> bool:
+        """Whether the backend answers; when it does not and the add-on starts it ("Start locally"),
+        start it or wait for it (False), else raise the connection error."""
         try:
             self.client.health()
         except BackendError as exc:
             if self.local is None or (exc.status is not None and exc.status != 401):
                 raise
             self._wait_for_local_backend()
-            return
-        view = self.client.submit(self.reference, self.animation, self.settings)
-        self.job_id = view["id"]
-        self.folder = self.host.output_folder(self.job_id)
-        os.makedirs(self.folder, exist_ok=True)
-        self.fetched = {f for f in self.frames if os.path.exists(frame_path(self.folder, f))}
-        self.view, self.phase, self.last_ok = view, "running", time.monotonic()
-        self.notes = [str(note) for note in view.get("notes") or []]
-        self._write_settings()
-        self._show(job_id=self.job_id, output_dir=self.host.display_path(self.folder),
-                   status=view.get("status", "queued"), frames_total=len(self.frames), frames_done=len(self.fetched),
-                   progress=0.0, error="", advice="", message=f"Submitted job {self.job_id}",
-                   notes="\n".join(self.notes))
-        if self.fetched:
-            self.host.frames_landed(self.folder, self.frames, None)
+            return False
+        return True
 
     def _wait_for_local_backend(self) -> None:
         """"Start locally": not running (refused / no token file yet) or still starting (old token)."""
@@ -182,6 +162,64 @@ class RenderJob:
         if time.monotonic() - self.started > START_TIMEOUT:
             raise BackendError(f"the local backend did not answer within {START_TIMEOUT:g} s of its start",
                                f"see its log {self.process.log_path()}")
+
+
+class RenderJob(BackendJob):
+    """Submits one job and follows it until done / failed / cancelled / error.
+
+    ``local``: the backend preferences when the add-on starts the backend itself ("Start
+    locally"); ``animation``: the exported temp file, removed when the job ends.
+    """
+
+    kind = "render"
+
+    def __init__(self, host: RenderHost, client: BackendClient, reference: str, animation: str,
+                 settings: dict[str, Any], frames: list[int], local: dict[str, Any] | None = None,
+                 process: BackendProcess = local_backend) -> None:
+        super().__init__(host, client, local, process)
+        self.reference, self.animation, self.settings, self.frames = reference, animation, settings, frames
+        self.job_id, self.folder = "", ""
+        self.fetched: set[int] = set()
+        self.view: dict[str, Any] = {}
+        self.notes: list[str] = []   # the backend's warnings about this job's inputs
+
+    def _finish(self, outcome: str, error: str = "", advice: str = "") -> None:
+        self.outcome = outcome
+        self._unfollow()
+        done = len(self.fetched)
+        texts = {"done": f"Rendered {done} frames into {self.host.display_path(self.folder)}",
+                 "cancelled": f"Cancelled; {done} of {len(self.frames)} frames kept",
+                 "failed": f"Failed after {done} of {len(self.frames)} frames",
+                 "error": "Render stopped"}
+        if self.host.alive():
+            self._show(status=outcome, message=texts[outcome], error=error, advice=advice)
+        self.cleanup()
+        self.host.status_bar(None)
+
+    def cleanup(self) -> None:
+        """Remove the exported animation (the backend has its own copy)."""
+        try:
+            os.remove(self.animation)
+        except OSError:
+            pass
+
+    def _connect(self) -> None:
+        if not self._backend_ready():
+            return
+        view = self.client.submit(self.reference, self.animation, self.settings)
+        self.job_id = view["id"]
+        self.folder = self.host.output_folder(self.job_id)
+        os.makedirs(self.folder, exist_ok=True)
+        self.fetched = {f for f in self.frames if os.path.exists(frame_path(self.folder, f))}
+        self.view, self.phase, self.last_ok = view, "running", time.monotonic()
+        self.notes = [str(note) for note in view.get("notes") or []]
+        self._write_settings()
+        self._show(job_id=self.job_id, output_dir=self.host.display_path(self.folder),
+                   status=view.get("status", "queued"), frames_total=len(self.frames), frames_done=len(self.fetched),
+                   progress=0.0, error="", advice="", message=f"Submitted job {self.job_id}",
+                   notes="\n".join(self.notes))
+        if self.fetched:
+            self.host.frames_landed(self.folder, self.frames, None)
 
     def _write_settings(self) -> None:
         record = {"job_id": self.job_id, "backend": self.client.url, "frames": self.frames,
@@ -251,14 +289,14 @@ class RenderJob:
         self._finish("cancelled", error, advice)
 
 
-def start(job: RenderJob) -> None:
-    """Follow ``job``: the one job of its host (scene) until it ends."""
-    _ACTIVE[job.host.key] = job
+def start(job: BackendJob) -> None:
+    """Follow ``job``: the one job of its kind in its host (scene) until it ends."""
+    _ACTIVE[(job.kind, job.host.key)] = job
 
 
-def active_job(key: str) -> RenderJob | None:
-    """The job the scene named ``key`` is rendering, if any."""
-    return _ACTIVE.get(key)
+def active_job(key: str, kind: str = "render") -> Any:
+    """The job of ``kind`` the scene named ``key`` follows, if any."""
+    return _ACTIVE.get((kind, key))
 
 
 def cancel_all() -> None:
@@ -267,7 +305,7 @@ def cancel_all() -> None:
 
 
 def forget_all() -> None:
-    """Stop following every job (they keep rendering on the backend; their frames stay in the
+    """Stop following every job (they keep running on the backend; a render's frames stay in the
     backend's job folder), e.g. when another .blend is opened."""
     for job in list(_ACTIVE.values()):
         job.phase = "finished"

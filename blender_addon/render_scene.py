@@ -168,12 +168,14 @@ def show_latest(path: str) -> None:
                 area.spaces.active.image = image
 
 
-class SceneHost:
-    """The :class:`~.render_job.RenderHost` of a scene: ``scene.flamediff_render``, its VSE strip,
-    the newest frame in an Image Editor and the status bar."""
+class ScenePropsHost:
+    """A job's host in a scene, found again by name (it may be renamed away or deleted while the job
+    runs): the job's state goes into the scene's property group ``props``, progress into the status bar."""
 
-    def __init__(self, scene: bpy.types.Scene, unsaved_root: str) -> None:
-        self.key, self.unsaved_root = scene.name, unsaved_root
+    props = ""
+
+    def __init__(self, scene: bpy.types.Scene) -> None:
+        self.key = scene.name
 
     @property
     def scene(self) -> bpy.types.Scene | None:
@@ -186,7 +188,21 @@ class SceneHost:
         scene = self.scene
         if scene is not None:
             for key, value in state.items():
-                setattr(scene.flamediff_render, key, value)
+                setattr(getattr(scene, self.props), key, value)
+
+    def status_bar(self, text: str | None) -> None:
+        set_status_bar(text)
+
+
+class SceneHost(ScenePropsHost):
+    """The :class:`~.render_job.RenderHost` of a scene: ``scene.flamediff_render``, its VSE strip,
+    the newest frame in an Image Editor and the status bar."""
+
+    props = "flamediff_render"
+
+    def __init__(self, scene: bpy.types.Scene, unsaved_root: str) -> None:
+        super().__init__(scene)
+        self.unsaved_root = unsaved_root
 
     def output_folder(self, job_id: str) -> str:
         return output_folder(job_id, self.unsaved_root)
@@ -201,9 +217,6 @@ class SceneHost:
                 show_latest(latest)
             except RuntimeError:
                 pass
-
-    def status_bar(self, text: str | None) -> None:
-        set_status_bar(text)
 
 
 def follow_in_background(job: render_job.RenderJob) -> None:

@@ -100,14 +100,7 @@ EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per
                                 whole_sequence=self.whole_sequence)
             clip, how = retime(imported.clip, scene_fps=self.fps or scene.render.fps / scene.render.fps_base,
                                scene_start=scene.frame_start, frame_offset=self.frame_offset)
-            counts, rebuild = rigmod.coefficient_counts(rig), None
-            needed = animation_io.required_counts(clip)
-            if self.rebuild_rig and (needed[0] > counts[0] or needed[1] > counts[1]):
-                asset, identity = assets.current(context)
-                counts = (min(max(needed[0], counts[0]), asset.num_shape),
-                          min(max(needed[1], counts[1]), asset.num_expression))
-                animation_io.check_rig_asset(rig, identity)
-                rebuild = (asset, identity)
+            counts, rebuild = animation_io.coefficient_plan(context, rig, clip, self.rebuild_rig)
             clip = animation_io.fit_clip_to_rig(clip, rig, counts)
         except (AnimationFormatError, animation_io.RigMismatchError, FlameAssetError, OSError) as exc:
             self.report({"ERROR"}, f"Import failed, nothing changed: {exc}")

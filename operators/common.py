@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import bpy
 from bpy.props import StringProperty
 
+from .. import render_job, render_scene
 from .. import rig as rigmod
 
 
@@ -35,3 +38,78 @@ class RigOperator:
             return True
         cls.poll_message_set("No flamediff rig in this scene: add one with Add > FLAME Rig")
         return False
+
+
+class CancelsJob:
+    """Mixin of the operators that cancel the scene's running job of ``kind`` (``noun`` in messages)."""
+
+    kind = ""
+    noun = ""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if render_job.active_job(context.scene.name, cls.kind) is not None:
+            return True
+        cls.poll_message_set(f"No flamediff {cls.noun} is running in this scene")
+        return False
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        render_job.active_job(context.scene.name, self.kind).cancel()
+        self.report({"INFO"}, f"flamediff {self.noun} cancelled")
+        return {"FINISHED"}
+
+
+class FollowsJob:
+    """Mixin of the operators that run a backend job (``wait`` and ``timeout`` arguments): without
+    blocking (a timer polls the job, the modal part only listens for Esc and reports the outcome),
+    or to its end with ``wait=True`` (scripts, ``blender -b``)."""
+
+    _job = None
+    _timer = None
+
+    def follow(self, context: bpy.types.Context, job: render_job.BackendJob, started: str,
+               timeout_advice: str) -> set[str]:
+        """Start following ``job``; ``started``: what a background run reports at once."""
+        render_job.start(job)
+        if self.wait:
+            return self._wait(job, timeout_advice)
+        if not job.step():  # first contact at once: a down backend is reported now
+            return self._outcome(job)
+        render_scene.follow_in_background(job)  # a bpy.app.timers poll: runs even if this modal is dropped
+        if context.window is not None and not bpy.app.background:
+            self._job = job
+            self._timer = context.window_manager.event_timer_add(render_job.POLL_INTERVAL, window=context.window)
+            context.window_manager.modal_handler_add(self)
+            return {"RUNNING_MODAL"}
+        self.report({"INFO"}, started)
+        return {"FINISHED"}
+
+    def _wait(self, job: render_job.BackendJob, timeout_advice: str) -> set[str]:
+        deadline = time.monotonic() + self.timeout
+        while job.step():
+            if time.monotonic() > deadline:
+                job.cancel(f"the {job.kind} did not finish within {self.timeout:g} s", timeout_advice)
+                break
+            time.sleep(render_job.POLL_INTERVAL)
+        return self._outcome(job)
+
+    def _outcome(self, job: render_job.BackendJob) -> set[str]:
+        notes = getattr(job, "notes", [])
+        if notes:   # e.g. a reference outside the checkpoint's training domain: said, not refused
+            self.report({"WARNING"}, "; ".join(notes))
+        if job.outcome == "done":
+            self.report({"INFO"}, job.message)
+            return {"FINISHED"}
+        text = job.error or job.message
+        advice = job.advice[:1].upper() + job.advice[1:]
+        self.report({"ERROR"}, f"{text}. {advice}" if advice else text)
+        return {"CANCELLED"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        job = self._job
+        if event.type == "ESC" and event.value == "PRESS" and job.phase != "finished":
+            job.cancel()
+        if job.phase != "finished":
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._outcome(job)

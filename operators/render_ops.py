@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
@@ -14,10 +13,9 @@ from ..backend_client import BackendError
 from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
 from ..formats.protocol import PROTOCOL_VERSION
-from ..render_scene import setting_property
 from ..preferences import backend_settings, make_client, unsaved_output_root
-from .common import NO_RIG, RigOperator, target_rig
-
+from ..render_scene import setting_property
+from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
 
 _ARGUMENT = {"SKIP_SAVE", "HIDDEN"}
 _PANEL = "Default: the Render panel's"
@@ -33,7 +31,7 @@ def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message:
     return {"CANCELLED"}
 
 
-class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
+class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
     """Render the rig's animation over the scene frame range with the flamediff backend; frames land as a
     VSE image strip. Esc cancels"""
 
@@ -65,9 +63,6 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
                        description="Block until the render ends (scripts, blender -b); FINISHED only when done")
     timeout: FloatProperty(name="Timeout", default=3600.0, min=1.0, options=_ARGUMENT,
                            description="With wait: give up (and cancel the job) after this many seconds")
-
-    _job = None
-    _timer = None
 
     def _value(self, defaults, name: str):
         return getattr(self, name) if self.properties.is_property_set(name) else getattr(defaults, name)
@@ -135,69 +130,17 @@ class FLAMEDIFF_OT_render(RigOperator, bpy.types.Operator):
         job = self._build_job(context)
         if isinstance(job, set):
             return job
-        render_job.start(job)
-        if self.wait:
-            return self._wait(job)
-        if not job.step():  # first contact at once: a down backend is reported now
-            return self._outcome(job)
-        render_scene.follow_in_background(job)  # a bpy.app.timers poll: runs even if this modal is dropped
-        if context.window is not None and not bpy.app.background:
-            self._job = job  # the modal part only listens for Esc and reports the outcome
-            self._timer = context.window_manager.event_timer_add(render_job.POLL_INTERVAL, window=context.window)
-            context.window_manager.modal_handler_add(self)
-            return {"RUNNING_MODAL"}
-        self.report({"INFO"}, f"Rendering {len(job.frames)} frames; poll scene.flamediff_render or use wait=True")
-        return {"FINISHED"}
-
-    def _wait(self, job: render_job.RenderJob) -> set[str]:
-        deadline = time.monotonic() + self.timeout
-        while job.step():
-            if time.monotonic() > deadline:
-                job.cancel(f"the render did not finish within {self.timeout:g} s",
-                           "raise timeout=, or use fewer frames / steps")
-                break
-            time.sleep(render_job.POLL_INTERVAL)
-        return self._outcome(job)
-
-    def _outcome(self, job: render_job.RenderJob) -> set[str]:
-        if job.notes:   # e.g. a reference outside the checkpoint's training domain: said, not refused
-            self.report({"WARNING"}, "; ".join(job.notes))
-        if job.outcome == "done":
-            self.report({"INFO"}, job.message)
-            return {"FINISHED"}
-        text = job.error or job.message
-        advice = job.advice[:1].upper() + job.advice[1:]
-        self.report({"ERROR"}, f"{text}. {advice}" if advice else text)
-        return {"CANCELLED"}
-
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        job = self._job
-        if event.type == "ESC" and event.value == "PRESS" and job.phase != "finished":
-            job.cancel()
-        if job.phase != "finished":
-            return {"PASS_THROUGH"}
-        context.window_manager.event_timer_remove(self._timer)
-        return self._outcome(job)
+        return self.follow(context, job, f"Rendering {len(job.frames)} frames; poll scene.flamediff_render or use "
+                                         f"wait=True", "raise timeout=, or use fewer frames / steps")
 
 
-class FLAMEDIFF_OT_render_cancel(bpy.types.Operator):
+class FLAMEDIFF_OT_render_cancel(CancelsJob, bpy.types.Operator):
     """Cancel the scene's flamediff render (frames already rendered are kept)"""
 
     bl_idname = "flamediff.render_cancel"
     bl_label = "Cancel flamediff Render"
     bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if render_job.active_job(context.scene.name) is not None:
-            return True
-        cls.poll_message_set("No flamediff render is running in this scene")
-        return False
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        render_job.active_job(context.scene.name).cancel()
-        self.report({"INFO"}, "flamediff render cancelled")
-        return {"FINISHED"}
+    kind, noun = "render", "render"
 
 
 def _local_state(client, settings: dict) -> tuple[str, str, str]:

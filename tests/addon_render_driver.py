@@ -6,15 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import traceback
 
 import bpy
 import numpy as np
-from bpy_reports import reported
+from bpy_reports import draw_problems, install_addon, reported, run_main
 from mathutils import Vector
 
 ZIP, WORK, ASSET, PORT, TOKEN_FILE, REFERENCE, DOWN_PORT = sys.argv[1:8]
@@ -60,13 +58,7 @@ def props() -> dict:
 
 
 def main() -> None:
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    RESULTS["install"] = sorted(bpy.ops.extensions.package_install_files(
-        filepath=ZIP, repo="user_default", enable_on_install=True))
-    prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.asset_folder = ASSET
-    prefs.backend_mode = "URL"
-    prefs.token_file = TOKEN_FILE
+    RESULTS["install"], prefs = install_addon(ZIP, MODULE, ASSET, TOKEN_FILE)
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = 25, 1.0
     scene.frame_start, scene.frame_end = FIRST, LAST
@@ -188,25 +180,7 @@ def main() -> None:
     RESULTS["local_stopped"] = process is not None and process.poll() is not None
 
     # the Render panel draws with the properties and operators it names
-    problems: list[str] = []
-
-    class Layout:
-        def __getattr__(self, name):
-            return lambda *args, **kwargs: self
-
-        def prop(self, data, name, **kwargs):
-            if name not in data.bl_rna.properties:
-                problems.append(f"no property {name}")
-            return self
-
-        def operator(self, idname, **kwargs):
-            module, name = idname.split(".")
-            if name not in dir(getattr(bpy.ops, module)):
-                problems.append(f"no operator {idname}")
-            return self
-
-    bpy.types.FLAMEDIFF_PT_render.draw(type("P", (), {"layout": Layout()})(), bpy.context)
-    RESULTS["panel_problems"] = problems
+    RESULTS["panel_problems"] = draw_problems(bpy.context, bpy.types.FLAMEDIFF_PT_render.draw)
 
     moved = os.path.join(WORK, "moved")
     os.rename(project, moved)
@@ -216,9 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # noqa: BLE001 - the test prints it
-        RESULTS["errors"].append(traceback.format_exc())
-    with open(os.path.join(WORK, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(RESULTS, handle, indent=1, default=str)
+    run_main(main, RESULTS, WORK)

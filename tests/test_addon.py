@@ -305,18 +305,21 @@ def test_every_operator_is_in_a_blender_menu_with_undo_where_it_changes_the_scen
     assert menus["in_menus"] == menus["operators"]  # F3 finds what is in a menu
     placed = menus["placed"]
     assert placed["VIEW3D_MT_add"] == [{"idname": "flamediff.add_rig"}]
-    assert placed["TOPBAR_MT_file_import"] == [{"idname": "flamediff.import_animation"}]
+    assert placed["TOPBAR_MT_file_import"] == [{"idname": "flamediff.import_animation"},
+                                               {"idname": "flamediff.track_video"}, {"idname": "flamediff.match_photo"}]
     assert placed["TOPBAR_MT_file_export"] == [{"idname": "flamediff.export_animation"}]
     render = placed["TOPBAR_MT_render"]
     assert render[:3] == [{"idname": "flamediff.render"}, {"idname": "flamediff.render", "preview": True},
                           {"idname": "flamediff.render_cancel"}]
     options = menus["options"]
     for idname in ("flamediff.add_rig", "flamediff.import_animation", "flamediff.render",
-                   "flamediff.reset_coefficients", "flamediff.randomize_coefficients"):
+                   "flamediff.reset_coefficients", "flamediff.randomize_coefficients", "flamediff.match_photo",
+                   "flamediff.track_video"):
         assert options[idname] == ["REGISTER", "UNDO"], idname
     assert all("REGISTER" in value for value in options.values()), options
     for idname in ("flamediff.add_rig", "flamediff.render", "flamediff.render_cancel", "flamediff.export_animation",
-                   "flamediff.backend_start", "flamediff.backend_stop"):
+                   "flamediff.backend_start", "flamediff.backend_stop", "flamediff.match_photo",
+                   "flamediff.track_video", "flamediff.track_cancel"):
         assert menus["has_own_poll"][idname], idname
 
 

@@ -47,22 +47,29 @@ def run(tmp_path_factory: pytest.TempPathFactory, head_asset, head_folder) -> di
     zip_path = build(os.path.join(work, "dist"))
     server = Server(work, models_dir).start()
     try:
-        env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.join(work, "blender_user"), HOME=os.path.join(work, "home"),
-                   FLAMEDIFF_CACHE=local_cache, FLAMEDIFF_FLAME_ASSET=head_folder, OMP_NUM_THREADS="1")
         started = time.perf_counter()
-        completed = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tests", "addon_render_driver.py"), zip_path, work, head_folder,
-             str(server.port), server.token_file, reference, str(free_port())],
-            env=env, capture_output=True, text=True, timeout=1500)
+        results = run_driver("addon_render_driver.py", work, [zip_path, work, head_folder, str(server.port),
+                                                              server.token_file, reference, str(free_port())],
+                             1500, FLAMEDIFF_CACHE=local_cache, FLAMEDIFF_FLAME_ASSET=head_folder)
         wall = time.perf_counter() - started
     finally:
         server.kill()
+    return {"work": work, "results": results, "wall_s": wall}
+
+
+def run_driver(driver: str, work: str, args: list[str], timeout: float, **env: str) -> dict:
+    """Run the bpy driver ``tests/<driver>`` with a private Blender user folder and home in ``work``
+    (plus ``env``); its results.json, once it reported no error."""
+    env = dict(os.environ, BLENDER_USER_RESOURCES=os.path.join(work, "blender_user"), HOME=os.path.join(work, "home"),
+               OMP_NUM_THREADS="1", **env)
+    completed = subprocess.run([sys.executable, os.path.join(ROOT, "tests", driver), *args], check=False, env=env,
+                               capture_output=True, text=True, timeout=timeout)
     results_file = os.path.join(work, "results.json")
     assert os.path.exists(results_file), completed.stdout[-3000:] + completed.stderr[-3000:]
     with open(results_file, encoding="utf-8") as handle:
         results = json.load(handle)
     assert not results["errors"], results["errors"][0] + completed.stderr[-3000:]
-    return {"work": work, "results": results, "wall_s": wall}
+    return results
 
 
 def test_blocking_render_lands_frames_strip_and_settings(run):

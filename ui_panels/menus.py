@@ -1,7 +1,8 @@
 """flamediff in Blender's own menus, where users (and F3 search) look for it.
 
-Add > FLAME Rig (3D view), File > Import / Export > FLAME Animation, Object > FLAME Rig
-(coefficients), and Render > flamediff (render, preview, cancel, the backend).
+Add > FLAME Rig (3D view), File > Import / Export > FLAME Animation (and from a video or photo),
+Object > FLAME Rig (coefficients, match to a photo, track a video), and Render > flamediff
+(render, preview, cancel, the backend).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class FLAMEDIFF_MT_rig(bpy.types.Menu):
         layout = self.layout
         layout.operator("flamediff.reset_coefficients", icon="LOOP_BACK")
         layout.operator("flamediff.randomize_coefficients", icon="MOD_NOISE")
+        layout.separator()
+        layout.operator("flamediff.match_photo", text="Match Rig to Photo...", icon="IMAGE_DATA")
+        layout.operator("flamediff.track_video", text="Track Video into Rig...", icon="FILE_MOVIE")
+        layout.operator("flamediff.track_cancel", text="Cancel Tracking", icon="CANCEL")
 
 
 def draw_add(self, context: bpy.types.Context) -> None:
@@ -45,6 +50,8 @@ def draw_add(self, context: bpy.types.Context) -> None:
 
 def draw_import(self, context: bpy.types.Context) -> None:
     self.layout.operator("flamediff.import_animation", text="FLAME Animation (flamediff, trackers)")
+    self.layout.operator("flamediff.track_video", text="FLAME Animation from Video (track)")
+    self.layout.operator("flamediff.match_photo", text="FLAME Rig from Photo (match)")
 
 
 def draw_export(self, context: bpy.types.Context) -> None:

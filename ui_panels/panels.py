@@ -72,6 +72,30 @@ class FLAMEDIFF_PT_animation(_FlamediffPanel, bpy.types.Panel):
         layout.operator("flamediff.import_animation", icon="IMPORT")
         layout.operator("flamediff.export_animation", icon="EXPORT")
         layout.label(text="Key bones and shape keys with I; the graph editor and NLA work as usual.")
+        _draw_tracking(layout, context)
+
+
+def _draw_tracking(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """Match to a photo / track a video, with the running task's progress, cancel and outcome."""
+    from .. import render_job
+
+    box = layout.box()
+    box.label(text="From a photo or a video (the backend's tracker)", icon="TRACKER")
+    running = render_job.active_job(context.scene.name, "track") is not None
+    row = box.row(align=True)
+    row.enabled = not running
+    row.operator("flamediff.match_photo", text="Match to Photo", icon="IMAGE_DATA")
+    row.operator("flamediff.track_video", text="Track Video", icon="FILE_MOVIE")
+    props = context.scene.flamediff_track
+    if running:
+        box.prop(props, "progress", slider=True)
+        box.operator("flamediff.track_cancel", text="Cancel", icon="CANCEL")
+    if props.message:
+        wrapped_label(box, context, props.message, icon="INFO")
+    if props.error:
+        wrapped_label(box, context, props.error, icon="ERROR")
+        if props.advice:
+            wrapped_label(box, context, props.advice)
 
 
 class FLAMEDIFF_PT_camera(_FlamediffPanel, bpy.types.Panel):
@@ -163,12 +187,15 @@ def register_properties() -> None:
     bpy.types.Scene.flamediff_coefficient_kind = bpy.props.EnumProperty(
         name="Coefficients", items=_KINDS, default="Shape")
     from ..render_scene import FlamediffRenderProps, FlamediffRigSettings
+    from ..track_scene import FlamediffTrackProps
 
     bpy.types.Scene.flamediff_render = bpy.props.PointerProperty(type=FlamediffRenderProps)
+    bpy.types.Scene.flamediff_track = bpy.props.PointerProperty(type=FlamediffTrackProps)
     bpy.types.Object.flamediff_rig_settings = bpy.props.PointerProperty(type=FlamediffRigSettings)
 
 
 def unregister_properties() -> None:
     del bpy.types.Scene.flamediff_coefficient_kind
     del bpy.types.Scene.flamediff_render
+    del bpy.types.Scene.flamediff_track
     del bpy.types.Object.flamediff_rig_settings
