@@ -76,7 +76,8 @@ class FlamediffRigSettings(bpy.types.PropertyGroup):
     reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="",
                                     description=".npy of the reference person's FLAME shape coefficients (e.g. "
                                                 "DECA, EMOCA or SMIRK run on the reference image); used when "
-                                                "Identity shape is Reference")
+                                                "Identity shape is Reference. Empty: the backend fits the "
+                                                "reference photo's shape (as flamediff track does)")
 
 
 def read_reference_shape(path: str) -> list[float]:

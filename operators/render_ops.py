@@ -73,8 +73,8 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
         if shape_from == "animation":
             return {"shape_from": shape_from}
         path = self._value(rig.flamediff_rig_settings, "reference_shape").strip()
-        if not path:
-            raise ValueError("Identity shape is Reference but no reference shape file is set")
+        if not path:   # the backend fits the reference photo's shape (its tracking extra)
+            return {"shape_from": shape_from}
         return {"shape_from": shape_from, "reference_shape": render_scene.read_reference_shape(path)}
 
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:

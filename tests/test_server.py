@@ -283,7 +283,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(server, inputs, head_asset, case)
     elif case == "resolution":
         settings["resolution"], expected = 512, (422, "32 px")
     elif case == "shape-from-reference":
-        settings["shape_from"], expected = "reference", (422, "reference_shape")
+        settings["shape_from"], expected = "reference", (422, "fits the reference photo")  # noise: no face
     elif case == "bad-preview":
         settings["preview"], expected = "yes", (422, "preview")
     assert_error(submit(server, inputs, settings, reference=reference, animation=animation), *expected)
@@ -529,3 +529,21 @@ def test_reference_warnings_reach_the_job_and_the_models_list(server, inputs, mo
     assert any("only on flamediff's procedural heads" in note for note in reference_notes((512, 512), procedural))
     listed = {entry["name"]: entry for entry in server.get("/v1/models", headers=AUTH).json()["models"]}
     assert "domain_note" not in listed["tiny"]
+
+
+def test_shape_from_reference_without_a_shape_fits_the_reference_photo(server, inputs):
+    """A job asking for the reference person's shape without sending it gets the photo's shape
+    fitted (the tracking extra) at submit time: the same request gives the same job."""
+    pytest.importorskip("mediapipe", reason="the tracking extra")
+    import flamediff
+
+    with open(os.path.join(os.path.dirname(flamediff.__file__), "checkpoints", "demo", "reference.png"), "rb") as handle:
+        photo = handle.read()
+    settings = {**FAST, "frames": "1", "shape_from": "reference"}
+    first = submit(server, inputs, settings, reference=photo)
+    assert first.status_code == 201, first.text
+    view = first.json()
+    assert len(view["settings"]["reference_shape"]) == 100 and max(map(abs, view["settings"]["reference_shape"])) > 0.05
+    assert any("fitted to the reference photo" in note for note in view["notes"])
+    assert submit(server, inputs, settings, reference=photo).json()["id"] == view["id"]
+    assert wait_status(server, view["id"])["status"] == "done"

@@ -175,17 +175,6 @@ def _reference_shape(path: str) -> list[float]:
     return [float(v) for v in values.reshape(-1)]
 
 
-def _fitted_reference_shape(photo: str, flame_asset: str | None) -> list[float]:
-    """``--shape-from reference`` without ``--reference-shape``: the reference photo's shape, fitted
-    by the tracker (``flamediff track``; needs the tracking extra)."""
-    from flamediff.assets import load_asset
-    from flamediff.tracking.track import photo_shape
-
-    shape = photo_shape(os.path.expanduser(photo), load_asset(flame_asset))
-    print(f"flamediff render: --shape-from reference: fitted the shape of {photo} (flamediff track)", file=sys.stderr)
-    return [float(v) for v in shape]
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     """``flamediff render``; file-system failures become one-line errors naming the path."""
     try:
@@ -210,8 +199,6 @@ def _render(args: argparse.Namespace) -> int:
         settings["checkpoint"] = os.path.abspath(folder) if os.path.isdir(folder) else args.checkpoint
     if args.reference_shape:
         settings["reference_shape"] = _reference_shape(args.reference_shape)
-    elif settings["shape_from"] == "reference":
-        settings["reference_shape"] = _fitted_reference_shape(args.reference, args.flame_asset)
     anywhere = AllowedRoots(None)  # the CLI's user names their own files
     reference = read_local(os.path.abspath(args.reference), "reference", anywhere)
     animation = read_local(os.path.abspath(args.animation), "animation", anywhere)

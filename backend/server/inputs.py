@@ -196,12 +196,6 @@ class JobSettings(BaseModel):
             return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         return value
 
-    @model_validator(mode="after")
-    def _shape_source(self) -> "JobSettings":
-        if self.shape_from == "reference" and self.reference_shape is None:
-            raise PydanticCustomError("reference_shape_missing", "shape_from 'reference' needs reference_shape")
-        return self
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
@@ -246,8 +240,8 @@ def parse_settings(data: Any, max_frames: int = InputLimits.max_frames_per_job) 
     first = errors[0]
     if first["type"] == "too_many_frames":
         raise InputError(first["msg"], "render the clip in parts (several jobs)", 413) from None
-    if first["type"] in ("frame_list", "reference_shape_missing"):
-        name, error = ("frames" if first["type"] == "frame_list" else "reference_shape"), first["msg"]
+    if first["type"] == "frame_list":
+        name, error = "frames", first["msg"]
     else:
         name = str(first["loc"][0]) if first["loc"] else "settings"
         error = f"setting {name!r}: {first['msg']}, got {str(first.get('input'))[:60]!r}"

@@ -5,7 +5,8 @@ into a job folder and queues it. HTTP-free, so ``app.py`` stays a thin adapter a
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+import tempfile
+from typing import TYPE_CHECKING, Any, Iterable
 
 from flamediff import __version__
 from flamediff.formats.protocol import PROTOCOL_VERSION
@@ -15,6 +16,9 @@ from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, con
 from flamediff.server.jobs import JobStore, render_hash, request_hash
 from flamediff.server.security import AllowedRoots
 from flamediff.server.worker import InProcessRenderer, Renderer, Worker
+
+if TYPE_CHECKING:
+    from flamediff.formats.flame_asset import FlameAsset
 
 #: Largest file read from a local path (uploads are limited by the HTTP body limit).
 MAX_INPUT_BYTES = 256 * 1024 * 1024
@@ -63,9 +67,15 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
             raise InputError(f"frames {missing[:5]} are not in the animation (it holds {min(available)}.."
                              f"{max(available)}, {len(available)} frames)", "ask for frames the animation has", 422)
         frames = settings.frames
+    fitted = fit_reference_shape(reference, reference_ext, asset) if (
+        settings.shape_from == "reference" and settings.reference_shape is None) else None
+    if fitted is not None:
+        settings.reference_shape = fitted   # part of the job's identity, like a shape the client sends
     checkpoint_dict = checkpoint.to_dict()
     digest = request_hash(reference, animation, settings, checkpoint_dict, frames)
     notes = [f"animation: {w}" for w in warnings] + reference_notes(reference_image.shape[:2], checkpoint)
+    if fitted is not None:
+        notes.append("reference: the identity shape was fitted to the reference photo (as flamediff track does)")
     return CheckedInputs(reference=reference, reference_ext=reference_ext, animation=animation, settings=settings,
                          frames=frames, request_hash=digest, checkpoint=checkpoint_dict, notes=notes,
                          render_hash=render_hash(reference, animation, settings, checkpoint_dict))
@@ -78,6 +88,27 @@ MIN_REFERENCE_SIDE = 64
 DOMAIN_NOTES = {"procedural": "checkpoint {name!r} was trained only on flamediff's procedural heads: a photo of a real "
                               "person is outside what it learned, and the frames will look like a procedural head; "
                               "train on real footage (flamediff dataset import) for real faces"}
+
+
+def fit_reference_shape(reference: bytes, extension: str, asset: "FlameAsset") -> list[float]:
+    """``shape_from='reference'`` without ``reference_shape``: the FLAME shape of the face in the
+    reference photo, fitted by the tracker (MediaPipe landmarks + optimisation; the ``tracking``
+    extra). The fit is deterministic, so the same request gives the same job."""
+    from flamediff.tracking.landmarks import TrackingError
+    from flamediff.tracking.track import photo_shape
+
+    with tempfile.TemporaryDirectory(prefix="flamediff-reference-") as folder:
+        path = os.path.join(folder, f"reference.{extension}")
+        with open(path, "wb") as handle:
+            handle.write(reference)
+        try:
+            shape = photo_shape(path, asset)
+        except TrackingError as exc:
+            raise InputError(f"shape_from 'reference' without reference_shape fits the reference photo's shape, "
+                             f"but: {str(exc).replace(path, 'the reference')}",
+                             "send reference_shape (the reference person's FLAME shape coefficients, e.g. from "
+                             "flamediff track), or a reference photo with one clear, near-frontal face", 422) from None
+    return [float(v) for v in shape]
 
 
 def reference_notes(size: tuple[int, ...], checkpoint: CheckpointInfo) -> list[str]:
