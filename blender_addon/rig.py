@@ -111,7 +111,7 @@ def _build_armature(context: bpy.types.Context, name: str, joints: np.ndarray,
         add(deform_bone(joint), joints[j], joint, True)
     bpy.ops.object.mode_set(mode="OBJECT")
     hidden = data.collections.new("Deform (driven)")
-    for j, joint in enumerate(JOINT_NAMES):
+    for joint in JOINT_NAMES:
         hidden.assign(data.bones[deform_bone(joint)])
         pose = rig.pose.bones[joint]
         pose.rotation_mode = "QUATERNION"

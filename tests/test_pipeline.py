@@ -9,7 +9,6 @@ import torch
 
 from flamediff.demo import demo_animation
 from flamediff.flame.model import FlameModel
-from flamediff.models import FlameDiffModel
 from flamediff.pipelines.render import FlameDiffPipeline, RenderCancelled, RenderSettings
 from test_server_helpers import counting_calls
 from tiny_data import visible_control_tiny_model

@@ -116,8 +116,8 @@ def test_pick_device_covers_cuda_apple_gpus_and_cpu(monkeypatch):
     from flamediff.server.worker import pick_device
 
     for cuda, mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # noqa: B023 (called in this iteration)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)  # noqa: B023
         assert pick_device("auto") == expected
     assert pick_device("cpu") == "cpu"
     with pytest.raises(FlamediffError, match="no Apple GPU"):

@@ -13,7 +13,7 @@ import bpy
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from addon_driver import MODULE, RESULTS, WORK, ZIP, ASSET, call, fingerprint, path, run  # noqa: E402
+from addon_driver import MODULE, RESULTS, ZIP, ASSET, call, fingerprint, path, run  # noqa: E402
 
 
 def attempt(name: str, **kwargs) -> dict:

@@ -35,8 +35,14 @@ from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
 from flamediff.data.splits import read_splits, split_identities, write_splits
 from flamediff.formats.animation import POSE_FIELDS, AnimationClip
 from flamediff.formats.conventions import head_squares, square_region_intrinsics
-from flamediff.formats.trackers import (TrackerFormatError, TrackerReport, flame_version_note, frame_number,
-                                        read_tracker, transforms_views)
+from flamediff.formats.trackers import (
+    TrackerFormatError,
+    TrackerReport,
+    flame_version_note,
+    frame_number,
+    read_tracker,
+    transforms_views,
+)
 
 #: Folders of video frames a capture may hold, in the order they are looked for (metrical-tracker
 #: writes the frames it tracked to input/ beside checkpoint/).

@@ -148,7 +148,7 @@ def project_points(points: np.ndarray, K: np.ndarray, rotation: np.ndarray,
 
 
 def look_at_opencv(eye: np.ndarray, target: np.ndarray,
-                   up: np.ndarray = (0.0, 1.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+                   up: np.ndarray | tuple[float, float, float] = (0.0, 1.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """World-to-camera OpenCV ``(R, t)`` for a camera at ``eye`` looking at ``target`` (FLAME space)."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     forward = target - eye

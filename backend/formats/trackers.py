@@ -24,10 +24,19 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .animation import (MAX_EXPRESSION, MAX_SHAPE, POSE_FIELDS, AnimationClip, AnimationFormatError,
-                        AnimationWarning, ReadLimits, clip_from_arrays, load_animation, read_npz)
-from .conventions import (axis_angle_to_quaternion, intrinsics_from_fov, look_at_opencv,
-                          quaternion_to_axis_angle)
+from .animation import (
+    MAX_EXPRESSION,
+    MAX_SHAPE,
+    POSE_FIELDS,
+    AnimationClip,
+    AnimationFormatError,
+    AnimationWarning,
+    ReadLimits,
+    clip_from_arrays,
+    load_animation,
+    read_npz,
+)
+from .conventions import axis_angle_to_quaternion, intrinsics_from_fov, look_at_opencv, quaternion_to_axis_angle
 
 #: Largest file (or archive entry) read, so a hostile upload cannot exhaust memory.
 MAX_FILE_BYTES = 2 << 30

@@ -131,7 +131,7 @@ class CheckpointRegistry:
         folder = os.path.expanduser(name)
         if os.path.isabs(folder) and not self.roots.contains(folder):
             raise InputError("the checkpoint folder is outside the folders this server reads",
-                             f"name a checkpoint from GET /v1/models, put it into the models folder, or start the "
+                             "name a checkpoint from GET /v1/models, put it into the models folder, or start the "
                              "server with --allow-path for its folder", 422)
         if os.path.isabs(folder) and os.path.isdir(folder):
             described = describe(folder, name, "path")

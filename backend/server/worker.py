@@ -407,7 +407,7 @@ class Worker:
                 job_id = self._queue.popleft()
                 self.current = job_id
             try:
-                self.renderer.run_job(self.store.get(job_id), lambda: job_id in self._cancel)
+                self.renderer.run_job(self.store.get(job_id), lambda: job_id in self._cancel)  # noqa: B023 (used now)
             except Exception:  # the store itself failed (disk full, folder deleted): log, keep serving
                 log.exception("job %s could not run", job_id)
             finally:

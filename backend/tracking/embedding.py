@@ -101,7 +101,7 @@ def landmark_embedding(asset: FlameAsset, use: str = "auto") -> LandmarkEmbeddin
         raise TrackingError(f"landmark embedding {use!r} is not one of auto, ibug")
     kind, found = "ibug51", None
     if use == "auto":
-        for kind, reader in (("mediapipe", _mediapipe_embedding), ("procedural-mediapipe", _procedural_embedding)):
+        for kind, reader in (("mediapipe", _mediapipe_embedding), ("procedural-mediapipe", _procedural_embedding)):  # noqa: B007 (kind is read after the loop)
             found = reader(asset)
             if found is not None:
                 break
