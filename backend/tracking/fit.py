@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from flamediff.flame.lbs import lbs
 from flamediff.formats.animation import AnimationClip, make_clip
 from flamediff.formats.flame_asset import FlameAsset
+from flamediff.geometry.mesh import surface_points
 from flamediff.tracking.embedding import LandmarkEmbedding, landmark_embedding
 from flamediff.tracking.landmarks import TrackingError
 
@@ -107,7 +108,7 @@ class LandmarkFlame(nn.Module):
     def forward(self, coefficients: Tensor, pose: Tensor) -> Tensor:
         vertices, _ = lbs(coefficients, pose, self.v_template, self.blend_dirs, self.posedirs, self.J_regressor,
                           self.parents, self.weights)
-        return torch.einsum("blkc,lk->blc", vertices[:, self.triangles], self.barycentrics)
+        return surface_points(vertices, self.triangles, self.barycentrics)
 
 
 def camera_pose(distance: float) -> tuple[np.ndarray, np.ndarray]:
