@@ -25,13 +25,14 @@ import io
 import json
 import os
 import pstats
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
+
+from bench_server_load import start_server   # benchmarks/ is on sys.path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,19 +103,6 @@ def cli_process(folder: str, settings: dict) -> float:
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, cwd=folder)
     return time.perf_counter() - started
-
-
-def start_server(folder: str) -> tuple[subprocess.Popen, str, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    token_file = os.path.join(folder, "token")
-    log = open(os.path.join(folder, "server.log"), "wb")
-    process = subprocess.Popen([sys.executable, "-m", "flamediff", "serve", "--port", str(port), "--device", "cpu",
-                                "--jobs-dir", os.path.join(folder, "jobs"), "--models-dir",
-                                os.path.join(folder, "models"), "--token-file", token_file],
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}", token_file
 
 
 def _request(url: str, token: str | None, body: bytes | None = None, content_type: str | None = None) -> dict:
@@ -198,7 +186,7 @@ def main() -> None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
 
     rows["flamediff render process (once): wall"] = cli_process(folder, {**settings, "seed": 300})
-    process, url, token_file = start_server(folder)
+    process, url, token_file = start_server(folder, os.path.join(folder, "models"), device="cpu")
     try:
         wait_up(url, process)
         with open(token_file) as handle:
