@@ -297,8 +297,29 @@ def read_npz(source: str | os.PathLike | IO[bytes], limits: ReadLimits = DEFAULT
     return arrays
 
 
-def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits, text: bool = False) -> np.ndarray:
-    """One ``.npy`` member, checked from its header, then exactly its declared bytes."""
+def declared_npz_bytes(source: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMITS, text: bool = False) -> int:
+    """The bytes an ``.npz``'s arrays declare in their headers (each checked as :func:`read_npz`
+    does), read without decompressing any data: a folder of files is priced before it is read."""
+    where = os.fspath(source)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            members = archive.infolist()
+            if len(members) > limits.max_members:
+                raise AnimationTooLarge(f"{where} holds {len(members)} arrays, more than {limits.max_members}")
+            total = 0
+            for info in members:
+                with archive.open(info) as stream:
+                    total += _member_header(stream, info.filename[: -len(".npy")], limits.max_bytes, limits, text)[2]
+            return total
+    except AnimationFormatError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        raise AnimationFormatError(f"{where} is not a readable .npz animation file ({exc})") from None
+
+
+def _member_header(stream: IO[bytes], name: str, budget: int, limits: ReadLimits,
+                   text: bool) -> tuple[tuple[int, ...], np.dtype, int, bool]:
+    """A member's shape, dtype, declared bytes and order, checked against ``limits``."""
     version = np.lib.format.read_magic(stream)
     if version not in ((1, 0), (2, 0)):
         raise AnimationFormatError(f"'{name}' uses .npy format version {version}, expected 1.0 or 2.0")
@@ -319,6 +340,13 @@ def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits, 
     if nbytes > budget:
         raise AnimationTooLarge(f"'{name}' declares {list(shape)} x {dtype} ({nbytes} bytes), past the limit of "
                                 f"{limits.max_bytes} bytes decompressed per file")
+    return shape, dtype, nbytes, fortran_order
+
+
+def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits, text: bool = False) -> np.ndarray:
+    """One ``.npy`` member, checked from its header, then exactly its declared bytes."""
+    shape, dtype, nbytes, fortran_order = _member_header(stream, name, budget, limits, text)
+    count = math.prod(shape)
     flat = np.empty(count, dtype)
     target, got = flat.view(np.uint8).data, 0
     while got < nbytes:

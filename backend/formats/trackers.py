@@ -13,14 +13,20 @@ Layouts (learnt from each tool's writer code) are summarised in :data:`TOOLS` an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import io
 import json
+import math
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -30,9 +36,11 @@ from .animation import (
     POSE_FIELDS,
     AnimationClip,
     AnimationFormatError,
+    AnimationTooLarge,
     AnimationWarning,
     ReadLimits,
     clip_from_arrays,
+    declared_npz_bytes,
     load_animation,
     read_npz,
 )
@@ -43,6 +51,14 @@ MAX_FILE_BYTES = 2 << 30
 #: What one tracker ``.npz`` may declare (checked from each member's header before decompressing):
 #: DECA's codedict holds ``images`` [T, 3, 224, 224], VHAP's ``dynamic_offset`` [T, V, 3].
 TRACKER_LIMITS = ReadLimits(max_bytes=MAX_FILE_BYTES, max_members=256, max_rank=4)
+#: Pickle opcodes one file may hold (a parameter dict of arrays needs a few hundred); counted
+#: before anything is built, so a file of 1e8 tiny objects costs a scan, not gigabytes.
+MAX_PICKLE_OPS = 200_000
+#: Values a pickle may expand to once shared references are followed (a "billion laughs" list
+#: of lists of the same list is small on disk and huge when walked).
+MAX_PICKLE_VALUES = 100_000
+#: Longest member name (and folder name) an upload's file may carry, as most file systems allow.
+MAX_MEMBER_NAME = 255
 #: Distance of the pinhole camera that stands in for a weak-perspective (orthographic) camera.
 WEAK_PERSPECTIVE_DISTANCE = 10.0
 #: The crop DECA, EMOCA and SMIRK run on; their weak-perspective ``cam`` maps to it.
@@ -96,6 +112,10 @@ class TrackerFormatError(AnimationFormatError):
     """A tracker file or folder that cannot be imported; the message names the problem and the fix."""
 
 
+class TrackerTooLarge(TrackerFormatError):
+    """A tracker file or folder past a read limit (bytes, frames, objects)."""
+
+
 @dataclass
 class TrackerReport:
     """What an import recognised, mapped and dropped: shown by the operator and ``convert``."""
@@ -130,6 +150,80 @@ class TrackerImport:
     #: ``[V, 3]`` per-vertex identity offsets (VHAP, GaussianAvatars) in FLAME space: no field of the
     #: animation file holds them; the add-on can add them to the rig as a shape key.
     static_offset: np.ndarray | None = None
+
+
+class ReadBudget:
+    """Bytes a read may still allocate, charged with each array's declared size before it is
+    built (npz headers, torch storages and strides, pickled arrays), and the frames it may hold."""
+
+    def __init__(self, limits: ReadLimits) -> None:
+        self.limits, self.left = limits, limits.max_bytes
+
+    def frames(self, count: int, what: str) -> None:
+        """Refuse ``count`` frames past the limit, before any of them is read."""
+        if count > self.limits.max_frames:
+            raise TrackerTooLarge(f"{what} holds {count} frames, more than the limit of {self.limits.max_frames}: "
+                                  "send a shorter clip")
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise TrackerTooLarge(f"{what} declares {nbytes} bytes, past the limit of {self.limits.max_bytes} "
+                                     "bytes for one tracker upload; send a shorter clip or only its parameter files")
+        self.left -= nbytes
+
+
+_BUDGET: contextvars.ContextVar[ReadBudget | None] = contextvars.ContextVar("tracker_read_budget", default=None)
+
+
+def _budget() -> ReadBudget:
+    """The budget of the read under way (the unpickler's globals are plain functions, so the
+    budget travels in a context variable rather than through every call)."""
+    return _BUDGET.get() or ReadBudget(TRACKER_LIMITS)
+
+
+@contextlib.contextmanager
+def read_budget(limits: ReadLimits) -> Iterator[ReadBudget]:
+    """One budget for everything read inside the block (a whole folder shares it)."""
+    if _BUDGET.get() is not None:  # a nested read_tracker (a folder's newest file) keeps the outer budget
+        yield _budget()
+        return
+    budget = ReadBudget(limits)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+_OUTSIDE = ("a file name in the upload points outside it (an absolute path, a drive or '..'): an upload may only "
+            "name its own files, by paths relative to its folder")
+
+
+def member_parts(name: str) -> tuple[str, ...]:
+    """The parts of a file name inside an upload or a tracker folder (relative, normalised,
+    inside it), or an error; the one check every reader of an upload's names uses. The message
+    never depends on what the name points at, so a refusal tells nothing about the disk."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise TrackerFormatError("a file name in the upload is empty or not text: name files relative to the "
+                                 "upload's folder")
+    unix = name.replace("\\", "/")
+    parts = [part for part in unix.split("/") if part not in ("", ".")]
+    if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix) or ".." in parts or not parts:
+        raise TrackerFormatError(_OUTSIDE)
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_MEMBER_NAME for part in parts):
+        raise TrackerFormatError(f"the upload holds a file name longer than {MAX_MEMBER_NAME} bytes: shorten "
+                                 "the names")
+    return tuple(parts)
+
+
+def member_path(root: str, name: str) -> str:
+    """``root`` joined with the checked ``name`` (see :func:`member_parts`), never outside ``root``
+    even through a link."""
+    path = os.path.join(root, *member_parts(name))
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        raise TrackerFormatError(_OUTSIDE)
+    return path
 
 
 # ============================================================================ rotations
@@ -239,6 +333,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_ignored
     data = storage.data
     if offset < 0 or len(size) != len(stride) or min(size + stride, default=0) < 0:
         raise TrackerFormatError("a tensor in the file has a negative size, stride or offset: it is corrupt")
+    _budget().charge(math.prod(size) * data.itemsize, f"a tensor of size {list(size)[:8]}")
     if 0 in size:
         out = np.zeros(size, data.dtype)
     else:
@@ -278,6 +373,7 @@ class _ArrayStub:
             count = int(np.prod(shape, dtype=np.int64))
         except (TypeError, ValueError):
             raise TrackerFormatError("a pickled numpy array has a malformed shape: the file is corrupt") from None
+        _budget().charge(len(raw), "a pickled numpy array")
         if min(shape, default=0) < 0 or len(raw) != count * dtype.itemsize:
             raise TrackerFormatError("a pickled numpy array's data does not match its shape: the file is truncated "
                                      "or corrupt")
@@ -354,8 +450,14 @@ class _SafeUnpickler(pickle.Unpickler):
         return self.storages(pid)
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
-    """Array stubs to arrays, tuples to lists, checking that only data types remain."""
+def _plain(value: Any, depth: int = 0, seen: list[int] | None = None) -> Any:
+    """Array stubs to arrays, tuples to lists, checking that only data types remain, at most
+    :data:`MAX_PICKLE_VALUES` values (shared references count each time they are reached)."""
+    seen = [0] if seen is None else seen
+    seen[0] += 1
+    if seen[0] > MAX_PICKLE_VALUES:
+        raise TrackerTooLarge(f"the file expands to more than {MAX_PICKLE_VALUES} values (lists of lists?); "
+                                 "only parameter dicts of arrays are read: save them with np.savez")
     if depth > 32:
         raise TrackerFormatError("the file nests containers more than 32 deep; only parameter dicts are read")
     if isinstance(value, _ArrayStub):
@@ -363,18 +465,41 @@ def _plain(value: Any, depth: int = 0) -> Any:
             raise TrackerFormatError("a pickled numpy array has no data: the file is corrupt")
         return value.array
     if isinstance(value, dict):
-        return {str(key): _plain(item, depth + 1) for key, item in value.items()}
+        return {str(key): _plain(item, depth + 1, seen) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item, depth + 1) for item in value]
+        return [_plain(item, depth + 1, seen) for item in value]
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.ndarray, np.generic)):
         return value
     raise TrackerFormatError(f"the file holds a {type(value).__name__}; only tensors, arrays, dicts, lists and "
                              "numbers are read")
 
 
+def _read_within(handle: Any, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``handle``, read in chunks (``read(limit)`` would allocate ``limit``)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = handle.read(min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _count_ops(data: bytes, source: str) -> None:
+    """Refuse a pickle of more than :data:`MAX_PICKLE_OPS` opcodes before unpickling anything."""
+    for count, _ in enumerate(pickletools.genops(data), 1):
+        if count > MAX_PICKLE_OPS:
+            raise TrackerTooLarge(f"{source} holds more than {MAX_PICKLE_OPS} pickled objects; only parameter "
+                                     "dicts of arrays are read: save them with np.savez")
+
+
 def _unpickle(handle: Any, source: str, storages: Callable[[Any], _Storage] | None = None) -> Any:
     try:
-        return _plain(_SafeUnpickler(handle, source, storages).load())
+        data = _read_within(handle, _budget().left + 1)
+        _budget().charge(len(data), source)
+        _count_ops(data, source)
+        return _plain(_SafeUnpickler(io.BytesIO(data), source, storages).load())
     except TrackerFormatError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
@@ -399,8 +524,11 @@ def _load_torch_zip(archive: zipfile.ZipFile, source: str) -> Any:
         kind, key, numel = pid[1], str(pid[2]), pid[4]
         if key not in cache:
             dtype = kind.dtype.newbyteorder(">") if big and kind.dtype.itemsize > 1 else kind.dtype
-            raw = _read_entry(archive, f"{prefix}data/{key}", source)
-            if not isinstance(numel, int) or numel < 0 or len(raw) < numel * dtype.itemsize:
+            if not isinstance(numel, int) or numel < 0:
+                raise TrackerFormatError(f"{source}: tensor storage {key} has a malformed size: the file is corrupt")
+            _budget().charge(numel * dtype.itemsize, f"{source}: tensor storage {key}")
+            raw = _read_entry(archive, f"{prefix}data/{key}", source, limit=numel * dtype.itemsize)
+            if len(raw) < numel * dtype.itemsize:
                 raise TrackerFormatError(f"{source}: tensor storage {key} is shorter than it claims: the file is "
                                          "truncated or corrupt")
             data = np.frombuffer(raw[: numel * dtype.itemsize], dtype).astype(dtype.newbyteorder("="))
@@ -411,17 +539,20 @@ def _load_torch_zip(archive: zipfile.ZipFile, source: str) -> Any:
         return _unpickle(handle, source, storage)
 
 
-def _read_entry(archive: zipfile.ZipFile, name: str, source: str, optional: bool = False) -> bytes:
+def _read_entry(archive: zipfile.ZipFile, name: str, source: str, optional: bool = False,
+                limit: int = 1 << 20) -> bytes:
+    """One member's bytes, at most ``limit`` of them (a storage's declared size; small files 1 MiB)."""
     try:
         info = archive.getinfo(name)
     except KeyError:
         if optional:
             return b""
         raise TrackerFormatError(f"{source} lacks '{name}': the archive is truncated or corrupt") from None
-    if info.file_size > MAX_FILE_BYTES:
-        raise TrackerFormatError(f"{source}: '{name}' is {info.file_size} bytes, more than flamediff reads")
+    if info.file_size > limit:
+        raise TrackerFormatError(f"{source}: '{name}' is {info.file_size} bytes, more than it declares ({limit})")
     try:
-        return archive.read(name)
+        with archive.open(info) as handle:
+            return _read_within(handle, limit)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise TrackerFormatError(f"{source}: '{name}' is truncated or corrupt ({exc}); save the file again") from None
 
@@ -462,9 +593,10 @@ def _read_npy(path: str) -> dict[str, Any]:
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        _, _, dtype = header(handle)
+        shape, _, dtype = header(handle)
         if dtype.hasobject:  # np.save of a dict: a pickle after the header
             return _flatten(_unpickle(handle, os.path.basename(path)))
+    _budget().charge(math.prod(shape) * dtype.itemsize, os.path.basename(path))
     return {stem: np.load(path, allow_pickle=False)}
 
 
@@ -483,19 +615,27 @@ def read_file_arrays(path: str) -> dict[str, Any]:
             with zipfile.ZipFile(path) as archive:
                 if any(n.endswith("data.pkl") for n in archive.namelist()):
                     return _flatten(_load_torch_zip(archive, name))
-            return read_npz(path, TRACKER_LIMITS, text=True)
+            budget = _budget()
+            arrays = read_npz(path, replace(TRACKER_LIMITS, max_bytes=budget.left), text=True)
+            budget.charge(sum(v.nbytes for v in arrays.values()), name)
+            return arrays
         if head.startswith(b"\x93NUMPY"):
             return _read_npy(path)
         if head[:1] == b"\x80":
             return _flatten(_load_plain_pickle(path))
         if name.lower().endswith(".txt"):
+            _budget().charge(4 * os.path.getsize(path), name)  # a float64 per two characters at most
             values = np.loadtxt(path, dtype=np.float64, ndmin=1)
             return {os.path.splitext(name)[0]: values.reshape(-1)}
     except TrackerFormatError:
         raise
     except AnimationFormatError as exc:  # read_npz names the member and the limit
-        raise TrackerFormatError(f"{name}: {exc}") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        kind = TrackerTooLarge if isinstance(exc, AnimationTooLarge) else TrackerFormatError
+        raise kind(f"{name}: {exc}") from None
+    except ValueError:  # its text may quote the file's content: never echo it
+        raise TrackerFormatError(f"{name} is not a readable {os.path.splitext(name)[1] or 'tracker'} file of numbers; "
+                                 "save it again") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         detail = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
         raise TrackerFormatError(f"{name} is truncated or not a readable {os.path.splitext(name)[1] or 'tracker'} "
                                  f"file ({detail}); save it again") from None
@@ -889,10 +1029,11 @@ def _stack(per_file: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def _numbered(folder: str, entries: list[str]) -> list[tuple[int, str]]:
-    """``(frame number, name)`` sorted by number; refuses repeated numbers (several faces per frame)."""
+    """``(frame number, name)`` sorted by number, within the frame limit; refuses repeated
+    numbers (several faces per frame)."""
     numbered = sorted((n, e) for e in entries if (n := frame_number(e)) is not None)
-    numbers = [n for n, _ in numbered]
-    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    _budget().frames(len(numbered), os.path.basename(folder) or "the folder")
+    repeated = sorted(n for n, count in Counter(n for n, _ in numbered).items() if count > 1)
     if repeated:
         names = [e for n, e in numbered if n == repeated[0]]
         raise TrackerFormatError(f"{folder} holds several files for frame {repeated[0]} ({names}): several faces "
@@ -900,8 +1041,53 @@ def _numbered(folder: str, entries: list[str]) -> list[tuple[int, str]]:
     return numbered
 
 
+def _declared_bytes(path: str) -> int:
+    """What reading ``path`` allocates at least: the sizes an ``.npz`` or ``.npy`` declares in its
+    headers (read without decompressing), else the file's own size; a folder's files are priced
+    together before any of them is read."""
+    if os.path.isdir(path):
+        return sum(_declared_bytes(os.path.join(path, name)) for name in os.listdir(path) if name.endswith(".npy"))
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if head.startswith(b"\x93NUMPY"):
+                handle.seek(0)
+                version = np.lib.format.read_magic(handle)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)(handle)
+                return math.prod(shape) * dtype.itemsize
+        if head.startswith(b"PK") and not _is_torch_zip(path):
+            budget = _budget()
+            return declared_npz_bytes(path, replace(TRACKER_LIMITS, max_bytes=budget.left + 1), text=True)
+    except AnimationFormatError as exc:
+        kind = TrackerTooLarge if isinstance(exc, AnimationTooLarge) else TrackerFormatError
+        raise kind(f"{os.path.basename(path)}: {exc}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile):
+        pass  # read_file_arrays names what is wrong with it
+    return os.path.getsize(path)
+
+
+def _is_torch_zip(path: str) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("data.pkl") for n in archive.namelist())
+
+
+def _price(paths: list[str], what: str) -> None:
+    """Charge the declared bytes of ``paths`` before reading them (a folder of frames that each
+    declare a large array is refused from its headers, not after decompressing them)."""
+    budget = _budget()
+    total = 0
+    for path in paths:
+        total += _declared_bytes(path)
+        if total > budget.left:
+            break
+    budget.charge(total, what)
+    budget.left += total  # read again, as each file is read
+
+
 def _read_frames(folder: str, names: list[tuple[int, str]], read: Callable[[str], dict[str, Any]],
                  fps: float | None, layout: str) -> TrackerImport:
+    _price([os.path.join(folder, name) for _, name in names], f"the {len(names)} frames of the folder")
     per_file = [(name, read(os.path.join(folder, name))) for _, name in names]
     arrays = _stack(per_file)
     result = _import_arrays(os.path.basename(folder.rstrip(os.sep)) or folder, arrays, layout, fps)
@@ -940,6 +1126,7 @@ def _read_emoca_codes(folder: str) -> dict[str, Any]:
 
 def transforms_views(path: str) -> dict[int, list[dict[str, Any]]]:
     """The frames of a VHAP export's ``transforms.json`` by ``camera_index``, each view ordered by timestep."""
+    _budget().charge(16 * os.path.getsize(path), "transforms.json")  # parsed JSON takes ~16 bytes a character
     try:
         with open(path, encoding="utf-8") as handle:
             frames = json.load(handle)["frames"]
@@ -973,16 +1160,17 @@ def _opengl_c2w_to_opencv(matrix: Any, name: str) -> tuple[np.ndarray, np.ndarra
 def _read_vhap_export(root: str, fps: float | None, camera_index: int | None) -> TrackerImport:
     """VHAP's NeRF-style export (GaussianAvatars' input, NeRSemble's published layout)."""
     rows, note = _transforms_camera(os.path.join(root, "transforms.json"), camera_index)
+    _budget().frames(len(rows), "transforms.json")
     per_file, K, R, t, sizes, numbers = [], [], [], [], set(), []
     for row in rows:
         name = row.get("flame_param_path")
         if not name:
             raise TrackerFormatError("transforms.json frames lack 'flame_param_path': export with VHAP's "
                                      "--mode param (or pass the flame_param folder)")
-        path = os.path.normpath(os.path.join(root, name))
+        path = member_path(root, name)
         if not os.path.isfile(path):
             raise TrackerFormatError(f"transforms.json names {name}, which is missing: the export is incomplete")
-        per_file.append((name, read_file_arrays(path)))
+        per_file.append((name, path))
         rotation, translation = _opengl_c2w_to_opencv(row.get("transform_matrix"), name)
         try:  # VHAP renders with y up and flips rows, so its principal row from the top is h - cy
             K.append([[row["fl_x"], 0.0, row["cx"]], [0.0, row["fl_y"], row["h"] - row["cy"]], [0.0, 0.0, 1.0]])
@@ -993,10 +1181,11 @@ def _read_vhap_export(root: str, fps: float | None, camera_index: int | None) ->
         t.append(translation)
         numbers.append(int(row["timestep_index"]))
     if not per_file:
-        raise TrackerFormatError(f"{root}/transforms.json lists no frames")
+        raise TrackerFormatError("transforms.json lists no frames")
     if len(sizes) != 1:
         raise TrackerFormatError(f"the chosen view changes image size between frames ({sorted(sizes)})")
-    arrays = _stack(per_file)
+    _price([path for _, path in per_file], f"the {len(per_file)} frames transforms.json names")
+    arrays = _stack([(name, read_file_arrays(path)) for name, path in per_file])
     tool = next(t for t in _TRACKERS if t.id == "gaussian-avatars")
     report = TrackerReport(TOOLS["vhap-export"][0], TOOLS["vhap-export"][1],
                            f"transforms.json + {len(per_file)} per-frame files")
@@ -1039,7 +1228,7 @@ def _read_folder(folder: str, fps: float | None, camera_index: int | None, face:
     tracked = sorted((e for e in entries if e.startswith("tracked_flame_params") and e.endswith(".npz")),
                      key=lambda e: frame_number(e.replace("tracked_flame_params", "")) or -1)
     if tracked:
-        return read_tracker(os.path.join(folder, tracked[-1]), fps=fps)
+        return _read_tracker(os.path.join(folder, tracked[-1]), fps, None, True)
     files = [e for e in entries if e.lower().endswith(_EXTENSIONS) and os.path.isfile(os.path.join(folder, e))]
     names = _numbered(folder, files)
     if not names:
@@ -1093,14 +1282,20 @@ def _sequence_folder(path: str) -> str | None:
 # ============================================================================ entry points
 
 def read_tracker(path: str | os.PathLike, *, fps: float | None = None, camera_index: int | None = None,
-                 whole_sequence: bool = True) -> TrackerImport:
+                 whole_sequence: bool = True, limits: ReadLimits = TRACKER_LIMITS) -> TrackerImport:
     """A tracker file or folder as a clip plus its report.
 
     ``fps``: the source frame rate when the user knows it (tracker files carry none).
     ``camera_index``: which view of a multi-view export to import (default: the first).
     ``whole_sequence``: a numbered per-frame file (``00012.frame``) imports its whole folder.
+    ``limits``: what the whole read may allocate (``max_bytes``, checked against declared sizes
+    before allocating) and how many frames it may hold (the server passes its own).
     """
-    path = os.fspath(path)
+    with read_budget(limits):
+        return _read_tracker(os.fspath(path), fps, camera_index, whole_sequence)
+
+
+def _read_tracker(path: str, fps: float | None, camera_index: int | None, whole_sequence: bool) -> TrackerImport:
     if fps is not None and not (np.isfinite(fps) and fps > 0):
         raise TrackerFormatError(f"source fps must be a positive number, got {fps!r}")
     if os.path.isdir(path):

@@ -10,6 +10,7 @@ check the server against it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from typing import Any, AsyncIterator, Collection, Mapping
@@ -31,6 +32,8 @@ from flamediff.server.service import JobService
 from flamediff.server.tracking import TrackingTasks, tracking_router
 
 log = logging.getLogger("flamediff.server")
+#: The errors that mean the disk is full (507); any other OSError is the server's fault (500).
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class ErrorBody(BaseModel):
@@ -168,8 +171,11 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
     @app.exception_handler(OSError)
     async def disk(_: Request, exc: OSError) -> JSONResponse:
         log.error("storage error: %s", exc)
-        return _error(507, f"the server could not store or read a job file ({exc.strerror or type(exc).__name__})",
-                      "free disk space on the server (its jobs folder), then submit again")
+        if exc.errno in DISK_FULL:
+            return _error(507, "the server's disk is full", "free disk space on the server (its jobs folder), "
+                          "then submit again")
+        return _error(500, f"the server could not store or read a file ({exc.strerror or type(exc).__name__})",
+                      "see the server's log; this is a fault of the server, not of the request")
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:

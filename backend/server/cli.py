@@ -89,6 +89,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--max-animation-mb", type=_positive, default=limits.animation.max_bytes >> 20, metavar="MB",
                        help="decompressed size an animation file may have, checked from its array headers "
                             f"before reading (default {limits.animation.max_bytes >> 20})")
+    serve.add_argument("--max-folder-frames", type=_positive, default=limits.max_folder_frames, metavar="N",
+                       help="frames a zipped per-frame tracker folder may hold, counted from its member list "
+                            f"before reading (default {limits.max_folder_frames})")
     _common(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -127,7 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token_file = os.path.abspath(os.path.expanduser(args.token_file or default_token_file()))
     token = write_token_file(token_file)
     limits = InputLimits(args.max_frames_per_job, ReadLimits(max_bytes=args.max_animation_mb << 20,
-                                                             max_frames=args.max_frames_per_file))
+                                                             max_frames=args.max_frames_per_file),
+                         max_folder_frames=args.max_folder_frames)
     service = build_service(jobs_dir, _models_dir(args.models_dir), device, args.flame_asset,
                             render_in=args.render_in, precision=args.precision, limits=limits,
                             allow_paths=[os.path.abspath(os.path.expanduser(p)) for p in args.allow_path])

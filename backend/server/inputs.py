@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -52,6 +53,9 @@ class InputLimits:
 
     max_frames_per_job: int = 10_000
     animation: ReadLimits = ReadLimits(max_bytes=256 * 1024 * 1024, max_frames=100_000)
+    #: Frames (one file or folder each) a zipped per-frame tracker folder may hold, counted from
+    #: its member list: every one is read before the server answers.
+    max_folder_frames: int = 10_000
 
 
 def parse_json(text: str | bytes, what: str) -> Any:
@@ -313,57 +317,61 @@ def read_animation(data: bytes, limits: InputLimits = InputLimits()) -> tuple[An
     return clip, [str(w.message) for w in caught]
 
 
-def _upload_suffix(data: bytes, max_bytes: int) -> str | None:
+def _upload_suffix(data: bytes, max_bytes: int) -> tuple[str | None, "zipfile.ZipFile | None"]:
     """The file extension a tracker's upload had, told from its first bytes (uploads have no
     trustworthy name): torch zip, zipped tracker folder (.zip), other zip (npz), .npy, pickle, or
-    None for a flamediff npz.
+    None for a flamediff npz; and the opened zip, for a zipped folder (its member list is parsed once).
     A zip whose members declare more than ``max_bytes`` in all is refused before anything is
     decompressed (zipfile never reads past a member's declared size)."""
     if data.startswith(b"PK"):
-        import zipfile
-
         from flamediff.server.tracker_archive import is_folder_archive
 
         try:
-            members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+            archive = zipfile.ZipFile(io.BytesIO(data))
         except (zipfile.BadZipFile, OSError, ValueError):
-            return None
+            return None, None
+        members = archive.infolist()
         names = [member.filename for member in members]
         if "header.npy" in names:
-            return None                       # flamediff's own animation file
+            return None, None                 # flamediff's own animation file
         if sum(member.file_size for member in members) > max_bytes:
             raise InputError(f"the animation archive unpacks to more than {max_bytes // 2 ** 20} MiB",
                              "send a shorter clip (serve's --max-animation-mb sets the limit)", 413)
         if is_folder_archive(names):
-            return ".zip"
-        return ".pth" if any(n.endswith("data.pkl") for n in names) else ".npz"
+            return ".zip", archive
+        return (".pth" if any(n.endswith("data.pkl") for n in names) else ".npz"), None
     if data.startswith(b"\x93NUMPY"):
-        return ".npy"
+        return ".npy", None
     if data[:1] == b"\x80":
-        return ".pkl"
-    return None
+        return ".pkl", None
+    return None, None
 
 
-def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits()) -> tuple[bytes, list[str]] | None:
+def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits(),
+                           max_folder_frames: int = InputLimits.max_folder_frames) -> tuple[bytes, list[str]] | None:
     """A tracker's file or zipped per-frame folder (SMIRK / DECA / EMOCA / metrical-tracker / VHAP /
     GaussianAvatars ... read by :mod:`flamediff.formats.trackers`, never executing pickled code)
     converted to a flamediff animation file, with notes on what was mapped, dropped and assumed;
     None when ``data`` is not one (a flamediff file goes to :func:`read_animation` as it is)."""
-    from flamediff.formats.trackers import TrackerFormatError, read_tracker, with_default_camera
-    from flamediff.server.tracker_archive import archive_member_limit, unpack_tracker_archive
+    from flamediff.formats.trackers import TrackerFormatError, TrackerTooLarge, read_tracker, with_default_camera
+    from flamediff.server.tracker_archive import unpack_tracker_archive
 
-    suffix = _upload_suffix(data, limits.max_bytes)
+    suffix, archive = _upload_suffix(data, limits.max_bytes)
     if suffix is None:
         return None
     with tempfile.TemporaryDirectory(prefix="flamediff-tracker-") as folder:
         path = os.path.join(folder, "upload" + suffix)
-        if suffix == ".zip":
-            path = unpack_tracker_archive(data, path, archive_member_limit(limits.max_frames))
+        if archive is not None:
+            path = unpack_tracker_archive(archive, path, min(max_folder_frames, limits.max_frames))
         else:
             with open(path, "wb") as handle:
                 handle.write(data)
         try:
-            imported = read_tracker(path, whole_sequence=False)
+            imported = read_tracker(path, whole_sequence=False, limits=limits)
+        except TrackerTooLarge as exc:
+            raise InputError(f"tracker {'folder' if suffix == '.zip' else 'file'} too large: {_without(path, exc)}",
+                             "send a shorter clip, or only the tracker's parameter files (serve's "
+                             "--max-animation-mb and --max-frames-per-file set the limits)", 413) from None
         except TrackerFormatError as exc:
             if suffix == ".npz":
                 return None                   # not a tracker's npz: read_animation names what is wrong
@@ -387,8 +395,9 @@ def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits()) -> tu
 
 
 def _without(path: str, exc: Exception) -> str:
-    """An error message without the server's temp path."""
-    return str(exc).replace(path, "the upload").replace("animation.npz: ", "")
+    """An error message without the server's temp paths (``path`` and the temp folder it is in)."""
+    text = str(exc).replace(path, "the upload").replace("animation.npz: ", "")
+    return text.replace(os.path.dirname(path) + os.sep, "").replace(tempfile.gettempdir(), "the upload")
 
 
 @dataclass

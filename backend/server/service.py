@@ -29,7 +29,7 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
     """Every check a job needs before it is accepted; raises :class:`InputError`."""
     settings = parse_settings(settings_data, limits.max_frames_per_job)
     reference_image, reference_ext = read_reference_image(reference)
-    converted = convert_tracker_upload(animation, limits.animation)
+    converted = convert_tracker_upload(animation, limits.animation, limits.max_folder_frames)
     tracker_notes: list[str] = []
     if converted is not None:   # the job stores (and its worker reads) the converted flamediff file
         animation, tracker_notes = converted
