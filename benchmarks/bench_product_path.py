@@ -60,7 +60,7 @@ def time_pipeline(pipeline, reference: bytes, animation: bytes, settings: dict, 
     from flamediff.server.inputs import parse_settings, read_animation, read_reference_image
     from flamediff.server.worker import pipeline_settings
 
-    image, _ = read_reference_image(reference)
+    image = read_reference_image(reference).pixels
     clip, _ = read_animation(animation)
     job_settings = parse_settings(settings)
     render_settings = pipeline_settings(job_settings, pipeline.resolved_steps(job_settings.steps),

@@ -12,7 +12,8 @@ from .. import animation_io, assets, local_backend, render_job, render_scene
 from ..backend_client import BackendError
 from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
-from ..formats.protocol import PROTOCOL_VERSION
+from ..formats.images import ImageFormatError, check_image_file
+from ..formats.protocol import PROTOCOL_VERSION, REFERENCE_FORMATS
 from ..preferences import backend_settings, make_client, unsaved_output_root
 from ..render_scene import setting_property
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
@@ -89,6 +90,10 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
         if not reference or not os.path.isfile(reference):
             return _report_error(self, scene, f"no reference image at '{reference}'" if reference
                                  else "no reference image", "choose a portrait (PNG/JPEG) in the Render panel")
+        try:   # the backend's own rule, so a file it would refuse is named before anything is exported
+            check_image_file(reference, "the reference image", REFERENCE_FORMATS)
+        except (ImageFormatError, OSError) as exc:
+            return _report_error(self, scene, str(exc), "choose a PNG, JPEG or WebP portrait in the Render panel")
         if scene.camera is None or scene.camera.type != "CAMERA":
             return _report_error(self, scene, "the scene has no camera", "add a camera and make it the scene camera")
         try:

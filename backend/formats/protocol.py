@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .paths import cache_dir, default_token_file
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "FRAMINGS", "JOB_SETTINGS", "PROTOCOL_VERSION", "SHAPE_SOURCES", "Setting",
+__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "FRAMINGS", "JOB_SETTINGS", "PROTOCOL_VERSION", "REFERENCE_FORMATS", "SHAPE_SOURCES", "Setting",
            "cache_dir", "default_token_file", "frame_file", "is_loopback_host", "is_loopback_url", "setting"]
 
 #: Bumped when a route or a field of the HTTP protocol changes meaning; client and server compare it.
@@ -23,6 +23,9 @@ DEFAULT_PORT = 8765
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 #: A rendered frame's file name, by Blender frame number (job folders, the add-on's output folder).
 FRAME_FILE = "frame_{:04d}.png"
+#: The reference image formats a render job takes (the header names of formats.images); the
+#: server refuses others (415) and the add-on checks a reference against the same list.
+REFERENCE_FORMATS = ("PNG", "JPEG", "WEBP")
 
 Value = bool | int | float | str | None
 

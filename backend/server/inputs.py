@@ -17,8 +17,6 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import numpy as np
-from numpy.typing import NDArray
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
@@ -26,14 +24,9 @@ from pydantic_core import PydanticCustomError
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import (FRAME_RANGE, AnimationClip, AnimationFormatError, AnimationTooLarge,
                                        ReadLimits, load_animation, save_animation)
-from flamediff.formats.protocol import JOB_SETTINGS, setting
+from flamediff.formats.images import DecodedImage, ImageFormatError, decode_image
+from flamediff.formats.protocol import JOB_SETTINGS, REFERENCE_FORMATS, setting
 
-#: Largest reference image accepted, checked from the header before any pixel is decoded
-#: (a 20 kB PNG can claim 50 000 x 50 000 pixels and eat gigabytes when decoded).
-MAX_IMAGE_PIXELS = 4096 * 4096
-MAX_IMAGE_SIDE = 8192
-#: Exactly the formats the protocol promises; anything else is 415 (Pillow never parses it).
-IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 #: Deepest JSON accepted in a request (settings need 3 levels).
 MAX_JSON_DEPTH = 16
 
@@ -254,39 +247,26 @@ def parse_settings(data: Any, max_frames: int = InputLimits.max_frames_per_job) 
     raise InputError(error, advice, 422) from None
 
 
-def read_reference_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[NDArray[np.uint8], str]:
-    """Decode ``data`` to ``[H, W, 3]`` uint8, checking its format and size from the header first.
-
-    Returns the array and the file extension of its format.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise InputError("the reference image is empty", "send a PNG or JPEG portrait", 400)
+def read_reference_image(data: bytes) -> DecodedImage:
+    """The reference through the one image reader (:func:`flamediff.formats.images.decode_image`):
+    upright, 8-bit RGB, large photos downsized with a note; refusals become :class:`InputError`."""
     try:
-        image = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))  # reads the header only
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"the reference image is not a PNG, JPEG or WebP file ({exc.__class__.__name__})",
-                         "send a PNG, JPEG or WebP file", 415) from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"the reference image claims too many pixels ({exc})", "send an image of at most "
-                         f"{max_pixels} pixels ({MAX_IMAGE_SIDE} px per side)", 413) from None
-    width, height = image.size
-    if width * height > max_pixels or max(width, height) > MAX_IMAGE_SIDE:
-        raise InputError(f"the reference image is {width}x{height} pixels, more than the limit of "
-                         f"{max_pixels} pixels ({MAX_IMAGE_SIDE} px per side)",
-                         "scale it down: the model crops a centre square and resizes it anyway", 413)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-            array = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except Exception as exc:  # truncated or corrupt pixel data: Pillow raises many types
-        raise InputError(f"the reference image could not be decoded ({exc.__class__.__name__}: {exc})",
-                         "the file is truncated or corrupt; export it again", 422) from None
-    if min(array.shape[:2]) < 1:
-        raise InputError("the reference image has no pixels", "send a portrait", 422)
-    return array, IMAGE_FORMATS[str(image.format)]
+        return decode_image(data, "the reference image", accept=REFERENCE_FORMATS)
+    except ImageFormatError as exc:
+        raise image_input_error(exc) from None
+
+
+#: HTTP status and advice for each kind of :class:`ImageFormatError`.
+_IMAGE_REFUSALS = {"empty": (400, "send a PNG or JPEG portrait"),
+                   "format": (415, "send a PNG, JPEG or WebP file"),
+                   "too_large": (413, "scale it down: the model crops a centre square and resizes it anyway"),
+                   "corrupt": (422, "the file is truncated or corrupt; export it again")}
+
+
+def image_input_error(exc: ImageFormatError) -> InputError:
+    """The :class:`InputError` of an image the reader refused."""
+    status, advice = _IMAGE_REFUSALS[exc.kind]
+    return InputError(str(exc), advice, status)
 
 
 def read_animation(data: bytes, limits: InputLimits = InputLimits()) -> tuple[AnimationClip, list[str]]:

@@ -28,7 +28,8 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
                   registry: CheckpointRegistry, renderer: Renderer, limits: InputLimits = InputLimits()) -> CheckedInputs:
     """Every check a job needs before it is accepted; raises :class:`InputError`."""
     settings = parse_settings(settings_data, limits.max_frames_per_job)
-    reference_image, reference_ext = read_reference_image(reference)
+    decoded = read_reference_image(reference)
+    reference_ext = decoded.extension
     converted = convert_tracker_upload(animation, limits.animation, limits.max_folder_frames)
     tracker_notes: list[str] = []
     if converted is not None:   # the job stores (and its worker reads) the converted flamediff file
@@ -73,7 +74,8 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
         settings.reference_shape = fitted   # part of the job's identity, like a shape the client sends
     checkpoint_dict = checkpoint.to_dict()
     digest = request_hash(reference, animation, settings, checkpoint_dict, frames)
-    notes = [f"animation: {w}" for w in warnings] + reference_notes(reference_image.shape[:2], checkpoint)
+    notes = ([f"animation: {w}" for w in warnings] + [f"reference: {note}" for note in decoded.notes]
+             + reference_notes(decoded.pixels.shape[:2], checkpoint))
     if fitted is not None:
         notes.append("reference: the identity shape was fitted to the reference photo (as flamediff track does)")
     return CheckedInputs(reference=reference, reference_ext=reference_ext, animation=animation, settings=settings,

@@ -249,7 +249,7 @@ def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", rend
 
     manifest = job.read()
     with open(job.input_path(manifest["reference"]), "rb") as handle:
-        reference, _ = read_reference_image(handle.read())
+        reference = read_reference_image(handle.read()).pixels
     missing = set(job.missing_frames())
     reference_shape = np.asarray(settings.reference_shape) if settings.reference_shape else None
 

@@ -59,6 +59,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         overlay = f"{stem}_overlay{'.png' if footage.kind == 'image' else '.mp4'}"
         write_overlay(tracked, asset, overlay, progress)
     write_report(tracked, f"{stem}_track.json")
+    for note in footage.notes:
+        print(f"flamediff track: {note}")
     missing = tracked.missing_frames
     if missing:
         print(f"flamediff track: no face found in {len(missing)} of {footage.count} frames ({_ranges(missing)}): "

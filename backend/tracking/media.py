@@ -1,7 +1,9 @@
 """Reading the tracker's input (a photo, a video or a folder of frames) and writing its overlay.
 
 Videos are decoded (and the overlay video encoded) with PyAV, FFmpeg's Python binding; photos
-with Pillow. Frames are RGB ``uint8`` arrays ``[H, W, 3]``. A video is decoded twice (landmarks,
+and folder frames with the one image reader (:func:`flamediff.formats.images.decode_image`:
+upright by EXIF orientation, 16-bit and grey read right, large photos downsized, the one
+decode-safety limit). Frames are RGB ``uint8`` arrays ``[H, W, 3]``. A video is decoded twice (landmarks,
 then overlay) instead of being held in memory.
 """
 
@@ -13,8 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from flamediff.formats.images import (ImageFormatError, ImageHeader, check_image_file, decode_image, reading_notes,
+                                      working_size)
 from flamediff.tracking.landmarks import INSTALL_HINT, TrackingError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -24,7 +28,8 @@ HINT = "give a photo (.png/.jpg), a video (.mp4/.mov/.mkv/.avi/.webm) or a folde
 
 @dataclass
 class Footage:
-    """What ``flamediff track`` reads: its kind, frame count, frame rate and size ``(W, H)``."""
+    """What ``flamediff track`` reads: its kind, frame count, frame rate and size ``(W, H)`` (of the
+    frames as read: upright, downsized); ``notes`` say what reading a photo changed."""
 
     path: str
     kind: str              # "image", "video" or "folder"
@@ -32,6 +37,7 @@ class Footage:
     fps: float
     size: tuple[int, int]
     files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame in order (decoded again on each call)."""
@@ -42,16 +48,37 @@ class Footage:
                 yield _read_image(path, self.size)
 
 
-def _read_image(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
+def _read_image(path: str, size: tuple[int, int]) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            frame = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TrackingError(f"{path} could not be read as an image ({exc}); {HINT}") from None
-    if size is not None and (frame.shape[1], frame.shape[0]) != size:
+        with open(path, "rb") as handle:
+            frame = decode_image(handle.read(), path).pixels
+    except ImageFormatError as exc:
+        raise TrackingError(f"{exc}; {HINT}") from None
+    except OSError as exc:
+        raise TrackingError(f"{path} could not be read ({exc.strerror or exc}); {HINT}") from None
+    if (frame.shape[1], frame.shape[0]) != size:
         raise TrackingError(f"{path} is {frame.shape[1]}x{frame.shape[0]} but the folder's first frame is "
                             f"{size[0]}x{size[1]}; give frames of one size")
     return frame
+
+
+def _header(path: str) -> ImageHeader:
+    """The image header of ``path``, checked for a safe decode; a file that is no image raises
+    ImageFormatError (kind 'format': perhaps a video), any other refusal TrackingError."""
+    try:
+        return check_image_file(path)
+    except ImageFormatError as exc:
+        if exc.kind == "format":
+            raise
+        raise TrackingError(f"{exc}; {HINT}") from None
+    except OSError as exc:
+        raise TrackingError(f"{path} could not be read ({exc.strerror or exc}); {HINT}") from None
+
+
+def _photo_footage(path: str, kind: str, files: tuple[str, ...], fps: float, header: ImageHeader) -> Footage:
+    notes = tuple(f"{os.path.basename(files[0])}: {note}" for note in reading_notes(header))
+    return Footage(path=path, kind=kind, count=len(files), fps=fps, size=working_size(header), files=files,
+                   notes=notes)
 
 
 def _frame_number(name: str) -> tuple[int, str]:
@@ -90,24 +117,25 @@ def _open_video(path: str) -> Footage:
 
 
 def open_footage(path: str, fps: float | None = None) -> Footage:
-    """Classify and open ``path``: a folder of frames, a photo (Pillow reads it) or a video."""
+    """Classify and open ``path``: a folder of frames, a photo (the image reader's header) or a video."""
     if os.path.isdir(path):
         files = sorted((os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES)),
                        key=lambda p: _frame_number(os.path.basename(p)))
         if not files:
             raise TrackingError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}); {HINT}")
-        first = _read_image(files[0])
-        return Footage(path=path, kind="folder", count=len(files), fps=fps or DEFAULT_FOLDER_FPS,
-                       size=(first.shape[1], first.shape[0]), files=tuple(files))
+        try:
+            header = _header(files[0])
+        except ImageFormatError as exc:
+            raise TrackingError(f"{exc}; {HINT}") from None
+        return _photo_footage(path, "folder", tuple(files), fps or DEFAULT_FOLDER_FPS, header)
     if not os.path.isfile(path):
         raise TrackingError(f"{path} does not exist; {HINT}")
     try:
-        with Image.open(path) as image:
-            size = image.size
-        return Footage(path=path, kind="image", count=1, fps=fps or DEFAULT_FOLDER_FPS, size=size, files=(path,))
-    except (UnidentifiedImageError, OSError):
+        header = _header(path)
+    except ImageFormatError:
         footage = _open_video(path)
         return footage if fps is None else Footage(**{**vars(footage), "fps": fps})
+    return _photo_footage(path, "image", (path,), fps or DEFAULT_FOLDER_FPS, header)
 
 
 def draw_overlay(frame: np.ndarray, pixels: np.ndarray, faces: np.ndarray, camera_points: np.ndarray,

@@ -117,7 +117,7 @@ def write_report(tracked: Tracked, path: str) -> None:
     report = {
         "input": tracked.footage.path, "kind": tracked.footage.kind, "frames": tracked.footage.count,
         "fps": tracked.footage.fps, "image_size": list(tracked.footage.size), "embedding": tracked.fit.embedding_kind,
-        "mean_landmark_error_px": float(error[found].mean()), "frames_without_face": tracked.missing_frames,
+        "notes": list(tracked.footage.notes), "mean_landmark_error_px": float(error[found].mean()), "frames_without_face": tracked.missing_frames,
         "seconds": {name: round(value, 3) for name, value in tracked.seconds.items()},
         "focal_px": float(tracked.fit.K[0, 0]),
         "per_frame": [{"frame": int(frame), "landmark_error_px": None if np.isnan(value) else round(float(value), 3)}
