@@ -27,11 +27,13 @@ from flamediff import __version__
 from flamediff.formats.protocol import PROTOCOL_VERSION, is_loopback_host
 from flamediff.server.inputs import InputError, JobSettings, parse_json
 from flamediff.server.jobs import CorruptManifest
-from flamediff.server.security import MAX_BODY_BYTES, BodyTooLarge, GuardMiddleware
+from flamediff.server.security import MAX_BODY_BYTES, BodyTimeout, BodyTooLarge, ConnectionLimits, GuardMiddleware
 from flamediff.server.service import JobService
 from flamediff.server.tracking import TrackingTasks, tracking_router
 
 log = logging.getLogger("flamediff.server")
+#: Largest JSON body (``POST /v1/jobs`` with local paths); it is parsed in a worker thread.
+MAX_JSON_BYTES = 1024 * 1024
 #: The errors that mean the disk is full (507); any other OSError is the server's fault (500).
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -54,16 +56,17 @@ class LocalJobRequest(BaseModel):
     settings: JobSettings | None = None
 
 
-_ERRORS = {400: "malformed request (bad JSON, too deep, missing field, foreign Host)", 401: "missing or wrong token",
+_ERRORS = {400: "malformed request (bad JSON, too deep, missing field, foreign or malformed Host)",
+           401: "missing or wrong token",
            403: "a local path outside the allowed folders", 404: "unknown job or route, frame not rendered yet",
-           405: "method not allowed (see the Allow header)",
+           405: "method not allowed (see the Allow header)", 408: "the request body took too long to arrive",
            409: "FLAME asset mismatch, or a folder holding a different job",
            413: "too large: body, image pixels, animation data or frames", 415: "content type or image format",
            422: "invalid input: animation, image, setting or checkpoint", 507: "the server's disk is full"}
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in (400, 401, 405, *codes)}
+    return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in (400, 401, 405, 408, *codes)}
 
 
 def _png_responses() -> dict[int | str, dict[str, Any]]:
@@ -93,7 +96,7 @@ async def _read_submission(request: Request, service: JobService) -> tuple[bytes
             raise InputError("the 'settings' field is a file", "send settings as a plain form field holding JSON", 400)
         return files["reference"], files["animation"], parse_json(raw, "settings")
     if content_type.startswith("application/json"):
-        body = parse_json(await request.body(), "body")
+        body = await run_in_threadpool(parse_json, await _json_body(request), "body")
         if not isinstance(body, dict):
             raise InputError("the JSON body must be an object", "send {reference_path, animation_path, settings}", 400)
         extra = sorted(set(body) - set(LocalJobRequest.model_fields))
@@ -106,6 +109,22 @@ async def _read_submission(request: Request, service: JobService) -> tuple[bytes
         return reference, animation, body.get("settings")
     raise InputError(f"unsupported content type {content_type[:100] or '(none)'!r}",
                      "send multipart/form-data (upload) or application/json (local paths)", 415)
+
+
+async def _json_body(request: Request) -> bytes:
+    """A JSON body of at most :data:`MAX_JSON_BYTES` (paths and settings need a few kB), refused
+    from its Content-Length or as soon as it grows past that, never read whole first."""
+    too_large = InputError(f"the JSON body is larger than {MAX_JSON_BYTES >> 10} KiB",
+                           "send paths and settings only; upload files as multipart/form-data", 413)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_JSON_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise too_large
+    return bytes(body)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -133,10 +152,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_BYTES,
-               start_worker: bool = True, allowed_hosts: Collection[str] | None = None) -> FastAPI:
+               start_worker: bool = True, allowed_hosts: Collection[str] | None = None,
+               body_timeout: float = ConnectionLimits.body_timeout) -> FastAPI:
     """The app; with ``start_worker`` its lifespan starts the worker and resumes unfinished jobs.
     ``allowed_hosts``: the Host names accepted (``serve`` passes the loopback names on a loopback
-    bind); None accepts any."""
+    bind); None accepts any host[:port]."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -176,6 +196,12 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
                           "then submit again")
         return _error(500, f"the server could not store or read a file ({exc.strerror or type(exc).__name__})",
                       "see the server's log; this is a fault of the server, not of the request")
+
+    @app.exception_handler(BodyTimeout)
+    async def too_slow(_: Request, exc: BodyTimeout) -> JSONResponse:
+        return _error(408, f"the request body did not arrive within {body_timeout:g} s",
+                      "send the request again on a faster connection (serve's --body-timeout sets the limit)",
+                      {"connection": "close"})
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -246,5 +272,6 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
     tracks = os.path.join(os.path.dirname(service.store.root), "tracks")  # beside the jobs, never listed as one
     app.include_router(tracking_router(TrackingTasks(tracks, getattr(service.renderer, "flame_asset", None)),
                                        _responses(400, 404, 409, 413, 415, 422)))
-    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts)
+    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts,
+                       body_timeout=body_timeout)
     return app

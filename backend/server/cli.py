@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from flamediff.assets import cache_dir
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import ReadLimits
 from flamediff.formats.protocol import DEFAULT_PORT, setting
 from flamediff.server.inputs import InputLimits
+from flamediff.server.security import ConnectionLimits
 from flamediff.server.worker import DEVICES, PRECISIONS, Progress
 
 #: The job settings ``render`` takes as options (``--checkpoint`` and ``--reference-shape`` name files).
@@ -92,6 +93,15 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--max-folder-frames", type=_positive, default=limits.max_folder_frames, metavar="N",
                        help="frames a zipped per-frame tracker folder may hold, counted from its member list "
                             f"before reading (default {limits.max_folder_frames})")
+    connections = ConnectionLimits()
+    serve.add_argument("--header-timeout", type=float, default=connections.header_timeout, metavar="S",
+                       help="seconds a connection may take to send a request's headers before it is closed "
+                            f"(default {connections.header_timeout:g})")
+    serve.add_argument("--body-timeout", type=float, default=connections.body_timeout, metavar="S",
+                       help=f"seconds a request body may take to arrive, else 408 (default {connections.body_timeout:g})")
+    serve.add_argument("--max-connections", type=_positive, default=connections.max_connections, metavar="N",
+                       help="open connections kept; past them the oldest one still sending its headers is closed "
+                            f"(default {connections.max_connections})")
     _common(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -135,14 +145,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     service = build_service(jobs_dir, _models_dir(args.models_dir), device, args.flame_asset,
                             render_in=args.render_in, precision=args.precision, limits=limits,
                             allow_paths=[os.path.abspath(os.path.expanduser(p)) for p in args.allow_path])
-    app = create_app(service, token, allowed_hosts=None if args.allow_remote else loopback_hosts(args.host))
+    connections = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_connections)
+    app = create_app(service, token, allowed_hosts=None if args.allow_remote else loopback_hosts(args.host),
+                     body_timeout=connections.body_timeout)
     print(f"flamediff serve: http://{args.host}:{args.port} (device {device}, precision {args.precision}, "
           f"jobs in {jobs_dir})", flush=True)
     print(f"flamediff serve: token file {token_file} (readable only by you)", flush=True)
     print(f"flamediff serve: local paths {'under ' + ', '.join(args.allow_path) if args.allow_path else 'off'} "
           "(--allow-path)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(app, **server_options(connections), host=args.host, port=args.port)
     return 0
+
+
+def server_options(limits: "ConnectionLimits") -> dict[str, Any]:
+    """``uvicorn.run``/``uvicorn.Config`` keywords of ``serve``: the guarded h11 protocol (header
+    deadline, connection cap), 64 KiB of headers at most, 5 s keep-alive."""
+    from flamediff.server.connections import guarded_protocol
+
+    return {"http": guarded_protocol(limits), "h11_max_incomplete_event_size": 64 * 1024, "timeout_keep_alive": 5,
+            "log_level": "warning", "access_log": False}
 
 
 class ProgressBar:

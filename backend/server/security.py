@@ -9,9 +9,12 @@ refused even before the token is checked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Collection, Iterable, Sequence
 
 from flamediff.server.files import make_private_dir, write_atomic
@@ -23,6 +26,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Largest request body: a reference image plus a long animation fit well within it.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The defaults are documented in PROTOCOL.md and each is an option of ``flamediff serve``."""
+
+    header_timeout: float = 10.0     # seconds to finish a request's headers
+    body_timeout: float = 120.0      # seconds to receive a whole request body
+    max_connections: int = 64        # open connections before the oldest waiting one is dropped
 
 
 def write_token_file(path: str) -> str:
@@ -43,12 +55,16 @@ def loopback_hosts(bound: str) -> frozenset[str]:
     return frozenset({"localhost", "127.0.0.1", "[::1]", bound.lower(), f"[{bound.strip('[]').lower()}]"})
 
 
-def host_name(header: str) -> str:
-    """The Host header without its port: ``[::1]:8765`` -> ``[::1]``, ``localhost:80`` -> ``localhost``."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[: header.find("]") + 1] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+#: A Host header is a host and an optional port, nothing else (RFC 9110 7.2): a name, an IPv4
+#: address or a bracketed IPv6 address. ``127.0.0.1:1@evil.example`` is none of these.
+_HOST = re.compile(r"(\[[0-9a-f:.]{2,45}\]|[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)(?::\d{1,5})?")
+
+
+def host_name(header: str) -> str | None:
+    """The Host header without its port (``[::1]:8765`` -> ``[::1]``, ``localhost:80`` ->
+    ``localhost``), or None when it is not a host and port."""
+    match = _HOST.fullmatch(header.strip().lower())
+    return match.group(1) if match else None
 
 
 class AllowedRoots:
@@ -95,13 +111,18 @@ class BodyTooLarge(Exception):
     """Raised from ``receive`` when a body without (or with a lying) Content-Length grows too big."""
 
 
+class BodyTimeout(Exception):
+    """Raised from ``receive`` when a body takes longer than the body timeout to arrive."""
+
+
 class GuardMiddleware:
-    """Checks the Host (400, when ``allowed_hosts`` is given), the bearer token (401) and the
-    body size (413) before any route runs."""
+    """Checks the Host (400: not a host[:port], or not loopback when ``allowed_hosts`` is given),
+    the bearer token (401), the body size (413) and the body's arrival time (408) before and while
+    any route runs."""
 
     def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = MAX_BODY_BYTES,
-                 allowed_hosts: Collection[str] | None = None) -> None:
-        self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
+                 allowed_hosts: Collection[str] | None = None, body_timeout: float = 120.0) -> None:
+        self.app, self.token, self.max_body_bytes, self.body_timeout = app, token, max_body_bytes, body_timeout
         self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,7 +130,12 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-        if self.allowed_hosts is not None and host_name(headers.get("host", "")) not in self.allowed_hosts:
+        host = host_name(headers.get("host", ""))
+        if host is None:
+            await _json(send, 400, {"error": f"the Host header {headers.get('host', '')[:100]!r} is not a host[:port]",
+                                    "advice": "send 'Host: 127.0.0.1:<port>' (HTTP clients do this themselves)"})
+            return
+        if self.allowed_hosts is not None and host not in self.allowed_hosts:
             await _json(send, 400, {"error": f"Host {headers.get('host', '')[:100]!r} is not this loopback server",
                                     "advice": "connect to http://127.0.0.1:<port> (or localhost); a server for other "
                                               "machines runs with --allow-remote"})
@@ -126,10 +152,14 @@ class GuardMiddleware:
                                     "advice": "send a smaller reference image or animation, or a local path"})
             return
         seen = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def limited_receive() -> dict[str, Any]:
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                raise BodyTimeout() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
