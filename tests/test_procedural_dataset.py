@@ -269,3 +269,27 @@ def test_cli_registers_and_runs(tmp_path, head_folder, head_asset, monkeypatch):
     assert args.func(args) == 0
     index = read_dataset(out)
     assert len(index) == 6 and index.resolution == 16
+
+
+def test_identity_lighting_keeps_geometry_and_shares_one_light(head_asset):
+    from flamediff.data import procedural as P
+    from flamediff.data.dataset import DatasetError
+    from flamediff.data.procedural.generate import plan_dataset
+
+    regions = P.ProceduralRenderer(head_asset).regions
+    args = (4, 3, 2, 5, 32, 7)
+    frame, identity = (plan_dataset(regions, *args, lighting=mode) for mode in ("frame", "identity"))
+    assert np.array_equal(frame.identity, identity.identity)
+    for a, b in zip(frame.specs, identity.specs):
+        for name in ("expression", "pose", "K", "R", "t", "label", "noise_seed"):   # the same frames' geometry
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert np.ptp(a.ambient) > 0.01 and np.ptp(a.light, axis=0).max() > 0.05   # per frame: varies
+        for name in ("light", "light_colour", "ambient", "diffuse", "specular"):    # per identity: one light
+            assert np.ptp(getattr(b, name), axis=0).max() == 0.0, name
+    lights = np.stack([b.light[0] for b in identity.specs])
+    assert np.ptp(lights, axis=0).max() > 0.05                                        # drawn per identity
+    assert np.allclose(np.linalg.norm(lights, axis=1), 1.0)
+    subset = plan_dataset(regions, *args, persons=[2], lighting="identity")           # a subset: the same light
+    assert np.array_equal(subset.specs[0].light, identity.specs[2].light)
+    with pytest.raises(DatasetError, match="lighting must be one of"):
+        plan_dataset(regions, *args, lighting="studio")

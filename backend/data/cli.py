@@ -9,6 +9,7 @@ import numpy as np
 
 from flamediff.data.importing import add_import_command
 from flamediff.data.procedural import DESCRIPTION, generate_procedural_dataset
+from flamediff.data.procedural.scene import LIGHTINGS
 from flamediff.data.splits import read_splits
 
 
@@ -31,7 +32,7 @@ def cmd_procedural(args: argparse.Namespace) -> int:
                                         frames_per_sequence=args.frames_per_sequence, resolution=args.resolution,
                                         seed=args.seed, heldout_fraction=args.heldout_fraction, asset=asset,
                                         progress=progress, threads=args.threads or None, workers=args.workers,
-                                        only_split=args.only_split)
+                                        only_split=args.only_split, lighting=args.lighting)
     splits = read_splits(args.out)
     elapsed = time.perf_counter() - start
     print(f"wrote {len(index)} frames ({int((index.label == 1).sum())} synthetic, {int((index.label == 0).sum())} real) "
@@ -60,6 +61,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     procedural.add_argument("--only-split", choices=("train", "heldout"), default=None,
                             help="render only this split's identities (their samples are the same as in the "
                                  "whole dataset): e.g. the held-out set for evaluation")
+    procedural.add_argument("--lighting", choices=LIGHTINGS, default="frame",
+                            help="frame (default): a light drawn per synthetic frame and per clip, drifting; "
+                                 "identity: one light per identity, fixed to the head, so the reference shows "
+                                 "the lighting its frames are rendered with")
     procedural.add_argument("--threads", type=int, default=1,
                             help="torch CPU threads while rendering (default 1; 0 = torch's default)")
     procedural.add_argument("--workers", type=int, default=1,

@@ -12,7 +12,14 @@ import torch
 from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
 from flamediff.data.procedural.appearance import NUM_SHAPE, Appearance, HeadRegions, make_appearance
 from flamediff.data.procedural.renderer import BATCH, ProceduralRenderer
-from flamediff.data.procedural.scene import NUM_EXPRESSION, FrameSpecs, real_sequence, synthetic_views
+from flamediff.data.procedural.scene import (
+    LIGHTINGS,
+    NUM_EXPRESSION,
+    FrameSpecs,
+    identity_lighting,
+    real_sequence,
+    synthetic_views,
+)
 from flamediff.data.splits import split_identities, write_splits
 from flamediff.formats.animation import make_clip
 from flamediff.formats.flame_asset import FlameAsset
@@ -42,9 +49,14 @@ class DatasetPlan:
 
 
 def plan_dataset(regions: HeadRegions, identities: int, views_per_identity: int, sequences_per_identity: int,
-                 frames_per_sequence: int, resolution: int, seed: int, persons: list[int] | None = None) -> DatasetPlan:
+                 frames_per_sequence: int, resolution: int, seed: int, persons: list[int] | None = None,
+                 lighting: str = "frame") -> DatasetPlan:
     """Per-identity looks and frame specs; each identity's are drawn from its own seed, so a
-    subset of ``persons`` gets exactly the samples the whole dataset gives them."""
+    subset of ``persons`` gets exactly the samples the whole dataset gives them. ``lighting``
+    "identity" replaces the per-frame lights by one light per identity (its own seed: every other
+    draw, and so every frame's geometry, is the same as with "frame")."""
+    if lighting not in LIGHTINGS:
+        raise DatasetError(f"lighting must be one of {LIGHTINGS}, not {lighting!r}")
     looks, specs, identity, label, sequence, frame_in_sequence = [], [], [], [], [], []
     next_sequence = 0
     for person in range(identities) if persons is None else persons:
@@ -62,6 +74,8 @@ def plan_dataset(regions: HeadRegions, identities: int, views_per_identity: int,
             frame_in_sequence += list(range(frames_per_sequence))
             next_sequence += 1
         block = FrameSpecs.concatenate(parts)
+        if lighting == "identity":
+            block = identity_lighting(np.random.default_rng([seed, person, 3]), block)
         looks.append(look)
         specs.append(block)
         identity += [person] * len(block.label)
@@ -143,7 +157,8 @@ def generate_procedural_dataset(out_dir: str, identities: int, views_per_identit
                                 frames_per_sequence: int = 14, resolution: int = 128, seed: int = 0,
                                 heldout_fraction: float = 0.2, asset: FlameAsset | None = None,
                                 progress: Progress | None = None,
-                                threads: int | None = 1, workers: int = 1, only_split: str | None = None) -> DatasetIndex:
+                                threads: int | None = 1, workers: int = 1, only_split: str | None = None,
+                                lighting: str = "frame") -> DatasetIndex:
     """Render and write a procedural dataset to ``out_dir`` (see the module docstring); returns its
     index. ``asset`` defaults to :func:`flamediff.assets.load_asset` (the procedural head);
     ``progress(done, total)`` is called after every rendered batch. ``threads``: torch CPU threads
@@ -152,20 +167,23 @@ def generate_procedural_dataset(out_dir: str, identities: int, views_per_identit
     OpenMP threads fighting for cores made it 6x slower (measured). ``workers`` > 1 renders
     identities in that many worker processes (spawned; ``threads`` torch threads each); the
     output is byte-identical to ``workers=1``. ``only_split`` ("train" or "heldout") renders only
-    that split's identities, with exactly the samples the whole dataset gives them."""
+    that split's identities, with exactly the samples the whole dataset gives them. ``lighting``:
+    see :func:`plan_dataset`."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _generate(out_dir, identities, views_per_identity, sequences_per_identity, frames_per_sequence,
-                         resolution, seed, heldout_fraction, asset, progress, workers, threads or 1, only_split)
+                         resolution, seed, heldout_fraction, asset, progress, workers, threads or 1, only_split,
+                         lighting)
     finally:
         torch.set_num_threads(previous)
 
 
 def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_per_identity: int,
               frames_per_sequence: int, resolution: int, seed: int, heldout_fraction: float,
-              asset: FlameAsset | None, progress: Progress | None, workers: int = 1, threads: int = 1, only_split: str | None = None) -> DatasetIndex:
+              asset: FlameAsset | None, progress: Progress | None, workers: int = 1, threads: int = 1,
+              only_split: str | None = None, lighting: str = "frame") -> DatasetIndex:
     if identities < 1 or resolution < 8 or views_per_identity < 0 or sequences_per_identity < 0 or frames_per_sequence < 1:
         raise DatasetError("need identities >= 1, resolution >= 8, views/sequences per identity >= 0 and "
                            "frames per sequence >= 1")
@@ -180,7 +198,8 @@ def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_
     renderer = ProceduralRenderer(asset)
     plan = plan_dataset(renderer.regions, identities, views_per_identity, sequences_per_identity,
                         frames_per_sequence, resolution, seed,
-                        persons=None if only_split is None else {"train": train, "heldout": heldout}[only_split])
+                        persons=None if only_split is None else {"train": train, "heldout": heldout}[only_split],
+                        lighting=lighting)
     specs = FrameSpecs.concatenate(plan.specs)
     shape = np.concatenate([np.repeat(look.shape[None], len(block.label), axis=0)
                             for look, block in zip(plan.looks, plan.specs)])

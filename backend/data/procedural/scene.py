@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -90,6 +90,19 @@ def _lighting(rng: np.random.Generator, R: np.ndarray, count: int) -> dict[str, 
     tint = 1.0 + rng.uniform(-0.12, 0.12, (count, 1)) * np.array([1.0, 0.1, -1.0])
     return {"light": direction, "light_colour": tint, "ambient": rng.uniform(0.25, 0.5, count),
             "diffuse": rng.uniform(0.55, 0.9, count), "specular": rng.uniform(0.03, 0.25, count)}
+
+
+LIGHTINGS = ("frame", "identity")  # lighting drawn per frame (per clip) | one light per identity
+
+
+def identity_lighting(rng: np.random.Generator, specs: FrameSpecs) -> FrameSpecs:
+    """``specs`` with one lighting for every frame: a light fixed to the head (drawn for a frontal
+    camera), as in a capture session, so a reference of the identity shows the lighting of its
+    other frames."""
+    frontal = orbit_camera(0.0, 0.0)[0][None]
+    light = _lighting(rng, frontal, 1)
+    count = len(specs.label)
+    return replace(specs, **{name: np.repeat(value, count, axis=0) for name, value in light.items()})
 
 
 def synthetic_views(rng: np.random.Generator, count: int, resolution: int) -> FrameSpecs:
