@@ -182,7 +182,7 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
 
     @app.exception_handler(CorruptManifest)
     async def corrupt(_: Request, exc: CorruptManifest) -> JSONResponse:
-        return _error(409, str(exc), "submit the same job again: it starts over in this folder")
+        return _error(409, str(exc), exc.advice)
 
     @app.exception_handler(MemoryError)
     async def out_of_memory(_: Request, exc: MemoryError) -> JSONResponse:

@@ -92,12 +92,45 @@ class JobBusy(FlamediffError):
 class CorruptManifest(FlamediffError):
     """A manifest that is not the JSON object the store wrote (a disk fault, a hand edit)."""
 
+    def __init__(self, message: str, advice: str = "submit the same job again: it starts over in this folder") -> None:
+        super().__init__(message)
+        self.advice = advice
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The manifest fields the server reads, and the test each value must pass (a hand edit or an
+#: old version's manifest of valid JSON but other types reads as a failed job, never a 500).
+MANIFEST_TYPES: dict[str, Any] = {
+    "id": lambda v: isinstance(v, str) and JOB_ID.fullmatch(v) is not None,
+    "status": lambda v: v in STATUSES,
+    "frames": lambda v: isinstance(v, list) and all(_is_int(f) for f in v),
+    "frames_total": _is_int,
+    "checkpoint": lambda v: isinstance(v, dict),
+    "request_hash": lambda v: isinstance(v, str),
+    "frames_done": lambda v: v is None or _is_int(v),
+    "progress": lambda v: v is None or _is_number(v),
+    "created": lambda v: v is None or _is_number(v),
+    "notes": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    "error": lambda v: v is None or isinstance(v, str),
+    "advice": lambda v: v is None or isinstance(v, str),
+}
+
 
 class JobFolder:
     """One job's folder; all manifest updates go through one lock (worker + HTTP threads)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, expected_id: str | None = None,
+                 failures: dict[str, tuple[str, str]] | None = None) -> None:
         self.path = os.path.abspath(path)
+        self.expected_id = expected_id  # a store's folders are named by their job id
+        self._failures = failures if failures is not None else {}
         self._lock = threading.RLock()
 
     # -- paths -----------------------------------------------------------------------------------
@@ -128,8 +161,16 @@ class JobFolder:
                 manifest = json.loads(handle.read())
         except (ValueError, RecursionError) as exc:
             raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} is corrupt ({exc})") from None
+        name = os.path.basename(self.path)
         if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
-            raise CorruptManifest(f"the manifest of job {os.path.basename(self.path)} lacks its fields")
+            raise CorruptManifest(f"the manifest of job {name} lacks its fields")
+        wrong = [key for key, valid in MANIFEST_TYPES.items() if key in manifest and not valid(manifest[key])]
+        if wrong:
+            raise CorruptManifest(f"the manifest of job {name} holds values of the wrong type ({', '.join(wrong)})")
+        if self.expected_id is not None and manifest["id"] != self.expected_id:
+            raise CorruptManifest(f"the manifest in folder {name} is of job {manifest['id']}",
+                                  f"the folder was renamed or copied: rename it back to {manifest['id']}, or submit "
+                                  "the job again (it starts over in this folder)")
         self._settings(manifest)
         return manifest
 
@@ -145,13 +186,26 @@ class JobFolder:
                                   f"flamediff cannot read ({exc})") from None
 
     def read_or_failed(self) -> dict[str, Any]:
-        """The manifest, or for a corrupt one a failed job saying how to start it over."""
+        """The manifest, or for a corrupt one a failed job saying how to start it over; a job whose
+        failure could not be written (a full disk) reads as failed from :meth:`fail_unsaved`."""
         try:
-            return self.read()
+            manifest = self.read()
         except CorruptManifest as exc:
             return {"id": os.path.basename(self.path), "status": "failed", "phase": "failed", "progress": 0.0,
                     "frames": [], "frames_total": 0, "frames_done": 0, "eta_s": None, "error": str(exc),
-                    "advice": "submit the same job again: it starts over in this folder", "notes": []}
+                    "advice": exc.advice, "notes": []}
+        unsaved = self._failures.get(os.path.basename(self.path))
+        if unsaved is not None and manifest["status"] in UNFINISHED:
+            manifest = {**manifest, "status": "failed", "phase": "failed", "eta_s": None, "error": unsaved[0],
+                        "advice": unsaved[1]}
+        return manifest
+
+    def fail_unsaved(self, error: str, advice: str) -> None:
+        """Mark the job failed in this server's memory when its manifest cannot be written."""
+        self._failures[os.path.basename(self.path)] = (error, advice)
+
+    def clear_unsaved(self) -> None:
+        self._failures.pop(os.path.basename(self.path), None)
 
     def update(self, **fields: Any) -> dict[str, Any]:
         """Read-modify-write the manifest atomically; returns the new manifest."""
@@ -289,6 +343,7 @@ class JobStore:
         # merely queried are not kept forever.
         self._folders: weakref.WeakValueDictionary[str, JobFolder] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        self.unsaved_failures: dict[str, tuple[str, str]] = {}  # job id -> (error, advice), see fail_unsaved
 
     def folder(self, job_id: str) -> JobFolder:
         """The folder of ``job_id`` (which may not exist yet); ids are checked so no request
@@ -299,7 +354,8 @@ class JobStore:
         with self._lock:
             folder = self._folders.get(job_id)
             if folder is None:
-                folder = self._folders[job_id] = JobFolder(os.path.join(self.root, job_id))
+                folder = self._folders[job_id] = JobFolder(os.path.join(self.root, job_id), job_id,
+                                                           self.unsaved_failures)
             return folder
 
     def get(self, job_id: str) -> JobFolder:
@@ -323,7 +379,7 @@ class JobStore:
                     found.append((folder, folder.read_or_failed()))
                 except OSError:
                     continue  # a folder whose manifest was never written: an interrupted submit
-        yield from sorted(found, key=lambda item: item[1].get("created", 0))
+        yield from sorted(found, key=lambda item: item[1].get("created") or 0)
 
     def unfinished(self) -> list[JobFolder]:
         """Jobs a crash or restart interrupted, oldest first, with their temp files removed."""

@@ -15,7 +15,7 @@ from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, con
                                    read_animation, read_reference_image)
 from flamediff.server.jobs import JobStore, render_hash, request_hash
 from flamediff.server.security import AllowedRoots
-from flamediff.server.worker import InProcessRenderer, Renderer, Worker
+from flamediff.server.worker import InProcessRenderer, Renderer, Worker, unsaved_failure
 
 if TYPE_CHECKING:
     from flamediff.formats.flame_asset import FlameAsset
@@ -183,11 +183,15 @@ class JobService:
         whose cancel was acknowledged stays cancelled."""
         ids = []
         for folder in self.store.unfinished():
-            if folder.cancel_requested():
-                folder.update(status="cancelled", phase="cancelled", eta_s=None,
-                              advice="submit the same job again to render the rest")
+            try:
+                if folder.cancel_requested():
+                    folder.update(status="cancelled", phase="cancelled", eta_s=None,
+                                  advice="submit the same job again to render the rest")
+                    continue
+                manifest = folder.requeue()
+            except OSError as exc:  # a full disk fails that job, never the server's start
+                folder.fail_unsaved(*unsaved_failure(folder.path, exc))
                 continue
-            manifest = folder.requeue()
             self.worker.enqueue(manifest["id"])
             ids.append(manifest["id"])
         return ids

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import logging
 import threading
 import time
@@ -337,6 +338,23 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__name__}: {exc}", f"an unexpected error (the server log has the traceback); {keep}"
 
 
+def unsaved_failure(path: str, cause: BaseException | None) -> tuple[str, str]:
+    """Error and advice for a job whose status could not be written to ``path``'s disk."""
+    import shutil
+
+    keep = "frames already rendered are kept and can be fetched; submit the same job again to render the rest"
+    full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    try:
+        full = full or shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        pass
+    if full:
+        return "the server's disk is full: the job's frames and status could not be written", (
+            f"free disk space on the server (its jobs folder); {keep}")
+    detail = f" ({cause.strerror})" if isinstance(cause, OSError) and cause.strerror else ""
+    return f"the job's files could not be written{detail}", f"see the server's log; {keep}"
+
+
 class Worker:
     """A FIFO of job ids served by one daemon thread."""
 
@@ -397,6 +415,21 @@ class Worker:
                 return "cancelling"
         return "not running"
 
+    def _fail_if_unsaved(self, job_id: str, cause: BaseException | None) -> None:
+        """A job the renderer left ``queued``/``running`` on disk could not save its end (a full
+        disk): it reads as failed, with the cause, until the server restarts."""
+        try:
+            folder = self.store.get(job_id)
+            with self._cond:
+                requeued = job_id in self._queue
+            if requeued or folder.read()["status"] not in ("queued", "running"):
+                return
+        except Exception:  # an unreadable folder reads as failed already
+            return
+        error, advice = unsaved_failure(folder.path, cause)
+        log.error("job %s: %s", job_id, error)
+        folder.fail_unsaved(error, advice)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -406,11 +439,15 @@ class Worker:
                     return
                 job_id = self._queue.popleft()
                 self.current = job_id
+            cause: BaseException | None = None
             try:
+                self.store.get(job_id).clear_unsaved()
                 self.renderer.run_job(self.store.get(job_id), lambda: job_id in self._cancel)  # noqa: B023 (used now)
-            except Exception:  # the store itself failed (disk full, folder deleted): log, keep serving
+            except Exception as exc:  # the store itself failed (disk full, folder deleted): log, keep serving
                 log.exception("job %s could not run", job_id)
+                cause = exc
             finally:
+                self._fail_if_unsaved(job_id, cause)
                 with self._cond:
                     self.current = None
                     self._cancel.discard(job_id)
