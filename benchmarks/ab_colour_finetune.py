@@ -7,8 +7,8 @@ trainer overrides differ), each scored on the validation identities of one or mo
 ``--arm NAME=DATASET[:KEY=VALUE,...]`` trains ``NAME`` from ``--checkpoint`` on DATASET's training
 split (the keys are TrainConfig fields, e.g. ``reference_dropout=0.05``); ``--val NAME=DATASET``
 scores every arm and the untouched checkpoint on DATASET's held-out identities with ``flamediff
-eval``'s metrics (default sampler of the checkpoint, the same frames for every model). A trained
-arm is reused when its model folder exists. Writes ``ab.json`` and ``ab.png`` into ``--out``.
+eval``'s metrics (``--samplers``: steps:guidance pairs, default the checkpoint's own; the same
+frames for every model). A trained arm is reused when its model folder exists. Writes ``ab.json`` and ``ab.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def train_arm(name: str, dataset: str, overrides: dict[str, Any], args: argparse.Namespace) -> tuple[str, float]:
-    """The arm's model folder and the CPU seconds its training took (0 when reused)."""
+    """The arm's model folder and the CPU seconds its training took (recorded beside it)."""
     output = os.path.join(args.out, name)
-    model = os.path.join(output, "model")
-    if os.path.isfile(os.path.join(model, "model.safetensors")):
-        return model, 0.0
+    model, timing = os.path.join(output, "model"), os.path.join(output, "cpu_seconds.txt")
+    if os.path.isfile(os.path.join(model, "model.safetensors")) and os.path.isfile(timing):
+        with open(timing, encoding="utf-8") as handle:
+            return model, float(handle.read())
     config = TrainConfig.from_dict({
         "dataset": dataset, "output_dir": output, "init_from": os.path.abspath(args.checkpoint), "stage": "1",
         "steps": args.steps, "batch_size": 8, "learning_rate": args.learning_rate, "lr_schedule": "constant",
@@ -49,7 +50,10 @@ def train_arm(name: str, dataset: str, overrides: dict[str, Any], args: argparse
         **overrides})
     started = time.process_time()
     train(config)
-    return model, time.process_time() - started
+    seconds = time.process_time() - started
+    with open(timing, "w", encoding="utf-8") as handle:
+        handle.write(f"{seconds:.1f}")
+    return model, seconds
 
 
 def main() -> None:
@@ -61,6 +65,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--identities", type=int, default=16)
     parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--samplers", default="0:0",
+                        help="steps:guidance pairs to score, comma-separated (0:0 = the checkpoint's default)")
     parser.add_argument("--out", default="work/ab")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -75,11 +81,14 @@ def main() -> None:
     for text in args.val:
         val_name, dataset = text.split("=", 1)
         for name, model in models.items():
-            result = evaluate(model, dataset, split="heldout", max_frames=args.frames,
-                              max_identities=args.identities, reference_check=False)
-            scores = result["self"]["method"]
-            report["scores"].setdefault(val_name, {})[name] = {k: scores.get(k) for k in METRICS}
-            print(val_name, name, report["scores"][val_name][name], flush=True)
+            for sampler in args.samplers.split(","):
+                steps, guidance = (float(x) for x in sampler.split(":"))
+                result = evaluate(model, dataset, split="heldout", steps=int(steps), guidance=guidance,
+                                  max_frames=args.frames, max_identities=args.identities, reference_check=False)
+                scores = result["self"]["method"]
+                row = name if sampler == "0:0" else f"{name} {int(steps)} steps g{guidance:g}"
+                report["scores"].setdefault(val_name, {})[row] = {k: scores.get(k) for k in METRICS}
+                print(val_name, row, report["scores"][val_name][row], flush=True)
     with open(os.path.join(args.out, "ab.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)
     plot(report["scores"], os.path.join(args.out, "ab.png"))

@@ -207,15 +207,16 @@ def measure_attention(model: FlameDiffModel, scheduler: Any, samples: list[Sampl
         out[str(timestep)] = {}
         for name, s in sums.items():
             tokens = int(model.bank.tokens[name].shape[1])
+            head_share = float(np.mean([layer_masks(x.reference_head[None], tokens)[0].float().mean() for x in samples]))
             out[str(timestep)][name] = {
                 "tokens": tokens,
+                "uniform_attention": {"self": 0.5, "reference_head": round(head_share / 2, 4),
+                                      "reference_background": round((1 - head_share) / 2, 4)},
                 "head_queries": dict(zip(("self", "reference_head", "reference_background"),
                                          (s[0, :3] / max(s[0, 3], 1)).round(4).tolist())),
                 "background_queries": dict(zip(("self", "reference_head", "reference_background"),
                                                (s[1, :3] / max(s[1, 3], 1)).round(4).tolist())),
             }
-    ref_fraction = float(np.mean([layer_masks(s.reference_head[None], 256)[0].float().mean() for s in samples]))
-    out["reference_head_token_fraction_16x16"] = round(ref_fraction, 4)
     for probe in probes.values():
         probe.record = False
         probe.probabilities = None
@@ -239,6 +240,10 @@ def plot_attention(result: dict[str, Any], path: str) -> None:
             values = np.array([rows[n]["head_queries"][part] for n in layers])
             axis.barh(np.arange(len(layers)), values, left=bottom, color=colour, label=part.replace("_", " "))
             bottom += values
+        chance = np.array([rows[n]["uniform_attention"]["self"] + rows[n]["uniform_attention"]["reference_head"]
+                           for n in layers])
+        axis.scatter(chance, np.arange(len(layers)), marker="|", s=300, color="black",
+                     label="end of 'reference head' under uniform attention")
         axis.set_yticks(np.arange(len(layers)), [f"{s} ({rows[n]['tokens']})" for s, n in zip(short, layers)],
                         fontsize=8)
         axis.set_xlim(0, 1)
