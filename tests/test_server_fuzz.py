@@ -51,7 +51,13 @@ def subnormal_floats():
 
 def test_no_server_error_and_every_answer_is_documented(fuzz_schema, subnormal_floats):
     """Each operation with valid (positive) and invalid (negative) requests; an operation whose
-    every input is valid (no body, a free-form job id) has no negative cases to send."""
+    every input is valid (no body, a free-form job id) has no negative cases to send. The
+    tracking routes are among them, ``POST /v1/tracks`` with multipart bodies."""
+    labels = {result.ok().label for result in fuzz_schema.get_all_operations()}
+    assert {"POST /v1/tracks", "GET /v1/tracks/{task_id}", "DELETE /v1/tracks/{task_id}",
+            "GET /v1/tracks/{task_id}/animation"} <= labels, labels
+    tracks = fuzz_schema.app.openapi()["paths"]["/v1/tracks"]["post"]["requestBody"]["content"]
+    assert list(tracks) == ["multipart/form-data"]
     for result in fuzz_schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flamediff import __version__
 from flamediff.formats.protocol import PROTOCOL_VERSION, is_loopback_host
-from flamediff.server.inputs import InputError, JobSettings, parse_json
+from flamediff.server.inputs import InputError, JobSettings, TrackingLimits, parse_json
 from flamediff.server.jobs import CorruptManifest
 from flamediff.server.security import MAX_BODY_BYTES, BodyTimeout, BodyTooLarge, ConnectionLimits, GuardMiddleware
 from flamediff.server.service import JobService
@@ -153,10 +153,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_BYTES,
                start_worker: bool = True, allowed_hosts: Collection[str] | None = None,
-               body_timeout: float = ConnectionLimits.body_timeout) -> FastAPI:
+               body_timeout: float = ConnectionLimits.body_timeout,
+               tracking: TrackingLimits = TrackingLimits()) -> FastAPI:
     """The app; with ``start_worker`` its lifespan starts the worker and resumes unfinished jobs.
     ``allowed_hosts``: the Host names accepted (``serve`` passes the loopback names on a loopback
     bind); None accepts any host[:port]."""
+
+    tasks = TrackingTasks(os.path.join(service.store.root, "tracks"),  # inside the jobs folder, never listed
+                          getattr(service.renderer, "flame_asset", None), tracking)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -169,6 +173,7 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
             service.worker.start()
         yield
         # The running job stays 'running' on disk on purpose: the next start resumes it.
+        await run_in_threadpool(tasks.stop)
 
     app = FastAPI(title="flamediff backend", version=__version__, lifespan=lifespan,
                   description=f"flamediff job service, protocol v{PROTOCOL_VERSION}. Every request needs "
@@ -269,9 +274,7 @@ def create_app(service: JobService, token: str, max_body_bytes: int = MAX_BODY_B
         """Free the loaded model and the GPU memory cache (the next job loads it again)."""
         return service.release()
 
-    tracks = os.path.join(os.path.dirname(service.store.root), "tracks")  # beside the jobs, never listed as one
-    app.include_router(tracking_router(TrackingTasks(tracks, getattr(service.renderer, "flame_asset", None)),
-                                       _responses(400, 404, 409, 413, 415, 422)))
+    app.include_router(tracking_router(tasks, _responses(400, 404, 409, 413, 415, 422)))
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts,
                        body_timeout=body_timeout)
     return app

@@ -17,7 +17,7 @@ from flamediff.assets import cache_dir
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import ReadLimits
 from flamediff.formats.protocol import DEFAULT_PORT, setting
-from flamediff.server.inputs import InputLimits
+from flamediff.server.inputs import InputLimits, TrackingLimits
 from flamediff.server.security import ConnectionLimits
 from flamediff.server.worker import DEVICES, PRECISIONS, Progress
 
@@ -102,6 +102,16 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--max-connections", type=_positive, default=connections.max_connections, metavar="N",
                        help="open connections kept; past them the oldest one still sending its headers is closed "
                             f"(default {connections.max_connections})")
+    tracking = TrackingLimits()
+    serve.add_argument("--max-track-frames", type=_positive, default=tracking.max_frames, metavar="N",
+                       help=f"video frames a tracking upload may hold (default {tracking.max_frames})")
+    serve.add_argument("--max-track-seconds", type=float, default=tracking.max_seconds_of_video, metavar="S",
+                       help=f"seconds a tracking video may last (default {tracking.max_seconds_of_video:g})")
+    serve.add_argument("--track-time-budget", type=float, default=tracking.time_budget_s, metavar="S",
+                       help=f"seconds a tracking task may run before it is stopped (default {tracking.time_budget_s:g})")
+    serve.add_argument("--keep-tracks-hours", type=float, default=tracking.keep_hours, metavar="H",
+                       help="hours finished and failed tracking tasks (uploads included) are kept before they are "
+                            f"deleted (default {tracking.keep_hours:g})")
     _common(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -147,7 +157,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             allow_paths=[os.path.abspath(os.path.expanduser(p)) for p in args.allow_path])
     connections = ConnectionLimits(args.header_timeout, args.body_timeout, args.max_connections)
     app = create_app(service, token, allowed_hosts=None if args.allow_remote else loopback_hosts(args.host),
-                     body_timeout=connections.body_timeout)
+                     body_timeout=connections.body_timeout,
+                     tracking=TrackingLimits(args.max_track_frames, args.max_track_seconds, args.track_time_budget,
+                                             args.keep_tracks_hours))
     print(f"flamediff serve: http://{args.host}:{args.port} (device {device}, precision {args.precision}, "
           f"jobs in {jobs_dir})", flush=True)
     print(f"flamediff serve: token file {token_file} (readable only by you)", flush=True)

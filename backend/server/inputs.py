@@ -51,6 +51,17 @@ class InputLimits:
     max_folder_frames: int = 10_000
 
 
+@dataclass(frozen=True)
+class TrackingLimits:
+    """What one tracking task may cost; the defaults are documented in PROTOCOL.md and each is an
+    option of ``flamediff serve``."""
+
+    max_frames: int = 3000          # video frames (2 min at 25 fps)
+    max_seconds_of_video: float = 300.0
+    time_budget_s: float = 3600.0   # wall-clock seconds a task may run
+    keep_hours: float = 24.0        # finished and failed tasks are deleted after this
+
+
 def parse_json(text: str | bytes, what: str) -> Any:
     """JSON from a client, nested at most :data:`MAX_JSON_DEPTH` deep; malformed is a 400."""
     try:

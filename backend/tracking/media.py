@@ -101,7 +101,9 @@ def _video_frames(path: str) -> Iterator[np.ndarray]:
             yield frame.to_ndarray(format="rgb24")
 
 
-def _open_video(path: str) -> Footage:
+def _open_video(path: str, count_frames: bool = True) -> Footage:
+    """A video's footage from its container; without ``count_frames`` a container that declares
+    no frame count gives 0 rather than being decoded to count (the server caps that while tracking)."""
     av = _av()
     try:
         with av.open(path) as container:
@@ -109,15 +111,16 @@ def _open_video(path: str) -> Footage:
                 raise TrackingError(f"{path} has no video stream; {HINT}")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS)
-            count = stream.frames or sum(1 for _ in container.decode(video=0))
+            count = stream.frames or (sum(1 for _ in container.decode(video=0)) if count_frames else 0)
             size = (stream.codec_context.width, stream.codec_context.height)
     except av.error.FFmpegError as exc:
         raise TrackingError(f"{path} could not be read as an image or a video ({exc}); {HINT}") from None
     return Footage(path=path, kind="video", count=int(count), fps=fps, size=size)
 
 
-def open_footage(path: str, fps: float | None = None) -> Footage:
-    """Classify and open ``path``: a folder of frames, a photo (the image reader's header) or a video."""
+def open_footage(path: str, fps: float | None = None, count_frames: bool = True) -> Footage:
+    """Classify and open ``path``: a folder of frames, a photo (the image reader's header) or a video
+    (``count_frames``: see :func:`_open_video`)."""
     if os.path.isdir(path):
         files = sorted((os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES)),
                        key=lambda p: _frame_number(os.path.basename(p)))
@@ -133,7 +136,7 @@ def open_footage(path: str, fps: float | None = None) -> Footage:
     try:
         header = _header(path)
     except ImageFormatError:
-        footage = _open_video(path)
+        footage = _open_video(path, count_frames)
         return footage if fps is None else Footage(**{**vars(footage), "fps": fps})
     return _photo_footage(path, "image", (path,), fps or DEFAULT_FOLDER_FPS, header)
 

@@ -1,0 +1,190 @@
+"""The tracking route as strict as the render route, and its faults (issue 27): the image rule and
+decode limit before anything is stored, video caps from the container and while decoding, a time
+budget, children that die with the server, 0600 files inside the jobs folder, retention, and
+errors without server paths. Refusals assert the answer, <= 1 s and the server's peak memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from test_server_helpers import TOKEN, huge_png_header, wait_for
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from flamediff.server.app import create_app  # noqa: E402
+from flamediff.server.inputs import TrackingLimits  # noqa: E402
+from flamediff.server.service import build_service  # noqa: E402
+from flamediff.server.tracking import OUTCOME, TrackingTasks  # noqa: E402
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def app_client(tmp_path, limits: TrackingLimits = TrackingLimits()) -> TestClient:
+    service = build_service(str(tmp_path / "jobs"), str(tmp_path / "models"), "cpu", shipped_dir=str(tmp_path / "n"))
+    return TestClient(create_app(service, TOKEN, start_worker=False, tracking=limits), headers=AUTH)
+
+
+def image(format: str, size: tuple[int, int] = (64, 64), **options) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 90, 90)).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def video(path: str, frames: int, container: str = "mp4") -> bytes:
+    import av
+
+    with av.open(path, "w", format=container) as output:
+        stream = output.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), index * 3 % 255, np.uint8), format="rgb24")
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode())
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def bounded_post(client, media: bytes):
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        started = time.perf_counter()
+        response = client.post("/v1/tracks", files={"media": ("upload", media)})
+        seconds = time.perf_counter() - started
+        peak = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
+    finally:
+        tracemalloc.stop()
+    print(f"{response.status_code} in {seconds:.3f} s (traced), peak {peak:.1f} MB above idle")
+    assert seconds <= 1.0 and peak <= 300, (seconds, peak, response.text)
+    return response
+
+
+def test_photos_follow_the_render_routes_image_rule_and_decode_limit(tmp_path):
+    """PNG declaring 30000 x 30000, a 169-megapixel PNG header, a GIF (animated or not), a TIFF:
+    413 / 415 before anything is stored or decoded, never 500 or 201."""
+    with app_client(tmp_path) as client:
+        cases = [(huge_png_header(30000, 30000), 413, "pixels"), (huge_png_header(13000, 13000), 413, "pixels"),
+                 (image("GIF", save_all=True, append_images=[second_frame()], duration=40), 415, "GIF"),
+                 (image("GIF"), 415, "GIF"), (image("TIFF"), 415, "TIFF"), (image("BMP"), 415, "BMP"),
+                 (b"GIF89a" + b"\xff\xff\xff\xff" + b"\0" * 32, 415, "GIF")]
+        for media, status, word in cases:
+            response = bounded_post(client, media)
+            assert response.status_code == status and word in response.json()["error"], response.text
+            assert response.json()["advice"]
+        assert not os.path.isdir(tmp_path / "jobs" / "tracks") or not os.listdir(tmp_path / "jobs" / "tracks")
+
+
+def second_frame():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (10, 200, 10))
+
+
+def test_videos_past_the_frame_or_duration_cap_are_refused_from_their_container(tmp_path):
+    pytest.importorskip("av")
+    clip = video(str(tmp_path / "clip.mp4"), 30)  # 30 frames, 1.2 s
+    with app_client(tmp_path, TrackingLimits(max_frames=20)) as client:
+        response = bounded_post(client, clip)
+        assert response.status_code == 413 and "30 frames, more than 20" in response.json()["error"], response.text
+    with app_client(tmp_path, TrackingLimits(max_seconds_of_video=1.0)) as client:
+        response = bounded_post(client, clip)
+        assert response.status_code == 413 and "longer than 1 s" in response.json()["error"], response.text
+    assert os.listdir(tmp_path / "jobs" / "tracks") == []  # refused uploads leave nothing
+
+
+@pytest.mark.slow
+def test_a_video_without_a_frame_count_is_capped_while_decoding(tmp_path):
+    pytest.importorskip("mediapipe")
+    clip = video(str(tmp_path / "clip.mkv"), 12, container="matroska")
+    with app_client(tmp_path, TrackingLimits(max_frames=5)) as client:
+        task = client.post("/v1/tracks", files={"media": ("upload", clip)})
+        assert task.status_code == 201, task.text
+        view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
+            client.get(f"/v1/tracks/{task.json()['id']}").json()), 180, 0.5, "the task to stop")
+        assert view["status"] == "failed" and "more than 5 frames" in view["error"], view
+
+
+def test_a_task_past_its_time_budget_is_stopped(tmp_path):
+    pytest.importorskip("mediapipe")
+    with app_client(tmp_path, TrackingLimits(time_budget_s=0.5)) as client:
+        task = client.post("/v1/tracks", files={"media": ("upload", image("PNG"))})
+        assert task.status_code == 201, task.text
+        view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
+            client.get(f"/v1/tracks/{task.json()['id']}").json()), 30, 0.2, "the task to stop")
+        assert view["status"] == "failed" and "time budget of 0.5 s" in view["error"], view
+        folder = tmp_path / "jobs" / "tracks" / task.json()["id"]
+        for name in os.listdir(folder):  # 0600 like job files, inside the jobs folder
+            assert stat.S_IMODE(os.stat(folder / name).st_mode) == 0o600, name
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        assert str(tmp_path) not in json.dumps(view)
+
+
+SERVER = """
+import sys, time
+from flamediff.server.tracking import TrackingTasks
+tasks = TrackingTasks(sys.argv[1])
+view = tasks.submit(open(sys.argv[2], "rb").read(), 1)
+print(view["id"], tasks._running[view["id"]].pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_tracking_children_die_with_the_server_and_restart_says_why(tmp_path, stop):
+    pytest.importorskip("mediapipe")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image("PNG"))
+    root = str(tmp_path / "tracks")
+    server = subprocess.Popen([sys.executable, "-c", SERVER, root, str(photo)], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        task_id, child = server.stdout.readline().decode().split()
+        os.kill(int(child), 0)  # the child runs
+        server.send_signal(stop)
+        server.wait(10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    wait_for(lambda: not _alive(int(child)), 5, 0.1, "the tracking child to die with its server")
+    tasks = TrackingTasks(root)  # the restarted server
+    view = tasks.status(task_id)
+    assert view["status"] == "failed" and "the server stopped while this task ran" in view["error"], view
+    assert tasks.cancel(task_id)["status"] == "failed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie is dead (reaped by init later)
+        return handle.read().split(") ")[-1][0] != "Z"
+
+
+def test_ended_tasks_and_refused_uploads_are_removed_after_the_retention_time(tmp_path):
+    root = tmp_path / "tracks"
+    old, recent, refused = (root / name for name in ("0" * 16, "1" * 16, "2" * 16))
+    for folder in (old, recent, refused):
+        folder.mkdir(parents=True)
+        (folder / "media").write_bytes(b"x" * 1024)
+    for folder in (old, recent):
+        (folder / "task.json").write_text(json.dumps({"kind": "image", "frames": 1, "first_frame": 1}))
+        (folder / OUTCOME).write_text(json.dumps({"status": "done"}))
+    two_days = time.time() - 48 * 3600
+    os.utime(old / OUTCOME, (two_days, two_days))
+    TrackingTasks(str(root), limits=TrackingLimits(keep_hours=24))
+    assert sorted(os.listdir(root)) == ["1" * 16]
