@@ -20,29 +20,31 @@ if not os.path.isdir(os.path.join(_HERE, "operators")):  # the source checkout, 
 
 
 def _classes() -> tuple[type, ...]:
-    from . import operators, preferences, render_scene, track_scene, ui_panels
+    from . import operators, preferences, render_engine, render_scene, track_scene, ui_panels
 
     return (*preferences.classes, *render_scene.classes, *track_scene.classes, *operators.classes,
-            *ui_panels.classes)
+            *render_engine.classes, *ui_panels.classes)
 
 
 def register() -> None:
     import bpy
 
-    from . import render_scene, ui_panels
+    from . import render_engine, render_scene, ui_panels
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     ui_panels.register_properties()
     ui_panels.register_menus()
     render_scene.register_handlers()
+    render_engine.register_handlers()
 
 
 def unregister() -> None:
     import bpy
 
-    from . import local_backend, render_job, render_scene, ui_panels
+    from . import local_backend, render_engine, render_job, render_scene, ui_panels
 
+    render_engine.unregister_handlers()
     render_scene.unregister_handlers()
     render_job.cancel_all()
     local_backend.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
 import subprocess
 import time
 
@@ -130,6 +131,26 @@ def log_path() -> str:
     return _PROCESS.get("log", "")
 
 
+def keep_running() -> None:
+    """Leave the backend running when this Blender exits (``blender -b`` renders: the next chunk, or
+    another Blender on this machine, finds it with its model loaded); :func:`stop` still stops it."""
+    _PROCESS["keep"] = True
+
+
+def _stop_at_exit() -> None:
+    if not _PROCESS.get("keep"):
+        stop()
+
+
+def answers_on(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (a backend another Blender started)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def stop() -> bool:
     """Stop the backend we started (terminate, then kill); True if one was running."""
     process = running()
@@ -145,4 +166,4 @@ def stop() -> bool:
     return True
 
 
-atexit.register(stop)
+atexit.register(_stop_at_exit)

@@ -60,6 +60,7 @@ class BackendProcess(Protocol):
     def exit_code(self) -> int | None: ...
     def last_log_line(self) -> str: ...
     def log_path(self) -> str: ...
+    def answers_on(self, port: int) -> bool: ...
 
 
 def frame_path(folder: str, frame: int) -> str:
@@ -149,6 +150,9 @@ class BackendJob:
         """"Start locally": not running (refused / no token file yet) or still starting (old token)."""
         assert self.local is not None
         if self.process.running() is None:
+            if self.start_attempted and self.process.answers_on(self.local["port"]) and \
+                    time.monotonic() - self.started < START_TIMEOUT:
+                return  # ours found the port taken: another Blender's backend is starting there; use it
             if self.start_attempted:
                 raise BackendError(f"the local backend stopped while starting (exit code "
                                    f"{self.process.exit_code()}): {self.process.last_log_line() or 'no output'}",

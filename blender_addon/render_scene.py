@@ -9,14 +9,18 @@ render operator the same labels, defaults and bounds as the server's request mod
 from __future__ import annotations
 
 import os
-from typing import Any
+import tempfile
+from typing import Any, Callable
 
 import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import render_job
-from .formats.protocol import setting
+from . import animation_io, assets, render_job
+from .formats.animation import AnimationFormatError, save_animation
+from .formats.flame_asset import FlameAssetError
+from .formats.images import ImageFormatError, check_image_file
+from .formats.protocol import REFERENCE_FORMATS, setting
 from .render_job import frame_path
 
 STRIP_NAME = "flamediff"
@@ -78,6 +82,72 @@ class FlamediffRigSettings(bpy.types.PropertyGroup):
                                                 "DECA, EMOCA or SMIRK run on the reference image); used when "
                                                 "Identity shape is Reference. Empty: the backend fits the "
                                                 "reference photo's shape (as flamediff track does)")
+
+
+#: Job settings the Render panel holds (the operator's argument, when given, wins).
+PANEL_SETTINGS = ("steps", "guidance", "seed", "preview", "framing")
+
+
+class JobInputError(ValueError):
+    """Inputs a job cannot start from: ``message`` names the problem, ``advice`` the fix."""
+
+    def __init__(self, message: str, advice: str = "") -> None:
+        super().__init__(message)
+        self.message, self.advice = message, advice
+
+
+def _from_props(props: Any, name: str) -> Any:
+    return getattr(props, name)
+
+
+def identity_settings(rig: bpy.types.Object, value: Callable[[Any, str], Any] = _from_props) -> dict:
+    """``shape_from`` (and ``reference_shape``) for the backend; raises ValueError."""
+    shape_from = value(rig.flamediff_rig_settings, "shape_from")
+    if shape_from == "animation":
+        return {"shape_from": shape_from}
+    path = value(rig.flamediff_rig_settings, "reference_shape").strip()
+    if not path:   # the backend fits the reference photo's shape (its tracking extra)
+        return {"shape_from": shape_from}
+    return {"shape_from": shape_from, "reference_shape": read_reference_shape(path)}
+
+
+def job_inputs(context: Any, rig: bpy.types.Object, start: int, end: int,
+               value: Callable[[Any, str], Any] = _from_props) -> tuple[str, str, dict, list[int]]:
+    """``(reference, animation, settings, frames)`` of a render of ``rig`` over ``start..end``: the
+    Render panel's settings (``value(props, name)`` reads them; an operator's arguments win there),
+    the rig's identity settings and the animation exported to a temporary file (the caller's to
+    remove). Raises :class:`JobInputError`."""
+    scene = context.scene
+    props = scene.flamediff_render
+    reference = bpy.path.abspath(value(props, "reference_image").strip())
+    if not reference or not os.path.isfile(reference):
+        raise JobInputError(f"no reference image at '{reference}'" if reference else "no reference image",
+                            "choose a portrait (PNG/JPEG) in the Render panel")
+    try:   # the backend's own rule, so a file it would refuse is named before anything is exported
+        check_image_file(reference, "the reference image", REFERENCE_FORMATS)
+    except (ImageFormatError, OSError) as exc:
+        raise JobInputError(str(exc), "choose a PNG, JPEG or WebP portrait in the Render panel") from None
+    if scene.camera is None or scene.camera.type != "CAMERA":
+        raise JobInputError("the scene has no camera", "add a camera and make it the scene camera")
+    try:
+        identity = identity_settings(rig, value)
+    except ValueError as exc:
+        raise JobInputError(str(exc), "choose a .npy of FLAME shape coefficients in the Render panel (Reference "
+                                      "shape), or set Identity shape to Animation") from None
+    fd, animation = tempfile.mkstemp(prefix="flamediff-render-", suffix=".npz")
+    os.close(fd)
+    try:
+        animation_io.check_rig_asset(rig, assets.current(context)[1])
+        clip, _ = animation_io.read_clip(context, rig, start, end, scene.camera)
+        save_animation(animation, clip)
+    except (AnimationFormatError, animation_io.ExportError, FlameAssetError, OSError) as exc:
+        os.remove(animation)
+        raise JobInputError(f"export failed: {exc}") from None
+    settings = {name: value(props, name) for name in PANEL_SETTINGS} | identity
+    checkpoint = value(props, "checkpoint").strip()
+    if checkpoint:
+        settings["checkpoint"] = checkpoint
+    return reference, animation, settings, [int(f) for f in clip.frame]
 
 
 def read_reference_shape(path: str) -> list[float]:

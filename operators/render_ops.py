@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from .. import animation_io, assets, local_backend, render_job, render_scene
+from .. import assets, local_backend, render_job, render_scene
 from ..backend_client import BackendError
-from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
-from ..formats.images import ImageFormatError, check_image_file
-from ..formats.protocol import PROTOCOL_VERSION, REFERENCE_FORMATS
+from ..formats.protocol import PROTOCOL_VERSION
 from ..preferences import backend_settings, make_client, unsaved_output_root
 from ..render_scene import setting_property
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
 
 _ARGUMENT = {"SKIP_SAVE", "HIDDEN"}
 _PANEL = "Default: the Render panel's"
-#: Job settings the Render panel holds (the operator's argument, when given, wins).
-PANEL_SETTINGS = ("steps", "guidance", "seed", "preview", "framing")
 
 
 def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
@@ -68,60 +61,25 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
     def _value(self, defaults, name: str):
         return getattr(self, name) if self.properties.is_property_set(name) else getattr(defaults, name)
 
-    def _identity_settings(self, rig: bpy.types.Object) -> dict:
-        """``shape_from`` (and ``reference_shape``) for the backend; raises ValueError."""
-        shape_from = self._value(rig.flamediff_rig_settings, "shape_from")
-        if shape_from == "animation":
-            return {"shape_from": shape_from}
-        path = self._value(rig.flamediff_rig_settings, "reference_shape").strip()
-        if not path:   # the backend fits the reference photo's shape (its tracking extra)
-            return {"shape_from": shape_from}
-        return {"shape_from": shape_from, "reference_shape": render_scene.read_reference_shape(path)}
-
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
         scene = context.scene
         props = scene.flamediff_render
         start = self.frame_start if self.properties.is_property_set("frame_start") else scene.frame_start
         end = self.frame_end if self.properties.is_property_set("frame_end") else scene.frame_end
-        reference = bpy.path.abspath(self._value(props, "reference_image").strip())
         rig = target_rig(context, self.rig)
         if rig is None:
             return _report_error(self, scene, NO_RIG)
-        if not reference or not os.path.isfile(reference):
-            return _report_error(self, scene, f"no reference image at '{reference}'" if reference
-                                 else "no reference image", "choose a portrait (PNG/JPEG) in the Render panel")
-        try:   # the backend's own rule, so a file it would refuse is named before anything is exported
-            check_image_file(reference, "the reference image", REFERENCE_FORMATS)
-        except (ImageFormatError, OSError) as exc:
-            return _report_error(self, scene, str(exc), "choose a PNG, JPEG or WebP portrait in the Render panel")
-        if scene.camera is None or scene.camera.type != "CAMERA":
-            return _report_error(self, scene, "the scene has no camera", "add a camera and make it the scene camera")
         try:
-            identity = self._identity_settings(rig)
-        except ValueError as exc:
-            return _report_error(self, scene, str(exc), "choose a .npy of FLAME shape coefficients in the Render "
-                                 "panel (Reference shape), or set Identity shape to Animation")
-        fd, animation = tempfile.mkstemp(prefix="flamediff-render-", suffix=".npz")
-        os.close(fd)
-        try:
-            animation_io.check_rig_asset(rig, assets.current(context)[1])
-            clip, _ = animation_io.read_clip(context, rig, start, end, scene.camera)
-            save_animation(animation, clip)
-        except (AnimationFormatError, animation_io.ExportError, FlameAssetError, OSError) as exc:
-            os.remove(animation)
-            return _report_error(self, scene, f"export failed: {exc}")
-        settings = {name: self._value(props, name) for name in PANEL_SETTINGS} | identity
-        checkpoint = self._value(props, "checkpoint").strip()
-        if checkpoint:
-            settings["checkpoint"] = checkpoint
+            reference, animation, settings, frames = render_scene.job_inputs(context, rig, start, end, self._value)
+        except render_scene.JobInputError as exc:
+            return _report_error(self, scene, exc.message, exc.advice)
         backend = backend_settings(context)
         local = backend if backend["mode"] == "LOCAL" else None
         props.error = props.advice = props.notes = ""
         props.status, props.message, props.progress, props.frames_done = "connecting", "Connecting...", 0.0, 0
-        props.frames_total = len(clip.frame)
+        props.frames_total = len(frames)
         host = render_scene.SceneHost(scene, unsaved_output_root(context))
-        return render_job.RenderJob(host, make_client(context), reference, animation, settings,
-                                    [int(f) for f in clip.frame], local)
+        return render_job.RenderJob(host, make_client(context), reference, animation, settings, frames, local)
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:

@@ -96,8 +96,8 @@ class RecordingHost:
 class FakeProcess:
     """The "Start locally" backend process: never answers, exits after ``lives`` checks."""
 
-    def __init__(self, lives: int = 0) -> None:
-        self.lives, self.starts = lives, []
+    def __init__(self, lives: int = 0, port_answers: bool = False) -> None:
+        self.lives, self.starts, self.port_answers = lives, [], port_answers
 
     def running(self):
         self.lives -= 1
@@ -114,6 +114,9 @@ class FakeProcess:
 
     def log_path(self) -> str:
         return "/tmp/serve.log"
+
+    def answers_on(self, port: int) -> bool:
+        return self.port_answers
 
 
 def make_job(tmp_path, client, frames=(1, 2, 3), local=None,
@@ -246,7 +249,7 @@ def test_the_render_panel_and_operator_offer_the_protocol_settings() -> None:
             "def props(cls, module):\n"
             "    return {name: eval(text, vars(module)).keywords for name, text in cls.__annotations__.items()}\n"
             "print(json.dumps({'panel': props(s.FlamediffRenderProps, s), 'rig': props(s.FlamediffRigSettings, s),\n"
-            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': r.PANEL_SETTINGS},\n"
+            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': s.PANEL_SETTINGS},\n"
             "                 default=sorted))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -157,7 +157,7 @@ def test_context_windows_are_anchored_to_frame_numbers_and_blend_to_one():
 
 
 def test_frames_for_exact_subset_are_the_windows_holding_the_wanted_frames():
-    from flamediff.pipelines.render import frames_for_exact_subset
+    from flamediff.formats.windows import frames_for_exact_subset
 
     assert frames_for_exact_subset([5, 6, 7], range(1, 8), 4, 2) == [3, 4, 5, 6, 7]
     assert frames_for_exact_subset([30], range(1, 100), 16, 4) == list(range(21, 37))
@@ -171,7 +171,7 @@ def test_temporal_model_renders_long_clips_through_windows(pipeline, temporal, h
     layers."""
     import copy
 
-    from flamediff.pipelines.render import frames_for_exact_subset
+    from flamediff.formats.windows import frames_for_exact_subset
 
     clip = demo_animation(head_asset, num_frames=7, resolution=48)
     settings = RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4, context_overlap=2)

@@ -358,7 +358,8 @@ class _OutOfMemoryRenderer:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return real.stream(reference, clip, settings, **kwargs)
         return types.SimpleNamespace(stream=stream, resolved_steps=real.resolved_steps, resolution=real.resolution,
-                                     dtype=real.dtype, frames_to_render=real.frames_to_render)
+                                     dtype=real.dtype, frames_to_render=real.frames_to_render,
+                                     resolved_guidance=real.resolved_guidance)
 
 
 def test_out_of_memory_retries_with_smaller_batches(server, inputs):

@@ -130,6 +130,51 @@ def framing_summary(framing: str, render: bpy.types.RenderSettings) -> str:
             f"resolution with the camera's aspect, no transparency")
 
 
+def draw_job_settings(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The scene's job settings (``scene.flamediff_render``) and the active rig's identity: the
+    sidebar's Render panel and the render engine's Render Properties show the same ones."""
+    props = context.scene.flamediff_render
+    layout.prop(props, "reference_image")
+    row = layout.row(align=True)
+    row.prop(props, "steps")
+    row.prop(props, "guidance")
+    row = layout.row(align=True)
+    row.prop(props, "seed")
+    row.prop(props, "checkpoint", text="Model")
+    layout.prop(props, "preview")
+    layout.prop(props, "framing")
+    wrapped_label(layout, context, framing_summary(props.framing, context.scene.render), icon="IMAGE_DATA")
+    rig = rigmod.find_rig(context.active_object)
+    if rig is not None:
+        layout.prop(rig.flamediff_rig_settings, "shape_from")
+        if rig.flamediff_rig_settings.shape_from == "reference":
+            layout.prop(rig.flamediff_rig_settings, "reference_shape")
+
+
+class FLAMEDIFF_PT_engine(bpy.types.Panel):
+    """Render Properties with the flamediff engine: what F12, Render Animation and ``blender -b`` use."""
+
+    bl_label = "flamediff"
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    COMPAT_ENGINES = {"FLAMEDIFF"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.engine in cls.COMPAT_ENGINES
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        draw_job_settings(layout, context)
+        layout.prop(context.scene.render, "film_transparent", text="Transparent around the head")
+        view = context.scene.view_settings
+        if view.view_transform != "Standard" or view.look != "None" or view.exposure or view.gamma != 1.0:
+            wrapped_label(layout, context, "The view transform changes flamediff's colours in saved PNG/JPEG: "
+                                           "set Color Management > View Transform to Standard", icon="ERROR")
+
+
 class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
     bl_label = "Render"
 
@@ -138,21 +183,7 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
 
         layout = self.layout
         props = context.scene.flamediff_render
-        layout.prop(props, "reference_image")
-        row = layout.row(align=True)
-        row.prop(props, "steps")
-        row.prop(props, "guidance")
-        row = layout.row(align=True)
-        row.prop(props, "seed")
-        row.prop(props, "checkpoint", text="Model")
-        layout.prop(props, "preview")
-        layout.prop(props, "framing")
-        wrapped_label(layout, context, framing_summary(props.framing, context.scene.render), icon="IMAGE_DATA")
-        rig = rigmod.find_rig(context.active_object)
-        if rig is not None:
-            layout.prop(rig.flamediff_rig_settings, "shape_from")
-            if rig.flamediff_rig_settings.shape_from == "reference":
-                layout.prop(rig.flamediff_rig_settings, "reference_shape")
+        draw_job_settings(layout, context)
         running = render_job.active_job(context.scene.name) is not None
         row = layout.row(align=True)
         row.enabled = not running

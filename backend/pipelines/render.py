@@ -48,6 +48,7 @@ from flamediff.flame.model import FlameModel
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.conventions import (fitted_frame, head_squares, square_fit_intrinsics,
                                            square_region_intrinsics, view_matrices)
+from flamediff.formats.windows import CONTEXT_OVERLAP, CONTEXT_WINDOW, frames_for_exact_subset, window_indices
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
@@ -76,8 +77,8 @@ class RenderSettings:
     seed: int = 0
     frames_per_batch: int = 8
     shape_from: str = "animation"  # or "reference": drive with the reference identity's shape
-    context_window: int = 16       # temporal models: frames seen together
-    context_overlap: int = 4
+    context_window: int = CONTEXT_WINDOW   # temporal models: frames seen together
+    context_overlap: int = CONTEXT_OVERLAP
     preview: bool = False          # half resolution, at most PREVIEW_STEPS steps, first frame alone
     framing: str = "camera"        # or "head": see the module docstring
 
@@ -160,14 +161,6 @@ class ContextWindow:
     final_rows: int
 
 
-def _window_index_range(frame: int, window: int, overlap: int) -> range:
-    """Indices ``k`` of the windows holding Blender frame ``frame``: window ``k`` spans frame
-    numbers ``[1 - overlap + k * stride, 1 - overlap + k * stride + window)``."""
-    stride = window - overlap
-    offset = frame - (1 - overlap)
-    return range((offset - window) // stride + 1, offset // stride + 1)
-
-
 def context_windows(frame_numbers: np.ndarray, window: int, overlap: int) -> list[ContextWindow]:
     """The context windows holding ``frame_numbers`` (sorted Blender frame numbers), in order.
 
@@ -186,8 +179,8 @@ def context_windows(frame_numbers: np.ndarray, window: int, overlap: int) -> lis
     if len(frames) == 0:
         return []
     stride, base = window - overlap, 1 - overlap
-    first = _window_index_range(int(frames[0]), window, overlap)[0]
-    last = _window_index_range(int(frames[-1]), window, overlap)[-1]
+    first = window_indices(int(frames[0]), window, overlap)[0]
+    last = window_indices(int(frames[-1]), window, overlap)[-1]
     windows = []
     for k in range(first, last + 1):
         start = base + k * stride
@@ -200,16 +193,6 @@ def context_windows(frame_numbers: np.ndarray, window: int, overlap: int) -> lis
         final = int(np.searchsorted(frames, start + stride)) - lo           # rows before the next window
         windows.append(ContextWindow(slice(int(lo), int(hi)), np.minimum(rising, falling), max(final, 0)))
     return windows[:-1] + [replace(windows[-1], final_rows=windows[-1].rows.stop - windows[-1].rows.start)]
-
-
-def frames_for_exact_subset(wanted: list[int] | np.ndarray, job_frames: list[int] | np.ndarray,
-                            window: int, overlap: int) -> list[int]:
-    """The job frames a temporal render of ``wanted`` must denoise so that those frames get the
-    full job's pixels: every job frame of every window holding a wanted frame."""
-    stride, base = window - overlap, 1 - overlap
-    windows = {k for frame in wanted for k in _window_index_range(int(frame), window, overlap)}
-    return sorted(int(f) for f in job_frames
-                  if any(base + k * stride <= f < base + k * stride + window for k in windows))
 
 
 class FlameDiffPipeline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Any, TextIO
@@ -148,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     jobs_dir = os.path.abspath(os.path.expanduser(args.jobs_dir or os.path.join(cache_dir(), "jobs")))
     token_file = os.path.abspath(os.path.expanduser(args.token_file or default_token_file()))
+    listening = bind_socket(args.host, args.port)  # before the token: a second start must not replace it
     token = write_token_file(token_file)
     limits = InputLimits(args.max_frames_per_job, ReadLimits(max_bytes=args.max_animation_mb << 20,
                                                              max_frames=args.max_frames_per_file),
@@ -165,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"flamediff serve: token file {token_file} (readable only by you)", flush=True)
     print(f"flamediff serve: local paths {'under ' + ', '.join(args.allow_path) if args.allow_path else 'off'} "
           "(--allow-path)", flush=True)
-    uvicorn.run(app, **server_options(connections), host=args.host, port=args.port)
+    uvicorn.Server(uvicorn.Config(app, **server_options(connections))).run(sockets=[listening])
     return 0
 
 
@@ -176,6 +178,23 @@ def server_options(limits: "ConnectionLimits") -> dict[str, Any]:
 
     return {"http": guarded_protocol(limits), "h11_max_incomplete_event_size": 64 * 1024, "timeout_keep_alive": 5,
             "log_level": "warning", "access_log": False}
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts: when a backend already listens on
+    ``port`` (another Blender on this machine started it), this one stops with a one-line error and
+    leaves that backend's token file alone, so its clients keep working."""
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    listening = socket.socket(family, kind, proto)
+    if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share the port
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind(address)
+    except OSError as exc:
+        listening.close()
+        raise FlamediffError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another flamediff backend "
+                             "(or another program) uses that port; use it, or start this one with another --port") from None
+    return listening
 
 
 class ProgressBar:

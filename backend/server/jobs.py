@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
+from flamediff import __version__
 from flamediff.errors import FlamediffError
 from flamediff.formats.protocol import frame_file
 from flamediff.server.files import LockBusy, exclusive_lock, make_private_dir, write_atomic
@@ -75,13 +76,17 @@ def _digest(reference: bytes, animation: bytes, identity: dict[str, Any]) -> str
     return digest.hexdigest()
 
 
-def encode_png(image: NDArray[np.uint8]) -> bytes:
+def encode_png(image: NDArray[np.uint8], text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of ``image``, with ``text`` as its text chunks (a frame's recipe)."""
     import io
 
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
+    chunks = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        chunks.add_text(key, value)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1, pnginfo=chunks)
     return buffer.getvalue()
 
 
@@ -245,12 +250,14 @@ class JobFolder:
         wanted = self.read()["frames"]
         return [frame for frame in wanted if not os.path.isfile(self.frame_path(frame))]
 
-    def write_frame(self, frame: int, image: NDArray[np.uint8], control: NDArray[np.uint8] | None = None) -> None:
-        """Control preview first, then the frame: a frame that exists has its preview."""
+    def write_frame(self, frame: int, image: NDArray[np.uint8], control: NDArray[np.uint8] | None = None,
+                    recipe: dict[str, str] | None = None) -> None:
+        """Control preview first, then the frame (with its ``recipe`` as PNG text chunks): a frame
+        that exists has its preview."""
         if control is not None:
             make_private_dir(os.path.dirname(self.control_path(frame)))
             write_atomic(self.control_path(frame), encode_png(control))
-        write_atomic(self.frame_path(frame), encode_png(image))
+        write_atomic(self.frame_path(frame), encode_png(image, recipe))
 
     def clean_temporaries(self) -> None:
         """Remove temp files a killed writer left behind."""
@@ -295,6 +302,8 @@ class JobFolder:
                 "settings": checked.settings.to_dict(), "checkpoint": checked.checkpoint,
                 "request_hash": checked.request_hash, "render_hash": checked.render_hash,
                 "reference": reference_name, "animation": "animation.npz",
+                "reference_sha256": hashlib.sha256(checked.reference).hexdigest(),
+                "animation_sha256": hashlib.sha256(checked.animation).hexdigest(), "flamediff_version": __version__,
                 "notes": list(checked.notes), "created": now, "updated": now, "started": None, "finished": None,
             }
             write_atomic(self.manifest_path, json.dumps(manifest, indent=2).encode(), sync=True)

@@ -155,11 +155,15 @@ def read_local(path: Any, what: str, roots: AllowedRoots) -> bytes:
     return data
 
 
+#: What a job view adds for the frames' recipes (:func:`~flamediff.formats.provenance.frame_recipe`).
+PROVENANCE_KEYS = ("guidance", "checkpoint_sha256", "reference_sha256", "animation_sha256", "flamediff_version")
+
+
 def public_view(manifest: dict[str, Any]) -> dict[str, Any]:
     """The fields a client polls, without the server's paths."""
     keys = ("id", "status", "phase", "progress", "frames_done", "frames_total", "frames", "eta_s", "error",
             "advice", "settings", "steps", "resolution", "precision", "notes", "created", "updated", "started", "finished", "oom_retries",
-            "frames_per_batch_used")
+            "frames_per_batch_used", *PROVENANCE_KEYS)
     view = {key: manifest.get(key) for key in keys if key in manifest}
     view["checkpoint"] = {key: manifest.get("checkpoint", {}).get(key) for key in ("name", "source", "flame_asset")}
     return view

@@ -13,7 +13,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import functools
+import hashlib
 import logging
+import os
 import threading
 import time
 import traceback
@@ -23,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from flamediff.errors import FlamediffError
+from flamediff.formats.provenance import frame_recipe
 from flamediff.server.jobs import JobFolder, JobStore
 
 if TYPE_CHECKING:
     import torch
 
+    from flamediff.formats.animation import AnimationClip
     from flamediff.formats.flame_asset import FlameAsset
     from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
     from flamediff.server.inputs import JobSettings
@@ -205,13 +210,17 @@ def _render_locked(job: JobFolder, renderer: InProcessRenderer, should_cancel: C
         settings = job.settings()
         steps = pipeline.resolved_steps(settings.steps, settings.preview)
         job.update(phase="rendering", steps=steps, resolution=pipeline.resolution(settings.preview),
-                   precision=precision_name(pipeline.dtype))
-        batch = max(1, min(settings.frames_per_batch, len(missing)))
+                   precision=precision_name(pipeline.dtype), guidance=pipeline.resolved_guidance(settings.guidance),
+                   checkpoint_sha256=weights_sha256(manifest["checkpoint"]))
+        clip = _clip_to_render(job, pipeline, pipeline_settings(settings, steps, settings.frames_per_batch))
+        # bounded by the frames denoised (not those written): the same frames decode in the same batches
+        # whichever of them a job writes, so a chunk's frames are the full render's to the last bit
+        batch = max(1, min(settings.frames_per_batch, len(clip.frame)))
         while True:
             if should_cancel():
                 raise RenderCancelled("cancelled")
             try:
-                _render_missing(job, pipeline, settings, pipeline_settings(settings, steps, batch),
+                _render_missing(job, pipeline, settings, pipeline_settings(settings, steps, batch), clip,
                                 _JobProgress(job, on_progress), should_cancel)
                 return _finish(job, manifest["frames_total"])
             except Exception as exc:
@@ -231,6 +240,22 @@ def _render_locked(job: JobFolder, renderer: InProcessRenderer, should_cancel: C
         return "failed"
 
 
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, fingerprint: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's weights file (a frame's provenance), read once per weights version."""
+    from flamediff.server.checkpoints import WEIGHTS_NAME
+
+    return _file_sha256(os.path.join(checkpoint["path"], WEIGHTS_NAME), checkpoint.get("fingerprint", ""))
+
+
 def pipeline_settings(settings: "JobSettings", steps: int, frames_per_batch: int) -> "RenderSettings":
     """The pipeline's settings for a job: every job setting the pipeline shares by name, with the
     steps resolved for its checkpoint and the batch size in use (smaller after a GPU OOM)."""
@@ -241,11 +266,21 @@ def pipeline_settings(settings: "JobSettings", steps: int, frames_per_batch: int
     return RenderSettings(**{**values, "steps": steps, "frames_per_batch": frames_per_batch})
 
 
-def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", render_settings: "RenderSettings",
-                    progress: "_JobProgress", should_cancel: Callable[[], bool]) -> None:
-    """One pipeline call over every missing frame (one ReferenceNet pass, unbroken temporal
-    context) with the job's typed settings, writing each missing frame as it is handed out."""
+def _clip_to_render(job: JobFolder, pipeline: Any, render_settings: "RenderSettings") -> "AnimationClip":
+    """The job's missing frames and, for temporal models, their window neighbours from the whole
+    animation (not only the job's frames): a resumed job, or a job of some frames of a longer
+    animation (a farm chunk), gets exactly the pixels of one render of the whole animation."""
     from flamediff.formats.animation import load_animation
+
+    animation = load_animation(job.input_path(job.read()["animation"]))
+    return animation.select_frames(pipeline.frames_to_render(job.missing_frames(), animation.frame.tolist(),
+                                                             render_settings))
+
+
+def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", render_settings: "RenderSettings",
+                    clip: "AnimationClip", progress: "_JobProgress", should_cancel: Callable[[], bool]) -> None:
+    """One pipeline call over ``clip`` (one ReferenceNet pass, unbroken temporal context) with the
+    job's typed settings, writing each missing frame as it is handed out."""
     from flamediff.server.inputs import read_reference_image
 
     manifest = job.read()
@@ -258,16 +293,12 @@ def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", rend
         progress.denoised(done / total)
         return not should_cancel()
 
-    # temporal models also denoise the missing frames' window neighbours, so a resumed or
-    # extended job gets exactly the pixels of one uninterrupted render; only missing frames are written
-    rendered = pipeline.frames_to_render(sorted(missing), manifest["frames"], render_settings)
-    clip = load_animation(job.input_path(manifest["animation"])).select_frames(rendered)
     for piece in pipeline.stream(reference, clip, render_settings, reference_shape=reference_shape,
                                  progress=denoised, return_control=True):
         written = [(n, f, c) for n, f, c in zip(piece.frame_numbers, piece.frames, piece.control_previews)
                    if n in missing]
         for number, frame, control in written:
-            job.write_frame(number, frame, control)
+            job.write_frame(number, frame, control, frame_recipe(manifest, number))
         progress.wrote(len(written))
 
 

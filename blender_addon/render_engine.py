@@ -1,0 +1,160 @@
+"""The "flamediff" render engine: F12, Render Animation, ``blender -b -a`` / ``-f N`` render through
+the backend, into Blender's own result buffer (so output path, file format, compositor, stamps and
+the Render Result work as with any engine).
+
+Thin over the render job: the first ``render`` call of a render submits one job for every frame
+Blender will ask for (:mod:`.engine_job`), the following calls wait for their frame. The settings
+are the Render panel's (``scene.flamediff_render``, the protocol's job settings).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import bpy
+import numpy as np
+
+from . import animation_io, engine_job, local_backend, render_scene
+from . import rig as rigmod
+from .formats.provenance import frame_recipe
+from .preferences import backend_settings, make_client
+from .render_job import RenderJob
+
+ENGINE_ID = "FLAMEDIFF"
+#: scene name -> the chunk a render of that scene follows (set at its first frame, dropped at its end)
+_CHUNKS: dict[str, engine_job.ChunkRender] = {}
+
+
+def scene_rig(scene: bpy.types.Scene, active: bpy.types.Object | None) -> bpy.types.Object:
+    """The rig a render shows: the scene's only rig, else the active object's; raises EngineError."""
+    rigs = [obj for obj in scene.objects if obj.get("flamediff_rig")]
+    chosen = rigmod.find_rig(active)
+    if chosen is not None and chosen in rigs:
+        return chosen
+    if len(rigs) == 1:
+        return rigs[0]
+    raise engine_job.EngineError("no flamediff rig in the scene" if not rigs else
+                                 f"{len(rigs)} flamediff rigs in the scene and none is active",
+                                 "add one with Add > FLAME Rig" if not rigs else "select the rig to render")
+
+
+def _start_chunk(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph, frames: list[int]) -> engine_job.ChunkRender:
+    """Export the rig over the frames' context windows and submit one job for ``frames``."""
+    rig = scene_rig(scene, depsgraph.view_layer.objects.active)
+    blockers = animation_io.fast_path_blockers(scene, rig, scene.camera) if scene.camera else []
+    if blockers:  # the evaluated-scene export steps through frames, which a render must not do
+        raise engine_job.EngineError(f"the engine reads keyframes only, and this rig or camera has {blockers[0]}",
+                                     "bake it (Object > Animation > Bake Action), or render with Render > "
+                                     "flamediff > Render (the VSE operator)")
+    # read_clip's fast path reads F-curves, and the render's depsgraph for what has none
+    context = types.SimpleNamespace(scene=scene, evaluated_depsgraph_get=lambda: depsgraph,
+                                    preferences=bpy.context.preferences)
+    first, last = engine_job.export_range(frames)
+    try:
+        reference, animation, settings, _ = render_scene.job_inputs(context, rig, first, last)
+    except render_scene.JobInputError as exc:
+        raise engine_job.EngineError(exc.message, exc.advice) from None
+    backend = backend_settings(context)
+    local = backend if backend["mode"] == "LOCAL" else None
+    if local is not None and bpy.app.background:
+        local_backend.keep_running()  # the next chunk on this machine finds it warm
+    host = engine_job.EngineHost(scene.name)
+    job = RenderJob(host, make_client(context), reference, animation, {**settings, "frames": frames}, frames, local)
+    return engine_job.ChunkRender(job, host)
+
+
+class FlamediffRenderEngine(bpy.types.RenderEngine):
+    """Render Properties > Render Engine > flamediff."""
+
+    bl_idname = ENGINE_ID
+    bl_label = "flamediff"
+    bl_use_preview = False          # material previews: nothing to show
+    bl_use_postprocess = True       # compositor and sequencer run on the result
+    bl_use_eevee_viewport = True    # the 3D view's Material Preview / Rendered shading use Eevee
+
+    def render(self, depsgraph: bpy.types.Depsgraph) -> None:
+        scene = bpy.data.scenes.get(depsgraph.scene.name) or depsgraph.scene
+        frame = scene.frame_current
+        try:
+            chunk = self._chunk(scene, depsgraph, frame)
+            path = chunk.wait_for(frame, self.test_break, self._progress)
+        except engine_job.RenderCancelled as exc:
+            self.report({"WARNING"}, f"flamediff: {exc}")
+            drop_chunk(scene.name)
+            return
+        except engine_job.EngineError as exc:
+            drop_chunk(scene.name)
+            self._fail(exc)
+            return
+        self._deliver(scene, path, frame_recipe(chunk.job.view, frame))
+
+    def _chunk(self, scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph, frame: int) -> engine_job.ChunkRender:
+        chunk = _CHUNKS.get(scene.name)
+        if chunk is None or frame not in chunk.frames:
+            drop_chunk(scene.name)
+            frames = engine_job.rendered_frames(scene.frame_start, scene.frame_end, scene.frame_step, frame,
+                                                self.is_animation)
+            chunk = _CHUNKS[scene.name] = _start_chunk(scene, depsgraph, frames)
+        return chunk
+
+    def _progress(self, fraction: float, text: str) -> None:
+        self.update_progress(fraction)
+        self.update_stats("", text)
+
+    def _deliver(self, scene: bpy.types.Scene, path: str, recipe: dict[str, str]) -> None:
+        """The frame into the result (and its recipe into the stamp metadata Blender writes)."""
+        result = self.begin_result(0, 0, self.resolution_x, self.resolution_y)
+        try:
+            result.layers[0].load_from_file(path)
+            if not scene.render.film_transparent:   # over black, as other engines without transparency
+                combined = result.layers[0].passes["Combined"]
+                pixels = np.empty(len(combined.rect) * 4, dtype=np.float32)
+                combined.rect.foreach_get(pixels)
+                pixels[3::4] = 1.0   # the result is premultiplied: RGB already is the head over black
+                combined.rect.foreach_set(pixels)
+        finally:
+            self.end_result(result)
+        full = self.get_result()
+        for key, value in recipe.items():
+            full.stamp_data_add_field(key, value)
+
+    def _fail(self, exc: engine_job.EngineError) -> None:
+        """A one-line error; ``blender -b ... -a`` exits non-zero (it would ignore the error and exit 0)."""
+        self.report({"ERROR"}, str(exc))
+        if engine_job.command_line_render(sys.argv, bpy.app.background):
+            print(str(exc), file=sys.stderr, flush=True)
+            raise SystemExit(1)
+
+
+def drop_chunk(scene_name: str) -> None:
+    chunk = _CHUNKS.pop(scene_name, None)
+    if chunk is not None:
+        chunk.close()
+
+
+@bpy.app.handlers.persistent
+def _render_ended(scene: Any, *_args: Any) -> None:
+    """A render (one frame or a whole animation) ended or was cancelled: forget its chunk."""
+    drop_chunk(getattr(scene, "name", ""))
+
+
+_HANDLERS = (bpy.app.handlers.render_init, bpy.app.handlers.render_complete, bpy.app.handlers.render_cancel)
+
+
+def register_handlers() -> None:
+    for handlers in _HANDLERS:
+        if _render_ended not in handlers:
+            handlers.append(_render_ended)
+
+
+def unregister_handlers() -> None:
+    for handlers in _HANDLERS:
+        if _render_ended in handlers:
+            handlers.remove(_render_ended)
+    for name in list(_CHUNKS):
+        drop_chunk(name)
+
+
+classes = (FlamediffRenderEngine,)
