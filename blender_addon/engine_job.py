@@ -40,9 +40,40 @@ class RenderCancelled(RuntimeError):
     """Esc: the backend job was cancelled; the frames written so far stay."""
 
 
-def rendered_frames(start: int, end: int, step: int, current: int, animation: bool) -> list[int]:
-    """The frames Blender asks for in this render: the scene range with its step, or the current frame."""
+def rendered_frames(start: int, end: int, step: int, current: int, animation: bool,
+                    listed: Sequence[int] = ()) -> list[int]:
+    """The frames Blender asks for in this render: those ``blender -f`` lists (``listed``: Blender
+    renders each as a render of its own), the scene range with its step, or the current frame."""
+    if current in listed:
+        return sorted(set(listed))
     return list(range(start, end + 1, max(1, step))) if animation else [current]
+
+
+def listed_frames(argv: Sequence[str], start: int, end: int) -> list[int]:
+    """The frames of Blender's ``-f`` / ``--render-frame`` arguments: ``7``, ``1,3,5``, ``5..9``,
+    ``+2`` (from the start frame), ``-2`` (before the end frame); several ``-f`` add up."""
+    own = list(argv[:list(argv).index("--")]) if "--" in argv else list(argv)
+    frames: list[int] = []
+    for flag, value in zip(own, own[1:]):
+        if flag not in ("-f", "--render-frame"):
+            continue
+        for part in value.split(","):
+            try:
+                first, _, last = part.partition("..")
+                lo = _frame_number(first, start, end)
+                frames.extend(range(lo, _frame_number(last, start, end) + 1) if last else [lo])
+            except ValueError:
+                continue   # Blender reports what it cannot read
+    return frames
+
+
+def _frame_number(text: str, start: int, end: int) -> int:
+    text = text.strip()
+    if text.startswith("+"):
+        return start + int(text[1:])
+    if text.startswith("-"):
+        return end - int(text[1:])
+    return int(text)
 
 
 def export_range(frames: Sequence[int]) -> tuple[int, int]:
@@ -110,6 +141,11 @@ class ChunkRender:
     @property
     def frames(self) -> list[int]:
         return self.job.frames
+
+    @property
+    def handed_out(self) -> bool:
+        """Whether every frame of the chunk was rendered (Blender took them, or will read them again)."""
+        return set(self.frames) <= self.job.fetched
 
     def wait_for(self, frame: int, should_stop: Callable[[], bool],
                  on_progress: Callable[[float, str], None] = lambda fraction, text: None) -> str:

@@ -94,8 +94,10 @@ class FlamediffRenderEngine(bpy.types.RenderEngine):
         chunk = _CHUNKS.get(scene.name)
         if chunk is None or frame not in chunk.frames:
             drop_chunk(scene.name)
+            listed = engine_job.listed_frames(sys.argv, scene.frame_start, scene.frame_end) if \
+                engine_job.command_line_render(sys.argv, bpy.app.background) else []
             frames = engine_job.rendered_frames(scene.frame_start, scene.frame_end, scene.frame_step, frame,
-                                                self.is_animation)
+                                                self.is_animation, listed)
             chunk = _CHUNKS[scene.name] = _start_chunk(scene, depsgraph, frames)
         return chunk
 
@@ -135,24 +137,32 @@ def drop_chunk(scene_name: str) -> None:
 
 
 @bpy.app.handlers.persistent
-def _render_ended(scene: Any, *_args: Any) -> None:
-    """A render (one frame or a whole animation) ended or was cancelled: forget its chunk."""
+def _render_complete(scene: Any, *_args: Any) -> None:
+    """A render ended: forget its chunk once every frame was rendered (``blender -f 1..12`` renders
+    its frames as renders of their own: the chunk lives on for the next one)."""
+    chunk = _CHUNKS.get(getattr(scene, "name", ""))
+    if chunk is not None and chunk.handed_out:
+        drop_chunk(scene.name)
+
+
+@bpy.app.handlers.persistent
+def _render_cancel(scene: Any, *_args: Any) -> None:
     drop_chunk(getattr(scene, "name", ""))
 
 
-_HANDLERS = (bpy.app.handlers.render_init, bpy.app.handlers.render_complete, bpy.app.handlers.render_cancel)
+_HANDLERS = ((bpy.app.handlers.render_complete, _render_complete), (bpy.app.handlers.render_cancel, _render_cancel))
 
 
 def register_handlers() -> None:
-    for handlers in _HANDLERS:
-        if _render_ended not in handlers:
-            handlers.append(_render_ended)
+    for handlers, handler in _HANDLERS:
+        if handler not in handlers:
+            handlers.append(handler)
 
 
 def unregister_handlers() -> None:
-    for handlers in _HANDLERS:
-        if _render_ended in handlers:
-            handlers.remove(_render_ended)
+    for handlers, handler in _HANDLERS:
+        if handler in handlers:
+            handlers.remove(handler)
     for name in list(_CHUNKS):
         drop_chunk(name)
 

@@ -7,7 +7,10 @@
   ``WORK/shot.blend``;
 - ``animation START END FORMAT DEPTH FILEPATH``: open shot.blend, set the range (``-s``/``-e``), the
   output format and path, ``bpy.ops.render.render(animation=True)`` (``blender -b shot.blend -a``);
-- ``still FRAME PATH``: F12 on FRAME, then the Render Result saved to PATH;
+- ``still FRAME PATH``: F12 on FRAME, then the Render Result saved to PATH (and again without film
+  transparency);
+- ``listed FILEPATH``: ``blender -b shot.blend -o FILEPATH -f 3..4``, which renders each frame as a render
+  of its own;
 - ``down``: the backend is not there: the render operator fails (a script exits 1 with the error);
 - ``down-cli``: the same as ``blender -b shot.blend -a`` sees it (Blender's argv), where the engine
   itself ends the process non-zero.
@@ -107,6 +110,13 @@ def main() -> None:
         animation(*ARGS)
     elif MODE == "still":
         still(*ARGS)
+    elif MODE == "listed":   # blender -b shot.blend -f 3..4: one render of its own per frame
+        sys.argv = ["blender", "-b", BLEND, "-o", ARGS[0], "-f", "3..4"]
+        bpy.context.scene.render.filepath = ARGS[0]
+        scene = bpy.context.scene
+        for frame in (3, 4):   # Blender runs its animation render over frame..frame for each
+            scene.frame_start = scene.frame_end = frame
+            render(animation=True)
     elif MODE in ("down", "down-cli"):
         if MODE == "down-cli":
             sys.argv = ["blender", "-b", BLEND, "-a"]   # what Blender's own sys.argv holds then

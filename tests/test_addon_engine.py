@@ -68,7 +68,7 @@ def shot(tmp_path_factory: pytest.TempPathFactory, head_folder) -> dict:
     os.makedirs(os.path.join(work, "models"))
     zip_path = build(os.path.join(work, "dist"))
     server = Server(work, os.path.join(work, "models")).start()   # the shipped demo checkpoint
-    out = {name: os.path.join(work, "out", name, "f_####") for name in ("chunks", "full", "exr")}
+    out = {name: os.path.join(work, "out", name, "f_####") for name in ("chunks", "full", "exr", "listed")}
     try:
         drivers = Drivers(work, zip_path, head_folder, server.port, server.token_file)
         runs = {"setup": drivers.run("setup", REFERENCE)}
@@ -81,6 +81,7 @@ def shot(tmp_path_factory: pytest.TempPathFactory, head_folder) -> dict:
         runs["full"] = drivers.run("animation", "1", "12", "PNG", "8", out["full"])
         runs["exr"] = drivers.run("animation", "1", "12", "OPEN_EXR", "16", out["exr"])
         runs["still"] = drivers.run("still", "5", os.path.join(work, "out", "still.png"))
+        runs["listed"] = drivers.run("listed", out["listed"])
         down = free_port()
         runs["down"] = drivers.run("down", port=down)
         runs["down_cli"] = drivers.run("down-cli", port=down)
@@ -169,6 +170,19 @@ def test_f12_fills_the_render_result(shot):
     opaque, _ = read_png(os.path.join(shot["work"], "out", "still_opaque.png"))   # film transparency off
     over_black = np.round(pixels[..., :3] * (pixels[..., 3:] / 255.0)).astype(np.uint8)
     assert (opaque[..., 3] == 255).all() and np.abs(opaque[..., :3].astype(int) - over_black).max() <= 1
+
+
+def test_render_frame_list_is_one_job_with_the_full_renders_pixels(shot):
+    listed = shot["runs"]["listed"]   # blender -b shot.blend -f 3..4
+    ok(listed)
+    assert sorted(os.listdir(os.path.dirname(shot["out"]["listed"]))) == ["f_0003.png", "f_0004.png"]
+    for frame in (3, 4):
+        assert np.array_equal(read_png(frame_file(shot["out"]["listed"], frame))[0],
+                              read_png(frame_file(shot["out"]["full"], frame))[0])
+    jobs = {line.rsplit("(job ", 1)[1].split(",")[0] for line in listed["stderr"].splitlines()
+            if line.startswith("flamediff: frame ") and "(job " in line and "connecting" not in line}
+    assert len(jobs) == 1, jobs   # the second frame's render waited for the same job
+    assert any("frame 2 of 2" in line for line in listed["stderr"].splitlines())
 
 
 def test_backend_down_fails_with_one_line_and_a_non_zero_exit(shot):

@@ -33,6 +33,14 @@ def test_rendered_frames_follow_the_scene_range_step_or_the_current_frame():
     assert engine_job.rendered_frames(1, 12, 1, 5, animation=False) == [5]
 
 
+def test_blenders_frame_lists_are_one_chunk():
+    argv = ["blender", "-b", "shot.blend", "-f", "1,3,5..7", "--render-frame", "+1", "-f", "-1", "--", "-f", "99"]
+    assert engine_job.listed_frames(argv, 10, 20) == [1, 3, 5, 6, 7, 11, 19]
+    assert engine_job.rendered_frames(10, 20, 1, 6, True, [7, 5, 6]) == [5, 6, 7]   # each -f frame is a render
+    assert engine_job.rendered_frames(10, 20, 1, 12, True, [5, 6]) == list(range(10, 21))   # not a listed frame
+    assert engine_job.listed_frames(["blender", "-b", "shot.blend", "-f", "x"], 1, 9) == []
+
+
 def test_only_blenders_own_render_flags_end_the_process():
     assert engine_job.command_line_render(["blender", "-b", "shot.blend", "-s", "7", "-e", "12", "-a"], True)
     assert engine_job.command_line_render(["blender", "-b", "shot.blend", "-f", "7"], True)
