@@ -155,6 +155,14 @@ def test_two_chunk_processes_give_the_pixels_of_one_full_render(shot):
         chunk, _ = read_png(frame_file(out["chunks"], frame))
         full, _ = read_png(frame_file(out["full"], frame))
         assert np.array_equal(chunk, full), f"frame {frame} differs"
+    # one backend for both Blenders: it ran one chunk's job, then the other's (queued, not refused)
+    manifests = []
+    for job in os.listdir(os.path.join(shot["work"], "jobs")):
+        with open(os.path.join(shot["work"], "jobs", job, "manifest.json"), encoding="utf-8") as handle:
+            manifests.append(json.load(handle))
+    first, second = sorted((m for m in manifests if m["frames"] in (list(range(1, 7)), list(range(7, 13)))),
+                           key=lambda m: m["started"])
+    assert second["created"] < first["finished"] <= second["started"]
     # the frames differ from each other (the jaw moves): equality is not a constant image
     assert not np.array_equal(read_png(frame_file(out["full"], 1))[0], read_png(frame_file(out["full"], 12))[0])
 

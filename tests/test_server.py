@@ -475,7 +475,11 @@ def test_render_command_is_resumable(tmp_path, models_dir, inputs, head_folder, 
     args = parser.parse_args(argv[:-6] + ["--out", str(alone), "--frames", "4", "--device", "cpu",
                                           "--models-dir", models_dir])
     assert args.func(args) == 0
-    assert (alone / "frame_0004.png").read_bytes() == (out / "frame_0004.png").read_bytes()
+    from PIL import Image
+
+    with Image.open(alone / "frame_0004.png") as single, Image.open(out / "frame_0004.png") as extended:
+        assert np.array_equal(np.asarray(single), np.asarray(extended))   # the same pixels; the recipes name
+        assert single.info["flamediff.job"] != extended.info["flamediff.job"]   # each its own job
 
     from flamediff.server.inputs import InputError
 
