@@ -18,6 +18,7 @@ import numpy as np
 
 from . import animation_io, engine_job, local_backend, render_scene
 from . import rig as rigmod
+from .formats.images import check_image_file
 from .formats.provenance import frame_recipe
 from .preferences import backend_settings, make_client
 from .render_job import RenderJob
@@ -109,7 +110,7 @@ class FlamediffRenderEngine(bpy.types.RenderEngine):
         """The frame into the result (and its recipe into the stamp metadata Blender writes)."""
         result = self.begin_result(0, 0, self.resolution_x, self.resolution_y)
         try:
-            result.layers[0].load_from_file(path)
+            result.layers[0].load_from_file(fitted(path, self.resolution_x, self.resolution_y))
             if not scene.render.film_transparent:   # over black, as other engines without transparency
                 combined = result.layers[0].passes["Combined"]
                 pixels = np.empty(len(combined.rect) * 4, dtype=np.float32)
@@ -128,6 +129,23 @@ class FlamediffRenderEngine(bpy.types.RenderEngine):
         if engine_job.command_line_render(sys.argv, bpy.app.background):
             print(str(exc), file=sys.stderr, flush=True)
             raise SystemExit(1)
+
+
+def fitted(path: str, width: int, height: int) -> str:
+    """``path``, or a copy scaled to ``width`` x ``height`` beside it: 'camera' framing renders frames
+    of the camera's aspect at the model's resolution, and a render result takes only its own size."""
+    header = check_image_file(path, "the rendered frame")
+    if (header.width, header.height) == (width, height):
+        return path
+    image = bpy.data.images.load(path)
+    try:
+        image.scale(width, height)
+        image.filepath_raw = scaled = path.replace(".png", f"_{width}x{height}.png")
+        image.file_format = "PNG"
+        image.save()
+    finally:
+        bpy.data.images.remove(image)
+    return scaled
 
 
 def drop_chunk(scene_name: str) -> None:

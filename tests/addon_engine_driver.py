@@ -8,7 +8,7 @@
 - ``animation START END FORMAT DEPTH FILEPATH``: open shot.blend, set the range (``-s``/``-e``), the
   output format and path, ``bpy.ops.render.render(animation=True)`` (``blender -b shot.blend -a``);
 - ``still FRAME PATH``: F12 on FRAME, then the Render Result saved to PATH (and again without film
-  transparency);
+  transparency, and with 'camera' framing);
 - ``listed FILEPATH``: ``blender -b shot.blend -o FILEPATH -f 3..4``, which renders each frame as a render
   of its own;
 - ``down``: the backend is not there: the render operator fails (a script exits 1 with the error);
@@ -97,6 +97,9 @@ def still(frame: str, path: str) -> None:
     scene.render.film_transparent = False   # the same frame over black (the job is reused: no render)
     render()
     image.save_render(path.replace(".png", "_opaque.png"))
+    scene.flamediff_render.framing = "camera"   # model-size frames of the camera's aspect, scaled to the scene's
+    render()
+    image.save_render(path.replace(".png", "_camera.png"))
 
 
 def main() -> None:

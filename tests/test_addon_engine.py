@@ -178,6 +178,8 @@ def test_f12_fills_the_render_result(shot):
     opaque, _ = read_png(os.path.join(shot["work"], "out", "still_opaque.png"))   # film transparency off
     over_black = np.round(pixels[..., :3] * (pixels[..., 3:] / 255.0)).astype(np.uint8)
     assert (opaque[..., 3] == 255).all() and np.abs(opaque[..., :3].astype(int) - over_black).max() <= 1
+    camera, info = read_png(os.path.join(shot["work"], "out", "still_camera.png"))   # 128x85 scaled to 120x80
+    assert info["size"] == SIZE and camera[..., :3].std() > 5
 
 
 def test_render_frame_list_is_one_job_with_the_full_renders_pixels(shot):
