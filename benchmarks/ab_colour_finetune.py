@@ -58,7 +58,7 @@ def train_arm(name: str, dataset: str, overrides: dict[str, Any], args: argparse
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arm", action="append", required=True)
+    parser.add_argument("--arm", action="append", default=[])
     parser.add_argument("--val", action="append", required=True)
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     parser.add_argument("--steps", type=int, default=60)
