@@ -163,7 +163,8 @@ def test_tracking_children_die_with_the_server_and_restart_says_why(tmp_path, st
     tasks = TrackingTasks(root)  # the restarted server
     view = tasks.status(task_id)
     assert view["status"] == "failed" and "the server stopped while this task ran" in view["error"], view
-    assert tasks.cancel(task_id)["status"] == "failed"
+    assert tasks.cancel(task_id) == {**view, "deleted": True}  # DELETE removes an ended task
+    assert not os.path.exists(os.path.join(root, task_id))
 
 
 def _alive(pid: int) -> bool:

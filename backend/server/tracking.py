@@ -202,13 +202,20 @@ class TrackingTasks:
         return os.path.join(self._folder(task_id), "anim.npz")
 
     def cancel(self, task_id: str) -> dict[str, Any]:
+        """Stop a running task; a task that has ended is deleted (its upload and results)."""
         folder = self._folder(task_id)
         process = self._running.get(task_id)
         if process is not None and process.poll() is None:
             _record(folder, "cancelled", None, "submit it again to track it")
             process.kill()
             process.wait()
-        return self.status(task_id)
+            return self.status(task_id)
+        view = self.status(task_id)
+        if view["status"] != "running":
+            shutil.rmtree(folder, ignore_errors=True)
+            self._running.pop(task_id, None)
+            view["deleted"] = True
+        return view
 
     def stop(self) -> None:
         """Kill running children (the server is shutting down); they fail saying so."""
