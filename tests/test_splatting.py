@@ -11,10 +11,12 @@ from torch import Tensor
 from flamediff.gaussians.splatting import (
     splat_features,
     splat_features_gsplat,
+    splat_features_numba,
     splat_features_torch,
 )
 
 DT = torch.float64
+CPU_BACKENDS = {"torch": splat_features_torch, "numba": splat_features_numba}
 
 
 # --------------------------------------------------------------------------
@@ -141,44 +143,48 @@ def _with_specials(means, scales, opac, feats):
 # correctness against the reference
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("seed,N,W,H",
                          [(0, 12, 12, 10), (1, 20, 16, 16), (2, 8, 9, 13), (3, 16, 16, 8)])
-def test_torch_matches_reference(seed, N, W, H):
+def test_matches_reference(seed, N, W, H, backend):
     means, scales, opac, feats = _with_specials(*_scene(N, seed=seed))
     viewmats, Ks = _camera(1, W, H, seed=seed)
-    _check_against_reference(means, scales, opac, feats, viewmats, Ks, W, H)
+    _check_against_reference(means, scales, opac, feats, viewmats, Ks, W, H, backend)
 
 
-def test_torch_matches_reference_general_intrinsics():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_matches_reference_general_intrinsics(backend):
     """fx != fy and an off-centre principal point (clamp limits are asymmetric)."""
     means, scales, opac, feats = _with_specials(*_scene(14, seed=9))
     viewmats, Ks = _camera(1, 15, 11, seed=9)
     Ks[:, 0, 0] *= 1.2
     Ks[:, 0, 2] += 1.7
     Ks[:, 1, 2] -= 2.2
-    _check_against_reference(means, scales, opac, feats, viewmats, Ks, 15, 11)
+    _check_against_reference(means, scales, opac, feats, viewmats, Ks, 15, 11, backend)
 
 
-def test_torch_matches_reference_when_pixels_saturate():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_matches_reference_when_pixels_saturate(backend):
     """Stacks of nearly opaque Gaussians: the 0.999 cap and the T <= 1e-4 stop both fire."""
     means, scales, opac, feats = _scene(16, seed=4, spread=0.25)
     opac = torch.full_like(opac, 0.97)
     opac[:3] = 0.9995  # capped at 0.999
     viewmats, Ks = _camera(1, 12, 12, fov_deg=20, seed=4)
-    ref_a = _check_against_reference(means, 3 * scales, opac, feats, viewmats, Ks, 12, 12)
+    ref_a = _check_against_reference(means, 3 * scales, opac, feats, viewmats, Ks, 12, 12, backend)
     assert (ref_a > 0.999).float().mean() > 0.5  # most pixels reach the stopping regime
 
 
-def _check_against_reference(means, scales, opac, feats, viewmats, Ks, W, H) -> Tensor:
+def _check_against_reference(means, scales, opac, feats, viewmats, Ks, W, H, backend="torch") -> Tensor:
+    splat = CPU_BACKENDS[backend]
     ref_img, ref_a = splat_features_reference(means, scales, opac, feats, viewmats, Ks, W, H)
-    img, a = splat_features_torch(means, scales, opac, feats, viewmats, Ks, W, H, tile_size=4)
+    img, a = splat(means, scales, opac, feats, viewmats, Ks, W, H, tile_size=4)
     assert img.shape == (1, H, W, feats.shape[1]) and a.shape == (1, H, W, 1)
     assert ref_a.max() > 0.5, "scene should be visibly covered"
     torch.testing.assert_close(img, ref_img, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(a, ref_a, atol=1e-10, rtol=1e-9)
     # float32 agrees with the float64 reference to float rounding
     inputs32 = (t.float() for t in (means, scales, opac, feats, viewmats, Ks))
-    img32, a32 = splat_features_torch(*inputs32, W, H)
+    img32, a32 = splat(*inputs32, W, H)
     assert (img32.double() - ref_img).abs().max() < 1e-5
     assert (a32.double() - ref_a).abs().max() < 1e-5
     return ref_a
@@ -211,7 +217,8 @@ def test_partly_offscreen_gaussian_is_drawn():
     torch.testing.assert_close(img, ref)
 
 
-def test_gradients_match_reference():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradients_match_reference(backend):
     means, scales, opac, feats = _with_specials(*_scene(7, seed=5, spread=0.4))
     viewmats, Ks = _camera(1, 8, 8, fov_deg=50, seed=5)
     leaves = [t.clone().requires_grad_(True) for t in (means, scales, opac, feats)]
@@ -222,19 +229,20 @@ def test_gradients_match_reference():
         return (img * w).sum() + (a * w[..., :1]).sum()
 
     g_ref = torch.autograd.grad(loss(splat_features_reference), leaves)
-    g_torch = torch.autograd.grad(loss(splat_features_torch, tile_size=4), leaves)
+    g_torch = torch.autograd.grad(loss(CPU_BACKENDS[backend], tile_size=4), leaves)
     for name, gr, gt in zip(("means", "scales", "opacities", "features"), g_ref, g_torch):
         assert gr.abs().max() > 0, name
         torch.testing.assert_close(gt, gr, atol=1e-9, rtol=1e-7, msg=name)
 
 
-def test_gradcheck_tiny_scene():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_tiny_scene(backend):
     means, scales, opac, feats = _scene(3, D=2, seed=6, spread=0.3)
     viewmats, Ks = _camera(1, 6, 6, fov_deg=40, seed=6)
     leaves = tuple(t.clone().requires_grad_(True) for t in (means, scales, opac, feats))
 
     def fn(*ts):
-        img, a = splat_features_torch(*ts, viewmats, Ks, 6, 6, tile_size=4)
+        img, a = CPU_BACKENDS[backend](*ts, viewmats, Ks, 6, 6, tile_size=4)
         return img, a
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, fast_mode=True)
@@ -264,24 +272,26 @@ def test_front_to_back_order():
     torch.testing.assert_close(near_red, splat_features_reference(*_two_gaussians(1.0, 3.0))[0])
 
 
-def test_alpha_cap_at_0999():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_alpha_cap_at_0999(backend):
     """A Gaussian centred on a pixel centre with opacity ~1 gives alpha 0.999 there, flat in o."""
     viewmats, Ks = _camera(1, 9, 9)
     viewmats[0, :3, :3] = torch.eye(3, dtype=DT)  # principal point (4.5, 4.5): pixel (4, 4)
     opac = torch.tensor([0.99999], dtype=DT, requires_grad=True)
     args = (torch.zeros(1, 1, 3, dtype=DT), torch.tensor([0.1], dtype=DT), opac,
             torch.ones(1, 1, dtype=DT), viewmats, Ks, 9, 9)
-    img, a = splat_features_torch(*args)
+    img, a = CPU_BACKENDS[backend](*args)
     assert abs(a[0, 4, 4, 0].item() - 0.999) < 1e-12 and a[0, 4, 5, 0] < 0.999
     (g,) = torch.autograd.grad(a[0, 4, 4, 0], opac)
     assert g.item() == 0.0
     torch.testing.assert_close(a, splat_features_reference(*args)[1])
 
 
-def test_tile_size_invariance():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_tile_size_invariance(backend):
     means, scales, opac, feats = _with_specials(*_scene(40, F=2, D=5, seed=7))
     viewmats, Ks = _camera(2, 37, 29, seed=7)
-    outs = [splat_features_torch(means, scales, opac, feats, viewmats, Ks, 37, 29, tile_size=ts)
+    outs = [CPU_BACKENDS[backend](means, scales, opac, feats, viewmats, Ks, 37, 29, tile_size=ts)
             for ts in (4, 5, 16, 64)]
     for img, a in outs[1:]:
         torch.testing.assert_close(img, outs[0][0], atol=1e-12, rtol=1e-10)
@@ -315,28 +325,32 @@ def test_small_chunks_match(monkeypatch):
         torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-9)
 
 
-def test_frames_batch_equals_per_frame():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_frames_batch_equals_per_frame(backend):
     F = 3
     means, scales, opac, feats = _scene(25, F=F, D=4, seed=9)
     means = means + 0.05 * torch.randn_like(means)  # per-frame deformation
     scales_f = scales.expand(F, -1) * torch.linspace(0.8, 1.2, F, dtype=DT)[:, None]
     feats_f = feats.expand(F, -1, -1) + 0.1 * torch.randn(F, *feats.shape, dtype=DT)
     viewmats, Ks = _camera(F, 14, 11, seed=9)
-    img, a = splat_features_torch(means, scales_f, opac, feats_f, viewmats, Ks, 14, 11)
+    splat = CPU_BACKENDS[backend]
+    img, a = splat(means, scales_f, opac, feats_f, viewmats, Ks, 14, 11)
     for f in range(F):
-        i1, a1 = splat_features_torch(means[f:f + 1], scales_f[f], opac, feats_f[f],
+        i1, a1 = splat(means[f:f + 1], scales_f[f], opac, feats_f[f],
                                       viewmats[f:f + 1], Ks[f:f + 1], 14, 11)
         torch.testing.assert_close(img[f:f + 1], i1)
         torch.testing.assert_close(a[f:f + 1], a1)
 
 
-def test_broadcast_N_vs_FN():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_broadcast_N_vs_FN(backend):
     F = 2
+    splat = CPU_BACKENDS[backend]
     means, scales, opac, feats = _scene(15, F=F, D=3, seed=10)
     viewmats, Ks = _camera(F, 10, 10, seed=10)
     leaves_n = [t.clone().requires_grad_(True) for t in (scales, opac, feats)]
-    img_n, a_n = splat_features_torch(means, *leaves_n[:2], leaves_n[2], viewmats, Ks, 10, 10)
-    img_f, a_f = splat_features_torch(means, scales.expand(F, -1), opac.expand(F, -1),
+    img_n, a_n = splat(means, *leaves_n[:2], leaves_n[2], viewmats, Ks, 10, 10)
+    img_f, a_f = splat(means, scales.expand(F, -1), opac.expand(F, -1),
                                       feats.expand(F, -1, -1), viewmats, Ks, 10, 10)
     torch.testing.assert_close(img_n, img_f)
     torch.testing.assert_close(a_n, a_f)
@@ -344,27 +358,36 @@ def test_broadcast_N_vs_FN():
     assert [tuple(t.grad.shape) for t in leaves_n] == [(15,), (15,), (15, 3)]
 
 
-def test_auto_backend_on_cpu_uses_torch():
+def test_auto_backend_on_cpu_uses_numba(monkeypatch):
+    import flamediff.gaussians.splatting as sp
+
     means, scales, opac, feats = _scene(10, seed=11)
     viewmats, Ks = _camera(1, 8, 8)
+    calls = []
+    monkeypatch.setattr(sp, "splat_features_numba", lambda *a, **k: calls.append(1) or splat_features_numba(*a, **k))
     a = splat_features(means, scales, opac, feats, viewmats, Ks, 8, 8)
     b = splat_features_torch(means, scales, opac, feats, viewmats, Ks, 8, 8)
     torch.testing.assert_close(a[0], b[0])
+    assert calls == [1] and sp.auto_backend(torch.device("cpu")) == "numba"
+    monkeypatch.setattr(sp, "_importable", lambda module: False)  # numba missing: the torch path
+    assert sp.auto_backend(torch.device("cpu")) == "torch"
 
 
-def test_all_culled_still_differentiable():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_all_culled_still_differentiable(backend):
     means, scales, opac, feats = _scene(4, seed=12)
     viewmats, Ks = _camera(1, 8, 8)
     leaves = [t.clone().requires_grad_(True) for t in (means - 10.0, scales, opac, feats)]
-    img, a = splat_features_torch(*leaves, viewmats, Ks, 8, 8)  # everything behind the camera
+    img, a = CPU_BACKENDS[backend](*leaves, viewmats, Ks, 8, 8)  # everything behind the camera
     (img.sum() + a.sum()).backward()
     assert not img.any() and all(t.grad is not None and not t.grad.any() for t in leaves)
 
 
-def test_empty_scene_and_float32_dtype():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_scene_and_float32_dtype(backend):
     viewmats, Ks = _camera(2, 8, 6, dtype=torch.float32)
-    img, a = splat_features_torch(torch.zeros(2, 0, 3), torch.zeros(0), torch.zeros(0),
-                                  torch.zeros(0, 5), viewmats, Ks, 8, 6)
+    img, a = CPU_BACKENDS[backend](torch.zeros(2, 0, 3), torch.zeros(0), torch.zeros(0),
+                                   torch.zeros(0, 5), viewmats, Ks, 8, 6)
     assert img.shape == (2, 6, 8, 5) and a.shape == (2, 6, 8, 1)
     assert img.dtype == torch.float32 and not img.any() and not a.any()
 
@@ -395,11 +418,12 @@ def _good_args():
     ("height", lambda a: -4),
     ("width", lambda a: 8.0),
 ])
-def test_bad_input_raises_value_error(name, bad):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bad_input_raises_value_error(name, bad, backend):
     args = _good_args()
     args[name] = bad(args)
     with pytest.raises(ValueError, match=name):
-        splat_features(**args, backend="torch")
+        splat_features(**args, backend=backend)
 
 
 def test_bad_backend_and_tile_size():
@@ -455,3 +479,107 @@ def test_gsplat_parity():
     # contribution is ~0.004 * |feature|, so bound the mean tightly and the max loosely.
     assert (i_t - i_g).abs().mean() < 1e-5 and (i_t - i_g).abs().max() < 5e-2
     assert (a_t - a_g).abs().mean() < 1e-6 and (a_t - a_g).abs().max() < 1e-2
+
+
+# --------------------------------------------------------------------------
+# the compiled CPU path against the torch path on real posed heads
+
+
+def _posed_head_field(head_asset, resolution: int, frames: int = 1):
+    """A Gaussian field with random features, opacities and scales on posed procedural heads,
+    seen by the demo's portrait camera at ``resolution`` px (float32, as training runs)."""
+    from flamediff.demo import demo_animation
+    from flamediff.flame.model import FlameModel
+    from flamediff.formats.conventions import view_matrices
+    from flamediff.gaussians.field import UVGaussianField
+    from flamediff.gaussians.uv_binding import load_or_compute_uv_binding
+
+    g = torch.Generator().manual_seed(resolution)
+    field = UVGaussianField(load_or_compute_uv_binding(head_asset, 128), 16, generator=g)
+    with torch.no_grad():
+        field.features.normal_(generator=g)
+        field.opacity_logits.add_(torch.randn(field.num_texels, generator=g))
+        field.log_scales.add_(0.3 * torch.randn(field.num_texels, generator=g))
+    flame = FlameModel(head_asset)
+    clip = demo_animation(head_asset, num_frames=24, resolution=resolution).take_rows(
+        list(range(0, 24, 24 // frames))[:frames])
+    with torch.no_grad():
+        vertices = flame.forward_clip(clip).vertices
+    viewmats = torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32)
+    return field, vertices, flame.faces, viewmats, torch.as_tensor(clip.K, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("resolution,frames,tile_size", [
+    (64, 3, 8), (64, 1, 64), (128, 2, 8), (128, 1, 128),  # tile = image: one tile, no tiling
+    (512, 1, 8), (512, 1, 128)])  # one 512 px tile costs the torch path minutes: 16 tiles instead
+def test_numba_matches_torch_on_posed_heads(head_asset, resolution, frames, tile_size):
+    """Control maps within 1e-5, gradients to features, opacities and scales within 1e-4 relative."""
+    field, vertices, faces, viewmats, Ks = _posed_head_field(head_asset, resolution, frames)
+    weights = torch.randn(frames, resolution, resolution, 17, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for backend in ("torch", "numba"):
+        field.zero_grad(set_to_none=True)
+        image, alpha = field.render(vertices, faces, viewmats, Ks, resolution, resolution,
+                                    backend=backend, tile_size=tile_size)
+        (torch.cat([image, alpha], -1) * weights).sum().backward()
+        results[backend] = (image.detach(), alpha.detach(),
+                            [p.grad.clone() for p in (field.features, field.opacity_logits, field.log_scales)])
+    (i_t, a_t, g_t), (i_n, a_n, g_n) = results["torch"], results["numba"]
+    assert a_t.mean() > 0.05  # the head is in view
+    assert (i_t - i_n).abs().max() < 1e-5 and (a_t - a_n).abs().max() < 1e-5
+    for name, gt, gn in zip(("features", "opacities", "scales"), g_t, g_n):
+        assert gt.abs().max() > 0, name
+        assert ((gt - gn).norm() / gt.norm()) < 1e-4, name
+
+
+def test_compiled_tile_lists_equal_the_torch_ones(head_asset):
+    """The counting sort gives the torch path's lists exactly: by tile, then by depth."""
+    import flamediff.gaussians.splatting as sp
+    from flamediff.gaussians.compositing_cpu import list_tiles
+
+    field, vertices, faces, viewmats, Ks = _posed_head_field(head_asset, 128, 2)
+    with torch.no_grad():
+        g = field(vertices, faces)
+        means2d, _, cov_diag, depths, in_range = sp._project(
+            g.means, g.scales.expand(2, -1), viewmats, Ks, 128, 128, 0.01, 100.0)
+        opacities = g.opacities.expand(2, -1)
+        expected = sp._intersect_tiles(means2d, cov_diag, opacities, depths, in_range, 128, 128, 8)
+        t0, span, counts = sp._tile_rects(means2d, cov_diag, opacities, in_range, 128, 128, 8)
+        listed = list_tiles(torch.argsort(depths.reshape(-1), stable=True), t0, span, counts, 16, 16)
+    assert expected[0].numel() > 10_000
+    for want, got in zip(expected, listed):
+        assert torch.equal(want, got)
+
+
+def test_numba_backend_refuses_other_devices():
+    from flamediff.gaussians.compositing_cpu import composite_tiles
+
+    with pytest.raises(ValueError, match="CPU tensors"):
+        composite_tiles(torch.zeros(1, 6, device="meta"), torch.zeros(1, 2), (torch.zeros(0),) * 3,
+                        (1, 1, 8, 8, 8, 1), (0.0, 0.0, 0.0, 0.0))
+
+
+def test_shipped_checkpoint_frames_unchanged_by_the_compiled_splatter(head_asset, monkeypatch):
+    """The demo checkpoint renders the same frames (within 1 level of 255) with either CPU splatter."""
+    import functools
+
+    import numpy as np
+
+    import flamediff.gaussians.field as field_module
+    from flamediff.demo import demo_animation
+    from flamediff.flame.model import FlameModel
+    from flamediff.models import FlameDiffModel
+    from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
+    from flamediff.server.checkpoints import SHIPPED_DIR
+
+    model = FlameDiffModel.from_pretrained(f"{SHIPPED_DIR}/demo", asset=head_asset)
+    pipeline = FlameDiffPipeline(model, FlameModel(head_asset))
+    clip = demo_animation(head_asset, num_frames=3, resolution=128)
+    from PIL import Image
+
+    reference = np.asarray(Image.open(f"{SHIPPED_DIR}/demo/reference.png").convert("RGB"))
+    frames = {}
+    for backend in ("torch", "numba"):
+        monkeypatch.setattr(field_module, "splat_features", functools.partial(splat_features, backend=backend))
+        frames[backend] = np.stack(pipeline(reference, clip, RenderSettings(seed=3)).frames).astype(int)
+    assert np.abs(frames["torch"] - frames["numba"]).max() <= 1

@@ -336,3 +336,35 @@ def test_learning_curve_scores_every_kept_checkpoint(tmp_path, dataset):
     assert [row["step"] for row in rows] == [2, 4]
     assert all(np.isfinite(row["psnr"]) and row["gain"] == pytest.approx(row["psnr"] - row["copy_psnr"]) for row in rows)
     assert rows[0]["psnr"] != rows[1]["psnr"]   # different weights were loaded
+
+
+def test_latent_cache_gives_the_same_losses_and_skips_repeated_work(tmp_path, dataset, monkeypatch):
+    """Stage 1 with the frozen VAE's latents read from disk: the same loss as encoding every
+    step, the frames encoded once, an edited frame encoded again, a broken entry replaced."""
+    cached = Trainer(_config(dataset, str(tmp_path / "cached")), log=lambda message: None)
+    plain = Trainer(_config(dataset, str(tmp_path / "plain"), cache_latents=False), log=lambda message: None)
+    assert cached.latent_cache is not None and plain.latent_cache is None
+    batch = cached.draw(3)
+    assert "target" not in batch and "target" in plain.draw(3)  # no pixels decoded with the cache
+    with torch.no_grad():
+        torch.testing.assert_close(cached.loss(batch), plain.loss(plain.draw(3)), rtol=1e-5, atol=1e-7)
+    entries = sorted(os.listdir(cached.latent_cache.folder))
+    rows = {int(r) for r in batch["rows"].reshape(-1)} | {int(r) for r in batch["reference_rows"]}
+    assert entries == [f"{r:06d}.npy" for r in sorted(rows)]
+
+    encoded = []
+    encode = cached.model.vae.encode
+    monkeypatch.setattr(cached.model.vae, "encode", lambda x: encoded.append(len(x)) or encode(x))
+    with torch.no_grad():
+        cached.loss(batch)
+    assert encoded == []  # read back, not encoded again
+    row = min(rows)
+    stat = os.stat(cached.index.frame_path(row))
+    os.utime(cached.index.frame_path(row), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "edited"
+    with open(os.path.join(cached.latent_cache.folder, f"{max(rows):06d}.npy"), "wb") as handle:
+        handle.write(b"truncated")  # a broken entry
+    latents = cached.latent_cache.raw_latents(np.array(sorted(rows)))
+    assert encoded == [2 if row != max(rows) else 1]
+    with torch.no_grad():
+        fresh = cached.model.vae.encode(torch.stack([cached.index.frame_tensor(r) for r in sorted(rows)]))
+    torch.testing.assert_close(latents, fresh.latent_dist.mean, rtol=1e-5, atol=1e-6)

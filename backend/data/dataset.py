@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from flamediff.errors import FlamediffError
@@ -67,6 +68,10 @@ class DatasetIndex:
             raise DatasetError(f"{path} is {array.shape[1]}x{array.shape[0]}, the dataset says "
                                f"{self.resolution}x{self.resolution}")
         return array
+
+    def frame_tensor(self, index: int) -> torch.Tensor:
+        """Sample ``index`` as the VAE takes it: ``[3, R, R]`` float32 in [-1, 1]."""
+        return torch.as_tensor(self.load_frame(index), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0
 
     def samples_of_identity(self, identity: int) -> np.ndarray:
         return np.nonzero(self.identity == identity)[0]

@@ -4,10 +4,13 @@ Isotropic 3D Gaussians, each carrying a D-dimensional neural feature, are
 rendered into a D-channel feature map by front-to-back alpha compositing
 (3D Gaussian Splatting with features in place of colours).
 
-Two interchangeable backends:
+Three interchangeable backends, one contract:
 
 * ``torch``: pure PyTorch on any device, differentiable through autograd. It
-  is the CPU path and the readable statement of the maths.
+  is the readable statement of the maths and the fallback everywhere.
+* ``numba``: the same projection and tile lists in torch, composited by
+  Numba-compiled CPU loops with a hand-written backward
+  (``compositing_cpu.py``); the fast CPU path.
 * ``gsplat``: ``gsplat.rasterization`` on CUDA, for speed.
 
 The torch path follows gsplat 1.5's "classic" 3DGS pipeline so that the two
@@ -43,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["splat_features", "splat_features_torch", "splat_features_gsplat"]
+__all__ = ["splat_features", "splat_features_torch", "splat_features_numba", "splat_features_gsplat"]
 
 EPS2D = 0.3  # low-pass blur added to the 2D covariance (gsplat default)
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped
@@ -54,7 +57,7 @@ BOX_EXTEND = 3.33  # cap on the box half-size in standard deviations
 LOG_ALPHA_MAX = math.log(ALPHA_MAX)
 LOG_ALPHA_FLOOR = -20.0  # exp(-20) < 1/255: lower exponents can only be skipped
 CHUNK_ELEMS = 1 << 20  # [tiles, pixels, K] elements per compositing block
-_BACKENDS = ("auto", "torch", "gsplat")
+_BACKENDS = ("auto", "torch", "numba", "gsplat")
 
 
 def splat_features(
@@ -77,25 +80,36 @@ def splat_features(
     means [F, N, 3] (world), scales [F, N] or [N] (isotropic std in metres),
     opacities [F, N] or [N], features [N, D] or [F, N, D], viewmats [F, 4, 4]
     (world-to-camera, OpenCV axes), Ks [F, 3, 3] (pixels).  ``backend="auto"``
-    picks gsplat for CUDA tensors when it imports, torch otherwise;
-    ``tile_size`` only affects the torch path's speed and memory.  Gaussians
-    outside [near, far] in camera depth are culled.
+    picks gsplat for CUDA tensors when it imports, numba for CPU tensors when
+    it imports, torch otherwise; ``tile_size`` only affects the torch and numba
+    paths' speed and memory.  Gaussians outside [near, far] in camera depth
+    are culled.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda and _gsplat_importable() else "torch"
-    fn = splat_features_gsplat if backend == "gsplat" else splat_features_torch
+        backend = auto_backend(means.device)
+    fn = {"torch": splat_features_torch, "numba": splat_features_numba,
+          "gsplat": splat_features_gsplat}[backend]
     return fn(means, scales, opacities, features, viewmats, Ks, width, height,
               near=near, far=far, tile_size=tile_size)
 
 
-@functools.lru_cache(maxsize=1)
-def _gsplat_importable() -> bool:
-    """Whether ``import gsplat`` works (checked once; a broken install counts as absent)."""
+def auto_backend(device: torch.device) -> str:
+    """The backend ``"auto"`` picks for tensors on ``device``."""
+    if device.type == "cuda" and _importable("gsplat"):
+        return "gsplat"
+    if device.type == "cpu" and _importable("numba"):
+        return "numba"
+    return "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _importable(module: str) -> bool:
+    """Whether ``import module`` works (checked once; a broken install counts as absent)."""
     try:
-        import gsplat  # noqa: F401
-    except Exception:  # ImportError, or a failing CUDA extension build
+        __import__(module)
+    except Exception:  # ImportError, or a failing extension build
         return False
     return True
 
@@ -186,17 +200,16 @@ def _project(
 
 
 @torch.no_grad()
-def _intersect_tiles(
-    means2d: Tensor, cov_diag: Tensor, opacities: Tensor, depths: Tensor,
-    in_range: Tensor, width: int, height: int, tile_size: int,
+def _tile_rects(
+    means2d: Tensor, cov_diag: Tensor, opacities: Tensor, in_range: Tensor,
+    width: int, height: int, tile_size: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """List (tile, Gaussian) overlaps sorted by tile, then by depth.
+    """Each Gaussian's rectangle of tiles: first tile (x, y) [F, N, 2], span [F, N, 2] and
+    the number of tiles it touches [F, N] (0 when culled).
 
     Uses gsplat 1.5's opacity-aware rectangle, which bounds the alpha >= 1/255
-    region, so skipping non-overlapping tiles is exact.  Returns flat Gaussian
-    ids [M] (into F*N), per-tile counts [F*TH*TW] and per-tile offsets.
+    region, so skipping non-overlapping tiles is exact.
     """
-    n_frames, n = depths.shape
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
     ratio = (opacities / ALPHA_MIN).clamp(min=1.0)
     extend = torch.sqrt(2.0 * torch.log(ratio)).clamp(max=BOX_EXTEND)
@@ -204,11 +217,26 @@ def _intersect_tiles(
     lo, hi = means2d - radii, means2d + radii
     keep = (in_range & (opacities >= ALPHA_MIN) & (radii > 0).all(-1)
             & (hi[..., 0] > 0) & (lo[..., 0] < width) & (hi[..., 1] > 0) & (lo[..., 1] < height))
-    lim = torch.tensor([tw, th], device=depths.device, dtype=lo.dtype)  # clamp before .long()
+    lim = torch.tensor([tw, th], device=means2d.device, dtype=lo.dtype)  # clamp before .long()
     t0 = torch.minimum(torch.floor(lo / tile_size).clamp(min=0), lim).long()
     t1 = torch.minimum(torch.ceil(hi / tile_size).clamp(min=0), lim).long()
     span = (t1 - t0).clamp(min=0)
-    counts = span[..., 0] * span[..., 1] * keep
+    return t0, span, span[..., 0] * span[..., 1] * keep
+
+
+@torch.no_grad()
+def _intersect_tiles(
+    means2d: Tensor, cov_diag: Tensor, opacities: Tensor, depths: Tensor,
+    in_range: Tensor, width: int, height: int, tile_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """List (tile, Gaussian) overlaps sorted by tile, then by depth.
+
+    Returns flat Gaussian ids [M] (into F*N), per-tile counts [F*TH*TW] and
+    per-tile offsets.  Ties in depth keep the Gaussians' index order.
+    """
+    n_frames, n = depths.shape
+    tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    t0, span, counts = _tile_rects(means2d, cov_diag, opacities, in_range, width, height, tile_size)
     # visit Gaussians front to back so a stable sort by tile keeps depth order
     order = torch.argsort(depths.reshape(-1), stable=True)
     counts_o = counts.reshape(-1)[order]
@@ -360,6 +388,49 @@ def splat_features_torch(
             for tiles, k_max, k_block in groups]
     return _assemble([g[0] for g in groups], outs, params, feats, means.shape[0],
                      width, height, grid)
+
+
+def splat_features_numba(
+    means: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    features: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    *,
+    near: float = 0.01,
+    far: float = 100.0,
+    tile_size: int = 8,
+) -> tuple[Tensor, Tensor]:
+    """Same contract as the torch path on CPU tensors, composited by compiled loops.
+
+    Projection and the tile lists are the torch path's own code (autograd reaches
+    the means and scales through them); only the compositing, forward and
+    backward, runs in ``compositing_cpu`` (float32 or float64).
+    """
+    scales, opacities, features = _check_inputs(
+        means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
+    if not _importable("numba"):
+        raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
+                           "use backend='torch' to run without it")
+    from flamediff.gaussians.compositing_cpu import composite_tiles, list_tiles
+
+    dtype = means.dtype
+    means2d, conics, cov_diag, depths, in_range = _project(
+        means, scales.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height, near, far)
+    t0, span, counts = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
+                                   in_range, width, height, tile_size)
+    order = torch.argsort(depths.detach().reshape(-1), stable=True)
+    isect = list_tiles(order, t0, span, counts, math.ceil(width / tile_size),
+                       math.ceil(height / tile_size))
+    params = torch.cat([means2d, conics, torch.log(opacities.to(dtype))[..., None]], -1).reshape(-1, 6)
+    feats = features.to(dtype).reshape(-1, features.shape[-1])
+    grid = (math.ceil(width / tile_size), math.ceil(height / tile_size), tile_size,
+            width, height, means.shape[0])
+    return composite_tiles(params, feats, isect, grid,
+                           (LOG_ALPHA_FLOOR, LOG_ALPHA_MAX, ALPHA_MIN, T_MIN))
 
 
 def _gaussian_tables(means2d: Tensor, conics: Tensor, opacities: Tensor,

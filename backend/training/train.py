@@ -43,6 +43,7 @@ from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
+from flamediff.training.latent_cache import LatentCache
 
 STAGES = ("vae", "1", "2")
 LR_SCHEDULES = ("cosine", "constant")
@@ -84,6 +85,7 @@ class TrainConfig:
     domains: tuple[str, ...] = ("real", "synthetic")  # which samples stage 1 draws (ablation: real only)
     domain_label: bool = True           # False: every sample is labelled "real" (ablation: no label)
     overrides: dict[str, Any] = field(default_factory=dict)  # FlameDiffConfig fields to change
+    cache_latents: bool = True          # stages 1 and 2: frozen-VAE latents kept on disk (LatentCache)
 
     @classmethod
     def from_file(cls, path: str) -> "TrainConfig":
@@ -163,10 +165,6 @@ def _expand_path(value: str, key: str, source: str) -> str:
 # Data
 
 
-def _image_tensor(frame: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(frame, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0
-
-
 def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int, length: int,
                pool: np.ndarray | None = None) -> np.ndarray:
     """``[B, length]`` sample rows: single frames (length 1, from ``pool``, default every sample)
@@ -185,9 +183,10 @@ def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int,
 
 
 def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int,
-               length: int = 1, pool: np.ndarray | None = None) -> dict[str, Any]:
+               length: int = 1, pool: np.ndarray | None = None, load_images: bool = True) -> dict[str, Any]:
     """The batch of ``step`` on process ``rank``: ``[B, F]`` target frames, one reference of the
-    same identity per sample, FLAME parameters, cameras and domain labels."""
+    same identity per sample, FLAME parameters, cameras and domain labels. Their dataset rows are
+    always given (``rows``, ``reference_rows``); the pixels only with ``load_images``."""
     rng = np.random.RandomState((seed * 1_000_003 + step * 97 + rank) % (2 ** 32))
     rows = _clip_rows(index, rng, batch_size, length, pool)
     references = []
@@ -197,10 +196,14 @@ def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank:
         references.append(int(rng.choice(others)) if len(others) else int(clip_rows[0]))
     flat = rows.reshape(-1)
     clip = index.annotations.take_rows(flat)
-    targets = torch.stack([_image_tensor(index.load_frame(int(r))) for r in flat])
+    images = {}
+    if load_images:
+        images = {"target": torch.stack([index.frame_tensor(int(r)) for r in flat]).unflatten(0, rows.shape),
+                  "reference": torch.stack([index.frame_tensor(r) for r in references])}
     return {
-        "target": targets.unflatten(0, rows.shape),
-        "reference": torch.stack([_image_tensor(index.load_frame(r)) for r in references]),
+        **images,
+        "rows": rows,
+        "reference_rows": np.array(references),
         "clip": clip,
         "viewmats": torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32),
         "label": torch.as_tensor(index.label[rows[:, 0]], dtype=torch.long),
@@ -255,6 +258,8 @@ class Trainer:
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
         if self.ema is not None:
             self.accelerator.register_for_checkpointing(self.ema)
+        self.latent_cache = (LatentCache(self.index, self.model.vae)
+                             if config.stage != "vae" and config.cache_latents else None)
         self.step = 0
 
     def _build_model(self) -> FlameDiffModel:
@@ -307,25 +312,42 @@ class Trainer:
     def clip_length(self) -> int:
         return self.config.sequence_length if self.config.stage == "2" else 1
 
+    def draw(self, step: int) -> dict[str, Any]:
+        """The batch of ``step`` for this process (pixels only where no latent cache stands in)."""
+        return draw_batch(self.index, step, self.config.batch_size, self.config.seed,
+                          self.accelerator.process_index, self.clip_length, self.pool,
+                          load_images=self.latent_cache is None)
+
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         model, device = self.model, self.accelerator.device
-        target = batch["target"].to(device)
         if self.config.stage == "vae":
             # The posterior mean, as the diffusion model will see it (encode_images): sampled
             # latents taught the old demo VAE to leave two of four channels almost empty.
-            target = target.flatten(0, 1)
+            target = batch["target"].to(device).flatten(0, 1)
             posterior = model.vae.encode(target).latent_dist
             reconstruction = model.vae.decode(posterior.mean).sample
             return F.mse_loss(reconstruction, target) + 1e-6 * posterior.kl().mean()
-        return self.diffusion_loss(model, batch, target)
+        return self.diffusion_loss(model, batch)
 
-    def diffusion_loss(self, model: FlameDiffModel, batch: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
-        """v-prediction MSE on ``[B, F]`` frames; one timestep per clip, noise per frame."""
-        device, rng, clip = target.device, batch["rng"], batch["clip"]
-        batch_size, frames = target.shape[:2]
+    def clean_latents(self, model: FlameDiffModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised latents of the ``[B, F]`` targets and the ``[B]`` references: from the
+        latent cache, or encoded from the batch's pixels."""
+        device, rows = self.accelerator.device, batch["rows"]
         with torch.no_grad():
-            latents = model.encode_images(target.flatten(0, 1)).unflatten(0, (batch_size, frames))
-            reference = model.encode_images(batch["reference"].to(device))
+            if self.latent_cache is None:
+                latents = model.encode_images(batch["target"].to(device).flatten(0, 1))
+                reference = model.encode_images(batch["reference"].to(device))
+            else:
+                latents = model.normalise_latents(self.latent_cache.raw_latents(rows.reshape(-1), device))
+                reference = model.normalise_latents(self.latent_cache.raw_latents(batch["reference_rows"], device))
+        return latents.unflatten(0, rows.shape), reference
+
+    def diffusion_loss(self, model: FlameDiffModel, batch: dict[str, Any]) -> torch.Tensor:
+        """v-prediction MSE on ``[B, F]`` frames; one timestep per clip, noise per frame."""
+        device, rng, clip = self.accelerator.device, batch["rng"], batch["clip"]
+        batch_size, frames = batch["rows"].shape
+        latents, reference = self.clean_latents(model, batch)
+        with torch.no_grad():
             vertices = self.flame.forward_clip(clip).vertices
         Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
                              dtype=torch.float32, device=device)
@@ -364,21 +386,7 @@ class Trainer:
         loss_value, started, first_step = float("nan"), time.perf_counter(), self.step
         self.model.train()
         while self.step < end:
-            batch = draw_batch(self.index, self.step, self.config.batch_size, self.config.seed,
-                               self.accelerator.process_index, self.clip_length, self.pool)
-            with self.accelerator.autocast():
-                loss = self.loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
-            self._sync_gradients()
-            if self.config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.step(self.trained_parameters)
-            self.step += 1
-            loss_value = float(self.accelerator.gather(loss.detach()[None]).mean())
+            loss_value = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if self.step % self.config.log_every == 0:
@@ -391,6 +399,23 @@ class Trainer:
         self.log(f"stage {self.config.stage}: step {self.step}/{self.config.steps}, loss {loss_value:.4f}, "
                  f"{time.perf_counter() - started:.1f} s on {self.accelerator.num_processes} process(es)")
         return loss_value
+
+    def train_step(self) -> float:
+        """One optimisation step on the batch of ``self.step``; returns the loss (mean over processes)."""
+        batch = self.draw(self.step)
+        with self.accelerator.autocast():
+            loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        self._sync_gradients()
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.trained_parameters)
+        self.step += 1
+        return float(self.accelerator.gather(loss.detach()[None]).mean())
 
     def _log_step(self, loss_value: float, started: float, first_step: int, end: int) -> None:
         """Append to the loss log (the curve drawn beside the model) and print a line with the
@@ -492,7 +517,7 @@ def latent_statistics(model: FlameDiffModel, index: DatasetIndex, pool: np.ndarr
     rows = pool[np.linspace(0, len(pool) - 1, min(count, len(pool))).astype(int)]
     model.eval()
     device = next(model.vae.parameters()).device
-    latents = torch.cat([model.vae.encode(torch.stack([_image_tensor(index.load_frame(int(r))) for r in chunk]).to(device))
+    latents = torch.cat([model.vae.encode(torch.stack([index.frame_tensor(int(r)) for r in chunk]).to(device))
                          .latent_dist.mean for chunk in np.array_split(rows, max(1, len(rows) // 16))])
     shift = latents.mean((0, 2, 3))
     scale = latents.std((0, 2, 3)).clamp_min(1e-4)

@@ -1,0 +1,300 @@
+"""Compiled CPU compositing for the feature splatter: forward and hand-written backward.
+
+``splatting.py`` projects the Gaussians and lists their (tile, Gaussian) overlaps in torch;
+this module composites them per pixel with Numba-compiled loops, parallel over tiles, and
+is wired into autograd as one ``torch.autograd.Function``.  The maths is the torch path's
+(see ``splatting.py``): per pixel, in depth order,
+
+    sigma_k = 0.5 A dx^2 + B dx dy + 0.5 C dy^2,   dx = x_k - p_x,  dy = y_k - p_y
+    alpha_k = exp(clamp(log o_k - sigma_k, LOG_ALPHA_FLOOR, log 0.999)),  skipped if <= 1/255
+    T_k = prod_{j<k} (1 - alpha_j),  stop before the first k with T_k (1 - alpha_k) <= 1e-4
+    out = sum_k alpha_k T_k f_k,     alpha_out = sum_k alpha_k T_k
+
+Backward, with v_k = g_out . f_k + g_alpha (the output gradient seen by Gaussian k):
+
+    d/d f_k     = alpha_k T_k g_out
+    d/d alpha_k = T_k v_k - S_k / (1 - alpha_k),   S_k = sum_{j>k} alpha_j T_j v_j
+    d/d sigma_k = -alpha_k d/d alpha_k,  d/d log o_k = alpha_k d/d alpha_k   (0 where clamped)
+
+The backward kernel walks each pixel's Gaussians back to front from where the forward pass
+stopped, recovering T_k = T_{k+1} / (1 - alpha_k) from the saved final transmittance
+(1 - alpha >= 0.001, so the division is well conditioned) and accumulating ``S``.  Gradients go
+into one accumulator per thread (threads never share one; memory is bounded by the number of
+Gaussians, not of pixels), summed at the end.  Arithmetic stays in the inputs' dtype, so
+float32 results agree with the float32 torch path to rounding.
+
+Why Numba: it is a well-kept package with wheels for Linux, Windows and macOS, compiles on
+first use (cached on disk) and needs no compiler on the user's machine, while a compiled
+loop skips the work the vectorised torch path cannot: Gaussians past a pixel's early stop
+and the [tiles, pixels, K] intermediates its autograd keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from numba import config as numba_config
+from numba import get_thread_id, njit, parallel_chunksize, prange, set_num_threads
+from torch import Tensor
+
+__all__ = ["composite_tiles", "list_tiles"]
+
+# Numba's default "workqueue" threading layer must not be entered from two Python threads at
+# once (the server's in-process renderer and a training thread could): launches are serialised.
+_LAUNCH = threading.Lock()
+# Tiles per scheduled task: the head's tiles cost far more than the background's, so threads
+# take small batches of tiles as they go (dynamic scheduling) instead of one equal share each.
+TILES_PER_TASK = 4
+_MAX_THREADS = int(numba_config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+
+
+@njit(cache=True, inline="always")
+def _log_alpha(params: np.ndarray, g: int, px: float, py: float, half: float) -> tuple[float, float, float]:
+    """(unclamped log alpha, dx, dy) of Gaussian ``g`` at pixel centre (px, py), in the
+    torch path's order of operations (``params[g, 5]`` holds log opacity)."""
+    dx = params[g, 0] - px
+    dy = params[g, 1] - py
+    part_x = params[g, 5] - half * params[g, 2] * dx * dx
+    part_y = -half * params[g, 4] * dy * dy
+    return (part_x + part_y) + (-params[g, 3] * dx) * dy, dx, dy
+
+
+@njit(parallel=True, cache=True)
+def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: np.ndarray,
+             counts: np.ndarray, consts: np.ndarray, grid: np.ndarray, centres_x: np.ndarray,
+             centres_y: np.ndarray, image: np.ndarray, alpha: np.ndarray, final_trans: np.ndarray,
+             stops: np.ndarray) -> None:
+    """Composite every tile; writes image [F, H, W, D], alpha [F, H, W] and, per pixel for the
+    backward pass, the final transmittance and the intersection index where it stopped."""
+    tw, th, ts, width, height = grid[0], grid[1], grid[2], grid[3], grid[4]
+    la_floor, la_max, a_min, t_min, one, half, la_skip = (
+        consts[0], consts[1], consts[2], consts[3], consts[4], consts[5], consts[6])
+    n_feat, d = feats.shape
+    for tile in prange(offsets.shape[0]):
+        start = offsets[tile]
+        end = start + counts[tile]
+        frame, local = tile // (tw * th), tile % (tw * th)
+        x0, y0 = (local % tw) * ts, (local // tw) * ts
+        for py in range(y0, min(y0 + ts, height)):
+            cy = centres_y[py]
+            for px in range(x0, min(x0 + ts, width)):
+                cx = centres_x[px]
+                trans = one
+                wsum = one - one
+                stop = end
+                for j in range(start, end):
+                    g = gids[j]
+                    la = _log_alpha(params, g, cx, cy, half)[0]
+                    if la < la_skip:
+                        continue
+                    a = math.exp(min(max(la, la_floor), la_max))
+                    if a <= a_min:
+                        continue
+                    t_next = trans * (one - a)
+                    if t_next <= t_min:
+                        stop = j
+                        break
+                    w = a * trans
+                    fi = g % n_feat
+                    for c in range(d):
+                        image[frame, py, px, c] += w * feats[fi, c]
+                    wsum += w
+                    trans = t_next
+                alpha[frame, py, px] = wsum
+                final_trans[frame, py, px] = trans
+                stops[frame, py, px] = stop
+
+
+@njit(parallel=True, cache=True)
+def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: np.ndarray,
+              counts: np.ndarray, consts: np.ndarray, grid: np.ndarray, centres_x: np.ndarray,
+              centres_y: np.ndarray, final_trans: np.ndarray, stops: np.ndarray, grad_image: np.ndarray,
+              grad_alpha: np.ndarray, grad_params: np.ndarray, grad_feats: np.ndarray) -> None:
+    """Gradients (see the module docstring) into per-thread accumulators: grad_params
+    [threads, G, 6] for (x, y, A, B, C, log opacity) and grad_feats [threads, Nf, D].
+
+    Each pixel walks its Gaussians back to front from where it stopped, undoing the
+    transmittance (T_k = T_{k+1} / (1 - alpha_k), with 1 - alpha_k >= 0.001)."""
+    tw, th, ts, width, height = grid[0], grid[1], grid[2], grid[3], grid[4]
+    la_floor, la_max, a_min, one, half, la_skip = (consts[0], consts[1], consts[2], consts[4],
+                                                   consts[5], consts[6])
+    n_feat, d = feats.shape
+    for tile in prange(offsets.shape[0]):
+        if counts[tile] == 0:
+            continue
+        start = offsets[tile]
+        thread = get_thread_id()
+        frame, local = tile // (tw * th), tile % (tw * th)
+        x0, y0 = (local % tw) * ts, (local // tw) * ts
+        for py in range(y0, min(y0 + ts, height)):
+            cy = centres_y[py]
+            for px in range(x0, min(x0 + ts, width)):
+                cx = centres_x[px]
+                trans = final_trans[frame, py, px]
+                g_a = grad_alpha[frame, py, px]
+                suffix = one - one
+                for j in range(stops[frame, py, px] - 1, start - 1, -1):
+                    g = gids[j]
+                    la, dx, dy = _log_alpha(params, g, cx, cy, half)
+                    if la < la_skip:
+                        continue
+                    a = math.exp(min(max(la, la_floor), la_max))
+                    if a <= a_min:
+                        continue
+                    trans = trans / (one - a)
+                    w = a * trans
+                    fi = g % n_feat
+                    v = g_a
+                    for c in range(d):
+                        g_out = grad_image[frame, py, px, c]
+                        v += g_out * feats[fi, c]
+                        grad_feats[thread, fi, c] += w * g_out
+                    d_alpha = trans * v - suffix / (one - a)
+                    suffix += w * v
+                    if la < la_floor or la > la_max:
+                        continue  # clamped: no gradient to o or sigma
+                    d_log_alpha = d_alpha * a
+                    grad_params[thread, g, 0] -= d_log_alpha * (params[g, 2] * dx + params[g, 3] * dy)
+                    grad_params[thread, g, 1] -= d_log_alpha * (params[g, 3] * dx + params[g, 4] * dy)
+                    grad_params[thread, g, 2] -= d_log_alpha * half * dx * dx
+                    grad_params[thread, g, 3] -= d_log_alpha * dx * dy
+                    grad_params[thread, g, 4] -= d_log_alpha * half * dy * dy
+                    grad_params[thread, g, 5] += d_log_alpha
+
+
+@njit(cache=True)
+def _fill_tile_lists(order: np.ndarray, t0: np.ndarray, span: np.ndarray, counts: np.ndarray, tw: int,
+                     tiles_per_frame: int, n: int, tile_counts: np.ndarray, gids: np.ndarray) -> np.ndarray:
+    """Counting sort of (tile, Gaussian) overlaps: Gaussians visited in ``order`` (front to
+    back) are appended to each tile they touch, so every tile's list is in depth order."""
+    for g in range(counts.shape[0]):
+        if counts[g] == 0:
+            continue
+        base = (g // n) * tiles_per_frame
+        for ty in range(t0[g, 1], t0[g, 1] + span[g, 1]):
+            for tx in range(t0[g, 0], t0[g, 0] + span[g, 0]):
+                tile_counts[base + ty * tw + tx] += 1
+    offsets = np.empty_like(tile_counts)
+    cursor = np.empty_like(tile_counts)
+    total = 0
+    for tile in range(tile_counts.shape[0]):
+        offsets[tile] = total
+        cursor[tile] = total
+        total += tile_counts[tile]
+    for g in order:
+        if counts[g] == 0:
+            continue
+        base = (g // n) * tiles_per_frame
+        for ty in range(t0[g, 1], t0[g, 1] + span[g, 1]):
+            for tx in range(t0[g, 0], t0[g, 0] + span[g, 0]):
+                tile = base + ty * tw + tx
+                gids[cursor[tile]] = g
+                cursor[tile] += 1
+    return offsets
+
+
+def list_tiles(order: Tensor, t0: Tensor, span: Tensor, counts: Tensor, tiles_x: int,
+               tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(Gaussian ids [M], per-tile counts, per-tile offsets), sorted by tile then by ``order``:
+    the same lists as ``splatting._intersect_tiles`` without its sorts of M keys.
+
+    ``order`` [F*N] visits the Gaussians front to back; ``t0``, ``span`` [F, N, 2] and
+    ``counts`` [F, N] are ``splatting._tile_rects``' output.
+    """
+    n_frames, n = counts.shape
+    flat_counts = counts.reshape(-1).contiguous().numpy()
+    tile_counts = np.zeros(n_frames * tiles_x * tiles_y, dtype=np.int64)
+    gids = np.empty(int(flat_counts.sum()), dtype=np.int64)
+    offsets = _fill_tile_lists(order.contiguous().numpy(), t0.reshape(-1, 2).contiguous().numpy(),
+                               span.reshape(-1, 2).contiguous().numpy(), flat_counts, tiles_x,
+                               tiles_x * tiles_y, n, tile_counts, gids)
+    return torch.from_numpy(gids), torch.from_numpy(tile_counts), torch.from_numpy(offsets)
+
+
+def _constants(dtype: np.dtype, limits: tuple[float, float, float, float]) -> np.ndarray:
+    """The thresholds in the inputs' dtype (so float32 stays float32 inside the kernels), and
+    a log-alpha below which alpha is certainly under the minimum (skipped without ``exp``:
+    the margin of 1e-3 is far above float rounding, so the skip never changes a result)."""
+    return np.array([*limits, 1.0, 0.5, math.log(limits[2]) - 1e-3], dtype=dtype)
+
+
+def _pixel_centres(n_tiles: int, tile_size: int, dtype: np.dtype) -> np.ndarray:
+    """Pixel-centre coordinates along one axis, rounded as the torch path forms them
+    (tile origin + (index in tile + 0.5), in ``dtype``)."""
+    index = np.arange(n_tiles * tile_size)
+    origin = (index // tile_size * tile_size).astype(dtype)
+    return origin + (index % tile_size).astype(dtype) + dtype.type(0.5)
+
+
+def _use_torch_threads() -> int:
+    """Follow torch's thread setting, so ``torch.set_num_threads`` governs the whole step;
+    returns the count (Numba's thread ids run from 0 to it, exclusive)."""
+    threads = max(1, min(torch.get_num_threads(), _MAX_THREADS))
+    set_num_threads(threads)
+    return threads
+
+
+class _Composite(torch.autograd.Function):
+    """params [G, 6], feats [Nf, D] -> image [F, H, W, D], alpha [F, H, W, 1]."""
+
+    @staticmethod
+    def forward(ctx: Any, params: Tensor, feats: Tensor, isect: tuple[Tensor, Tensor, Tensor],
+                grid: tuple[int, int, int, int, int, int],
+                limits: tuple[float, float, float, float]) -> tuple[Tensor, Tensor]:
+        tw, th, ts, width, height, n_frames = grid
+        p = params.detach().contiguous().numpy()
+        f = feats.detach().contiguous().numpy()
+        gids, counts, offsets = (t.contiguous().numpy() for t in isect)
+        centres = (_pixel_centres(tw, ts, p.dtype), _pixel_centres(th, ts, p.dtype))
+        inputs = (p, f, gids, offsets, counts, _constants(p.dtype, limits),
+                  np.array(grid[:5], dtype=np.int64), *centres)
+        image = np.zeros((n_frames, height, width, f.shape[1]), dtype=p.dtype)
+        alpha = np.zeros((n_frames, height, width), dtype=p.dtype)
+        final_trans = np.empty((n_frames, height, width), dtype=p.dtype)
+        stops = np.empty((n_frames, height, width), dtype=np.int64)
+        with _LAUNCH, parallel_chunksize(TILES_PER_TASK):
+            _use_torch_threads()
+            _forward(*inputs, image, alpha, final_trans, stops)
+        ctx.kernel_inputs = (*inputs, final_trans, stops)
+        ctx.shapes = (params.shape, feats.shape)
+        return torch.from_numpy(image), torch.from_numpy(alpha)[..., None]
+
+    @staticmethod
+    def backward(ctx: Any, grad_image: Tensor, grad_alpha: Tensor) -> tuple[Tensor | None, ...]:
+        inputs = ctx.kernel_inputs
+        p = inputs[0]
+        dtype = torch.from_numpy(p[:0]).dtype
+        g_image = grad_image.detach().to(dtype).contiguous().numpy()
+        g_alpha = grad_alpha.detach().to(dtype)[..., 0].contiguous().numpy()
+        params_shape, feats_shape = ctx.shapes
+        with _LAUNCH, parallel_chunksize(TILES_PER_TASK):
+            threads = _use_torch_threads()
+            grad_p = np.zeros((threads, *params_shape), dtype=p.dtype)
+            grad_f = np.zeros((threads, *feats_shape), dtype=p.dtype)
+            _backward(*inputs, g_image, g_alpha, grad_p, grad_f)  # type: ignore[call-arg]
+        return torch.from_numpy(grad_p.sum(0)), torch.from_numpy(grad_f.sum(0)), None, None, None
+
+
+def composite_tiles(params: Tensor, feats: Tensor, isect: tuple[Tensor, Tensor, Tensor],
+                    grid: tuple[int, int, int, int, int, int],
+                    limits: tuple[float, float, float, float]) -> tuple[Tensor, Tensor]:
+    """Composite depth-sorted tile lists on the CPU: ``([F, H, W, D], [F, H, W, 1])``.
+
+    ``params`` [F*N, 6] = (x, y, conic A, B, C, log opacity) per Gaussian, ``feats`` [N or F*N, D]
+    (Gaussian g reads row ``g % len(feats)``), ``isect`` = (Gaussian ids, per-tile counts,
+    per-tile offsets) from ``list_tiles``, ``grid`` = (tiles across, tiles
+    down, tile size, width, height, frames), ``limits`` = (log-alpha floor, log-alpha cap,
+    alpha minimum, transmittance minimum).  Differentiable in ``params`` and ``feats``.
+    """
+    if params.device.type != "cpu" or feats.device.type != "cpu":
+        raise ValueError("the compiled CPU compositor needs CPU tensors; use backend='torch' "
+                         "or 'gsplat' for other devices")
+    if params.dtype != feats.dtype or params.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"params and feats must both be float32 or float64, got {params.dtype} "
+                         f"and {feats.dtype}")
+    image, alpha = _Composite.apply(params, feats, isect, grid, limits)
+    return image, alpha

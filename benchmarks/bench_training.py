@@ -1,0 +1,233 @@
+"""Where a stage-1 training step's time goes, before and after the fast CPU splatter and the
+latent cache, measured side by side in one run.
+
+    python benchmarks/bench_training.py [--dataset DIR] [--init-from backend/checkpoints/demo]
+                                        [--steps 3] [--threads 2] [--markdown docs/BENCHMARKS.md]
+
+The step is the demo recipe's (configs/demo/stage1.json: demo preset, batch 8, 128 px) started
+from the shipped checkpoint. "before" composites with the pure-torch splatter and encodes every
+target and reference with the frozen VAE; "after" uses the compiled CPU splatter and reads the
+latents from the cache (steady state: every frame drawn was encoded once before, as in a long
+run). Both trainers start from the same weights and draw the same batches; the script checks
+their first losses agree. Per part, on the measured steps' own batches: splatting forward and
+forward + backward (render_control, the whole Gaussian-field path), the VAE encoding (or the
+cache read), FLAME, batch drawing; "the rest" is the whole step minus these. Also times the
+splatter alone at the sd15 preset's size (32 features, 256x256 UV grid, 512 px) for the record;
+an sd15 U-Net step does not fit a 2-core CPU's time or memory.
+
+Without ``--dataset`` it uses the demo recipe's dataset when it exists
+($FLAMEDIFF_DEMO_WORK/data, see configs/demo/train.sh), else generates 8 procedural identities.
+With ``--markdown FILE`` the table replaces the section between this script's markers in FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import flamediff.gaussians.field as field_module  # noqa: E402
+from flamediff.assets import load_asset  # noqa: E402
+from flamediff.formats.conventions import square_crop_intrinsics  # noqa: E402
+from flamediff.formats.paths import cache_dir  # noqa: E402
+from flamediff.gaussians.splatting import splat_features  # noqa: E402
+from flamediff.training.train import TrainConfig, Trainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- bench_training: begin -->", "<!-- bench_training: end -->"
+VARIANTS = {"before": ("torch", False), "after": ("numba", True)}  # splatter, latent cache
+
+
+def demo_dataset(work: str) -> str:
+    """The demo recipe's dataset, else a small procedural one generated into ``work``."""
+    recipe = os.environ.get("FLAMEDIFF_DEMO_WORK") or os.path.join(cache_dir(), "train", "demo")
+    if os.path.isfile(os.path.join(recipe, "data", "dataset.json")):
+        return os.path.join(recipe, "data")
+    from flamediff.data.procedural.generate import generate_procedural_dataset
+
+    folder = os.path.join(work, "data")
+    generate_procedural_dataset(folder, identities=8, views_per_identity=6, sequences_per_identity=1,
+                                frames_per_sequence=8, resolution=128, seed=0)
+    return folder
+
+
+def use_splatter(backend: str) -> None:
+    """Route the Gaussian field's splatting through ``backend``."""
+    field_module.splat_features = functools.partial(splat_features, backend=backend)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_trainer(dataset: str, init_from: str, work: str, name: str, cache: bool) -> Trainer:
+    config = TrainConfig.from_dict({"dataset": dataset, "output_dir": os.path.join(work, name),
+                                    "init_from": init_from, "stage": "1", "batch_size": 8, "steps": 2800,
+                                    "learning_rate": 1e-3, "warmup_steps": 200, "ema_decay": 0.998,
+                                    "cache_latents": cache})
+    return Trainer(config, log=lambda message: None)
+
+
+def step_parts(trainer: Trainer, step: int) -> dict[str, float]:
+    """Seconds of each part of ``step``'s work, measured on its batch, outside the real step."""
+    model, device = trainer.model, trainer.accelerator.device
+    parts = {"batch drawing": timed(lambda: trainer.draw(step))}
+    batch = trainer.draw(step)
+    clip = batch["clip"]
+    parts["VAE encoding (or cache read)"] = timed(lambda: trainer.clean_latents(model, batch))
+    with torch.no_grad():
+        parts["FLAME forward"] = timed(lambda: trainer.flame.forward_clip(clip))
+        vertices = trainer.flame.forward_clip(clip).vertices
+    Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
+                         dtype=torch.float32, device=device)
+    viewmats = batch["viewmats"].to(device)
+
+    def render():
+        return model.render_control(vertices, trainer.flame.faces, viewmats, Ks)
+
+    with torch.no_grad():
+        parts["splatting forward"] = timed(render)
+
+    def forward_backward():
+        maps = render()
+        maps.backward(torch.ones_like(maps))
+        model.zero_grad(set_to_none=True)
+
+    parts["splatting forward + backward"] = timed(forward_backward)
+    return parts
+
+
+def measure(trainer: Trainer, steps: int) -> tuple[float, dict[str, float]]:
+    """Mean whole-step time over ``steps`` steps after one warm-up, and the mean parts."""
+    trainer.train_step()  # warm-up (compilation, allocator)
+    if trainer.latent_cache is not None:  # steady state: these steps' frames were seen before
+        for step in range(trainer.step, trainer.step + steps):
+            batch = trainer.draw(step)
+            trainer.clean_latents(trainer.model, batch)
+    wholes, parts = [], []
+    for _ in range(steps):
+        parts.append(step_parts(trainer, trainer.step))
+        wholes.append(timed(trainer.train_step))
+    return statistics.mean(wholes), {k: statistics.mean(p[k] for p in parts) for k in parts[0]}
+
+
+def first_losses(dataset: str, init_from: str, work: str) -> tuple[float, float]:
+    """The loss of step 0's batch under both variants, from the same weights."""
+    losses = []
+    for name, (backend, cache) in VARIANTS.items():
+        use_splatter(backend)
+        trainer = make_trainer(dataset, init_from, work, f"parity-{name}", cache)
+        with torch.no_grad():
+            losses.append(float(trainer.loss(trainer.draw(0))))
+    return losses[0], losses[1]
+
+
+def sd15_splatter(backend: str, repeats: int = 2) -> tuple[float, float]:
+    """(forward, forward + backward) seconds of the sd15-size field on one 512 px frame."""
+    from flamediff.demo import demo_animation
+    from flamediff.flame.model import FlameModel
+    from flamediff.formats.conventions import view_matrices
+    from flamediff.gaussians.field import UVGaussianField
+    from flamediff.gaussians.uv_binding import load_or_compute_uv_binding
+    from flamediff.models import FlameDiffConfig
+
+    asset = load_asset()
+    config = FlameDiffConfig.preset_named("sd15", flame_asset=asset.identity())
+    field = UVGaussianField(load_or_compute_uv_binding(asset, config.uv_resolution), config.feature_dim)
+    flame, res = FlameModel(asset), config.resolution
+    clip = demo_animation(asset, num_frames=1, resolution=res)
+    with torch.no_grad():
+        vertices = flame.forward_clip(clip).vertices
+    viewmats = torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32)
+    Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, res), dtype=torch.float32)
+
+    def forward():
+        return field.render(vertices, flame.faces, viewmats, Ks, res, res, backend=backend)[0]
+
+    def forward_backward():
+        forward().sum().backward()
+        field.zero_grad(set_to_none=True)
+
+    forward_backward()
+    return (min(timed(forward) for _ in range(repeats)), min(timed(forward_backward) for _ in range(repeats)))
+
+
+def table(results: dict[str, tuple[float, dict[str, float]]]) -> list[str]:
+    """Markdown rows: each part, before and after, seconds and share of the whole step."""
+    (whole_b, parts_b), (whole_a, parts_a) = results["before"], results["after"]
+    rows = ["| part of one stage-1 step | before: s | share | after: s | share |", "|---|---|---|---|---|",
+            f"| whole step (draw, forward, backward, optimiser, EMA) | {whole_b:.3f} | 100 % | {whole_a:.3f} | 100 % |"]
+    for key in parts_b:
+        rows.append(f"| {key} | {parts_b[key]:.3f} | {100 * parts_b[key] / whole_b:.0f} % | "
+                    f"{parts_a[key]:.3f} | {100 * parts_a[key] / whole_a:.0f} % |")
+    counted = ("batch drawing", "VAE encoding (or cache read)", "FLAME forward", "splatting forward + backward")
+    rest_b = whole_b - sum(parts_b[k] for k in counted)
+    rest_a = whole_a - sum(parts_a[k] for k in counted)
+    rows.append(f"| both U-Nets, pose guider, optimiser, EMA (the rest) | {rest_b:.3f} | {100 * rest_b / whole_b:.0f} % "
+                f"| {rest_a:.3f} | {100 * rest_a / whole_a:.0f} % |")
+    return rows
+
+
+def write_markdown(path: Path, lines: list[str]) -> None:
+    text = path.read_text(encoding="utf-8")
+    block = "\n".join([BEGIN, *lines, END])
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", help="dataset folder (default: the demo recipe's, else a small generated one)")
+    parser.add_argument("--init-from", default=str(ROOT / "backend" / "checkpoints" / "demo"))
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per variant (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", help="write the tables into this file between the script's markers")
+    parser.add_argument("--skip-sd15", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        os.environ.setdefault("FLAMEDIFF_CACHE", os.path.join(work, "cache"))  # a cold latent cache
+        dataset = args.dataset or demo_dataset(work)
+        loss_before, loss_after = first_losses(dataset, args.init_from, work)
+        results = {}
+        for name, (backend, cache) in VARIANTS.items():
+            use_splatter(backend)
+            results[name] = measure(make_trainer(dataset, args.init_from, work, name, cache), args.steps)
+    whole_b, whole_a = results["before"][0], results["after"][0]
+    splat_share = results["after"][1]["splatting forward + backward"] / whole_a
+    lines = [f"`python benchmarks/bench_training.py --steps {args.steps} --threads {args.threads}` "
+             f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}); means over {args.steps} steps after one warm-up, both variants "
+             "in one run:", "", *table(results), "",
+             f"- whole step after / before: **{whole_a / whole_b:.2f}x** (target <= 0.5x); splatting forward + "
+             f"backward after: **{100 * splat_share:.0f} %** of the step (target <= 15 %)",
+             f"- same numbers: step 0's loss {loss_before:.6f} before, {loss_after:.6f} after "
+             f"(difference {abs(loss_before - loss_after):.1e})"]
+    if not args.skip_sd15:
+        old, new = sd15_splatter("torch"), sd15_splatter("numba")
+        lines.append(f"- sd15 preset's field (32 features, 256x256 UV grid) on one 512 px frame: forward "
+                     f"{old[0]:.2f} s -> {new[0]:.2f} s, forward + backward {old[1]:.2f} s -> {new[1]:.2f} s "
+                     f"({old[1] / new[1]:.1f}x)")
+    print("\n".join(lines))
+    if args.markdown:
+        write_markdown(Path(args.markdown), lines)
+
+
+if __name__ == "__main__":
+    main()
