@@ -341,6 +341,7 @@ def test_learning_curve_scores_every_kept_checkpoint(tmp_path, dataset):
 def test_latent_cache_gives_the_same_losses_and_skips_repeated_work(tmp_path, dataset, monkeypatch):
     """Stage 1 with the frozen VAE's latents read from disk: the same loss as encoding every
     step, the frames encoded once, an edited frame encoded again, a broken entry replaced."""
+    monkeypatch.setenv("FLAMEDIFF_CACHE", str(tmp_path / "cache"))  # this test's entries only
     cached = Trainer(_config(dataset, str(tmp_path / "cached")), log=lambda message: None)
     plain = Trainer(_config(dataset, str(tmp_path / "plain"), cache_latents=False), log=lambda message: None)
     assert cached.latent_cache is not None and plain.latent_cache is None
