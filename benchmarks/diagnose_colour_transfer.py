@@ -249,9 +249,10 @@ def plot_attention(result: dict[str, Any], path: str) -> None:
         axis.set_xlim(0, 1)
         axis.set_title(f"t = {timestep}: queries on the head", fontsize=9)
         axis.set_xlabel("attention mass")
-    axes[0].legend(fontsize=7, loc="lower left")
     axes[0].invert_yaxis()
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
