@@ -67,11 +67,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--samplers", default="0:0",
                         help="steps:guidance pairs to score, comma-separated (0:0 = the checkpoint's default)")
+    parser.add_argument("--skip-checkpoint", action="store_true", help="score the arms only, not the checkpoint")
     parser.add_argument("--out", default="work/ab")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
-    models: dict[str, str] = {"checkpoint": args.checkpoint}
+    models: dict[str, str] = {} if args.skip_checkpoint else {"checkpoint": args.checkpoint}
     report: dict[str, Any] = {"steps": args.steps, "learning_rate": args.learning_rate, "arms": {}, "scores": {}}
     for text in args.arm:
         name, dataset, overrides = parse_arm(text)
