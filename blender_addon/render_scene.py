@@ -59,6 +59,7 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
                                                            "them); empty = the backend's default")
     preview: setting_property("preview", "Its own job and folder: the full render is not touched")
     framing: setting_property("framing")
+    matte: setting_property("matte")
     # state (written by the add-on)
     job_id: StringProperty(name="Job", default="")
     status: StringProperty(name="Status", default="")
@@ -85,7 +86,7 @@ class FlamediffRigSettings(bpy.types.PropertyGroup):
 
 
 #: Job settings the Render panel holds (the operator's argument, when given, wins).
-PANEL_SETTINGS = ("steps", "guidance", "seed", "preview", "framing")
+PANEL_SETTINGS = ("steps", "guidance", "seed", "preview", "framing", "matte")
 
 
 class JobInputError(ValueError):

@@ -46,6 +46,7 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
                                  description="Default: the Render panel's, else the backend's default model")
     preview: setting_property("preview", f"Its own job and folder. {_PANEL}", options=_ARGUMENT)
     framing: setting_property("framing", _PANEL, options=_ARGUMENT)
+    matte: setting_property("matte", _PANEL, options=_ARGUMENT)
     shape_from: setting_property("shape_from", "Default: the rig's Identity shape setting", options=_ARGUMENT)
     reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=_ARGUMENT,
                                     description=".npy of the reference person's FLAME shape coefficients. "

@@ -255,7 +255,7 @@ def test_head_framing_places_the_head_square_in_a_transparent_frame_of_the_image
     width, height = 192, 108
     wide = replace(clip, K=np.repeat(intrinsics_from_fov(27.0, width, height)[None], clip.num_frames, 0),
                    image_size=(width, height))
-    settings = replace(FAST, framing="head")
+    settings = replace(FAST, framing="head", matte="tile")
     out = pipeline(REFERENCE, wide, settings, return_control=True)
     vertices = pipeline.flame.forward_clip(wide).vertices.double().numpy()
     squares = head_squares(vertices, wide.K, wide.R, wide.t)
@@ -275,6 +275,40 @@ def test_head_framing_places_the_head_square_in_a_transparent_frame_of_the_image
         pipeline(REFERENCE, wide, replace(FAST, framing="centre"))
     with pytest.raises(ValueError, match="more than 8K UHD"):
         pipeline(REFERENCE, replace(wide, image_size=(20000, 10000)), settings)
+
+
+def test_head_matte_is_the_feathered_silhouette_and_the_tile_stays_as_it_was(pipeline, clip):
+    """Head framing's alpha is the head: opaque over the FLAME silhouette, feathered at its edge,
+    transparent in the square's corners (which the tile fills); the colours are the tile's, so
+    the square tile is the same render with a full alpha; head_neck adds the neck below the head."""
+    from dataclasses import replace
+
+    from flamediff.formats.conventions import head_squares, intrinsics_from_fov, project_points
+
+    width, height = 192, 108
+    wide = replace(clip, K=np.repeat(intrinsics_from_fov(27.0, width, height)[None], clip.num_frames, 0),
+                   image_size=(width, height)).select_frames([1, 2])
+    frames = {matte: pipeline(REFERENCE, wide, replace(FAST, framing="head", matte=matte)).frames
+              for matte in ("tile", "head", "head_neck")}
+    vertices = pipeline.flame.forward_clip(wide).vertices.double().numpy()
+    squares = head_squares(vertices, wide.K, wide.R, wide.t)
+    for row, (tile, head, neck) in enumerate(zip(frames["tile"], frames["head"], frames["head_neck"])):
+        left, top, side = squares[row]
+        square = tile[..., 3] == 255
+        assert head[..., 3][~square].max() == 0          # never outside the tile
+        corner = (int(top + 0.05 * side), int(left + 0.05 * side))
+        assert tile[corner + (3,)] == 255 and head[corner + (3,)] == 0
+        u, v = project_points(vertices[row].mean(0, keepdims=True), wide.K[row], wide.R[row], wide.t[row])[0][0]
+        assert head[int(v), int(u), 3] == 255
+        feathered = (head[..., 3] > 0) & (head[..., 3] < 255)
+        assert feathered.sum() > 0.2 * np.sqrt((head[..., 3] == 255).sum())   # a soft edge all round
+        shown = head[..., 3] > 0
+        np.testing.assert_array_equal(head[shown, :3], tile[shown, :3])
+        assert (neck[..., 3] >= head[..., 3]).all() and neck[..., 3].sum() > head[..., 3].sum()
+        bottom = (min(height, int(top + side)) - 1, int(u))
+        assert neck[bottom + (3,)] == 255 and head[bottom + (3,)] < 255   # the neck reaches the square's edge
+    with pytest.raises(ValueError, match="matte must be one of"):
+        pipeline(REFERENCE, wide, replace(FAST, framing="head", matte="oval"))
 
 
 def test_place_in_frame_samples_only_the_visible_part():

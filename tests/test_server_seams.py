@@ -73,6 +73,8 @@ def test_the_request_model_is_the_protocol_settings_schema() -> None:
             assert tuple(prop["enum"]) == entry.values
     assert set(JobSettings().hashed()) == {
         entry.name for entry in JOB_SETTINGS if entry.hashed} - {"preview"}  # preview False keeps old ids
+    tile = JobSettings(matte="tile").hashed()
+    assert "matte" not in tile and "matte" not in JobSettings(framing="camera").hashed()   # ids from before mattes
 
 
 def test_the_render_command_takes_its_options_from_the_protocol() -> None:
@@ -127,6 +129,7 @@ def test_manifests_of_the_version_before_previews_still_read(tmp_path) -> None:
     settings = _job_folder(tmp_path, old).settings()
     assert settings.preview is False and settings.steps == 25 and settings.frames == [1, 2]
     assert settings.framing == "camera" and parse_settings({}).framing == "head"
+    assert settings.matte == "tile" and parse_settings({}).matte == "head"   # stored jobs keep their square tiles
 
 
 def test_unreadable_stored_settings_fail_the_job_with_advice(tmp_path) -> None:

@@ -119,13 +119,15 @@ class FLAMEDIFF_PT_camera(_FlamediffPanel, bpy.types.Panel):
         row.prop(scene.render, "resolution_y")
 
 
-def framing_summary(framing: str, render: bpy.types.RenderSettings) -> str:
+def framing_summary(framing: str, render: bpy.types.RenderSettings, matte: str = "head") -> str:
     """What a render will hand back, said before it starts."""
     scale = render.resolution_percentage / 100.0
     width, height = int(render.resolution_x * scale), int(render.resolution_y * scale)
     if framing == "head":
+        shown = {"head": "the head (its feathered silhouette)", "head_neck": "the head and neck",
+                 "tile": "the whole square"}[matte]
         return (f"Frames: {width}x{height} with alpha; the square around the head is rendered at the model's "
-                f"resolution and scaled into place, the rest is transparent")
+                f"resolution and scaled into place, and {shown} is opaque, the rest transparent")
     return (f"Frames: the camera's whole {width}x{height} view fitted into the model's square, at the model's "
             f"resolution with the camera's aspect, no transparency")
 
@@ -143,7 +145,10 @@ def draw_job_settings(layout: bpy.types.UILayout, context: bpy.types.Context) ->
     row.prop(props, "checkpoint", text="Model")
     layout.prop(props, "preview")
     layout.prop(props, "framing")
-    wrapped_label(layout, context, framing_summary(props.framing, context.scene.render), icon="IMAGE_DATA")
+    if props.framing == "head":
+        layout.prop(props, "matte")
+    wrapped_label(layout, context, framing_summary(props.framing, context.scene.render, props.matte),
+                  icon="IMAGE_DATA")
     rig = rigmod.find_rig(context.active_object)
     if rig is not None:
         layout.prop(rig.flamediff_rig_settings, "shape_from")

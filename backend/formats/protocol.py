@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .paths import cache_dir, default_token_file
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "FRAMINGS", "JOB_SETTINGS", "PROTOCOL_VERSION", "REFERENCE_FORMATS", "SHAPE_SOURCES", "Setting",
+__all__ = ["DEFAULT_PORT", "DEFAULT_URL", "FRAMINGS", "JOB_SETTINGS", "MATTES", "PROTOCOL_VERSION", "REFERENCE_FORMATS", "SHAPE_SOURCES", "Setting",
            "cache_dir", "default_token_file", "frame_file", "is_loopback_host", "is_loopback_url", "setting"]
 
 #: Bumped when a route or a field of the HTTP protocol changes meaning; client and server compare it.
@@ -85,6 +85,13 @@ FRAMINGS = (("head", "Head", "Each frame renders the square around the head, fra
             ("camera", "Whole camera", "The camera's whole view fitted into the model's square: frames of the "
                                        "camera's aspect at the model's resolution, no transparency"))
 
+MATTES = (("head", "Head", "Head framing: the frame's alpha is the head's matte (the FLAME silhouette, feathered), "
+                           "so Alpha Over composites a head"),
+          ("head_neck", "Head and neck", "As Head, with the neck continued down to the edge of the rendered square "
+                                         "(the neck and shoulders the model draws)"),
+          ("tile", "Square tile", "Head framing: the whole rendered square is opaque, the model's own backdrop "
+                                  "included (as before mattes existed)"))
+
 SHAPE_SOURCES = (("animation", "Animation", "The rig's own shape keys: the frames show the rig's identity"),
                  ("reference", "Reference", "The reference person's FLAME shape (Reference shape file): the rig's "
                                             "motion on the reference identity (cross-identity)"))
@@ -108,6 +115,9 @@ JOB_SETTINGS: tuple[Setting, ...] = (
     Setting("framing", "choice", "Framing", "what the model renders: the square around the head placed in a "
             "transparent frame of the camera's image size ('head'), or the camera's whole view at the model's "
             "resolution ('camera')", "head", choices=FRAMINGS, legacy="camera"),
+    Setting("matte", "choice", "Matte", "the alpha of head-framed frames: the head's silhouette ('head'), with "
+            "the neck ('head_neck'), or the whole square ('tile'); camera framing has none", "head", choices=MATTES,
+            legacy="tile"),
     Setting("preview", "bool", "Preview", "a quick look: half resolution, at most 4 steps, first frame first",
             False),
     Setting("frames_per_batch", "int", "Frames per batch", "frames denoised together (halves on GPU OOM)", 4, 1,

@@ -27,6 +27,10 @@ framing of the training set when the camera is the dataset's; evaluation uses it
 set does (:func:`~flamediff.formats.conventions.head_squares`), and places it, resized, into a
 transparent RGBA frame of the camera's image size: the model always sees a head framed as it
 learned, whatever the artist's lens and resolution, and the strip composites over other work.
+The frame's alpha (``RenderSettings.matte``) is the head's matte: the FLAME silhouette of that
+frame, rasterised in the square at :data:`MATTE_SUPERSAMPLE` times its resolution and feathered
+(:func:`head_matte`), with the neck continued down to the square's edge for ``head_neck``; or,
+with ``tile``, the whole opaque square as before.
 
 Speed levers (on by default on CUDA, off on CPU where bf16 is slow and the result must equal the
 fp32 reference): the U-Nets run in bf16 and channels-last; ``compile_denoiser=True`` compiles the
@@ -81,6 +85,7 @@ class RenderSettings:
     context_overlap: int = CONTEXT_OVERLAP
     preview: bool = False          # half resolution, at most PREVIEW_STEPS steps, first frame alone
     framing: str = "camera"        # or "head": see the module docstring
+    matte: str = "head"            # head framing's alpha: "head", "head_neck" or "tile" (the whole square)
 
 
 @dataclass
@@ -119,10 +124,13 @@ def feature_preview(feature_maps: Tensor, basis: Tensor | None = None) -> tuple[
     return list(images), basis
 
 
-def place_in_frame(square_image: np.ndarray, square: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+def place_in_frame(square_image: np.ndarray, square: np.ndarray, image_size: tuple[int, int],
+                   matte: np.ndarray | None = None) -> np.ndarray:
     """An RGBA ``[height, width, 4]`` frame, transparent but for the ``(left, top, side)``
-    square, which shows ``square_image`` resampled (bicubic) to its pixels. Only the visible part
-    of the square is sampled, so a square far larger than the frame costs no more than the frame."""
+    square, which shows ``square_image`` resampled (bicubic) to its pixels; its alpha is the
+    ``matte`` (``[S, S]`` in 0..1, resampled bilinearly) when given, else the whole square. Only
+    the visible part of the square is sampled, so a square far larger than the frame costs no
+    more than the frame."""
     width, height = image_size
     left, top, side = (float(v) for v in square)
     frame = np.zeros((height, width, 4), dtype=np.uint8)
@@ -138,9 +146,50 @@ def place_in_frame(square_image: np.ndarray, square: np.ndarray, image_size: tup
     sampled = torch.nn.functional.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False)
     inside = (grid.abs() <= 1).all(-1)[0].numpy()
     frame[y0:y1, x0:x1, :3] = sampled[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-    frame[y0:y1, x0:x1, 3] = np.where(inside, 255, 0)
+    alpha = np.where(inside, 255, 0)
+    if matte is not None:
+        coverage = torch.nn.functional.grid_sample(torch.from_numpy(np.ascontiguousarray(matte, np.float32))[None, None],
+                                                   grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alpha = np.where(inside, (coverage[0, 0].numpy() * 255).round().clip(0, 255), 0)
+    frame[y0:y1, x0:x1, 3] = alpha.astype(np.uint8)
     frame[..., :3] *= (frame[..., 3:] > 0)
     return frame
+
+
+#: The matte is rasterised at this many times the model's resolution (a 128 px square -> 512 px),
+#: and feathered by a Gaussian of MATTE_FEATHER times the square's side.
+MATTE_SUPERSAMPLE = 4
+MATTE_FEATHER = 0.008
+MATTES = ("head", "head_neck", "tile")
+
+
+def head_matte(vertices: Tensor, faces: Tensor, K: np.ndarray, R: np.ndarray, t: np.ndarray, side: int,
+               neck: bool = False) -> np.ndarray:
+    """``[F, side, side]`` float mattes in 0..1: each frame's FLAME silhouette through its square's
+    intrinsics ``K`` ``[F, 3, 3]``, feathered outwards (Gaussian, then doubled and clipped, so the
+    silhouette's edge stays opaque). ``neck``: every column the silhouette's lowest rows cover is
+    continued down to the square's bottom (the neck and shoulders the model draws below FLAME)."""
+    from flamediff.geometry.rasterizer import rasterize
+
+    mask = rasterize(vertices.float(), faces, torch.as_tensor(K), torch.as_tensor(R), torch.as_tensor(t), side,
+                     side).mask.float()
+    if neck:
+        rows = torch.arange(side, dtype=torch.float32)[None, :, None]
+        lowest = torch.where(mask > 0, rows, torch.full_like(mask, -1.0)).amax(dim=1, keepdim=True)   # [F, 1, side]
+        bottom = lowest.amax(dim=2, keepdim=True)
+        neck_columns = lowest >= bottom - 0.04 * side           # columns reaching the silhouette's bottom
+        mask = torch.maximum(mask, ((rows >= lowest) & neck_columns).float())
+    sigma = MATTE_FEATHER * side
+    radius = max(1, int(round(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    blurred = mask[:, None]
+    for shape in ((1, 1, 1, -1), (1, 1, -1, 1)):
+        pad = (radius, radius, 0, 0) if shape[-1] == -1 else (0, 0, radius, radius)
+        blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(blurred, pad, mode="replicate"),
+                                             kernel.reshape(shape))
+    return (blurred[:, 0] * 2).clamp(0, 1).numpy()
 
 
 def preview_resolution(config: FlameDiffConfig) -> int:
@@ -308,15 +357,16 @@ class FlameDiffPipeline:
                                                                       for _, windows in plan for window in windows))
         for rows, windows in plan:
             group = clip.take_rows(rows)
-            intrinsics, finish = self.framing(group, settings.framing, resolution)
+            intrinsics, finish = self.framing(group, settings.framing, resolution, settings.matte)
             pose_features, previews = self._pose_features(group, settings, resolution, return_control, intrinsics)
             regions = self._denoise(pose_features, group.frame, windows, settings, denoising)
             yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, finish)
 
-    def framing(self, clip: AnimationClip, framing: str, resolution: int
+    def framing(self, clip: AnimationClip, framing: str, resolution: int, matte: str = "tile"
                  ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:
         """The square each frame renders (as intrinsics ``[F, 3, 3]``) and how a rendered square
-        becomes the frame handed out (given the image and its row in ``clip``)."""
+        becomes the frame handed out (given the image and its row in ``clip``; with head framing,
+        its alpha is the ``matte``)."""
         if framing == "camera":
             rows, columns = fitted_frame(clip.image_size, resolution)
             return (square_fit_intrinsics(clip.K, clip.image_size, resolution),
@@ -327,9 +377,26 @@ class FlameDiffPipeline:
         if width * height > MAX_FRAME_PIXELS:
             raise ValueError(f"the camera's image is {width}x{height}, more than 8K UHD (7680x4320) pixels: lower the "
                              "scene's resolution (Output Properties > Format > %) or render with framing 'camera'")
-        squares = head_squares(self.flame.forward_clip(clip).vertices.double().cpu().numpy(), clip.K, clip.R, clip.t)
-        return (square_region_intrinsics(clip.K, squares, resolution),
-                lambda image, row: place_in_frame(image, squares[row], clip.image_size))
+        vertices = self.flame.forward_clip(clip).vertices.double().cpu()
+        squares = head_squares(vertices.numpy(), clip.K, clip.R, clip.t)
+        if matte not in MATTES:
+            raise ValueError(f"matte must be one of {', '.join(MATTES)}, not {matte!r}")
+        if matte == "tile":
+            return (square_region_intrinsics(clip.K, squares, resolution),
+                    lambda image, row: place_in_frame(image, squares[row], clip.image_size))
+        side = MATTE_SUPERSAMPLE * resolution
+        matte_K = square_region_intrinsics(clip.K, squares, side)
+        faces = self.flame.faces.cpu()
+        latest: dict[int, np.ndarray] = {}   # a frame's matte serves its image and its control preview
+
+        def matted(image: np.ndarray, row: int) -> np.ndarray:
+            if row not in latest:
+                latest.clear()
+                latest[row] = head_matte(vertices[row:row + 1], faces, matte_K[row:row + 1], clip.R[row:row + 1],
+                                         clip.t[row:row + 1], side, neck=matte == "head_neck")[0]
+            return place_in_frame(image, squares[row], clip.image_size, latest[row])
+
+        return square_region_intrinsics(clip.K, squares, resolution), matted
 
     def frames_to_render(self, wanted: list[int], job_frames: list[int], settings: RenderSettings) -> list[int]:
         """The frames to denoise so that ``wanted`` (a subset of the job's ``job_frames``) get the

@@ -23,7 +23,8 @@ from flamediff.server.security import ConnectionLimits
 from flamediff.server.worker import DEVICES, PRECISIONS, Progress
 
 #: The job settings ``render`` takes as options (``--checkpoint`` and ``--reference-shape`` name files).
-RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "framing", "frames_per_batch", "preview")
+RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "framing", "matte", "frames_per_batch",
+                   "preview")
 
 
 def _models_dir(path: str | None) -> str:

@@ -175,6 +175,7 @@ class JobSettings(BaseModel):
     reference_shape: list[Annotated[float, Field(allow_inf_nan=False)]] | None = _protocol_field("reference_shape")
     resolution: int | None = _protocol_field("resolution")
     framing: Literal["head", "camera"] = _protocol_field("framing")
+    matte: Literal["head", "head_neck", "tile"] = _protocol_field("matte")
     preview: bool = _protocol_field("preview")
     frames_per_batch: int = _protocol_field("frames_per_batch")
 
@@ -212,6 +213,8 @@ class JobSettings(BaseModel):
         data = {name: value for name, value in self.to_dict().items() if setting(name).hashed}
         if not data["preview"]:
             data.pop("preview")  # full renders keep the ids they had before previews existed
+        if data["matte"] == "tile" or data["framing"] != "head":
+            data.pop("matte")    # square tiles keep the ids they had before mattes existed; camera framing has none
         return data
 
     @classmethod
