@@ -529,7 +529,8 @@ def test_reference_warnings_reach_the_job_and_the_models_list(server, inputs, mo
     procedural = describe(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backend",
                                        "checkpoints", "demo"), "demo", "shipped")
     assert procedural.training_domain == "procedural"
-    assert any("only on flamediff's procedural heads" in note for note in reference_notes((512, 512), procedural))
+    photo = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    assert any("only on flamediff's procedural heads" in note for note in reference_notes(photo, procedural))
     listed = {entry["name"]: entry for entry in server.get("/v1/models", headers=AUTH).json()["models"]}
     assert "domain_note" not in listed["tiny"]
 

@@ -8,6 +8,8 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
+import numpy as np
+
 from flamediff import __version__
 from flamediff.formats.protocol import PROTOCOL_VERSION
 from flamediff.server.checkpoints import CheckpointInfo, CheckpointRegistry
@@ -18,6 +20,8 @@ from flamediff.server.security import AllowedRoots
 from flamediff.server.worker import InProcessRenderer, Renderer, Worker, unsaved_failure
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from flamediff.formats.flame_asset import FlameAsset
 
 #: Largest file read from a local path (uploads are limited by the HTTP body limit).
@@ -75,7 +79,7 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
     checkpoint_dict = checkpoint.to_dict()
     digest = request_hash(reference, animation, settings, checkpoint_dict, frames)
     notes = ([f"animation: {w}" for w in warnings] + [f"reference: {note}" for note in decoded.notes]
-             + reference_notes(decoded.pixels.shape[:2], checkpoint))
+             + reference_notes(decoded.pixels, checkpoint))
     if fitted is not None:
         notes.append("reference: the identity shape was fitted to the reference photo (as flamediff track does)")
     return CheckedInputs(reference=reference, reference_ext=reference_ext, animation=animation, settings=settings,
@@ -87,6 +91,10 @@ def check_request(reference: bytes, animation: bytes, settings_data: dict[str, A
 #: the centre-square crop; one under MIN_REFERENCE_SIDE pixels is upsampled into mush.
 MAX_REFERENCE_ASPECT = 1.3
 MIN_REFERENCE_SIDE = 64
+#: A reference looks like a procedural checkpoint's training data when its texture
+#: (:func:`reference_texture`) is under this: flamediff's smooth-shaded procedural renders measure
+#: 0.0013-0.0039, photos 0.0078-0.042 (README "Troubleshooting" gives the measurement).
+PROCEDURAL_TEXTURE_LIMIT = 0.006
 DOMAIN_NOTES = {"procedural": "checkpoint {name!r} was trained only on flamediff's procedural heads: a photo of a real "
                               "person is outside what it learned, and the frames will look like a procedural head; "
                               "train on real footage (flamediff dataset import) for real faces"}
@@ -113,9 +121,24 @@ def fit_reference_shape(reference: bytes, extension: str, asset: "FlameAsset") -
     return [float(v) for v in shape]
 
 
-def reference_notes(size: tuple[int, ...], checkpoint: CheckpointInfo) -> list[str]:
-    """Warnings (not errors) about a reference of ``(height, width)`` pixels for ``checkpoint``."""
-    height, width = size
+def reference_texture(pixels: "NDArray[np.uint8]", resolution: int = 128) -> float:
+    """The median absolute Laplacian of the reference's grey centre square at ``resolution`` px
+    (what the model sees): near 0 for smooth-shaded renders, larger for a photo's skin, hair and
+    sensor noise; the out-of-domain test of procedural checkpoints."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(np.ascontiguousarray(pixels[top:top + side, left:left + side]))
+    grey = np.asarray(square.resize((resolution, resolution), Image.Resampling.BILINEAR), np.float64).mean(axis=2) / 255
+    laplacian = (4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:])
+    return float(np.median(np.abs(laplacian)))
+
+
+def reference_notes(pixels: "NDArray[np.uint8]", checkpoint: CheckpointInfo) -> list[str]:
+    """Warnings (not errors) about a reference for ``checkpoint``: each only when it applies."""
+    height, width = pixels.shape[:2]
     notes = []
     if max(height, width) > MAX_REFERENCE_ASPECT * min(height, width):
         side = min(height, width)
@@ -124,8 +147,8 @@ def reference_notes(size: tuple[int, ...], checkpoint: CheckpointInfo) -> list[s
     if min(height, width) < MIN_REFERENCE_SIDE:
         notes.append(f"reference: only {min(height, width)} px on its short side; the model upsamples it to "
                      f"{checkpoint.resolution} px and loses detail: use a larger photo")
-    if checkpoint.training_domain in DOMAIN_NOTES:
-        notes.append("reference: " + DOMAIN_NOTES[checkpoint.training_domain].format(name=checkpoint.name))
+    if checkpoint.training_domain == "procedural" and reference_texture(pixels) > PROCEDURAL_TEXTURE_LIMIT:
+        notes.append("reference: " + DOMAIN_NOTES["procedural"].format(name=checkpoint.name))
     return notes
 
 
