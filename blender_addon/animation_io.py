@@ -21,7 +21,8 @@ from mathutils import Euler, Matrix, Quaternion
 from . import rig as rigmod
 from .formats.animation import POSE_FIELDS, AnimationClip, AnimationFormatError
 from .formats.conventions import (FLAME_TO_BLENDER, BlenderCameraIntrinsics, axis_angle_to_quaternion,
-                                  blender_camera_to_opencv, opencv_to_blender_camera, quaternion_to_axis_angle)
+                                  blender_camera_to_opencv, opencv_to_blender_camera, quaternion_to_axis_angle,
+                                  refit_intrinsics)
 from .formats.flame_asset import JOINT_NAMES, FlameAsset
 
 _TRANSFORM_PATHS = {"location", "rotation_euler", "rotation_quaternion", "rotation_axis_angle", "scale",
@@ -460,12 +461,22 @@ def set_identity(rig: bpy.types.Object, shape: np.ndarray) -> None:
     rigmod.set_coefficients(rig, "SHAPE", shape)
 
 
-def apply_camera(context: bpy.types.Context, rig: bpy.types.Object, clip: AnimationClip) -> bpy.types.Object:
+def apply_camera(context: bpy.types.Context, rig: bpy.types.Object, clip: AnimationClip,
+                 use_image_size: bool = False) -> bpy.types.Object:
     """The clip's OpenCV cameras (FLAME space of ``rig``) as the scene camera ``<rig> camera``, keyed
-    per frame when they move; the render resolution follows the file's image size."""
+    per frame when they move. The scene keeps its resolution (the camera framing the file's whole
+    image inside it, :func:`refit_intrinsics`) unless ``use_image_size``: then the render
+    resolution becomes the file's image size."""
     scene = context.scene
-    width, height = clip.image_size
-    settings = [BlenderCameraIntrinsics.from_opencv(K, width, height) for K in clip.K]
+    render = scene.render
+    if use_image_size:
+        width, height = clip.image_size
+        intrinsics = np.asarray(clip.K, np.float64)
+    else:
+        scale = render.resolution_percentage / 100.0
+        width, height = int(render.resolution_x * scale), int(render.resolution_y * scale)
+        intrinsics = refit_intrinsics(clip.K, clip.image_size, (width, height))
+    settings = [BlenderCameraIntrinsics.from_opencv(K, width, height) for K in intrinsics]
     to_world = np.array(rig.matrix_world) @ np.linalg.inv(_FLAME_TO_BLENDER_4)
     matrices = [to_world @ opencv_to_blender_camera(R, t) for R, t in zip(clip.R, clip.t)]
     name = f"{rig.name} camera"
@@ -491,8 +502,8 @@ def apply_camera(context: bpy.types.Context, rig: bpy.types.Object, clip: Animat
     for i, path in enumerate(("lens", "shift_x", "shift_y")):
         if np.ptp(lens[:, i]) > 1e-9:
             _write_keys(_ensure_fcurve(camera.data, path, 0, "Lens"), frames, lens[:, i])
-    render = scene.render
-    render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
+    if use_image_size:
+        render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, 100
     render.pixel_aspect_x, render.pixel_aspect_y = first.pixel_aspect_x, first.pixel_aspect_y
     scene.camera = camera
     return camera

@@ -23,6 +23,7 @@ POLL_INTERVAL = 0.5
 START_TIMEOUT = 120.0
 SLOW_ANSWER_GRACE = 10.0  # seconds of failed polls tolerated while rendering (a busy backend)
 FINAL = ("done", "failed", "cancelled")
+CANCEL_WAIT = 30.0  # seconds a cancelled render is followed while the backend winds it down
 
 #: (job kind, host key: the scene's name) -> the job followed there: one render and one tracking per scene
 _ACTIVE: dict[tuple[str, str], BackendJob] = {}
@@ -88,6 +89,7 @@ class BackendJob:
         self.outcome = ""  # done | failed | cancelled | error
         self.message = self.error = self.advice = ""
         self.started = self.last_ok = time.monotonic()
+        self.cancel_asked = 0.0
         self.start_attempted = False
 
     def _show(self, **state: Any) -> None:
@@ -106,6 +108,10 @@ class BackendJob:
         raise NotImplementedError
 
     def cancel(self, error: str = "", advice: str = "") -> None:
+        raise NotImplementedError
+
+    def _wind_down(self) -> None:
+        """Follow a cancelled task while the backend stops it (``phase`` 'cancelling')."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
@@ -127,6 +133,8 @@ class BackendJob:
                 self._connect()
             if self.phase == "running":
                 self._poll()
+            elif self.phase == "cancelling":
+                self._wind_down()
         except BackendError as exc:
             if (self.phase == "running" and exc.status is None
                     and time.monotonic() - self.last_ok < SLOW_ANSWER_GRACE):
@@ -192,7 +200,8 @@ class RenderJob(BackendJob):
         self._unfollow()
         done = len(self.fetched)
         texts = {"done": f"Rendered {done} frames into {self.host.display_path(self.folder)}",
-                 "cancelled": f"Cancelled; {done} of {len(self.frames)} frames kept",
+                 "cancelled": f"Cancelled; {max(done, self.view.get('frames_done') or 0)} of {len(self.frames)} "
+                              f"frames kept",
                  "failed": f"Failed after {done} of {len(self.frames)} frames",
                  "error": "Render stopped"}
         if self.host.alive():
@@ -280,17 +289,40 @@ class RenderJob(BackendJob):
             self._finish("failed", view.get("error") or "the job failed", view.get("advice") or "see the backend's log")
 
     def cancel(self, error: str = "", advice: str = "") -> None:
-        """DELETE the job (rendered frames are kept) and stop following it; ``error``/``advice``
-        say why when the add-on gave up on it (a timeout)."""
+        """DELETE the job (rendered frames are kept); ``error``/``advice`` say why when the add-on
+        gave up on it (a timeout). A render that winds down (the backend finishes its denoising
+        step and writes what it has) is followed to its end, for at most :data:`CANCEL_WAIT`
+        seconds, so the frames it keeps land and are counted as the backend counts them."""
         if self.phase == "running" and self.job_id:
             try:
-                self.client.cancel(self.job_id)
-                self._fetch_new(all_=True)
-                self._write_settings()
+                answer = self.client.cancel(self.job_id)
             except BackendError as exc:
                 self._finish("cancelled", f"cancelling on the backend failed: {exc.message}", exc.advice)
                 return
+            if answer.get("cancel") == "cancelling" and not error:
+                self.phase, self.cancel_asked = "cancelling", time.monotonic()
+                self._show(status="cancelling", message="Cancelling: the backend finishes the frames in progress")
+                return
+            self.view = answer
+        self._cancelled(error, advice)
+
+    def _cancelled(self, error: str = "", advice: str = "") -> None:
+        try:
+            if self.job_id:
+                self._fetch_new(all_=True)
+                self._write_settings()
+        except BackendError:
+            pass
         self._finish("cancelled", error, advice)
+
+    def _wind_down(self) -> None:
+        """Poll a cancelled render until the backend says it stopped (or CANCEL_WAIT passed)."""
+        try:
+            self.view = self.client.job(self.job_id)
+        except BackendError:
+            pass
+        if self.view.get("status") in FINAL or time.monotonic() - self.cancel_asked > CANCEL_WAIT:
+            self._cancelled()
 
 
 def start(job: BackendJob) -> None:

@@ -22,6 +22,10 @@ from .render_job import BackendJob, BackendProcess
 STAGES = ("starting", "landmarks", "fit", "overlay")
 
 
+class RigGone(ValueError):
+    """The rig a tracking task was to land on was deleted while it ran."""
+
+
 class TrackHost(Protocol):
     """Where a tracking task shows itself and lands; ``key`` names it (the scene's name)."""
 
@@ -38,7 +42,7 @@ class TrackHost(Protocol):
 
     def apply(self, animation: str) -> str:
         """Put the fetched animation file on the rig; what was done. Raises ValueError, having
-        changed nothing, when the file does not fit the rig."""
+        changed nothing, when the file does not fit the rig (RigGone when the rig was deleted)."""
 
 
 def on_scene_frames(clip: AnimationClip, scene_fps: float, first: int) -> tuple[AnimationClip, str]:
@@ -104,6 +108,11 @@ class TrackJob(BackendJob):
         self.client.fetch_track_animation(self.task_id, self.animation)
         try:
             message = self.host.apply(self.animation)
+        except RigGone as exc:
+            self._finish("error", f"the fit is back but {exc}, nothing changed",
+                         "undo the deletion (Ctrl+Z) or add a rig (Add > FLAME Rig), then track again; the backend "
+                         "keeps nothing, so the fit runs again")
+            return
         except ValueError as exc:
             self._finish("error", f"the tracked animation does not fit the rig, nothing changed: {exc}",
                          "rebuild the rig with enough coefficients (rebuild_rig=True) or use a rig of the "

@@ -20,7 +20,7 @@ from . import animation_io, rig as rigmod
 from .formats.animation import AnimationClip, AnimationFormatError, load_animation
 from .formats.flame_asset import FlameAssetError
 from .render_scene import ScenePropsHost
-from .track_job import on_scene_frames
+from .track_job import RigGone, on_scene_frames
 
 HEAD_POSE = ("global_pose", "neck_pose", "translation")
 EXPRESSION = ("expression", "jaw_pose", "left_eye_pose", "right_eye_pose")
@@ -64,7 +64,7 @@ class TrackSceneHost(ScenePropsHost):
         scene = self.scene
         rig = rigmod.find_rig(bpy.data.objects.get(self.rig_name))
         if rig is None:
-            raise ValueError(f"the rig {self.rig_name} is gone")
+            raise RigGone(f"the rig {self.rig_name} was deleted while tracking")
         with bpy.context.temp_override(scene=scene):
             clip, lines, rig = self._fit_to_rig(bpy.context, rig, animation)
             lines += self._match_photo(bpy.context, rig, clip) if self.photo else self._key_video(bpy.context, rig, clip)
@@ -93,7 +93,7 @@ class TrackSceneHost(ScenePropsHost):
         frame = int(clip.frame[0])
         animation_io.set_identity(rig, clip.shape[0])
         animation_io.apply_clip(rig, clip, HEAD_POSE + (EXPRESSION if self.expression else ()))
-        camera = animation_io.apply_camera(context, rig, clip)
+        camera = animation_io.apply_camera(context, rig, clip, use_image_size=True)   # the photo's own framing
         context.scene.flamediff_render.reference_image = self.photo
         keyed = "head pose and expression" if self.expression else "head pose"
         return [f"identity shape: {clip.shape.shape[1]} coefficients, on every frame",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import bpy
+import numpy as np
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from .. import animation_io, assets, rig as rigmod
 from ..formats.animation import AnimationFormatError, save_animation
 from ..formats.flame_asset import FlameAssetError
-from ..formats.trackers import OWN_FILE, flame_version_note, load_any, retime
+from ..formats.trackers import flame_version_note, load_any, retime
 from .common import NO_RIG, RigOperator, target_rig
 
 
@@ -75,7 +76,14 @@ EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per
                               description="When the file has more shape / expression coefficients than the rig, "
                                           "rebuild the rig with enough (its previous keys are replaced)")
     use_camera: BoolProperty(name="Import camera", default=True,
-                             description="Make the tracker's camera (if its files carry one) the scene camera")
+                             description="Make the file's camera (if it carries one) the scene camera")
+    use_image_size: BoolProperty(name="Use the tracker's image size", default=False,
+                                 description="Set the scene resolution to the file's image size; off, the scene "
+                                             "keeps its resolution and the camera frames the file's whole image "
+                                             "inside it (aspect kept)")
+    set_frame_range: BoolProperty(name="Set the scene range to the clip", default=False,
+                                  description="Make the scene's start and end the imported clip's first and last "
+                                              "keyed frames (on in the dialog; scripts ask for it)")
     camera_index: IntProperty(name="View", default=-1, min=-1,
                               description="Which view of a multi-view export to import; -1 = the first")
     whole_sequence: BoolProperty(name="Whole sequence", default=True,
@@ -87,6 +95,8 @@ EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if not self.properties.is_property_set("rebuild_rig"):
             self.rebuild_rig = True  # on in the dialog; scripts must ask for it
+        if not self.properties.is_property_set("set_frame_range"):
+            self.set_frame_range = True
         return ImportHelper.invoke(self, context, event)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
@@ -112,9 +122,17 @@ EMOCA, SPECTRE, metrical-tracker, INSTA, EMOTE, ...): a file, or a folder of per
         frames = animation_io.apply_clip(rig, clip)
         if self.static_offset_key and imported.static_offset is not None:
             lines.append(animation_io.add_static_offset(rig, imported.static_offset))
-        if self.use_camera and clip.has_camera and imported.report.tool != OWN_FILE:
-            camera = animation_io.apply_camera(context, rig, clip)
-            lines.append(f"camera: keyed {camera.name} as the scene camera")
+        if self.use_camera and clip.has_camera:
+            camera = animation_io.apply_camera(context, rig, clip, self.use_image_size)
+            size = (f"resolution set to {clip.image_size[0]}x{clip.image_size[1]}" if self.use_image_size else
+                    f"the scene keeps {scene.render.resolution_x}x{scene.render.resolution_y}, framing the file's "
+                    f"{clip.image_size[0]}x{clip.image_size[1]} image")
+            lines.append(f"camera: keyed {camera.name} as the scene camera ({size})")
+        elif self.use_camera:
+            lines.append("camera: the file has none; the scene camera is unchanged")
+        if self.set_frame_range:
+            scene.frame_start, scene.frame_end = int(frames.min()), int(np.ceil(frames.max()))
+            lines.append(f"scene range set to the clip: {scene.frame_start}..{scene.frame_end}")
         version = flame_version_note(imported.report, rigmod.rig_identity(rig)["name"])
         for line in lines:
             self.report({"INFO"}, line)

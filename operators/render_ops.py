@@ -84,9 +84,18 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if render_job.active_job(context.scene.name) is not None:
+        job = render_job.active_job(context.scene.name)
+        if job is not None and job.phase == "cancelling":
+            cls.poll_message_set("The cancelled flamediff render is winding down (the backend finishes the frames in "
+                                 "progress, a few seconds): render again when the panel says Cancelled")
+            return False
+        if job is not None:
             cls.poll_message_set("A flamediff render is already running in this scene: wait for it, or cancel it "
                                  "(Esc, or Render > flamediff > Cancel Render)")
+            return False
+        if render_job.active_job(context.scene.name, "track") is not None:
+            cls.poll_message_set("A flamediff tracking task will change this scene's rig and camera: wait for it, or "
+                                 "cancel it (Esc, or Object > FLAME Rig > Cancel Tracking), then render")
             return False
         return super().poll(context)
 

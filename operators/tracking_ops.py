@@ -35,6 +35,10 @@ class _TracksIntoRig(RigOperator, FollowsJob, ImportHelper):
             cls.poll_message_set("A flamediff tracking task is running in this scene: wait for it, or cancel it "
                                  "(Esc, or Object > FLAME Rig > Cancel Tracking)")
             return False
+        if render_job.active_job(context.scene.name) is not None:   # a fit rewrites the rig and camera it renders
+            cls.poll_message_set("A flamediff render of this scene is running: wait for it, or cancel it (Esc, or "
+                                 "Render > flamediff > Cancel Render), then track")
+            return False
         return super().poll(context)
 
     def _start(self, context: bpy.types.Context, what: str, **options) -> set[str]:

@@ -148,7 +148,12 @@ def main() -> None:
     RESULTS["async_props"] = props()
     RESULTS["busy"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
     RESULTS["cancel"] = call(bpy.ops.flamediff.render_cancel)
+    RESULTS["cancelling_props"] = props()
+    job = sys.modules[MODULE].render_job.active_job(scene.name)
+    while job is not None and job.step():   # what the timer does while the backend winds the render down
+        time.sleep(0.2)
     RESULTS["cancel_props"] = props()
+    RESULTS["cancel_backend_view"] = job.view if job is not None else {}
 
     # "Start locally": the add-on starts python -m flamediff serve on the (so far unused) DOWN_PORT
     prefs.backend_mode = "LOCAL"

@@ -191,7 +191,10 @@ def test_async_render_returns_at_once_and_cancels(run):
     assert results["async_props"]["job_id"] and results["async_props"]["status"] in ("queued", "running")
     assert results["busy"][0] is None and "already running" in results["busy"][1]
     assert results["cancel"][0] == ["FINISHED"]
-    assert results["cancel_props"]["status"] == "cancelled"
+    assert results["cancelling_props"]["status"] in ("cancelling", "cancelled")
+    props, backend = results["cancel_props"], results["cancel_backend_view"]
+    assert props["status"] == "cancelled" and backend["status"] == "cancelled"
+    assert f"Cancelled; {backend['frames_done']} of " in props["message"]   # the backend's count of kept frames
     assert not results["panel_problems"]
 
 

@@ -270,3 +270,22 @@ def test_the_render_panel_and_operator_offer_the_protocol_settings() -> None:
             assert [tuple(item) for item in keywords["items"]] == list(entry.choices), (where, name)
     panel = {name for name in found["panel"] if name in names}
     assert panel - {"checkpoint"} == set(found["sent"])  # the checkpoint is sent only when one is named
+
+
+def test_a_cancelled_render_is_followed_while_it_winds_down_and_counted_as_the_backend_counts(tmp_path) -> None:
+    """Esc while the backend still finishes frames: the panel says Cancelling, the job is polled
+    until the backend says cancelled, and the message counts the frames the backend kept (3), not
+    the ones fetched before the cancel (1)."""
+    client = ScriptedClient([{"status": "running", "frames_done": 1, "progress": 0.3, "rendered": [1]}])
+    job, host = make_job(tmp_path, client)
+    assert job.step()
+    client.cancel = lambda job_id: {"status": "running", "cancel": "cancelling", "frames_done": 1}
+    job.cancel()
+    assert job.phase == "cancelling" and host.state["status"] == "cancelling"
+    assert render_job.active_job("Scene") is job
+    client.views = [{"status": "running", "frames_done": 2, "rendered": [1, 2]},
+                    {"status": "cancelled", "frames_done": 3, "rendered": [1, 2, 3]}]
+    assert job.step()
+    assert not job.step()
+    assert job.outcome == "cancelled" and host.state["message"] == "Cancelled; 3 of 3 frames kept"
+    assert job.fetched == {1, 2, 3} and render_job.active_job("Scene") is None

@@ -194,3 +194,15 @@ def test_client_uploads_the_media_as_multipart(tmp_path):
     with pytest.raises(BackendError, match="cannot read") as refused:
         BackendClient("127.0.0.1:1", str(token)).submit_track(str(tmp_path / "none.mp4"), 1)
     assert refused.value.advice == "choose an existing photo or video file"
+
+
+def test_a_rig_deleted_while_tracking_gets_advice_about_the_deletion(tmp_path):
+    """Not "rebuild the rig with enough coefficients": the rig is gone, and the advice says so."""
+    class GoneHost(RigHost):
+        def apply(self, animation: str) -> str:
+            raise track_job.RigGone("the rig FLAME was deleted while tracking")
+
+    host = GoneHost()
+    follow(job := track_job.TrackJob(host, ScriptedTracker([{"id": TASK, "status": "done"}]), "face.png"))
+    assert job.outcome == "error" and "the rig FLAME was deleted while tracking" in host.state["error"]
+    assert "add a rig" in host.state["advice"] and "coefficients" not in host.state["advice"]

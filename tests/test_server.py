@@ -328,6 +328,29 @@ def test_cancel_takes_effect_within_a_denoising_step(server, inputs):
     assert server.get("/v1/health", headers=AUTH).json()["queue_length"] == 0
 
 
+def test_resubmitting_right_after_cancel_waits_for_the_old_render_and_starts(server, inputs):
+    """Cancel, then submit the same job while its render winds down: the answer is 'queued', no poll
+    ever says 'cancelled', and the job renders to the end with the frames it had kept."""
+    settings = {**FAST, "steps": 30, "frames_per_batch": 1, "seed": 77}
+    job_id = submit(server, inputs, settings).json()["id"]
+    wait_for(lambda: server.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["phase"] == "rendering", 60,
+             what="rendering")
+    assert server.delete(f"/v1/jobs/{job_id}", headers=AUTH).json()["cancel"] == "cancelling"
+    again = submit(server, inputs, settings)
+    assert again.status_code in (200, 201) and again.json()["id"] == job_id
+    assert again.json()["status"] == "queued", again.json()
+    seen = []
+
+    def final():
+        view = server.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+        seen.append(view["status"])
+        return view if view["status"] in ("done", "failed", "cancelled") else None
+
+    view = wait_for(final, 120, what="the resubmitted job to end")
+    assert view["status"] == "done" and view["frames_done"] == 4, view
+    assert "cancelled" not in seen, seen
+
+
 def test_release_frees_the_model(server, inputs):
     submit(server, inputs, {**FAST, "checkpoint": "tiny"})  # identical to a finished job: nothing to load
     released = server.post("/v1/release", headers=AUTH).json()

@@ -244,13 +244,16 @@ def test_smirk_torch_file_with_weak_perspective_camera(tmp_path):
     assert_close(clip.shape, outputs["shape_params"])
     assert [d.split(" ")[0] for d in report.dropped] == ["eyelid_params"]
     # the pinhole stand-in projects like SMIRK's batch_orth_proj: ((s (x + t)) * 112 + 112, y flipped)
-    points = RNG.normal(0, 0.08, (50, 3))
+    # exactly on the face's plane (z = 0); a portrait distance, not a 10 m camera with a 1,300 mm lens
+    points = RNG.normal(0, 0.08, (50, 3)) * [1.0, 1.0, 0.0]
     s, tx, ty = outputs["cam"][0].astype(np.float64)
     expected = np.c_[s * (points[:, 0] + tx) * 112 + 112, -s * (points[:, 1] + ty) * 112 + 112]
     cam = points @ clip.R[0].T + clip.t[0]
     pixels = (cam @ clip.K[0].T)[:, :2] / (cam @ clip.K[0].T)[:, 2:]
-    assert np.abs(pixels - expected).max() < 0.02 * s * 112  # depth / 10 m relative error
-    assert clip.image_size == (224, 224)
+    assert np.abs(pixels - expected).max() < 1e-6 * s * 112
+    assert clip.image_size == (224, 224) and 0.5 < np.linalg.norm(clip.t[0]) < 1.0
+    lens_mm = clip.K[0, 0, 0] / 224 * 36.0    # on a 36 mm sensor
+    assert 20.0 < lens_mm < 300.0, lens_mm
 
 
 def test_deca_npz_and_spectre_pth(tmp_path):
@@ -376,6 +379,13 @@ def test_smplx_keywords_and_flame_native_layout(tmp_path):
     assert_close(result.clip.right_eye_pose, native["pose"][:, 12:])
     assert_close(result.clip.shape, native["betas"][:, :300])
     assert_close(result.clip.expression, native["betas"][:, 300:])
+    fitted = {"pose": f32(T, 15), "shape": f32(T, 300), "expression": f32(T, 100), "trans": f32(T, 3)}
+    with open(tmp_path / "tf_flame_fit.pkl", "wb") as handle:   # TF_FLAME's fitting output: shape is kept
+        pickle.dump(fitted, handle, protocol=2)
+    result = load_any(tmp_path / "tf_flame_fit.pkl")
+    assert_close(result.clip.shape, fitted["shape"])
+    assert_close(result.clip.expression, fitted["expression"])
+    assert not result.report.dropped, result.report.dropped
 
 
 def test_own_file_passes_through(tmp_path):

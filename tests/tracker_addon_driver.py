@@ -42,7 +42,7 @@ def main() -> None:
     for name in sorted(os.listdir(path("bad"))):
         RESULTS[f"bad_{name}"] = attempt(name, filepath=path(os.path.join("bad", name)), rig=rig.name,
                                          rebuild_rig=True)
-    RESULTS["vhap"] = attempt("vhap", filepath=export, rig=rig.name, rebuild_rig=True)
+    RESULTS["vhap"] = attempt("vhap", filepath=export, rig=rig.name, rebuild_rig=True, use_image_size=True)
     rig = bpy.data.objects["FLAME"]
     RESULTS["counts_after"] = [rig["flamediff_num_shape"], rig["flamediff_num_expression"]]
     RESULTS["scene_camera"] = scene.camera.name if scene.camera else None

@@ -139,6 +139,22 @@ class BlenderCameraIntrinsics:
         )
 
 
+def refit_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """``K`` (``[..., 3, 3]``) of a ``from_size`` image re-expressed for a ``to_size`` frame with
+    the same framing: the whole source image fitted inside the frame (scaled by the smaller
+    ratio of sides), centred, so a tracker's camera keeps the face's size and place when the
+    scene keeps its own resolution."""
+    (width, height), (to_width, to_height) = from_size, to_size
+    scale = min(to_width / width, to_height / height)
+    out = np.array(K, dtype=np.float64)
+    out[..., 0, 2] = (out[..., 0, 2] - width / 2.0) * scale + to_width / 2.0
+    out[..., 1, 2] = (out[..., 1, 2] - height / 2.0) * scale + to_height / 2.0
+    out[..., 0, 0] *= scale
+    out[..., 1, 1] *= scale
+    out[..., 0, 1] *= scale
+    return out
+
+
 def project_points(points: np.ndarray, K: np.ndarray, rotation: np.ndarray,
                    translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project ``[N, 3]`` world points to pixels ``[N, 2]`` and camera depths ``[N]`` (OpenCV)."""

@@ -59,8 +59,10 @@ MAX_PICKLE_OPS = 200_000
 MAX_PICKLE_VALUES = 100_000
 #: Longest member name (and folder name) an upload's file may carry, as most file systems allow.
 MAX_MEMBER_NAME = 255
-#: Distance of the pinhole camera that stands in for a weak-perspective (orthographic) camera.
-WEAK_PERSPECTIVE_DISTANCE = 10.0
+#: Distance of the pinhole camera that stands in for a weak-perspective (orthographic) camera: a
+#: portrait distance (the default camera's), with the focal length that keeps the framing of the
+#: face's plane exactly (a 10 m camera would need a 1,300 mm lens for the same framing).
+WEAK_PERSPECTIVE_DISTANCE = 0.65
 #: The crop DECA, EMOCA and SMIRK run on; their weak-perspective ``cam`` maps to it.
 WEAK_PERSPECTIVE_IMAGE = 224
 #: ``flamediff render``'s camera for files without one (the demo's portrait framing).
@@ -770,6 +772,8 @@ def _map_flame_native(m: _Mapper) -> None:
         m.put(key, "translation", m.get(key, (3,)))
     if "expression" in m.arrays and "expression" not in m.values:
         m.put("expression", "expression", m.get("expression", tuple(range(1, MAX_EXPRESSION + 1))))
+    if "shape" in m.arrays and "shape" not in m.values:   # TF_FLAME's fits: shape [T, 300] beside pose
+        m.put("shape", "shape", m.get("shape", tuple(range(1, MAX_SHAPE + 1)), static=True))
 
 
 def _map_emote(m: _Mapper) -> None:

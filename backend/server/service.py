@@ -15,7 +15,7 @@ from flamediff.formats.protocol import PROTOCOL_VERSION
 from flamediff.server.checkpoints import CheckpointInfo, CheckpointRegistry
 from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
                                    read_animation, read_reference_image)
-from flamediff.server.jobs import JobStore, render_hash, request_hash
+from flamediff.server.jobs import JobFolder, JobStore, render_hash, request_hash
 from flamediff.server.security import AllowedRoots
 from flamediff.server.worker import InProcessRenderer, Renderer, Worker, unsaved_failure
 
@@ -230,16 +230,28 @@ class JobService:
         folder, manifest, created = self.store.create_or_reuse(checked)
         if created:
             self.worker.enqueue(manifest["id"])
+        elif folder.cancel_requested() and self.worker.is_active(manifest["id"]):
+            self.worker.enqueue(manifest["id"])   # cancelled but still winding down: runs again once it stops
         elif not self.worker.is_active(manifest["id"]) and (manifest["status"] != "done" or folder.missing_frames()):
             folder.requeue()  # cancelled, failed, or a frame was deleted: render what is missing
             self.worker.enqueue(manifest["id"])
-        return public_view(folder.read()), created
+        return self._view(folder), created
+
+    def _view(self, folder: JobFolder) -> dict[str, Any]:
+        """What a client sees; a job submitted again while its cancelled render winds down is
+        queued (whatever the winding-down render writes meanwhile), never 'cancelled'."""
+        restarting = self.worker.restarting(os.path.basename(folder.path))  # first: once False, the manifest is queued
+        view = public_view(folder.read_or_failed())
+        if restarting:
+            view.update(status="queued", phase="waiting for the cancelled render to stop", error=None,
+                        advice=None, eta_s=None)
+        return view
 
     def list_jobs(self) -> list[dict[str, Any]]:
         return [public_view(manifest) for _, manifest in self.store.jobs()]
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return public_view(self.store.get(job_id).read_or_failed())
+        return self._view(self.store.get(job_id))
 
     def image_path(self, job_id: str, frame: int, control: bool = False) -> str:
         folder = self.store.get(job_id)

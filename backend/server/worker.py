@@ -393,6 +393,7 @@ class Worker:
         self.store, self.renderer = store, renderer
         self._queue: collections.deque[str] = collections.deque()
         self._cancel: set[str] = set()
+        self._again: set[str] = set()   # cancelled while rendering, then submitted again: rerun when wound down
         self._cond = threading.Condition()
         self.current: str | None = None
         self._stop = False
@@ -420,9 +421,19 @@ class Worker:
         with self._cond:
             return job_id in self._queue or job_id == self.current
 
-    def enqueue(self, job_id: str) -> bool:
-        """Queue ``job_id`` unless it is already queued or running; returns whether it was added."""
+    def restarting(self, job_id: str) -> bool:
+        """Whether ``job_id`` was submitted again while its cancelled render winds down (it is
+        queued again as soon as that render stops)."""
         with self._cond:
+            return job_id in self._again
+
+    def enqueue(self, job_id: str) -> bool:
+        """Queue ``job_id`` unless it is already queued or running; returns whether it was added.
+        A job whose render is winding down after a cancel is queued again once it stops."""
+        with self._cond:
+            if job_id == self.current and job_id in self._cancel:
+                self._again.add(job_id)
+                return True
             self._cancel.discard(job_id)
             if job_id in self._queue or job_id == self.current:
                 return False
@@ -461,6 +472,17 @@ class Worker:
         log.error("job %s: %s", job_id, error)
         folder.fail_unsaved(error, advice)
 
+    def _requeue_after_cancel(self, job_id: str) -> None:
+        """Under the lock: the wound-down job, submitted again meanwhile, goes first in the queue
+        (its manifest says queued before ``restarting`` stops saying so)."""
+        try:
+            self.store.get(job_id).requeue()
+            self._queue.appendleft(job_id)
+        except Exception:  # the folder went away: nothing to rerun
+            log.exception("job %s could not be queued again", job_id)
+        self._again.discard(job_id)
+        self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -482,3 +504,5 @@ class Worker:
                 with self._cond:
                     self.current = None
                     self._cancel.discard(job_id)
+                    if job_id in self._again:
+                        self._requeue_after_cancel(job_id)
