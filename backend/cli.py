@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Callable
 
 from flamediff import __version__
 from flamediff.formats.animation import AnimationFormatError
 from flamediff.formats.flame_asset import FLAME_SITE, FlameAssetError
+from flamediff.formats.protocol import DEFAULT_PORT
 from flamediff.errors import FlamediffError
 
 DESCRIPTION = """\
@@ -62,6 +66,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("gsplat          not installed: the pure-torch splatter is used (fine on CPU; on a CUDA GPU "
               "pip install gsplat for speed)")
     _doctor_asset(args.flame_asset, problems)
+    _doctor_tracking(problems)
+    _doctor_checkpoint(problems)
+    _doctor_port(args.port, problems)
     if problems:
         print("\nmissing:")
         for problem in problems:
@@ -69,6 +76,51 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 1
     print("\nall good")
     return 0
+
+
+def _doctor_tracking(problems: list[str]) -> None:
+    """What ``flamediff track`` and Match Photo / Track Video need: the tracking extra."""
+    missing = [module for module in ("mediapipe", "av", "cv2") if importlib.util.find_spec(module) is None]
+    if missing:
+        problems.append(f"tracking (flamediff track, Match Photo, Track Video) needs {', '.join(missing)}: "
+                        "pip install 'flamediff[tracking]'")
+        return
+    print(f"tracking        mediapipe {importlib.metadata.version('mediapipe')}, PyAV "
+          f"{importlib.metadata.version('av')}")
+
+
+def _doctor_checkpoint(problems: list[str]) -> None:
+    """The shipped demo checkpoint every render falls back to."""
+    from flamediff.server.checkpoints import SHIPPED_DIR, describe
+
+    folder = os.path.join(SHIPPED_DIR, "demo")
+    info = describe(folder, "demo", "shipped")
+    if info is None:
+        problems.append(f"the shipped checkpoint {folder} is missing or damaged (config.json, model.safetensors): "
+                        "restore the folder from the repository (git checkout backend/checkpoints), or reinstall")
+        return
+    print(f"checkpoint      demo ({info.resolution} px, trained on {info.training_domain or 'its own data'}) {folder}")
+
+
+def _doctor_port(port: int, problems: list[str]) -> None:
+    """The port ``flamediff serve`` and the add-on use: free, flamediff's, or another program's."""
+    from flamediff.formats.ports import busy_port_message, free_port, port_is_free
+
+    if port_is_free(port):
+        print(f"port            {port} is free for flamediff serve")
+        return
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as response:
+            answer = response.status
+    except urllib.error.HTTPError as exc:
+        answer = exc.code
+    except OSError:
+        answer = None
+    if answer == 401:   # flamediff's health route asks for the token
+        print(f"port            {port}: a flamediff backend is running there")
+        return
+    problems.append(f"{busy_port_message(port)}: stop it, or serve on another port (flamediff serve --port "
+                    f"{free_port()}) and set that port in the add-on's preferences")
 
 
 def _doctor_asset(path: str | None, problems: list[str]) -> None:
@@ -201,9 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flamediff {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    doctor = commands.add_parser("doctor", help="check Python, torch, CUDA/GPU, gsplat and the FLAME asset; "
-                                                "say what is missing and how to fix it")
+    doctor = commands.add_parser("doctor", help="check what a render and a track need (Python, torch, CUDA/GPU, "
+                                                "gsplat, the FLAME asset, the tracking extra, the shipped "
+                                                "checkpoint, the port); say what is missing and how to fix it")
     _add_asset_argument(doctor)
+    doctor.add_argument("--port", type=int, default=DEFAULT_PORT, help="the port flamediff serve will use "
+                        f"(default {DEFAULT_PORT})")
     doctor.set_defaults(func=cmd_doctor)
 
     assets = commands.add_parser("assets", help="create FLAME assets")

@@ -14,11 +14,16 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from .formats.ports import busy_port_message
 from .formats.protocol import DEFAULT_URL, PROTOCOL_VERSION, is_loopback_url
 START_HINT = ("start it with 'flamediff serve' (or 'python -m flamediff serve' in the backend's venv), "
               "or choose 'Start locally' in the flamediff add-on preferences")
 LOCAL_START_HINT = ("Render starts it, or press 'Start backend' in the flamediff add-on preferences "
                     "('Start locally' is selected)")
+
+
+#: ``BackendError.status`` when another program answers at the backend's address.
+FOREIGN = -1
 
 
 class BackendError(RuntimeError):
@@ -100,8 +105,7 @@ class BackendClient:
         try:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise BackendError(f"{self.url} answered {path} with something that is not JSON",
-                               "check that the URL points at 'flamediff serve' and not another program") from None
+            raise self.foreign_program(f"{path} with something that is not JSON") from None
 
     def _connection_error(self, reason) -> BackendError:
         if isinstance(reason, ConnectionRefusedError) or "refused" in str(reason).lower():
@@ -125,9 +129,19 @@ class BackendClient:
                                 "the token file in the flamediff preferences must be the one this backend wrote "
                                 "at its start (it prints the path); a restarted backend writes a new token",
                                 401)
-        error = body.get("error") or f"HTTP {exc.code} {exc.reason}"
-        advice = body.get("advice") or ""
-        return BackendError(f"the backend refused the request: {error}", advice, exc.code)
+        if "error" not in body:   # every flamediff answer names its error: this is another program
+            return self.foreign_program(f"HTTP {exc.code} {exc.reason}")
+        return BackendError(f"the backend refused the request: {body['error']}", body.get("advice") or "", exc.code)
+
+    def foreign_program(self, answer: str) -> BackendError:
+        """The error for a URL where another program answers (``answer``: what it said)."""
+        parts = urllib.parse.urlsplit(self.url)
+        busy = (busy_port_message(parts.port) if parts.port and is_loopback_url(self.url) else
+                f"{self.url} is another program")
+        error = BackendError(f"{parts.netloc} is not a flamediff backend (it answered {answer}): {busy}",
+                             "stop that program, or choose another port in the flamediff preferences ('Start "
+                             "locally' moves to a free port by itself when 'Pick a free port' is on)", FOREIGN)
+        return error
 
     # ------------------------------------------------------------------ routes
     def health(self, check_version: bool = True) -> dict:

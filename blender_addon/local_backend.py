@@ -105,6 +105,12 @@ def seconds_since_start() -> float:
     return time.monotonic() - _PROCESS.get("started", time.monotonic())
 
 
+def started_port() -> int | None:
+    """The port of the backend this Blender started, while it runs ("Start locally" may have
+    moved it off a taken port)."""
+    return _PROCESS.get("port") if running() is not None else None
+
+
 def started_python() -> PythonChoice | None:
     """The python the running (or last) backend was started with."""
     return _PROCESS.get("python")

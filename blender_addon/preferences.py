@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from .formats.protocol import DEFAULT_PORT, DEFAULT_URL, default_token_file
 
@@ -36,6 +36,9 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
         description="The python executable of the venv flamediff is installed in (e.g. .venv/bin/python); "
                     "empty = $FLAMEDIFF_PYTHON, else the usual places (see the README)")
     backend_port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
+    pick_free_port: BoolProperty(name="Pick a free port", default=True,
+                                 description="When another program uses the port, start the local backend on a "
+                                             "free one instead (for this Blender session)")
     backend_device: EnumProperty(
         name="Device", default="auto",
         items=[("auto", "Auto", "NVIDIA GPU (CUDA) when available, else an Apple GPU (Metal), else CPU"),
@@ -67,6 +70,7 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
             draw_python_choice(box, context, self.backend_python)
             row = box.row()
             row.prop(self, "backend_port")
+            row.prop(self, "pick_free_port")
             row.prop(self, "backend_device")
             row = box.row()
             row.operator("flamediff.backend_start", text="Start backend", icon="PLAY")
@@ -105,14 +109,17 @@ def backend_settings(context: bpy.types.Context) -> dict:
     if prefs.backend_mode == "LOCAL":
         token = prefs.token_file.strip() or os.path.join(
             bpy.utils.extension_path_user(__package__, path="server", create=True), "token")
-        url = f"http://127.0.0.1:{prefs.backend_port}"
+        from . import local_backend
+
+        port = local_backend.started_port() or prefs.backend_port
+        url = f"http://127.0.0.1:{port}"
     else:
         token = prefs.token_file.strip() or default_token_file()
         url = prefs.backend_url.strip()
     python = prefs.backend_python.strip()
     return {"mode": prefs.backend_mode, "url": url, "token_file": os.path.abspath(bpy.path.abspath(token)),
             "python": bpy.path.abspath(python) if python else "", "port": prefs.backend_port,
-            "device": prefs.backend_device}
+            "device": prefs.backend_device, "pick_free_port": prefs.pick_free_port}
 
 
 def unsaved_output_root(context: bpy.types.Context) -> str:

@@ -16,7 +16,8 @@ import time
 from typing import Any, Protocol
 
 from . import local_backend
-from .backend_client import BackendClient, BackendError
+from .backend_client import FOREIGN, BackendClient, BackendError
+from .formats.ports import busy_port_message, free_port
 from .formats.protocol import frame_file
 
 POLL_INTERVAL = 0.5
@@ -148,11 +149,24 @@ class BackendJob:
         try:
             self.client.health()
         except BackendError as exc:
+            if (exc.status == FOREIGN and self.local is not None and self.local.get("pick_free_port")
+                    and self.process.running() is None):
+                self._move_to_free_port()
+                return False
             if self.local is None or (exc.status is not None and exc.status != 401):
                 raise
             self._wait_for_local_backend()
             return False
         return True
+
+    def _move_to_free_port(self) -> None:
+        """"Start locally" with another program on the port: start the backend on a free one."""
+        assert self.local is not None
+        taken, port = self.local["port"], free_port()
+        self.local = {**self.local, "port": port}
+        self.client.url = f"http://127.0.0.1:{port}"
+        self._wait_for_local_backend()
+        self._show(message=f"Starting the local backend on port {port} ({busy_port_message(taken)})")
 
     def _wait_for_local_backend(self) -> None:
         """"Start locally": not running (refused / no token file yet) or still starting (old token)."""

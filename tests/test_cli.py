@@ -25,9 +25,26 @@ def test_python_dash_m_backend():
 
 
 def test_doctor_reports_environment_and_asset(capsys, head_folder):
-    assert main(["doctor"]) == 0
+    from flamediff.formats.ports import free_port
+
+    port = free_port()
+    assert main(["doctor", "--port", str(port)]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "procedural-head" in out and "gsplat" in out and "cuda" in out
+    assert "tracking        mediapipe" in out and "checkpoint      demo (128 px" in out
+    assert f"port            {port} is free" in out
+
+
+def test_doctor_names_a_port_another_program_holds(capsys):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["doctor", "--port", str(port)]) == 1
+    out = capsys.readouterr().out
+    assert f"port {port} is used by another program" in out and "flamediff serve --port" in out
 
 
 def test_doctor_explains_a_bad_asset(capsys, tmp_path):

@@ -148,3 +148,34 @@ def test_the_pipeline_settings_are_the_job_settings_it_shares() -> None:
                                "reference_shape": [0.1], "preview": True, "frames_per_batch": 8})
     assert pipeline_settings(settings, steps=4, frames_per_batch=2) == RenderSettings(
         steps=4, guidance=3.5, seed=11, frames_per_batch=2, shape_from="reference", preview=True, framing="head")
+
+
+def test_the_progress_bar_counts_frames_with_its_percentage_and_writes_lines_to_logs() -> None:
+    """37.5 % of 24 frames is frame 9/24, not 0/24; a log file gets plain lines (one per 10 %), a
+    terminal the bar redrawn with carriage returns."""
+    import io
+
+    from flamediff.server.cli import ProgressBar
+    from flamediff.server.worker import Progress
+
+    log = io.StringIO()
+    bar = ProgressBar(log)
+    for done in range(0, 25):
+        bar(Progress("rendering", 0 if done < 24 else 24, 24, done / 24, 3.0))
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 11
+    import re
+
+    for line in lines:   # every line's frame count is its percentage of the 24 frames
+        percent, frames = re.search(r"([\d.]+)% frame (\d+)/24", line).groups()
+        assert -0.05 < float(percent) / 100 * 24 - int(frames) < 1, line   # the percentage shows 1 decimal
+    assert "33.3% frame 8/24 (0 written)" in lines[3]
+    assert lines[-1].startswith("flamediff render: 100.0% frame 24/24 (24 written)")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    ProgressBar(screen)(Progress("rendering", 0, 24, 0.375, None))
+    assert screen.getvalue().startswith("\r[###########") and "frame 9/24" in screen.getvalue()

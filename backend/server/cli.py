@@ -138,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flamediff.server.app import create_app
+    from flamediff.formats.ports import busy_port_message, free_port, port_is_free
     from flamediff.formats.protocol import default_token_file, is_loopback_host
     from flamediff.server.security import loopback_hosts, write_token_file
     from flamediff.server.service import build_service
@@ -146,6 +147,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback_host(args.host) and not args.allow_remote:
         raise FlamediffError(f"refusing to bind {args.host}: it is not a loopback address. Pass --allow-remote "
                              "to serve other machines (they need the token), or use --host 127.0.0.1")
+    if not port_is_free(args.port, args.host):   # before the token file: a backend on that port keeps its own
+        raise FlamediffError(f"cannot serve on {args.host}:{args.port}: {busy_port_message(args.port)}; stop it, "
+                             f"or serve on another port (e.g. --port {free_port(args.host)}, and set the same port in "
+                             f"the add-on's preferences)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     device = pick_device(args.device)
     jobs_dir = os.path.abspath(os.path.expanduser(args.jobs_dir or os.path.join(cache_dir(), "jobs")))
@@ -199,22 +204,37 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class ProgressBar:
-    """A one-line text bar on stderr (no dependency; redraws at most 10 times a second)."""
+    """Render progress on stderr (no dependency): a bar redrawn in place on a terminal (at most 10
+    times a second), plain lines elsewhere (a log file gets one line per 10 %, never ``\r``).
+    The frame count follows the percentage: frames denoised so far (``progress`` x frames; a
+    batch is denoised together, so frames are written in bursts), with the written ones beside."""
 
     def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
         # resolved now, not at import: sys.stderr may have been replaced since (pytest, IDEs)
         self.stream = stream if stream is not None else sys.stderr
+        self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
         self.width, self._last, self.drawn = width, 0.0, False
+        self._decile = -1
 
     def __call__(self, progress: Progress) -> None:
+        total = progress.frames_total
+        frames = min(total, int(progress.progress * total + 1e-9))
+        eta = f"ETA {progress.eta_s:5.0f} s" if progress.eta_s is not None else "ETA     ? s"
+        text = (f"{progress.progress * 100:5.1f}% frame {frames}/{total} ({progress.frames_done} written) "
+                f"{eta}")
+        if not self.terminal:
+            decile = int(progress.progress * 10 + 1e-9)
+            if decile > self._decile:
+                self._decile = decile
+                self.stream.write(f"flamediff render: {text.strip()}\n")
+                self.stream.flush()
+            return
         now = time.monotonic()
         if now - self._last < 0.1 and progress.progress < 1.0:
             return
         self._last, self.drawn = now, True
         filled = int(round(progress.progress * self.width))
-        eta = f"ETA {progress.eta_s:5.0f} s" if progress.eta_s is not None else "ETA     ? s"
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {progress.progress * 100:5.1f}% "
-                          f"frame {progress.frames_done}/{progress.frames_total} {eta}")
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {text}")
         self.stream.flush()
 
 
