@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from flamediff.assets import cache_dir
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import ReadLimits
+from flamediff.formats.ports import busy_port_message, free_port
 from flamediff.formats.protocol import DEFAULT_PORT, setting
 from flamediff.server.inputs import InputLimits, TrackingLimits
 from flamediff.server.security import ConnectionLimits
@@ -138,7 +139,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flamediff.server.app import create_app
-    from flamediff.formats.ports import busy_port_message, free_port, port_is_free
     from flamediff.formats.protocol import default_token_file, is_loopback_host
     from flamediff.server.security import loopback_hosts, write_token_file
     from flamediff.server.service import build_service
@@ -147,10 +147,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback_host(args.host) and not args.allow_remote:
         raise FlamediffError(f"refusing to bind {args.host}: it is not a loopback address. Pass --allow-remote "
                              "to serve other machines (they need the token), or use --host 127.0.0.1")
-    if not port_is_free(args.port, args.host):   # before the token file: a backend on that port keeps its own
-        raise FlamediffError(f"cannot serve on {args.host}:{args.port}: {busy_port_message(args.port)}; stop it, "
-                             f"or serve on another port (e.g. --port {free_port(args.host)}, and set the same port in "
-                             f"the add-on's preferences)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     device = pick_device(args.device)
     jobs_dir = os.path.abspath(os.path.expanduser(args.jobs_dir or os.path.join(cache_dir(), "jobs")))
@@ -198,8 +194,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         listening.bind(address)
     except OSError as exc:
         listening.close()
-        raise FlamediffError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another flamediff backend "
-                             "(or another program) uses that port; use it, or start this one with another --port") from None
+        raise FlamediffError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): {busy_port_message(port)} "
+                             f"(another flamediff backend, or another program); use it, or start this one with another "
+                             f"--port (e.g. --port {free_port()}, and the same port in the add-on's preferences)"
+                             ) from None
     return listening
 
 
