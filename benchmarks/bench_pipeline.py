@@ -21,6 +21,7 @@ Random weights (speed does not depend on their values). Reports, measured in one
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import time
@@ -31,9 +32,11 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import flamediff.gaussians.field as field_module
 from flamediff.assets import load_asset
 from flamediff.demo import demo_animation
 from flamediff.flame.model import FlameModel
+from flamediff.gaussians.splatting import splat_features
 from flamediff.models import FlameDiffConfig, FlameDiffModel
 from flamediff.models.config import LABELS
 from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
@@ -55,6 +58,28 @@ def _timed(fn, repeats: int = 3) -> float:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+SPLATTERS = ("auto", "torch", "numba", "compare")  # compare: the pure-torch and the compiled CPU path
+
+
+def use_splatter(backend: str) -> None:
+    """Route the Gaussian field's splatting through ``backend`` (``auto``: the library's choice)."""
+    field_module.splat_features = functools.partial(splat_features, backend=backend)
+
+
+def compare_splatters(run_one, keys: tuple[str, ...]) -> dict:
+    """``run_one()`` with the torch splatter, then with the compiled one, in this process: the
+    listed figures of both side by side, and the rest of the compiled run's."""
+    results = {}
+    for backend in ("torch", "numba"):
+        use_splatter(backend)
+        results[backend] = run_one()
+    merged = dict(results["numba"])
+    for key in keys:
+        merged[f"{key} (torch splatter)"] = results["torch"][key]
+        merged[f"{key} (numba splatter)"] = merged.pop(key)
+    return merged
 
 
 def known_peak_tflops(device_name: str) -> float | None:
@@ -160,6 +185,7 @@ def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype | 
     result["overhead_ratio_vs_batched_branches"] = result["render_s"] / (steps * result["denoiser_step_cached_reference_s"])
     result["reference_caching_speedup"] = (result["denoiser_step_recomputed_reference_s"]
                                            / result["denoiser_step_cached_reference_s"])
+    result["splat_share_of_render"] = result["splat_s"] / result["render_s"]
     result["frames_per_second"] = frames / result["render_s"]
     result["seconds_per_frame"] = result["render_s"] / frames
     result.update(throughput(result, peak_tflops))
@@ -188,6 +214,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for the fraction-of-peak figures (default: the table for known GPUs)")
     parser.add_argument("--flops-only", action="store_true", help="only count the denoiser's FLOPs (meta device)")
+    parser.add_argument("--splatter", default="auto", choices=SPLATTERS,
+                        help="the feature splatter; compare: torch and numba in one run, side by side")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.flops_only:
@@ -197,8 +225,16 @@ def main() -> None:
         return
     if args.device == "cpu":
         torch.set_flush_denormal(True)
-    print_and_save(run(args.preset, args.frames, args.steps, args.device, precision_dtype(args.dtype), args.temporal,
-                       args.compile, args.peak_tflops), args.json)
+    def run_one() -> dict:
+        return run(args.preset, args.frames, args.steps, args.device, precision_dtype(args.dtype), args.temporal,
+                   args.compile, args.peak_tflops)
+
+    if args.splatter == "compare":
+        result = compare_splatters(run_one, ("render_s", "splat_s", "splat_share_of_render", "seconds_per_frame"))
+    else:
+        use_splatter(args.splatter)
+        result = run_one()
+    print_and_save(result, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from flamediff.demo import demo_animation
 from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 from flamediff.server.worker import PRECISIONS, precision_dtype
 
-from bench_pipeline import build_pipeline, print_and_save
+from bench_pipeline import SPLATTERS, build_pipeline, compare_splatters, print_and_save, use_splatter
 
 
 def first_and_total(pipeline: FlameDiffPipeline, reference: np.ndarray, clip, settings: RenderSettings,
@@ -70,12 +70,21 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--temporal", action="store_true", help="with temporal layers")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--splatter", default="auto", choices=SPLATTERS,
+                        help="the feature splatter; compare: torch and numba in one run, side by side")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_flush_denormal(True)
-    print_and_save(run(args.preset, args.frames, args.device, precision_dtype(args.dtype), args.temporal,
-                       args.repeats), args.json)
+    def run_one() -> dict:
+        return run(args.preset, args.frames, args.device, precision_dtype(args.dtype), args.temporal, args.repeats)
+
+    if args.splatter == "compare":
+        result = compare_splatters(run_one, ("preview_first_frame_s", "full_first_frame_s", "full_all_frames_s"))
+    else:
+        use_splatter(args.splatter)
+        result = run_one()
+    print_and_save(result, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ With ``--markdown FILE`` the table replaces the section between this script's ma
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import statistics
@@ -36,11 +35,11 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import flamediff.gaussians.field as field_module  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import use_splatter  # noqa: E402
 from flamediff.assets import load_asset  # noqa: E402
 from flamediff.formats.conventions import square_crop_intrinsics  # noqa: E402
 from flamediff.formats.paths import cache_dir  # noqa: E402
-from flamediff.gaussians.splatting import splat_features  # noqa: E402
 from flamediff.training.train import TrainConfig, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +58,6 @@ def demo_dataset(work: str) -> str:
     generate_procedural_dataset(folder, identities=8, views_per_identity=6, sequences_per_identity=1,
                                 frames_per_sequence=8, resolution=128, seed=0)
     return folder
-
-
-def use_splatter(backend: str) -> None:
-    """Route the Gaussian field's splatting through ``backend``."""
-    field_module.splat_features = functools.partial(splat_features, backend=backend)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -109,18 +103,24 @@ def step_parts(trainer: Trainer, step: int) -> dict[str, float]:
     return parts
 
 
-def measure(trainer: Trainer, steps: int) -> tuple[float, dict[str, float]]:
-    """Mean whole-step time over ``steps`` steps after one warm-up, and the mean parts."""
-    trainer.train_step()  # warm-up (compilation, allocator)
-    if trainer.latent_cache is not None:  # steady state: these steps' frames were seen before
-        for step in range(trainer.step, trainer.step + steps):
-            batch = trainer.draw(step)
-            trainer.clean_latents(trainer.model, batch)
-    wholes, parts = [], []
+def measure(trainers: dict[str, Trainer], steps: int) -> dict[str, tuple[float, dict[str, float]]]:
+    """Mean whole-step time and mean parts per variant over ``steps`` steps after one warm-up,
+    the variants' steps interleaved so the machine's noise falls on both alike."""
+    for name, trainer in trainers.items():
+        use_splatter(VARIANTS[name][0])
+        trainer.train_step()  # warm-up (compilation, allocator)
+        if trainer.latent_cache is not None:  # steady state: these steps' frames were seen before
+            for step in range(trainer.step, trainer.step + steps):
+                trainer.clean_latents(trainer.model, trainer.draw(step))
+    wholes: dict[str, list[float]] = {name: [] for name in trainers}
+    parts: dict[str, list[dict[str, float]]] = {name: [] for name in trainers}
     for _ in range(steps):
-        parts.append(step_parts(trainer, trainer.step))
-        wholes.append(timed(trainer.train_step))
-    return statistics.mean(wholes), {k: statistics.mean(p[k] for p in parts) for k in parts[0]}
+        for name, trainer in trainers.items():
+            use_splatter(VARIANTS[name][0])
+            parts[name].append(step_parts(trainer, trainer.step))
+            wholes[name].append(timed(trainer.train_step))
+    return {name: (statistics.mean(wholes[name]), {k: statistics.mean(p[k] for p in parts[name]) for k in parts[name][0]})
+            for name in trainers}
 
 
 def first_losses(dataset: str, init_from: str, work: str) -> tuple[float, float]:
@@ -205,16 +205,15 @@ def main() -> None:
         os.environ.setdefault("FLAMEDIFF_CACHE", os.path.join(work, "cache"))  # a cold latent cache
         dataset = args.dataset or demo_dataset(work)
         loss_before, loss_after = first_losses(dataset, args.init_from, work)
-        results = {}
-        for name, (backend, cache) in VARIANTS.items():
-            use_splatter(backend)
-            results[name] = measure(make_trainer(dataset, args.init_from, work, name, cache), args.steps)
+        trainers = {name: make_trainer(dataset, args.init_from, work, name, cache)
+                    for name, (_, cache) in VARIANTS.items()}
+        results = measure(trainers, args.steps)
     whole_b, whole_a = results["before"][0], results["after"][0]
     splat_share = results["after"][1]["splatting forward + backward"] / whole_a
     lines = [f"`python benchmarks/bench_training.py --steps {args.steps} --threads {args.threads}` "
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-             f"{time.strftime('%Y-%m-%d')}); means over {args.steps} steps after one warm-up, both variants "
-             "in one run:", "", *table(results), "",
+             f"{time.strftime('%Y-%m-%d')}); means over {args.steps} steps after one warm-up, the two "
+             "variants' steps interleaved in one run:", "", *table(results), "",
              f"- whole step after / before: **{whole_a / whole_b:.2f}x** (target <= 0.5x); splatting forward + "
              f"backward after: **{100 * splat_share:.0f} %** of the step (target <= 15 %)",
              f"- same numbers: step 0's loss {loss_before:.6f} before, {loss_after:.6f} after "
