@@ -48,7 +48,7 @@ __all__ = ["composite_tiles", "list_tiles"]
 # op between two launches ~100x slower (a whole splat 0.18 s instead of 0.009 s, measured).
 # Workqueue must not be entered from two Python threads at once (the server's in-process
 # renderer and a training thread could), so launches are serialised.
-numba_config.THREADING_LAYER = "workqueue"
+numba_config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 _LAUNCH = threading.Lock()
 # Tiles per scheduled task: the head's tiles cost far more than the background's, so threads
 # take small batches of tiles as they go (dynamic scheduling) instead of one equal share each.
