@@ -9,6 +9,7 @@ render operator the same labels, defaults and bounds as the server's request mod
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any, Callable
 
@@ -128,6 +129,8 @@ def job_inputs(context: Any, rig: bpy.types.Object, start: int, end: int,
         check_image_file(reference, "the reference image", REFERENCE_FORMATS)
     except (ImageFormatError, OSError) as exc:
         raise JobInputError(str(exc), "choose a PNG, JPEG or WebP portrait in the Render panel") from None
+    if props.reference_image != value(props, "reference_image"):   # a script's reference is the panel's now
+        props.reference_image = value(props, "reference_image")
     if scene.camera is None or scene.camera.type != "CAMERA":
         raise JobInputError("the scene has no camera", "add a camera and make it the scene camera")
     try:
@@ -230,6 +233,7 @@ def show_latest(path: str) -> None:
     if image is None:
         image = bpy.data.images.load(path)
         image.name = "flamediff latest"
+        image.use_fake_user = True   # no user shows it while no Image Editor does: kept with the .blend anyway
     else:
         image.filepath = path
         image.reload()
@@ -307,14 +311,61 @@ def forget_on_load(*_args: Any) -> None:
     set_status_bar(None)
 
 
+def move_unsaved_renders(blend_path: str, unsaved_root: str) -> list[str]:
+    """Renders of the still-unsaved file (strips whose frames are in ``unsaved_root``) move into
+    ``flamediff/<job id>`` beside ``blend_path`` and their strips point there ``//``-relative, so
+    the project moves with its renders; a render still arriving stays, and says so. What was done."""
+    lines = []
+    root = os.path.realpath(unsaved_root)
+    for scene in bpy.data.scenes:
+        editor = scene.sequence_editor
+        strip = editor.strips.get(STRIP_NAME) if editor is not None else None
+        if strip is None:
+            continue
+        folder = os.path.realpath(bpy.path.abspath(strip.directory))
+        if os.path.dirname(folder) != root or not os.path.isdir(folder):
+            continue
+        if render_job.active_job(scene.name) is not None:
+            lines.append(f"{scene.name}: the render still arriving in {folder} stays there; render again after "
+                         "saving to have it beside the .blend")
+            continue
+        target = os.path.join(os.path.dirname(os.path.abspath(blend_path)), "flamediff", os.path.basename(folder))
+        if os.path.exists(target):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(folder, target)
+        relative = "//" + os.path.relpath(target, os.path.dirname(os.path.abspath(blend_path))).replace(os.sep, "/")
+        strip.directory = relative + "/"
+        strip["flamediff_folder"] = relative
+        if scene.flamediff_render.output_dir:
+            scene.flamediff_render.output_dir = relative
+        lines.append(f"{scene.name}: moved the render {os.path.basename(folder)} to {relative}")
+    return lines
+
+
+@bpy.app.handlers.persistent
+def renders_move_with_the_file(filepath: str = "", *_args: Any) -> None:
+    """Before a save: renders made while the file was unsaved go beside it (:func:`move_unsaved_renders`)."""
+    from .preferences import unsaved_output_root
+
+    if not isinstance(filepath, str) or not filepath:
+        return
+    for line in move_unsaved_renders(filepath, unsaved_output_root(bpy.context)):
+        print(f"flamediff: {line}")
+
+
 def register_handlers() -> None:
     if forget_on_load not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(forget_on_load)
+    if renders_move_with_the_file not in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.append(renders_move_with_the_file)
 
 
 def unregister_handlers() -> None:
     if forget_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(forget_on_load)
+    if renders_move_with_the_file in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.remove(renders_move_with_the_file)
 
 
 classes = (FlamediffRenderProps, FlamediffRigSettings)
