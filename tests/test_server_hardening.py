@@ -431,18 +431,27 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
     from flamediff.server.cli import register_cli
     from flamediff.server.security import GuardMiddleware
 
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    apps, configs = [], []
+
+    def run(server, sockets=None):  # serve builds the server; the test only looks at it
+        configs.append(server.config)
+        apps.append(server.config.app)
+        for sock in sockets or ():
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
     common = ["serve", "--device", "cpu", "--render-in", "thread", "--jobs-dir", str(tmp_path / "jobs"),
-              "--models-dir", str(tmp_path / "models"), "--token-file", str(tmp_path / "token")]
+              "--models-dir", str(tmp_path / "models"), "--token-file", str(tmp_path / "token"), "--port", "0",
+              "--header-timeout", "3", "--max-connections", "7"]
     for extra in (["--allow-path", str(tmp_path), "--allow-path", "/srv", "--max-frames-per-job", "5"],
                   ["--host", "0.0.0.0", "--allow-remote"]):
         args = parser.parse_args(common + extra)
         assert args.func(args) == 0
     local, remote = (next(m for m in app.user_middleware if m.cls is GuardMiddleware).kwargs for app in apps)
     assert "localhost" in local["allowed_hosts"] and remote["allowed_hosts"] is None
+    assert configs[0].http.limits.header_timeout == 3 and configs[0].http.limits.max_connections == 7
 
 
 # -- 13: the CLI prints one line, never a traceback ------------------------------------------------

@@ -1079,14 +1079,11 @@ def _is_torch_zip(path: str) -> bool:
 def _price(paths: list[str], what: str) -> None:
     """Charge the declared bytes of ``paths`` before reading them (a folder of frames that each
     declare a large array is refused from its headers, not after decompressing them)."""
-    budget = _budget()
-    total = 0
+    budget, total = _budget(), 0
     for path in paths:
         total += _declared_bytes(path)
         if total > budget.left:
-            break
-    budget.charge(total, what)
-    budget.left += total  # read again, as each file is read
+            budget.charge(total, what)  # refuses: each file is charged again as it is read
 
 
 def _read_frames(folder: str, names: list[tuple[int, str]], read: Callable[[str], dict[str, Any]],

@@ -29,7 +29,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from flamediff.formats.images import ImageFormatError, check_decodable, read_image_header
+from flamediff.formats.images import (MAX_DECODE_PIXELS, ImageFormatError, ImageHeader, check_decodable,
+                                      read_image_header)
 from flamediff.formats.protocol import REFERENCE_FORMATS
 from flamediff.server.files import PRIVATE_FILE, make_private_dir, write_atomic
 from flamediff.server.inputs import InputError, TrackingLimits, image_input_error
@@ -137,20 +138,20 @@ class TrackingTasks:
         return self.status(task_id)
 
     def _check_video(self, footage: Any, folder: str) -> None:
-        """Refuse (413) a video whose container declares more frames or seconds than the caps."""
+        """Refuse (413) a video whose container declares more frames or seconds than the caps, or
+        frames past the decode limit."""
         seconds = footage.count / footage.fps if footage.count and footage.fps else 0.0
-        over = (footage.count > self.limits.max_frames and f"{footage.count} frames, more than {self.limits.max_frames}"
-                or seconds > self.limits.max_seconds_of_video
-                and f"{seconds:.0f} s, longer than {self.limits.max_seconds_of_video:g} s")
         width, height = footage.size
-        if not over and width * height > 0:
-            try:
-                check_decodable(_frame_header(width, height), "a video frame")
-            except ImageFormatError as exc:
-                over = str(exc)
-        if over:
+        problem = None
+        if footage.count > self.limits.max_frames:
+            problem = f"the video is {footage.count} frames, more than {self.limits.max_frames}"
+        elif seconds > self.limits.max_seconds_of_video:
+            problem = f"the video is {seconds:.0f} s, longer than {self.limits.max_seconds_of_video:g} s"
+        elif width * height > MAX_DECODE_PIXELS:
+            problem = f"the video's frames are {width}x{height} pixels, more than {MAX_DECODE_PIXELS} per frame"
+        if problem:
             shutil.rmtree(folder, ignore_errors=True)
-            raise InputError(f"the video is {over}", "cut the clip shorter (serve's --max-track-frames and "
+            raise InputError(problem, "cut the clip shorter or smaller (serve's --max-track-frames and "
                              "--max-track-seconds set the limits)", 413)
 
     def _supervise(self, task_id: str, folder: str, process: subprocess.Popen) -> None:
@@ -162,8 +163,7 @@ class TrackingTasks:
             if time.monotonic() - started > self.limits.time_budget_s:
                 reason = (f"the task ran longer than its time budget of {self.limits.time_budget_s:g} s",
                           "track a shorter clip (serve's --track-time-budget sets the limit)")
-            elif _progress(folder).get("total", 0) > self.limits.max_frames or \
-                    _progress(folder).get("done", 0) > self.limits.max_frames:
+            elif max(_progress(folder).get(key, 0) for key in ("total", "done")) > self.limits.max_frames:
                 reason = (f"the video holds more than {self.limits.max_frames} frames",
                           "cut the clip shorter (serve's --max-track-frames sets the limit)")
             if reason is not None:
@@ -227,7 +227,7 @@ class TrackingTasks:
                 process.wait()
 
 
-def _photo_header(media: bytes) -> Any:
+def _photo_header(media: bytes) -> ImageHeader | None:
     """The header of an uploaded photo under the render route's rule (PNG, JPEG, WebP within the
     decode limit: else 415 or 413, before decoding), or None for anything else (a video)."""
     if media[:6] in (b"GIF87a", b"GIF89a"):
@@ -245,12 +245,6 @@ def _photo_header(media: bytes) -> Any:
     except ImageFormatError as exc:
         raise image_input_error(exc) from None
     return header
-
-
-def _frame_header(width: int, height: int) -> Any:
-    from flamediff.formats.images import ImageHeader
-
-    return ImageHeader("video", width, height)
 
 
 def _finished(folder: str) -> bool:
@@ -275,8 +269,10 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _progress(folder: str) -> dict[str, Any]:
+    """The child's progress file: ``stage`` (text), ``done`` and ``total`` (frames), typed as such."""
     progress = _read_json(os.path.join(folder, "progress.json"))
-    return {k: v for k, v in progress.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+    kinds = {"stage": str, "done": int, "total": int}
+    return {k: v for k, v in progress.items() if k in kinds and isinstance(v, kinds[k]) and not isinstance(v, bool)}
 
 
 def _scrub(text: str, folder: str) -> str:
