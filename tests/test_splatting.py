@@ -544,7 +544,7 @@ def test_compiled_tile_lists_equal_the_torch_ones(head_asset):
             g.means, g.scales.expand(2, -1), viewmats, Ks, 128, 128, 0.01, 100.0)
         opacities = g.opacities.expand(2, -1)
         expected = sp._intersect_tiles(means2d, cov_diag, opacities, depths, in_range, 128, 128, 8)
-        t0, span, counts = sp._tile_rects(means2d, cov_diag, opacities, in_range, 128, 128, 8)
+        t0, span, counts, _ = sp._tile_rects(means2d, cov_diag, opacities, in_range, 128, 128, 8)
         listed = list_tiles(torch.argsort(depths.reshape(-1), stable=True), t0, span, counts, 16, 16)
     assert expected[0].numel() > 10_000
     for want, got in zip(expected, listed):

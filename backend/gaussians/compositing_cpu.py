@@ -48,12 +48,12 @@ __all__ = ["composite_tiles", "list_tiles"]
 # op between two launches ~100x slower (a whole splat 0.18 s instead of 0.009 s, measured).
 # Workqueue must not be entered from two Python threads at once (the server's in-process
 # renderer and a training thread could), so launches are serialised.
-numba_config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+numba_config.THREADING_LAYER = "workqueue"
 _LAUNCH = threading.Lock()
 # Tiles per scheduled task: the head's tiles cost far more than the background's, so threads
 # take small batches of tiles as they go (dynamic scheduling) instead of one equal share each.
 TILES_PER_TASK = 4
-_MAX_THREADS = int(numba_config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+_MAX_THREADS = int(numba_config.NUMBA_NUM_THREADS)
 
 
 @njit(cache=True, inline="always")
@@ -67,13 +67,25 @@ def _log_alpha(params: np.ndarray, g: int, px: float, py: float, half: float) ->
     return (part_x + part_y) + (-params[g, 3] * dx) * dy, dx, dy
 
 
+@njit(cache=True, inline="always")
+def _pixel_span(centre: float, reach: float, lo: int, hi: int) -> tuple[int, int]:
+    """Pixels [first, last) of [lo, hi) whose centre (index + 0.5) lies within ``reach`` of
+    ``centre``."""
+    first = max(lo, int(math.ceil(centre - reach - 0.5)))
+    last = min(hi, int(math.floor(centre + reach - 0.5)) + 1)
+    return first, last
+
+
 @njit(parallel=True, cache=True)
 def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: np.ndarray,
              counts: np.ndarray, consts: np.ndarray, grid: np.ndarray, centres_x: np.ndarray,
-             centres_y: np.ndarray, image: np.ndarray, alpha: np.ndarray, final_trans: np.ndarray,
-             stops: np.ndarray) -> None:
+             centres_y: np.ndarray, reach: np.ndarray, image: np.ndarray, alpha: np.ndarray,
+             final_trans: np.ndarray, stops: np.ndarray) -> None:
     """Composite every tile; writes image [F, H, W, D], alpha [F, H, W] and, per pixel for the
-    backward pass, the final transmittance and the intersection index where it stopped."""
+    backward pass, the final transmittance and the intersection index where it stopped.
+
+    Gaussian-major within a tile: each Gaussian, in depth order, updates only the tile's pixels
+    within its reach, so every pixel still sees its Gaussians front to back."""
     tw, th, ts, width, height = grid[0], grid[1], grid[2], grid[3], grid[4]
     la_floor, la_max, a_min, t_min, one, half, la_skip = (
         consts[0], consts[1], consts[2], consts[3], consts[4], consts[5], consts[6])
@@ -83,46 +95,59 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
         end = start + counts[tile]
         frame, local = tile // (tw * th), tile % (tw * th)
         x0, y0 = (local % tw) * ts, (local // tw) * ts
-        for py in range(y0, min(y0 + ts, height)):
-            cy = centres_y[py]
-            for px in range(x0, min(x0 + ts, width)):
-                cx = centres_x[px]
-                trans = one
-                wsum = one - one
-                stop = end
-                for j in range(start, end):
-                    g = gids[j]
-                    la = _log_alpha(params, g, cx, cy, half)[0]
+        x1, y1 = min(x0 + ts, width), min(y0 + ts, height)
+        trans = np.ones((y1 - y0, x1 - x0), params.dtype)
+        wsum = np.zeros((y1 - y0, x1 - x0), params.dtype)
+        acc = np.zeros((y1 - y0, x1 - x0, d), params.dtype)
+        stop = np.full((y1 - y0, x1 - x0), end, np.int64)
+        alive = (y1 - y0) * (x1 - x0)
+        for j in range(start, end):
+            g = gids[j]
+            fi = g % n_feat
+            first_x, last_x = _pixel_span(params[g, 0], reach[g, 0], x0, x1)
+            first_y, last_y = _pixel_span(params[g, 1], reach[g, 1], y0, y1)
+            for py in range(first_y, last_y):
+                cy = centres_y[py]
+                for px in range(first_x, last_x):
+                    qy, qx = py - y0, px - x0
+                    if stop[qy, qx] != end:
+                        continue  # this pixel has stopped
+                    la = _log_alpha(params, g, centres_x[px], cy, half)[0]
                     if la < la_skip:
                         continue
                     a = math.exp(min(max(la, la_floor), la_max))
                     if a <= a_min:
                         continue
-                    t_next = trans * (one - a)
+                    t_next = trans[qy, qx] * (one - a)
                     if t_next <= t_min:
-                        stop = j
-                        break
-                    w = a * trans
-                    fi = g % n_feat
+                        stop[qy, qx] = j
+                        alive -= 1
+                        continue
+                    w = a * trans[qy, qx]
                     for c in range(d):
-                        image[frame, py, px, c] += w * feats[fi, c]
-                    wsum += w
-                    trans = t_next
-                alpha[frame, py, px] = wsum
-                final_trans[frame, py, px] = trans
-                stops[frame, py, px] = stop
+                        acc[qy, qx, c] += w * feats[fi, c]
+                    wsum[qy, qx] += w
+                    trans[qy, qx] = t_next
+            if alive == 0:
+                break
+        image[frame, y0:y1, x0:x1] = acc
+        alpha[frame, y0:y1, x0:x1] = wsum
+        final_trans[frame, y0:y1, x0:x1] = trans
+        stops[frame, y0:y1, x0:x1] = stop
 
 
 @njit(parallel=True, cache=True)
 def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: np.ndarray,
               counts: np.ndarray, consts: np.ndarray, grid: np.ndarray, centres_x: np.ndarray,
-              centres_y: np.ndarray, final_trans: np.ndarray, stops: np.ndarray, grad_image: np.ndarray,
-              grad_alpha: np.ndarray, grad_params: np.ndarray, grad_feats: np.ndarray) -> None:
+              centres_y: np.ndarray, reach: np.ndarray, final_trans: np.ndarray, stops: np.ndarray,
+              grad_image: np.ndarray, grad_alpha: np.ndarray, grad_params: np.ndarray,
+              grad_feats: np.ndarray) -> None:
     """Gradients (see the module docstring) into per-thread accumulators: grad_params
     [threads, G, 6] for (x, y, A, B, C, log opacity) and grad_feats [threads, Nf, D].
 
-    Each pixel walks its Gaussians back to front from where it stopped, undoing the
-    transmittance (T_k = T_{k+1} / (1 - alpha_k), with 1 - alpha_k >= 0.001)."""
+    Gaussians are visited back to front; each pixel undoes its transmittance from where it
+    stopped (T_k = T_{k+1} / (1 - alpha_k), with 1 - alpha_k >= 0.001), and a Gaussian's
+    gradient is summed over its pixels before it is added to the accumulator."""
     tw, th, ts, width, height = grid[0], grid[1], grid[2], grid[3], grid[4]
     la_floor, la_max, a_min, one, half, la_skip = (consts[0], consts[1], consts[2], consts[4],
                                                    consts[5], consts[6])
@@ -134,40 +159,55 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
         thread = get_thread_id()
         frame, local = tile // (tw * th), tile % (tw * th)
         x0, y0 = (local % tw) * ts, (local // tw) * ts
-        for py in range(y0, min(y0 + ts, height)):
-            cy = centres_y[py]
-            for px in range(x0, min(x0 + ts, width)):
-                cx = centres_x[px]
-                trans = final_trans[frame, py, px]
-                g_a = grad_alpha[frame, py, px]
-                suffix = one - one
-                for j in range(stops[frame, py, px] - 1, start - 1, -1):
-                    g = gids[j]
-                    la, dx, dy = _log_alpha(params, g, cx, cy, half)
+        x1, y1 = min(x0 + ts, width), min(y0 + ts, height)
+        trans = final_trans[frame, y0:y1, x0:x1].copy()
+        suffix = np.zeros((y1 - y0, x1 - x0), params.dtype)
+        g_params = np.zeros(6, params.dtype)
+        g_feats = np.zeros(d, params.dtype)
+        for j in range(start + counts[tile] - 1, start - 1, -1):
+            g = gids[j]
+            fi = g % n_feat
+            first_x, last_x = _pixel_span(params[g, 0], reach[g, 0], x0, x1)
+            first_y, last_y = _pixel_span(params[g, 1], reach[g, 1], y0, y1)
+            g_params[:] = 0
+            g_feats[:] = 0
+            touched = False
+            for py in range(first_y, last_y):
+                cy = centres_y[py]
+                for px in range(first_x, last_x):
+                    if j >= stops[frame, py, px]:
+                        continue
+                    la, dx, dy = _log_alpha(params, g, centres_x[px], cy, half)
                     if la < la_skip:
                         continue
                     a = math.exp(min(max(la, la_floor), la_max))
                     if a <= a_min:
                         continue
-                    trans = trans / (one - a)
-                    w = a * trans
-                    fi = g % n_feat
-                    v = g_a
+                    qy, qx = py - y0, px - x0
+                    trans[qy, qx] = trans[qy, qx] / (one - a)
+                    w = a * trans[qy, qx]
+                    v = grad_alpha[frame, py, px]
                     for c in range(d):
                         g_out = grad_image[frame, py, px, c]
                         v += g_out * feats[fi, c]
-                        grad_feats[thread, fi, c] += w * g_out
-                    d_alpha = trans * v - suffix / (one - a)
-                    suffix += w * v
+                        g_feats[c] += w * g_out
+                    d_alpha = trans[qy, qx] * v - suffix[qy, qx] / (one - a)
+                    suffix[qy, qx] += w * v
+                    touched = True
                     if la < la_floor or la > la_max:
                         continue  # clamped: no gradient to o or sigma
                     d_log_alpha = d_alpha * a
-                    grad_params[thread, g, 0] -= d_log_alpha * (params[g, 2] * dx + params[g, 3] * dy)
-                    grad_params[thread, g, 1] -= d_log_alpha * (params[g, 3] * dx + params[g, 4] * dy)
-                    grad_params[thread, g, 2] -= d_log_alpha * half * dx * dx
-                    grad_params[thread, g, 3] -= d_log_alpha * dx * dy
-                    grad_params[thread, g, 4] -= d_log_alpha * half * dy * dy
-                    grad_params[thread, g, 5] += d_log_alpha
+                    g_params[0] -= d_log_alpha * (params[g, 2] * dx + params[g, 3] * dy)
+                    g_params[1] -= d_log_alpha * (params[g, 3] * dx + params[g, 4] * dy)
+                    g_params[2] -= d_log_alpha * half * dx * dx
+                    g_params[3] -= d_log_alpha * dx * dy
+                    g_params[4] -= d_log_alpha * half * dy * dy
+                    g_params[5] += d_log_alpha
+            if touched:
+                for c in range(6):
+                    grad_params[thread, g, c] += g_params[c]
+                for c in range(d):
+                    grad_feats[thread, fi, c] += g_feats[c]
 
 
 @njit(cache=True)
@@ -246,7 +286,7 @@ class _Composite(torch.autograd.Function):
     """params [G, 6], feats [Nf, D] -> image [F, H, W, D], alpha [F, H, W, 1]."""
 
     @staticmethod
-    def forward(ctx: Any, params: Tensor, feats: Tensor, isect: tuple[Tensor, Tensor, Tensor],
+    def forward(ctx: Any, params: Tensor, feats: Tensor, reach: Tensor, isect: tuple[Tensor, Tensor, Tensor],
                 grid: tuple[int, int, int, int, int, int],
                 limits: tuple[float, float, float, float]) -> tuple[Tensor, Tensor]:
         tw, th, ts, width, height, n_frames = grid
@@ -255,7 +295,7 @@ class _Composite(torch.autograd.Function):
         gids, counts, offsets = (t.contiguous().numpy() for t in isect)
         centres = (_pixel_centres(tw, ts, p.dtype), _pixel_centres(th, ts, p.dtype))
         inputs = (p, f, gids, offsets, counts, _constants(p.dtype, limits),
-                  np.array(grid[:5], dtype=np.int64), *centres)
+                  np.array(grid[:5], dtype=np.int64), *centres, reach.detach().contiguous().numpy())
         image = np.zeros((n_frames, height, width, f.shape[1]), dtype=p.dtype)
         alpha = np.zeros((n_frames, height, width), dtype=p.dtype)
         final_trans = np.empty((n_frames, height, width), dtype=p.dtype)
@@ -279,17 +319,18 @@ class _Composite(torch.autograd.Function):
             threads = _use_torch_threads()
             grad_p = np.zeros((threads, *params_shape), dtype=p.dtype)
             grad_f = np.zeros((threads, *feats_shape), dtype=p.dtype)
-            _backward(*inputs, g_image, g_alpha, grad_p, grad_f)  # type: ignore[call-arg]
-        return torch.from_numpy(grad_p.sum(0)), torch.from_numpy(grad_f.sum(0)), None, None, None
+            _backward(*inputs, g_image, g_alpha, grad_p, grad_f)
+        return torch.from_numpy(grad_p.sum(0)), torch.from_numpy(grad_f.sum(0)), None, None, None, None
 
 
-def composite_tiles(params: Tensor, feats: Tensor, isect: tuple[Tensor, Tensor, Tensor],
+def composite_tiles(params: Tensor, feats: Tensor, reach: Tensor, isect: tuple[Tensor, Tensor, Tensor],
                     grid: tuple[int, int, int, int, int, int],
                     limits: tuple[float, float, float, float]) -> tuple[Tensor, Tensor]:
     """Composite depth-sorted tile lists on the CPU: ``([F, H, W, D], [F, H, W, 1])``.
 
     ``params`` [F*N, 6] = (x, y, conic A, B, C, log opacity) per Gaussian, ``feats`` [N or F*N, D]
-    (Gaussian g reads row ``g % len(feats)``), ``isect`` = (Gaussian ids, per-tile counts,
+    (Gaussian g reads row ``g % len(feats)``), ``reach`` [F*N, 2] each Gaussian's half-extent in
+    pixels beyond which its alpha is certainly under the minimum, ``isect`` = (Gaussian ids, per-tile counts,
     per-tile offsets) from ``list_tiles``, ``grid`` = (tiles across, tiles
     down, tile size, width, height, frames), ``limits`` = (log-alpha floor, log-alpha cap,
     alpha minimum, transmittance minimum).  Differentiable in ``params`` and ``feats``.
@@ -300,5 +341,5 @@ def composite_tiles(params: Tensor, feats: Tensor, isect: tuple[Tensor, Tensor, 
     if params.dtype != feats.dtype or params.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"params and feats must both be float32 or float64, got {params.dtype} "
                          f"and {feats.dtype}")
-    image, alpha = _Composite.apply(params, feats, isect, grid, limits)
+    image, alpha = _Composite.apply(params, feats, reach, isect, grid, limits)
     return image, alpha

@@ -203,9 +203,9 @@ def _project(
 def _tile_rects(
     means2d: Tensor, cov_diag: Tensor, opacities: Tensor, in_range: Tensor,
     width: int, height: int, tile_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Each Gaussian's rectangle of tiles: first tile (x, y) [F, N, 2], span [F, N, 2] and
-    the number of tiles it touches [F, N] (0 when culled).
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each Gaussian's rectangle of tiles: first tile (x, y) [F, N, 2], span [F, N, 2], the
+    number of tiles it touches [F, N] (0 when culled) and its half-extent in pixels [F, N, 2].
 
     Uses gsplat 1.5's opacity-aware rectangle, which bounds the alpha >= 1/255
     region, so skipping non-overlapping tiles is exact.
@@ -221,7 +221,7 @@ def _tile_rects(
     t0 = torch.minimum(torch.floor(lo / tile_size).clamp(min=0), lim).long()
     t1 = torch.minimum(torch.ceil(hi / tile_size).clamp(min=0), lim).long()
     span = (t1 - t0).clamp(min=0)
-    return t0, span, span[..., 0] * span[..., 1] * keep
+    return t0, span, span[..., 0] * span[..., 1] * keep, radii
 
 
 @torch.no_grad()
@@ -236,7 +236,7 @@ def _intersect_tiles(
     """
     n_frames, n = depths.shape
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    t0, span, counts = _tile_rects(means2d, cov_diag, opacities, in_range, width, height, tile_size)
+    t0, span, counts, _ = _tile_rects(means2d, cov_diag, opacities, in_range, width, height, tile_size)
     # visit Gaussians front to back so a stable sort by tile keeps depth order
     order = torch.argsort(depths.reshape(-1), stable=True)
     counts_o = counts.reshape(-1)[order]
@@ -420,8 +420,8 @@ def splat_features_numba(
     dtype = means.dtype
     means2d, conics, cov_diag, depths, in_range = _project(
         means, scales.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height, near, far)
-    t0, span, counts = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
-                                   in_range, width, height, tile_size)
+    t0, span, counts, radii = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
+                                          in_range, width, height, tile_size)
     order = torch.argsort(depths.detach().reshape(-1), stable=True)
     isect = list_tiles(order, t0, span, counts, math.ceil(width / tile_size),
                        math.ceil(height / tile_size))
@@ -429,7 +429,8 @@ def splat_features_numba(
     feats = features.to(dtype).reshape(-1, features.shape[-1])
     grid = (math.ceil(width / tile_size), math.ceil(height / tile_size), tile_size,
             width, height, means.shape[0])
-    return composite_tiles(params, feats, isect, grid,
+    # one pixel beyond the box: float rounding of alpha near 1/255 cannot reach past it
+    return composite_tiles(params, feats, (radii + 1.0).to(dtype).reshape(-1, 2), isect, grid,
                            (LOG_ALPHA_FLOOR, LOG_ALPHA_MAX, ALPHA_MIN, T_MIN))
 
 
