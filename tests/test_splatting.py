@@ -555,7 +555,7 @@ def test_numba_backend_refuses_other_devices():
     from flamediff.gaussians.compositing_cpu import composite_tiles
 
     with pytest.raises(ValueError, match="CPU tensors"):
-        composite_tiles(torch.zeros(1, 6, device="meta"), torch.zeros(1, 2), (torch.zeros(0),) * 3,
+        composite_tiles(torch.zeros(1, 6, device="meta"), torch.zeros(1, 2), torch.zeros(1, 2), (torch.zeros(0),) * 3,
                         (1, 1, 8, 8, 8, 1), (0.0, 0.0, 0.0, 0.0))
 
 
