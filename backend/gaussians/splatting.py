@@ -351,6 +351,19 @@ def _render_group(
     return out
 
 
+def _checked_projection(
+    means: Tensor, scales: Tensor, opacities: Tensor, features: Tensor, viewmats: Tensor,
+    Ks: Tensor, width: int, height: int, near: float, far: float, tile_size: int,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """The CPU paths' shared first half: checked inputs (scales and opacities [F, N]) and the
+    EWA projection of ``_project`` in the means' dtype."""
+    scales, opacities, features = _check_inputs(
+        means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
+    dtype = means.dtype
+    projection = _project(means, scales.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height, near, far)
+    return scales, opacities, features, projection
+
+
 def splat_features_torch(
     means: Tensor,
     scales: Tensor,
@@ -372,11 +385,9 @@ def splat_features_torch(
     checkpointed, so memory stays bounded by the block size plus per-
     intersection inputs instead of growing with every [P, K] intermediate.
     """
-    scales, opacities, features = _check_inputs(
+    scales, opacities, features, (means2d, conics, cov_diag, depths, in_range) = _checked_projection(
         means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
     dtype = means.dtype
-    means2d, conics, cov_diag, depths, in_range = _project(
-        means, scales.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height, near, far)
     isect = _intersect_tiles(means2d, cov_diag, opacities.detach(), depths, in_range,
                              width, height, tile_size)
     params, feats = _gaussian_tables(means2d, conics, opacities.to(dtype), features.to(dtype))
@@ -410,7 +421,7 @@ def splat_features_numba(
     the means and scales through them); only the compositing, forward and
     backward, runs in ``compositing_cpu`` (float32 or float64).
     """
-    scales, opacities, features = _check_inputs(
+    scales, opacities, features, (means2d, conics, cov_diag, depths, in_range) = _checked_projection(
         means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
     if not _importable("numba"):
         raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
@@ -418,17 +429,14 @@ def splat_features_numba(
     from flamediff.gaussians.compositing_cpu import composite_tiles, list_tiles
 
     dtype = means.dtype
-    means2d, conics, cov_diag, depths, in_range = _project(
-        means, scales.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height, near, far)
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     t0, span, counts, radii = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
                                           in_range, width, height, tile_size)
     order = torch.argsort(depths.detach().reshape(-1), stable=True)
-    isect = list_tiles(order, t0, span, counts, math.ceil(width / tile_size),
-                       math.ceil(height / tile_size))
+    isect = list_tiles(order, t0, span, counts, tiles_x, tiles_y)
     params = torch.cat([means2d, conics, torch.log(opacities.to(dtype))[..., None]], -1).reshape(-1, 6)
     feats = features.to(dtype).reshape(-1, features.shape[-1])
-    grid = (math.ceil(width / tile_size), math.ceil(height / tile_size), tile_size,
-            width, height, means.shape[0])
+    grid = (tiles_x, tiles_y, tile_size, width, height, means.shape[0])
     # one pixel beyond the box: float rounding of alpha near 1/255 cannot reach past it
     return composite_tiles(params, feats, (radii + 1.0).to(dtype).reshape(-1, 2), isect, grid,
                            (LOG_ALPHA_FLOOR, LOG_ALPHA_MAX, ALPHA_MIN, T_MIN))
