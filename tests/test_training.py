@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -336,6 +337,12 @@ def test_learning_curve_scores_every_kept_checkpoint(tmp_path, dataset):
     assert [row["step"] for row in rows] == [2, 4]
     assert all(np.isfinite(row["psnr"]) and row["gain"] == pytest.approx(row["psnr"] - row["copy_psnr"]) for row in rows)
     assert rows[0]["psnr"] != rows[1]["psnr"]   # different weights were loaded
+    split_data = tmp_path / "split-data"   # validation identities: a held-out split only
+    shutil.copytree(dataset, split_data)
+    (split_data / "splits.json").write_text(json.dumps({"train": [0], "heldout": [1]}))
+    held = tmp_path / "held.json"
+    assert curve_main([str(run), str(split_data), "--out", str(held), "--split", "heldout", "--max-frames", "1"]) == 0
+    assert [row["frames"] for row in json.loads(held.read_text())] == [rows[0]["frames"] // 2] * 2
 
 
 def test_latent_cache_gives_the_same_losses_and_skips_repeated_work(tmp_path, dataset, monkeypatch):

@@ -29,7 +29,7 @@ def checkpoint_model(trainer: Trainer, checkpoint: str) -> FlameDiffModel:
 
 
 def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames: int = 4, every: int = 1,
-                   steps: int = 0, guidance: float = 0.0,
+                   steps: int = 0, guidance: float = 0.0, split: str = "all",
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One row per kept checkpoint: step, method and copy-reference PSNR / SSIM / L1, and the gain."""
     from flamediff.evaluation.evaluate import evaluate
@@ -40,7 +40,7 @@ def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames:
     rows = []
     for checkpoint in sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-???????")))[::every]:
         model = checkpoint_model(trainer, checkpoint)
-        result = evaluate(model, data, "all", steps=steps, guidance=guidance, max_frames=max_frames,
+        result = evaluate(model, data, split, steps=steps, guidance=guidance, max_frames=max_frames,
                           max_identities=max_identities,
                           flame_asset=trainer.asset, device="cpu", reference_check=False)
         method, copy = result["self"]["method"], result["self"]["baselines"]["copy_reference"]
@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flamediff.evaluation.curve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a training run's output_dir (holds train_config.json and checkpoints/)")
-    parser.add_argument("data", help="dataset folder to evaluate on (every identity; use one no training saw)")
+    parser.add_argument("data", help="dataset folder to evaluate on (identities no training saw: a fresh-seed set, "
+                        "or the run's own dataset with --split heldout)")
+    parser.add_argument("--split", choices=("all", "train", "heldout"), default="all",
+                        help="identities of DATA to score (train/heldout need its splits.json)")
     parser.add_argument("--out", required=True, help="JSON file for the curve")
     parser.add_argument("--max-identities", type=int, default=6)
     parser.add_argument("--max-frames", type=int, default=4)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=0.0, help="guidance scale (0: the run's model default)")
     args = parser.parse_args(argv)
     rows = learning_curve(args.run_dir, args.data, args.max_identities, args.max_frames, args.every,
-                          args.steps, args.guidance)
+                          args.steps, args.guidance, args.split)
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(rows, handle, indent=2)
     return 0
