@@ -77,6 +77,23 @@ def animation_bytes(asset, num_frames: int = 4, mutate: Callable[[dict[str, np.n
     return buffer.getvalue()
 
 
+def answered_within(send: Callable[[], Any], seconds: float = 1.0, tries: int = 3) -> tuple[Any, float]:
+    """``send()``'s answer and its wall time, the fastest of up to ``tries`` sends (stopping at the
+    first within ``seconds``). The server is started and warmed up by the caller; on a shared
+    2-core machine a neighbour's burst can stall one send, never all of them, so the fastest send
+    is the request's own cost. Every answer must be the same."""
+    answers, timings = [], []
+    for _ in range(tries):
+        started = time.perf_counter()
+        answers.append(send())
+        timings.append(time.perf_counter() - started)
+        if timings[-1] <= seconds:
+            break
+    first = answers[0]
+    assert all((a.status_code, a.text) == (first.status_code, first.text) for a in answers), [a.text for a in answers]
+    return first, min(timings)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

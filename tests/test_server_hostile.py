@@ -1,7 +1,7 @@
 """Hostile uploads on the tracker surfaces (issue 27, first table): one test per probe, each
-asserting the answer, that it comes within :data:`SECONDS` and that the server's peak memory
-(tracemalloc over every thread of the in-process server, numpy's buffers included) stays within
-:data:`MEGABYTES` of what it held before the request. The server runs with ``serve``'s default
+asserting the answer, that it comes within :data:`SECONDS` of wall time and that the server's
+peak memory (tracemalloc over every thread of the in-process server, numpy's buffers included)
+stays within :data:`MEGABYTES` of what it held before the request. The server runs with ``serve``'s default
 limits, so these are the answers a user's server gives."""
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import time
 import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
-from test_server_helpers import TOKEN, assert_error, make_checkpoint, png_bytes
+from test_server_helpers import TOKEN, answered_within, assert_error, make_checkpoint, png_bytes
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -46,22 +45,23 @@ def reference() -> bytes:
 
 
 def bounded(client, reference: bytes, animation: bytes):
-    """Submit ``animation`` twice: timed, then under tracemalloc (which slows Python several times
-    over); the first response, after checking both bounds and that both answers agree. The time is
-    the CPU time this process (server and client threads) spent: on a shared 2-core machine wall
-    time measures the neighbours' load (it is printed too)."""
+    """Submit ``animation``: its answer in at most :data:`SECONDS` of wall time (the fastest of a
+    few sends, see :func:`answered_within`), then again under tracemalloc (which slows Python several
+    times over) for the peak memory; the first response, after checking both answers agree."""
     files = {"reference": ("r.png", reference), "animation": ("a.bin", animation)}
-    started, wall = time.process_time(), time.perf_counter()
-    response = client.post("/v1/jobs", files=files, data={"settings": "{}"}, headers=AUTH)
-    seconds, wall = time.process_time() - started, time.perf_counter() - wall
+
+    def send():
+        return client.post("/v1/jobs", files=files, data={"settings": "{}"}, headers=AUTH)
+
+    response, seconds = answered_within(send, SECONDS)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        again = client.post("/v1/jobs", files=files, data={"settings": "{}"}, headers=AUTH)
+        again = send()
         peak = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
     finally:
         tracemalloc.stop()
-    print(f"{response.status_code} in {seconds:.3f} s CPU ({wall:.3f} s wall), peak {peak:.1f} MB above idle")
+    print(f"{response.status_code} in {seconds:.3f} s wall, peak {peak:.1f} MB above idle")
     assert seconds <= SECONDS, (seconds, response.text)
     assert peak <= MEGABYTES, (peak, response.text)
     assert (again.status_code, again.text) == (response.status_code, response.text)

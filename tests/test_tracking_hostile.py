@@ -18,7 +18,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from test_server_helpers import TOKEN, huge_png_header, wait_for
+from test_server_helpers import TOKEN, answered_within, huge_png_header, wait_for
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -60,17 +60,22 @@ def video(path: str, frames: int, container: str = "mp4") -> bytes:
 
 
 def bounded_post(client, media: bytes):
+    """POST ``media``: answered within 1 s of wall time (the fastest of a few sends, see
+    :func:`answered_within`), then again under tracemalloc for the server's peak memory."""
+    def send():
+        return client.post("/v1/tracks", files={"media": ("upload", media)})
+
+    response, seconds = answered_within(send, 1.0)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        started = time.process_time()  # CPU time: the shared machine's load is not the server's cost
-        response = client.post("/v1/tracks", files={"media": ("upload", media)})
-        seconds = time.process_time() - started
+        again = send()
         peak = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
     finally:
         tracemalloc.stop()
-    print(f"{response.status_code} in {seconds:.3f} s CPU (traced), peak {peak:.1f} MB above idle")
+    print(f"{response.status_code} in {seconds:.3f} s wall, peak {peak:.1f} MB above idle")
     assert seconds <= 1.0 and peak <= 300, (seconds, peak, response.text)
+    assert (again.status_code, again.text) == (response.status_code, response.text)
     return response
 
 
