@@ -335,6 +335,7 @@ def test_learning_curve_scores_every_kept_checkpoint(tmp_path, dataset):
     assert curve_main([str(run), dataset, "--out", str(out), "--max-identities", "2", "--max-frames", "1"]) == 0
     rows = json.loads(out.read_text())
     assert [row["step"] for row in rows] == [2, 4]
+    assert all(np.isfinite(row["head_colour"]) for row in rows)
     assert all(np.isfinite(row["psnr"]) and row["gain"] == pytest.approx(row["psnr"] - row["copy_psnr"]) for row in rows)
     assert rows[0]["psnr"] != rows[1]["psnr"]   # different weights were loaded
     split_data = tmp_path / "split-data"   # validation identities: a held-out split only

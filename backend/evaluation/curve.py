@@ -31,7 +31,8 @@ def checkpoint_model(trainer: Trainer, checkpoint: str) -> FlameDiffModel:
 def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames: int = 4, every: int = 1,
                    steps: int = 0, guidance: float = 0.0, split: str = "all",
                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One row per kept checkpoint: step, method and copy-reference PSNR / SSIM / L1, and the gain."""
+    """One row per kept checkpoint: step, method and copy-reference PSNR / SSIM / L1, the gain and
+    the head's mean-colour error (levels)."""
     from flamediff.evaluation.evaluate import evaluate
     from flamediff.training.train import TrainConfig, Trainer
 
@@ -45,9 +46,10 @@ def learning_curve(run_dir: str, data: str, max_identities: int = 6, max_frames:
                           flame_asset=trainer.asset, device="cpu", reference_check=False)
         method, copy = result["self"]["method"], result["self"]["baselines"]["copy_reference"]
         row = {"step": int(checkpoint[-7:]), "psnr": method["psnr"], "ssim": method["ssim"], "l1": method["l1"],
-               "copy_psnr": copy["psnr"], "gain": method["psnr"] - copy["psnr"], "frames": method["frames"]}
+               "copy_psnr": copy["psnr"], "gain": method["psnr"] - copy["psnr"], "head_colour": method["head_colour"],
+               "frames": method["frames"]}
         log(f"step {row['step']}: PSNR {row['psnr']:.2f} dB (copy {row['copy_psnr']:.2f}, gain {row['gain']:+.2f}), "
-            f"SSIM {row['ssim']:.3f}")
+            f"SSIM {row['ssim']:.3f}, head colour {row['head_colour']:.2f}")
         rows.append(row)
     return rows
 
