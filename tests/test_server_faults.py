@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -44,6 +45,37 @@ def submit(client, head_asset, frames: int = 2) -> dict:
     return response.json()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs) for the jobs folder, unmounted afterwards."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI's machine runs the suite as root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield str(folder)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill_disk(folder: str, leave: int = 0) -> None:
+    """Write a filler file into ``folder`` until at most ``leave`` bytes are free."""
+    free = shutil.disk_usage(folder).free - leave
+    with open(os.path.join(folder, "filler"), "ab") as handle:
+        try:
+            while free > 0:
+                handle.write(b"\0" * min(free, 1 << 16))
+                handle.flush()
+                free -= 1 << 16
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    assert shutil.disk_usage(folder).free <= max(leave, 0) + 4096
+
+
 def disk_fills(monkeypatch, after: str = "") -> None:
     """Every store write raises ENOSPC once one whose file name contains ``after`` was tried."""
     real, full = jobs.write_atomic, [after == ""]
@@ -66,6 +98,45 @@ def test_a_disk_that_fills_during_a_render_fails_the_job_visibly(folders, head_a
         assert "disk is full" in view["error"] and "free disk space" in view["advice"], view
         assert client.get("/v1/health", headers=AUTH).json()["queue_length"] == 0
         assert client.get("/v1/jobs", headers=AUTH).json()["jobs"][0]["status"] == "failed"
+
+
+def test_a_real_disk_that_fills_during_a_render_fails_the_job_visibly(folders, head_asset, small_disk):
+    """The jobs folder on a 1 MiB tmpfs with room left for the job's status and a frame or two of
+    its eight: the job fails saying the disk is full, the server goes on answering, and a
+    submission while the disk is full is a 507 with that advice."""
+    folders = {**folders, "jobs": os.path.join(small_disk, "jobs")}
+    with app_for(folders, start_worker=False) as client:
+        job = submit(client, head_asset, frames=8)
+    fill_disk(small_disk, leave=24 << 10)
+    with app_for(folders) as client:
+        view = wait_for(lambda: (lambda v: v if v["status"] != "queued" and v["status"] != "running" else None)(
+            client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()), 120, 0.1, "the job to end")
+        assert view["status"] == "failed" and "disk is full" in view["error"], view
+        assert "free disk space" in view["advice"] and 1 <= view["frames_done"] < 8, view
+        assert client.get(f"/v1/jobs/{job['id']}/frames/1", headers=AUTH).status_code == 200
+        leftovers = [name for name in os.listdir(os.path.join(folders["jobs"], job["id"])) if ".tmp-" in name]
+        assert not leftovers, leftovers  # a write that failed leaves no partial file holding the space
+        assert client.get("/v1/health", headers=AUTH).json()["queue_length"] == 0
+        assert client.get("/v1/jobs", headers=AUTH).json()["jobs"][0]["status"] == "failed"
+        fill_disk(small_disk)
+        again = client.post("/v1/jobs", headers=AUTH, files={"reference": ("r.png", png_bytes(seed=1)),
+                                                             "animation": ("a.npz", animation_bytes(head_asset, 2))})
+        assert again.status_code == 507 and "free disk space" in again.json()["advice"], again.text
+
+
+def test_restart_on_a_real_full_disk_starts_and_keeps_finished_frames_readable(folders, head_asset, small_disk):
+    folders = {**folders, "jobs": os.path.join(small_disk, "jobs")}
+    with app_for(folders, start_worker=False) as client:
+        job = submit(client, head_asset)
+    folder = os.path.join(folders["jobs"], job["id"])
+    shutil.copy(os.path.join(folder, "inputs", "reference.png"), os.path.join(folder, "frame_0001.png"))
+    fill_disk(small_disk)
+    with app_for(folders) as client:  # its lifespan resumes the unfinished job: writing the manifest fails
+        view = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
+        assert view["status"] == "failed" and "disk is full" in view["error"], view
+        frame = client.get(f"/v1/jobs/{job['id']}/frames/1", headers=AUTH)
+        assert frame.status_code == 200 and frame.content.startswith(b"\x89PNG")
+        assert client.get("/v1/health", headers=AUTH).status_code == 200
 
 
 def test_restart_on_a_full_disk_starts_and_keeps_finished_frames_readable(folders, head_asset, monkeypatch):

@@ -38,12 +38,17 @@ def write_atomic(path: str, data: bytes, sync: bool = False) -> None:
     hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
     tmp = f"{hidden}.tmp-{os.getpid()}-{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY, PRIVATE_FILE)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: the part written would keep the space taken
+            os.remove(tmp)
+        raise
 
 
 @contextlib.contextmanager
