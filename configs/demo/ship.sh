@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# ship.sh MODEL DATA STEPS GUIDANCE RUN...: makes MODEL (a `flamediff train` model folder) the shipped
+# backend/checkpoints/demo. Its training/ folder keeps the lineage's records (the earlier runs' loss
+# curves and the VAE's reconstruction report) and gains each RUN's curve from
+# $FLAMEDIFF_DEMO_WORK/RUN/model/loss.png. STEPS and GUIDANCE become the checkpoint's inference
+# defaults (chosen on validation identities, never on test data: see docs/TRAINING.md); the example
+# reference beside it is the first clean frame of DATA's first held-out identity.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+model=$1 data=$2 steps=$3 guidance=$4
+shift 4
+out=backend/checkpoints/demo
+records=$(mktemp -d)
+[ -d "$out/training" ] && cp -r "$out/training/." "$records/"
+rm -rf "$out"
+cp -r "$model" "$out"
+rm -f "$out/loss.png"
+mkdir -p "$out/training"
+cp -r "$records/." "$out/training/"
+rm -rf "$records"
+for run in "$@"; do
+    cp "$FLAMEDIFF_DEMO_WORK/$run/model/loss.png" "$out/training/$run-loss.png"
+    [ -f "$FLAMEDIFF_DEMO_WORK/$run/model/reconstruction.json" ] && \
+        cp "$FLAMEDIFF_DEMO_WORK/$run/model/reconstruction.json" "$out/training/$run-reconstruction.json"
+done
+DEFAULT_STEPS=$steps DEFAULT_GUIDANCE=$guidance DATA=$data $PY - <<'PY'
+import json
+import os
+
+from PIL import Image
+
+from flamediff.data.dataset import read_dataset
+from flamediff.data.splits import read_splits
+from flamediff.evaluation.studies import reference_row
+
+path = "backend/checkpoints/demo/config.json"
+with open(path, encoding="utf-8") as handle:
+    config = json.load(handle)
+config.update(default_steps=int(os.environ["DEFAULT_STEPS"]), default_guidance=float(os.environ["DEFAULT_GUIDANCE"]))
+with open(path, "w", encoding="utf-8") as handle:
+    json.dump(config, handle, indent=2)
+index = read_dataset(os.environ["DATA"])
+row = reference_row(index, read_splits(os.environ["DATA"])["heldout"][0])
+Image.fromarray(index.load_frame(row)).save("backend/checkpoints/demo/reference.png")
+PY
+du -sh "$out"
