@@ -124,32 +124,24 @@ def test_a_real_disk_that_fills_during_a_render_fails_the_job_visibly(folders, h
         assert again.status_code == 507 and "free disk space" in again.json()["advice"], again.text
 
 
-def test_restart_on_a_real_full_disk_starts_and_keeps_finished_frames_readable(folders, head_asset, small_disk):
-    folders = {**folders, "jobs": os.path.join(small_disk, "jobs")}
+@pytest.mark.parametrize("disk", ["real", "simulated"])
+def test_restart_on_a_full_disk_starts_and_keeps_finished_frames_readable(folders, head_asset, disk, request):
+    if disk == "real":
+        folders = {**folders, "jobs": os.path.join(request.getfixturevalue("small_disk"), "jobs")}
     with app_for(folders, start_worker=False) as client:
         job = submit(client, head_asset)
     folder = os.path.join(folders["jobs"], job["id"])
     shutil.copy(os.path.join(folder, "inputs", "reference.png"), os.path.join(folder, "frame_0001.png"))
-    fill_disk(small_disk)
+    if disk == "real":
+        fill_disk(os.path.dirname(folders["jobs"]))
+    else:
+        disk_fills(request.getfixturevalue("monkeypatch"))
     with app_for(folders) as client:  # its lifespan resumes the unfinished job: writing the manifest fails
         view = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
         assert view["status"] == "failed" and "disk is full" in view["error"], view
         frame = client.get(f"/v1/jobs/{job['id']}/frames/1", headers=AUTH)
         assert frame.status_code == 200 and frame.content.startswith(b"\x89PNG")
         assert client.get("/v1/health", headers=AUTH).status_code == 200
-
-
-def test_restart_on_a_full_disk_starts_and_keeps_finished_frames_readable(folders, head_asset, monkeypatch):
-    with app_for(folders, start_worker=False) as client:
-        job = submit(client, head_asset)
-    folder = os.path.join(folders["jobs"], job["id"])
-    shutil.copy(os.path.join(folder, "inputs", "reference.png"), os.path.join(folder, "frame_0001.png"))
-    disk_fills(monkeypatch)
-    with app_for(folders) as client:  # its lifespan resumes the unfinished job: writing the manifest fails
-        view = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
-        assert view["status"] == "failed" and "disk is full" in view["error"], view
-        frame = client.get(f"/v1/jobs/{job['id']}/frames/1", headers=AUTH)
-        assert frame.status_code == 200 and frame.content.startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("change", [{"frames": None}, {"frames": ["a"]}, {"frames_total": "x"}, {"checkpoint": "s"},
