@@ -73,7 +73,7 @@ def test_setup_command_names_real_paths_on_each_os():
                      '"/home/ann/.local/share/flamediff/venv/bin/python" -m pip install -e "/src/flamediff"')
     windows = paths.setup_command("", "nt", {"LOCALAPPDATA": "C:\\L"}, "C:\\Users\\ann")
     assert windows.startswith('py -3.11 -m venv "C:\\L\\flamediff\\venv" && "C:\\L\\flamediff\\venv\\Scripts\\python.exe"')
-    assert "path\\to\\flamediff" in windows  # no checkout known: a placeholder the README explains
+    assert "path\\to\\flamediff" in windows  # no checkout known: a placeholder docs/ADDON.md explains
 
 
 def load_text():
