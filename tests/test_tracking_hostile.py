@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -23,6 +24,7 @@ from test_server_helpers import TOKEN, answered_within, huge_png_header, wait_fo
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+import flamediff.server.tracking as tracking_module  # noqa: E402
 from flamediff.server.app import create_app  # noqa: E402
 from flamediff.server.inputs import TrackingLimits  # noqa: E402
 from flamediff.server.service import build_service  # noqa: E402
@@ -112,26 +114,143 @@ def test_videos_past_the_frame_or_duration_cap_are_refused_from_their_container(
     assert os.listdir(tmp_path / "jobs" / "tracks") == []  # refused uploads leave nothing
 
 
+class MeasuredPopen(subprocess.Popen):
+    """A Popen that reaps its process with ``wait4``, keeping the process's peak resident memory
+    (``ru_maxrss``, exact: the kernel's high-water mark, read at its death) in :attr:`peak_mb`."""
+
+    peak_mb: float | None = None
+
+    def poll(self):
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._reap(os.WNOHANG) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def _reap(self, flags: int):
+        with self._waitpid_lock:
+            if self.returncode is None:
+                pid, status, usage = os.wait4(self.pid, flags)
+                if pid:
+                    self.peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+#: A tracking child ready to work: its modules, the FLAME asset and MediaPipe's video model loaded.
+IDLE_CHILD = """
+import av, cv2
+from flamediff.server import tracking_child
+from flamediff.tracking import cli, media, track
+from flamediff.assets import load_asset
+from flamediff.tracking.landmarks import LandmarkDetector
+load_asset(None)
+LandmarkDetector(video=True).close()
+"""
+
+
+@pytest.fixture(scope="module")
+def idle_child_mb(head_folder) -> float:
+    pytest.importorskip("mediapipe")
+    idle = MeasuredPopen([sys.executable, "-c", IDLE_CHILD], cwd=ROOT)
+    assert idle.wait(300) == 0
+    return idle.peak_mb
+
+
+@pytest.fixture
+def children(monkeypatch) -> list[MeasuredPopen]:
+    """The tracking children the server starts, measured."""
+    started: list[MeasuredPopen] = []
+
+    class Child(MeasuredPopen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(tracking_module.subprocess, "Popen", Child)
+    return started
+
+
+def face_video(path: str, frames: int) -> bytes:
+    """``frames`` frames of one photographed face in a Matroska file, which declares no frame count."""
+    import av
+    import skimage.data
+
+    face = skimage.data.astronaut()
+    with av.open(path, "w", format="matroska") as output:
+        stream = output.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+        for _ in range(frames):
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="rgb24")))
+        output.mux(stream.encode())
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def stopped_task(client, media: bytes, children: list[MeasuredPopen], idle_mb: float) -> dict:
+    """Submit ``media`` (201 within 1 s), wait for the task to end; its view, after checking the
+    child's peak memory is within 300 MB of an idle child's."""
+    task, seconds = answered_within(lambda: client.post("/v1/tracks", files={"media": ("upload", media)}), 1.0, 1)
+    assert task.status_code == 201 and seconds <= 1.0, (seconds, task.text)
+    view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
+        client.get(f"/v1/tracks/{task.json()['id']}").json()), 240, 0.5, "the task to stop")
+    wait_for(lambda: children[0].peak_mb, 10, 0.05, "the child to be reaped")
+    print(f"201 in {seconds:.3f} s; child peak {children[0].peak_mb:.0f} MB, idle child {idle_mb:.0f} MB")
+    assert children[0].peak_mb - idle_mb <= 300, (children[0].peak_mb, idle_mb)
+    return view
+
+
+def kept_frames(client, view: dict) -> list[int]:
+    from flamediff.formats.animation import load_animation
+
+    answer = client.get(f"/v1/tracks/{view['id']}/animation")
+    assert answer.status_code == 200, answer.text
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kept.npz")
+        with open(path, "wb") as handle:
+            handle.write(answer.content)
+        return [int(frame) for frame in load_animation(path).frame]
+
+
 @pytest.mark.slow
-def test_a_video_without_a_frame_count_is_capped_while_decoding(tmp_path):
-    pytest.importorskip("mediapipe")
-    clip = video(str(tmp_path / "clip.mkv"), 12, container="matroska")
+def test_a_video_without_a_frame_count_is_capped_while_decoding_keeping_its_frames(tmp_path, children,
+                                                                                   idle_child_mb):
+    """The undeclared-length video row: the child stops at the cap, fits the frames done and the
+    task fails saying so, its first frames kept and fetchable."""
+    clip = face_video(str(tmp_path / "clip.mkv"), 8)
     with app_client(tmp_path, TrackingLimits(max_frames=5)) as client:
-        task = client.post("/v1/tracks", files={"media": ("upload", clip)})
-        assert task.status_code == 201, task.text
-        view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
-            client.get(f"/v1/tracks/{task.json()['id']}").json()), 180, 0.5, "the task to stop")
+        view = stopped_task(client, clip, children, idle_child_mb)
         assert view["status"] == "failed" and "more than 5 frames" in view["error"], view
+        assert view["kept"] == 5 and "GET /v1/tracks/" in view["advice"], view
+        assert kept_frames(client, view) == [1, 2, 3, 4, 5]
+        assert str(tmp_path) not in json.dumps(view)
 
 
-def test_a_task_past_its_time_budget_is_stopped(tmp_path):
+@pytest.mark.slow
+def test_a_task_past_its_time_budget_stops_keeping_the_frames_done(tmp_path, children, idle_child_mb):
+    """A budget shorter than the child's start: it tracks its first frame (always), stops, and
+    keeps that frame."""
+    clip = face_video(str(tmp_path / "clip.mkv"), 4)
+    with app_client(tmp_path, TrackingLimits(time_budget_s=0.001)) as client:
+        view = stopped_task(client, clip, children, idle_child_mb)
+        assert view["status"] == "failed" and "time budget of 0.001 s" in view["error"], view
+        assert view["kept"] == 1 and kept_frames(client, view) == [1], view
+
+
+def test_a_task_that_does_not_stop_within_its_grace_is_killed(tmp_path):
     pytest.importorskip("mediapipe")
-    with app_client(tmp_path, TrackingLimits(time_budget_s=0.5)) as client:
+    with app_client(tmp_path, TrackingLimits(time_budget_s=0.5, stop_grace_s=0.0)) as client:
         task = client.post("/v1/tracks", files={"media": ("upload", image("PNG"))})
         assert task.status_code == 201, task.text
         view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
             client.get(f"/v1/tracks/{task.json()['id']}").json()), 30, 0.2, "the task to stop")
         assert view["status"] == "failed" and "time budget of 0.5 s" in view["error"], view
+        assert "nothing was kept" in view["error"] and "kept" not in view, view
+        assert client.get(f"/v1/tracks/{view['id']}/animation").status_code == 404
         folder = tmp_path / "jobs" / "tracks" / task.json()["id"]
         for name in os.listdir(folder):  # 0600 like job files, inside the jobs folder
             assert stat.S_IMODE(os.stat(folder / name).st_mode) == 0o600, name

@@ -53,13 +53,14 @@ class InputLimits:
 
 @dataclass(frozen=True)
 class TrackingLimits:
-    """What one tracking task may cost; the defaults are documented in PROTOCOL.md and each is an
-    option of ``flamediff serve``."""
+    """What one tracking task may cost; the defaults are documented in PROTOCOL.md and each but
+    ``stop_grace_s`` is an option of ``flamediff serve``."""
 
     max_frames: int = 3000          # video frames (2 min at 25 fps)
     max_seconds_of_video: float = 300.0
-    time_budget_s: float = 3600.0   # wall-clock seconds a task may run
+    time_budget_s: float = 3600.0   # wall-clock seconds a task may take new frames for
     keep_hours: float = 24.0        # finished and failed tasks are deleted after this
+    stop_grace_s: float = 120.0     # past the budget, for fitting the frames done; then it is killed
 
 
 def parse_json(text: str | bytes, what: str) -> Any:

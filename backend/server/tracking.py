@@ -7,9 +7,12 @@ Each task lives in its own private folder inside the server's jobs folder (``<jo
 never listed as a job): the upload, the command's progress file, animation, report and error
 output, all 0600. The upload passes the render route's image rule first (PNG, JPEG or WebP,
 within the one decode limit of :mod:`flamediff.formats.images`), or is a video whose frame count
-and duration are read from its container and capped; a task past its time budget, or a video
-whose frames turn out past the cap while decoding, is stopped and fails saying so. Finished and
-failed tasks are deleted after the retention time (``serve --keep-tracks-hours``).
+and duration are read from its container and capped. The child stops itself at the caps the
+container could not tell (``flamediff track --max-frames``) and at the task's time budget
+(``--time-budget``): it fits the frames done, which the task keeps (``kept`` frames, fetchable)
+while failing saying why; a child still running ``stop_grace_s`` past the budget is killed,
+keeping nothing. Finished and failed tasks are deleted after the retention time (``serve
+--keep-tracks-hours``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ TASK_ID = re.compile(r"[0-9a-f]{16}")  # always fullmatch: "$" would let a trail
 UPLOAD_FORM = {"multipart/form-data": {"schema": {"type": "object", "required": ["media"], "properties": {
     "media": {"type": "string", "format": "binary", "description": "a photo (PNG, JPEG, WebP) or a video (MP4, MOV, ...)"},
     "first_frame": {"type": "integer", "description": "frame number of the first frame (default 1)"}}}}}
+LIMIT_ADVICE = "track a shorter clip (serve's --max-track-frames and --track-time-budget set the limits)"
 MEDIA_ADVICE = "upload a photo (PNG, JPEG, WebP) or a video (MP4, MOV, MKV, WebM)"
 #: Files that end a task: its outcome is on disk, so a restarted server still knows it.
 OUTCOME = "outcome.json"
@@ -123,7 +127,8 @@ class TrackingTasks:
                 self._check_video(footage, folder)
             command = [sys.executable, "-m", "flamediff.server.tracking_child", str(os.getpid()), media_path,
                        "--out", os.path.join(folder, "anim.npz"), "--first-frame", str(first_frame), "--quiet",
-                       "--progress-file", os.path.join(folder, "progress.json")]
+                       "--progress-file", os.path.join(folder, "progress.json"),
+                       "--max-frames", str(self.limits.max_frames), "--time-budget", str(self.limits.time_budget_s)]
             if self.flame_asset:
                 command += ["--flame-asset", self.flame_asset]
             write_atomic(os.path.join(folder, "task.json"), json.dumps(
@@ -155,26 +160,26 @@ class TrackingTasks:
                              "--max-track-seconds set the limits)", 413)
 
     def _supervise(self, task_id: str, folder: str, process: subprocess.Popen) -> None:
-        """Stop the child past the time budget, or once it decodes more frames than the cap (a
-        container without a frame count); record every task's outcome on disk."""
+        """Kill the child once it runs ``stop_grace_s`` past its time budget (it stops itself at the
+        budget, see :func:`flamediff.tracking.track.StopRule`); record every task's outcome on disk."""
+        limit = self.limits.time_budget_s + self.limits.stop_grace_s
         started = time.monotonic()
         while process.poll() is None:
-            reason = None
-            if time.monotonic() - started > self.limits.time_budget_s:
-                reason = (f"the task ran longer than its time budget of {self.limits.time_budget_s:g} s",
-                          "track a shorter clip (serve's --track-time-budget sets the limit)")
-            elif max(_progress(folder).get(key, 0) for key in ("total", "done")) > self.limits.max_frames:
-                reason = (f"the video holds more than {self.limits.max_frames} frames",
-                          "cut the clip shorter (serve's --max-track-frames sets the limit)")
-            if reason is not None:
-                _record(folder, "failed", *reason)
+            if time.monotonic() - started > limit:
+                _record(folder, "failed", f"the task ran longer than its time budget of {self.limits.time_budget_s:g} s "
+                        f"and did not stop within {self.limits.stop_grace_s:g} s of it: nothing was kept", LIMIT_ADVICE)
                 process.kill()
                 process.wait()
                 return
             time.sleep(0.5)
         if os.path.exists(os.path.join(folder, OUTCOME)):  # cancelled meanwhile
             return
-        if process.returncode == 0 and _finished(folder):
+        report = _read_json(os.path.join(folder, "anim_track.json"))
+        stopped, kept = report.get("stopped"), report.get("frames")
+        if isinstance(stopped, str) and isinstance(kept, int) and os.path.isfile(os.path.join(folder, "anim.npz")):
+            _record(folder, "failed", f"{stopped}: the task stopped; its first {kept} frame(s) are tracked and kept",
+                    f"fetch them with GET /v1/tracks/{task_id}/animation, or {LIMIT_ADVICE}", kept=kept)
+        elif process.returncode == 0 and _finished(folder):
             _record(folder, "done")
         else:
             _record(folder, "failed", _scrub(_track_error(os.path.join(folder, "stderr.txt"), process.returncode),
@@ -191,13 +196,15 @@ class TrackingTasks:
         view.update({k: v for k, v in _progress(folder).items() if k in ("stage", "done", "total")})
         outcome = _read_json(os.path.join(folder, OUTCOME))
         if outcome:
-            view.update({k: outcome[k] for k in ("status", "error", "advice") if k in outcome})
+            view.update({k: outcome[k] for k in ("status", "error", "advice", "kept") if k in outcome})
         else:
             view["status"] = "running"
         return view
 
     def animation_path(self, task_id: str) -> str:
-        if self.status(task_id)["status"] != "done":
+        """The animation of a task that is done, or of one stopped by a cap (its ``kept`` frames)."""
+        view = self.status(task_id)
+        if view["status"] != "done" and not view.get("kept"):
             raise InputError("the tracking task has not finished", "poll GET /v1/tracks/{id} until status is done", 404)
         return os.path.join(self._folder(task_id), "anim.npz")
 
@@ -251,10 +258,10 @@ def _finished(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "anim_track.json"))
 
 
-def _record(folder: str, status: str, error: str | None = None, advice: str | None = None) -> None:
+def _record(folder: str, status: str, error: str | None = None, advice: str | None = None, **facts: Any) -> None:
     try:
         write_atomic(os.path.join(folder, OUTCOME), json.dumps({"status": status, "error": error,
-                                                                 "advice": advice}).encode())
+                                                                 "advice": advice, **facts}).encode())
     except OSError:
         pass  # a deleted task folder: nothing left to report
 

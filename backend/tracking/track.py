@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +25,36 @@ NO_FACE_ADVICE = ("use footage where one face is visible, turned less than about
 
 
 @dataclass
+class StopRule:
+    """When tracking stops early and keeps the frames done: a frame past ``max_frames``, or a
+    frame after the first once ``seconds`` have passed since the rule was made (a server's caps
+    for videos whose length is unknown, and its time budget). ``reason`` says which stopped it."""
+
+    max_frames: int | None = None
+    seconds: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    reason: str | None = None
+
+    def stops_before(self, done: int) -> bool:
+        """Whether to stop with ``done`` frames detected and another one decoded."""
+        if self.max_frames is not None and done >= self.max_frames:
+            self.reason = f"the video holds more than {self.max_frames} frames"
+        elif self.seconds is not None and done and time.monotonic() - self.started > self.seconds:
+            self.reason = f"tracking ran past its time budget of {self.seconds:g} s"
+        return self.reason is not None
+
+
+@dataclass
 class Tracked:
-    """A tracking run: the fit, its clip, MediaPipe's points per frame and the seconds per stage."""
+    """A tracking run: the fit, its clip, MediaPipe's points per frame and the seconds per stage;
+    ``stopped``: why a :class:`StopRule` ended it early (its footage is then the frames done)."""
 
     footage: Footage
     fit: FitResult
     clip: AnimationClip
     landmarks: list[np.ndarray | None]
     seconds: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None
 
     @property
     def missing_frames(self) -> list[int]:
@@ -52,11 +75,15 @@ def photo_shape(path: str, asset: FlameAsset) -> np.ndarray:
     return track_footage(footage, asset).fit.shape
 
 
-def detect_footage(footage: Footage, progress: Progress | None = None) -> list[np.ndarray | None]:
-    """MediaPipe's landmarks of every frame (frame-to-frame tracking for videos)."""
-    landmarks = []
+def detect_footage(footage: Footage, progress: Progress | None = None,
+                   stop: StopRule | None = None) -> list[np.ndarray | None]:
+    """MediaPipe's landmarks of every frame (frame-to-frame tracking for videos), or of the frames
+    before ``stop`` ends it."""
+    landmarks: list[np.ndarray | None] = []
     with closing(LandmarkDetector(video=footage.kind == "video")) as detector:
         for frame in footage.frames():
+            if stop is not None and stop.stops_before(len(landmarks)):
+                break
             landmarks.append(detector.detect(frame))
             _report(progress, "landmarks", len(landmarks), footage.count)
     if not any(points is not None for points in landmarks):
@@ -65,17 +92,21 @@ def detect_footage(footage: Footage, progress: Progress | None = None) -> list[n
 
 
 def track_footage(footage: Footage, asset: FlameAsset, settings: FitSettings | None = None,
-                  progress: Progress | None = None, first_frame: int = 1) -> Tracked:
-    """Detect, then fit one shape for the whole footage and per-frame everything else."""
+                  progress: Progress | None = None, first_frame: int = 1, stop: StopRule | None = None) -> Tracked:
+    """Detect, then fit one shape for the whole footage (or the frames before ``stop`` ends it)
+    and per-frame everything else."""
     start = time.perf_counter()
-    landmarks = detect_footage(footage, progress)
+    landmarks = detect_footage(footage, progress, stop)
+    if stop is not None and (stop.reason or not footage.count):  # stopped, or a video of unknown length
+        footage = dataclasses.replace(footage, count=len(landmarks))
     detected = time.perf_counter()
     _report(progress, "fit", 0, 1)
     fit = LandmarkFitter(asset, settings).fit(landmarks, footage.size)
     _report(progress, "fit", 1, 1)
     clip = fit.clip(asset, footage.fps, first_frame)
     return Tracked(footage=footage, fit=fit, clip=clip, landmarks=landmarks,
-                   seconds={"landmarks": detected - start, "fit": time.perf_counter() - detected})
+                   seconds={"landmarks": detected - start, "fit": time.perf_counter() - detected},
+                   stopped=stop.reason if stop is not None else None)
 
 
 def _fitted_vertices(model: FlameModel, fit: FitResult, chunk: int = 32) -> Iterator[np.ndarray]:
@@ -119,7 +150,7 @@ def write_report(tracked: Tracked, path: str) -> None:
         "fps": tracked.footage.fps, "image_size": list(tracked.footage.size), "embedding": tracked.fit.embedding_kind,
         "notes": list(tracked.footage.notes), "mean_landmark_error_px": float(error[found].mean()), "frames_without_face": tracked.missing_frames,
         "seconds": {name: round(value, 3) for name, value in tracked.seconds.items()},
-        "focal_px": float(tracked.fit.K[0, 0]),
+        "focal_px": float(tracked.fit.K[0, 0]), **({"stopped": tracked.stopped} if tracked.stopped else {}),
         "per_frame": [{"frame": int(frame), "landmark_error_px": None if np.isnan(value) else round(float(value), 3)}
                       for frame, value in zip(tracked.clip.frame, error)],
     }
