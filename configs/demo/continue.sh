@@ -3,7 +3,7 @@
 # shipped backend/checkpoints/demo's EMA weights (continue-1.json), each next from the previous
 # cycle's EMA weights (continue-2.json, ...), on the demo dataset recipe with one light per
 # identity (--lighting identity: the reference shows the lighting its frames are lit with; see
-# the README's "The demo checkpoint"). State lives in $FLAMEDIFF_DEMO_WORK (default: the flamediff
+# docs/TRAINING.md, "The demo checkpoint"). State lives in $FLAMEDIFF_DEMO_WORK (default: the flamediff
 # cache folder), outside the checkout; run it again to resume exactly from the newest checkpoint
 # (a cycle whose model/ is written is skipped).
 # One torch thread: on a 2-core machine shared with other work, two OpenMP threads wait on each
