@@ -40,7 +40,7 @@ from flamediff.gaussians.splatting import splat_features
 from flamediff.models import FlameDiffConfig, FlameDiffModel
 from flamediff.models.config import LABELS
 from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
-from flamediff.server.worker import PRECISIONS, precision_dtype
+from flamediff.devices import PRECISIONS, precision_dtype
 
 #: Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA datasheets; their headline figures are with
 #: 2:4 sparsity, twice these), matched in order against ``torch.cuda.get_device_name()``.

@@ -21,7 +21,7 @@ import torch
 from flamediff.assets import load_asset
 from flamediff.demo import demo_animation
 from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
-from flamediff.server.worker import PRECISIONS, precision_dtype
+from flamediff.devices import PRECISIONS, precision_dtype
 
 from bench_pipeline import SPLATTERS, build_pipeline, compare_splatters, print_and_save, use_splatter
 

@@ -58,7 +58,7 @@ def make_inputs(folder: str, frames: int) -> tuple[bytes, bytes]:
 
 def time_pipeline(pipeline, reference: bytes, animation: bytes, settings: dict, repeats: int) -> float:
     from flamediff.server.inputs import parse_settings, read_animation, read_reference_image
-    from flamediff.server.worker import pipeline_settings
+    from flamediff.server.job_execution import pipeline_settings
 
     image = read_reference_image(reference).pixels
     clip, _ = read_animation(animation)
@@ -79,7 +79,7 @@ def cli_job(renderer, folder: str, reference: bytes, animation: bytes, settings:
     from flamediff.server.checkpoints import CheckpointRegistry
     from flamediff.server.jobs import JobFolder
     from flamediff.server.service import check_request
-    from flamediff.server.worker import render_job
+    from flamediff.server.job_execution import render_job
 
     checked = check_request(reference, animation, settings, CheckpointRegistry(os.path.join(folder, "models")),
                             renderer)
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
-    from flamediff.server.worker import InProcessRenderer
+    from flamediff.server.renderers import InProcessRenderer
 
     folder = tempfile.mkdtemp(prefix="flamediff-product-")
     os.environ.setdefault("FLAMEDIFF_CACHE", os.path.join(folder, "cache"))

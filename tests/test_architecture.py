@@ -12,7 +12,7 @@ import pytest
 BACKEND = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backend")
 
 #: docs/ARCHITECTURE.md's order: a module may import its own layer's package and lower ranks.
-RANK = {"formats": 0, "errors": 0, "assets": 1, "geometry": 1, "flame": 2, "gaussians": 3, "models": 4, "pipelines": 5,
+RANK = {"formats": 0, "errors": 0, "devices": 1, "assets": 1, "geometry": 1, "flame": 2, "gaussians": 3, "models": 4, "pipelines": 5,
         "data": 6, "tracking": 7, "server": 8, "training": 8, "evaluation": 8, "demo": 9, "cli": 10,
         "__main__": 11, "": 11}
 #: The documented exceptions (inside functions): training writes the VAE report, curves load runs.

@@ -202,7 +202,7 @@ def test_preview_is_another_job_with_half_size_frames(server, inputs):
 def test_precision_reaches_the_render_process(tmp_path, models_dir, inputs, head_folder):
     """serve's --precision travels to the render child process and into the job view."""
     from flamediff.errors import FlamediffError
-    from flamediff.server.worker import InProcessRenderer
+    from flamediff.server.renderers import InProcessRenderer
 
     with pytest.raises(FlamediffError, match="--precision must be one of"):
         InProcessRenderer("cpu", precision="fp16")
@@ -388,7 +388,7 @@ class _OutOfMemoryRenderer:
 def test_out_of_memory_retries_with_smaller_batches(server, inputs):
     from flamediff.server.jobs import JobFolder
     from flamediff.server.service import check_request
-    from flamediff.server.worker import render_job
+    from flamediff.server.job_execution import render_job
 
     service = server.service
     checked = check_request(inputs["reference"], inputs["animation"], {**FAST, "frames_per_batch": 4, "seed": 5,
@@ -415,7 +415,7 @@ def test_one_reference_pass_per_job_and_cancel_keeps_written_frames(server, inpu
     """4 chunks of 1 frame in one pipeline call: the ReferenceNet runs once. A cancel once frame 1
     is written keeps it and the rerun renders only the rest. Steps 0 resolve to the checkpoint's."""
     from flamediff.server.service import check_request
-    from flamediff.server.worker import render_job
+    from flamediff.server.job_execution import render_job
 
     service = server.service
     checked = check_request(inputs["reference"], inputs["animation"],

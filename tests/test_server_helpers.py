@@ -130,7 +130,7 @@ def test_pick_device_covers_cuda_apple_gpus_and_cpu(monkeypatch):
     import torch
 
     from flamediff.errors import FlamediffError
-    from flamediff.server.worker import pick_device
+    from flamediff.devices import pick_device
 
     for cuda, mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # noqa: B023 (called in this iteration)

@@ -14,7 +14,7 @@ from flamediff.formats.protocol import JOB_SETTINGS, frame_file, is_loopback_hos
 from flamediff.server.inputs import JobSettings, parse_settings
 from flamediff.server.jobs import CorruptManifest, JobFolder
 from flamediff.server.render_process import ChildProcessRenderer
-from flamediff.server.worker import InProcessRenderer, Renderer
+from flamediff.server.renderers import InProcessRenderer, Renderer
 
 
 def test_both_renderers_implement_the_renderer_protocol_with_its_signatures() -> None:
@@ -142,7 +142,7 @@ def test_unreadable_stored_settings_fail_the_job_with_advice(tmp_path) -> None:
 
 def test_the_pipeline_settings_are_the_job_settings_it_shares() -> None:
     from flamediff.pipelines.render import RenderSettings
-    from flamediff.server.worker import pipeline_settings
+    from flamediff.server.job_execution import pipeline_settings
 
     settings = parse_settings({"steps": 0, "guidance": 3.5, "seed": 11, "shape_from": "reference",
                                "reference_shape": [0.1], "preview": True, "frames_per_batch": 8})
@@ -156,7 +156,7 @@ def test_the_progress_bar_counts_frames_with_its_percentage_and_writes_lines_to_
     import io
 
     from flamediff.server.cli import ProgressBar
-    from flamediff.server.worker import Progress
+    from flamediff.server.progress import Progress
 
     log = io.StringIO()
     bar = ProgressBar(log)

@@ -21,7 +21,8 @@ from flamediff.formats.ports import busy_port_message, free_port
 from flamediff.formats.protocol import DEFAULT_PORT, setting
 from flamediff.server.inputs import InputLimits, TrackingLimits
 from flamediff.server.security import ConnectionLimits
-from flamediff.server.worker import DEVICES, PRECISIONS, Progress
+from flamediff.devices import DEVICES, PRECISIONS
+from flamediff.server.progress import Progress
 
 #: The job settings ``render`` takes as options (``--checkpoint`` and ``--reference-shape`` name files).
 RENDER_SETTINGS = ("steps", "guidance", "seed", "frames", "shape_from", "framing", "matte", "frames_per_batch",
@@ -142,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flamediff.formats.protocol import default_token_file, is_loopback_host
     from flamediff.server.security import loopback_hosts, write_token_file
     from flamediff.server.service import build_service
-    from flamediff.server.worker import pick_device
+    from flamediff.devices import pick_device
 
     if not is_loopback_host(args.host) and not args.allow_remote:
         raise FlamediffError(f"refusing to bind {args.host}: it is not a loopback address. Pass --allow-remote "
@@ -266,7 +267,9 @@ def _render(args: argparse.Namespace) -> int:
     from flamediff.server.jobs import JobFolder
     from flamediff.server.security import AllowedRoots
     from flamediff.server.service import check_request, read_local
-    from flamediff.server.worker import InProcessRenderer, pick_device, render_job
+    from flamediff.devices import pick_device
+    from flamediff.server.job_execution import render_job
+    from flamediff.server.renderers import InProcessRenderer
 
     settings = {name: getattr(args, name) for name in RENDER_SETTINGS}
     if args.checkpoint:

@@ -34,8 +34,8 @@ log = logging.getLogger("flamediff.server")
 
 
 class ChildProcessRenderer:
-    """A :class:`~flamediff.server.worker.Renderer` whose model lives in a long-lived child process
-    (which runs an :class:`~flamediff.server.worker.InProcessRenderer`)."""
+    """A :class:`~flamediff.server.renderers.Renderer` whose model lives in a long-lived child process
+    (which runs an :class:`~flamediff.server.renderers.InProcessRenderer`)."""
 
     def __init__(self, device: str = "cpu", flame_asset: str | None = None, precision: str = "auto") -> None:
         self.device, self.flame_asset, self.precision = device, flame_asset, precision
@@ -150,7 +150,8 @@ def _child(device: str, flame_asset: str | None, precision: str) -> int:
     os.dup2(2, 1)  # library prints go to stderr, never into the protocol stream
     logging.basicConfig(level=logging.INFO, format="%(asctime)s render %(levelname)s %(message)s")
     from flamediff.server.jobs import CorruptManifest, JobBusy
-    from flamediff.server.worker import InProcessRenderer, render_job
+    from flamediff.server.job_execution import render_job
+    from flamediff.server.renderers import InProcessRenderer
 
     commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancel = threading.Event()

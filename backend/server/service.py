@@ -13,11 +13,13 @@ import numpy as np
 from flamediff import __version__
 from flamediff.formats.protocol import PROTOCOL_VERSION
 from flamediff.server.checkpoints import CheckpointInfo, CheckpointRegistry
+from flamediff.server.failures import unsaved_failure
 from flamediff.server.inputs import (CheckedInputs, InputError, InputLimits, convert_tracker_upload, parse_settings,
                                    read_animation, read_reference_image)
 from flamediff.server.jobs import JobFolder, JobStore, render_hash, request_hash
 from flamediff.server.security import AllowedRoots
-from flamediff.server.worker import InProcessRenderer, Renderer, Worker, unsaved_failure
+from flamediff.server.renderers import InProcessRenderer, Renderer
+from flamediff.server.worker import Worker
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
