@@ -92,6 +92,7 @@ class BackendJob:
         self.started = self.last_ok = time.monotonic()
         self.cancel_asked = 0.0
         self.start_attempted = False
+        self.after: BackendJob | None = None   # a cancelled job of this host that winds down first
 
     def _show(self, **state: Any) -> None:
         for name in ("message", "error", "advice"):
@@ -120,7 +121,19 @@ class BackendJob:
 
     def _unfollow(self) -> None:
         self.phase = "finished"
-        _ACTIVE.pop((self.kind, self.host.key), None)
+        if _ACTIVE.get((self.kind, self.host.key)) is self:
+            del _ACTIVE[(self.kind, self.host.key)]
+
+    def _waiting_for_predecessor(self) -> bool:
+        """Whether the cancelled job this one follows still winds down (it is advanced here, so a
+        resubmission after Cancel starts once the backend stopped the old render, never fails)."""
+        if self.after is None:
+            return False
+        if self.after.step():
+            self._show(status="queued", message=f"Waiting for the cancelled {self.kind} to stop")
+            return True
+        self.after = None
+        return False
 
     def step(self) -> bool:
         """Advance once; True while the job still needs polling."""
@@ -129,6 +142,8 @@ class BackendJob:
         if not self.host.alive():  # the scene was deleted: stop following the job
             self._unfollow()
             return False
+        if self.phase == "connecting" and self._waiting_for_predecessor():
+            return True
         try:
             if self.phase == "connecting":
                 self._connect()
@@ -340,7 +355,11 @@ class RenderJob(BackendJob):
 
 
 def start(job: BackendJob) -> None:
-    """Follow ``job``: the one job of its kind in its host (scene) until it ends."""
+    """Follow ``job``: the one job of its kind in its host (scene) until it ends; a cancelled one
+    still winding down there is followed to its end first."""
+    old = _ACTIVE.get((job.kind, job.host.key))
+    if old is not None and old.phase == "cancelling":
+        job.after = old
     _ACTIVE[(job.kind, job.host.key)] = job
 
 

@@ -25,6 +25,10 @@ from .formats.protocol import REFERENCE_FORMATS, setting
 from .render_job import frame_path
 
 STRIP_NAME = "flamediff"
+#: The option of path properties that hold ``//`` (blend-relative) paths: Blender 5 warns at every
+#: such assignment to a path property without it; older Blender has no such option.
+BLEND_RELATIVE = ({"PATH_SUPPORTS_BLEND_RELATIVE"} if "is_path_supports_blend_relative" in
+                  bpy.types.Property.bl_rna.properties else set())
 
 
 def setting_property(name: str, note: str = "", description: str = "", **options: Any) -> Any:
@@ -51,7 +55,7 @@ def setting_property(name: str, note: str = "", description: str = "", **options
 class FlamediffRenderProps(bpy.types.PropertyGroup):
     """``scene.flamediff_render``: the Render panel's inputs and the current job's state."""
 
-    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="",
+    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options=BLEND_RELATIVE,
                                     description="Portrait (PNG/JPEG/WebP) whose appearance the frames take")
     steps: setting_property("steps", "Small models need fewer")
     guidance: setting_property("guidance")
@@ -72,14 +76,14 @@ class FlamediffRenderProps(bpy.types.PropertyGroup):
     advice: StringProperty(name="Advice", default="")
     notes: StringProperty(name="Notes", default="", description="The backend's notes on the last job, one per line "
                           "(reference warnings, what a tracker import dropped)")
-    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="")
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="", options=BLEND_RELATIVE)
 
 
 class FlamediffRigSettings(bpy.types.PropertyGroup):
     """``rig.flamediff_rig_settings``: per rig, because each rig is one identity to drive."""
 
     shape_from: setting_property("shape_from", description="Whose FLAME shape the render uses with this rig's motion")
-    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="",
+    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=BLEND_RELATIVE,
                                     description=".npy of the reference person's FLAME shape coefficients (e.g. "
                                                 "DECA, EMOCA or SMIRK run on the reference image); used when "
                                                 "Identity shape is Reference. Empty: the backend fits the "

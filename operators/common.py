@@ -100,6 +100,9 @@ class FollowsJob:
         if job.outcome == "done":
             self.report({"INFO"}, job.message)
             return {"FINISHED"}
+        if job.outcome == "cancelled" and not job.error:   # the user's own cancel: said, not an error
+            self.report({"INFO"}, job.message)
+            return {"CANCELLED"}
         text = job.error or job.message
         advice = job.advice[:1].upper() + job.advice[1:]
         self.report({"ERROR"}, f"{text}. {advice}" if advice else text)

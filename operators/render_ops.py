@@ -10,10 +10,11 @@ from ..backend_client import BackendError
 from ..formats.flame_asset import FlameAssetError
 from ..formats.protocol import PROTOCOL_VERSION
 from ..preferences import backend_settings, make_client, unsaved_output_root
-from ..render_scene import setting_property
+from ..render_scene import BLEND_RELATIVE, setting_property
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
 
 _ARGUMENT = {"SKIP_SAVE", "HIDDEN"}
+_PATH_ARGUMENT = _ARGUMENT | BLEND_RELATIVE
 _PANEL = "Default: the Render panel's"
 
 
@@ -37,7 +38,7 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
     # SKIP_SAVE so a script's values are not remembered for the next button press; HIDDEN so there is no
     # "Adjust Last Operation" panel, where every change would submit another render
     rig: StringProperty(name="Rig", default="", options=_ARGUMENT, description="Rig object name; empty = the active rig")
-    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options=_ARGUMENT,
+    reference_image: StringProperty(name="Reference image", subtype="FILE_PATH", default="", options=_PATH_ARGUMENT,
                                     description="Default: the Render panel's reference image")
     steps: setting_property("steps", _PANEL, options=_ARGUMENT)
     guidance: setting_property("guidance", _PANEL, options=_ARGUMENT)
@@ -48,7 +49,7 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
     framing: setting_property("framing", _PANEL, options=_ARGUMENT)
     matte: setting_property("matte", _PANEL, options=_ARGUMENT)
     shape_from: setting_property("shape_from", "Default: the rig's Identity shape setting", options=_ARGUMENT)
-    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=_ARGUMENT,
+    reference_shape: StringProperty(name="Reference shape", subtype="FILE_PATH", default="", options=_PATH_ARGUMENT,
                                     description=".npy of the reference person's FLAME shape coefficients. "
                                                 "Default: the rig's")
     frame_start: IntProperty(name="Start", default=1, options=_ARGUMENT,
@@ -85,11 +86,7 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         job = render_job.active_job(context.scene.name)
-        if job is not None and job.phase == "cancelling":
-            cls.poll_message_set("The cancelled flamediff render is winding down (the backend finishes the frames in "
-                                 "progress, a few seconds): render again when the panel says Cancelled")
-            return False
-        if job is not None:
+        if job is not None and job.phase != "cancelling":   # a new render waits for a cancelled one to stop
             cls.poll_message_set("A flamediff render is already running in this scene: wait for it, or cancel it "
                                  "(Esc, or Render > flamediff > Cancel Render)")
             return False

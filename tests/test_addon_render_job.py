@@ -289,3 +289,29 @@ def test_a_cancelled_render_is_followed_while_it_winds_down_and_counted_as_the_b
     assert not job.step()
     assert job.outcome == "cancelled" and host.state["message"] == "Cancelled; 3 of 3 frames kept"
     assert job.fetched == {1, 2, 3} and render_job.active_job("Scene") is None
+
+
+def test_render_again_right_after_cancel_waits_for_the_cancelled_render_then_starts(tmp_path) -> None:
+    """Cancel, then Render at once (the same job): the new render waits while the backend winds the
+    cancelled one down, then submits and renders; it never ends as 'Cancelled; N of M frames kept'."""
+    client = ScriptedClient([{"status": "running", "frames_done": 1, "progress": 0.3, "rendered": [1]}])
+    old, host = make_job(tmp_path, client)
+    assert old.step()
+    client.cancel = lambda job_id: {"status": "running", "cancel": "cancelling", "frames_done": 1}
+    old.cancel()
+    again = tmp_path / "again.npz"
+    again.write_bytes(b"npz")
+    new = render_job.RenderJob(host, client, str(tmp_path / "ref.png"), str(again), {"steps": 2, "seed": 4},
+                               [1, 2, 3])
+    render_job.start(new)
+    assert render_job.active_job("Scene") is new
+    client.views = [{"status": "running", "frames_done": 2, "rendered": [1, 2]},
+                    {"status": "cancelled", "frames_done": 2, "rendered": [1, 2]},
+                    {"status": "queued", "frames_done": 2, "rendered": [1, 2]},
+                    {"status": "done", "frames_done": 3, "rendered": [1, 2, 3]}]
+    assert new.step() and new.phase == "connecting" and client.calls.count("submit") == 1
+    assert host.state["status"] == "queued" and host.state["message"] == "Waiting for the cancelled render to stop"
+    run(new)
+    assert old.outcome == "cancelled" and old.message == "Cancelled; 2 of 3 frames kept"
+    assert client.calls.count("submit") == 2 and new.outcome == "done" and not new.error
+    assert host.state["message"].startswith("Rendered 3 frames") and render_job.active_job("Scene") is None
