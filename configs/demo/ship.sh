@@ -11,14 +11,10 @@ PY=${PYTHON:-.venv/bin/python}
 model=$1 data=$2 steps=$3 guidance=$4
 shift 4
 out=backend/checkpoints/demo
-records=$(mktemp -d)
-[ -d "$out/training" ] && cp -r "$out/training/." "$records/"
-rm -rf "$out"
-cp -r "$model" "$out"
-rm -f "$out/loss.png"
 mkdir -p "$out/training"
-cp -r "$records/." "$out/training/"
-rm -rf "$records"
+find "$out" -mindepth 1 -maxdepth 1 ! -name training -exec rm -rf {} +
+cp -r "$model/." "$out/"
+rm -f "$out/loss.png"
 for run in "$@"; do
     cp "$FLAMEDIFF_DEMO_WORK/$run/model/loss.png" "$out/training/$run-loss.png"
     [ -f "$FLAMEDIFF_DEMO_WORK/$run/model/reconstruction.json" ] && \
