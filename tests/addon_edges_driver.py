@@ -1,19 +1,27 @@
 """The artist's rough edges in the INSTALLED add-on inside ``bpy`` (run by tests/test_addon_edges.py).
 
-``python tests/addon_edges_driver.py ZIP WORKDIR ASSET_FOLDER`` with ``BLENDER_USER_RESOURCES`` and
-``HOME`` set to private folders. WORKDIR holds ``shot.npz`` (a flamediff file of a 16-frame tracked
-take with its camera), ``deca.npz`` (a weak-perspective tracker file) and ``frame.png``. No backend.
+``python tests/addon_edges_driver.py ZIP WORKDIR ASSET_FOLDER PORT TOKEN_FILE`` with
+``BLENDER_USER_RESOURCES`` and ``HOME`` set to private folders. WORKDIR holds ``shot.npz``
+(``flamediff track``'s file of a 16-frame take), ``deca.npz`` (a weak-perspective tracker file),
+``frame.png`` and ``phone.jpg`` (a 6000x4000 portrait stored sideways, EXIF orientation 6). The
+backend at PORT (a tiny checkpoint, the tracking extra) serves the last part: Match Photo, renders
+of the saved file, Cancel then Render again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
+import warnings
 
 import bpy
-from bpy_reports import install_addon, run_main
+from bpy_extras.object_utils import world_to_camera_view
+from bpy_reports import install_addon, reported, run_main
+from mathutils import Vector
 
-ZIP, WORK, ASSET = sys.argv[1:4]
+ZIP, WORK, ASSET, PORT, TOKEN_FILE = sys.argv[1:6]
 MODULE = "bl_ext.user_default.flamediff"
 RESULTS: dict = {"errors": []}
 
@@ -33,7 +41,8 @@ def shot() -> dict:
 
 
 def main() -> None:
-    RESULTS["install"], _prefs = install_addon(ZIP, MODULE, ASSET, path("token"))
+    RESULTS["install"], prefs = install_addon(ZIP, MODULE, ASSET, TOKEN_FILE)
+    prefs.backend_url = f"http://127.0.0.1:{PORT}"
     addon = sys.modules[MODULE]
     scene = bpy.context.scene
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
@@ -98,6 +107,70 @@ def main() -> None:
     strip = bpy.context.scene.sequence_editor.strips["flamediff"]
     RESULTS["moved_frame"] = os.path.join(bpy.path.abspath(strip.directory), strip.elements[0].filename)
     RESULTS["latest_after_reopen"] = "flamediff latest" in bpy.data.images
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with_backend()
+    RESULTS["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+def head_roll_degrees() -> float:
+    """The rig's head roll in the scene camera's picture: 0 when its top is straight above its chin
+    (the head mesh is in FLAME's own space, Y up: its rig object turns it Z-up)."""
+    scene = bpy.context.scene
+    head = bpy.data.objects["FLAME"]["flamediff_head"]
+    rest = [v.co.y for v in head.data.vertices]
+    top, chin = rest.index(max(rest)), rest.index(min(rest))
+    graph = bpy.context.evaluated_depsgraph_get()
+    mesh = head.evaluated_get(graph).to_mesh()
+    try:
+        ends = [world_to_camera_view(scene, scene.camera.evaluated_get(graph), head.matrix_world @ mesh.vertices[i].co)
+                for i in (top, chin)]
+    finally:
+        head.evaluated_get(graph).to_mesh_clear()
+    up = (ends[0] - ends[1]) * Vector((scene.render.resolution_x, scene.render.resolution_y, 0.0))
+    return math.degrees(math.atan2(up.x, up.y))
+
+
+def render(**arguments) -> tuple[list[str] | None, str, dict]:
+    """A blocking one-frame render; (result, report text, the panel's state after it)."""
+    outcome = reported(bpy.ops.flamediff.render, wait=True, frame_start=1, frame_end=1, timeout=300, **arguments)
+    props = bpy.context.scene.flamediff_render
+    return (*outcome, {name: getattr(props, name) for name in ("status", "message", "error", "notes", "output_dir",
+                                                               "reference_image", "frames_done")})
+
+
+def with_backend() -> None:
+    """Match Photo with a sideways phone portrait, then Render with what it set; a script's
+    reference; Cancel, then Render again at once (the saved file from above is open)."""
+    scene = bpy.context.scene
+    scene.flamediff_render.checkpoint = "tiny"
+    scene.frame_set(1)
+    # items 2 and 4: the photo is read upright and downsized, it becomes the reference, Render works
+    RESULTS["match"] = reported(bpy.ops.flamediff.match_photo, rig="FLAME", filepath=path("phone.jpg"), wait=True,
+                                timeout=300)
+    RESULTS["match_report"] = scene.flamediff_track.report
+    RESULTS["match_shot"] = {"reference": scene.flamediff_render.reference_image, "roll": head_roll_degrees(),
+                             "resolution": [scene.render.resolution_x, scene.render.resolution_y]}
+    RESULTS["render_after_match"] = render(steps=1)
+    # item 9: the reference a script passes is the panel's, so the next Render has one
+    scene.flamediff_render.reference_image = ""
+    RESULTS["script_reference"] = render(steps=1, reference_image=path("frame.png"))
+    RESULTS["next_render"] = render(steps=1, seed=3)
+    # item 3: Cancel, then Render the same job again at once (no event loop here: nothing else polls)
+    long_render = {"steps": 200, "seed": 4, "frame_start": 1, "frame_end": 3}
+    RESULTS["async"] = reported(bpy.ops.flamediff.render, **long_render)
+    job = sys.modules[MODULE].render_job.active_job(scene.name)
+    while job.phase == "running" and job.view.get("status") != "running":   # the backend picked it up
+        time.sleep(0.1)
+        job.step()
+    RESULTS["cancel"] = reported(bpy.ops.flamediff.render_cancel)
+    RESULTS["cancel_phase"] = job.phase
+    started = time.monotonic()
+    RESULTS["again"] = reported(bpy.ops.flamediff.render, wait=True, timeout=600, **long_render)
+    RESULTS["again_s"] = time.monotonic() - started
+    RESULTS["cancelled"] = {"outcome": job.outcome, "message": job.message, "kept": job.view.get("frames_done")}
+    RESULTS["again_props"] = {name: getattr(scene.flamediff_render, name) for name in ("status", "message", "job_id")}
+    RESULTS["cancelled_job"] = job.job_id
 
 
 if __name__ == "__main__":

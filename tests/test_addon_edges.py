@@ -1,12 +1,12 @@
-"""The artist's rough edges, reproduced in ``bpy`` from the built zip: a tracked file's camera and
+"""The artist's rough edges, reproduced in ``bpy`` from the built zip: a tracked folder's camera and
 range, a weak-perspective camera, the scene's resolution kept, a deleted rig named, the script's
-reference kept by the panel, unsaved renders moving with the project, ``flamediff latest`` kept."""
+reference kept by the panel, unsaved renders moving with the project, ``flamediff latest`` kept;
+against a real backend: a sideways phone photo matched upright and rendered, no warning that is
+not actionable, Cancel then Render again at once."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,36 +14,57 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("bpy")
+pytest.importorskip("httpx")
+pytest.importorskip("mediapipe", reason="the tracking extra (pip install 'flamediff[tracking]')")
+
+from test_addon_render import run_driver
+from test_photo_orientation import phone_portrait
+from test_server_helpers import make_checkpoint
+from test_server_process import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tracked_take(work, asset) -> str:
+    """``flamediff track FOLDER --out shot.npz`` on a 16-frame take (procedural renders)."""
+    from flamediff.cli import main
+    from flamediff.tracking.evaluate import procedural_clip
+
+    folder = work / "take"
+    folder.mkdir()
+    for number, case in enumerate(procedural_clip(asset, identity=1, frames=16), start=1):
+        Image.fromarray(case.image).save(folder / f"frame_{number:04d}.png")
+    out = str(work / "shot.npz")
+    assert main(["track", str(folder), "--out", out, "--fps", "25", "--steps", "20", "--no-overlay", "--quiet"]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, head_folder) -> dict:
+def results(tmp_path_factory, head_folder, head_asset) -> dict:
     sys.path.insert(0, ROOT)
     from build_addon import build
 
-    from flamediff.formats.animation import make_clip, save_animation
-    from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
+    from flamediff.tracking.evaluate import procedural_cases
 
     work = tmp_path_factory.mktemp("edges")
-    R, t = look_at_opencv([0.0, 0.0, 0.65], [0.0, -0.005, 0.0])
-    K = intrinsics_from_fov(26.0, 512, 512)
-    camera = tuple(np.repeat(m[None], 16, 0) for m in (K, R, t))
-    save_animation(str(work / "shot.npz"), make_clip(16, first_frame=1, camera=camera, image_size=(512, 512)))
+    tracked_take(work, head_asset)
     cam = np.tile([[8.0, 0.01, 0.02]], (4, 1)).astype(np.float32)   # DECA's [s, tx, ty]
     np.savez(work / "deca.npz", shape=np.zeros((4, 100), np.float32), exp=np.zeros((4, 50), np.float32),
              pose=np.zeros((4, 6), np.float32), cam=cam)
     Image.new("RGB", (64, 64), (120, 90, 80)).save(work / "frame.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6   # a phone held upright stores the portrait sideways with this tag
+    face = procedural_cases(head_asset, identity=0, yaws=[0.0])[0].image
+    phone_portrait(face).transpose(Image.Transpose.ROTATE_90).save(work / "phone.jpg", quality=85, exif=exif.tobytes())
+    make_checkpoint(str(work / "models" / "tiny"), head_asset)
     zip_path = build(str(work / "dist"))
-    env = dict(os.environ, BLENDER_USER_RESOURCES=str(work / "blender_user"), HOME=str(work / "home"),
-               OMP_NUM_THREADS="1")
     os.makedirs(work / "home")
-    completed = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "addon_edges_driver.py"), zip_path,
-                                str(work), head_folder], env=env, capture_output=True, text=True, timeout=600)
-    assert (work / "results.json").exists(), completed.stdout[-3000:] + completed.stderr[-3000:]
-    out = json.loads((work / "results.json").read_text())
-    assert not out["errors"], out["errors"][0] + completed.stderr[-2000:]
+    server = Server(str(work), str(work / "models")).start()
+    try:
+        out = run_driver("addon_edges_driver.py", str(work), [zip_path, str(work), head_folder, str(server.port),
+                                                               server.token_file], 1500)
+    finally:
+        server.kill()
     out["work"] = str(work)
     return out
 
@@ -77,3 +98,46 @@ def test_unsaved_renders_move_with_the_project_and_latest_survives_a_reopen(resu
     assert results["moved_frame"] == os.path.join(results["work"], "moved", "flamediff", "0123456789abcdef",
                                                   "frame_0001.png")
     assert os.path.isfile(results["moved_frame"]) and results["latest_after_reopen"]
+
+
+def test_render_finds_the_tracked_camera(results):
+    assert "job_inputs_error" not in results, results.get("job_inputs_error")   # not "the scene has no camera"
+
+
+def test_a_sideways_phone_photo_is_matched_upright_and_renders(results):
+    assert results["match"][0] == ["FINISHED"], results["match"][1]
+    shot = results["match_shot"]
+    assert shot["reference"] == os.path.join(results["work"], "phone.jpg")
+    assert abs(shot["roll"]) < 10.0, shot   # the stored pixels read as they are: an 82-84 degree roll
+    assert shot["resolution"] == [1365, 2048]   # the photo as read: upright, its long side 2048 px
+    outcome, text, props = results["render_after_match"]
+    assert outcome == ["FINISHED"] and props["status"] == "done" and props["frames_done"] == 1, text
+    notes = props["notes"].splitlines()
+    assert "reference: turned upright by its EXIF orientation (6)" in notes
+    assert any(note.startswith("reference: 4000x6000 downsized to 1365x2048") for note in notes), notes
+    for note in notes:   # each message once: in the panel and in what the render printed
+        assert notes.count(note) == 1 and text.count(note) == 1, (note, text)
+
+
+def test_a_reference_passed_by_script_is_the_next_renders(results):
+    outcome, text, props = results["script_reference"]
+    assert outcome == ["FINISHED"], text
+    assert props["reference_image"] == os.path.join(results["work"], "frame.png")
+    outcome, text, props = results["next_render"]
+    assert outcome == ["FINISHED"] and props["status"] == "done", text   # not "no reference image"
+
+
+def test_renders_of_a_saved_file_print_no_runtime_warning(results):
+    assert results["next_render"][2]["output_dir"].startswith("//flamediff/")
+    assert not [line for line in results["warnings"] if line.startswith("RuntimeWarning")], results["warnings"]
+
+
+def test_render_again_right_after_cancel_waits_for_the_backend_and_renders(results):
+    assert results["async"][0] == ["FINISHED"] and results["cancel"][0] == ["FINISHED"]
+    assert results["cancel_phase"] == "cancelling"   # the backend still finishes its denoising step
+    outcome, text = results["again"]
+    assert outcome == ["FINISHED"], text   # not "Error: Cancelled; 8 of 24 frames kept"
+    assert results["again_props"]["status"] == "done" and results["again_props"]["job_id"] == results["cancelled_job"]
+    cancelled = results["cancelled"]
+    assert cancelled["outcome"] == "cancelled" and cancelled["message"] == f"Cancelled; {cancelled['kept']} of 3 " \
+                                                                           f"frames kept"

@@ -47,6 +47,24 @@ def test_doctor_names_a_port_another_program_holds(capsys):
     assert f"port {port} is used by another program" in out and "flamediff serve --port" in out
 
 
+def test_doctor_names_a_missing_tracking_extra_and_checkpoint_with_their_fixes(capsys, tmp_path, monkeypatch):
+    """Not "all good" when Match Photo could not track or a render had no shipped checkpoint."""
+    import importlib.util
+
+    import flamediff.server.checkpoints
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "mediapipe" else
+                        find_spec(name, *rest))
+    monkeypatch.setattr(flamediff.server.checkpoints, "SHIPPED_DIR", str(tmp_path))
+    assert main(["doctor", "--port", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "all good" not in out
+    assert "tracking (flamediff track, Match Photo, Track Video) needs mediapipe: pip install 'flamediff[tracking]'" \
+        in out
+    assert f"the shipped checkpoint {tmp_path / 'demo'} is missing or damaged" in out and "git checkout" in out
+
+
 def test_doctor_explains_a_bad_asset(capsys, tmp_path):
     assert main(["doctor", "--flame-asset", str(tmp_path)]) == 1
     out = capsys.readouterr().out
