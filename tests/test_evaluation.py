@@ -14,7 +14,7 @@ from flamediff.evaluation import metrics as M
 from flamediff.evaluation.evaluate import evaluate, format_table
 from flamediff.evaluation.masks import background_mask
 from flamediff.evaluation.selection import to_resolution
-from flamediff.formats.trackers import axis_angle_to_matrix, matrix_to_axis_angle
+from flamediff.formats.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 RNG = np.random.default_rng(0)
 

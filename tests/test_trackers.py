@@ -16,8 +16,9 @@ from scipy.spatial.transform import Rotation
 
 from flamediff.formats.animation import AnimationFormatError, make_clip, read_npz, save_animation
 from flamediff.formats.conventions import look_at_opencv, project_points
-from flamediff.formats.trackers import (TRACKER_LIMITS, TrackerFormatError, axis_angle_to_matrix, load_any,
-                                      matrix_to_axis_angle, matrix_to_rotation_6d, retime, rotation_6d_to_matrix)
+from flamediff.formats.rotations import (RotationError, axis_angle_to_matrix, matrix_to_axis_angle,
+                                        matrix_to_rotation_6d, rotation_6d_to_matrix)
+from flamediff.formats.trackers import TRACKER_LIMITS, TrackerFormatError, load_any, retime
 
 torch = pytest.importorskip("torch")  # only to WRITE torch.save fixtures; the reader never imports it
 
@@ -142,7 +143,7 @@ def test_rotations_match_scipy_and_pytorch3d_6d():
     b2 = torch.nn.functional.normalize(raw[:, 3:] - (b1 * raw[:, 3:]).sum(-1, keepdim=True) * b1, dim=-1)
     expected = torch.stack([b1, b2, torch.cross(b1, b2, dim=-1)], dim=-2).numpy()
     assert_close(rotation_6d_to_matrix(raw.numpy()), expected, 1e-12)
-    with pytest.raises(TrackerFormatError, match="not rotations"):
+    with pytest.raises(RotationError, match="not rotations"):
         matrix_to_axis_angle(np.eye(3)[None] * 2)
 
 
@@ -337,6 +338,18 @@ def test_metrical_tracker_frames(tmp_path):
         assert clip.image_size == (512, 512) and clip.K[0, 0, 2] == 256.5
         dropped = [d.split(" ")[0] for d in report.dropped]
         assert {"flame.eyelids", "flame.tex", "flame.sh", "camera.R"} <= set(dropped)
+
+
+def test_tracker_rotations_that_are_not_rotations_are_the_files_error(tmp_path):
+    frame = {"flame": {"exp": f32(1, 100), "jaw": np.zeros((1, 6), np.float32)}, "img_size": np.array([512, 512])}
+    torch.save(frame, tmp_path / "degenerate.frame")
+    with pytest.raises(TrackerFormatError, match="'flame.jaw' holds a degenerate 6D rotation"):
+        load_any(tmp_path / "degenerate.frame")
+    frame = {"flame": {"exp": f32(1, 100)}, "img_size": np.array([512, 512]),
+             "opencv": {"R": 2 * np.eye(3)[None], "t": f32(1, 3), "K": np.eye(3)[None]}}
+    torch.save(frame, tmp_path / "scaled.frame")
+    with pytest.raises(TrackerFormatError, match="'opencv.R' holds 3x3 matrices that are not rotations"):
+        load_any(tmp_path / "scaled.frame")
 
 
 def test_insta_expression_folder(tmp_path):

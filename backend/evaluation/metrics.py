@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import AnimationClip
-from flamediff.formats.trackers import axis_angle_to_matrix, matrix_to_axis_angle
+from flamediff.formats.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 if TYPE_CHECKING:
     from flamediff.data.dataset import DatasetIndex

@@ -27,7 +27,7 @@ from flamediff.data.procedural import ProceduralRenderer, region_masks
 from flamediff.evaluation import metrics as M
 from flamediff.evaluation.selection import ground_truth, reference_row, spread
 from flamediff.formats.animation import AnimationClip
-from flamediff.formats.trackers import axis_angle_to_matrix
+from flamediff.formats.rotations import axis_angle_to_matrix
 
 if TYPE_CHECKING:
     from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings

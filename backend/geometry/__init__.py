@@ -10,6 +10,6 @@
 
 View matrices stay in :func:`flamediff.formats.conventions.view_matrices` (numpy): they are the
 same homogeneous assembly the add-on's camera conversions use inside Blender, where torch is not
-available. The numpy rotation conversions live in :mod:`flamediff.formats.trackers` for the same
+available. The numpy rotation conversions live in :mod:`flamediff.formats.rotations` for the same
 reason.
 """
