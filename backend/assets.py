@@ -1,5 +1,7 @@
-"""Which FLAME asset flamediff uses: an explicit folder, ``$FLAMEDIFF_FLAME_ASSET``, or the
-procedural head generated once into the user's cache."""
+"""What flamediff renders with by default: the FLAME asset (an explicit folder,
+``$FLAMEDIFF_FLAME_ASSET``, or the procedural head generated once into the user's cache) and the
+checkpoint shipped inside the package. Both sit here, below every layer, because the server, the
+evaluation, the demo and ``flamediff doctor`` all fall back to them."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from flamediff.formats.paths import cache_dir
 from flamediff.formats.procedural_head import ensure_procedural_head
 
 ASSET_ENV = "FLAMEDIFF_FLAME_ASSET"
-__all__ = ["ASSET_ENV", "cache_dir", "load_asset", "resolve_asset_folder"]  # cache_dir: the shared rule
+__all__ = ["ASSET_ENV", "DEMO_CHECKPOINT", "DEMO_NAME", "SHIPPED_DIR", "cache_dir", "load_asset",
+           "resolve_asset_folder"]  # cache_dir: the shared rule
+
+#: Checkpoint folders shipped inside the package (``backend/checkpoints``; the wheel's too).
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+#: The shipped demo checkpoint: the default model of serve, render, eval, results and the demo.
+DEMO_NAME = "demo"
+DEMO_CHECKPOINT = os.path.join(SHIPPED_DIR, DEMO_NAME)
 
 
 def resolve_asset_folder(path: str | None = None) -> str:

@@ -91,10 +91,11 @@ def _doctor_tracking(problems: list[str]) -> None:
 
 def _doctor_checkpoint(problems: list[str]) -> None:
     """The shipped demo checkpoint every render falls back to."""
-    from flamediff.server.checkpoints import SHIPPED_DIR, describe
+    from flamediff.assets import DEMO_CHECKPOINT, DEMO_NAME
+    from flamediff.server.checkpoints import describe
 
-    folder = os.path.join(SHIPPED_DIR, "demo")
-    info = describe(folder, "demo", "shipped")
+    folder = DEMO_CHECKPOINT
+    info = describe(folder, DEMO_NAME, "shipped")
     if info is None:
         problems.append(f"the shipped checkpoint {folder} is missing or damaged (config.json, model.safetensors): "
                         "restore the folder from the repository (git checkout backend/checkpoints), or reinstall")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flamediff.assets import DEMO_CHECKPOINT
 from flamediff.errors import FlamediffError
 from flamediff.formats.animation import AnimationClip, make_clip, save_animation
 from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
@@ -119,7 +120,6 @@ def _contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 # The whole product: Blender rig -> export -> backend server -> frames on the timeline
 
-DEMO_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "demo")
 BLENDER_SCRIPT = """
 import json, sys
 import bpy

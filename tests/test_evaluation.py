@@ -339,7 +339,7 @@ def test_cli_runs_and_writes_json(tiny_setup, tmp_path, capsys):
     assert result["self"]["method"]["aed"] is not None
 
 
-def test_cli_without_checkpoint_says_none_is_shipped(tmp_path, monkeypatch):
+def test_cli_without_checkpoint_says_the_shipped_one_is_missing(tmp_path, monkeypatch):
     from flamediff.evaluation import evaluate as E
     from flamediff.evaluation.cli import register_cli
 
@@ -347,5 +347,5 @@ def test_cli_without_checkpoint_says_none_is_shipped(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "--data", str(tmp_path)])
-    with pytest.raises(E.EvaluationError, match="no checkpoint was given.*none is shipped yet"):
+    with pytest.raises(E.EvaluationError, match="no checkpoint was given.*the shipped one .* is missing"):
         args.func(args)

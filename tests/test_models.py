@@ -112,6 +112,27 @@ def test_save_load_gives_identical_outputs(tiny, tmp_path):
                                _predict(tiny, reference, latents, t, features, keep), rtol=0, atol=0)
 
 
+def test_a_save_that_fails_midway_leaves_the_files_it_replaces_whole(tiny, tmp_path, monkeypatch):
+    """save_pretrained renames each file into place: a failure while writing the config keeps the
+    old config.json, readable, and leaves no temporary file under a checkpoint's name."""
+    import flamediff.models.flamediff_model as module
+
+    folder = tmp_path / "ckpt"
+    tiny.save_pretrained(str(folder))
+    before = (folder / "config.json").read_text()
+
+    def full_disk(payload, handle, **kwargs):
+        handle.write("{\"_class_name\": ")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module.json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        tiny.save_pretrained(str(folder))
+    assert (folder / "config.json").read_text() == before
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["config.json",
+                                                                                    "model.safetensors"]
+
+
 def test_checkpoint_for_another_flame_asset_is_refused(tmp_path, head_asset):
     config = FlameDiffConfig.preset_named("tiny", flame_asset={"name": "FLAME2023", "hash": "a" * 64})
     FlameDiffModel(config).save_pretrained(str(tmp_path))

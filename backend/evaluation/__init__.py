@@ -1,4 +1,4 @@
-"""Evaluation of flamediff checkpoints (issue #7): ``flamediff eval`` and ``flamediff results``.
+"""Evaluation of flamediff checkpoints: ``flamediff eval`` and ``flamediff results``.
 
 - :mod:`flamediff.evaluation.metrics`: PSNR, SSIM, L1 over a head mask; LPIPS-style and CSIM
   hooks for user-supplied network files; the AED/APD estimator interface and the procedural

@@ -27,9 +27,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     checkpoint = args.checkpoint or default_checkpoint()
     if checkpoint is None:
-        raise EvaluationError("no checkpoint was given (--checkpoint DIR) and none is shipped yet "
-                              "(backend/checkpoints/demo does not exist; see issue #7); train one with "
-                              "'flamediff train --config FILE' and pass its folder")
+        from flamediff.assets import DEMO_CHECKPOINT
+
+        raise EvaluationError(f"no checkpoint was given (--checkpoint DIR) and the shipped one ({DEMO_CHECKPOINT}) "
+                              "is missing: restore it (git checkout backend/checkpoints) or reinstall flamediff, "
+                              "or pass a checkpoint folder with --checkpoint")
     asset = load_asset(args.flame_asset)
     estimator = None
     if args.regressor_steps > 0:

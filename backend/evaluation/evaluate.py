@@ -65,9 +65,10 @@ MaskFunction = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
 
 
 def default_checkpoint() -> str | None:
-    """The shipped demo checkpoint's folder (None when it is not there)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "demo")
-    return path if os.path.isdir(path) else None
+    """The shipped demo checkpoint's folder (None when it is not there: a damaged install)."""
+    from flamediff.assets import DEMO_CHECKPOINT
+
+    return DEMO_CHECKPOINT if os.path.isdir(DEMO_CHECKPOINT) else None
 
 
 def _mean(values: list[float]) -> float | None:

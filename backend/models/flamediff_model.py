@@ -232,7 +232,10 @@ class FlameDiffModel(nn.Module):
     # -- save / load ----------------------------------------------------------------------------
 
     def save_pretrained(self, folder: str, extra: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (atomically renamed into place)."""
+        """Write ``model.safetensors``, then ``config.json``, each under a temporary name renamed
+        into place: a crash or a full disk leaves each file whole (old or new), never half
+        written. The two renames are separate, so a reader between them sees the new weights
+        with the old config."""
         os.makedirs(folder, exist_ok=True)
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
         tmp = os.path.join(folder, f".{WEIGHTS_NAME}.tmp")
@@ -242,8 +245,10 @@ class FlameDiffModel(nn.Module):
                    **self.config.to_dict(), **({"_extra": extra} if extra else {})}
         if self.gaussian_field is not None:
             payload["_gaussian_field"] = self.gaussian_field.config()
-        with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as handle:
+        tmp = os.path.join(folder, f".{CONFIG_NAME}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)
+        os.replace(tmp, os.path.join(folder, CONFIG_NAME))
 
     @classmethod
     def from_pretrained(cls, path: str, asset: FlameAsset | None = None, device: str | torch.device = "cpu",

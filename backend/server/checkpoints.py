@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from flamediff.assets import DEMO_NAME, SHIPPED_DIR
 from flamediff.server.inputs import InputError
 from flamediff.server.security import AllowedRoots
 
@@ -20,10 +21,6 @@ from flamediff.server.security import AllowedRoots
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-#: Checkpoints shipped with the package (e.g. ``backend/checkpoints/demo``), listed when present.
-SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
-#: Preferred default when a request names no checkpoint.
-DEFAULT_NAME = "demo"
 
 
 @dataclass
@@ -120,7 +117,7 @@ class CheckpointRegistry:
                 raise InputError("no checkpoint is available for this FLAME asset",
                                  f"train one ('flamediff train') into {self.models_dir}, or name a checkpoint "
                                  "folder in settings.checkpoint", 422)
-            named = [info for info in usable if info.name == DEFAULT_NAME]
+            named = [info for info in usable if info.name == DEMO_NAME]  # the preferred default when a request names none
             return (named or usable)[0]
         for info in available:
             if info.name == name:

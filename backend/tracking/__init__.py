@@ -1,4 +1,4 @@
-"""From a photo or a video to the FLAME rig (issue 17): MediaPipe face-mesh landmarks
+"""From a photo or a video to the FLAME rig: MediaPipe face-mesh landmarks
 (``landmarks.py``), their link to the asset's landmark embedding (``embedding.py``), a FLAME fit
 by optimisation (``fit.py``) and the ``flamediff track`` command (``cli.py``). Backend only
 (torch); MediaPipe is the optional extra ``flamediff[tracking]``."""

@@ -1,4 +1,4 @@
-"""The procedural training dataset (issue 7): the procedural head rendered with per-identity
+"""The procedural training dataset: the procedural head rendered with per-identity
 appearance, in the paper's two domains, by flamediff's own rasteriser (``flamediff.geometry.rasterizer``).
 
 Per identity (all drawn from ``numpy.random.default_rng([seed, identity])``):
