@@ -312,7 +312,7 @@ def build_service(jobs_dir: str, models_dir: str, device: str = "cpu", flame_ass
     ``render_in="process"`` renders in a child process (what ``serve`` uses, see
     :mod:`flamediff.server.render_process`); ``"thread"`` renders in the worker thread (tests).
     """
-    from flamediff.server.checkpoints import SHIPPED_DIR
+    from flamediff.assets import SHIPPED_DIR
     from flamediff.server.render_process import ChildProcessRenderer
 
     store = JobStore(jobs_dir)
