@@ -51,12 +51,12 @@ def test_doctor_names_a_missing_tracking_extra_and_checkpoint_with_their_fixes(c
     """Not "all good" when Match Photo could not track or a render had no shipped checkpoint."""
     import importlib.util
 
-    import flamediff.server.checkpoints
+    import flamediff.assets
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "mediapipe" else
                         find_spec(name, *rest))
-    monkeypatch.setattr(flamediff.server.checkpoints, "SHIPPED_DIR", str(tmp_path))
+    monkeypatch.setattr(flamediff.assets, "DEMO_CHECKPOINT", str(tmp_path / "demo"))
     assert main(["doctor", "--port", "0"]) == 1
     out = capsys.readouterr().out
     assert "all good" not in out
