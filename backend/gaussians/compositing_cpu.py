@@ -100,6 +100,7 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
         wsum = np.zeros((y1 - y0, x1 - x0), params.dtype)
         acc = np.zeros((y1 - y0, x1 - x0, d), params.dtype)
         stop = np.full((y1 - y0, x1 - x0), end, np.int64)
+        row_alive = np.full(y1 - y0, x1 - x0, np.int64)
         alive = (y1 - y0) * (x1 - x0)
         for j in range(start, end):
             g = gids[j]
@@ -107,6 +108,8 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
             first_x, last_x = _pixel_span(params[g, 0], reach[g, 0], x0, x1)
             first_y, last_y = _pixel_span(params[g, 1], reach[g, 1], y0, y1)
             for py in range(first_y, last_y):
+                if row_alive[py - y0] == 0:
+                    continue  # every pixel of this row has stopped
                 cy = centres_y[py]
                 for px in range(first_x, last_x):
                     qy, qx = py - y0, px - x0
@@ -121,6 +124,7 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
                     t_next = trans[qy, qx] * (one - a)
                     if t_next <= t_min:
                         stop[qy, qx] = j
+                        row_alive[qy] -= 1
                         alive -= 1
                         continue
                     w = a * trans[qy, qx]
@@ -161,10 +165,14 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
         x0, y0 = (local % tw) * ts, (local // tw) * ts
         x1, y1 = min(x0 + ts, width), min(y0 + ts, height)
         trans = final_trans[frame, y0:y1, x0:x1].copy()
+        stop = stops[frame, y0:y1, x0:x1].copy()
+        row_last = np.empty(y1 - y0, np.int64)  # per row: past the last Gaussian any pixel used
+        for qy in range(y1 - y0):
+            row_last[qy] = stop[qy].max()
         suffix = np.zeros((y1 - y0, x1 - x0), params.dtype)
         g_params = np.zeros(6, params.dtype)
         g_feats = np.zeros(d, params.dtype)
-        for j in range(start + counts[tile] - 1, start - 1, -1):
+        for j in range(row_last.max() - 1, start - 1, -1):
             g = gids[j]
             fi = g % n_feat
             first_x, last_x = _pixel_span(params[g, 0], reach[g, 0], x0, x1)
@@ -173,9 +181,11 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
             g_feats[:] = 0
             touched = False
             for py in range(first_y, last_y):
+                if j >= row_last[py - y0]:
+                    continue  # every pixel of this row stopped before Gaussian j
                 cy = centres_y[py]
                 for px in range(first_x, last_x):
-                    if j >= stops[frame, py, px]:
+                    if j >= stop[py - y0, px - x0]:
                         continue
                     la, dx, dy = _log_alpha(params, g, centres_x[px], cy, half)
                     if la < la_skip:
@@ -266,6 +276,22 @@ def _constants(dtype: np.dtype, limits: tuple[float, float, float, float]) -> np
     return np.array([*limits, 1.0, 0.5, math.log(limits[2]) - 1e-3], dtype=dtype)
 
 
+def _tight_reach(params: np.ndarray, box: np.ndarray, la_skip: float) -> np.ndarray:
+    """Each Gaussian's half-extent in pixels [G, 2] (float64): the bounding box of its ellipse
+    ``log o - sigma >= la_skip`` (half-widths ``sqrt(2 r C / det)``, ``sqrt(2 r A / det)`` with
+    ``r = log o - la_skip``), capped by ``box``.  ``r`` gets 0.01 and the extent 1e-3 px of
+    margin, far above the float rounding of sigma, so no pixel the kernels would composite
+    falls outside; the bound only saves visits to pixels they would skip."""
+    p = params.astype(np.float64)
+    a, b, c, log_o = p[:, 2], p[:, 3], p[:, 4], p[:, 5]
+    r = np.maximum(log_o - la_skip + 0.01, 0.0)
+    det = a * c - b * b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ext = np.sqrt(2.0 * r[:, None] * np.stack([c, a], -1) / det[:, None]) + 1e-3
+    ext = np.where(np.isfinite(ext) & (det[:, None] > 0), ext, np.inf)
+    return np.minimum(ext, box.astype(np.float64))
+
+
 def _pixel_centres(n_tiles: int, tile_size: int, dtype: np.dtype) -> np.ndarray:
     """Pixel-centre coordinates along one axis, rounded as the torch path forms them
     (tile origin + (index in tile + 0.5), in ``dtype``)."""
@@ -295,7 +321,8 @@ class _Composite(torch.autograd.Function):
         gids, counts, offsets = (t.contiguous().numpy() for t in isect)
         centres = (_pixel_centres(tw, ts, p.dtype), _pixel_centres(th, ts, p.dtype))
         inputs = (p, f, gids, offsets, counts, _constants(p.dtype, limits),
-                  np.array(grid[:5], dtype=np.int64), *centres, reach.detach().contiguous().numpy())
+                  np.array(grid[:5], dtype=np.int64), *centres,
+                  _tight_reach(p, reach.detach().numpy(), float(_constants(p.dtype, limits)[6])))
         image = np.zeros((n_frames, height, width, f.shape[1]), dtype=p.dtype)
         alpha = np.zeros((n_frames, height, width), dtype=p.dtype)
         final_trans = np.empty((n_frames, height, width), dtype=p.dtype)
