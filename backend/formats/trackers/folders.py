@@ -15,7 +15,7 @@ from ..animation import ReadLimits
 from .files import price_files, read_file_arrays
 from .limits import TRACKER_LIMITS, TrackerFormatError, current_budget, member_path, read_budget
 from .mapping import TrackerImport, TrackerReport, finish, frame_number, import_arrays, map_tool
-from .tools import SUPPORTED, TOOLS, TRACKERS
+from .tools import SUPPORTED, tool_by_id
 
 _EXTENSIONS = (".npz", ".npy", ".pkl", ".pickle", ".pth", ".pt", ".frame", ".tar", ".txt")
 _EMOCA_CODES = ("shape.npy", "exp.npy", "pose.npy", "tex.npy", "detail.npy")
@@ -162,10 +162,10 @@ def _read_vhap_export(root: str, fps: float | None, camera_index: int | None) ->
         raise TrackerFormatError(f"the chosen view changes image size between frames ({sorted(sizes)})")
     price_files([path for _, path in per_file], f"the {len(per_file)} frames transforms.json names")
     arrays = _stack([(name, read_file_arrays(path)) for name, path in per_file])
-    tool = next(t for t in TRACKERS if t.id == "gaussian-avatars")
-    report = TrackerReport(TOOLS["vhap-export"][0], TOOLS["vhap-export"][1],
+    tool, export = tool_by_id("gaussian-avatars"), tool_by_id("vhap-export")
+    report = TrackerReport(export.name, export.flame_version,
                            f"transforms.json + {len(per_file)} per-frame files")
-    fields = map_tool(tool, arrays, report)
+    fields = map_tool(tool, tool.signatures[0], arrays, report)
     fields.update(K=np.asarray(K, np.float64), R=np.stack(R), t=np.stack(t), image_size=sizes.pop(),
                   frame=np.asarray(numbers, np.int64))
     report.mapped.append("transforms.json transform_matrix (OpenGL camera-to-world), fl_x, fl_y, cx, h - cy -> camera")
@@ -221,7 +221,7 @@ def _read_folder(folder: str, fps: float | None, camera_index: int | None, face:
         result.report.notes.append("INSTA's folders hold expression only: pose, jaw, eyes and shape stay at rest")
         return result
     result = _read_frames(folder, names, read_file_arrays, fps, f"{len(names)} per-frame {extensions[0]} files")
-    if os.path.basename(folder) == "flame_param" and result.report.tool == TOOLS["gaussian-avatars"][0]:
+    if os.path.basename(folder) == "flame_param" and result.report.tool == tool_by_id("gaussian-avatars").name:
         result = _relabel(result, "vhap-export")
         result.report.notes.append("no transforms.json beside the folder: no camera")
     return result
@@ -229,9 +229,9 @@ def _read_folder(folder: str, fps: float | None, camera_index: int | None, face:
 
 def _relabel(result: TrackerImport, tool_id: str) -> TrackerImport:
     """Name the tool a folder's layout revealed (its files' keys alone look like another tool's)."""
-    name, version = TOOLS[tool_id][:2]
-    result.report.tool, result.report.flame_version = name, version
-    result.clip.extra.update(source_tool=name, flame_version=version)
+    tool = tool_by_id(tool_id)
+    result.report.tool, result.report.flame_version = tool.name, tool.flame_version
+    result.clip.extra.update(source_tool=tool.name, flame_version=tool.flame_version)
     return result
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..animation import POSE_FIELDS, AnimationClip, AnimationFormatError, AnimationWarning, clip_from_arrays
 from ..rotations import RotationError, matrix_to_axis_angle
 from .limits import TrackerFormatError
-from .tools import SUPPORTED, TOOLS, TRACKERS, Mapper, Tool, shape_text
+from .tools import SUPPORTED, Mapper, Signature, Tool, recognise, shape_text
 
 #: Distance of the pinhole camera that stands in for a weak-perspective (orthographic) camera: a
 #: portrait distance (the default camera's), with the focal length that keeps the framing of the
@@ -109,18 +109,20 @@ def _vhap_monocular_camera(arrays: dict[str, Any], frames: int) -> dict[str, Any
             "t": np.repeat((flip @ [0.0, 0.0, -1.0])[None], frames, 0), "image_size": (width, height)}
 
 
-def map_tool(tool: Tool, arrays: dict[str, Any], report: TrackerReport) -> dict[str, Any]:
-    """Clip fields (and camera) from one recognised dict; fills the report's mapped/dropped."""
+def map_tool(tool: Tool, signature: Signature, arrays: dict[str, Any], report: TrackerReport) -> dict[str, Any]:
+    """Clip fields (and camera) from one dict that matched ``tool``'s ``signature``; fills the
+    report's mapped/dropped."""
     try:
-        return _map_tool_arrays(tool, arrays, report)
+        return _map_tool_arrays(tool, signature, arrays, report)
     except RotationError as exc:  # a file's rotations are the tracker file's fault
         raise TrackerFormatError(str(exc)) from None
 
 
-def _map_tool_arrays(tool: Tool, arrays: dict[str, Any], report: TrackerReport) -> dict[str, Any]:
-    frames = _frame_count(arrays, tool.frame_keys)
+def _map_tool_arrays(tool: Tool, signature: Signature, arrays: dict[str, Any],
+                     report: TrackerReport) -> dict[str, Any]:
+    frames = _frame_count(arrays, signature.frame_keys)
     mapper = Mapper(arrays, frames)
-    tool.mapper(mapper)
+    signature.mapper(mapper)
     fields: dict[str, Any] = dict(mapper.values)
     cam = mapper.get("cam", (3,)) if tool.camera == "weak" else None
     if cam is not None:
@@ -170,14 +172,6 @@ def _map_tool_arrays(tool: Tool, arrays: dict[str, Any], report: TrackerReport) 
     return fields
 
 
-def _recognise(arrays: dict[str, Any]) -> Tool | None:
-    keys = set(arrays)
-    for tool in TRACKERS:
-        if tool.recognise(keys, arrays):
-            return tool
-    return None
-
-
 def _describe(arrays: dict[str, Any]) -> str:
     items = [f"{key} {shape_text(value)}" for key, value in list(arrays.items())[:12]]
     more = f" and {len(arrays) - 12} more" if len(arrays) > 12 else ""
@@ -221,13 +215,13 @@ def _generic(source: str, arrays: dict[str, Any], layout: str) -> TrackerImport:
 
 
 def import_arrays(source: str, arrays: dict[str, Any], layout: str, fps: float | None) -> TrackerImport:
-    tool = _recognise(arrays)
-    if tool is None:
+    recognised = recognise(arrays)
+    if recognised is None:
         return _generic(source, arrays, layout)
-    name, version = TOOLS[tool.id][:2]
-    report = TrackerReport(name, version, layout)
-    fields = map_tool(tool, arrays, report)
-    frames = _frame_count(arrays, tool.frame_keys)
+    tool, signature = recognised
+    report = TrackerReport(tool.name, tool.flame_version, layout)
+    fields = map_tool(tool, signature, arrays, report)
+    frames = _frame_count(arrays, signature.frame_keys)
     return finish(fields, frames, report, fps, tool.fps)
 
 

@@ -6,48 +6,13 @@ Layouts were learnt from each tool's writer code; docs/TRACKERS.md tabulates the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..animation import MAX_EXPRESSION, MAX_SHAPE, POSE_FIELDS
 from ..rotations import matrix_to_axis_angle, rotation_6d_to_matrix
 from .limits import TrackerFormatError
-
-#: tool id -> (name, FLAME version its files imply, layout, what is imported, what is dropped)
-TOOLS: dict[str, tuple[str, str | None, str, str, str]] = {
-    "vhap": ("VHAP tracker", "FLAME 2023", "tracked_flame_params_<epoch>.npz",
-             "rotation, translation, neck, jaw, eyes_pose, shape, expr; timestep_id as frame numbers; "
-             "focal_length + image_size as the monocular camera",
-             "static_offset, dynamic_offset, tex, tex_extra, lights"),
-    "vhap-export": ("VHAP export (GaussianAvatars / NeRSemble layout)", "FLAME 2023",
-                    "transforms.json + flame_param/00000.npz ...",
-                    "as VHAP, one file per timestep; the camera of one view from transforms.json",
-                    "static_offset, dynamic_offset, the other views, images and masks"),
-    "gaussian-avatars": ("GaussianAvatars", "FLAME 2023", "flame_param.npz (beside point_cloud.ply)",
-                         "rotation, translation, neck, jaw, eyes_pose, shape, expr",
-                         "static_offset, dynamic_offset"),
-    "smirk": ("SMIRK", "FLAME 2020", "the encoder's output dict (.npz / .pkl / .pth, one or per frame)",
-              "pose_params, jaw_params, expression_params, shape_params, eye/neck_pose_params; cam as camera",
-              "eyelid_params"),
-    "deca": ("DECA / SPECTRE codedict", "FLAME 2020", "codedict (.npz / .pkl / .pth)",
-             "shape, exp, pose (global + jaw); cam as camera", "tex, light, detail, images"),
-    "emoca": ("EMOCA codedict", "FLAME 2020", "codedict (.npz / .pkl / .pth)",
-              "shapecode, expcode, posecode (global + jaw); cam as camera", "texcode, lightcode, detailcode"),
-    "emoca-codes": ("EMOCA --save_codes", "FLAME 2020", "<frame>/shape.npy, exp.npy, pose.npy ...",
-                    "shape, exp, pose (global + jaw)", "tex, detail (no camera is saved)"),
-    "metrical-tracker": ("metrical-tracker / FlashAvatar", "FLAME 2020", "checkpoint/00000.frame ... (torch)",
-                         "flame exp, shape, jaw (6D), eyes (6D); the opencv camera (K, R, t, img_size)",
-                         "tex, sh, eyelids, the pytorch3d camera (same camera)"),
-    "insta": ("INSTA", "FLAME 2020", "flame/exp/00000.txt ...", "expression only (the files hold nothing else)",
-              "-"),
-    "emote": ("EMOTE", "FLAME 2020", "flame_<name>.pkl", "shape, expression, jaw_pose, global_pose (25 fps)", "-"),
-    "smplx": ("smplx FLAME layer keywords", None, "betas, expression, global_orient, neck_pose, jaw_pose, "
-              "leye_pose, reye_pose, transl", "all", "-"),
-    "flame": ("FLAME native (TF_FLAME, chumpy model)", None, "pose [15], betas [400] (300 shape + 100 expression), "
-              "trans", "all", "-"),
-}
-SUPPORTED = ", ".join(dict.fromkeys(name for name, *_ in TOOLS.values()))
 
 
 def shape_text(value: Any) -> str:
@@ -178,15 +143,37 @@ def _map_emote(m: Mapper) -> None:
 
 
 @dataclass(frozen=True)
+class Signature:
+    """One kind of dict a tool writes: how it is told from its keys (and shapes), which arrays
+    count its frames and how it maps. Signatures are tried in ``rank`` order across all tools
+    because the tools' keys overlap: DECA's ``pose`` + ``exp`` is FLAME's own layout when ``pose``
+    is 15 wide, VHAP's keys are GaussianAvatars' plus a timestep."""
+
+    rank: int
+    matches: Callable[[set[str], dict[str, Any]], bool]
+    #: the per-frame arrays that count the frames (the first one present)
+    frame_keys: tuple[str, ...]
+    mapper: Callable[[Mapper], None]
+
+
+@dataclass(frozen=True)
 class Tool:
-    """How to recognise one tool's dict and map it."""
+    """One tracker: its name and FLAME version in reports, its layout as docs/TRACKERS.md
+    tabulates it, and how its dicts are recognised and mapped."""
 
     id: str
-    recognise: Callable[[set[str], dict[str, Any]], bool]
-    mapper: Callable[[Mapper], None]
-    frame_keys: tuple[str, ...]
-    dropped_why: dict[str, str] = field(default_factory=dict)
-    camera: str | None = None  # "weak", "metrical", "vhap"
+    name: str
+    #: the FLAME version its files imply (None: the files name no tool, so no version)
+    flame_version: str | None
+    layout: str
+    imported: str
+    dropped: str
+    #: none: the tool is told from its folder's layout; its files map as the tool their keys match
+    signatures: tuple[Signature, ...] = ()
+    #: array key (or its first dotted part) -> why it is dropped, for the report
+    dropped_why: Mapping[str, str] = field(default_factory=dict)
+    camera: str | None = None  # "weak", "metrical", "vhap": which camera the mapping reads
+    #: the rate the tool animates at, when it has one (EMOTE)
     fps: float | None = None
 
 
@@ -194,34 +181,116 @@ _OFFSETS = "per-vertex offsets: no rig equivalent"
 _STATIC = "per-vertex identity offsets: not in the animation file; the add-on adds them as an optional shape key"
 _DECA_DROPPED = {"tex": "albedo", "texcode": "albedo", "light": "lighting", "lightcode": "lighting",
                  "detail": "displacement detail", "detailcode": "displacement detail", "images": "input crops"}
-TRACKERS: tuple[Tool, ...] = (
-    Tool("metrical-tracker", lambda k, a: "flame.exp" in k, _map_metrical, ("flame.exp", "flame.jaw"),
-          {"flame.tex": "albedo", "flame.sh": "lighting", "flame.eyelids": "metrical-tracker's eyelid blendshapes "
-           "(not FLAME)", "camera.R": "pytorch3d copy of the opencv camera", "camera.t": "pytorch3d copy of the opencv "
-           "camera", "camera.fl": "pytorch3d copy of the opencv camera", "camera.pp": "pytorch3d copy of the opencv "
-           "camera", "global_step": "optimiser state", "mesh": "mesh"}, camera="metrical"),
-    Tool("vhap", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k
-          and bool(k & {"timestep_id", "n_processed_frames"}),
-          _map_vhap, ("expr", "rotation"),
-          {"static_offset": _STATIC, "dynamic_offset": _OFFSETS, "tex": "albedo", "tex_extra": "albedo",
-           "lights": "lighting", "n_processed_frames": "tracker state",
-           "image_size": "tracker state (without focal_length: a calibrated capture's cameras are in its dataset)"},
-          camera="vhap"),
-    Tool("gaussian-avatars", lambda k, a: {"rotation", "eyes_pose", "expr"} <= k, _map_vhap, ("expr", "rotation"),
-          {"static_offset": _STATIC, "dynamic_offset": _OFFSETS}),
-    Tool("smirk", lambda k, a: bool(k & {"expression_params", "jaw_params", "eyelid_params", "pose_params"}),
-          _map_smirk, ("expression_params", "jaw_params", "pose_params"),
-          {"eyelid_params": "SMIRK's eyelid blendshapes (not FLAME)"}, camera="weak"),
-    Tool("emoca", lambda k, a: bool(k & {"expcode", "posecode", "shapecode"}),
-          lambda m: _map_deca(m, {"shape": "shapecode", "exp": "expcode", "pose": "posecode"}),
-          ("expcode", "posecode"), _DECA_DROPPED, camera="weak"),
-    Tool("emote", lambda k, a: {"expression", "jaw_pose", "global_pose"} <= k and k <= {"expression", "jaw_pose",
-          "global_pose", "shape"}, _map_emote, ("expression", "jaw_pose"), fps=25.0),
-    Tool("flame", lambda k, a: "pose" in k and np.shape(a["pose"])[-1:] == (15,), _map_flame_native, ("pose",)),
-    Tool("deca", lambda k, a: "pose" in k and "exp" in k, lambda m: _map_deca(m, {"shape": "shape", "exp": "exp",
-          "pose": "pose"}), ("exp", "pose"), _DECA_DROPPED, camera="weak"),
-    Tool("smplx", lambda k, a: bool(k & {"global_orient", "leye_pose", "reye_pose"}) or {"betas", "expression"} <= k,
-          _map_smplx, ("expression", "global_orient", "jaw_pose")),
-    Tool("flame", lambda k, a: "betas" in k and np.shape(a["betas"])[-1:] == (MAX_SHAPE + MAX_EXPRESSION,),
-          _map_flame_native, ("betas",)),
+_PYTORCH3D = "pytorch3d copy of the opencv camera"
+_VHAP_KEYS = {"rotation", "eyes_pose", "expr"}
+_EMOTE_KEYS = {"expression", "jaw_pose", "global_pose"}
+Keys = set[str]
+
+
+def _is_vhap(k: Keys, a: dict[str, Any]) -> bool:
+    return _VHAP_KEYS <= k and bool(k & {"timestep_id", "n_processed_frames"})
+
+
+def _is_smirk(k: Keys, a: dict[str, Any]) -> bool:
+    return bool(k & {"expression_params", "jaw_params", "eyelid_params", "pose_params"})
+
+
+def _is_emote(k: Keys, a: dict[str, Any]) -> bool:
+    return _EMOTE_KEYS <= k and k <= _EMOTE_KEYS | {"shape"}
+
+
+def _is_smplx(k: Keys, a: dict[str, Any]) -> bool:
+    return bool(k & {"global_orient", "leye_pose", "reye_pose"}) or {"betas", "expression"} <= k
+
+
+def _is_flame_pose(k: Keys, a: dict[str, Any]) -> bool:
+    return "pose" in k and np.shape(a["pose"])[-1:] == (15,)
+
+
+def _is_flame_betas(k: Keys, a: dict[str, Any]) -> bool:
+    return "betas" in k and np.shape(a["betas"])[-1:] == (MAX_SHAPE + MAX_EXPRESSION,)
+
+
+def _map_deca_keys(m: Mapper) -> None:
+    _map_deca(m, {"shape": "shape", "exp": "exp", "pose": "pose"})
+
+
+def _map_emoca_keys(m: Mapper) -> None:
+    _map_deca(m, {"shape": "shapecode", "exp": "expcode", "pose": "posecode"})
+
+
+#: Every tool flamediff reads, in the order reports and docs/TRACKERS.md list them; a signature's
+#: rank is its place in recognition (0 first).
+TOOLS: tuple[Tool, ...] = (
+    Tool("vhap", "VHAP tracker", "FLAME 2023", "tracked_flame_params_<epoch>.npz",
+         "rotation, translation, neck, jaw, eyes_pose, shape, expr; timestep_id as frame numbers; "
+         "focal_length + image_size as the monocular camera",
+         "static_offset, dynamic_offset, tex, tex_extra, lights",
+         signatures=(Signature(1, _is_vhap, ("expr", "rotation"), _map_vhap),),
+         dropped_why={"static_offset": _STATIC, "dynamic_offset": _OFFSETS, "tex": "albedo", "tex_extra": "albedo",
+                      "lights": "lighting", "n_processed_frames": "tracker state",
+                      "image_size": "tracker state (without focal_length: a calibrated capture's cameras are in "
+                                    "its dataset)"},
+         camera="vhap"),
+    Tool("vhap-export", "VHAP export (GaussianAvatars / NeRSemble layout)", "FLAME 2023",
+         "transforms.json + flame_param/00000.npz ...",
+         "as VHAP, one file per timestep; the camera of one view from transforms.json",
+         "static_offset, dynamic_offset, the other views, images and masks"),
+    Tool("gaussian-avatars", "GaussianAvatars", "FLAME 2023", "flame_param.npz (beside point_cloud.ply)",
+         "rotation, translation, neck, jaw, eyes_pose, shape, expr", "static_offset, dynamic_offset",
+         signatures=(Signature(2, lambda k, a: _VHAP_KEYS <= k, ("expr", "rotation"), _map_vhap),),
+         dropped_why={"static_offset": _STATIC, "dynamic_offset": _OFFSETS}),
+    Tool("smirk", "SMIRK", "FLAME 2020", "the encoder's output dict (.npz / .pkl / .pth, one or per frame)",
+         "pose_params, jaw_params, expression_params, shape_params, eye/neck_pose_params; cam as camera",
+         "eyelid_params",
+         signatures=(Signature(3, _is_smirk, ("expression_params", "jaw_params", "pose_params"), _map_smirk),),
+         dropped_why={"eyelid_params": "SMIRK's eyelid blendshapes (not FLAME)"}, camera="weak"),
+    Tool("deca", "DECA / SPECTRE codedict", "FLAME 2020", "codedict (.npz / .pkl / .pth)",
+         "shape, exp, pose (global + jaw); cam as camera", "tex, light, detail, images",
+         signatures=(Signature(7, lambda k, a: "pose" in k and "exp" in k, ("exp", "pose"), _map_deca_keys),),
+         dropped_why=_DECA_DROPPED, camera="weak"),
+    Tool("emoca", "EMOCA codedict", "FLAME 2020", "codedict (.npz / .pkl / .pth)",
+         "shapecode, expcode, posecode (global + jaw); cam as camera", "texcode, lightcode, detailcode",
+         signatures=(Signature(4, lambda k, a: bool(k & {"expcode", "posecode", "shapecode"}),
+                               ("expcode", "posecode"), _map_emoca_keys),),
+         dropped_why=_DECA_DROPPED, camera="weak"),
+    Tool("emoca-codes", "EMOCA --save_codes", "FLAME 2020", "<frame>/shape.npy, exp.npy, pose.npy ...",
+         "shape, exp, pose (global + jaw)", "tex, detail (no camera is saved)"),
+    Tool("metrical-tracker", "metrical-tracker / FlashAvatar", "FLAME 2020", "checkpoint/00000.frame ... (torch)",
+         "flame exp, shape, jaw (6D), eyes (6D); the opencv camera (K, R, t, img_size)",
+         "tex, sh, eyelids, the pytorch3d camera (same camera)",
+         signatures=(Signature(0, lambda k, a: "flame.exp" in k, ("flame.exp", "flame.jaw"), _map_metrical),),
+         dropped_why={"flame.tex": "albedo", "flame.sh": "lighting",
+                      "flame.eyelids": "metrical-tracker's eyelid blendshapes (not FLAME)",
+                      "camera.R": _PYTORCH3D, "camera.t": _PYTORCH3D, "camera.fl": _PYTORCH3D, "camera.pp": _PYTORCH3D,
+                      "global_step": "optimiser state", "mesh": "mesh"},
+         camera="metrical"),
+    Tool("insta", "INSTA", "FLAME 2020", "flame/exp/00000.txt ...", "expression only (the files hold nothing else)",
+         "-"),
+    Tool("emote", "EMOTE", "FLAME 2020", "flame_<name>.pkl", "shape, expression, jaw_pose, global_pose (25 fps)", "-",
+         signatures=(Signature(5, _is_emote, ("expression", "jaw_pose"), _map_emote),), fps=25.0),
+    Tool("smplx", "smplx FLAME layer keywords", None, "betas, expression, global_orient, neck_pose, jaw_pose, "
+         "leye_pose, reye_pose, transl", "all", "-",
+         signatures=(Signature(8, _is_smplx, ("expression", "global_orient", "jaw_pose"), _map_smplx),)),
+    Tool("flame", "FLAME native (TF_FLAME, chumpy model)", None,
+         "pose [15], betas [400] (300 shape + 100 expression), trans", "all", "-",
+         signatures=(Signature(6, _is_flame_pose, ("pose",), _map_flame_native),
+                     Signature(9, _is_flame_betas, ("betas",), _map_flame_native))),
 )
+SUPPORTED = ", ".join(dict.fromkeys(tool.name for tool in TOOLS))
+_BY_ID = {tool.id: tool for tool in TOOLS}
+_BY_RANK = sorted(((signature, tool) for tool in TOOLS for signature in tool.signatures), key=lambda p: p[0].rank)
+
+
+def tool_by_id(tool_id: str) -> Tool:
+    """The registered tool ``tool_id`` (a folder layout names it)."""
+    return _BY_ID[tool_id]
+
+
+def recognise(arrays: dict[str, Any]) -> tuple[Tool, Signature] | None:
+    """The tool whose signature ``arrays`` matches first in rank order, and that signature."""
+    keys = set(arrays)
+    for signature, tool in _BY_RANK:
+        if signature.matches(keys, arrays):
+            return tool, signature
+    return None
