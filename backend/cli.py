@@ -201,17 +201,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """A tracker's files (or a flamediff file) -> one flamediff animation file, saying what was
     mapped, what was dropped and why."""
     from flamediff.formats.animation import save_animation
-    from flamediff.formats.trackers import fps_in_file, load_any, with_default_camera
+    from flamediff.formats.trackers import fps_in_file, read_animation_input
 
     if not args.output.endswith(".npz"):
         raise FlamediffError(f"the output {args.output} must end in .npz (flamediff's animation format)")
-    result = load_any(args.input, fps=args.fps, camera_index=args.camera_index)
+    result = read_animation_input(args.input, fps=args.fps, camera_index=args.camera_index,
+                                  default_camera=args.default_camera)
     clip = result.clip
     for line in result.report.lines():
         print(line)
-    if args.default_camera and not clip.has_camera:
-        clip = with_default_camera(clip)
-        print("camera: added flamediff's default portrait camera (--default-camera)")
     save_animation(args.output, clip)
     timing = (f"{clip.fps:g} fps" if fps_in_file(clip) else
               "no frame rate (recorded as such: Blender keys one file frame per scene frame; pass --fps to set one)")
@@ -227,23 +225,16 @@ def _render_reads_trackers(render: Callable[[argparse.Namespace], int]) -> Calla
         import tempfile
 
         from flamediff.formats.animation import save_animation
-        from flamediff.formats.trackers import DEFAULT_CAMERA, OWN_FILE, load_any, with_default_camera
+        from flamediff.formats.trackers import OWN_FILE, read_animation_input
 
-        result = load_any(args.animation)
-        if result.report.tool == OWN_FILE and result.clip.has_camera:
+        result = read_animation_input(args.animation)
+        if result.report.tool == OWN_FILE and not result.default_camera:
             return render(args)
-        clip = result.clip
-        if result.report.tool != OWN_FILE:
-            for line in result.report.lines():
-                print(f"flamediff render: {line}")
-        if not clip.has_camera:
-            clip = with_default_camera(clip)
-            print(f"flamediff render: no camera in the animation: using the default portrait camera (at "
-                  f"{DEFAULT_CAMERA['eye']} m looking at the face, {DEFAULT_CAMERA['fov_y_degrees']:g} degrees "
-                  "vertical field of view); give a camera with the add-on's export or a tracker that has one")
+        for line in result.report.lines():
+            print(f"flamediff render: {line}")
         with tempfile.TemporaryDirectory(prefix="flamediff-render-") as folder:
             path = os.path.join(folder, "animation.npz")
-            save_animation(path, clip)
+            save_animation(path, result.clip)
             return render(argparse.Namespace(**{**vars(args), "animation": path}))
     return run
 

@@ -18,7 +18,7 @@ from flamediff.formats.animation import AnimationFormatError, make_clip, read_np
 from flamediff.formats.conventions import look_at_opencv, project_points
 from flamediff.formats.rotations import (RotationError, axis_angle_to_matrix, matrix_to_axis_angle,
                                         matrix_to_rotation_6d, rotation_6d_to_matrix)
-from flamediff.formats.trackers import TRACKER_LIMITS, TrackerFormatError, load_any, retime
+from flamediff.formats.trackers import TRACKER_LIMITS, TrackerFormatError, load_any, read_animation_input, retime
 
 torch = pytest.importorskip("torch")  # only to WRITE torch.save fixtures; the reader never imports it
 
@@ -570,6 +570,25 @@ def test_convert_prints_mapped_and_dropped_and_keeps_no_fps(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "evil.pkl"), str(out)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "never runs code" in error and "Traceback" not in error
+
+
+def test_read_animation_input_adds_the_default_camera_only_where_none_is(tmp_path):
+    """The one reader of convert, render and the server: a camera in the input is kept, a missing
+    one becomes the default portrait camera (and the report says so), unless asked not to."""
+    params = write_gaussian_avatars(tmp_path)
+    plain = read_animation_input(tmp_path / "flame_param.npz", default_camera=False)
+    assert not plain.clip.has_camera and not plain.default_camera and "camera: none in the file" in plain.report.lines()
+    given = read_animation_input(tmp_path / "flame_param.npz")
+    assert given.default_camera and given.clip.has_camera and given.clip.image_size == (512, 512)
+    assert given.report.camera.startswith("none in the file: added flamediff's default portrait camera")
+    assert_close(given.clip.expression, params["expr"])
+    assert_close(given.clip.R[0], look_at_opencv([0.0, 0.0, 0.65], [0.0, -0.005, 0.0])[0], 1e-12)
+    save_animation(tmp_path / "own.npz", given.clip)
+    own = read_animation_input(tmp_path / "own.npz")
+    assert not own.default_camera and own.report.camera == "K, R, t" and own.clip.image_size == (512, 512)
+    np.savez(tmp_path / "smirk.npz", **smirk_outputs())
+    tracked = read_animation_input(tmp_path / "smirk.npz")
+    assert not tracked.default_camera and tracked.clip.image_size == (224, 224)
 
 
 # ------------------------------------------------------------------ through the add-on, in bpy

@@ -348,7 +348,7 @@ def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits(),
     GaussianAvatars ... read by :mod:`flamediff.formats.trackers`, never executing pickled code)
     converted to a flamediff animation file, with notes on what was mapped, dropped and assumed;
     None when ``data`` is not one (a flamediff file goes to :func:`read_animation` as it is)."""
-    from flamediff.formats.trackers import TrackerFormatError, TrackerTooLarge, read_tracker, with_default_camera
+    from flamediff.formats.trackers import TrackerFormatError, TrackerTooLarge, read_animation_input
     from flamediff.server.tracker_archive import unpack_tracker_archive
 
     suffix, archive = _upload_suffix(data, limits.max_bytes)
@@ -362,7 +362,7 @@ def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits(),
             with open(path, "wb") as handle:
                 handle.write(data)
         try:
-            imported = read_tracker(path, whole_sequence=False, limits=limits)
+            imported = read_animation_input(path, whole_sequence=False, limits=limits)
         except TrackerTooLarge as exc:
             raise InputError(f"tracker {'folder' if suffix == '.zip' else 'file'} too large: {_without(path, exc)}",
                              "send a shorter clip, or only the tracker's parameter files (serve's "
@@ -380,9 +380,8 @@ def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits(),
         notes = [f"read as {report.tool} output ({report.num_frames} frames)"]
         if report.dropped:
             notes.append(f"dropped: {', '.join(str(d) for d in report.dropped)[:500]}")
-        if not clip.has_camera:
-            clip = with_default_camera(clip)
-            notes.append("the file has no camera: the default portrait camera was used")
+        if imported.default_camera:
+            notes.append(f"camera: {report.camera}")
         out = os.path.join(folder, "converted.npz")
         save_animation(out, clip)
         with open(out, "rb") as handle:

@@ -21,7 +21,14 @@ Layouts (learnt from each tool's writer code) are summarised in :data:`TOOLS` an
 
 from .files import read_file_arrays
 from .folders import read_tracker, transforms_views
-from .inputs import DEFAULT_CAMERA, OWN_FILE, flame_version_note, load_any, with_default_camera
+from .inputs import (
+    DEFAULT_CAMERA,
+    OWN_FILE,
+    flame_version_note,
+    load_any,
+    read_animation_input,
+    with_default_camera,
+)
 from .limits import (
     MAX_FILE_BYTES,
     MAX_MEMBER_NAME,
@@ -47,5 +54,6 @@ from .unpickler import MAX_PICKLE_OPS, MAX_PICKLE_VALUES
 __all__ = ["DEFAULT_CAMERA", "MAX_FILE_BYTES", "MAX_MEMBER_NAME", "MAX_PICKLE_OPS", "MAX_PICKLE_VALUES", "OWN_FILE",
            "SUPPORTED", "TOOLS", "TRACKER_LIMITS", "WEAK_PERSPECTIVE_DISTANCE", "WEAK_PERSPECTIVE_IMAGE", "ReadBudget",
            "TrackerFormatError", "TrackerImport", "TrackerReport", "TrackerTooLarge", "flame_version_note",
-           "fps_in_file", "frame_number", "load_any", "member_parts", "member_path", "read_budget",
-           "read_file_arrays", "read_tracker", "resample", "retime", "transforms_views", "with_default_camera"]
+           "fps_in_file", "frame_number", "load_any", "member_parts", "member_path", "read_animation_input",
+           "read_budget", "read_file_arrays", "read_tracker", "resample", "retime", "transforms_views",
+           "with_default_camera"]

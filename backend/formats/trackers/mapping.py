@@ -57,6 +57,8 @@ class TrackerImport:
     #: ``[V, 3]`` per-vertex identity offsets (VHAP, GaussianAvatars) in FLAME space: no field of the
     #: animation file holds them; the add-on can add them to the rig as a shape key.
     static_offset: np.ndarray | None = None
+    #: True when the input had no camera and :func:`read_animation_input` gave it the default one
+    default_camera: bool = False
 
 
 _FRAME_NUMBER = re.compile(r"\d+")
