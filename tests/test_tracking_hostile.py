@@ -114,6 +114,99 @@ def test_videos_past_the_frame_or_duration_cap_are_refused_from_their_container(
     assert os.listdir(tmp_path / "jobs" / "tracks") == []  # refused uploads leave nothing
 
 
+def declaring_a_million_frames(path: str) -> bytes:
+    """A 5-frame AVI (6 kB) whose headers declare 1,000,000 frames (its main header's total and its
+    stream header's length): what a client can claim without sending the frames."""
+    import struct
+
+    data = bytearray(video(path, 5, "avi"))
+    struct.pack_into("<I", data, data.index(b"avih") + 8 + 16, 1_000_000)  # dwTotalFrames
+    struct.pack_into("<I", data, data.index(b"strh") + 8 + 32, 1_000_000)  # dwLength
+    return bytes(data)
+
+
+def matroska(path: str, frames: int, seconds: float | None, side: int = 64) -> bytes:
+    """A Matroska file of ``frames`` frames (no frame count: Matroska has none) whose segment
+    declares ``seconds`` (its Duration element rewritten), or no length at all (the element
+    overwritten by a Void element of the same size, as a live recording leaves it)."""
+    import struct
+
+    import av
+
+    with av.open(path, "w", format="matroska") as output:
+        stream = output.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
+        black = av.VideoFrame.from_ndarray(np.zeros((side, side, 3), np.uint8), format="rgb24")
+        for _ in range(frames):
+            output.mux(stream.encode(black))
+        output.mux(stream.encode())
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    duration = data.index(b"\x44\x89\x88")  # Duration, an 8-byte float in milliseconds
+    if seconds is None:
+        data[duration:duration + 11] = b"\xec\x89" + bytes(9)
+    else:
+        struct.pack_into(">d", data, duration + 3, seconds * 1000)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return bytes(data)
+
+
+def test_a_video_declaring_a_million_frames_or_hours_is_refused_from_its_header(tmp_path):
+    """The 1,000,000-frame row at serve's default caps, from files small on disk: an AVI declaring
+    1,000,000 frames and a Matroska file declaring 40,000 s (no frame count) are refused from the
+    container's header before any frame is decoded or the upload is kept."""
+    pytest.importorskip("av")
+    claims = declaring_a_million_frames(str(tmp_path / "million.avi"))
+    hours = matroska(str(tmp_path / "hours.mkv"), 5, 40_000.0)
+    assert len(claims) < 10_000 and len(hours) < 10_000
+    with app_client(tmp_path) as client:
+        response = bounded_post(client, claims)
+        assert response.status_code == 413 and "1000000 frames, more than 3000" in response.json()["error"], response.text
+        response = bounded_post(client, hours)
+        assert response.status_code == 413 and "40000 s, longer than 300 s" in response.json()["error"], response.text
+    assert os.listdir(tmp_path / "jobs" / "tracks") == []
+
+
+def test_a_video_of_undeclared_length_stops_at_the_default_cap_while_decoding(tmp_path, monkeypatch):
+    """A Matroska file that declares neither frames nor length passes the header check; the
+    tracker then decodes no more than serve's default cap (+1) before it stops, keeping those
+    frames (MediaPipe replaced by a counter: the cap is what is tested)."""
+    pytest.importorskip("av")
+    from flamediff.tracking import track
+    from flamediff.tracking.media import open_footage
+
+    limits = TrackingLimits()
+    path = str(tmp_path / "live.mkv")
+    matroska(path, limits.max_frames + 100, None, side=16)
+    footage = open_footage(path, count_frames=False)
+    assert (footage.count, footage.seconds) == (0, 0.0)
+    TrackingTasks(str(tmp_path / "tracks"), limits=limits)._check_video(footage, str(tmp_path / "unused"))  # passes
+    decoded: list[int] = []
+
+    class Counter:
+        def __init__(self, video: bool) -> None:
+            pass
+
+        def detect(self, frame: np.ndarray) -> np.ndarray:
+            return np.zeros((478, 2))
+
+        def close(self) -> None:
+            pass
+
+    def counted(frames=footage.frames):
+        for frame in frames():
+            decoded.append(1)
+            yield frame
+
+    monkeypatch.setattr(track, "LandmarkDetector", Counter)
+    monkeypatch.setattr(footage, "frames", counted)
+    stop = track.StopRule(limits.max_frames, limits.time_budget_s)
+    landmarks = track.detect_footage(footage, stop=stop)
+    assert len(landmarks) == limits.max_frames == 3000 and len(decoded) == limits.max_frames + 1
+    assert stop.reason == "the video holds more than 3000 frames"
+
+
 class MeasuredPopen(subprocess.Popen):
     """A Popen that reaps its process with ``wait4``, keeping the process's peak resident memory
     (``ru_maxrss``, exact: the kernel's high-water mark, read at its death) in :attr:`peak_mb`."""

@@ -143,9 +143,9 @@ class TrackingTasks:
         return self.status(task_id)
 
     def _check_video(self, footage: Any, folder: str) -> None:
-        """Refuse (413) a video whose container declares more frames or seconds than the caps, or
-        frames past the decode limit."""
-        seconds = footage.count / footage.fps if footage.count and footage.fps else 0.0
+        """Refuse (413) a video whose container declares more frames or seconds than the caps (its
+        length from the frame count, else the declared duration), or frames past the decode limit."""
+        seconds = footage.count / footage.fps if footage.count and footage.fps else footage.seconds
         width, height = footage.size
         problem = None
         if footage.count > self.limits.max_frames:

@@ -29,7 +29,9 @@ HINT = "give a photo (.png/.jpg), a video (.mp4/.mov/.mkv/.avi/.webm) or a folde
 @dataclass
 class Footage:
     """What ``flamediff track`` reads: its kind, frame count, frame rate and size ``(W, H)`` (of the
-    frames as read: upright, downsized); ``notes`` say what reading a photo changed."""
+    frames as read: upright, downsized); ``notes`` say what reading a photo changed; ``seconds``: a
+    video's length as its container declares it (0 when it does not), which Matroska gives
+    without a frame count."""
 
     path: str
     kind: str              # "image", "video" or "folder"
@@ -38,6 +40,7 @@ class Footage:
     size: tuple[int, int]
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    seconds: float = 0.0
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame in order (decoded again on each call)."""
@@ -113,9 +116,17 @@ def _open_video(path: str, count_frames: bool = True) -> Footage:
             fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS)
             count = stream.frames or (sum(1 for _ in container.decode(video=0)) if count_frames else 0)
             size = (stream.codec_context.width, stream.codec_context.height)
+            seconds = _declared_seconds(container, stream)
     except av.error.FFmpegError as exc:
         raise TrackingError(f"{path} could not be read as an image or a video ({exc}); {HINT}") from None
-    return Footage(path=path, kind="video", count=int(count), fps=fps, size=size)
+    return Footage(path=path, kind="video", count=int(count), fps=fps, size=size, seconds=seconds)
+
+
+def _declared_seconds(container, stream) -> float:
+    """The length the container's header declares (the stream's, else the file's), 0 if none."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else 0.0  # AV_TIME_BASE units
 
 
 def open_footage(path: str, fps: float | None = None, count_frames: bool = True) -> Footage:
