@@ -68,7 +68,7 @@ class Sample:
 
 def validation_identities(index: DatasetIndex, count: int) -> list[int]:
     """The first ``count`` held-out identities of the dataset's splits.json."""
-    heldout = sorted(int(i) for i in read_splits(index.folder).get("heldout", []))
+    heldout = read_splits(index.folder)["heldout"]
     if not heldout:
         raise SystemExit(f"{index.folder} has no held-out identities in splits.json")
     return heldout[:count]

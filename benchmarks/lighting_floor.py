@@ -32,6 +32,7 @@ import torch
 
 from flamediff.assets import load_asset
 from flamediff.data.dataset import read_dataset
+from flamediff.data.splits import read_splits
 from flamediff.data.procedural.generate import plan_dataset
 from flamediff.data.procedural.renderer import ProceduralRenderer
 from flamediff.data.procedural.scene import _lighting
@@ -116,8 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     asset, index = load_asset(), read_dataset(args.dataset)
-    with open(os.path.join(args.dataset, "splits.json"), encoding="utf-8") as handle:
-        identities = sorted(int(i) for i in json.load(handle)["heldout"])[:args.identities]
+    identities = read_splits(args.dataset)["heldout"][:args.identities]
     renderer = ProceduralRenderer(asset)
     pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset), FlameModel(asset))
     parts = [identity_floor(renderer, pipeline, index, asset, i, args.frames, args.draws, DEMO_PLAN)

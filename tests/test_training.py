@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from flamediff.cli import main
 from flamediff.data.dataset import DatasetError, read_dataset
+from flamediff.errors import FlamediffError
 from flamediff.training.train import TrainConfig, TrainConfigError, Trainer, draw_batch, train
 from tiny_data import make_tiny_dataset
 
@@ -244,6 +245,28 @@ def test_held_out_identities_are_never_sampled(tmp_path, head_asset):
     (tmp_path / "data" / "splits.json").write_text("{broken")
     with pytest.raises(TrainConfigError, match="splits.json is unreadable"):
         Trainer(_config(folder, str(tmp_path / "run2")), log=lambda m: None)
+
+
+def test_training_and_evaluation_read_splits_alike(tmp_path, dataset):
+    """One reader of splits.json: training's held-out identities, the evaluation's splits and a
+    broken file's message are the same for both."""
+    from flamediff.evaluation.selection import EvaluationError, identities_in_split
+    from flamediff.training.train import heldout_identities
+
+    folder = tmp_path / "data"
+    shutil.copytree(dataset, folder)
+    index = read_dataset(str(folder))
+    assert heldout_identities(str(folder)) == []
+    with pytest.raises(EvaluationError, match="has no splits.json"):
+        identities_in_split(index, "heldout")
+    (folder / "splits.json").write_text(json.dumps({"train": [1, 0], "heldout": [5]}))
+    assert heldout_identities(str(folder)) == [5] and identities_in_split(index, "train") == [0, 1]
+    (folder / "splits.json").write_text(json.dumps({"train": [0], "heldout": "1"}))
+    with pytest.raises(TrainConfigError, match="splits.json is unreadable .*'heldout' lists") as training:
+        heldout_identities(str(folder))
+    with pytest.raises(FlamediffError) as evaluation:
+        identities_in_split(index, "train")
+    assert str(evaluation.value) == str(training.value)
 
 
 def test_warmup_cosine_schedule_ema_and_loss_curve(tmp_path, dataset):

@@ -38,12 +38,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import numpy as np
 
         from flamediff.data.dataset import read_dataset
-        from flamediff.data.splits import read_splits
+        from flamediff.data.splits import identities_of_split
 
         index = read_dataset(args.data)
         rows, which = None, "every identity"
-        if os.path.isfile(os.path.join(args.data, "splits.json")):
-            rows = np.nonzero(np.isin(index.identity, read_splits(args.data).get("train", [])))[0]
+        train_identities = identities_of_split(args.data, "train")
+        if train_identities is not None:
+            rows = np.nonzero(np.isin(index.identity, train_identities))[0]
             which = "the train identities"
         print(f"training the procedural expression/pose regressor for {args.regressor_steps} steps on {which} ...")
         estimator = train_regressor(index, steps=args.regressor_steps, seed=args.seed, rows=rows)

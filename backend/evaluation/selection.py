@@ -3,8 +3,6 @@ evenly spread driving rows, and ground truth prepared at the model's resolution.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from flamediff.data.dataset import DatasetIndex
@@ -23,11 +21,12 @@ def identities_in_split(index: DatasetIndex, split: str) -> list[int]:
         return all_ids
     if split not in ("train", "heldout"):
         raise EvaluationError(f"split must be 'all', 'train' or 'heldout', not {split!r}")
-    if not os.path.isfile(os.path.join(index.folder, "splits.json")):
-        raise EvaluationError(f"{index.folder} has no splits.json: use --split all (or a procedural dataset)")
-    from flamediff.data.splits import read_splits
+    from flamediff.data.splits import identities_of_split
 
-    chosen = sorted(int(i) for i in read_splits(index.folder).get(split, []) if int(i) in all_ids)
+    in_split = identities_of_split(index.folder, split)
+    if in_split is None:
+        raise EvaluationError(f"{index.folder} has no splits.json: use --split all (or a procedural dataset)")
+    chosen = [i for i in in_split if i in all_ids]
     if not chosen:
         raise EvaluationError(f"{index.folder}: the {split!r} split has no identities in this dataset")
     return chosen

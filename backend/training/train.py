@@ -38,6 +38,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from flamediff.errors import FlamediffError
 from flamediff.assets import load_asset
 from flamediff.data.dataset import DatasetIndex, read_dataset
+from flamediff.data.splits import SplitsError, identities_of_split
 from flamediff.flame.model import FlameModel
 from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
 from flamediff.models.config import LABELS, FlameDiffConfig
@@ -495,14 +496,10 @@ class Trainer:
 
 def heldout_identities(dataset: str) -> list[int]:
     """The identities ``splits.json`` holds out (none when the dataset has no splits file)."""
-    path = os.path.join(dataset, "splits.json")
-    if not os.path.isfile(path):
-        return []
     try:
-        with open(path, encoding="utf-8") as handle:
-            return sorted(int(i) for i in json.load(handle)["heldout"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainConfigError(f"{path} is unreadable ({exc}); it must hold a 'heldout' list of identity ids") from None
+        return identities_of_split(dataset, "heldout") or []
+    except SplitsError as exc:  # the run cannot start: a config error, like a wrong dataset path
+        raise TrainConfigError(str(exc)) from None
 
 
 def training_pool(index: DatasetIndex, domains: tuple[str, ...], heldout: list[int]) -> np.ndarray:
