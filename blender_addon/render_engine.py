@@ -124,11 +124,18 @@ class FlamediffRenderEngine(bpy.types.RenderEngine):
             full.stamp_data_add_field(key, value)
 
     def _fail(self, exc: engine_job.EngineError) -> None:
-        """A one-line error; ``blender -b ... -a`` exits non-zero (it would ignore the error and exit 0)."""
-        self.report({"ERROR"}, str(exc))
+        """A one-line error, said once. ``blender -b ... -a`` gets it on stderr and exits non-zero (it
+        would ignore the error and exit 0); not also as a report, which a command-line render prints
+        to stdout at once (the same line twice)."""
         if engine_job.command_line_render(sys.argv, bpy.app.background):
             print(str(exc), file=sys.stderr, flush=True)
             raise SystemExit(1)
+        self._report_error(str(exc))
+
+    def _report_error(self, text: str) -> None:
+        """An ERROR report: the render's error in Blender's status bar, and what a script's render
+        operator raises."""
+        self.report({"ERROR"}, text)
 
 
 def fitted(path: str, width: int, height: int) -> str:

@@ -27,6 +27,13 @@ def has_rig(context: bpy.types.Context) -> bool:
         obj.get("flamediff_rig") for obj in context.scene.objects)
 
 
+def scene_rendering(rig: bpy.types.Object) -> str | None:
+    """The scene with a flamediff render running in which ``rig`` is (a rig linked into several
+    scenes is one rig: a fit from another scene would rewrite what that render shows), if any."""
+    return next((scene.name for scene in bpy.data.scenes
+                 if render_job.active_job(scene.name) is not None and rig.name in scene.objects), None)
+
+
 class RigOperator:
     """Mixin of the operators that act on one rig: the ``rig`` argument and the poll."""
 

@@ -10,7 +10,7 @@ from bpy_extras.io_utils import ImportHelper
 
 from .. import render_job, track_job, track_scene
 from ..preferences import backend_settings, make_client
-from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
+from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, scene_rendering, target_rig
 
 _ARGUMENT = {"SKIP_SAVE"}
 PHOTO_GLOB = "*.png;*.jpg;*.jpeg;*.webp;*.bmp;*.tif;*.tiff"
@@ -50,6 +50,11 @@ class _TracksIntoRig(RigOperator, FollowsJob, ImportHelper):
             return {"CANCELLED"}
         if not os.path.isfile(path):
             self.report({"ERROR"}, f"No {what} at '{path}': choose an existing {what} file")
+            return {"CANCELLED"}
+        rendering = scene_rendering(rig)
+        if rendering is not None:
+            self.report({"ERROR"}, f"A flamediff render of {rig.name} is running in the scene {rendering}: wait for "
+                                   f"it, or cancel it there, then track")
             return {"CANCELLED"}
         backend = backend_settings(context)
         host = track_scene.TrackSceneHost(scene, rig, scene.frame_start, rebuild=self.rebuild_rig, **options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -163,6 +164,7 @@ def with_backend() -> None:
     while job.phase == "running" and job.view.get("status") != "running":   # the backend picked it up
         time.sleep(0.1)
         job.step()
+    fits_during_render(scene)
     RESULTS["cancel"] = reported(bpy.ops.flamediff.render_cancel)
     RESULTS["cancel_phase"] = job.phase
     started = time.monotonic()
@@ -171,7 +173,71 @@ def with_backend() -> None:
     RESULTS["cancelled"] = {"outcome": job.outcome, "message": job.message, "kept": job.view.get("frames_done")}
     RESULTS["again_props"] = {name: getattr(scene.flamediff_render, name) for name in ("status", "message", "job_id")}
     RESULTS["cancelled_job"] = job.job_id
+    # item 9: a 16-bit grey PNG is scaled, not clipped: it renders the frame of its 8-bit copy, with a note
+    for name in ("grey16.png", "grey8.png", "white.png"):
+        outcome, text, props = render(steps=1, seed=5, reference_image=path(name))
+        frame = os.path.join(bpy.path.abspath(props["output_dir"]), "frame_0001.png")
+        RESULTS[f"reference_{name}"] = [outcome, text, props, frame]
+
+
+def rig_state() -> list:
+    """What a fit rewrites: the posed head at this frame, the scene camera and the resolution."""
+    scene = bpy.context.scene
+    head = bpy.data.objects["FLAME"]["flamediff_head"]
+    graph = bpy.context.evaluated_depsgraph_get()
+    mesh = head.evaluated_get(graph).to_mesh()
+    try:
+        points = [round(c, 6) for v in mesh.vertices for c in v.co]
+    finally:
+        head.evaluated_get(graph).to_mesh_clear()
+    return [points, scene.camera.name, [list(row) for row in scene.camera.matrix_world],
+            [scene.render.resolution_x, scene.render.resolution_y]]
+
+
+def fits_during_render(scene: bpy.types.Scene) -> None:
+    """item 6: while a render of the rig runs, Match Photo and Track Video are refused, in its scene
+    (greyed out) and from another scene the rig is linked into; the rig, camera and resolution stay."""
+    before = rig_state()
+    RESULTS["fits_during_render"] = {
+        name: reported(getattr(bpy.ops.flamediff, name), rig="FLAME", filepath=path(media), wait=True, timeout=120)
+        for name, media in (("match_photo", "phone.jpg"), ("track_video", "take.mp4"))}
+    other = bpy.data.scenes.new("Other")
+    other.collection.objects.link(bpy.data.objects["FLAME"])
+    with bpy.context.temp_override(scene=other):
+        RESULTS["fit_from_other_scene"] = reported(bpy.ops.flamediff.match_photo, rig="FLAME",
+                                                   filepath=path("phone.jpg"), wait=True, timeout=120)
+    RESULTS["rig_kept_during_render"] = rig_state() == before
+
+
+def command_line_render() -> None:
+    """``blender -b shot.blend -f 1`` (the saved file from above, item 8) with "Start locally" and a
+    wrong backend Python: the engine ends the process, so each ERROR report (which Blender prints
+    at once in a command-line render) is appended to ``cli_reports.txt`` as it is made."""
+    install_addon(ZIP, MODULE, ASSET, TOKEN_FILE)
+    bpy.ops.wm.open_mainfile(filepath=path(os.path.join("moved", "shot.blend")), load_ui=False)
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.backend_mode, prefs.backend_python, prefs.token_file = "LOCAL", path("typo/python"), path("local_token")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        prefs.backend_port = probe.getsockname()[1]
+    scene = bpy.context.scene
+    scene.render.engine = "FLAMEDIFF"
+    scene.render.use_sequencer = False   # the earlier renders' strip would be the picture
+    engine = sys.modules[MODULE].render_engine.FlamediffRenderEngine
+    original = engine._report_error   # bpy resolves RenderEngine.report itself: the engine's own caller is wrapped
+
+    def report(self, text):
+        with open(path("cli_reports.txt"), "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        original(self, text)
+
+    engine._report_error = report
+    sys.argv = ["blender", "-b", bpy.data.filepath, "-f", "1"]
+    bpy.ops.render.render()
 
 
 if __name__ == "__main__":
-    run_main(main, RESULTS, WORK)
+    if sys.argv[6:] == ["command-line"]:
+        command_line_render()
+    else:
+        run_main(main, RESULTS, WORK)

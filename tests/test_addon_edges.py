@@ -7,6 +7,7 @@ not actionable, Cancel then Render again at once."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -56,15 +57,26 @@ def results(tmp_path_factory, head_folder, head_asset) -> dict:
     exif[0x0112] = 6   # a phone held upright stores the portrait sideways with this tag
     face = procedural_cases(head_asset, identity=0, yaws=[0.0])[0].image
     phone_portrait(face).transpose(Image.Transpose.ROTATE_90).save(work / "phone.jpg", quality=85, exif=exif.tobytes())
+    ramp = np.tile(np.linspace(60, 180, 64).round().astype(np.uint16), (64, 1))
+    Image.fromarray(ramp * 257).save(work / "grey16.png")   # 16-bit grey: Pillow's own convert clips it white
+    Image.fromarray(ramp.astype(np.uint8)).save(work / "grey8.png")
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(work / "white.png")
     make_checkpoint(str(work / "models" / "tiny"), head_asset)
     zip_path = build(str(work / "dist"))
     os.makedirs(work / "home")
     server = Server(str(work), str(work / "models")).start()
+    arguments = [zip_path, str(work), head_folder, str(server.port), server.token_file]
     try:
-        out = run_driver("addon_edges_driver.py", str(work), [zip_path, str(work), head_folder, str(server.port),
-                                                               server.token_file], 1500)
+        out = run_driver("addon_edges_driver.py", str(work), arguments, 1500)
     finally:
         server.kill()
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(work / "blender_user"), HOME=str(work / "home"),
+               OMP_NUM_THREADS="1")
+    cli = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "addon_edges_driver.py"), *arguments,
+                          "command-line"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    reports = work / "cli_reports.txt"
+    out["cli"] = {"rc": cli.returncode, "stdout": cli.stdout, "stderr": cli.stderr,
+                  "reports": reports.read_text().splitlines() if reports.exists() else []}
     out["work"] = str(work)
     return out
 
@@ -141,3 +153,30 @@ def test_render_again_right_after_cancel_waits_for_the_backend_and_renders(resul
     cancelled = results["cancelled"]
     assert cancelled["outcome"] == "cancelled" and cancelled["message"] == f"Cancelled; {cancelled['kept']} of 3 " \
                                                                            f"frames kept"
+
+
+def test_no_fit_rewrites_a_rig_while_a_render_of_it_runs(results):
+    for name, (outcome, text) in results["fits_during_render"].items():
+        assert outcome is None and "A flamediff render of this scene is running" in text, (name, text)
+    outcome, text = results["fit_from_other_scene"]   # the rig linked into another scene is the same rig
+    assert outcome is None and "A flamediff render of FLAME is running in the scene Scene" in text, text
+    assert results["rig_kept_during_render"]
+
+
+def test_a_16_bit_grey_reference_renders_as_its_8_bit_copy_with_a_note(results):
+    frames = {}
+    for name in ("grey16.png", "grey8.png", "white.png"):
+        outcome, text, props, frame = results[f"reference_{name}"]
+        assert outcome == ["FINISHED"] and props["status"] == "done", text
+        frames[name] = np.asarray(Image.open(frame))
+    assert "reference: 16-bit pixels scaled to 8 bits" in results["reference_grey16.png"][2]["notes"].splitlines()
+    assert "16-bit" not in results["reference_grey8.png"][2]["notes"]
+    assert np.array_equal(frames["grey16.png"], frames["grey8.png"])   # read as mean 120, not clipped near white
+    assert not np.array_equal(frames["grey8.png"], frames["white.png"])   # the frame does follow the reference
+
+
+def test_a_command_line_render_without_a_backend_python_says_why_once(results):
+    cli = results["cli"]
+    assert cli["rc"] == 1, cli["stderr"][-2000:]   # Blender alone would exit 0 after a failed render
+    said = cli["reports"] + [line for line in cli["stderr"].splitlines() if "typo/python" in line]
+    assert len(said) == 1 and "does not exist" in said[0] and "typo/python" not in cli["stdout"], said
