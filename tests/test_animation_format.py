@@ -1,16 +1,19 @@
-"""The shared animation file: round trips, tolerant tracker reading, strict validation."""
+"""The shared animation file: round trips, strict validation, and the tolerant reader of
+hand-stacked arrays with other tools' key names (in the tracker package)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
-from flamediff.formats.animation import (FORMAT_VERSION, AnimationFormatError, AnimationWarning, load_animation,
-                                       make_clip, save_animation)
+from flamediff.formats.animation import (FORMAT_VERSION, AnimationFormatError, load_animation, make_clip, read_npz,
+                                       save_animation)
 from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
+from flamediff.formats.trackers.aliases import clip_from_aliases
 
 
 def _clip(frames: int = 5, seed: int = 0):
@@ -62,9 +65,11 @@ def test_deca_style_file_is_mapped_with_a_warning(tmp_path):
     pose = rng.normal(size=(frames, 6))
     np.savez(tmp_path / "deca.npz", shape=rng.normal(size=100), exp=rng.normal(size=(frames, 50)), pose=pose,
              cam=rng.normal(size=(frames, 3)))
-    with pytest.warns(AnimationWarning, match="pose->global_pose\\+jaw_pose.*zero-padded shape \\(100 of 300\\).*"
-                                              "ignored \\['cam'\\]"):
-        clip = load_animation(tmp_path / "deca.npz")
+    clip, note = clip_from_aliases(read_npz(tmp_path / "deca.npz"))
+    assert re.search("pose->global_pose\\+jaw_pose.*zero-padded shape \\(100 of 300\\).*ignored \\['cam'\\]", note)
+    with pytest.raises(AnimationFormatError, match="deca.npz: no 'header' array: not a flamediff animation file; "
+                                                   "convert a tracker's output"):
+        load_animation(tmp_path / "deca.npz")
     np.testing.assert_array_equal(clip.global_pose, pose[:, :3])
     np.testing.assert_array_equal(clip.jaw_pose, pose[:, 3:])
     assert clip.shape.shape == (frames, 100) and np.allclose(clip.shape[0], clip.shape[3])
@@ -74,12 +79,12 @@ def test_deca_style_file_is_mapped_with_a_warning(tmp_path):
 def test_smirk_and_emoca_key_names(tmp_path):
     np.savez(tmp_path / "smirk.npz", expression_params=np.zeros((3, 50)), pose_params=np.ones((3, 3)),
              jaw_params=np.full((3, 3), 0.2), shape_params=np.zeros((3, 300)))
-    with pytest.warns(AnimationWarning, match="expression_params->expression"):
-        clip = load_animation(tmp_path / "smirk.npz")
+    clip, note = clip_from_aliases(read_npz(tmp_path / "smirk.npz"))
+    assert "expression_params->expression" in note
     assert np.all(clip.global_pose == 1.0) and np.all(clip.jaw_pose == 0.2)
     np.savez(tmp_path / "emoca.npz", expcode=np.zeros((2, 50)), posecode=np.zeros((2, 6)), shapecode=np.zeros((2, 100)))
-    with pytest.warns(AnimationWarning, match="posecode->global_pose"):
-        assert load_animation(tmp_path / "emoca.npz").num_frames == 2
+    clip, note = clip_from_aliases(read_npz(tmp_path / "emoca.npz"))
+    assert "posecode->global_pose" in note and clip.num_frames == 2
 
 
 def _save_raw(path, **arrays):
@@ -121,8 +126,10 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(AnimationFormatError, match="not a readable .npz"):
         load_animation(tmp_path / "garbage.npz")
     np.savez(tmp_path / "empty.npz", cam=np.zeros((2, 3)))
-    with pytest.raises(AnimationFormatError, match="found no per-frame array"):
+    with pytest.raises(AnimationFormatError, match="not a flamediff animation file"):
         load_animation(tmp_path / "empty.npz")
+    with pytest.raises(AnimationFormatError, match="found no per-frame array"):
+        clip_from_aliases(read_npz(tmp_path / "empty.npz"))
 
 
 def test_save_refuses_invalid_clip_and_keeps_old_file(tmp_path):

@@ -20,9 +20,9 @@ array             shape        meaning
 ``R``, ``t``      [T,3,3],[T,3] optional: world-to-camera, OpenCV, FLAME space
 ================  ===========  ==========================================================
 
-Readers are tolerant where users need it (DECA / EMOCA / SMIRK key names, shorter coefficient
-vectors, a single shape vector for the whole clip) and strict where it matters (NaN/Inf,
-frame-count or rank mismatches, unknown future versions): every error names the field.
+Reading is strict about this format (NaN/Inf, frame-count or rank mismatches, unknown future
+versions): every error names the field. Other tools' files, with their own key names, packed
+poses and single shape vectors, are read by :mod:`.trackers`, which writes this format.
 
 Files may come from strangers (the server reads uploads), so reading is bounded: each member's
 shape and dtype are checked from its ``.npy`` header before a byte of data is decompressed, and
@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -53,22 +52,6 @@ COORDINATES = "flame: metres, Y up, face looks down +Z"
 CAMERA_CONVENTION = "opencv world-to-camera, K in pixels, pixel centres at +0.5"
 POSE_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "left_eye_pose", "right_eye_pose")
 
-#: Key names used by trackers and other tools, mapped to ours (first match wins).
-KEY_ALIASES: dict[str, tuple[str, ...]] = {
-    "shape": ("shape", "shape_params", "shapecode", "betas", "shape_coeffs"),
-    "expression": ("expression", "expressions", "exp", "expcode", "expression_params", "expr", "exp_params"),
-    "global_pose": ("global_pose", "global_orient", "root_pose", "pose_params", "rotation", "rot"),
-    "neck_pose": ("neck_pose", "neck"),
-    "jaw_pose": ("jaw_pose", "jaw_params", "jaw"),
-    "left_eye_pose": ("left_eye_pose", "leye_pose"),
-    "right_eye_pose": ("right_eye_pose", "reye_pose"),
-    "translation": ("translation", "transl", "trans"),
-    "frame": ("frame", "frames", "frame_ids"),
-}
-#: DECA/EMOCA pack global pose and jaw in one [T, 6] array.
-PACKED_POSE_KEYS = ("pose", "posecode", "pose_code")
-#: Some trackers pack both eyes in one [T, 6] array (left then right).
-PACKED_EYE_KEYS = ("eye_pose", "eyes_pose")
 
 
 class AnimationFormatError(ValueError):
@@ -96,10 +79,6 @@ DEFAULT_LIMITS = ReadLimits()
 MAX_TEXT_BYTES = 1024
 #: Frame numbers are Blender's: 32-bit signed.
 FRAME_RANGE = (-(2**31), 2**31 - 1)
-
-
-class AnimationWarning(UserWarning):
-    """A tolerated deviation (a tracker's key names, padded coefficients) worth telling the user."""
 
 
 @dataclass
@@ -255,7 +234,7 @@ def save_animation(path: str | os.PathLike, clip: AnimationClip) -> None:
 
 
 def load_animation(path: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMITS) -> AnimationClip:
-    """Read a flamediff animation file, or a tracker's ``.npz`` (DECA / EMOCA / SMIRK style)."""
+    """Read a flamediff animation file (a tracker's output: :func:`.trackers.load_any`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AnimationFormatError(f"animation file not found: {path}")
@@ -358,10 +337,12 @@ def _read_member(stream: IO[bytes], name: str, budget: int, limits: ReadLimits, 
 
 
 def clip_from_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
-    """Build a clip from named arrays: our own keys, or a tracker's (mapped with a warning)."""
-    if "header" in arrays:
-        return _clip_from_own_arrays(arrays)
-    return _clip_from_tracker_arrays(arrays)
+    """Build a clip from an animation file's arrays (a tracker's are read by :mod:`.trackers`)."""
+    if "header" not in arrays:
+        raise AnimationFormatError("no 'header' array: not a flamediff animation file; convert a tracker's output "
+                                   "or hand-stacked arrays with `flamediff convert IN OUT.npz` (or the add-on's "
+                                   "Import FLAME Animation)")
+    return _clip_from_own_arrays(arrays)
 
 
 def _read_header(raw: np.ndarray) -> dict[str, Any]:
@@ -429,7 +410,7 @@ def _clip_from_own_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
     size = header.get("image_size")
     return AnimationClip(
         **{name: value.astype(np.float64) for name, value in fields.items() if name != "frame"},
-        frame=_frame_numbers(fields["frame"]),
+        frame=frame_numbers(fields["frame"]),
         fps=float(header.get("fps", 25.0)),
         image_size=cast("tuple[int, int]", tuple(int(v) for v in size)) if size else None,  # checked by AnimationClip
         flame_asset=dict(header.get("flame_asset") or {}),
@@ -438,7 +419,7 @@ def _clip_from_own_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
     )
 
 
-def _frame_numbers(values: np.ndarray) -> np.ndarray:
+def frame_numbers(values: np.ndarray) -> np.ndarray:
     """Frame numbers as int64; floats only when they are whole numbers (never truncated)."""
     if values.dtype.kind == "f":
         if not (np.isfinite(values).all() and (values == np.round(values)).all()):
@@ -446,82 +427,6 @@ def _frame_numbers(values: np.ndarray) -> np.ndarray:
         if values.size and (values.min() < FRAME_RANGE[0] or values.max() > FRAME_RANGE[1]):
             raise AnimationFormatError(f"'frame' holds numbers outside {FRAME_RANGE[0]}..{FRAME_RANGE[1]}")
     return values.astype(np.int64)
-
-
-def _find(arrays: Mapping[str, np.ndarray], name: str, mapped: list[str]) -> np.ndarray | None:
-    for key in KEY_ALIASES[name]:
-        if key in arrays:
-            if key != name:
-                mapped.append(f"{key}->{name}")
-            return np.asarray(arrays[key], dtype=np.float64)
-    return None
-
-
-def _as_frames(value: np.ndarray, frames: int, name: str) -> np.ndarray:
-    """Accept ``[T, N]`` or a single ``[N]`` vector for the whole clip."""
-    if value.ndim == 1:
-        if value.shape[0] > MAX_SHAPE:
-            raise AnimationFormatError(f"'{name}' as one vector for the clip has {value.shape[0]} values; "
-                                       f"FLAME has at most {MAX_SHAPE}")
-        value = np.repeat(value[None, :], frames, axis=0)
-    if value.ndim != 2:
-        raise AnimationFormatError(f"'{name}' must be [T, N] or [N], got shape {value.shape}")
-    return value
-
-
-def _frame_count(arrays: Mapping[str, np.ndarray]) -> int:
-    for name in ("expression", "global_pose", "jaw_pose", "translation"):
-        for key in KEY_ALIASES[name]:
-            if key in arrays and np.ndim(arrays[key]) == 2:
-                return int(np.shape(arrays[key])[0])
-    for key in PACKED_POSE_KEYS:
-        if key in arrays and np.ndim(arrays[key]) == 2:
-            return int(np.shape(arrays[key])[0])
-    raise AnimationFormatError("found no per-frame array (expression, pose or translation) in the file; "
-                               f"known keys: {sorted(k for v in KEY_ALIASES.values() for k in v)}")
-
-
-def _clip_from_tracker_arrays(arrays: Mapping[str, np.ndarray]) -> AnimationClip:
-    frames = _frame_count(arrays)
-    mapped: list[str] = []
-    found = {name: _find(arrays, name, mapped) for name in ("shape", "expression", *POSE_FIELDS, "translation")}
-    values: dict[str, Any] = {name: None if value is None else _as_frames(value, frames, name)
-                              for name, value in found.items()}
-    for key in PACKED_POSE_KEYS:
-        if key in arrays and values["global_pose"] is None:
-            packed = _as_frames(np.asarray(arrays[key], np.float64), frames, key)
-            if packed.shape[1] != 6:
-                raise AnimationFormatError(f"'{key}' must be [T, 6] (global pose then jaw), got {packed.shape}")
-            values["global_pose"], values["jaw_pose"] = packed[:, :3], packed[:, 3:]
-            mapped.append(f"{key}->global_pose+jaw_pose")
-    for key in PACKED_EYE_KEYS:
-        if key in arrays and values["left_eye_pose"] is None:
-            packed = _as_frames(np.asarray(arrays[key], np.float64), frames, key)
-            values["left_eye_pose"], values["right_eye_pose"] = packed[:, :3], packed[:, 3:]
-            mapped.append(f"{key}->left_eye_pose+right_eye_pose")
-    if values["expression"] is None and values["global_pose"] is None and values["jaw_pose"] is None:
-        raise AnimationFormatError("the file has neither expression nor pose arrays")
-    zeros = {"shape": 0, "expression": 0}
-    for name, value in values.items():
-        if value is None:
-            values[name] = np.zeros((frames, zeros.get(name, 3)))
-    frame = _find(arrays, "frame", mapped)
-    frame = np.arange(frames) if frame is None else _frame_numbers(frame.reshape(-1))
-    fps_values = np.asarray(arrays.get("fps", [25.0])).reshape(-1)
-    if fps_values.size != 1:
-        raise AnimationFormatError(f"'fps' must be one number, got {fps_values.size} values")
-    fps = float(fps_values[0])
-    notes = [f"read a tracker file: mapped {', '.join(mapped)}" if mapped else "read a tracker file"]
-    short = [f"{name} ({values[name].shape[1]} of {limit})" for name, limit in
-             (("shape", MAX_SHAPE), ("expression", MAX_EXPRESSION)) if values[name].shape[1] < limit]
-    if short:
-        notes.append("zero-padded " + ", ".join(short))
-    ignored = sorted(set(arrays) - {k for v in KEY_ALIASES.values() for k in v}
-                     - set(PACKED_POSE_KEYS) - set(PACKED_EYE_KEYS) - {"fps"})
-    if ignored:
-        notes.append(f"ignored {ignored}")
-    warnings.warn("; ".join(notes), AnimationWarning, stacklevel=3)
-    return AnimationClip(frame=frame, fps=fps, **values)
 
 
 def make_clip(num_frames: int, *, fps: float = 25.0, first_frame: int = 1, num_shape: int = 100,

@@ -367,9 +367,7 @@ def convert_tracker_upload(data: bytes, limits: ReadLimits = ReadLimits(),
             raise InputError(f"tracker {'folder' if suffix == '.zip' else 'file'} too large: {_without(path, exc)}",
                              "send a shorter clip, or only the tracker's parameter files (serve's "
                              "--max-animation-mb and --max-frames-per-file set the limits)", 413) from None
-        except TrackerFormatError as exc:
-            if suffix == ".npz":
-                return None                   # not a tracker's npz: read_animation names what is wrong
+        except TrackerFormatError as exc:  # an npz without flamediff's header is a tracker's: its reader says why
             raise InputError(f"unreadable tracker {'folder' if suffix == '.zip' else 'file'}: {_without(path, exc)}",
                              "send a flamediff animation (flamediff convert IN OUT.npz, or export from Blender)",
                              422) from None

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
 
-from ..animation import POSE_FIELDS, AnimationClip, AnimationFormatError, AnimationWarning, clip_from_arrays
+from ..animation import POSE_FIELDS, AnimationClip, AnimationFormatError
 from ..rotations import RotationError, matrix_to_axis_angle
+from .aliases import clip_from_aliases
 from .limits import TrackerFormatError
 from .tools import SUPPORTED, Mapper, Signature, Tool, recognise, shape_text
 
@@ -201,17 +201,15 @@ def _clip_from_fields(fields: dict[str, Any], frames: int, fps: float, extra: di
 
 
 def _generic(source: str, arrays: dict[str, Any], layout: str) -> TrackerImport:
-    """Hand-stacked arrays with flamediff's names or common aliases (the animation module's tolerant path)."""
+    """Hand-stacked arrays with flamediff's names or common aliases (:mod:`.aliases`)."""
     numeric = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", AnimationWarning)
-            clip = clip_from_arrays(numeric)
+        clip, note = clip_from_aliases(numeric)
     except AnimationFormatError:
         raise _unrecognised(source, arrays) from None
     report = TrackerReport("hand-stacked arrays (flamediff names or aliases)", None, layout, clip.num_frames,
                            fps_in_file="fps" in arrays)
-    report.notes += [str(w.message) for w in caught]
+    report.notes.append(note)
     report.mapped.append("by name (see notes)")
     return TrackerImport(replace(clip, extra={**clip.extra, "fps_in_file": "fps" in arrays}), report)
 
