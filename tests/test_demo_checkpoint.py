@@ -13,8 +13,8 @@ from flamediff.evaluation.evaluate import default_checkpoint, evaluate
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "backend", "checkpoints", "demo")
 FRESH_SEED = 90_210        # training configs use seed 0; docs/RESULTS.md uses 20_261_130
-IDENTITIES, FRAMES = 8, 4  # 32 self-reenacted frames, about 25 s: +2.89 dB with this seed, +3.25 dB with seed 4711
-PSNR_GAIN = 2.0            # dB over "copy the reference" (docs/RESULTS.md: the 16-identity figure)
+IDENTITIES, FRAMES = 8, 4  # 32 self-reenacted frames, about 25 s: +4.89 dB with this seed, +4.93 dB with seed 4711
+PSNR_GAIN = 3.5            # dB over "copy the reference" (docs/RESULTS.md: the 16-identity figure)
 
 
 def test_demo_checkpoint_is_shipped_small_and_found_by_default(head_asset):
@@ -58,6 +58,7 @@ def test_demo_checkpoint_beats_copying_the_reference_on_fresh_identities(fresh_i
     # colours follow the reference: a second reference moves the output's colours its way
     sensitivity = result["reference_sensitivity"]
     assert sensitivity["background_follows"] > 0.8 and sensitivity["head_follows"] > 0.6, sensitivity
-    # measured: head 13.1 vs 16.0 levels for copying, background 3.7 (the VAE alone: 1.8 and 1.1)
-    assert method["head_colour"] < copy["head_colour"] and method["background_colour"] < 6.0
+    # measured: head 5.6 vs 10.9 levels for copying (seed 4711: 7.3 vs 8.9; the VAE alone 1.5 and 1.9),
+    # background 1.7 (seed 4711: 2.2)
+    assert method["head_colour"] < copy["head_colour"] and method["background_colour"] < 3.0
     assert vae["psnr"] > method["psnr"] > copy["psnr"]

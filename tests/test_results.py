@@ -117,3 +117,9 @@ def test_results_document_from_a_plan(procedural_data, tiny_checkpoint, tmp_path
     again = run_results(str(plan_path), sections=["temporal"], log=lambda message: None)  # the others are kept
     assert again["main"] == json.loads(json.dumps(main)) and again["temporal"] == results["temporal"]
     assert "vs baselines" in (tmp_path / "docs" / "RESULTS.md").read_text()
+
+    plan["discussion"] = ["- the plan's new reading"]
+    plan_path.write_text(json.dumps(plan))
+    rewritten = run_results(str(plan_path), sections=[], log=lambda message: None)  # no section evaluated
+    assert rewritten["main"] == again["main"] and rewritten["ablations"] == again["ablations"]
+    assert "- the plan's new reading" in (tmp_path / "docs" / "RESULTS.md").read_text()

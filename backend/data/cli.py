@@ -9,7 +9,7 @@ import numpy as np
 
 from flamediff.data.importing import add_import_command
 from flamediff.data.procedural import DESCRIPTION, generate_procedural_dataset
-from flamediff.data.procedural.scene import LIGHTINGS
+from flamediff.data.procedural.scene import DEFAULT_LIGHTING, LIGHTINGS
 from flamediff.data.splits import read_splits
 
 
@@ -61,10 +61,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     procedural.add_argument("--only-split", choices=("train", "heldout"), default=None,
                             help="render only this split's identities (their samples are the same as in the "
                                  "whole dataset): e.g. the held-out set for evaluation")
-    procedural.add_argument("--lighting", choices=LIGHTINGS, default="frame",
-                            help="frame (default): a light drawn per synthetic frame and per clip, drifting; "
-                                 "identity: one light per identity, fixed to the head, so the reference shows "
-                                 "the lighting its frames are rendered with")
+    procedural.add_argument("--lighting", choices=LIGHTINGS, default=DEFAULT_LIGHTING,
+                            help="identity (default): one light per identity, fixed to the head, so the "
+                                 "reference shows the lighting its frames are rendered with; frame: a light "
+                                 "drawn per synthetic frame and per clip, drifting (the recipe of the first "
+                                 "demo checkpoint)")
     procedural.add_argument("--threads", type=int, default=1,
                             help="torch CPU threads while rendering (default 1; 0 = torch's default)")
     procedural.add_argument("--workers", type=int, default=1,

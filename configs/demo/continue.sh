@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Continues the demo checkpoint: resumed warm-up + cosine cycles of stage 1, the first from the
-# shipped backend/checkpoints/demo's EMA weights (continue-1.json), each next from the previous
-# cycle's EMA weights (continue-2.json, ...), on the demo dataset recipe with one light per
-# identity (--lighting identity: the reference shows the lighting its frames are lit with; see
-# docs/TRAINING.md, "The demo checkpoint"). State lives in $FLAMEDIFF_DEMO_WORK (default: the flamediff
-# cache folder), outside the checkout; run it again to resume exactly from the newest checkpoint
-# (a cycle whose model/ is written is skipped).
+# Continues the demo checkpoint (see docs/TRAINING.md, "The demo checkpoint"): resumed warm-up +
+# cosine cycles of stage 1, the first from the shipped backend/checkpoints/demo's EMA weights
+# (continue-1.json), each next from the previous cycle's EMA weights (continue-2.json, ...), on the
+# demo dataset recipe with one light per identity (--lighting identity: the reference shows the
+# lighting its frames are lit with); then the temporal layers again (stage2-lit.json), and
+# ship.sh makes the result the shipped checkpoint. The shipped checkpoint is this script's output
+# from the one of revision 5276011 (configs/demo/train.sh's); run from a later one, it continues
+# that. State lives in $FLAMEDIFF_DEMO_WORK (default: the flamediff cache folder), outside the
+# checkout; run it again to resume exactly from the newest checkpoint (a run whose model/ is
+# written is skipped).
 # One torch thread: on a 2-core machine shared with other work, two OpenMP threads wait on each
 # other (measured: a small op 100x slower); the compiled splatter follows torch's thread count.
 set -euo pipefail
@@ -17,8 +20,12 @@ mkdir -p "$FLAMEDIFF_DEMO_WORK/logs"
 [ -f "$FLAMEDIFF_DEMO_WORK/data-lit/dataset.json" ] || $PY -m flamediff dataset procedural \
     --out "$FLAMEDIFF_DEMO_WORK/data-lit" --identities 160 --views-per-identity 12 --sequences-per-identity 2 \
     --frames-per-sequence 14 --resolution 128 --seed 0 --workers 2 --lighting identity
-for cycle in continue-1 continue-2; do
-    [ -f "$FLAMEDIFF_DEMO_WORK/$cycle/model/model.safetensors" ] && continue
-    /usr/bin/time -f "$cycle: %e s wall, %U s user CPU" $PY -m flamediff train --config "configs/demo/$cycle.json" \
-        2>&1 | tee -a "$FLAMEDIFF_DEMO_WORK/logs/$cycle.log"
+for run in continue-1 continue-2 stage2-lit; do
+    [ -f "$FLAMEDIFF_DEMO_WORK/$run/model/model.safetensors" ] && continue
+    /usr/bin/time -f "$run: %e s wall, %U s user CPU" $PY -m flamediff train --config "configs/demo/$run.json" \
+        2>&1 | tee -a "$FLAMEDIFF_DEMO_WORK/logs/$run.log"
 done
+# Inference defaults chosen on validation identities (benchmarks/sampler_study.py on the held-out
+# split of data-lit): 1 step at guidance 1 scored best of 1:1, 4:1, 12:1, 4:2 and 12:2.
+configs/demo/ship.sh "$FLAMEDIFF_DEMO_WORK/stage2-lit/model" "$FLAMEDIFF_DEMO_WORK/data-lit" 1 1.0 \
+    vae stage1 stage2 continue-1 continue-2 stage2-lit

@@ -13,6 +13,7 @@ from flamediff.data.dataset import DatasetError, DatasetIndex, write_dataset
 from flamediff.data.procedural.appearance import NUM_SHAPE, Appearance, HeadRegions, make_appearance
 from flamediff.data.procedural.renderer import BATCH, ProceduralRenderer
 from flamediff.data.procedural.scene import (
+    DEFAULT_LIGHTING,
     LIGHTINGS,
     NUM_EXPRESSION,
     FrameSpecs,
@@ -50,11 +51,12 @@ class DatasetPlan:
 
 def plan_dataset(regions: HeadRegions, identities: int, views_per_identity: int, sequences_per_identity: int,
                  frames_per_sequence: int, resolution: int, seed: int, persons: list[int] | None = None,
-                 lighting: str = "frame") -> DatasetPlan:
+                 lighting: str = DEFAULT_LIGHTING) -> DatasetPlan:
     """Per-identity looks and frame specs; each identity's are drawn from its own seed, so a
     subset of ``persons`` gets exactly the samples the whole dataset gives them. ``lighting``
-    "identity" replaces the per-frame lights by one light per identity (its own seed: every other
-    draw, and so every frame's geometry, is the same as with "frame")."""
+    "identity" (the default) gives each identity one light, drawn from its own seed, and "frame"
+    draws a light per synthetic frame and per clip; every other draw, and so every frame's
+    geometry, is the same in both."""
     if lighting not in LIGHTINGS:
         raise DatasetError(f"lighting must be one of {LIGHTINGS}, not {lighting!r}")
     looks, specs, identity, label, sequence, frame_in_sequence = [], [], [], [], [], []
@@ -158,7 +160,7 @@ def generate_procedural_dataset(out_dir: str, identities: int, views_per_identit
                                 heldout_fraction: float = 0.2, asset: FlameAsset | None = None,
                                 progress: Progress | None = None,
                                 threads: int | None = 1, workers: int = 1, only_split: str | None = None,
-                                lighting: str = "frame") -> DatasetIndex:
+                                lighting: str = DEFAULT_LIGHTING) -> DatasetIndex:
     """Render and write a procedural dataset to ``out_dir`` (see the module docstring); returns its
     index. ``asset`` defaults to :func:`flamediff.assets.load_asset` (the procedural head);
     ``progress(done, total)`` is called after every rendered batch. ``threads``: torch CPU threads
@@ -183,7 +185,7 @@ def generate_procedural_dataset(out_dir: str, identities: int, views_per_identit
 def _generate(out_dir: str, identities: int, views_per_identity: int, sequences_per_identity: int,
               frames_per_sequence: int, resolution: int, seed: int, heldout_fraction: float,
               asset: FlameAsset | None, progress: Progress | None, workers: int = 1, threads: int = 1,
-              only_split: str | None = None, lighting: str = "frame") -> DatasetIndex:
+              only_split: str | None = None, lighting: str = DEFAULT_LIGHTING) -> DatasetIndex:
     if identities < 1 or resolution < 8 or views_per_identity < 0 or sequences_per_identity < 0 or frames_per_sequence < 1:
         raise DatasetError("need identities >= 1, resolution >= 8, views/sequences per identity >= 0 and "
                            "frames per sequence >= 1")

@@ -93,6 +93,10 @@ def _lighting(rng: np.random.Generator, R: np.ndarray, count: int) -> dict[str, 
 
 
 LIGHTINGS = ("frame", "identity")  # lighting drawn per frame (per clip) | one light per identity
+# One light per identity is the default: the reference then shows the lighting of the frames it
+# drives, as in a capture, so its skin tone is observable. Per-frame lights make the head's colour
+# unobservable from the reference (a lighting-blind oracle that knows the albedo is 13 levels off).
+DEFAULT_LIGHTING = "identity"
 
 
 def identity_lighting(rng: np.random.Generator, specs: FrameSpecs) -> FrameSpecs:
