@@ -5,7 +5,6 @@ errors without server paths. Refusals assert the answer, <= 1 s and the server's
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from hostile_inputs import animated_gif, declaring_a_million_frames, huge_gif_screen, image, matroska, video
 from test_server_helpers import TOKEN, answered_within, huge_png_header, wait_for
 
 pytest.importorskip("fastapi")
@@ -37,28 +37,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def app_client(tmp_path, limits: TrackingLimits = TrackingLimits()) -> TestClient:
     service = build_service(str(tmp_path / "jobs"), str(tmp_path / "models"), "cpu", shipped_dir=str(tmp_path / "n"))
     return TestClient(create_app(service, TOKEN, start_worker=False, tracking=limits), headers=AUTH)
-
-
-def image(format: str, size: tuple[int, int] = (64, 64), **options) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (90, 90, 90)).save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def video(path: str, frames: int, container: str = "mp4") -> bytes:
-    import av
-
-    with av.open(path, "w", format=container) as output:
-        stream = output.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), index * 3 % 255, np.uint8), format="rgb24")
-            output.mux(stream.encode(frame))
-        output.mux(stream.encode())
-    with open(path, "rb") as handle:
-        return handle.read()
 
 
 def bounded_post(client, media: bytes):
@@ -86,20 +64,14 @@ def test_photos_follow_the_render_routes_image_rule_and_decode_limit(tmp_path):
     413 / 415 before anything is stored or decoded, never 500 or 201."""
     with app_client(tmp_path) as client:
         cases = [(huge_png_header(30000, 30000), 413, "pixels"), (huge_png_header(13000, 13000), 413, "pixels"),
-                 (image("GIF", save_all=True, append_images=[second_frame()], duration=40), 415, "GIF"),
+                 (animated_gif(), 415, "GIF"),
                  (image("GIF"), 415, "GIF"), (image("TIFF"), 415, "TIFF"), (image("BMP"), 415, "BMP"),
-                 (b"GIF89a" + b"\xff\xff\xff\xff" + b"\0" * 32, 415, "GIF")]
+                 (huge_gif_screen(), 415, "GIF")]
         for media, status, word in cases:
             response = bounded_post(client, media)
             assert response.status_code == status and word in response.json()["error"], response.text
             assert response.json()["advice"]
         assert not os.path.isdir(tmp_path / "jobs" / "tracks") or not os.listdir(tmp_path / "jobs" / "tracks")
-
-
-def second_frame():
-    from PIL import Image
-
-    return Image.new("RGB", (64, 64), (10, 200, 10))
 
 
 def test_videos_past_the_frame_or_duration_cap_are_refused_from_their_container(tmp_path):
@@ -112,44 +84,6 @@ def test_videos_past_the_frame_or_duration_cap_are_refused_from_their_container(
         response = bounded_post(client, clip)
         assert response.status_code == 413 and "longer than 1 s" in response.json()["error"], response.text
     assert os.listdir(tmp_path / "jobs" / "tracks") == []  # refused uploads leave nothing
-
-
-def declaring_a_million_frames(path: str) -> bytes:
-    """A 5-frame AVI (6 kB) whose headers declare 1,000,000 frames (its main header's total and its
-    stream header's length): what a client can claim without sending the frames."""
-    import struct
-
-    data = bytearray(video(path, 5, "avi"))
-    struct.pack_into("<I", data, data.index(b"avih") + 8 + 16, 1_000_000)  # dwTotalFrames
-    struct.pack_into("<I", data, data.index(b"strh") + 8 + 32, 1_000_000)  # dwLength
-    return bytes(data)
-
-
-def matroska(path: str, frames: int, seconds: float | None, side: int = 64) -> bytes:
-    """A Matroska file of ``frames`` frames (no frame count: Matroska has none) whose segment
-    declares ``seconds`` (its Duration element rewritten), or no length at all (the element
-    overwritten by a Void element of the same size, as a live recording leaves it)."""
-    import struct
-
-    import av
-
-    with av.open(path, "w", format="matroska") as output:
-        stream = output.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
-        black = av.VideoFrame.from_ndarray(np.zeros((side, side, 3), np.uint8), format="rgb24")
-        for _ in range(frames):
-            output.mux(stream.encode(black))
-        output.mux(stream.encode())
-    with open(path, "rb") as handle:
-        data = bytearray(handle.read())
-    duration = data.index(b"\x44\x89\x88")  # Duration, an 8-byte float in milliseconds
-    if seconds is None:
-        data[duration:duration + 11] = b"\xec\x89" + bytes(9)
-    else:
-        struct.pack_into(">d", data, duration + 3, seconds * 1000)
-    with open(path, "wb") as handle:
-        handle.write(data)
-    return bytes(data)
 
 
 def test_a_video_declaring_a_million_frames_or_hours_is_refused_from_its_header(tmp_path):
@@ -268,22 +202,6 @@ def children(monkeypatch) -> list[MeasuredPopen]:
     return started
 
 
-def face_video(path: str, frames: int) -> bytes:
-    """``frames`` frames of one photographed face in a Matroska file, which declares no frame count."""
-    import av
-    import skimage.data
-
-    face = skimage.data.astronaut()
-    with av.open(path, "w", format="matroska") as output:
-        stream = output.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
-        for _ in range(frames):
-            output.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="rgb24")))
-        output.mux(stream.encode())
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
 def stopped_task(client, media: bytes, children: list[MeasuredPopen], idle_mb: float) -> dict:
     """Submit ``media`` (201 within 1 s), wait for the task to end; its view, after checking the
     child's peak memory is within 300 MB of an idle child's."""
@@ -314,7 +232,7 @@ def test_a_video_without_a_frame_count_is_capped_while_decoding_keeping_its_fram
                                                                                    idle_child_mb):
     """The undeclared-length video row: the child stops at the cap, fits the frames done and the
     task fails saying so, its first frames kept and fetchable."""
-    clip = face_video(str(tmp_path / "clip.mkv"), 8)
+    clip = matroska(str(tmp_path / "clip.mkv"), 8, None, side=512, face=True)
     with app_client(tmp_path, TrackingLimits(max_frames=5)) as client:
         view = stopped_task(client, clip, children, idle_child_mb)
         assert view["status"] == "failed" and "more than 5 frames" in view["error"], view
@@ -327,7 +245,7 @@ def test_a_video_without_a_frame_count_is_capped_while_decoding_keeping_its_fram
 def test_a_task_past_its_time_budget_stops_keeping_the_frames_done(tmp_path, children, idle_child_mb):
     """A budget shorter than the child's start: it tracks its first frame (always), stops, and
     keeps that frame."""
-    clip = face_video(str(tmp_path / "clip.mkv"), 4)
+    clip = matroska(str(tmp_path / "clip.mkv"), 4, None, side=512, face=True)
     with app_client(tmp_path, TrackingLimits(time_budget_s=0.001)) as client:
         view = stopped_task(client, clip, children, idle_child_mb)
         assert view["status"] == "failed" and "time budget of 0.001 s" in view["error"], view
