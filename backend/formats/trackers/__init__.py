@@ -12,6 +12,7 @@ number, so nothing in a file is ever executed.
 - :mod:`.unpickler` and :mod:`.files`: one file -> a flat dict of arrays;
 - :mod:`.tools`: the registry of tools, how each is recognised and mapped;
 - :mod:`.mapping`: a recognised dict -> clip fields, cameras and the report;
+- :mod:`.aliases`: hand-stacked arrays with flamediff's names or common aliases;
 - :mod:`.folders`: per-frame folders and multi-file layouts, :func:`read_tracker`;
 - :mod:`.timing`: file frames onto scene frames;
 - :mod:`.inputs`: any animation input as a clip with its report, the default camera.
