@@ -177,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_config(path: str):
     """The training config, or a one-line error whatever the file holds (binary, broken YAML,
     values of the wrong type): a typo in a config must not end in a traceback."""
-    from flamediff.training.train import TrainConfig
+    from flamediff.training.config import TrainConfig
 
     try:
         from yaml import YAMLError
@@ -275,14 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_asset_argument(demo)
     demo.set_defaults(func=cmd_demo)
 
+    from flamediff.training.config import config_keys_help
     train = commands.add_parser(
         "train", help="train a model (stage 'vae', '1' or '2') from a JSON/YAML config; resumes from the newest "
                       "checkpoint in output_dir; several GPUs: 'accelerate launch --multi_gpu -m flamediff train ...', several CPU processes: 'torchrun --nproc_per_node N -m flamediff train ...'",
-        description="Keys of the config file: dataset, output_dir (required); preset (tiny|demo|sd15), stage "
-                    "(vae|1|2), init_from, vae_from, flame_asset, sequence_length, steps, batch_size, learning_rate, "
-                    "field_learning_rate, seed, checkpoint_every, keep_checkpoints, mixed_precision (no|fp16|bf16), "
-                    "reference_dropout, domains (real, synthetic), domain_label, overrides (model config fields, "
-                    "e.g. {\"control\": \"geometry\"}). See the README.")
+        description=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", required=True, metavar="FILE", help="training config (.json or .yaml)")
     train.add_argument("--max-steps", type=int, default=None, metavar="N",
                        help="stop after N more steps (a checkpoint is written; run again to continue)")

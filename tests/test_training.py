@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -46,6 +47,19 @@ def test_config_errors_name_the_key(tmp_path, dataset):
         TrainConfig.from_file(str(tmp_path / "bad.json"))
     with pytest.raises(TrainConfigError, match="larger than the dataset"):
         Trainer(_config(dataset, str(tmp_path / "run"), batch_size=64))
+
+
+def test_train_help_lists_every_config_key(capsys):
+    """``flamediff train --help`` is generated from TrainConfig's fields: every key, its default
+    and its help text."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in fields(TrainConfig):
+        assert key.metadata["help"], key.name
+        assert f" {key.name} (" in text and " ".join(key.metadata["help"].split()) in text, key.name
+    assert 'snr_gamma (default null)' in text and 'domains (default ["real", "synthetic"])' in text
+    assert "dataset (required)" in text
 
 
 def test_yaml_config_paths_are_relative_to_the_file(tmp_path, dataset):

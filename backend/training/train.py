@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -35,7 +35,6 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 
-from flamediff.errors import FlamediffError
 from flamediff.assets import load_asset
 from flamediff.data.dataset import DatasetIndex, read_dataset
 from flamediff.data.splits import SplitsError, identities_of_split
@@ -44,122 +43,10 @@ from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
+from flamediff.training.config import TrainConfig, TrainConfigError
 from flamediff.training.latent_cache import LatentCache
 
-STAGES = ("vae", "1", "2")
-LR_SCHEDULES = ("cosine", "constant")
 LOSS_LOG = "loss.jsonl"     # one {"step", "loss", "lr"} line per log_every steps, in output_dir
-
-
-class TrainConfigError(FlamediffError):
-    """A training config that cannot run; the message names the key."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; written beside its checkpoints for reproducibility."""
-
-    dataset: str
-    output_dir: str
-    preset: str = "tiny"
-    stage: str = "1"
-    init_from: str | None = None        # model folder to start from (e.g. the vae stage's output)
-    vae_from: str | None = None         # new model (preset + overrides) with this checkpoint's trained VAE
-    flame_asset: str | None = None      # asset folder; default: the procedural head
-    steps: int = 1000
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    field_learning_rate: float = 5e-3   # the Gaussian attributes learn faster (no direct supervision)
-    lr_schedule: str = "cosine"         # cosine: linear warm-up then cosine decay to 0 | constant (after warm-up)
-    warmup_steps: int = 100
-    ema_decay: float | None = 0.999     # EMA of the trained weights (saved as the model); None: off
-    max_grad_norm: float | None = 1.0   # clip the global gradient norm (a batch of 8 is noisy); None: off
-    snr_gamma: float | None = None      # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain v-MSE
-    weight_decay: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    mixed_precision: str = "no"         # no | fp16 | bf16
-    reference_dropout: float | None = None  # default: the preset's
-    sequence_length: int = 14           # frames per clip in stage 2
-    domains: tuple[str, ...] = ("real", "synthetic")  # which samples stage 1 draws (ablation: real only)
-    domain_label: bool = True           # False: every sample is labelled "real" (ablation: no label)
-    overrides: dict[str, Any] = field(default_factory=dict)  # FlameDiffConfig fields to change
-    cache_latents: bool = True          # stages 1 and 2: frozen-VAE latents kept on disk (LatentCache)
-
-    @classmethod
-    def from_file(cls, path: str) -> "TrainConfig":
-        """Read a ``.json`` or ``.yaml`` config; relative paths are relative to the file."""
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise TrainConfigError(f"cannot read training config {path}: {exc}") from None
-        try:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except ValueError as exc:
-            raise TrainConfigError(f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}") from None
-        if not isinstance(data, dict):
-            raise TrainConfigError(f"{path} must hold a mapping of settings")
-        base = os.path.dirname(os.path.abspath(path))
-        for key in ("dataset", "output_dir", "init_from", "vae_from", "flame_asset"):
-            if isinstance(data.get(key), str):
-                data[key] = os.path.join(base, _expand_path(data[key], key, path))
-        return cls.from_dict(data, source=path)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainConfigError(f"{source}: unknown keys {unknown}; known keys are {sorted(known)}")
-        missing = [key for key in ("dataset", "output_dir") if key not in data]
-        if missing:
-            raise TrainConfigError(f"{source}: missing required keys {missing}")
-        config = cls(**data)
-        config.validate(source)
-        return config
-
-    def validate(self, source: str = "config") -> None:
-        if self.stage not in STAGES:
-            raise TrainConfigError(f"{source}: 'stage' must be one of {STAGES}, not {self.stage!r}")
-        if self.init_from and self.vae_from:
-            raise TrainConfigError(f"{source}: give 'init_from' (a whole model) or 'vae_from' (its VAE only), not both")
-        if self.stage == "2" and not self.init_from:
-            raise TrainConfigError(f"{source}: stage 2 trains temporal layers on a stage-1 model: set 'init_from'")
-        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "sequence_length"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise TrainConfigError(f"{source}: '{key}' must be a positive integer")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise TrainConfigError(f"{source}: 'warmup_steps' must be an integer >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise TrainConfigError(f"{source}: 'lr_schedule' must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise TrainConfigError(f"{source}: 'ema_decay' must be between 0 and 1 (e.g. 0.999), or null for no EMA")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise TrainConfigError(f"{source}: 'max_grad_norm' must be positive, or null for no clipping")
-        if self.snr_gamma is not None and not self.snr_gamma > 0:
-            raise TrainConfigError(f"{source}: 'snr_gamma' must be positive (5 is usual), or null for plain v-MSE")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise TrainConfigError(f"{source}: 'mixed_precision' must be no, fp16 or bf16")
-        self.domains = tuple(self.domains)
-        unknown = [d for d in self.domains if d not in ("real", "synthetic")]
-        if unknown or not self.domains:
-            raise TrainConfigError(f"{source}: 'domains' must list 'real' and/or 'synthetic', not {list(self.domains)}")
-
-
-def _expand_path(value: str, key: str, source: str) -> str:
-    """``~`` and ``$VARIABLES`` expanded (so a config can keep a run's state outside the checkout)."""
-    expanded = os.path.expanduser(os.path.expandvars(value))
-    if "$" in expanded:
-        raise TrainConfigError(f"{source}: '{key}' uses an environment variable that is not set ({value!r}); "
-                               "set it or write the path out")
-    return expanded
 
 
 # ---------------------------------------------------------------------------------------------
