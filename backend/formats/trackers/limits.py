@@ -48,7 +48,7 @@ class ReadBudget:
     def charge(self, nbytes: int, what: str) -> None:
         if nbytes > self.left:
             raise TrackerTooLarge(f"{what} declares {nbytes} bytes, past the limit of {self.limits.max_bytes} "
-                                     "bytes for one tracker upload; send a shorter clip or only its parameter files")
+                                  "bytes for one tracker upload; send a shorter clip or only its parameter files")
         self.left -= nbytes
 
 

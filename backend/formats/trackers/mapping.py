@@ -215,6 +215,8 @@ def _generic(source: str, arrays: dict[str, Any], layout: str) -> TrackerImport:
 
 
 def import_arrays(source: str, arrays: dict[str, Any], layout: str, fps: float | None) -> TrackerImport:
+    """One file's (or a stacked folder's) arrays as a clip and report: a registered tool's, else
+    hand-stacked arrays; ``source`` names them in errors."""
     recognised = recognise(arrays)
     if recognised is None:
         return _generic(source, arrays, layout)
@@ -226,7 +228,9 @@ def import_arrays(source: str, arrays: dict[str, Any], layout: str, fps: float |
 
 
 def finish(fields: dict[str, Any], frames: int, report: TrackerReport, fps: float | None,
-            tool_fps: float | None) -> TrackerImport:
+           tool_fps: float | None) -> TrackerImport:
+    """The clip of mapped ``fields`` at the user's ``fps``, else the tool's, else 25 as a placeholder
+    recorded as no frame rate; the report says which."""
     rate = fps or tool_fps
     report.fps_in_file = tool_fps is not None
     report.num_frames = frames

@@ -216,7 +216,7 @@ def _count_ops(data: bytes, source: str) -> None:
     for count, _ in enumerate(pickletools.genops(data), 1):
         if count > MAX_PICKLE_OPS:
             raise TrackerTooLarge(f"{source} holds more than {MAX_PICKLE_OPS} pickled objects; only parameter "
-                                     "dicts of arrays are read: save them with np.savez")
+                                  "dicts of arrays are read: save them with np.savez")
 
 
 def unpickle(handle: Any, source: str, storages: Callable[[Any], _Storage] | None = None) -> Any:
