@@ -220,6 +220,8 @@ def _count_ops(data: bytes, source: str) -> None:
 
 
 def unpickle(handle: Any, source: str, storages: Callable[[Any], _Storage] | None = None) -> Any:
+    """A pickle's plain data (arrays, dicts, lists, numbers), its bytes charged to the read's budget
+    and its opcodes counted before anything is built; any failure is one TrackerFormatError."""
     try:
         data = _read_within(handle, current_budget().left + 1)
         current_budget().charge(len(data), source)
