@@ -757,3 +757,21 @@ def test_each_tool_through_the_server(tmp_path, head_asset):
                 assert_close(stored.R, local.R, 1e-9)
             else:
                 assert any("default portrait camera" in note for note in job["notes"]), tool
+
+
+def test_an_npz_without_header_is_a_tracker_upload_and_its_error_is_the_trackers():
+    """The server reads an upload's headerless .npz through the tracker layer: hand-stacked arrays
+    become a flamediff file with the default camera, anything else gets the reader's 422."""
+    from flamediff.server.inputs import InputError, convert_tracker_upload
+
+    def npz(**arrays) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    data, notes = convert_tracker_upload(npz(exp=f32(2, 50), jaw=f32(2, 3)))
+    assert notes[0] == "read as hand-stacked arrays (flamediff names or aliases) output (2 frames)"
+    assert "default portrait camera" in notes[-1]
+    with pytest.raises(InputError, match="upload.npz holds cam \\[2, 3\\], which is no tracker layout") as info:
+        convert_tracker_upload(npz(cam=f32(2, 3)))
+    assert info.value.status == 422
