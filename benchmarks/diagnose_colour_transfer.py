@@ -2,7 +2,7 @@
 validation identities (the training dataset's held-out split), with a figure each.
 
     python benchmarks/diagnose_colour_transfer.py DATASET [--checkpoint DIR] [--out docs/diagnosis]
-        [--identities 16] [--frames 4] [--only attention,dropout,loss,counterfactual,floor]
+        [--identities 16] [--frames 4] [--only attention,dropout,loss,counterfactual,floor,residual]
 
 - ``attention``: for denoiser queries on the target's head, the attention mass on the ReferenceNet's
   tokens that lie on the reference's head, on its background, and on the denoiser's own tokens, in
@@ -14,7 +14,11 @@ validation identities (the training dataset's held-out split), with a figure eac
 - ``counterfactual``: the same drive rendered with another identity's reference: how far the
   output's head / background mean colour moves against how far the references' differ;
 - ``floor``: the head colour error that perfect copying of the reference's head colour, or of the
-  identity's mean head colour, would leave (the per-frame lighting is not in the control).
+  identity's mean head colour, would leave (the per-frame lighting is not in the control);
+- ``residual``: what the output's signed head colour error follows: the reference's own head
+  colour minus the frame's (a model that reads the reference's colour as a whole inherits it) or
+  the identity's brightness (a model that shrinks towards the mean face), and how much of it is
+  per identity rather than per frame.
 
 The clean-frame estimates use the stage-1 model (``temporal=False``: stage 2 trains only the
 motion modules) one frame at a time; the counterfactual renders through the pipeline with the
@@ -48,6 +52,7 @@ from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings, image_
 from flamediff.pipelines.scheduling import make_scheduler
 
 TIMESTEPS = (999, 750, 500, 250)
+LUMINANCE = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass
@@ -368,14 +373,17 @@ def head_colour_fix_gain(model: FlameDiffModel, scheduler: Any, sample: Sample) 
 # -- (5) counterfactual + floor -------------------------------------------------------------------
 
 
+def render_drive(pipeline: FlameDiffPipeline, index: DatasetIndex, sample: Sample, reference: np.ndarray) -> np.ndarray:
+    """``[N, R, R, 3]`` the sample's driving frames rendered from ``reference`` with the checkpoint's defaults."""
+    clip = index.annotations.take_rows(sample.rows)
+    return np.stack([f[..., :3] for f in pipeline(reference, clip, RenderSettings(steps=0, guidance=0.0, seed=0)).frames])
+
+
 def measure_counterfactual(pipeline: FlameDiffPipeline, index: DatasetIndex, samples: list[Sample]) -> dict[str, Any]:
-    settings = RenderSettings(steps=0, guidance=0.0, seed=0)
     own, swapped, refs, truth = [], [], [], []
     for position, sample in enumerate(samples):
         other = samples[(position + 1) % len(samples)]
-        clip = index.annotations.take_rows(sample.rows)
-        frames = [np.stack([f[..., :3] for f in pipeline(ref, clip, settings).frames])
-                  for ref in (sample.reference, other.reference)]
+        frames = [render_drive(pipeline, index, sample, ref) for ref in (sample.reference, other.reference)]
         own.append(region_colours(frames[0], sample.heads))
         swapped.append(region_colours(frames[1], sample.heads))
         refs.append(np.stack([region_colours(r.reference[None], r.reference_head[None])[0] for r in (sample, other)]))
@@ -385,8 +393,7 @@ def measure_counterfactual(pipeline: FlameDiffPipeline, index: DatasetIndex, sam
     out_change = np.linalg.norm(swap_c - own_c, axis=-1).mean(1)                         # [I, 2]
     ratio = out_change.sum(0) / ref_change.sum(0)
     # across identities: the output's mean head colour against the reference's (slope 1 = transfer)
-    luminance = np.array([0.299, 0.587, 0.114])
-    ref_l, out_l, truth_l = ref_c[:, 0] @ luminance, own_c.mean(1) @ luminance, truth_c.mean(1) @ luminance
+    ref_l, out_l, truth_l = ref_c[:, 0] @ LUMINANCE, own_c.mean(1) @ LUMINANCE, truth_c.mean(1) @ LUMINANCE
     slopes = {region: {"output_on_reference": round(float(np.polyfit(ref_l[:, k], out_l[:, k], 1)[0]), 3),
                        "truth_on_reference": round(float(np.polyfit(ref_l[:, k], truth_l[:, k], 1)[0]), 3)}
               for k, region in enumerate(("head", "background"))}
@@ -414,6 +421,51 @@ def plot_counterfactual(result: dict[str, Any], path: str) -> None:
         axis.set_xlabel("reference mean luminance (levels)")
         axis.set_ylabel("frame mean luminance (levels)")
     axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def measure_residual(pipeline: FlameDiffPipeline, index: DatasetIndex, samples: list[Sample]) -> dict[str, Any]:
+    """Regress the output's signed head luminance error on the reference's and on the identity's brightness."""
+    out_error, ref_error, brightness, identity = [], [], [], []
+    for position, sample in enumerate(samples):
+        truth = region_colours(sample.truth, sample.heads)[:, 0] @ LUMINANCE
+        output = region_colours(render_drive(pipeline, index, sample, sample.reference), sample.heads)[:, 0] @ LUMINANCE
+        reference = region_colours(sample.reference[None], sample.reference_head[None])[0, 0] @ LUMINANCE
+        out_error.append(output - truth)
+        ref_error.append(reference - truth)
+        brightness.append(truth)
+        identity.append(np.full(len(truth), position))
+    e_out, e_ref, light, who = (np.concatenate(x) for x in (out_error, ref_error, brightness, identity))
+    per_identity = np.array([e_out[who == i].mean() for i in range(len(samples))])
+    within = e_out - per_identity[who]
+    return {"identities": len(samples), "frames": int(len(e_out)),
+            "mean_abs_output_error": round(float(np.abs(e_out).mean()), 2),
+            "mean_abs_reference_error": round(float(np.abs(e_ref).mean()), 2),
+            "slope_on_reference_error": round(float(np.polyfit(e_ref, e_out, 1)[0]), 3),
+            "correlation_with_reference_error": round(float(np.corrcoef(e_ref, e_out)[0, 1]), 3),
+            "slope_on_brightness": round(float(np.polyfit(light - light.mean(), e_out, 1)[0]), 3),
+            "mean_signed_output_error": round(float(e_out.mean()), 2),
+            "per_identity_abs_error": round(float(np.abs(per_identity).mean()), 2),
+            "within_identity_abs_error": round(float(np.abs(within).mean()), 2),
+            "scatter": {"reference_error": e_ref.round(2).tolist(), "output_error": e_out.round(2).tolist()}}
+
+
+def plot_residual(result: dict[str, Any], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref, out = (np.array(result["scatter"][k]) for k in ("reference_error", "output_error"))
+    fig, axis = plt.subplots(figsize=(4.6, 4))
+    axis.scatter(ref, out, s=12, color="tab:red")
+    axis.axhline(0, color="0.8", linewidth=0.8)
+    axis.axvline(0, color="0.8", linewidth=0.8)
+    axis.set_title(f"slope {result['slope_on_reference_error']:.2f}, "
+                   f"r = {result['correlation_with_reference_error']:.2f}", fontsize=9)
+    axis.set_xlabel("reference head luminance - frame's (levels)")
+    axis.set_ylabel("output head luminance - frame's (levels)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -475,8 +527,11 @@ def main() -> None:
              "loss": lambda: measure_loss(model, scheduler, samples),
              "counterfactual": lambda: measure_counterfactual(
                  FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset), flame), index, samples),
-             "floor": lambda: measure_floor(index, asset, identities, model.config.resolution)}
-    plots = {"attention": plot_attention, "dropout": plot_dropout, "counterfactual": plot_counterfactual}
+             "floor": lambda: measure_floor(index, asset, identities, model.config.resolution),
+             "residual": lambda: measure_residual(
+                 FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset), flame), index, samples)}
+    plots = {"attention": plot_attention, "dropout": plot_dropout, "counterfactual": plot_counterfactual,
+             "residual": plot_residual}
     for name, measure in steps.items():
         if name in wanted:
             report[name] = measure()
