@@ -33,7 +33,7 @@ pipeline = FlameDiffPipeline(model, FlameModel(asset))
 clip = demo_animation(asset, num_frames=frames, resolution=model.config.resolution)
 reference = np.zeros((64, 64, 3), np.uint8)
 start = time.perf_counter()
-settings = RenderSettings(steps=steps, frames_per_batch=16, context_window=16, context_overlap=4)
+settings = RenderSettings(steps=steps, frames_per_batch=16, context_window=16, context_overlap=4, framing="camera")
 delivered = sum(len(piece.frames) for piece in pipeline.stream(reference, clip, settings))  # frames written out, not kept
 assert delivered == frames
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, time.perf_counter() - start)

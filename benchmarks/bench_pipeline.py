@@ -138,7 +138,7 @@ def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype | 
     model, config, dtype = pipeline.model, pipeline.model.config, pipeline.dtype
     clip = demo_animation(load_asset(), num_frames=frames, resolution=config.resolution)
     reference = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    settings = RenderSettings(steps=steps, guidance=2.0, frames_per_batch=frames)
+    settings = RenderSettings(steps=steps, guidance=2.0, frames_per_batch=frames, framing="camera")
     latent = torch.randn(1, frames, config.latent_channels, config.latent_resolution, config.latent_resolution,
                          device=device)
     result: dict = {"preset": preset, "frames": frames, "steps": steps, "device": device, "dtype": str(dtype),
@@ -148,7 +148,7 @@ def run(preset: str, frames: int, steps: int, device: str, dtype: torch.dtype | 
         peak_tflops = peak_tflops or known_peak_tflops(result["gpu"])
     result["denoiser_gflop_per_frame_forward"] = denoiser_gflops(config)
     with torch.no_grad():
-        pipeline(reference, clip, RenderSettings(steps=1, frames_per_batch=frames))  # warm-up (and compile)
+        pipeline(reference, clip, RenderSettings(steps=1, frames_per_batch=frames, framing="camera"))  # warm-up (and compile)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         result["render_s"] = _timed(lambda: pipeline(reference, clip, settings), repeats=2)

@@ -43,8 +43,8 @@ def run(preset: str, frames: int, device: str, dtype: torch.dtype | None, tempor
     pipeline = build_pipeline(preset, device, dtype, temporal, compile_denoiser=False)
     clip = demo_animation(load_asset(), num_frames=frames, resolution=pipeline.model.config.resolution)
     reference = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    preview = RenderSettings(frames_per_batch=4, preview=True)
-    full = RenderSettings(frames_per_batch=4)
+    preview = RenderSettings(frames_per_batch=4, preview=True, framing="camera")
+    full = RenderSettings(frames_per_batch=4, framing="camera")
     result: dict = {"preset": preset, "frames": frames, "device": device, "dtype": str(pipeline.dtype),
                     "temporal": temporal, "preview_resolution": pipeline.resolution(preview=True),
                     "preview_steps": pipeline.resolved_steps(0, preview=True),

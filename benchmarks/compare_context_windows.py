@@ -66,8 +66,10 @@ def main() -> None:
     for name, module in versions.items():
         pipeline = module.FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset, device="cpu"),
                                             FlameModel(asset), dtype=torch.float32)
+        # the camera's whole view, as both versions render it (older ones have no framing setting)
+        framing = {"framing": "camera"} if "framing" in module.RenderSettings.__dataclass_fields__ else {}
         settings = module.RenderSettings(seed=0, frames_per_batch=8, context_window=args.window,
-                                         context_overlap=args.overlap)
+                                         context_overlap=args.overlap, **framing)
         ours, truth = [], []
         for rows in sequences[:args.sequences]:
             reference = int([r for r in index.samples_of_identity(index.identity[rows[0]]) if r not in rows][0])

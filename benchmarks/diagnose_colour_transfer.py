@@ -376,7 +376,8 @@ def head_colour_fix_gain(model: FlameDiffModel, scheduler: Any, sample: Sample) 
 def render_drive(pipeline: FlameDiffPipeline, index: DatasetIndex, sample: Sample, reference: np.ndarray) -> np.ndarray:
     """``[N, R, R, 3]`` the sample's driving frames rendered from ``reference`` with the checkpoint's defaults."""
     clip = index.annotations.take_rows(sample.rows)
-    return np.stack([f[..., :3] for f in pipeline(reference, clip, RenderSettings(steps=0, guidance=0.0, seed=0)).frames])
+    settings = RenderSettings(steps=0, guidance=0.0, seed=0, frames_per_batch=8, framing="camera")
+    return np.stack([f[..., :3] for f in pipeline(reference, clip, settings).frames])
 
 
 def measure_counterfactual(pipeline: FlameDiffPipeline, index: DatasetIndex, samples: list[Sample]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def identity_floor(renderer: ProceduralRenderer, pipeline: Any, index: Any, asse
                                                     texture).images, ref_head)[0] for _ in range(draws)], axis=0)
     ref_light = {name: np.repeat(getattr(specs, name)[local[ref]][None], len(at), axis=0) for name in LIGHT_FIELDS}
     as_reference = renderer.render(look, relit(target, ref_light), resolution, texture).images
-    rendered = pipeline(index.load_frame(ref), index.annotations.take_rows(chosen), RenderSettings(seed=0)).frames
+    rendered = pipeline(index.load_frame(ref), index.annotations.take_rows(chosen), RenderSettings(seed=0, frames_per_batch=8, framing="camera")).frames
     truth_c = colours(truth, heads)
     error = lambda c: np.abs(c - truth_c).mean(-1)  # noqa: E731  [N, 2] head, background
     return {"rerender_max_abs": np.array([np.abs(own.astype(int) - truth.astype(int)).max()]),

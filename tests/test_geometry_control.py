@@ -126,7 +126,8 @@ def test_geometry_model_has_no_field_and_round_trips(tmp_path, head_asset):
 def test_pipeline_renders_frames_and_control_previews(head_asset):
     pipeline = FlameDiffPipeline(_geometry_model(head_asset), FlameModel(head_asset))
     clip = demo_animation(head_asset, num_frames=2, resolution=48)
-    out = pipeline(np.full((48, 48, 3), 128, np.uint8), clip, RenderSettings(steps=2), return_control=True)
+    out = pipeline(np.full((48, 48, 3), 128, np.uint8), clip, RenderSettings(steps=2, frames_per_batch=8, framing="camera"),
+                   return_control=True)
     assert len(out.frames) == len(out.control_previews) == 2
     assert out.control_previews[0].shape == (32, 32, 3) and out.control_previews[0].std() > 0
 

@@ -38,7 +38,7 @@ def clip(head_asset):
 
 
 REFERENCE = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-FAST = RenderSettings(steps=3, guidance=2.0, seed=7, frames_per_batch=2)
+FAST = RenderSettings(steps=3, guidance=2.0, seed=7, frames_per_batch=2, framing="camera")
 
 
 def test_renders_every_frame_with_control_previews(pipeline, clip):
@@ -59,7 +59,7 @@ def test_deterministic_for_a_seed_and_subsets_match(pipeline, clip):
     for index, frame_number in enumerate(subset.frame_numbers):
         np.testing.assert_allclose(subset.frames[index].astype(int), full.frames[frame_number - 1].astype(int),
                                    atol=1)
-    other_seed = pipeline(REFERENCE, clip, RenderSettings(steps=3, seed=8, frames_per_batch=2))
+    other_seed = pipeline(REFERENCE, clip, RenderSettings(steps=3, seed=8, frames_per_batch=2, framing="camera"))
     assert not np.array_equal(other_seed.frames[0], full.frames[0])
 
 
@@ -87,7 +87,7 @@ def test_steps_zero_is_the_checkpoints_default(pipeline, clip):
         return False
 
     with pytest.raises(RenderCancelled):
-        pipeline(REFERENCE, clip.select_frames([1]), RenderSettings(steps=0), progress=stop)
+        pipeline(REFERENCE, clip.select_frames([1]), RenderSettings(steps=0, framing="camera"), progress=stop)
     assert totals == [pipeline.model.config.default_steps]  # one frame: frame-steps are steps
     with pytest.raises(ValueError, match="steps must be >= 0"):
         pipeline(REFERENCE, clip, RenderSettings(steps=-1))
@@ -104,7 +104,7 @@ def test_stream_hands_out_every_frame_once_in_order_as_it_is_decoded(pipeline, t
     pipe = temporal if temporal_layers else pipeline
     clip = demo_animation(head_asset, num_frames=7, resolution=48)
     settings = RenderSettings(steps=2, seed=3, frames_per_batch=3 if temporal_layers else 2, context_window=4,
-                              context_overlap=2)
+                              context_overlap=2, framing="camera")
     streamed, calls_at_first_piece = [], None
     with counting_calls(pipe.model.reference_unet, pipe.model.denoiser) as calls:
         for piece in pipe.stream(REFERENCE, clip, settings, return_control=True):
@@ -174,10 +174,10 @@ def test_temporal_model_renders_long_clips_through_windows(pipeline, temporal, h
     from flamediff.formats.windows import frames_for_exact_subset
 
     clip = demo_animation(head_asset, num_frames=7, resolution=48)
-    settings = RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4, context_overlap=2)
+    settings = RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=4, context_overlap=2, framing="camera")
     windowed = temporal(REFERENCE, clip, settings, return_control=True)
     assert len(windowed.frames) == 7 and len(windowed.control_previews) == 7
-    whole = temporal(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=9))
+    whole = temporal(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, context_window=9, framing="camera"))
     differs = [not np.array_equal(a, b) for a, b in zip(windowed.frames, whole.frames)]
     assert any(differs)  # the temporal layers see different neighbours
     needed = frames_for_exact_subset([5, 6, 7], clip.frame, 4, 2)
@@ -187,7 +187,7 @@ def test_temporal_model_renders_long_clips_through_windows(pipeline, temporal, h
         np.testing.assert_array_equal(a, b)   # frames 5-7: the full render's pixels
     assert not np.array_equal(subset.frames[0], windowed.frames[2])   # frame 3's first window was cut
     fresh = FlameDiffPipeline(copy.deepcopy(pipeline.model), pipeline.flame)
-    plain = fresh(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3))
+    plain = fresh(REFERENCE, clip, RenderSettings(steps=2, seed=3, frames_per_batch=3, framing="camera"))
     fresh.model.add_temporal_layers()  # zero-initialised: same frames as without temporal layers
     windows = fresh(REFERENCE, clip, settings)
     for a, b in zip(plain.frames, windows.frames):
@@ -200,7 +200,7 @@ def test_optimised_path_equals_the_plain_one(pipeline, clip):
     from flamediff.models.config import LABELS
     from flamediff.pipelines.render import image_to_tensor, tensor_to_images
 
-    settings = RenderSettings(steps=3, guidance=2.5, seed=5, frames_per_batch=4)
+    settings = RenderSettings(steps=3, guidance=2.5, seed=5, frames_per_batch=4, framing="camera")
     fast = pipeline(REFERENCE, clip, settings)
     model, scheduler = pipeline.model, pipeline.scheduler
     with torch.no_grad():

@@ -150,6 +150,24 @@ def test_the_pipeline_settings_are_the_job_settings_it_shares() -> None:
         steps=4, guidance=3.5, seed=11, frames_per_batch=2, shape_from="reference", preview=True, framing="head")
 
 
+def test_every_job_setting_is_a_pipeline_field_or_excluded_with_one_set_of_defaults() -> None:
+    """A job setting renamed on either side, or added without a decision, fails here instead of
+    silently rendering with the pipeline's own value; a pipeline field a job sets defaults as the
+    protocol does."""
+    from dataclasses import fields
+
+    from flamediff.pipelines.render import RenderSettings
+    from flamediff.server.inputs import JobSettings
+    from flamediff.server.job_execution import NOT_PIPELINE_SETTINGS, PIPELINE_FIELDS, PIPELINE_ONLY_FIELDS
+
+    names = sorted(entry.name for entry in JOB_SETTINGS)
+    assert sorted([*PIPELINE_FIELDS, *NOT_PIPELINE_SETTINGS]) == names == sorted(JobSettings.model_fields)
+    render_fields = {entry.name: entry for entry in fields(RenderSettings)}
+    assert sorted([*PIPELINE_FIELDS.values(), *PIPELINE_ONLY_FIELDS]) == sorted(render_fields)
+    assert {name: render_fields[field].default for name, field in PIPELINE_FIELDS.items()} == \
+        {name: setting(name).default for name in PIPELINE_FIELDS}
+
+
 def test_the_progress_bar_counts_frames_with_its_percentage_and_writes_lines_to_logs() -> None:
     """37.5 % of 24 frames is frame 9/24, not 0/24; a log file gets plain lines (one per 10 %), a
     terminal the bar redrawn with carriage returns."""

@@ -20,7 +20,7 @@ from test_server_helpers import counting_calls
 from tiny_data import visible_control_tiny_model
 
 REFERENCE = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-SETTINGS = RenderSettings(steps=3, guidance=2.0, seed=7, frames_per_batch=2)
+SETTINGS = RenderSettings(steps=3, guidance=2.0, seed=7, frames_per_batch=2, framing="camera")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_bf16_temporal_model_renders(model, flame, head_asset):
     pipeline = FlameDiffPipeline(temporal, flame, dtype=torch.bfloat16)
     assert next(pipeline.model.temporal.parameters()).dtype == torch.bfloat16
     clip = demo_animation(head_asset, num_frames=3, resolution=48)
-    out = pipeline(REFERENCE, clip, RenderSettings(steps=2, seed=1))
+    out = pipeline(REFERENCE, clip, RenderSettings(steps=2, seed=1, frames_per_batch=8, framing="camera"))
     assert len(out.frames) == 3 and out.frames[0].shape == (32, 32, 3)
 
 
@@ -123,7 +123,7 @@ def test_preview_is_half_size_with_few_steps_and_hands_the_first_frame_out_alone
     assert pipeline.resolved_steps(2, preview=True) == 2 and pipeline.resolved_steps(30, preview=True) == 4
     clip = demo_animation(head_asset, num_frames=5, resolution=48)
     totals = []
-    settings = RenderSettings(steps=2, seed=3, frames_per_batch=2, preview=True)
+    settings = RenderSettings(steps=2, seed=3, frames_per_batch=2, preview=True, framing="camera")
     with counting_calls(pipeline.model.reference_unet) as reference_calls:
         pieces = list(pipeline.stream(REFERENCE, clip, settings, return_control=True,
                                       progress=lambda _, done, total: totals.append(total)))

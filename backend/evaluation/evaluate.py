@@ -62,6 +62,9 @@ CROSS_KEYS = ("csim", "aed", "apd")
 #: An estimator's (expression [N, E], pose [N, P]) on the driving frames, or None without an estimator.
 DriveEstimate = tuple[np.ndarray, np.ndarray] | None
 MaskFunction = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
+#: Evaluation renders the camera's whole view, the framing of the dataset's frames it is scored
+#: against (RGB, pixel for pixel), not the jobs' default head square in a transparent frame.
+FRAMING = "camera"
 
 
 def default_checkpoint() -> str | None:
@@ -199,8 +202,8 @@ class _Evaluation:
 
         clip = self.index.annotations.take_rows(rows)
         if not swap_shape:
-            return self.pipeline(reference.raw, clip, RenderSettings(**self.settings)).frames
-        return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, shape_from="reference"),
+            return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING)).frames
+        return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING, shape_from="reference"),
                              reference_shape=self.index.annotations.shape[reference.row]).frames
 
     @functools.cached_property
@@ -341,8 +344,9 @@ def evaluate(checkpoint_or_model: Any, dataset_folder: str, split: str = "all", 
         if progress is not None:
             progress(position + 1, len(identities))
     run.closing_notes(identities)
-    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings), run.masks_for,
-                                         run.self_runs) if reference_check and len(identities) > 1 else None)
+    sensitivity = (reference_sensitivity(pipeline, index, identities, RenderSettings(**settings, framing=FRAMING),
+                                         run.masks_for, run.self_runs) if reference_check and len(identities) > 1
+                   else None)
     return {
         "checkpoint": checkpoint, "dataset": os.path.abspath(dataset_folder), "split": split,
         "identities": identities, "resolution": model.config.resolution,

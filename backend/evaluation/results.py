@@ -105,11 +105,12 @@ class _Session:
         return self._pipelines[key]
 
     def settings(self, pipeline: FlameDiffPipeline) -> RenderSettings:
+        from flamediff.evaluation.evaluate import FRAMING
         from flamediff.pipelines.render import RenderSettings
 
         config = pipeline.model.config
         return RenderSettings(steps=config.default_steps, guidance=self.plan.get("guidance") or config.default_guidance,
-                              seed=0, frames_per_batch=8)
+                              seed=0, frames_per_batch=8, framing=FRAMING)
 
     def identities(self, spec: dict[str, Any]) -> tuple[DatasetIndex, list[int]]:
         """A section's dataset and the identities it evaluates (``split``, default "heldout")."""

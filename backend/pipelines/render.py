@@ -23,7 +23,7 @@ frames out.
 Framing (``RenderSettings.framing``): ``"camera"`` fits the camera's whole image (any aspect)
 into the model's square, letterboxed, and crops the frames back to the camera's aspect (the
 framing of the training set when the camera is the dataset's; evaluation uses it). ``"head"``
-(what jobs use) renders, per frame, the square around the head that frames it as the training
+(the default, as for jobs) renders, per frame, the square around the head that frames it as the training
 set does (:func:`~flamediff.formats.conventions.head_squares`), and places it, resized, into a
 transparent RGBA frame of the camera's image size: the model always sees a head framed as it
 learned, whatever the artist's lens and resolution, and the strip composites over other work.
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from flamediff.flame.model import FlameModel
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.conventions import (fitted_frame, head_squares, square_fit_intrinsics,
                                            square_region_intrinsics, view_matrices)
+from flamediff.formats.protocol import setting
 from flamediff.formats.windows import CONTEXT_OVERLAP, CONTEXT_WINDOW, frames_for_exact_subset, window_indices
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
@@ -74,18 +75,27 @@ class RenderCancelled(RuntimeError):
 MAX_FRAME_PIXELS = 7680 * 4320
 
 
+def _job_default(name: str) -> Any:
+    """The default of the job setting ``name`` (:data:`flamediff.formats.protocol.JOB_SETTINGS`)."""
+    return setting(name).default
+
+
 @dataclass
 class RenderSettings:
-    steps: int = 0                 # 0 = the checkpoint's default (config.default_steps)
-    guidance: float = 0.0          # classifier-free guidance scale; 0 = the checkpoint's (config.default_guidance)
-    seed: int = 0
-    frames_per_batch: int = 8
-    shape_from: str = "animation"  # or "reference": drive with the reference identity's shape
+    """What one pipeline call renders with. The fields that are job settings (see
+    :data:`flamediff.server.job_execution.PIPELINE_FIELDS`) take the protocol's defaults, so a
+    direct call renders as a job that names no settings does."""
+
+    steps: int = _job_default("steps")        # 0 = the checkpoint's default (config.default_steps)
+    guidance: float = _job_default("guidance")  # classifier-free guidance scale; 0 = config.default_guidance
+    seed: int = _job_default("seed")
+    frames_per_batch: int = _job_default("frames_per_batch")
+    shape_from: str = _job_default("shape_from")  # or "reference": drive with the reference identity's shape
     context_window: int = CONTEXT_WINDOW   # temporal models: frames seen together
     context_overlap: int = CONTEXT_OVERLAP
-    preview: bool = False          # half resolution, at most PREVIEW_STEPS steps, first frame alone
-    framing: str = "camera"        # or "head": see the module docstring
-    matte: str = "head"            # head framing's alpha: "head", "head_neck" or "tile" (the whole square)
+    preview: bool = _job_default("preview")   # half resolution, at most PREVIEW_STEPS steps, first frame alone
+    framing: str = _job_default("framing")    # "head" or "camera": see the module docstring
+    matte: str = _job_default("matte")        # head framing's alpha: "head", "head_neck" or "tile" (the whole square)
 
 
 @dataclass

@@ -10,7 +10,6 @@ pipeline's progress callback, which runs after every denoising step. ``flamediff
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -117,13 +116,27 @@ def weights_sha256(checkpoint: dict[str, Any]) -> str:
     return _file_sha256(os.path.join(checkpoint["path"], WEIGHTS_NAME), checkpoint.get("fingerprint", ""))
 
 
+#: The job settings (:data:`flamediff.formats.protocol.JOB_SETTINGS`) a render passes to the
+#: pipeline: each one's :class:`~flamediff.pipelines.render.RenderSettings` field.
+PIPELINE_FIELDS = {"steps": "steps", "guidance": "guidance", "seed": "seed", "shape_from": "shape_from",
+                   "preview": "preview", "framing": "framing", "matte": "matte", "frames_per_batch": "frames_per_batch"}
+#: The job settings that are no pipeline setting, and what each does instead.
+NOT_PIPELINE_SETTINGS = {
+    "checkpoint": "chooses the model (the job's manifest names its folder)",
+    "frames": "chooses the frames to render (the job folder's missing frames)",
+    "reference_shape": "the pipeline call's reference_shape argument",
+    "resolution": "checked against the checkpoint's when the job is submitted",
+}
+#: RenderSettings fields no job sets: the pipeline's own defaults.
+PIPELINE_ONLY_FIELDS = ("context_window", "context_overlap")
+
+
 def pipeline_settings(settings: "JobSettings", steps: int, frames_per_batch: int) -> "RenderSettings":
-    """The pipeline's settings for a job: every job setting the pipeline shares by name, with the
+    """The pipeline's settings for a job: its settings named in :data:`PIPELINE_FIELDS`, with the
     steps resolved for its checkpoint and the batch size in use (smaller after a GPU OOM)."""
     from flamediff.pipelines.render import RenderSettings
 
-    shared = {field.name for field in dataclasses.fields(RenderSettings)} & set(type(settings).model_fields)
-    values = {name: getattr(settings, name) for name in shared}
+    values = {field: getattr(settings, name) for name, field in PIPELINE_FIELDS.items()}
     return RenderSettings(**{**values, "steps": steps, "frames_per_batch": frames_per_batch})
 
 
