@@ -85,14 +85,14 @@ def step_parts(trainer: Trainer, step: int) -> dict[str, float]:
     model, device = trainer.model, trainer.accelerator.device
     parts = {"batch drawing": timed(lambda: trainer.draw(step))}
     batch = trainer.draw(step)
-    clip = batch["clip"]
+    clip = batch.clip
     parts["VAE encoding (or cache read)"] = timed(lambda: trainer.clean_latents(model, batch))
     with torch.no_grad():
         parts["FLAME forward"] = timed(lambda: trainer.flame.forward_clip(clip))
         vertices = trainer.flame.forward_clip(clip).vertices
     Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
                          dtype=torch.float32, device=device)
-    viewmats = batch["viewmats"].to(device)
+    viewmats = batch.viewmats.to(device)
 
     def render():
         return model.render_control(vertices, trainer.flame.faces, viewmats, Ks)

@@ -88,9 +88,18 @@ def test_dataset_validation(tmp_path, dataset):
 def test_batches_are_reproducible_and_use_same_identity_references(dataset):
     index = read_dataset(dataset)
     first, again = draw_batch(index, 5, 2, seed=1, rank=0), draw_batch(index, 5, 2, seed=1, rank=0)
-    torch.testing.assert_close(first["target"], again["target"])
+    torch.testing.assert_close(first.target, again.target)
     other_rank = draw_batch(index, 5, 2, seed=1, rank=1)
-    assert not torch.equal(first["target"], other_rank["target"]) or not torch.equal(first["reference"], other_rank["reference"])
+    assert not torch.equal(first.target, other_rank.target) or not torch.equal(first.reference, other_rank.reference)
+
+
+def test_batch_draws_are_pinned(dataset):
+    """The rows, references, noise seed and reference-dropout draws of a step, in the order runs
+    resumed from checkpoints of earlier versions rely on (values of the trainer as it was)."""
+    batch = draw_batch(read_dataset(dataset), 7, 2, seed=3, rank=1, load_images=False)
+    assert batch.rows.tolist() == [[5], [1]] and batch.reference_rows.tolist() == [4, 0]
+    assert batch.noise_seed == 1082107588 and batch.target is None
+    np.testing.assert_array_equal(batch.reference_draws, [0.4096555927411133, 0.8630378258737811])
 
 
 def test_gradients_reach_the_gaussian_features(tmp_path, dataset):
@@ -219,14 +228,14 @@ def test_ablation_options_domains_label_and_vae_from(tmp_path, dataset):
     real_only = Trainer(_config(dataset, str(tmp_path / "real"), domains=["real"]), log=lambda m: None)
     index = real_only.index
     np.testing.assert_array_equal(real_only.pool, np.nonzero(index.label == 0)[0])
-    drawn = np.concatenate([draw_batch(index, s, 2, 0, 0, pool=real_only.pool)["label"].numpy() for s in range(8)])
+    drawn = np.concatenate([draw_batch(index, s, 2, 0, 0, pool=real_only.pool).label.numpy() for s in range(8)])
     assert (drawn == 0).all()
 
     seen = []
     unlabelled = Trainer(_config(dataset, str(tmp_path / "nolabel"), domain_label=False), log=lambda m: None)
     predict = unlabelled.model.predict
     unlabelled.model.predict = lambda *args, **kwargs: seen.append(args[3].clone()) or predict(*args, **kwargs)
-    batch = next(draw_batch(index, s, 2, 0, 0) for s in range(50) if (draw_batch(index, s, 2, 0, 0)["label"] == 1).any())
+    batch = next(draw_batch(index, s, 2, 0, 0) for s in range(50) if (draw_batch(index, s, 2, 0, 0).label == 1).any())
     unlabelled.loss(batch)
     assert (seen[0] == 0).all()
 
@@ -254,7 +263,7 @@ def test_held_out_identities_are_never_sampled(tmp_path, head_asset):
         for step in range(40):
             batch = draw_batch(index, step, 2, 0, 0, length=length, pool=trainer.pool)
             # the held-out identity's frames appear neither as targets nor as references
-            for frame in [*batch["target"].flatten(0, 1), *batch["reference"]]:
+            for frame in [*batch.target.flatten(0, 1), *batch.reference]:
                 assert not any(torch.equal(frame, h) for h in held)
     (tmp_path / "data" / "splits.json").write_text("{broken")
     with pytest.raises(TrainConfigError, match="splits.json is unreadable"):
@@ -391,11 +400,11 @@ def test_latent_cache_gives_the_same_losses_and_skips_repeated_work(tmp_path, da
     plain = Trainer(_config(dataset, str(tmp_path / "plain"), cache_latents=False), log=lambda message: None)
     assert cached.latent_cache is not None and plain.latent_cache is None
     batch = cached.draw(3)
-    assert "target" not in batch and "target" in plain.draw(3)  # no pixels decoded with the cache
+    assert batch.target is None and plain.draw(3).target is not None  # no pixels decoded with the cache
     with torch.no_grad():
         torch.testing.assert_close(cached.loss(batch), plain.loss(plain.draw(3)), rtol=1e-5, atol=1e-7)
     entries = sorted(os.listdir(cached.latent_cache.folder))
-    rows = {int(r) for r in batch["rows"].reshape(-1)} | {int(r) for r in batch["reference_rows"]}
+    rows = {int(r) for r in batch.rows.reshape(-1)} | {int(r) for r in batch.reference_rows}
     assert entries == [f"{r:06d}.npy" for r in sorted(rows)]
 
     encoded = []

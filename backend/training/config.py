@@ -144,7 +144,7 @@ def _expand_path(value: str, key: str, source: str) -> str:
 def _default_text(key: Field) -> str:
     if key.default is MISSING and key.default_factory is MISSING:
         return "required"
-    default = key.default_factory() if key.default is MISSING else key.default  # type: ignore[misc]
+    default = key.default if key.default is not MISSING else key.default_factory()  # type: ignore[operator]
     return f"default {json.dumps(default)}"
 
 

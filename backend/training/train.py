@@ -39,64 +39,15 @@ from flamediff.assets import load_asset
 from flamediff.data.dataset import DatasetIndex, read_dataset
 from flamediff.data.splits import SplitsError, identities_of_split
 from flamediff.flame.model import FlameModel
-from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
+from flamediff.formats.conventions import square_crop_intrinsics
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
+from flamediff.training.batches import Batch, draw_batch, training_pool
 from flamediff.training.config import TrainConfig, TrainConfigError
 from flamediff.training.latent_cache import LatentCache
 
 LOSS_LOG = "loss.jsonl"     # one {"step", "loss", "lr"} line per log_every steps, in output_dir
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int, length: int,
-               pool: np.ndarray | None = None) -> np.ndarray:
-    """``[B, length]`` sample rows: single frames (length 1, from ``pool``, default every sample)
-    or consecutive frames of distinct real-label sequences."""
-    pool = np.arange(len(index)) if pool is None else pool
-    if length == 1:
-        return pool[rng.choice(len(pool), size=batch_size, replace=False)][:, None]
-    clips = [rows for rows in index.sequences()
-             if len(rows) >= length and (index.label[rows] == 0).all() and np.isin(rows, pool).all()]
-    if len(clips) < batch_size:
-        raise TrainConfigError(f"stage 2 needs {batch_size} real sequences of at least {length} frames; "
-                               f"the dataset has {len(clips)}")
-    chosen = rng.choice(len(clips), size=batch_size, replace=False)
-    starts = [rng.randint(0, len(clips[c]) - length + 1) for c in chosen]
-    return np.stack([clips[c][s:s + length] for c, s in zip(chosen, starts)])
-
-
-def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int,
-               length: int = 1, pool: np.ndarray | None = None, load_images: bool = True) -> dict[str, Any]:
-    """The batch of ``step`` on process ``rank``: ``[B, F]`` target frames, one reference of the
-    same identity per sample, FLAME parameters, cameras and domain labels. Their dataset rows are
-    always given (``rows``, ``reference_rows``); the pixels only with ``load_images``."""
-    rng = np.random.RandomState((seed * 1_000_003 + step * 97 + rank) % (2 ** 32))
-    rows = _clip_rows(index, rng, batch_size, length, pool)
-    references = []
-    for clip_rows in rows:
-        same = index.samples_of_identity(int(index.identity[clip_rows[0]]))  # never another split's
-        others = np.setdiff1d(same, clip_rows)
-        references.append(int(rng.choice(others)) if len(others) else int(clip_rows[0]))
-    flat = rows.reshape(-1)
-    clip = index.annotations.take_rows(flat)
-    images = {}
-    if load_images:
-        images = {"target": torch.stack([index.frame_tensor(int(r)) for r in flat]).unflatten(0, rows.shape),
-                  "reference": torch.stack([index.frame_tensor(r) for r in references])}
-    return {
-        **images,
-        "rows": rows,
-        "reference_rows": np.array(references),
-        "clip": clip,
-        "viewmats": torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32),
-        "label": torch.as_tensor(index.label[rows[:, 0]], dtype=torch.long),
-        "rng": rng,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,57 +151,59 @@ class Trainer:
     def clip_length(self) -> int:
         return self.config.sequence_length if self.config.stage == "2" else 1
 
-    def draw(self, step: int) -> dict[str, Any]:
+    def draw(self, step: int) -> Batch:
         """The batch of ``step`` for this process (pixels only where no latent cache stands in)."""
         return draw_batch(self.index, step, self.config.batch_size, self.config.seed,
                           self.accelerator.process_index, self.clip_length, self.pool,
                           load_images=self.latent_cache is None)
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, batch: Batch) -> torch.Tensor:
         model, device = self.model, self.accelerator.device
         if self.config.stage == "vae":
             # The posterior mean, as the diffusion model will see it (encode_images): sampled
             # latents taught the old demo VAE to leave two of four channels almost empty.
-            target = batch["target"].to(device).flatten(0, 1)
+            assert batch.target is not None, "the vae stage draws pixels (it has no latent cache)"
+            target = batch.target.to(device).flatten(0, 1)
             posterior = model.vae.encode(target).latent_dist
             reconstruction = model.vae.decode(posterior.mean).sample
             return F.mse_loss(reconstruction, target) + 1e-6 * posterior.kl().mean()
         return self.diffusion_loss(model, batch)
 
-    def clean_latents(self, model: FlameDiffModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def clean_latents(self, model: FlameDiffModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised latents of the ``[B, F]`` targets and the ``[B]`` references: from the
         latent cache, or encoded from the batch's pixels."""
-        device, rows = self.accelerator.device, batch["rows"]
+        device, rows = self.accelerator.device, batch.rows
         with torch.no_grad():
             if self.latent_cache is None:
-                latents = model.encode_images(batch["target"].to(device).flatten(0, 1))
-                reference = model.encode_images(batch["reference"].to(device))
+                assert batch.target is not None and batch.reference is not None, "drawn without pixels"
+                latents = model.encode_images(batch.target.to(device).flatten(0, 1))
+                reference = model.encode_images(batch.reference.to(device))
             else:
                 latents = model.normalise_latents(self.latent_cache.raw_latents(rows.reshape(-1), device))
-                reference = model.normalise_latents(self.latent_cache.raw_latents(batch["reference_rows"], device))
+                reference = model.normalise_latents(self.latent_cache.raw_latents(batch.reference_rows, device))
         return latents.unflatten(0, rows.shape), reference
 
-    def diffusion_loss(self, model: FlameDiffModel, batch: dict[str, Any]) -> torch.Tensor:
+    def diffusion_loss(self, model: FlameDiffModel, batch: Batch) -> torch.Tensor:
         """v-prediction MSE on ``[B, F]`` frames; one timestep per clip, noise per frame."""
-        device, rng, clip = self.accelerator.device, batch["rng"], batch["clip"]
-        batch_size, frames = batch["rows"].shape
+        device, clip = self.accelerator.device, batch.clip
+        batch_size, frames = batch.shape
         latents, reference = self.clean_latents(model, batch)
         with torch.no_grad():
             vertices = self.flame.forward_clip(clip).vertices
         Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
                              dtype=torch.float32, device=device)
-        feature_maps = model.render_control(vertices, self.flame.faces, batch["viewmats"].to(device), Ks)
+        feature_maps = model.render_control(vertices, self.flame.faces, batch.viewmats.to(device), Ks)
         feature_maps = feature_maps.permute(0, 3, 1, 2).unflatten(0, (batch_size, frames))
-        generator = torch.Generator().manual_seed(int(rng.randint(0, 2 ** 31)))
+        generator = torch.Generator().manual_seed(batch.noise_seed)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         timesteps = torch.randint(0, model.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
         per_frame = timesteps.repeat_interleave(frames)
         flat_latents, flat_noise = latents.flatten(0, 1), noise.flatten(0, 1)
         noisy = self.scheduler.add_noise(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
         velocity = self.scheduler.get_velocity(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
-        keep = torch.as_tensor(rng.uniform(size=batch_size) >= model.config.reference_dropout, device=device)
+        keep = torch.as_tensor(batch.reference_draws >= model.config.reference_dropout, device=device)
         model.write_reference(reference)
-        labels = batch["label"] if self.config.domain_label else torch.full_like(batch["label"], LABELS["real"])
+        labels = batch.label if self.config.domain_label else torch.full_like(batch.label, LABELS["real"])
         prediction = model.predict(noisy, timesteps, feature_maps, labels.to(device), keep)
         per_clip = (prediction.float() - velocity.float()).pow(2).flatten(1).mean(1)
         return (per_clip * self.loss_weights(timesteps)).mean()
@@ -387,12 +340,6 @@ def heldout_identities(dataset: str) -> list[int]:
         return identities_of_split(dataset, "heldout") or []
     except SplitsError as exc:  # the run cannot start: a config error, like a wrong dataset path
         raise TrainConfigError(str(exc)) from None
-
-
-def training_pool(index: DatasetIndex, domains: tuple[str, ...], heldout: list[int]) -> np.ndarray:
-    """Rows training may draw (as targets or references): the chosen domains, held-out identities excluded."""
-    chosen = np.isin(index.label, [LABELS[d] for d in domains]) & ~np.isin(index.identity, heldout)
-    return np.nonzero(chosen)[0]
 
 
 @torch.no_grad()
