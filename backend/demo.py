@@ -129,7 +129,7 @@ bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
 prefs = bpy.context.preferences.addons["bl_ext.user_default.flamediff"].preferences
 prefs.asset_folder, prefs.backend_mode = asset, "LOCAL"
 prefs.backend_python, prefs.backend_port, prefs.backend_device, prefs.token_file = python, int(port), "cpu", token
-from bl_ext.user_default.flamediff import demo
+from bl_ext.user_default.flamediff.blender_addon import demo
 try:
     outcome = demo.build_and_render(animation, reference, blend, steps=int(steps), checkpoint="demo")
 finally:

@@ -1,26 +1,32 @@
 """flamediff Blender extension: a FLAME rig, animation export/import, rendering through the backend.
 
-The zip built by ``build_addon.py`` holds this package as ``flamediff/`` with ``operators/``,
-``ui_panels/`` and the shared ``formats/`` (numpy + stdlib) inside it; everything is imported
-relatively, as Blender 4.2+ extensions require. In the source checkout those three folders are
-siblings of this one (``operators/``, ``ui_panels/``, ``backend/formats/``), so the package's
-search path is extended to them: ``import blender_addon`` then has the zip's shape, and the
-plain-Python parts (``render_job``, ``backend_client``, ``formats``) import without Blender.
-bpy is imported when Blender registers the add-on.
+The add-on is the zip that ``build_addon.py`` builds, and nothing else: one ``flamediff/`` package
+holding this folder, ``operators/``, ``ui_panels/`` and the backend's shared ``backend/formats/``
+(numpy + stdlib) at the paths they have in the checkout. Every import between them is relative and
+reads the same on disk and in the zip (``from ..backend.formats.protocol import ...`` here is
+``backend/formats/protocol.py`` in both), so each module has one name: Blender's, under
+``bl_ext.<repo>.flamediff``. The checkout's folders are the zip's sources, not an importable
+package; tests install the built zip as Blender does (``tests/conftest.py``). bpy is imported
+when Blender registers the add-on.
 """
 
 from __future__ import annotations
 
 import os
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if not os.path.isdir(os.path.join(_HERE, "operators")):  # the source checkout, not the built zip
-    _CHECKOUT = os.path.dirname(_HERE)
-    __path__.extend([_CHECKOUT, os.path.join(_CHECKOUT, "backend")])  # type: ignore[name-defined]
+if "." not in __name__:
+    raise ImportError("blender_addon/ is the source of the flamediff extension, not a package of its own: build the "
+                      "zip with 'python build_addon.py' and install it in Blender (tests: tests/conftest.py)")
+
+#: The extension's package (the zip's root), under which Blender registers the add-on and its preferences.
+EXTENSION = __name__.rpartition(".")[0]
+#: The extension's folder (where ``build_addon.py`` writes ``source_checkout.txt``).
+EXTENSION_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _classes() -> tuple[type, ...]:
-    from . import operators, preferences, render_engine, render_scene, track_scene, ui_panels
+    from .. import operators, ui_panels
+    from . import preferences, render_engine, render_scene, track_scene
 
     return (*preferences.classes, *render_scene.classes, *track_scene.classes, *operators.classes,
             *render_engine.classes, *ui_panels.classes)
@@ -29,7 +35,8 @@ def _classes() -> tuple[type, ...]:
 def register() -> None:
     import bpy
 
-    from . import render_engine, render_scene, ui_panels
+    from .. import ui_panels
+    from . import render_engine, render_scene
 
     for cls in _classes():
         bpy.utils.register_class(cls)
@@ -42,7 +49,8 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import local_backend, render_engine, render_job, render_scene, ui_panels
+    from .. import ui_panels
+    from . import local_backend, render_engine, render_job, render_scene
 
     render_engine.unregister_handlers()
     render_scene.unregister_handlers()

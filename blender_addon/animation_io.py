@@ -19,11 +19,11 @@ import numpy as np
 from mathutils import Euler, Matrix, Quaternion
 
 from . import rig as rigmod
-from .formats.animation import POSE_FIELDS, AnimationClip, AnimationFormatError
-from .formats.conventions import (FLAME_TO_BLENDER, BlenderCameraIntrinsics, axis_angle_to_quaternion,
+from ..backend.formats.animation import POSE_FIELDS, AnimationClip, AnimationFormatError
+from ..backend.formats.conventions import (FLAME_TO_BLENDER, BlenderCameraIntrinsics, axis_angle_to_quaternion,
                                   blender_camera_to_opencv, opencv_to_blender_camera, quaternion_to_axis_angle,
                                   refit_intrinsics)
-from .formats.flame_asset import JOINT_NAMES, FlameAsset
+from ..backend.formats.flame_asset import JOINT_NAMES, FlameAsset
 
 _TRANSFORM_PATHS = {"location", "rotation_euler", "rotation_quaternion", "rotation_axis_angle", "scale",
                     "delta_location", "delta_rotation_euler", "delta_rotation_quaternion", "delta_scale"}

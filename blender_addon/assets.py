@@ -10,8 +10,9 @@ import os
 
 import bpy
 
-from .formats.flame_asset import FlameAsset, FlameAssetError, load_flame_asset
-from .formats.procedural_head import ensure_procedural_head
+from . import EXTENSION
+from ..backend.formats.flame_asset import FlameAsset, FlameAssetError, load_flame_asset
+from ..backend.formats.procedural_head import ensure_procedural_head
 
 _CACHE: dict[str, tuple[float, FlameAsset, dict]] = {}
 
@@ -23,7 +24,7 @@ def asset_folder(context: bpy.types.Context) -> str:
     folder = get_preferences(context).asset_folder.strip()
     if folder:
         return os.path.abspath(bpy.path.abspath(folder))
-    return ensure_procedural_head(bpy.utils.extension_path_user(__package__, path="assets", create=True))
+    return ensure_procedural_head(bpy.utils.extension_path_user(EXTENSION, path="assets", create=True))
 
 
 def _stamp(folder: str) -> float:

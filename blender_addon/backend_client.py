@@ -14,8 +14,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from .formats.ports import busy_port_message
-from .formats.protocol import DEFAULT_URL, PROTOCOL_VERSION, is_loopback_url
+from ..backend.formats.ports import busy_port_message
+from ..backend.formats.protocol import DEFAULT_URL, PROTOCOL_VERSION, is_loopback_url
 START_HINT = ("start it with 'flamediff serve' (or 'python -m flamediff serve' in the backend's venv), "
               "or choose 'Start locally' in the flamediff add-on preferences")
 LOCAL_START_HINT = ("Render starts it, or press 'Start backend' in the flamediff add-on preferences "

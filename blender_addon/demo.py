@@ -11,7 +11,7 @@ import os
 import bpy
 
 from .animation_io import apply_camera
-from .formats.animation import AnimationClip, load_animation
+from ..backend.formats.animation import AnimationClip, load_animation
 
 
 def match_timeline(scene: bpy.types.Scene, clip: AnimationClip) -> None:

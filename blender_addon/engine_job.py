@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
-from .formats.windows import context_frames
+from ..backend.formats.windows import context_frames
 from .render_job import POLL_INTERVAL, RenderJob, format_eta, frame_path
 
 #: How often a wait checks Esc (``RenderEngine.test_break``) between polls of the backend.

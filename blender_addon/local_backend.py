@@ -14,10 +14,10 @@ import socket
 import subprocess
 import time
 
+from . import EXTENSION_DIR
 from .backend_client import BackendError
-from .formats.paths import PythonChoice, find_backend_python, python_candidates, setup_command
+from ..backend.formats.paths import PythonChoice, find_backend_python, python_candidates, setup_command
 
-ADDON_DIR = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT_FILE = "source_checkout.txt"  # written into the zip by build_addon.py
 _PROCESS: dict = {}
 
@@ -25,7 +25,7 @@ _PROCESS: dict = {}
 def source_checkouts() -> tuple[str, ...]:
     """The checkout the zip was built from (``source_checkout.txt``); none for a zip without it."""
     try:
-        with open(os.path.join(ADDON_DIR, CHECKOUT_FILE), encoding="utf-8") as handle:
+        with open(os.path.join(EXTENSION_DIR, CHECKOUT_FILE), encoding="utf-8") as handle:
             folder = handle.read().strip()
     except OSError:
         return ()

@@ -7,7 +7,8 @@ import os
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from .formats.protocol import DEFAULT_PORT, DEFAULT_URL, default_token_file
+from . import EXTENSION
+from ..backend.formats.protocol import DEFAULT_PORT, DEFAULT_URL, default_token_file
 
 UNSAVED_FOLDER = "flamediff_renders"  # in the home folder: where an unsaved .blend's renders go by default
 
@@ -15,7 +16,7 @@ UNSAVED_FOLDER = "flamediff_renders"  # in the home folder: where an unsaved .bl
 class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
     """Stored in Blender's user preferences, so every .blend builds rigs from the same asset."""
 
-    bl_idname = __package__
+    bl_idname = EXTENSION
 
     asset_folder: StringProperty(
         name="FLAME asset folder", subtype="DIR_PATH", default="",
@@ -84,7 +85,7 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
 
 def draw_python_choice(layout: bpy.types.UILayout, context: bpy.types.Context, preference: str) -> None:
     """Which backend Python "Start locally" will use, or the command that creates one (file checks only)."""
-    from .ui_panels.text import wrapped_label
+    from ..ui_panels.text import wrapped_label
     from . import local_backend
     from .backend_client import BackendError
 
@@ -99,8 +100,8 @@ def draw_python_choice(layout: bpy.types.UILayout, context: bpy.types.Context, p
 
 
 def get_preferences(context: bpy.types.Context) -> FLAMEDIFF_AP_preferences:
-    """This add-on's preferences (the add-on is registered under its package name)."""
-    return context.preferences.addons[__package__].preferences
+    """This add-on's preferences (the add-on is registered under the extension's package name)."""
+    return context.preferences.addons[EXTENSION].preferences
 
 
 def backend_settings(context: bpy.types.Context) -> dict:
@@ -108,7 +109,7 @@ def backend_settings(context: bpy.types.Context) -> dict:
     prefs = get_preferences(context)
     if prefs.backend_mode == "LOCAL":
         token = prefs.token_file.strip() or os.path.join(
-            bpy.utils.extension_path_user(__package__, path="server", create=True), "token")
+            bpy.utils.extension_path_user(EXTENSION, path="server", create=True), "token")
         from . import local_backend
 
         port = local_backend.started_port() or prefs.backend_port

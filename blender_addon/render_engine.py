@@ -18,8 +18,8 @@ import numpy as np
 
 from . import animation_io, engine_job, local_backend, render_scene
 from . import rig as rigmod
-from .formats.images import check_image_file
-from .formats.provenance import frame_recipe
+from ..backend.formats.images import check_image_file
+from ..backend.formats.provenance import frame_recipe
 from .preferences import backend_settings, make_client
 from .render_job import RenderJob
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from . import local_backend
 from .backend_client import FOREIGN, BackendClient, BackendError
-from .formats.ports import busy_port_message, free_port
-from .formats.protocol import frame_file
+from ..backend.formats.ports import busy_port_message, free_port
+from ..backend.formats.protocol import frame_file
 
 POLL_INTERVAL = 0.5
 START_TIMEOUT = 120.0

@@ -18,10 +18,10 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import animation_io, assets, render_job
-from .formats.animation import AnimationFormatError, save_animation
-from .formats.flame_asset import FlameAssetError
-from .formats.images import ImageFormatError, check_image_file
-from .formats.protocol import REFERENCE_FORMATS, setting
+from ..backend.formats.animation import AnimationFormatError, save_animation
+from ..backend.formats.flame_asset import FlameAssetError
+from ..backend.formats.images import ImageFormatError, check_image_file
+from ..backend.formats.protocol import REFERENCE_FORMATS, setting
 from .render_job import frame_path
 
 STRIP_NAME = "flamediff"

@@ -26,7 +26,7 @@ import math
 import bpy
 import numpy as np
 
-from .formats.flame_asset import JOINT_NAMES, FlameAsset
+from ..backend.formats.flame_asset import JOINT_NAMES, FlameAsset
 
 RIG_VERSION = 1
 TRANSL_BONE = "transl"

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from . import local_backend
 from .backend_client import BackendClient, BackendError
-from .formats.animation import AnimationClip
-from .formats.trackers import retime
+from ..backend.formats.animation import AnimationClip
+from ..backend.formats.trackers import retime
 from .render_job import BackendJob, BackendProcess
 
 STAGES = ("starting", "landmarks", "fit", "overlay")

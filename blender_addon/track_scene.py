@@ -17,8 +17,8 @@ import numpy as np
 from bpy.props import FloatProperty, StringProperty
 
 from . import animation_io, rig as rigmod
-from .formats.animation import AnimationClip, AnimationFormatError, load_animation
-from .formats.flame_asset import FlameAssetError
+from ..backend.formats.animation import AnimationClip, AnimationFormatError, load_animation
+from ..backend.formats.flame_asset import FlameAssetError
 from .render_scene import ScenePropsHost
 from .track_job import RigGone, on_scene_frames
 

@@ -7,10 +7,10 @@ import numpy as np
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from .. import animation_io, assets, rig as rigmod
-from ..formats.animation import AnimationFormatError, save_animation
-from ..formats.flame_asset import FlameAssetError
-from ..formats.trackers import flame_version_note, load_any, retime
+from ..blender_addon import animation_io, assets, rig as rigmod
+from ..backend.formats.animation import AnimationFormatError, save_animation
+from ..backend.formats.flame_asset import FlameAssetError
+from ..backend.formats.trackers import flame_version_note, load_any, retime
 from .common import NO_RIG, RigOperator, target_rig
 
 

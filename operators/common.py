@@ -7,8 +7,8 @@ import time
 import bpy
 from bpy.props import StringProperty
 
-from .. import render_job, render_scene
-from .. import rig as rigmod
+from ..blender_addon import render_job, render_scene
+from ..blender_addon import rig as rigmod
 
 
 def target_rig(context: bpy.types.Context, name: str) -> bpy.types.Object | None:

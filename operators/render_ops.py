@@ -5,12 +5,12 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from .. import assets, local_backend, render_job, render_scene
-from ..backend_client import BackendError
-from ..formats.flame_asset import FlameAssetError
-from ..formats.protocol import PROTOCOL_VERSION
-from ..preferences import backend_settings, make_client, unsaved_output_root
-from ..render_scene import BLEND_RELATIVE, setting_property
+from ..blender_addon import assets, local_backend, render_job, render_scene
+from ..blender_addon.backend_client import BackendError
+from ..backend.formats.flame_asset import FlameAssetError
+from ..backend.formats.protocol import PROTOCOL_VERSION
+from ..blender_addon.preferences import backend_settings, make_client, unsaved_output_root
+from ..blender_addon.render_scene import BLEND_RELATIVE, setting_property
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
 
 _ARGUMENT = {"SKIP_SAVE", "HIDDEN"}

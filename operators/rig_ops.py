@@ -5,9 +5,9 @@ from __future__ import annotations
 import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from .. import assets, rig as rigmod
-from ..formats.flame_asset import FlameAssetError
-from ..preferences import get_preferences
+from ..blender_addon import assets, rig as rigmod
+from ..backend.formats.flame_asset import FlameAssetError
+from ..blender_addon.preferences import get_preferences
 from .common import NO_RIG, RigOperator, target_rig
 
 _WHICH = [("BOTH", "Shape and expression", ""), ("SHAPE", "Shape", ""), ("EXPRESSION", "Expression", "")]

@@ -8,8 +8,8 @@ import bpy
 from bpy.props import BoolProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from .. import render_job, track_job, track_scene
-from ..preferences import backend_settings, make_client
+from ..blender_addon import render_job, track_job, track_scene
+from ..blender_addon.preferences import backend_settings, make_client
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, scene_rendering, target_rig
 
 _ARGUMENT = {"SKIP_SAVE"}

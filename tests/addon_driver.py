@@ -53,7 +53,7 @@ def call(op, **kwargs) -> tuple[set | None, str]:
 
 def head_points(rig_name: str, space: str = "flame") -> np.ndarray:
     """Evaluated head vertices: world coordinates, or FLAME space via the Z-up -> Y-up conversion."""
-    from bl_ext.user_default.flamediff.formats.conventions import blender_to_flame_points
+    from bl_ext.user_default.flamediff.backend.formats.conventions import blender_to_flame_points
 
     head = bpy.data.objects[rig_name]["flamediff_head"]
     evaluated = head.evaluated_get(bpy.context.evaluated_depsgraph_get())
@@ -64,7 +64,7 @@ def head_points(rig_name: str, space: str = "flame") -> np.ndarray:
 
 
 def addon_fcurves(id_data):
-    return sys.modules[MODULE].animation_io.fcurves_of(id_data)
+    return sys.modules[MODULE].blender_addon.animation_io.fcurves_of(id_data)
 
 
 def points_at(rig_name: str, frame: int) -> np.ndarray:
@@ -88,7 +88,7 @@ def fingerprint() -> str:
         ids = [obj] + ([obj.data.shape_keys] if obj.type == "MESH" and obj.data.shape_keys else [])
         for id_data in ids:
             if id_data.animation_data and id_data.animation_data.action:
-                from bl_ext.user_default.flamediff.animation_io import fcurves_of
+                from bl_ext.user_default.flamediff.blender_addon.animation_io import fcurves_of
                 for fc in fcurves_of(id_data):
                     co = np.empty(2 * len(fc.keyframe_points))
                     fc.keyframe_points.foreach_get("co", co)
@@ -234,9 +234,9 @@ def check_conventions_without_rig() -> dict:
     # "Start locally" out of the box: the zip's source checkout's .venv is found; the backend is not started
     prefs.backend_port = free_port()
     results["python_found"] = reported(bpy.ops.flamediff.test_connection)
-    results["checkouts"] = list(addon.local_backend.source_checkouts())
+    results["checkouts"] = list(addon.blender_addon.local_backend.source_checkouts())
     # nothing anywhere (a zip built elsewhere, a fresh home, no flamediff on the PATH): the command to run
-    checkout_file = os.path.join(addon.local_backend.ADDON_DIR, addon.local_backend.CHECKOUT_FILE)
+    checkout_file = os.path.join(addon.blender_addon.EXTENSION_DIR, addon.blender_addon.local_backend.CHECKOUT_FILE)
     with open(checkout_file, encoding="utf-8") as handle:
         recorded = handle.read()
     saved = {key: os.environ.get(key) for key in ("HOME", "PATH", "FLAMEDIFF_PYTHON", "XDG_DATA_HOME")}
@@ -248,7 +248,7 @@ def check_conventions_without_rig() -> dict:
     try:
         results["python_missing"] = reported(bpy.ops.flamediff.test_connection)
         layout = RecordingLayout([])
-        addon.preferences.draw_python_choice(layout, bpy.context, "")
+        addon.blender_addon.preferences.draw_python_choice(layout, bpy.context, "")
         results["python_missing_labels"] = layout.labels
         results["python_missing_operators"] = [op["idname"] for op in layout.operators]
         results["copied_command"] = reported(bpy.ops.flamediff.copy_setup_command)[1]  # no clipboard in bpy: its report
@@ -266,7 +266,7 @@ def check_conventions_without_rig() -> dict:
             else:
                 os.environ[key] = value
     prefs.backend_mode = "URL"
-    results["url_token_file"] = addon.preferences.backend_settings(bpy.context)["token_file"]
+    results["url_token_file"] = addon.blender_addon.preferences.backend_settings(bpy.context)["token_file"]
     prefs.backend_mode = "LOCAL"
     return results
 
@@ -355,7 +355,7 @@ def main() -> None:
                                                                   frame_start=FRAMES[0], frame_end=FRAMES[-1]))
         RESULTS[name + "_s"] = time.perf_counter() - started
     addon = sys.modules[MODULE]
-    RESULTS["path_static_camera"] = addon.animation_io.read_clip(bpy.context, rig, 1, 2, cam)[1]
+    RESULTS["path_static_camera"] = addon.blender_addon.animation_io.read_clip(bpy.context, rig, 1, 2, cam)[1]
     cam.keyframe_insert("location", frame=FRAMES[0])
     cam.location = tuple(np.array(cam.location) + (-0.08, 0.1, -0.04))
     cam.keyframe_insert("location", frame=FRAMES[-1])
@@ -364,7 +364,7 @@ def main() -> None:
     cam.data.keyframe_insert("lens", frame=FRAMES[-1])
     for name, method in (("export_anim_cam.npz", "AUTO"), ("export_anim_cam_full.npz", "FULL")):
         RESULTS[name] = sorted(bpy.ops.flamediff.export_animation(filepath=path(name), method=method))
-    RESULTS["path_animated_camera"] = addon.animation_io.read_clip(bpy.context, rig, 1, 2, cam)[1]
+    RESULTS["path_animated_camera"] = addon.blender_addon.animation_io.read_clip(bpy.context, rig, 1, 2, cam)[1]
     np.save(path("pixels_anim_cam.npy"), projections(cam, rig.name, FRAMES))
     np.save(path("projected_index.npy"), PROJECTED)
 
@@ -383,7 +383,7 @@ def main() -> None:
     # a constraint on a keyed bone: export falls back to full evaluation and reports what is seen
     limit = rig.pose.bones["jaw"].constraints.new("LIMIT_ROTATION")
     limit.use_limit_x, limit.min_x, limit.max_x, limit.owner_space = True, 0.0, 0.12, "LOCAL"
-    RESULTS["path_constrained"] = sys.modules[MODULE].animation_io.read_clip(bpy.context, rig, 1, 2, None)[1]
+    RESULTS["path_constrained"] = sys.modules[MODULE].blender_addon.animation_io.read_clip(bpy.context, rig, 1, 2, None)[1]
     RESULTS["export_constrained"] = sorted(bpy.ops.flamediff.export_animation(
         filepath=path("export_constrained.npz"), rig=rig.name, use_camera=False))
     np.save(path("verts_constrained.npy"), evaluate(rig.name, FRAMES))
@@ -421,10 +421,10 @@ def main() -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.asset_folder = ""
     started = time.perf_counter()
-    generated = sys.modules[MODULE].assets.asset_folder(bpy.context)
+    generated = sys.modules[MODULE].blender_addon.assets.asset_folder(bpy.context)
     RESULTS["generated_asset_s"] = time.perf_counter() - started
     RESULTS["generated_asset_in_user_folder"] = generated.startswith(os.environ["BLENDER_USER_RESOURCES"])
-    RESULTS["generated_asset_identity"] = sys.modules[MODULE].assets.load(generated)[1]
+    RESULTS["generated_asset_identity"] = sys.modules[MODULE].blender_addon.assets.load(generated)[1]
     prefs.asset_folder = os.path.join(WORK, "no-such-folder")
     before = fingerprint()
     outcome, message = call(bpy.ops.flamediff.add_rig)

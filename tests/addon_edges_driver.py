@@ -65,19 +65,19 @@ def main() -> None:
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
 
     # item 10: a rig deleted while tracking: the host names the deletion
-    host = addon.track_scene.TrackSceneHost(scene, rig, 1, photo=path("frame.png"))
+    host = addon.blender_addon.track_scene.TrackSceneHost(scene, rig, 1, photo=path("frame.png"))
     spare = bpy.data.objects.new("spare", None)
     bpy.context.collection.objects.link(spare)
-    other = addon.track_scene.TrackSceneHost(scene, rig, 1)
+    other = addon.blender_addon.track_scene.TrackSceneHost(scene, rig, 1)
     other.rig_name = "no such rig"
     try:
         other.apply(path("shot.npz"))
-    except addon.track_job.RigGone as exc:
+    except addon.blender_addon.track_job.RigGone as exc:
         RESULTS["rig_gone"] = str(exc)
     del host
 
     # item 9: a reference a script passes is the panel's afterwards
-    render_scene = addon.render_scene
+    render_scene = addon.blender_addon.render_scene
     try:
         render_scene.job_inputs(bpy.context, rig, 1, 2, lambda props, name: path("frame.png")
                                 if name == "reference_image" else getattr(props, name))
@@ -160,7 +160,7 @@ def with_backend() -> None:
     # item 3: Cancel, then Render the same job again at once (no event loop here: nothing else polls)
     long_render = {"steps": 200, "seed": 4, "frame_start": 1, "frame_end": 3}
     RESULTS["async"] = reported(bpy.ops.flamediff.render, **long_render)
-    job = sys.modules[MODULE].render_job.active_job(scene.name)
+    job = sys.modules[MODULE].blender_addon.render_job.active_job(scene.name)
     while job.phase == "running" and job.view.get("status") != "running":   # the backend picked it up
         time.sleep(0.1)
         job.step()
@@ -223,7 +223,7 @@ def command_line_render() -> None:
     scene = bpy.context.scene
     scene.render.engine = "FLAMEDIFF"
     scene.render.use_sequencer = False   # the earlier renders' strip would be the picture
-    engine = sys.modules[MODULE].render_engine.FlamediffRenderEngine
+    engine = sys.modules[MODULE].blender_addon.render_engine.FlamediffRenderEngine
     original = engine._report_error   # bpy resolves RenderEngine.report itself: the engine's own caller is wrapped
 
     def report(self, text):

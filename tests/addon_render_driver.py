@@ -149,7 +149,7 @@ def main() -> None:
     RESULTS["busy"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
     RESULTS["cancel"] = call(bpy.ops.flamediff.render_cancel)
     RESULTS["cancelling_props"] = props()
-    job = sys.modules[MODULE].render_job.active_job(scene.name)
+    job = sys.modules[MODULE].blender_addon.render_job.active_job(scene.name)
     while job is not None and job.step():   # what the timer does while the backend winds the render down
         time.sleep(0.2)
     RESULTS["cancel_props"] = props()
@@ -160,7 +160,7 @@ def main() -> None:
     prefs.backend_python, prefs.backend_port, prefs.backend_device = sys.executable, int(DOWN_PORT), "cpu"
     prefs.token_file = os.path.join(WORK, "local_token")
     RESULTS["local_token_file"] = prefs.token_file
-    local = sys.modules[MODULE].local_backend
+    local = sys.modules[MODULE].blender_addon.local_backend
     RESULTS["local_before_start"] = reported(bpy.ops.flamediff.test_connection)
     RESULTS["local_start"] = reported(bpy.ops.flamediff.backend_start)
     RESULTS["local_just_started"] = reported(bpy.ops.flamediff.test_connection)

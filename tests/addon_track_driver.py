@@ -42,7 +42,7 @@ def scene_state() -> dict:
             "reference": scene.flamediff_render.reference_image,
             "shape_keys": [round(b.value, 6) for b in keys.key_blocks],
             "keys": sum(len(fc.keyframe_points) for owner in (rig(), keys)
-                        for fc in sys.modules[MODULE].animation_io.fcurves_of(owner))}
+                        for fc in sys.modules[MODULE].blender_addon.animation_io.fcurves_of(owner))}
 
 
 def projected_head(frame: int) -> list[list[float]]:
@@ -65,7 +65,7 @@ def projected_head(frame: int) -> list[list[float]]:
 
 def keyed_frames() -> list[float]:
     """The frames the head's rotation is keyed on."""
-    curves = [fc for fc in sys.modules[MODULE].animation_io.fcurves_of(rig())
+    curves = [fc for fc in sys.modules[MODULE].blender_addon.animation_io.fcurves_of(rig())
               if fc.data_path == 'pose.bones["root"].rotation_quaternion' and fc.array_index == 0]
     return [point.co[0] for point in curves[0].keyframe_points] if curves else []
 
@@ -120,7 +120,7 @@ def main() -> None:
                                 rebuild_rig=False, wait=True, timeout=240)
     RESULTS["small_props"] = track_props()
     RESULTS["small_counts"] = [small["flamediff_num_shape"], small["flamediff_num_expression"]]
-    expression_keys = [fc for fc in sys.modules[MODULE].animation_io.fcurves_of(small["flamediff_head"].data.shape_keys)
+    expression_keys = [fc for fc in sys.modules[MODULE].blender_addon.animation_io.fcurves_of(small["flamediff_head"].data.shape_keys)
                        if "Expression" in fc.data_path]
     RESULTS["small_expression_keys"] = sorted({point.co[0] for fc in expression_keys for point in fc.keyframe_points})
     RESULTS["small_expression_curves"] = len(expression_keys)

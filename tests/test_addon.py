@@ -108,7 +108,7 @@ def load(run: dict, name: str):
 def test_zip_is_an_extension_without_torch_or_assets(run):
     names = zipfile.ZipFile(run["zip"]).namelist()
     assert "flamediff/blender_manifest.toml" in names
-    assert {"flamediff/formats/animation.py", "flamediff/operators/__init__.py",
+    assert {"flamediff/backend/formats/animation.py", "flamediff/operators/__init__.py",
             "flamediff/ui_panels/panels.py"} <= set(names)
     assert not [n for n in names if n.endswith((".pyc", ".npz", ".pkl", ".npy", ".blend")) or "torch" in n]
     assert run["results"]["install"] == ["FINISHED"] and run["results"]["module_loaded"]

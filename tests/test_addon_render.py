@@ -221,10 +221,8 @@ def test_start_locally_launches_renders_and_stops_the_backend(run):
 # ----------------------------------------------------------------------------- backend_client unit tests
 
 def load_client():
-    """The add-on's client as the add-on package imports it (plain Python: no Blender needed)."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    return importlib.import_module("blender_addon.backend_client")
+    """The installed add-on's client (tests/conftest.py; plain Python: no Blender needed)."""
+    return importlib.import_module("extension_repo.flamediff.blender_addon.backend_client")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

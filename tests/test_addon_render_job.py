@@ -1,6 +1,6 @@
 """The add-on's render job state machine, driven as plain Python (no Blender): a scripted backend
-client and a recording host stand in for the HTTP backend and the scene. Also: the source tree
-imports as the add-on package has it in the zip."""
+client and a recording host stand in for the HTTP backend and the scene. The add-on is the one
+installed from the built zip (tests/conftest.py), and it imports as Blender has it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from blender_addon import render_job  # noqa: E402
-from blender_addon.backend_client import BackendError  # noqa: E402
+from extension_repo.flamediff.backend.formats.protocol import JOB_SETTINGS, setting
+from extension_repo.flamediff.blender_addon import render_job
+from extension_repo.flamediff.blender_addon.backend_client import BackendError
 
 REFUSED = BackendError("the flamediff backend is not running at http://127.0.0.1:1 (connection refused)",
                        "start it with 'flamediff serve'")
@@ -224,37 +222,42 @@ def test_a_deleted_scene_stops_the_job_being_followed(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("blocked", [True, False])
-def test_the_source_tree_imports_as_the_add_on_package(blocked: bool) -> None:
-    """With bpy unavailable the plain-Python parts import; with it, operators/ and ui_panels/ resolve
-    inside the package as in the zip (``from ..`` imports work)."""
+def test_the_installed_add_on_imports_as_blender_has_it(blocked: bool, installed_addon: dict, tmp_path) -> None:
+    """With bpy unavailable the plain-Python parts of the installed zip import; with it, operators/ and
+    ui_panels/ resolve inside the package; nothing comes from the checkout."""
+    addon = installed_addon["name"]
     code = ("import sys; sys.modules['bpy'] = None\n"
-            "import blender_addon.render_job, blender_addon.backend_client, blender_addon.formats.protocol as p\n"
+            f"import {addon}.blender_addon.render_job, {addon}.blender_addon.backend_client\n"
+            f"import {addon}.backend.formats.protocol as p\n"
             "print(p.__file__)") if blocked else (
-            "import blender_addon.operators as o, blender_addon.ui_panels as u, blender_addon.render_scene as s\n"
+            f"import {addon}.operators as o, {addon}.ui_panels as u, {addon}.blender_addon.render_scene as s\n"
             "print(o.__file__, u.__file__, s.FlamediffRenderProps.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=installed_addon["path"]))
     assert out.returncode == 0, out.stderr[-2000:]
+    package = installed_addon["package"]
     if blocked:
-        assert out.stdout.strip() == os.path.join(ROOT, "backend", "formats", "protocol.py")
+        assert out.stdout.strip() == os.path.join(package, "backend", "formats", "protocol.py")
     else:
-        assert out.stdout.split()[:2] == [os.path.join(ROOT, "operators", "__init__.py"),
-                                          os.path.join(ROOT, "ui_panels", "__init__.py")]
+        assert out.stdout.split()[:2] == [os.path.join(package, "operators", "__init__.py"),
+                                          os.path.join(package, "ui_panels", "__init__.py")]
 
 
-def test_the_render_panel_and_operator_offer_the_protocol_settings() -> None:
+def test_the_render_panel_and_operator_offer_the_protocol_settings(installed_addon: dict, tmp_path) -> None:
     """Each job setting the Render panel and ``flamediff.render`` expose has the protocol's label,
     default, bounds and choices (the server's request model is checked against it in
     test_server_seams.py), and the operator sends every panel setting."""
-    code = ("import json, blender_addon.render_scene as s, blender_addon.operators.render_ops as r\n"
+    addon = installed_addon["name"]
+    code = (f"import json, {addon}.blender_addon.render_scene as s, {addon}.operators.render_ops as r\n"
             "def props(cls, module):\n"
             "    return {name: eval(text, vars(module)).keywords for name, text in cls.__annotations__.items()}\n"
             "print(json.dumps({'panel': props(s.FlamediffRenderProps, s), 'rig': props(s.FlamediffRigSettings, s),\n"
             "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': s.PANEL_SETTINGS},\n"
             "                 default=sorted))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=installed_addon["path"]))
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout)
-    from blender_addon.formats.protocol import JOB_SETTINGS, setting
 
     names = {entry.name for entry in JOB_SETTINGS}
     offered = [(where, name, keywords) for where in ("panel", "rig", "operator")

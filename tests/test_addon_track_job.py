@@ -17,9 +17,9 @@ sys.path.insert(0, ROOT)
 
 from test_addon_render_job import REFUSED, FakeProcess, ScriptedClient
 
-from blender_addon import render_job, track_job
-from blender_addon.backend_client import BackendClient, BackendError
-from blender_addon.formats.animation import make_clip
+from extension_repo.flamediff.backend.formats.animation import make_clip
+from extension_repo.flamediff.blender_addon import render_job, track_job
+from extension_repo.flamediff.blender_addon.backend_client import BackendClient, BackendError
 
 TASK = "0123456789abcdef"
 

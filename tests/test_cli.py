@@ -96,7 +96,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
 def test_formats_package_needs_neither_torch_nor_scipy():
     """The add-on ships backend/formats: it must import with numpy and stdlib only."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['scipy'] = None\n"
-            "import flamediff.formats.animation, backend.formats.conventions, backend.formats.flame_asset, "
+            "import flamediff.formats.animation, flamediff.formats.conventions, flamediff.formats.flame_asset, "
             "flamediff.formats.procedural_head\nprint('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr

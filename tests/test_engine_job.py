@@ -12,7 +12,7 @@ import sys
 import pytest
 from test_addon_render_job import REFUSED, FakeProcess, ScriptedClient, make_job, run
 
-from blender_addon import engine_job
+from extension_repo.flamediff.blender_addon import engine_job
 from flamediff.formats.provenance import frame_recipe, read_recipe
 from flamediff.formats.windows import context_frames, frames_for_exact_subset
 

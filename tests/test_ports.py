@@ -4,19 +4,15 @@ found") and by ``flamediff doctor``; "Start locally" moves to a free port by its
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from blender_addon import render_job  # noqa: E402
-from blender_addon.backend_client import FOREIGN, BackendClient, BackendError  # noqa: E402
-from flamediff.formats.ports import free_port, port_holder, port_is_free  # noqa: E402
+from extension_repo.flamediff.blender_addon import render_job
+from extension_repo.flamediff.blender_addon.backend_client import FOREIGN, BackendClient, BackendError
+from flamediff.formats.ports import free_port, port_holder, port_is_free
 
 
 @pytest.fixture(scope="module")

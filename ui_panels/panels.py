@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bpy
 
-from .. import rig as rigmod
-from ..preferences import unsaved_output_root
+from ..blender_addon import rig as rigmod
+from ..blender_addon.preferences import unsaved_output_root
 from .text import wrapped_label
 
 
@@ -77,7 +77,7 @@ class FLAMEDIFF_PT_animation(_FlamediffPanel, bpy.types.Panel):
 
 def _draw_tracking(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     """Match to a photo / track a video, with the running task's progress, cancel and outcome."""
-    from .. import render_job
+    from ..blender_addon import render_job
 
     box = layout.box()
     box.label(text="From a photo or a video (the backend's tracker)", icon="TRACKER")
@@ -184,7 +184,7 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
     bl_label = "Render"
 
     def draw(self, context: bpy.types.Context) -> None:
-        from .. import render_job
+        from ..blender_addon import render_job
 
         layout = self.layout
         props = context.scene.flamediff_render
@@ -222,8 +222,8 @@ _KINDS = [("Shape", "Shape", "Identity coefficients"), ("Expression", "Expressio
 def register_properties() -> None:
     bpy.types.Scene.flamediff_coefficient_kind = bpy.props.EnumProperty(
         name="Coefficients", items=_KINDS, default="Shape")
-    from ..render_scene import FlamediffRenderProps, FlamediffRigSettings
-    from ..track_scene import FlamediffTrackProps
+    from ..blender_addon.render_scene import FlamediffRenderProps, FlamediffRigSettings
+    from ..blender_addon.track_scene import FlamediffTrackProps
 
     bpy.types.Scene.flamediff_render = bpy.props.PointerProperty(type=FlamediffRenderProps)
     bpy.types.Scene.flamediff_track = bpy.props.PointerProperty(type=FlamediffTrackProps)

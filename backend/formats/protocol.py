@@ -1,7 +1,7 @@
 """The backend <-> add-on protocol in one place: its version, the job settings with their defaults
 and bounds, where the token lives, which addresses count as this machine, how frames are named.
 
-Stdlib only: it ships in the add-on zip as ``formats/``, so Blender's properties and operator
+Stdlib only: it ships in the add-on zip at the same path, ``backend/formats/``, so Blender's properties and operator
 arguments, the server's request model (:class:`flamediff.server.inputs.JobSettings`) and the
 worker read the same numbers. ``backend/server/PROTOCOL.md`` describes the HTTP routes.
 """

@@ -98,6 +98,10 @@ class RenderSettings:
     matte: str = _job_default("matte")        # head framing's alpha: "head", "head_neck" or "tile" (the whole square)
 
 
+#: The settings of a call that names none (one shared instance: the pipeline never changes settings).
+DEFAULT_SETTINGS = RenderSettings()
+
+
 @dataclass
 class RenderOutput:
     frame_numbers: list[int]
@@ -329,7 +333,7 @@ class FlameDiffPipeline:
         """Side of the frames in pixels: the checkpoint's, or :func:`preview_resolution`."""
         return preview_resolution(self.model.config) if preview else self.model.config.resolution
 
-    def __call__(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = RenderSettings(),
+    def __call__(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = DEFAULT_SETTINGS,
                  reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
                  return_control: bool = False) -> RenderOutput:
         """Every frame of ``clip`` at once; :meth:`stream` hands them out as they are decoded."""
@@ -341,7 +345,7 @@ class FlameDiffPipeline:
         return out
 
     @torch.no_grad()
-    def stream(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = RenderSettings(),
+    def stream(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = DEFAULT_SETTINGS,
                reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
                return_control: bool = False) -> Iterator[RenderOutput]:
         """Render ``clip``, yielding frames in order as soon as they are decoded.
