@@ -63,18 +63,18 @@ def prepare_inputs(folder: str) -> tuple[bytes, bytes, str]:
         return buffer.getvalue(), handle.read(), os.path.join(folder, "models")
 
 
-def start_server(folder: str, models_dir: str, render_in: str = "process",
-                 device: str = "auto") -> tuple[subprocess.Popen, str, str]:
-    """``flamediff serve`` on a free loopback port, its jobs and token under ``folder``; returns
-    (process, url, token file)."""
+def start_server(folder: str, models_dir: str, render_in: str = "process", device: str = "auto",
+                 jobs_dir: str | None = None, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str]:
+    """``flamediff serve`` on a free loopback port, its token, log and (unless ``jobs_dir``) jobs
+    under ``folder``, with more serve ``options``; returns (process, url, token file)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     token_file = os.path.join(folder, "token")
-    log = open(os.path.join(folder, "server.log"), "wb")
+    log = open(os.path.join(folder, "server.log"), "ab")
     process = subprocess.Popen([sys.executable, "-m", "flamediff.server", "serve", "--port", str(port), "--device",
-                                device, "--jobs-dir", os.path.join(folder, "jobs"), "--models-dir", models_dir,
-                                "--token-file", token_file, "--render-in", render_in],
+                                device, "--jobs-dir", jobs_dir or os.path.join(folder, "jobs"), "--models-dir",
+                                models_dir, "--token-file", token_file, "--render-in", render_in, *options],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}", token_file
 
