@@ -47,8 +47,9 @@ from flamediff.flame.model import FlameModel
 from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
 from flamediff.models import FlameDiffModel
 from flamediff.models.config import LABELS
+from flamediff.models.pixels import tensor_to_images
 from flamediff.models.reference_attention import ReferenceAttnProcessor
-from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings, image_to_tensor, tensor_to_images
+from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings, image_to_tensor
 from flamediff.pipelines.scheduling import make_scheduler
 
 TIMESTEPS = (999, 750, 500, 250)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -261,3 +262,15 @@ def test_latent_normalisation_per_channel_or_scalar():
     with pytest.raises(ValueError, match="both or neither"):
         FlameDiffConfig.preset_named("tiny", latent_shift=shift)
     assert FlameDiffConfig.from_dict(normalised.config.to_dict()) == normalised.config
+
+
+def test_the_pixel_convention_maps_every_byte_into_minus_one_to_one_and_back():
+    """uint8 RGB, channels last <-> [-1, 1], channels first: the VAE's input and output, one place."""
+    from flamediff.models.pixels import images_to_tensor, tensor_to_images
+
+    images = np.arange(256 * 3, dtype=np.int64).reshape(2, 16, 8, 3).astype(np.uint8)
+    tensor = images_to_tensor(images)
+    assert tensor.shape == (2, 3, 16, 8) and tensor.dtype == torch.float32
+    assert tensor.min() == -1.0 and tensor.max() == 1.0 and tensor[0, 1, 0, 0] == 1 / 127.5 - 1.0
+    assert np.array_equal(np.stack(tensor_to_images(tensor)), images)
+    assert images_to_tensor(images[0]).shape == (3, 16, 8)

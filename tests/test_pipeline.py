@@ -198,7 +198,8 @@ def test_optimised_path_equals_the_plain_one(pipeline, clip):
     """Batched guidance branches + ReferenceNet tokens computed once per job give the frames of a
     plain loop that runs each branch separately and recomputes the reference every step."""
     from flamediff.models.config import LABELS
-    from flamediff.pipelines.render import image_to_tensor, tensor_to_images
+    from flamediff.models.pixels import tensor_to_images
+    from flamediff.pipelines.render import image_to_tensor
 
     settings = RenderSettings(steps=3, guidance=2.5, seed=5, frames_per_batch=4, framing="camera")
     fast = pipeline(REFERENCE, clip, settings)

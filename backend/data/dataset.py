@@ -71,7 +71,9 @@ class DatasetIndex:
 
     def frame_tensor(self, index: int) -> torch.Tensor:
         """Sample ``index`` as the VAE takes it: ``[3, R, R]`` float32 in [-1, 1]."""
-        return torch.as_tensor(self.load_frame(index), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1.0
+        from flamediff.models.pixels import images_to_tensor  # the networks are not needed to read frames
+
+        return images_to_tensor(self.load_frame(index))
 
     def samples_of_identity(self, identity: int) -> np.ndarray:
         return np.nonzero(self.identity == identity)[0]

@@ -245,10 +245,10 @@ class ConvFeatures(nn.Module):
 
 
 def _prepare(images: np.ndarray, size: int | None) -> Tensor:
-    x = torch.as_tensor(np.asarray(images)).float()
-    if x.ndim == 3:
-        x = x[None]
-    x = x.permute(0, 3, 1, 2) / 127.5 - 1.0
+    from flamediff.models.pixels import images_to_tensor  # the networks are not needed to score frames
+
+    images = np.asarray(images)
+    x = images_to_tensor(images[None] if images.ndim == 3 else images)
     if size is not None and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x

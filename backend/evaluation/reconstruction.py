@@ -22,6 +22,7 @@ from flamediff.evaluation.masks import coverage_masks
 from flamediff.evaluation.selection import spread
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.models.flamediff_model import FlameDiffModel
+from flamediff.models.pixels import images_to_tensor, tensor_to_images
 
 REPORT_NAME = "reconstruction.json"
 
@@ -29,10 +30,7 @@ REPORT_NAME = "reconstruction.json"
 @torch.no_grad()
 def reconstruct(model: FlameDiffModel, frames: np.ndarray) -> np.ndarray:
     """``[N, R, R, 3]`` uint8 -> the same frames encoded and decoded by ``model``'s VAE."""
-    from flamediff.pipelines.render import tensor_to_images
-
-    device = next(model.vae.parameters()).device
-    images = torch.as_tensor(frames, dtype=torch.float32, device=device).permute(0, 3, 1, 2) / 127.5 - 1.0
+    images = images_to_tensor(frames, next(model.vae.parameters()).device)
     return np.stack(tensor_to_images(model.decode_latents(model.encode_images(images))))
 
 

@@ -50,7 +50,8 @@ def to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
     """Ground truth at the model's resolution, prepared like the pipeline's input images."""
     if image.shape[:2] == (resolution, resolution):
         return image
-    from flamediff.pipelines.render import image_to_tensor, tensor_to_images
+    from flamediff.models.pixels import tensor_to_images
+    from flamediff.pipelines.render import image_to_tensor
 
     return tensor_to_images(image_to_tensor(image, resolution))[0]
 

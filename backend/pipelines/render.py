@@ -56,6 +56,7 @@ from flamediff.formats.protocol import setting
 from flamediff.formats.windows import CONTEXT_OVERLAP, CONTEXT_WINDOW, frames_for_exact_subset, window_indices
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
+from flamediff.models.pixels import images_to_tensor, tensor_to_images
 from flamediff.pipelines.scheduling import make_scheduler
 
 log = logging.getLogger("flamediff.pipeline")
@@ -111,19 +112,13 @@ class RenderOutput:
 
 def image_to_tensor(image: np.ndarray, resolution: int) -> Tensor:
     """``[H, W, 3]`` uint8 -> ``[1, 3, R, R]`` in [-1, 1] (centre square crop, bilinear resize)."""
-    array = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1.0
+    array = images_to_tensor(np.ascontiguousarray(image)[None])
     height, width = array.shape[-2:]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     array = array[..., top:top + side, left:left + side]
     return torch.nn.functional.interpolate(array, size=(resolution, resolution), mode="bilinear",
                                            align_corners=False, antialias=True)
-
-
-def tensor_to_images(images: Tensor) -> list[np.ndarray]:
-    """``[N, 3, H, W]`` in [-1, 1] -> uint8 ``[H, W, 3]`` arrays."""
-    scaled = ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return [frame.permute(1, 2, 0).cpu().numpy() for frame in scaled]
 
 
 def feature_preview(feature_maps: Tensor, basis: Tensor | None = None) -> tuple[list[np.ndarray], Tensor]:
