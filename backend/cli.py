@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads VHAP, GaussianAvatars, SMIRK, DECA / SPECTRE, EMOCA (codedicts or --save_codes folders), "
                     "metrical-tracker / FlashAvatar (.frame), INSTA (flame/exp), EMOTE (flame_*.pkl), smplx keyword "
                     "and FLAME-native (pose[15], betas[400]) files. Torch and pickle files are read without running "
-                    "any code from them. See the README's tracker table.")
+                    "any code from them. See docs/TRACKERS.md for what each tool maps.")
     convert.add_argument("input", metavar="IN", help="tracker file or folder (per-frame files sorted by the frame "
                                                      "number in their names)")
     convert.add_argument("output", metavar="OUT.npz", help="flamediff animation file to write")

@@ -51,7 +51,7 @@ def build_and_render(animation_path: str, reference_image: str, blend_path: str,
 
 def render_composite(scene: bpy.types.Scene, path: str, frame: int) -> str:
     """Put a colour backdrop under the flamediff strip and render the sequencer at ``frame``: what an
-    editor sees of a head-framed render composited over other work (the README's picture)."""
+    editor sees of a head-framed render composited over other work (the picture in docs/BACKEND.md, Framing)."""
     strips = scene.sequence_editor.strips
     ours = strips["flamediff"]
     ours.channel = 2

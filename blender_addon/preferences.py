@@ -35,7 +35,7 @@ class FLAMEDIFF_AP_preferences(bpy.types.AddonPreferences):
     backend_python: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default="",
         description="The python executable of the venv flamediff is installed in (e.g. .venv/bin/python); "
-                    "empty = $FLAMEDIFF_PYTHON, else the usual places (see the README)")
+                    "empty = $FLAMEDIFF_PYTHON, else the usual places (see docs/ADDON.md)")
     backend_port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
     pick_free_port: BoolProperty(name="Pick a free port", default=True,
                                  description="When another program uses the port, start the local backend on a "

@@ -265,7 +265,7 @@ class FLAMEDIFF_OT_backend_stop(bpy.types.Operator):
 
 
 class FLAMEDIFF_OT_copy_setup_command(bpy.types.Operator):
-    """Copy the command that creates the backend's Python environment (for a terminal; see the README)"""
+    """Copy the command that creates the backend's Python environment (for a terminal; see docs/ADDON.md)"""
 
     bl_idname = "flamediff.copy_setup_command"
     bl_label = "Copy Set-up Command"

@@ -111,7 +111,7 @@ def _read_header(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, "dataset.json")
     if not os.path.isfile(path):
         raise DatasetError(f"{folder} is not a flamediff dataset: no dataset.json (make one with "
-                           "'flamediff dataset procedural --out DIR' or see the dataset format in the README)")
+                           "'flamediff dataset procedural --out DIR' or see the dataset format in docs/TRAINING.md)")
     try:
         with open(path, encoding="utf-8") as handle:
             header = json.load(handle)

@@ -1,7 +1,7 @@
 """Where flamediff keeps its files and where the add-on looks for the backend's Python.
 
 Shared by the backend and the Blender add-on (stdlib only), so both agree on the cache folder (and
-with it the server's default token file) and the README's per-OS venv locations are code, not
+with it the server's default token file) and the per-OS venv locations of docs/ADDON.md are code, not
 prose. Every function takes the environment, the platform and the home folder as arguments
 (defaulting to this process's), so each OS's branch is testable on any OS.
 """
@@ -50,7 +50,7 @@ def default_token_file(environ: Mapping[str, str] | None = None, home: str | Non
 
 
 def default_venv(platform: str = os.name, environ: Mapping[str, str] | None = None, home: str | None = None) -> str:
-    """Where the README's one-line set-up creates the backend's venv on this OS.
+    """Where the one-line set-up of docs/ADDON.md creates the backend's venv on this OS.
 
     Windows: ``%LOCALAPPDATA%\\flamediff\\venv``; Linux and macOS: ``$XDG_DATA_HOME/flamediff/venv``,
     else ``~/.local/share/flamediff/venv``. ``platform`` is ``os.name`` ("nt" or "posix").

@@ -142,7 +142,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     upload = {"type": "object", "required": ["reference", "animation"], "properties": {
         "reference": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP portrait"},
         "animation": {"type": "string", "format": "binary",
-                      "description": "the animation .npz, or a single-file tracker output (see README)"},
+                      "description": "the animation .npz, or a single-file tracker output (see docs/TRACKERS.md)"},
         "settings": {"type": "string", "description": "a JSON object; see the JobSettings schema"}}}
     document["paths"]["/v1/jobs"]["post"]["requestBody"] = {"required": True, "content": {
         "multipart/form-data": {"schema": upload},

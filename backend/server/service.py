@@ -95,7 +95,7 @@ MAX_REFERENCE_ASPECT = 1.3
 MIN_REFERENCE_SIDE = 64
 #: A reference looks like a procedural checkpoint's training data when its texture
 #: (:func:`reference_texture`) is under this: flamediff's smooth-shaded procedural renders measure
-#: 0.0013-0.0039, photos 0.0078-0.042 (README "Troubleshooting" gives the measurement).
+#: below it, photos above (docs/TROUBLESHOOTING.md gives the ranges tests/test_reference_domain.py measures).
 PROCEDURAL_TEXTURE_LIMIT = 0.006
 DOMAIN_NOTES = {"procedural": "checkpoint {name!r} was trained only on flamediff's procedural heads: a photo of a real "
                               "person is outside what it learned, and the frames will look like a procedural head; "
