@@ -9,9 +9,10 @@ from the shipped checkpoint. "before" composites with the pure-torch splatter an
 target and reference with the frozen VAE; "after" uses the compiled CPU splatter and reads the
 latents from the cache (steady state: every frame drawn was encoded once before, as in a long
 run). Both trainers start from the same weights and draw the same batches; the script checks
-their first losses agree. Per part, on the measured steps' own batches: splatting forward and
-forward + backward (render_control, the whole Gaussian-field path), the VAE encoding (or the
-cache read), FLAME, batch drawing; "the rest" is the whole step minus these. Also times the
+their first losses agree. Each part is timed inside the measured steps themselves (see
+``StepParts``): batch drawing, the VAE encoding (or the cache read), FLAME, the splatter's forward
+(render_control, the whole Gaussian-field path) and its backward; "the rest" (U-Nets, pose
+guider, optimiser, EMA) is the whole step minus these. Also times the
 splatter alone at the sd15 preset's size (32 features, 256x256 UV grid, 512 px) for the record;
 an sd15 U-Net step does not fit a 2-core CPU's time or memory.
 
@@ -80,38 +81,65 @@ def make_trainer(dataset: str, init_from: str, work: str, name: str, cache: bool
     return Trainer(config, log=lambda message: None)
 
 
-def step_parts(trainer: Trainer, step: int) -> dict[str, float]:
-    """Seconds of each part of ``step``'s work, measured on its batch, outside the real step."""
-    model, device = trainer.model, trainer.accelerator.device
-    parts = {"batch drawing": timed(lambda: trainer.draw(step))}
-    batch = trainer.draw(step)
-    clip = batch.clip
-    parts["VAE encoding (or cache read)"] = timed(lambda: trainer.clean_latents(model, batch))
-    with torch.no_grad():
-        parts["FLAME forward"] = timed(lambda: trainer.flame.forward_clip(clip))
-        vertices = trainer.flame.forward_clip(clip).vertices
-    Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
-                         dtype=torch.float32, device=device)
-    viewmats = batch.viewmats.to(device)
+class _BackwardMark(torch.autograd.Function):
+    """Identity that notes the time its gradient arrives: where the splatter's backward starts."""
 
-    def render():
-        return model.render_control(vertices, trainer.flame.faces, viewmats, Ks)
+    @staticmethod
+    def forward(ctx, maps: torch.Tensor, parts: "StepParts") -> torch.Tensor:  # type: ignore[override]
+        ctx.parts = parts
+        return maps.view_as(maps)
 
-    with torch.no_grad():
-        parts["splatting forward"] = timed(render)
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        ctx.parts.backward_started = clock()
+        return grad, None
 
-    def forward_backward():
-        maps = render()
-        maps.backward(torch.ones_like(maps))
-        model.zero_grad(set_to_none=True)
 
-    parts["splatting forward + backward"] = timed(forward_backward)
-    return parts
+class StepParts:
+    """Times the parts of a trainer's real steps from inside them, so the parts and the whole
+    are the same work: batch drawing, VAE encoding (or cache read), FLAME, the splatter's
+    forward (``render_control``) and its backward (from the control maps' gradient arriving to
+    the last Gaussian-field gradient: autograd runs those nodes last, as they were made first)."""
+
+    PARTS = ("batch drawing", "VAE encoding (or cache read)", "FLAME forward", "splatting forward",
+             "splatting backward")
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self.backward_started = self.field_grads_done = 0.0
+        for name, owner, method in (("batch drawing", trainer, "draw"),
+                                    ("VAE encoding (or cache read)", trainer, "clean_latents"),
+                                    ("FLAME forward", trainer.flame, "forward_clip")):
+            setattr(owner, method, self._timing(name, getattr(owner, method)))
+        render = self._timing("splatting forward", trainer.model.render_control)
+        trainer.model.render_control = lambda *a, **k: _BackwardMark.apply(render(*a, **k), self)
+        for parameter in trainer.model.gaussian_field.parameters():
+            parameter.register_post_accumulate_grad_hook(self._field_grad_done)
+
+    def _timing(self, name: str, fn: Callable) -> Callable:
+        def timed_call(*args, **kwargs):
+            start = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += clock() - start
+        return timed_call
+
+    def _field_grad_done(self, parameter: torch.Tensor) -> None:
+        self.field_grads_done = clock()
+
+    def step(self, trainer: Trainer) -> tuple[float, dict[str, float]]:
+        """One real training step: (its seconds, the seconds of each part within it)."""
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        whole = timed(trainer.train_step)
+        self.seconds["splatting backward"] = self.field_grads_done - self.backward_started
+        return whole, dict(self.seconds)
 
 
 def measure(trainers: dict[str, Trainer], steps: int) -> dict[str, tuple[float, dict[str, float]]]:
     """Mean whole-step time and mean parts per variant over ``steps`` steps after one warm-up,
     the variants' steps interleaved so the machine's noise falls on both alike."""
+    timers = {name: StepParts(trainer) for name, trainer in trainers.items()}
     for name, trainer in trainers.items():
         use_splatter(VARIANTS[name][0])
         trainer.train_step()  # warm-up (compilation, allocator)
@@ -123,8 +151,9 @@ def measure(trainers: dict[str, Trainer], steps: int) -> dict[str, tuple[float, 
     for _ in range(steps):
         for name, trainer in trainers.items():
             use_splatter(VARIANTS[name][0])
-            parts[name].append(step_parts(trainer, trainer.step))
-            wholes[name].append(timed(trainer.train_step))
+            whole, within = timers[name].step(trainer)
+            wholes[name].append(whole)
+            parts[name].append(within)
     return {name: (statistics.mean(wholes[name]), {k: statistics.mean(p[k] for p in parts[name]) for k in parts[name][0]})
             for name in trainers}
 
@@ -170,6 +199,10 @@ def sd15_splatter(backend: str, repeats: int = 2) -> tuple[float, float]:
     return (min(timed(forward) for _ in range(repeats)), min(timed(forward_backward) for _ in range(repeats)))
 
 
+def splat_seconds(parts: dict[str, float]) -> float:
+    return parts["splatting forward"] + parts["splatting backward"]
+
+
 def table(results: dict[str, tuple[float, dict[str, float]]]) -> list[str]:
     """Markdown rows: each part, before and after, seconds and share of the whole step."""
     (whole_b, parts_b), (whole_a, parts_a) = results["before"], results["after"]
@@ -178,9 +211,10 @@ def table(results: dict[str, tuple[float, dict[str, float]]]) -> list[str]:
     for key in parts_b:
         rows.append(f"| {key} | {parts_b[key]:.3f} | {100 * parts_b[key] / whole_b:.0f} % | "
                     f"{parts_a[key]:.3f} | {100 * parts_a[key] / whole_a:.0f} % |")
-    counted = ("batch drawing", "VAE encoding (or cache read)", "FLAME forward", "splatting forward + backward")
-    rest_b = whole_b - sum(parts_b[k] for k in counted)
-    rest_a = whole_a - sum(parts_a[k] for k in counted)
+    splat_b, splat_a = splat_seconds(parts_b), splat_seconds(parts_a)
+    rows.append(f"| splatting forward + backward | {splat_b:.3f} | {100 * splat_b / whole_b:.0f} % | "
+                f"{splat_a:.3f} | {100 * splat_a / whole_a:.0f} % |")
+    rest_b, rest_a = whole_b - sum(parts_b.values()), whole_a - sum(parts_a.values())
     rows.append(f"| both U-Nets, pose guider, optimiser, EMA (the rest) | {rest_b:.3f} | {100 * rest_b / whole_b:.0f} % "
                 f"| {rest_a:.3f} | {100 * rest_a / whole_a:.0f} % |")
     return rows
@@ -219,7 +253,7 @@ def main() -> None:
                     for name, (_, cache) in VARIANTS.items()}
         results = measure(trainers, args.steps)
     whole_b, whole_a = results["before"][0], results["after"][0]
-    splat_share = results["after"][1]["splatting forward + backward"] / whole_a
+    splat_share = splat_seconds(results["after"][1]) / whole_a
     lines = [f"`python benchmarks/bench_training.py --steps {args.steps} --threads {args.threads} --clock {args.clock}` "
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}; {args.clock} seconds); means over {args.steps} steps after one warm-up, the two "
