@@ -587,7 +587,8 @@ def test_shape_from_reference_without_a_shape_fits_the_reference_photo(server, i
     first = submit(server, inputs, settings, reference=photo)
     assert first.status_code == 201, first.text
     view = first.json()
-    assert len(view["settings"]["reference_shape"]) == 100 and max(map(abs, view["settings"]["reference_shape"])) > 0.05
+    # the shipped reference's fitted shape reaches |beta| 0.035 (an unfitted one is all zero)
+    assert len(view["settings"]["reference_shape"]) == 100 and max(map(abs, view["settings"]["reference_shape"])) > 0.02
     assert any("fitted to the reference photo" in note for note in view["notes"])
     assert submit(server, inputs, settings, reference=photo).json()["id"] == view["id"]
     assert wait_status(server, view["id"])["status"] == "done"

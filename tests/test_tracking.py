@@ -154,7 +154,7 @@ def test_render_shape_from_reference_fits_the_reference_photo(tmp_path, asset):
                  "--shape-from", "reference"]) == 0
     used = json.loads((out / "manifest.json").read_text())["settings"]["reference_shape"]
     fitted = photo_shape(reference, asset)
-    assert np.abs(fitted).max() > 0.05
+    assert np.abs(fitted).max() > 0.02  # the shipped reference's fit reaches 0.035 (an unfitted shape is zero)
     np.testing.assert_allclose(used, fitted, atol=1e-6)
     assert (out / "frame_0001.png").is_file()
 
