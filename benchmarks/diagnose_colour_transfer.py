@@ -28,6 +28,7 @@ checkpoint's default settings. Writes ``diagnosis.json`` and ``*.png`` into ``--
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -524,14 +525,17 @@ def main() -> None:
     probes = install_probes(model)
     model.write_reference(samples[0].reference_latent)
     report["reading_blocks"] = reading_blocks(model)
+    @functools.cache
+    def full_pipeline() -> FlameDiffPipeline:
+        """The checkpoint with its temporal layers, loaded once for the rendering measurements."""
+        return FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset), flame)
+
     steps = {"attention": lambda: measure_attention(model, scheduler, samples, probes),
              "dropout": lambda: measure_dropout(model, scheduler, samples, probes),
              "loss": lambda: measure_loss(model, scheduler, samples),
-             "counterfactual": lambda: measure_counterfactual(
-                 FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset), flame), index, samples),
+             "counterfactual": lambda: measure_counterfactual(full_pipeline(), index, samples),
              "floor": lambda: measure_floor(index, asset, identities, model.config.resolution),
-             "residual": lambda: measure_residual(
-                 FlameDiffPipeline(FlameDiffModel.from_pretrained(args.checkpoint, asset=asset), flame), index, samples)}
+             "residual": lambda: measure_residual(full_pipeline(), index, samples)}
     plots = {"attention": plot_attention, "dropout": plot_dropout, "counterfactual": plot_counterfactual,
              "residual": plot_residual}
     for name, measure in steps.items():

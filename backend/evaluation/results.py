@@ -323,7 +323,7 @@ def run_results(plan_path: str, sections: list[str] | None = None,
         results.update(command=f"flamediff results --plan {os.path.relpath(plan_path)}",
                        machine=f"{platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
                                f"{__import__('torch').get_num_threads()}")
-    results["minutes"] = (time.perf_counter() - started) / 60 + (results.get("minutes", 0) if sections is not None else 0)
+    results["minutes"] = (time.perf_counter() - started) / 60 + results.get("minutes", 0)  # kept sections' time too
     os.makedirs(os.path.dirname(output), exist_ok=True)
     with open(numbers, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
