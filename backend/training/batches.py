@@ -18,7 +18,6 @@ from flamediff.data.dataset import DatasetIndex
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.conventions import view_matrices
 from flamediff.models.config import LABELS
-from flamediff.training.config import TrainConfigError
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,13 @@ def training_pool(index: DatasetIndex, domains: tuple[str, ...], heldout: list[i
     return np.nonzero(chosen)[0]
 
 
+def real_sequences(index: DatasetIndex, length: int, pool: np.ndarray) -> list[np.ndarray]:
+    """The rows of each real-label sequence of at least ``length`` frames within ``pool``: what
+    clips are cut from (the trainer checks there are ``batch_size`` of them before it starts)."""
+    return [rows for rows in index.sequences()
+            if len(rows) >= length and (index.label[rows] == 0).all() and np.isin(rows, pool).all()]
+
+
 def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int, length: int,
                pool: np.ndarray | None = None) -> np.ndarray:
     """``[B, length]`` sample rows: single frames (length 1, from ``pool``, default every sample)
@@ -59,11 +65,7 @@ def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int,
     pool = np.arange(len(index)) if pool is None else pool
     if length == 1:
         return pool[rng.choice(len(pool), size=batch_size, replace=False)][:, None]
-    clips = [rows for rows in index.sequences()
-             if len(rows) >= length and (index.label[rows] == 0).all() and np.isin(rows, pool).all()]
-    if len(clips) < batch_size:
-        raise TrainConfigError(f"stage 2 needs {batch_size} real sequences of at least {length} frames; "
-                               f"the dataset has {len(clips)}")
+    clips = real_sequences(index, length, pool)
     chosen = rng.choice(len(clips), size=batch_size, replace=False)
     starts = [rng.randint(0, len(clips[c]) - length + 1) for c in chosen]
     return np.stack([clips[c][s:s + length] for c, s in zip(chosen, starts)])

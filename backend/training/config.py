@@ -10,8 +10,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from flamediff.errors import FlamediffError
+from flamediff.training.stages import STAGES
 
-STAGES = ("vae", "1", "2")
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -33,9 +33,8 @@ class TrainConfig:
     output_dir: str = setting("run folder: checkpoints/step-NNNNNNN/, loss.jsonl, train_config.json and, at the "
                               "end, model/")
     preset: str = setting("model size: tiny | demo | sd15", "tiny")
-    stage: str = setting("what the run trains: vae (the VAE as an autoencoder, small presets) | 1 (single frames: "
-                         "Gaussian field, pose guider, both U-Nets, label vectors) | 2 (clips: the temporal layers "
-                         "only, on an init_from model)", "1")
+    stage: str = setting("what the run trains: " + " | ".join(f"{stage.name} ({stage.summary})"
+                                                               for stage in STAGES.values()), "1")
     init_from: str | None = setting("model folder to start from (e.g. the vae stage's output)", None)
     vae_from: str | None = setting("a new model (preset + overrides) with this model folder's trained VAE", None)
     flame_asset: str | None = setting("FLAME asset folder (default: the procedural head)", None)
@@ -106,11 +105,11 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         if self.stage not in STAGES:
-            raise TrainConfigError(f"{source}: 'stage' must be one of {STAGES}, not {self.stage!r}")
+            raise TrainConfigError(f"{source}: 'stage' must be one of {tuple(STAGES)}, not {self.stage!r}")
         if self.init_from and self.vae_from:
             raise TrainConfigError(f"{source}: give 'init_from' (a whole model) or 'vae_from' (its VAE only), not both")
-        if self.stage == "2" and not self.init_from:
-            raise TrainConfigError(f"{source}: stage 2 trains temporal layers on a stage-1 model: set 'init_from'")
+        if STAGES[self.stage].needs_init_from and not self.init_from:
+            raise TrainConfigError(f"{source}: {STAGES[self.stage].needs_init_from}: set 'init_from'")
         for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "sequence_length"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
                 raise TrainConfigError(f"{source}: '{key}' must be a positive integer")

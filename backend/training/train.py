@@ -1,20 +1,10 @@
-"""``flamediff train``: stage-1 training of the Gaussian field and the dual-branch network.
+"""``flamediff train``: one run of a training stage (training/stages.py says what each stage
+trains, freezes, caches and draws): the accelerator, optimiser, learning-rate schedule and EMA,
+the step loop with its loss log, checkpoints and exact resume.
 
-Stages:
-
-- ``vae``: small presets have no Stable Diffusion VAE to start from, so the VAE is first
-  trained as an autoencoder (MSE + a tiny KL term) on the dataset frames. At ``sd15`` scale the
-  SD VAE is used frozen and this stage is skipped.
-- ``1``: single frames; the Gaussian field (absent with ``"overrides": {"control": "geometry"}``,
-  the ablation's rasterised normals + depth + landmarks), pose guider, both U-Nets and the label
-  vectors learn with v-prediction MSE as the only loss; the VAE is frozen. The reference (and the
-  label) is dropped with ``reference_dropout`` for classifier-free guidance.
-- ``2``: clips of ``sequence_length`` consecutive frames from the "real" sequences only (the
-  multi-view synthetic samples are not continuous); only the temporal layers learn, added
-  to the stage-1 model given by ``init_from`` if it has none yet.
-
-Batches are drawn from a generator seeded by (seed, step, process), so a run resumed from a
-checkpoint continues exactly where the killed run was, with no data-loader state to save.
+Batches are drawn from a generator seeded by (seed, step, process) (training/batches.py), so a
+run resumed from a checkpoint continues exactly where the killed run was, with no data-loader
+state to save; the checkpoint holds the accelerate state (model, optimiser, schedule, EMA, RNG).
 """
 
 from __future__ import annotations
@@ -24,12 +14,11 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
@@ -39,13 +28,16 @@ from flamediff.assets import load_asset
 from flamediff.data.dataset import DatasetIndex, read_dataset
 from flamediff.data.splits import SplitsError, identities_of_split
 from flamediff.flame.model import FlameModel
+from flamediff.formats.flame_asset import FlameAsset
 from flamediff.formats.conventions import square_crop_intrinsics
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
-from flamediff.training.batches import Batch, draw_batch, training_pool
+from flamediff.training.batches import Batch, draw_batch, real_sequences, training_pool
 from flamediff.training.config import TrainConfig, TrainConfigError
 from flamediff.training.latent_cache import LatentCache
+from flamediff.training.plots import plot_loss_curve
+from flamediff.training.stages import STAGES, Stage, trained_groups
 
 LOSS_LOG = "loss.jsonl"     # one {"step", "loss", "lr"} line per log_every steps, in output_dir
 
@@ -54,92 +46,104 @@ LOSS_LOG = "loss.jsonl"     # one {"step", "loss", "lr"} line per log_every step
 # The run
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The dataset a run draws from, checked against its config, and what it may draw."""
+
+    index: DatasetIndex
+    asset: FlameAsset
+    heldout: list[int]      # identities splits.json holds out: never drawn
+    pool: np.ndarray        # rows that may be drawn (as targets or references)
+
+
+def load_training_data(config: TrainConfig, stage: Stage, log: Callable[[str], None]) -> TrainingData:
+    """The dataset and FLAME asset of ``config``, refused with a one-line error when the run
+    could not draw from them (another asset, too few samples, too few long real sequences)."""
+    index = read_dataset(config.dataset)
+    asset = load_asset(config.flame_asset)
+    if index.flame_asset.get("hash") not in (None, asset.content_hash):
+        raise TrainConfigError(f"dataset {config.dataset} was made with FLAME asset "
+                               f"{index.flame_asset.get('name')!r}, not {asset.name!r}")
+    heldout = heldout_identities(config.dataset)
+    pool = training_pool(index, config.domains, heldout)
+    if config.batch_size > len(pool):
+        raise TrainConfigError(f"batch_size {config.batch_size} is larger than the dataset's "
+                               f"{'+'.join(config.domains)} training samples ({len(pool)} frames)")
+    length = stage.clip_length(config.sequence_length)
+    if length > 1 and len(clips := real_sequences(index, length, pool)) < config.batch_size:
+        raise TrainConfigError(f"stage {stage.name} needs {config.batch_size} real sequences of at least {length} "
+                               f"frames; the dataset has {len(clips)}")
+    if heldout:
+        log(f"splits.json: {len(heldout)} held-out identities are never sampled")
+    return TrainingData(index, asset, heldout, pool)
+
+
+def build_model(config: TrainConfig, stage: Stage, data: TrainingData) -> FlameDiffModel:
+    """The model the run starts from: ``init_from``, or a new one of the preset (with
+    ``vae_from``'s VAE), with its control and what the stage adds."""
+    if config.init_from:
+        model = FlameDiffModel.from_pretrained(config.init_from, asset=data.asset)
+    else:
+        overrides = dict(config.overrides, flame_asset=data.asset.identity())
+        model_config = FlameDiffConfig.preset_named(config.preset, **overrides)
+        model = (FlameDiffModel.from_stable_diffusion(model_config) if model_config.pretrained
+                 else FlameDiffModel(model_config))
+        if config.vae_from:
+            model.vae.load_state_dict(FlameDiffModel.from_pretrained(config.vae_from, asset=data.asset).vae.state_dict())
+    if not model.has_control:
+        model.attach_control(data.asset)
+    stage.prepare(model)
+    if config.reference_dropout is not None:
+        model.config = replace(model.config, reference_dropout=config.reference_dropout)
+    model.config = replace(model.config, training_domain=data.index.source)   # renders warn outside it
+    if model.config.resolution != data.index.resolution:
+        raise TrainConfigError(f"the {model.config.preset} preset renders {model.config.resolution} px "
+                               f"but the dataset's frames are {data.index.resolution} px")
+    return model
+
+
+def make_optimiser(config: TrainConfig, stage: Stage, model: FlameDiffModel,
+                   accelerator: Accelerator) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the stage's parameter groups (the rest of the model frozen) and its
+    learning-rate schedule."""
+    # The model is not wrapped in DDP (its ReferenceNet has layers that no loss reaches, and
+    # the steps call model methods, not forward): gradients are averaged in _sync_gradients.
+    groups = trained_groups(stage, model, config.learning_rate, config.field_learning_rate)
+    optimizer = accelerator.prepare(torch.optim.AdamW(groups, weight_decay=config.weight_decay))
+    # Not prepared by accelerate: its wrapper steps the schedule once per process per step.
+    lr_scheduler = get_scheduler(
+        "cosine" if config.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
+        num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+    return optimizer, lr_scheduler
+
+
 class Trainer:
-    """One training run: model, optimiser, accelerator, checkpoints."""
+    """One training run of a stage: accelerator, model, optimiser, EMA, steps and checkpoints."""
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
-        self.config, self.log = config, log
+        self.config, self.log, self.stage = config, log, STAGES[config.stage]
         os.makedirs(config.output_dir, exist_ok=True)  # the loss log is written from the first step
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
         if self.accelerator.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal weights make CPU training 10-20x slower after a while
         set_seed(config.seed + self.accelerator.process_index)
-        self.index = read_dataset(config.dataset)
-        self.asset = load_asset(config.flame_asset)
-        if self.index.flame_asset.get("hash") not in (None, self.asset.content_hash):
-            raise TrainConfigError(f"dataset {config.dataset} was made with FLAME asset "
-                                   f"{self.index.flame_asset.get('name')!r}, not {self.asset.name!r}")
-        self.heldout = heldout_identities(config.dataset)
-        self.pool = training_pool(self.index, config.domains, self.heldout)
-        if config.batch_size > len(self.pool):
-            raise TrainConfigError(f"batch_size {config.batch_size} is larger than the dataset's "
-                                   f"{'+'.join(config.domains)} training samples ({len(self.pool)} frames)")
-        if self.heldout:
-            log(f"splits.json: {len(self.heldout)} held-out identities are never sampled")
-        self.model = self._build_model()
-        if self.model.config.resolution != self.index.resolution:
-            raise TrainConfigError(f"the {self.model.config.preset} preset renders {self.model.config.resolution} px "
-                                   f"but the dataset's frames are {self.index.resolution} px")
+        data = load_training_data(config, self.stage, log)
+        self.index, self.asset, self.heldout, self.pool = data.index, data.asset, data.heldout, data.pool
+        self.model = build_model(config, self.stage, data)
         self.flame = FlameModel(self.asset).to(self.accelerator.device)
         self.scheduler = make_scheduler(self.model.config)
         self.model.to(self.accelerator.device)
-        # The model is not wrapped in DDP (its ReferenceNet has layers that no loss reaches, and
-        # the steps call model methods, not forward): gradients are averaged in _sync_gradients.
-        self.optimizer = self.accelerator.prepare(
-            torch.optim.AdamW(self._parameter_groups(), weight_decay=config.weight_decay))
-        # Not prepared by accelerate: its wrapper steps the schedule once per process per step.
-        self.lr_scheduler = get_scheduler(
-            "cosine" if config.lr_schedule == "cosine" else "constant_with_warmup", self.optimizer,
-            num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+        self.optimizer, self.lr_scheduler = make_optimiser(config, self.stage, self.model, self.accelerator)
         self.ema = (EMAModel(self.trained_parameters, decay=config.ema_decay)
                     if config.ema_decay is not None else None)
+        # Registered in this order, saved as custom_checkpoint_0, _1, _2: checkpoints rely on it.
         self.accelerator.register_for_checkpointing(self.model)
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
         if self.ema is not None:
             self.accelerator.register_for_checkpointing(self.ema)
         self.latent_cache = (LatentCache(self.index, self.model.vae)
-                             if config.stage != "vae" and config.cache_latents else None)
+                             if self.stage.caches_latents and config.cache_latents else None)
         self.step = 0
-
-    def _build_model(self) -> FlameDiffModel:
-        config = self.config
-        if config.init_from:
-            model = FlameDiffModel.from_pretrained(config.init_from, asset=self.asset)
-        else:
-            overrides = dict(config.overrides, flame_asset=self.asset.identity())
-            model_config = FlameDiffConfig.preset_named(config.preset, **overrides)
-            model = (FlameDiffModel.from_stable_diffusion(model_config) if model_config.pretrained
-                     else FlameDiffModel(model_config))
-            if config.vae_from:
-                model.vae.load_state_dict(FlameDiffModel.from_pretrained(config.vae_from, asset=self.asset).vae.state_dict())
-        if not model.has_control:
-            model.attach_control(self.asset)
-        if config.stage == "2":
-            model.add_temporal_layers()
-        if config.reference_dropout is not None:
-            model.config = replace(model.config, reference_dropout=config.reference_dropout)
-        model.config = replace(model.config, training_domain=self.index.source)   # renders warn outside it
-        return model
-
-    def _parameter_groups(self) -> list[dict[str, Any]]:
-        model = self.model
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        if self.config.stage == "vae":
-            groups = [{"params": list(model.vae.parameters()), "lr": self.config.learning_rate}]
-        elif self.config.stage == "2":
-            groups = [{"params": list(model.temporal.parameters()), "lr": self.config.learning_rate}]
-        else:
-            network = [*model.denoiser.parameters(), *model.reference_unet.parameters(),
-                       *model.pose_guider.parameters(), *model.label_embedding.parameters()]
-            groups = [{"params": network, "lr": self.config.learning_rate}]
-            if model.gaussian_field is not None:
-                groups.append({"params": list(model.gaussian_field.parameters()),
-                               "lr": self.config.field_learning_rate})
-        for group in groups:
-            for parameter in group["params"]:
-                parameter.requires_grad_(True)
-        return groups
 
     @property
     def trained_parameters(self) -> list[torch.nn.Parameter]:
@@ -147,27 +151,15 @@ class Trainer:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    @property
-    def clip_length(self) -> int:
-        return self.config.sequence_length if self.config.stage == "2" else 1
-
     def draw(self, step: int) -> Batch:
         """The batch of ``step`` for this process (pixels only where no latent cache stands in)."""
         return draw_batch(self.index, step, self.config.batch_size, self.config.seed,
-                          self.accelerator.process_index, self.clip_length, self.pool,
+                          self.accelerator.process_index, self.stage.clip_length(self.config.sequence_length), self.pool,
                           load_images=self.latent_cache is None)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        model, device = self.model, self.accelerator.device
-        if self.config.stage == "vae":
-            # The posterior mean, as the diffusion model will see it (encode_images): sampled
-            # latents taught the old demo VAE to leave two of four channels almost empty.
-            assert batch.target is not None, "the vae stage draws pixels (it has no latent cache)"
-            target = batch.target.to(device).flatten(0, 1)
-            posterior = model.vae.encode(target).latent_dist
-            reconstruction = model.vae.decode(posterior.mean).sample
-            return F.mse_loss(reconstruction, target) + 1e-6 * posterior.kl().mean()
-        return self.diffusion_loss(model, batch)
+        """The stage's loss on ``batch``."""
+        return self.stage.loss(self, batch)
 
     def clean_latents(self, model: FlameDiffModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised latents of the ``[B, F]`` targets and the ``[B]`` references: from the
@@ -314,22 +306,19 @@ class Trainer:
         self.log(f"resumed from {checkpoints[-1]} (step {self.step})")
 
     def save_model(self) -> str:
-        """The final model (EMA weights when EMA is on) with its loss curve; after the ``vae``
-        stage also the per-channel latent normalisation and the reconstruction report."""
+        """The final model (EMA weights when EMA is on) with its loss curve and what its stage
+        records (after ``vae``: the latent normalisation and the reconstruction report)."""
         folder = os.path.join(self.config.output_dir, "model")
         if self.accelerator.is_main_process:
             if self.ema is not None:
                 self.ema.copy_to(self.trained_parameters)
             extra = {"trained_steps": self.step, "stage": self.config.stage, "seed": self.config.seed,
                      "ema_decay": self.config.ema_decay, "heldout_identities": self.heldout}
-            if self.config.stage == "vae":
-                self.model.config = replace(self.model.config, **latent_statistics(self.model, self.index, self.pool))
+            self.stage.finish(self)
             self.model.save_pretrained(folder, extra=extra)
             plot_loss_curve(os.path.join(self.config.output_dir, LOSS_LOG), os.path.join(folder, "loss.png"),
                             title=f"stage {self.config.stage}")
-            if self.config.stage == "vae" and self.heldout:
-                from flamediff.evaluation.reconstruction import write_reconstruction_report
-                write_reconstruction_report(self.model, self.index, self.heldout, self.asset, folder, log=self.log)
+            self.stage.write_reports(self, folder)
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -342,20 +331,6 @@ def heldout_identities(dataset: str) -> list[int]:
         raise TrainConfigError(str(exc)) from None
 
 
-@torch.no_grad()
-def latent_statistics(model: FlameDiffModel, index: DatasetIndex, pool: np.ndarray, count: int = 256) -> dict[str, tuple]:
-    """Per-channel mean and std of the VAE's raw latents over ``count`` training frames."""
-    rows = pool[np.linspace(0, len(pool) - 1, min(count, len(pool))).astype(int)]
-    model.eval()
-    device = next(model.vae.parameters()).device
-    latents = torch.cat([model.vae.encode(torch.stack([index.frame_tensor(int(r)) for r in chunk]).to(device))
-                         .latent_dist.mean for chunk in np.array_split(rows, max(1, len(rows) // 16))])
-    shift = latents.mean((0, 2, 3))
-    scale = latents.std((0, 2, 3)).clamp_min(1e-4)
-    return {"latent_shift": tuple(round(float(v), 6) for v in shift),
-            "latent_scale": tuple(round(float(v), 6) for v in scale)}
-
-
 def truncate_loss_log(path: str, step: int) -> None:
     """Drop the lines a killed run logged after the checkpoint it resumes from."""
     if not os.path.isfile(path):
@@ -364,38 +339,6 @@ def truncate_loss_log(path: str, step: int) -> None:
         kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
     with open(path, "w", encoding="utf-8") as handle:
         handle.writelines(kept)
-
-
-def plot_loss_curve(log_path: str, out_path: str, title: str) -> None:
-    """Loss (raw and smoothed, log scale) and learning rate against step, as a PNG."""
-    if not os.path.isfile(log_path):
-        return
-    with open(log_path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    if not rows:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in rows])
-    loss = np.array([r["loss"] for r in rows])
-    window = max(1, len(loss) // 25)
-    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axis.plot(steps, loss, color="0.75", linewidth=0.8, label="loss")
-    axis.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window}")
-    axis.set_yscale("log")
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.set_title(title)
-    rate = axis.twinx()
-    rate.plot(steps, [r["lr"] for r in rows], color="C1", linewidth=0.8, label="learning rate")
-    rate.set_ylabel("learning rate", color="C1")
-    axis.legend(loc="upper right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out_path)
-    plt.close(figure)
 
 
 def format_duration(seconds: float) -> str:
