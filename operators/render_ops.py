@@ -5,10 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from ..blender_addon import assets, local_backend, render_job, render_scene
+from ..blender_addon import assets, diagnosis, local_backend, render_job, render_scene
 from ..blender_addon.backend_client import BackendError
-from ..backend.formats.flame_asset import FlameAssetError
-from ..backend.formats.protocol import PROTOCOL_VERSION
 from ..blender_addon.preferences import backend_settings, make_client, unsaved_output_root
 from ..blender_addon.render_scene import BLEND_RELATIVE, setting_property
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
@@ -113,46 +111,6 @@ class FLAMEDIFF_OT_render_cancel(CancelsJob, bpy.types.Operator):
     kind, noun = "render", "render"
 
 
-def _local_state(client, settings: dict) -> tuple[str, str, str]:
-    """``(level, text, found)`` for "Start locally": the backend Python found and the state of the backend
-    this Blender starts; ``level`` is empty when the backend answers (the caller then asks it more)."""
-    try:  # the python the running backend was started with, else the one a start would use
-        choice = local_backend.started_python() if local_backend.running() else local_backend.resolve_python(
-            settings["python"])
-    except BackendError as exc:
-        return "ERROR", str(exc), ""
-    found = f"Backend Python {choice.path} ({choice.origin})"
-    try:
-        client.health(check_version=False)
-    except BackendError as exc:
-        process, log = local_backend.running(), local_backend.log_path()
-        if exc.status == 401 and process is None:
-            return "ERROR", (f"{found}. Port {settings['port']} is used by a flamediff backend this Blender did not "
-                             f"start (its token differs): stop it, or choose another port"), found
-        if exc.status is not None:
-            return "ERROR", f"{found}. {exc}", found
-        if process is not None:
-            seconds = local_backend.seconds_since_start()
-            if seconds < render_job.START_TIMEOUT:
-                return "INFO", (f"{found}. The local backend (pid {process.pid}) is starting ({seconds:.0f} s so "
-                                f"far; loading the model takes a while): test again in a few seconds. Log: {log}"), found
-            return "ERROR", f"{found}. The local backend (pid {process.pid}) does not answer: see its log {log}", found
-        code = local_backend.exit_code()
-        if code is not None:
-            return "ERROR", (f"{found}. The local backend exited with code {code}: "
-                             f"{local_backend.last_log_line() or 'no output'}. Log: {log}"), found
-        try:
-            local_backend.check_python(choice)
-        except BackendError as check:
-            return "ERROR", str(check), found
-        return "INFO", (f"{found}, flamediff installed there. The backend is not started yet: Render starts it, "
-                        f"or press Start backend"), found
-    process = local_backend.running()
-    started = (f"started by this Blender (pid {process.pid})" if process is not None else
-               f"already running on port {settings['port']}, not started by this Blender")
-    return "", "", f"{found}; backend {started}"
-
-
 class FLAMEDIFF_OT_test_connection(bpy.types.Operator):
     """Contact the backend and say, in plain words, what was found: the backend Python ("Start locally"),
     whether the backend runs, its version, device and models"""
@@ -162,46 +120,10 @@ class FLAMEDIFF_OT_test_connection(bpy.types.Operator):
     bl_options = {"REGISTER"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        settings = backend_settings(context)
-        client = make_client(context, timeout=3.0)
-        found = ""
-        if settings["mode"] == "LOCAL":
-            level, text, found = _local_state(client, settings)
-            if level:
-                self.report({level}, text)
-                return {"CANCELLED"} if level == "ERROR" else {"FINISHED"}
-        try:
-            health = client.health(check_version=False)
-            if health.get("protocol_version") != PROTOCOL_VERSION:
-                client.health()  # raises the version-mismatch error with advice
-            models = client.models()
-        except BackendError as exc:
-            self.report({"ERROR"}, f"{found}. {exc}" if found else str(exc))
-            return {"CANCELLED"}
-        problems = []
-        usable = [m for m in models if m.get("matches_flame_asset", True)]
-        if not models:
-            problems.append("the backend has no model: train one or put a checkpoint folder into its models "
-                            "folder (GET /v1/models)")
-        elif not usable:
-            problems.append("no model on the backend fits its FLAME asset: use the asset the models were "
-                            "trained for (--flame-asset)")
-        if str(health.get("device", "")).startswith("cpu"):
-            problems.append("no GPU: the backend renders on the CPU (slow); start it with --device cuda on a "
-                            "machine with an NVIDIA GPU for speed")
-        try:
-            identity = assets.current(context)[1]
-            served = health.get("flame_asset") or {}
-            if served.get("hash") and served.get("hash") != identity["hash"]:
-                problems.append(f"the backend uses FLAME asset {served.get('name')}, the add-on "
-                                f"{identity['name']}: set the same asset in both")
-        except (FlameAssetError, OSError):
-            pass
-        names = ", ".join(m.get("name", "?") for m in usable) or "none"
-        summary = (f"Connected to flamediff {health.get('flamediff_version')} at {client.url} on "
-                   f"{health.get('device')}; models: {names}" + (f"; {found}" if found else ""))
-        self.report({"WARNING"} if problems else {"INFO"}, summary + ("; " + "; ".join(problems) if problems else ""))
-        return {"FINISHED"}
+        level, text = diagnosis.diagnose(make_client(context, timeout=3.0), backend_settings(context),
+                                         lambda: assets.current(context)[1])
+        self.report({level}, text)
+        return {"CANCELLED"} if level == "ERROR" else {"FINISHED"}
 
 
 def _local_mode(cls, context: bpy.types.Context) -> bool:
