@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from . import local_backend
 from .backend_client import FOREIGN, BackendClient, BackendError
-from ..backend.formats.ports import busy_port_message, free_port
+from ..backend.formats.ports import busy_port_message, free_port, port_is_free
 from ..backend.formats.protocol import frame_file
 
 POLL_INTERVAL = 0.5
@@ -195,6 +195,10 @@ class BackendJob:
                                    f"{self.process.exit_code()}): {self.process.last_log_line() or 'no output'}",
                                    f"see its log {self.process.log_path()} (is the port "
                                    f"{self.local['port']} taken by another program?)")
+            if self.local.get("pick_free_port") and not os.path.exists(self.local["token_file"]) and \
+                    not port_is_free(self.local["port"]):
+                self._move_to_free_port()   # no backend of ours wrote a token: another program has the port
+                return
             self.process.start(self.local["python"], self.local["port"], self.local["device"],
                                self.local["token_file"])
             self.start_attempted = True

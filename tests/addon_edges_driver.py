@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -112,6 +113,7 @@ def main() -> None:
         warnings.simplefilter("always")
         with_backend()
     RESULTS["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+    another_program_on_the_port()
 
 
 def head_roll_degrees() -> float:
@@ -207,6 +209,39 @@ def fits_during_render(scene: bpy.types.Scene) -> None:
         RESULTS["fit_from_other_scene"] = reported(bpy.ops.flamediff.match_photo, rig="FLAME",
                                                    filepath=path("phone.jpg"), wait=True, timeout=120)
     RESULTS["rig_kept_during_render"] = rig_state() == before
+
+
+def another_program_on_the_port() -> None:
+    """item 5: another program on the backend's port is named (not "HTTP 404 File not found") and
+    "Start locally" starts the backend on a free port by itself; item 8, on that backend (it serves
+    the shipped demo checkpoint, trained on procedural heads): the out-of-domain note only for a
+    photo of a real person, and once."""
+    scene, prefs = bpy.context.scene, bpy.context.preferences.addons[MODULE].preferences
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        taken = RESULTS["taken_port"] = probe.getsockname()[1]
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(taken), "--bind", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", taken)) == 0:
+                    break
+            time.sleep(0.1)
+        prefs.backend_url = f"http://127.0.0.1:{taken}"
+        RESULTS["url_other_program"] = reported(bpy.ops.flamediff.test_connection)
+        prefs.backend_mode, prefs.backend_python, prefs.backend_port = "LOCAL", sys.executable, taken
+        prefs.pick_free_port, prefs.token_file = True, path("local_token")
+        scene.flamediff_render.checkpoint = "demo"
+        RESULTS["demo_shipped_reference"] = render(steps=1, seed=6, reference_image=path("shipped_reference.png"))
+        RESULTS["local_port"] = sys.modules[MODULE].blender_addon.local_backend.started_port()
+        RESULTS["demo_photo_reference"] = render(steps=1, seed=6, reference_image=path("face.jpg"))
+    finally:
+        other.kill()
+        other.wait()
+        reported(bpy.ops.flamediff.backend_stop)
+        prefs.backend_mode = "URL"
 
 
 def command_line_render() -> None:

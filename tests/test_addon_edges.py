@@ -7,6 +7,7 @@ not actionable, Cancel then Render again at once."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from PIL import Image
 pytest.importorskip("bpy")
 pytest.importorskip("httpx")
 pytest.importorskip("mediapipe", reason="the tracking extra (pip install 'flamediff[tracking]')")
+skimage_data = pytest.importorskip("skimage.data")   # the astronaut: a photo of a real person, offline
 
 from test_addon_render import run_driver
 from test_photo_orientation import phone_portrait
@@ -61,6 +63,8 @@ def results(tmp_path_factory, head_folder, head_asset) -> dict:
     Image.fromarray(ramp * 257).save(work / "grey16.png")   # 16-bit grey: Pillow's own convert clips it white
     Image.fromarray(ramp.astype(np.uint8)).save(work / "grey8.png")
     Image.new("RGB", (64, 64), (255, 255, 255)).save(work / "white.png")
+    shutil.copy(os.path.join(ROOT, "backend", "checkpoints", "demo", "reference.png"), work / "shipped_reference.png")
+    Image.fromarray(skimage_data.astronaut()).crop((140, 20, 340, 220)).save(work / "face.jpg", quality=90)
     make_checkpoint(str(work / "models" / "tiny"), head_asset)
     zip_path = build(str(work / "dist"))
     os.makedirs(work / "home")
@@ -180,3 +184,22 @@ def test_a_command_line_render_without_a_backend_python_says_why_once(results):
     assert cli["rc"] == 1, cli["stderr"][-2000:]   # Blender alone would exit 0 after a failed render
     said = cli["reports"] + [line for line in cli["stderr"].splitlines() if "typo/python" in line]
     assert len(said) == 1 and "does not exist" in said[0] and "typo/python" not in cli["stdout"], said
+
+
+def test_another_program_on_the_port_is_named_and_start_locally_moves_off_it(results):
+    taken = results["taken_port"]
+    outcome, text = results["url_other_program"]
+    assert outcome is None and "is not a flamediff backend (it answered HTTP 404" in text, text
+    assert f"port {taken} is used by another program" in text and "HTTP 404 File not found" not in text.split(":")[0]
+    outcome, text, props = results["demo_shipped_reference"]
+    assert outcome == ["FINISHED"] and props["status"] == "done", text
+    assert results["local_port"] not in (None, taken)
+
+
+def test_the_out_of_domain_note_comes_only_for_a_photo_of_a_person_and_once(results):
+    note = "a photo of a real person is outside what it learned"
+    outcome, text, props = results["demo_shipped_reference"]
+    assert note not in props["notes"] and note not in text, props["notes"]   # the shipped procedural reference
+    outcome, text, props = results["demo_photo_reference"]
+    assert outcome == ["FINISHED"], text
+    assert props["notes"].count(note) == 1 and text.count(note) == 1, (props["notes"], text)
