@@ -224,7 +224,7 @@ def hostile_uploads(rows: list[Row], server: Server, reference: bytes, folder: s
     rows.append(Row("probe", "missing vs existing outside file: one message", "same" if len(set(answers)) == 1 else
                     "differ", ok=len(set(answers)) == 1))
     for probe, animation, status, word in [
-            ("zipped per-frame folder of 40 x 16 MiB expr arrays (amplifier)", hostile.amplifier(), 413, "declares"),
+            ("zipped per-frame folder of 40 x 16 MiB expr arrays (amplifier)", hostile.amplifier(), 413, "would take"),
             ("zipped folder, inner npz declaring 1e9 elements", hostile.billion_element_npz(), 413, "declares"),
             ("pickle of 1e8 values through shared lists (billion laughs)", hostile.billion_laughs(), 413, "values"),
             ("pickle of 2e6 distinct objects", hostile.many_objects(), 413, "pickled objects"),

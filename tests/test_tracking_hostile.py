@@ -79,10 +79,10 @@ def test_videos_past_the_frame_or_duration_cap_are_refused_from_their_container(
     clip = video(str(tmp_path / "clip.mp4"), 30)  # 30 frames, 1.2 s
     with app_client(tmp_path, TrackingLimits(max_frames=20)) as client:
         response = bounded_post(client, clip)
-        assert response.status_code == 413 and "30 frames, more than 20" in response.json()["error"], response.text
+        assert response.status_code == 413 and "30 frames, more than the 20" in response.json()["error"], response.text
     with app_client(tmp_path, TrackingLimits(max_seconds_of_video=1.0)) as client:
         response = bounded_post(client, clip)
-        assert response.status_code == 413 and "longer than 1 s" in response.json()["error"], response.text
+        assert response.status_code == 413 and "longer than the 1 s" in response.json()["error"], response.text
     assert os.listdir(tmp_path / "jobs" / "tracks") == []  # refused uploads leave nothing
 
 
@@ -96,9 +96,9 @@ def test_a_video_declaring_a_million_frames_or_hours_is_refused_from_its_header(
     assert len(claims) < 10_000 and len(hours) < 10_000
     with app_client(tmp_path) as client:
         response = bounded_post(client, claims)
-        assert response.status_code == 413 and "1000000 frames, more than 3000" in response.json()["error"], response.text
+        assert response.status_code == 413 and "1000000 frames, more than the 3000" in response.json()["error"], response.text
         response = bounded_post(client, hours)
-        assert response.status_code == 413 and "40000 s, longer than 300 s" in response.json()["error"], response.text
+        assert response.status_code == 413 and "40000 s, longer than the 300 s" in response.json()["error"], response.text
     assert os.listdir(tmp_path / "jobs" / "tracks") == []
 
 

@@ -51,7 +51,7 @@ def _member_names(members: list[zipfile.ZipInfo]) -> list[tuple[str, ...]]:
         try:
             parts = member_parts(member.filename)
         except TrackerFormatError as exc:
-            raise InputError(f"the animation archive: {exc}", "zip the folder with short names relative to it",
+            raise InputError(f"the animation archive is refused: {exc}", "zip the folder with short names relative to it",
                              422) from None
         if stat.S_ISLNK(member.external_attr >> 16):
             raise InputError(f"the animation archive holds a link ({member.filename[:120]!r})", ADVICE, 422)

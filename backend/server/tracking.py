@@ -119,7 +119,7 @@ class TrackingTasks:
                 footage = open_footage(media_path, count_frames=False)
             except TrackingError as exc:
                 shutil.rmtree(folder, ignore_errors=True)
-                raise InputError(_scrub(str(exc).split(";")[0], folder), MEDIA_ADVICE, 415) from None
+                raise InputError(_unreadable(str(exc), folder), MEDIA_ADVICE, 415) from None
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
@@ -149,9 +149,10 @@ class TrackingTasks:
         width, height = footage.size
         problem = None
         if footage.count > self.limits.max_frames:
-            problem = f"the video is {footage.count} frames, more than {self.limits.max_frames}"
+            problem = f"the video holds {footage.count} frames, more than the {self.limits.max_frames} a task may track"
         elif seconds > self.limits.max_seconds_of_video:
-            problem = f"the video is {seconds:.0f} s, longer than {self.limits.max_seconds_of_video:g} s"
+            problem = (f"the video lasts {seconds:.0f} s, longer than the {self.limits.max_seconds_of_video:g} s a task "
+                       "may track")
         elif width * height > MAX_DECODE_PIXELS:
             problem = f"the video's frames are {width}x{height} pixels, more than {MAX_DECODE_PIXELS} per frame"
         if problem:
@@ -238,7 +239,7 @@ def _photo_header(media: bytes) -> ImageHeader | None:
     """The header of an uploaded photo under the render route's rule (PNG, JPEG, WebP within the
     decode limit: else 415 or 413, before decoding), or None for anything else (a video)."""
     if media[:6] in (b"GIF87a", b"GIF89a"):
-        raise InputError("the upload is a GIF", MEDIA_ADVICE, 415)
+        raise InputError("the upload is a GIF, not a PNG, JPEG or WebP photo or a video", MEDIA_ADVICE, 415)
     try:
         header = read_image_header(media, "the upload")
     except ImageFormatError as exc:
@@ -246,7 +247,7 @@ def _photo_header(media: bytes) -> ImageHeader | None:
             return None
         raise image_input_error(exc) from None
     if header.format not in REFERENCE_FORMATS:
-        raise InputError(f"the upload is a {header.format} image", MEDIA_ADVICE, 415)
+        raise InputError(f"the upload is a {header.format} image, not a PNG, JPEG or WebP photo", MEDIA_ADVICE, 415)
     try:
         check_decodable(header, "the upload")
     except ImageFormatError as exc:
@@ -286,6 +287,12 @@ def _scrub(text: str, folder: str) -> str:
     """``text`` without the server's paths: the upload is "the upload", the task folder gone."""
     return text.replace(os.path.join(folder, "media"), "the upload").replace(folder + os.sep, "").replace(
         folder, "the task folder")
+
+
+def _unreadable(text: str, folder: str) -> str:
+    """The media reader's refusal as one line for the client: no path, no errno, no hint (the
+    advice says what to send)."""
+    return re.sub(r"\[Errno -?\d+\] |: 'the upload'", "", _scrub(text.split(";")[0], folder))
 
 
 def _track_error(path: str, code: int | None) -> str:

@@ -107,7 +107,7 @@ def declared_bytes(path: str) -> int:
                 return math.prod(shape) * dtype.itemsize
         if head.startswith(b"PK") and not _is_torch_zip(path):
             budget = current_budget()
-            return declared_npz_bytes(path, replace(TRACKER_LIMITS, max_bytes=budget.left + 1), text=True)
+            return declared_npz_bytes(path, replace(TRACKER_LIMITS, max_bytes=budget.left), text=True)
     except AnimationFormatError as exc:
         kind = TrackerTooLarge if isinstance(exc, AnimationTooLarge) else TrackerFormatError
         raise kind(f"{os.path.basename(path)}: {exc}") from None

@@ -47,8 +47,9 @@ class ReadBudget:
 
     def charge(self, nbytes: int, what: str) -> None:
         if nbytes > self.left:
-            raise TrackerTooLarge(f"{what} declares {nbytes} bytes, past the limit of {self.limits.max_bytes} "
-                                  "bytes for one tracker upload; send a shorter clip or only its parameter files")
+            raise TrackerTooLarge(f"{what} would take {nbytes} bytes once read, past the limit of "
+                                  f"{self.limits.max_bytes} bytes for one tracker upload; send a shorter clip or only "
+                                  "its parameter files")
         self.left -= nbytes
 
 
@@ -91,8 +92,8 @@ def member_parts(name: str) -> tuple[str, ...]:
     if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix) or ".." in parts or not parts:
         raise TrackerFormatError(_OUTSIDE)
     if any(len(part.encode("utf-8", "surrogatepass")) > MAX_MEMBER_NAME for part in parts):
-        raise TrackerFormatError(f"the upload holds a file name longer than {MAX_MEMBER_NAME} bytes: shorten "
-                                 "the names")
+        raise TrackerFormatError(f"a file name in the upload is longer than {MAX_MEMBER_NAME} bytes (the most a file "
+                                 "system allows); shorten the names")
     return tuple(parts)
 
 
