@@ -50,11 +50,11 @@ def unregister() -> None:
     import bpy
 
     from .. import ui_panels
-    from . import local_backend, render_engine, render_job, render_scene
+    from . import backend_job, local_backend, render_engine, render_scene
 
     render_engine.unregister_handlers()
     render_scene.unregister_handlers()
-    render_job.cancel_all()
+    backend_job.cancel_all()
     local_backend.stop()
     ui_panels.unregister_menus()
     ui_panels.unregister_properties()

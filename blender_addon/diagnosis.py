@@ -1,7 +1,7 @@
 """What Test Connection says, in plain words: the backend Python "Start locally" found, whether the
 backend runs (starting, exited, a stranger's on the port), its version, device and models.
 
-Plain Python (no bpy) like ``render_job``: the operator hands in the client, the preferences'
+Plain Python (no bpy) like ``backend_job``: the operator hands in the client, the preferences'
 backend settings and how to read the add-on's FLAME asset identity; tests drive it with a scripted
 client (tests/test_addon_diagnosis.py).
 """
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from . import local_backend
 from .backend_client import BackendError
-from .render_job import START_TIMEOUT
+from .backend_job import START_TIMEOUT
 from ..backend.formats.flame_asset import FlameAssetError
 from ..backend.formats.paths import PythonChoice
 from ..backend.formats.protocol import PROTOCOL_VERSION

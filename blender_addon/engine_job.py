@@ -17,7 +17,8 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..backend.formats.windows import context_frames
-from .render_job import POLL_INTERVAL, RenderJob, format_eta, frame_path
+from .backend_job import POLL_INTERVAL
+from .render_job import RenderJob, format_eta, frame_path
 
 #: How often a wait checks Esc (``RenderEngine.test_break``) between polls of the backend.
 BREAK_INTERVAL = 0.05

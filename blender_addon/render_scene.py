@@ -17,7 +17,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import animation_io, assets, render_job
+from . import animation_io, assets, backend_job
 from ..backend.formats.animation import AnimationFormatError, save_animation
 from ..backend.formats.flame_asset import FlameAssetError
 from ..backend.formats.images import ImageFormatError, check_image_file
@@ -299,19 +299,19 @@ class SceneHost(ScenePropsHost):
                 pass
 
 
-def follow_in_background(job: render_job.RenderJob) -> None:
+def follow_in_background(job: backend_job.BackendJob) -> None:
     """Poll with ``bpy.app.timers`` (every 0.5 s) until the job ends."""
     def tick() -> float | None:
-        return render_job.POLL_INTERVAL if job.step() else None
+        return backend_job.POLL_INTERVAL if job.step() else None
 
-    bpy.app.timers.register(tick, first_interval=render_job.POLL_INTERVAL)
+    bpy.app.timers.register(tick, first_interval=backend_job.POLL_INTERVAL)
 
 
 @bpy.app.handlers.persistent
 def forget_on_load(*_args: Any) -> None:
     """Opening another file stops following running jobs (they keep rendering on the backend), so
     no strip lands in the wrong file."""
-    render_job.forget_all()
+    backend_job.forget_all()
     set_status_bar(None)
 
 
@@ -329,7 +329,7 @@ def move_unsaved_renders(blend_path: str, unsaved_root: str) -> list[str]:
         folder = os.path.realpath(bpy.path.abspath(strip.directory))
         if os.path.dirname(folder) != root or not os.path.isdir(folder):
             continue
-        if render_job.active_job(scene.name) is not None:
+        if backend_job.active_job(scene.name) is not None:
             lines.append(f"{scene.name}: the render still arriving in {folder} stays there; render again after "
                          "saving to have it beside the .blend")
             continue

@@ -1,7 +1,7 @@
 """One tracking task from Blender as plain Python: upload a photo or video, poll, fetch the animation.
 
 :class:`TrackJob` follows ``POST /v1/tracks`` like :class:`~.render_job.RenderJob` follows a
-render (the same step loop, short HTTP timeouts and "Start locally"); when the fit is back, the
+render (the same :class:`~.backend_job.BackendJob`: step loop, short HTTP timeouts and "Start locally"); when the fit is back, the
 :class:`TrackHost` puts it on the rig (:class:`~.track_scene.TrackSceneHost` in Blender), so this
 module never imports bpy and the tests drive it with plain Python.
 """
@@ -17,7 +17,7 @@ from . import local_backend
 from .backend_client import BackendClient, BackendError
 from ..backend.formats.animation import AnimationClip
 from ..backend.formats.trackers import retime
-from .render_job import BackendJob, BackendProcess
+from .backend_job import BackendJob, BackendProcess
 
 STAGES = ("starting", "landmarks", "fit", "overlay")
 

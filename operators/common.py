@@ -7,7 +7,7 @@ import time
 import bpy
 from bpy.props import StringProperty
 
-from ..blender_addon import render_job, render_scene
+from ..blender_addon import backend_job, render_scene
 from ..blender_addon import rig as rigmod
 
 
@@ -31,7 +31,7 @@ def scene_rendering(rig: bpy.types.Object) -> str | None:
     """The scene with a flamediff render running in which ``rig`` is (a rig linked into several
     scenes is one rig: a fit from another scene would rewrite what that render shows), if any."""
     return next((scene.name for scene in bpy.data.scenes
-                 if render_job.active_job(scene.name) is not None and rig.name in scene.objects), None)
+                 if backend_job.active_job(scene.name) is not None and rig.name in scene.objects), None)
 
 
 class RigOperator:
@@ -55,13 +55,13 @@ class CancelsJob:
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if render_job.active_job(context.scene.name, cls.kind) is not None:
+        if backend_job.active_job(context.scene.name, cls.kind) is not None:
             return True
         cls.poll_message_set(f"No flamediff {cls.noun} is running in this scene")
         return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        render_job.active_job(context.scene.name, self.kind).cancel()
+        backend_job.active_job(context.scene.name, self.kind).cancel()
         self.report({"INFO"}, f"flamediff {self.noun} cancelled")
         return {"FINISHED"}
 
@@ -74,10 +74,10 @@ class FollowsJob:
     _job = None
     _timer = None
 
-    def follow(self, context: bpy.types.Context, job: render_job.BackendJob, started: str,
+    def follow(self, context: bpy.types.Context, job: backend_job.BackendJob, started: str,
                timeout_advice: str) -> set[str]:
         """Start following ``job``; ``started``: what a background run reports at once."""
-        render_job.start(job)
+        backend_job.start(job)
         if self.wait:
             return self._wait(job, timeout_advice)
         if not job.step():  # first contact at once: a down backend is reported now
@@ -85,22 +85,22 @@ class FollowsJob:
         render_scene.follow_in_background(job)  # a bpy.app.timers poll: runs even if this modal is dropped
         if context.window is not None and not bpy.app.background:
             self._job = job
-            self._timer = context.window_manager.event_timer_add(render_job.POLL_INTERVAL, window=context.window)
+            self._timer = context.window_manager.event_timer_add(backend_job.POLL_INTERVAL, window=context.window)
             context.window_manager.modal_handler_add(self)
             return {"RUNNING_MODAL"}
         self.report({"INFO"}, started)
         return {"FINISHED"}
 
-    def _wait(self, job: render_job.BackendJob, timeout_advice: str) -> set[str]:
+    def _wait(self, job: backend_job.BackendJob, timeout_advice: str) -> set[str]:
         deadline = time.monotonic() + self.timeout
         while job.step():
             if time.monotonic() > deadline:
                 job.cancel(f"the {job.kind} did not finish within {self.timeout:g} s", timeout_advice)
                 break
-            time.sleep(render_job.POLL_INTERVAL)
+            time.sleep(backend_job.POLL_INTERVAL)
         return self._outcome(job)
 
-    def _outcome(self, job: render_job.BackendJob) -> set[str]:
+    def _outcome(self, job: backend_job.BackendJob) -> set[str]:
         notes = getattr(job, "notes", [])
         if notes:   # e.g. a reference outside the checkpoint's training domain: said, not refused
             self.report({"WARNING"}, "; ".join(notes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from ..blender_addon import assets, diagnosis, local_backend, render_job, render_scene
+from ..blender_addon import assets, backend_job, diagnosis, local_backend, render_job, render_scene
 from ..blender_addon.backend_client import BackendError
 from ..blender_addon.preferences import backend_settings, make_client, unsaved_output_root
 from ..blender_addon.render_scene import BLEND_RELATIVE, setting_property
@@ -83,12 +83,12 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        job = render_job.active_job(context.scene.name)
+        job = backend_job.active_job(context.scene.name)
         if job is not None and job.phase != "cancelling":   # a new render waits for a cancelled one to stop
             cls.poll_message_set("A flamediff render is already running in this scene: wait for it, or cancel it "
                                  "(Esc, or Render > flamediff > Cancel Render)")
             return False
-        if render_job.active_job(context.scene.name, "track") is not None:
+        if backend_job.active_job(context.scene.name, "track") is not None:
             cls.poll_message_set("A flamediff tracking task will change this scene's rig and camera: wait for it, or "
                                  "cancel it (Esc, or Object > FLAME Rig > Cancel Tracking), then render")
             return False

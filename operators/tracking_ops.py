@@ -8,7 +8,7 @@ import bpy
 from bpy.props import BoolProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from ..blender_addon import render_job, track_job, track_scene
+from ..blender_addon import backend_job, track_job, track_scene
 from ..blender_addon.preferences import backend_settings, make_client
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, scene_rendering, target_rig
 
@@ -31,11 +31,11 @@ class _TracksIntoRig(RigOperator, FollowsJob, ImportHelper):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if render_job.active_job(context.scene.name, "track") is not None:
+        if backend_job.active_job(context.scene.name, "track") is not None:
             cls.poll_message_set("A flamediff tracking task is running in this scene: wait for it, or cancel it "
                                  "(Esc, or Object > FLAME Rig > Cancel Tracking)")
             return False
-        if render_job.active_job(context.scene.name) is not None:   # a fit rewrites the rig and camera it renders
+        if backend_job.active_job(context.scene.name) is not None:   # a fit rewrites the rig and camera it renders
             cls.poll_message_set("A flamediff render of this scene is running: wait for it, or cancel it (Esc, or "
                                  "Render > flamediff > Cancel Render), then track")
             return False

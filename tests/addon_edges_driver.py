@@ -162,7 +162,7 @@ def with_backend() -> None:
     # item 3: Cancel, then Render the same job again at once (no event loop here: nothing else polls)
     long_render = {"steps": 200, "seed": 4, "frame_start": 1, "frame_end": 3}
     RESULTS["async"] = reported(bpy.ops.flamediff.render, **long_render)
-    job = sys.modules[MODULE].blender_addon.render_job.active_job(scene.name)
+    job = sys.modules[MODULE].blender_addon.backend_job.active_job(scene.name)
     while job.phase == "running" and job.view.get("status") != "running":   # the backend picked it up
         time.sleep(0.1)
         job.step()

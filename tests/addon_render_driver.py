@@ -149,7 +149,7 @@ def main() -> None:
     RESULTS["busy"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2)
     RESULTS["cancel"] = call(bpy.ops.flamediff.render_cancel)
     RESULTS["cancelling_props"] = props()
-    job = sys.modules[MODULE].blender_addon.render_job.active_job(scene.name)
+    job = sys.modules[MODULE].blender_addon.backend_job.active_job(scene.name)
     while job is not None and job.step():   # what the timer does while the backend winds the render down
         time.sleep(0.2)
     RESULTS["cancel_props"] = props()

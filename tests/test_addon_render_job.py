@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from extension_repo.flamediff.backend.formats.protocol import JOB_SETTINGS, setting
-from extension_repo.flamediff.blender_addon import render_job
+from extension_repo.flamediff.blender_addon import backend_job, render_job
 from extension_repo.flamediff.blender_addon.backend_client import BackendError
 
 REFUSED = BackendError("the flamediff backend is not running at http://127.0.0.1:1 (connection refused)",
@@ -124,7 +124,7 @@ def make_job(tmp_path, client, frames=(1, 2, 3), local=None,
     host = RecordingHost(str(tmp_path / "renders"))
     job = render_job.RenderJob(host, client, str(tmp_path / "ref.png"), str(animation), {"steps": 2, "seed": 4},
                                list(frames), local, **({"process": process} if process else {}))
-    render_job.start(job)
+    backend_job.start(job)
     return job, host
 
 
@@ -144,7 +144,7 @@ def test_a_job_submits_fetches_frames_as_they_land_and_ends_done(tmp_path) -> No
     assert "frame 2 of 3 (30%, ETA 1:05)" in host.bar
     assert host.strips[-1][2].endswith("frame_0001.png")   # the newest frame shown, frame 2 not there yet
     assert not job.step()
-    assert job.outcome == "done" and render_job.active_job("Scene") is None
+    assert job.outcome == "done" and backend_job.active_job("Scene") is None
     folder = os.path.join(str(tmp_path / "renders"), "0123456789abcdef")
     assert sorted(os.listdir(folder)) == ["frame_0001.png", "frame_0002.png", "frame_0003.png", "settings.json"]
     assert host.state["message"] == "Rendered 3 frames into //0123456789abcdef" and host.bar is None
@@ -210,7 +210,7 @@ def test_cancel_keeps_the_frames_rendered_so_far(tmp_path) -> None:
     job.cancel("the render did not finish within 5 s", "raise timeout=")
     assert client.calls[-1] == "cancel" and job.outcome == "cancelled"
     assert job.fetched == {1} and host.state["message"] == "Cancelled; 1 of 3 frames kept"
-    assert job.error == "the render did not finish within 5 s" and render_job.active_job("Scene") is None
+    assert job.error == "the render did not finish within 5 s" and backend_job.active_job("Scene") is None
 
 
 def test_a_deleted_scene_stops_the_job_being_followed(tmp_path) -> None:
@@ -218,7 +218,7 @@ def test_a_deleted_scene_stops_the_job_being_followed(tmp_path) -> None:
     job, host = make_job(tmp_path, client)
     assert job.step()
     host.exists = False
-    assert job.step() is False and render_job.active_job("Scene") is None and client.calls.count("job") == 1
+    assert job.step() is False and backend_job.active_job("Scene") is None and client.calls.count("job") == 1
 
 
 @pytest.mark.parametrize("blocked", [True, False])
@@ -285,13 +285,13 @@ def test_a_cancelled_render_is_followed_while_it_winds_down_and_counted_as_the_b
     client.cancel = lambda job_id: {"status": "running", "cancel": "cancelling", "frames_done": 1}
     job.cancel()
     assert job.phase == "cancelling" and host.state["status"] == "cancelling"
-    assert render_job.active_job("Scene") is job
+    assert backend_job.active_job("Scene") is job
     client.views = [{"status": "running", "frames_done": 2, "rendered": [1, 2]},
                     {"status": "cancelled", "frames_done": 3, "rendered": [1, 2, 3]}]
     assert job.step()
     assert not job.step()
     assert job.outcome == "cancelled" and host.state["message"] == "Cancelled; 3 of 3 frames kept"
-    assert job.fetched == {1, 2, 3} and render_job.active_job("Scene") is None
+    assert job.fetched == {1, 2, 3} and backend_job.active_job("Scene") is None
 
 
 def test_render_again_right_after_cancel_waits_for_the_cancelled_render_then_starts(tmp_path) -> None:
@@ -306,8 +306,8 @@ def test_render_again_right_after_cancel_waits_for_the_cancelled_render_then_sta
     again.write_bytes(b"npz")
     new = render_job.RenderJob(host, client, str(tmp_path / "ref.png"), str(again), {"steps": 2, "seed": 4},
                                [1, 2, 3])
-    render_job.start(new)
-    assert render_job.active_job("Scene") is new
+    backend_job.start(new)
+    assert backend_job.active_job("Scene") is new
     client.views = [{"status": "running", "frames_done": 2, "rendered": [1, 2]},
                     {"status": "cancelled", "frames_done": 2, "rendered": [1, 2]},
                     {"status": "queued", "frames_done": 2, "rendered": [1, 2]},
@@ -317,4 +317,4 @@ def test_render_again_right_after_cancel_waits_for_the_cancelled_render_then_sta
     run(new)
     assert old.outcome == "cancelled" and old.message == "Cancelled; 2 of 3 frames kept"
     assert client.calls.count("submit") == 2 and new.outcome == "done" and not new.error
-    assert host.state["message"].startswith("Rendered 3 frames") and render_job.active_job("Scene") is None
+    assert host.state["message"].startswith("Rendered 3 frames") and backend_job.active_job("Scene") is None

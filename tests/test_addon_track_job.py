@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)
 from test_addon_render_job import REFUSED, FakeProcess, ScriptedClient
 
 from extension_repo.flamediff.backend.formats.animation import make_clip
-from extension_repo.flamediff.blender_addon import render_job, track_job
+from extension_repo.flamediff.blender_addon import backend_job, track_job
 from extension_repo.flamediff.blender_addon.backend_client import BackendClient, BackendError
 
 TASK = "0123456789abcdef"
@@ -78,7 +78,7 @@ def running(stage: str, done: int, total: int) -> dict:
 
 
 def follow(job: track_job.TrackJob) -> None:
-    render_job.start(job)
+    backend_job.start(job)
     while job.step():
         pass
 
@@ -87,16 +87,16 @@ def test_task_is_uploaded_followed_and_applied(tmp_path):
     client = ScriptedTracker([running("landmarks", 25, 50), running("fit", 0, 1), {"id": TASK, "status": "done"}])
     host = RigHost()
     job = track_job.TrackJob(host, client, str(tmp_path / "take.mp4"))
-    render_job.start(job)
+    backend_job.start(job)
     assert job.step() and client.uploaded == (str(tmp_path / "take.mp4"), 0)
     assert host.state["progress"] == 25 / 50 / 3 and "landmarks 25/50 - Esc cancels" in host.bar
-    assert render_job.active_job("Scene", "track") is job and render_job.active_job("Scene") is None
+    assert backend_job.active_job("Scene", "track") is job and backend_job.active_job("Scene") is None
     assert job.step() and host.state["progress"] == 1 / 3
     assert job.step() is False
     assert job.outcome == "done" and host.applied == [b"the fit"] and host.state["status"] == "done"
     assert host.state["message"] == "Keyed FLAME on 50 frames (1..50)" and host.bar is None
     assert not os.path.exists(job.animation)  # the fetched file is removed once applied
-    assert render_job.active_job("Scene", "track") is None
+    assert backend_job.active_job("Scene", "track") is None
 
 
 def test_failed_fit_and_refusing_rig_change_nothing(tmp_path):
@@ -124,7 +124,7 @@ def test_start_locally_starts_the_backend_then_uploads(tmp_path):
     process = FakeProcess(lives=0)
     local = {"python": "", "port": 8765, "device": "cpu", "token_file": "/tmp/token"}
     job = track_job.TrackJob(RigHost(), client, "take.mp4", local, process)
-    render_job.start(job)
+    backend_job.start(job)
     assert job.step() and process.starts == [("", 8765, "cpu", "/tmp/token")] and "submit" not in client.calls
     follow(job)
     assert job.outcome == "done" and client.calls.count("submit") == 1
@@ -135,7 +135,7 @@ def test_cancel_deletes_the_task_and_a_slow_answer_is_tolerated(tmp_path):
     client = ScriptedTracker([slow, running("landmarks", 3, 50)])
     host = RigHost()
     job = track_job.TrackJob(host, client, "take.mp4")
-    render_job.start(job)
+    backend_job.start(job)
     assert job.step() is True and job.phase == "running"  # the slow answer: polled again next tick
     assert job.step() is True
     job.cancel()

@@ -267,6 +267,8 @@ same = {{
         a.operators.animation_ops.AnimationFormatError is a.backend.formats.animation.AnimationFormatError,
     "panel's rig module": a.ui_panels.panels.rigmod is a.blender_addon.rig,
     "engine's RenderJob": a.blender_addon.engine_job.RenderJob is a.blender_addon.render_job.RenderJob,
+    "track job's BackendJob": a.blender_addon.track_job.BackendJob is a.blender_addon.backend_job.BackendJob,
+    "operators' job registry": a.operators.common.backend_job is a.blender_addon.backend_job,
     "client's protocol version": a.blender_addon.backend_client.PROTOCOL_VERSION
         is a.backend.formats.protocol.PROTOCOL_VERSION,
 }}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from extension_repo.flamediff.blender_addon import render_job
+from extension_repo.flamediff.blender_addon import backend_job, render_job
 from extension_repo.flamediff.blender_addon.backend_client import FOREIGN, BackendClient, BackendError
 from flamediff.formats.ports import free_port, port_holder, port_is_free
 
@@ -111,7 +111,7 @@ def test_start_locally_moves_to_a_free_port_when_another_program_has_it(other_pr
     client = BackendClient(f"http://127.0.0.1:{port}", str(token), timeout=3.0)
     process = Process()
     job = render_job.RenderJob(Host(), client, "ref.png", str(animation), {}, [1], local, process=process)
-    render_job.start(job)
+    backend_job.start(job)
     starts = process.starts
     try:
         assert job.step()
@@ -119,8 +119,8 @@ def test_start_locally_moves_to_a_free_port_when_another_program_has_it(other_pr
         assert f"Starting the local backend on port {starts[0]} (port {port} is used by another program" in \
             Host.state["message"]
     finally:
-        render_job.forget_all()
+        backend_job.forget_all()
     off = render_job.RenderJob(Host(), BackendClient(f"http://127.0.0.1:{port}", str(token)), "ref.png",
                                str(animation), {}, [1], {**local, "pick_free_port": False}, process=Process())
-    render_job.start(off)
+    backend_job.start(off)
     assert off.step() is False and off.outcome == "error" and "is not a flamediff backend" in off.error

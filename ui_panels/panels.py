@@ -77,11 +77,11 @@ class FLAMEDIFF_PT_animation(_FlamediffPanel, bpy.types.Panel):
 
 def _draw_tracking(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     """Match to a photo / track a video, with the running task's progress, cancel and outcome."""
-    from ..blender_addon import render_job
+    from ..blender_addon import backend_job
 
     box = layout.box()
     box.label(text="From a photo or a video (the backend's tracker)", icon="TRACKER")
-    running = render_job.active_job(context.scene.name, "track") is not None
+    running = backend_job.active_job(context.scene.name, "track") is not None
     row = box.row(align=True)
     row.enabled = not running
     row.operator("flamediff.match_photo", text="Match to Photo", icon="IMAGE_DATA")
@@ -184,12 +184,12 @@ class FLAMEDIFF_PT_render(_FlamediffPanel, bpy.types.Panel):
     bl_label = "Render"
 
     def draw(self, context: bpy.types.Context) -> None:
-        from ..blender_addon import render_job
+        from ..blender_addon import backend_job
 
         layout = self.layout
         props = context.scene.flamediff_render
         draw_job_settings(layout, context)
-        running = render_job.active_job(context.scene.name) is not None
+        running = backend_job.active_job(context.scene.name) is not None
         row = layout.row(align=True)
         row.enabled = not running
         row.operator("flamediff.render", text="Preview" if props.preview else "Render", icon="RENDER_ANIMATION")
