@@ -26,6 +26,7 @@ from mathutils import Vector
 ZIP, WORK, ASSET, PORT, TOKEN_FILE = sys.argv[1:6]
 MODULE = "bl_ext.user_default.flamediff"
 RESULTS: dict = {"errors": []}
+CANCEL_STEPS = 30   # denoising steps of the render cancelled: its batches of 4 frames outlast a 0.05 s poll
 
 
 def path(name: str) -> str:
@@ -159,21 +160,31 @@ def with_backend() -> None:
     scene.flamediff_render.reference_image = ""
     RESULTS["script_reference"] = render(steps=1, reference_image=path("frame.png"))
     RESULTS["next_render"] = render(steps=1, seed=3)
-    # item 3: Cancel, then Render the same job again at once (no event loop here: nothing else polls)
-    long_render = {"steps": 200, "seed": 4, "frame_start": 1, "frame_end": 3}
+    # item 3: Cancel once the backend kept more frames than the add-on fetched (it denoises 4 frames
+    # at a time), then Render the same job again at once (no event loop here: nothing else polls)
+    long_render = {"steps": CANCEL_STEPS, "seed": 4, "frame_start": 1, "frame_end": 12}
     RESULTS["async"] = reported(bpy.ops.flamediff.render, **long_render)
     job = sys.modules[MODULE].blender_addon.backend_job.active_job(scene.name)
     while job.phase == "running" and job.view.get("status") != "running":   # the backend picked it up
-        time.sleep(0.1)
+        time.sleep(0.05)
         job.step()
     fits_during_render(scene)
+    while job.phase == "running" and len(job.fetched) < 4:   # the add-on has the first 4 frames
+        time.sleep(0.05)
+        job.step()
+    started = time.monotonic()
+    while job.client.job(job.job_id).get("frames_done", 0) < 8 and time.monotonic() - started < 300:
+        time.sleep(0.05)   # the backend writes 4 more, which the add-on has not fetched yet
+    RESULTS["fetched_at_cancel"] = len(job.fetched)
     RESULTS["cancel"] = reported(bpy.ops.flamediff.render_cancel)
     RESULTS["cancel_phase"] = job.phase
     started = time.monotonic()
     RESULTS["again"] = reported(bpy.ops.flamediff.render, wait=True, timeout=600, **long_render)
     RESULTS["again_s"] = time.monotonic() - started
-    RESULTS["cancelled"] = {"outcome": job.outcome, "message": job.message, "kept": job.view.get("frames_done")}
-    RESULTS["again_props"] = {name: getattr(scene.flamediff_render, name) for name in ("status", "message", "job_id")}
+    RESULTS["cancelled"] = {"outcome": job.outcome, "message": job.message, "kept": job.view.get("frames_done"),
+                            "status": job.view.get("status")}
+    RESULTS["again_props"] = {name: getattr(scene.flamediff_render, name) for name in ("status", "message", "job_id",
+                                                                                       "frames_done")}
     RESULTS["cancelled_job"] = job.job_id
     # item 9: a 16-bit grey PNG is scaled, not clipped: it renders the frame of its 8-bit copy, with a note
     for name in ("grey16.png", "grey8.png", "white.png"):

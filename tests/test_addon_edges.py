@@ -2,7 +2,7 @@
 range, a weak-perspective camera, the scene's resolution kept, a deleted rig named, the script's
 reference kept by the panel, unsaved renders moving with the project, ``flamediff latest`` kept;
 against a real backend: a sideways phone photo matched upright and rendered, no warning that is
-not actionable, Cancel then Render again at once."""
+not actionable, Cancel then Render again at once (the kept count the backend's)."""
 
 from __future__ import annotations
 
@@ -152,11 +152,19 @@ def test_render_again_right_after_cancel_waits_for_the_backend_and_renders(resul
     assert results["async"][0] == ["FINISHED"] and results["cancel"][0] == ["FINISHED"]
     assert results["cancel_phase"] == "cancelling"   # the backend still finishes its denoising step
     outcome, text = results["again"]
-    assert outcome == ["FINISHED"], text   # not "Error: Cancelled; 8 of 24 frames kept"
-    assert results["again_props"]["status"] == "done" and results["again_props"]["job_id"] == results["cancelled_job"]
+    assert outcome == ["FINISHED"], text   # not "Error: Cancelled; 8 of 12 frames kept"
+    again = results["again_props"]
+    assert again["status"] == "done" and again["job_id"] == results["cancelled_job"], again
+    assert again["frames_done"] == 12 and again["message"].startswith("Rendered 12 frames"), again
+    print(f"Render again after Cancel: {results['again_s']:.1f} s")
+
+
+def test_the_kept_frame_count_reported_after_cancel_is_the_backends(results):
     cancelled = results["cancelled"]
-    assert cancelled["outcome"] == "cancelled" and cancelled["message"] == f"Cancelled; {cancelled['kept']} of 3 " \
-                                                                           f"frames kept"
+    assert cancelled["outcome"] == "cancelled" and cancelled["status"] == "cancelled", cancelled
+    kept = cancelled["kept"]   # what the backend said when it stopped: 8, the 4 frames in progress dropped
+    assert results["fetched_at_cancel"] == 4 and kept == 8, (results["fetched_at_cancel"], cancelled)
+    assert cancelled["message"] == "Cancelled; 8 of 12 frames kept"   # not the add-on's own 4
 
 
 def test_no_fit_rewrites_a_rig_while_a_render_of_it_runs(results):
