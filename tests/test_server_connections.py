@@ -1,7 +1,7 @@
 """Slow, heavy and odd clients against a real socket (issue 27): the server runs in a thread with
 ``serve``'s uvicorn options (:func:`flamediff.server.cli.server_options`), short timeouts so the
 test is fast. Each probe asserts its answer, that a client with the token is still served within
-a second, and the server's peak memory (tracemalloc, every thread)."""
+a second, and the server's peak memory (:func:`test_server_helpers.peak_memory`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import json
 import socket
 import threading
 import time
-import tracemalloc
 
 import httpx
 import pytest
 
-from test_server_helpers import TOKEN
+from test_server_helpers import TOKEN, peak_memory
 
 pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
@@ -83,11 +82,15 @@ def answer(sock: socket.socket) -> bytes:
 @pytest.mark.parametrize("host", ["127.0.0.1:1@evil.example", "evil.example", "127.0.0.1:80:80", "127.0.0.1/x",
                                   "[::1", "127.0.0.1 evil", ""])
 def test_host_header_must_be_a_loopback_host_and_port(server, host):
-    sock = raw(server, f"GET /v1/health HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                       "Connection: close\r\n\r\n".encode())
-    reply = answer(sock)
+    started = time.perf_counter()
+    with peak_memory() as memory:
+        sock = raw(server, f"GET /v1/health HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                           "Connection: close\r\n\r\n".encode())
+        reply = answer(sock)
+    seconds = time.perf_counter() - started
     sock.close()
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert seconds <= 1.0 and memory[0] <= MEGABYTES, (seconds, memory)
     if b"{" in reply:
         assert json.loads(reply[reply.index(b"{"):])["advice"]
     for good in ("127.0.0.1", f"127.0.0.1:{server.port}", "localhost:1", "[::1]:8765"):
@@ -97,14 +100,10 @@ def test_host_header_must_be_a_loopback_host_and_port(server, host):
 def test_300_half_open_requests_cannot_starve_the_server(server):
     """Headers never finished, no token: the oldest are dropped past ``max_connections`` and all of
     them at the header deadline; the client with the token is served meanwhile."""
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    with peak_memory() as memory:
         sockets = [raw(server, b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(300)]
         seconds = max(health_seconds(server) for _ in range(3))
-        peak = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
-    finally:
-        tracemalloc.stop()
+    peak = memory[0]
     assert seconds <= 1.0 and peak <= MEGABYTES, (seconds, peak)
     open_now = len(server.server_state.connections)
     assert open_now <= LIMITS.max_connections + 1, open_now
@@ -134,9 +133,7 @@ def test_a_57_mib_json_body_is_refused_at_once_and_blocks_no_one(server):
     timings: list[float] = []
     health_seconds(server)  # warm-up: the first request's start-up is not what is measured
     poller = threading.Thread(target=lambda: timings.extend(health_seconds(server) for _ in range(5)))
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    with peak_memory() as memory:
         started = time.perf_counter()
         poller.start()
         sock = raw(server, f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
@@ -149,9 +146,7 @@ def test_a_57_mib_json_body_is_refused_at_once_and_blocks_no_one(server):
         chunked = httpx.post(server.url + "/v1/jobs", headers={**AUTH, "Content-Type": "application/json"},
                              content=iter([b"[" * (256 << 10)] * 8), timeout=10)
         poller.join(10)
-        peak = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
-    finally:
-        tracemalloc.stop()
+    peak = memory[0]
     sock.close()
     assert reply.startswith(b"HTTP/1.1 413") and b"larger than 1024 KiB" in reply, reply[:300]
     assert chunked.status_code == 413, chunked.text

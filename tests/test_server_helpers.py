@@ -8,6 +8,7 @@ import io
 import os
 import struct
 import time
+import tracemalloc
 import zlib
 from typing import Any, Callable, Iterator
 
@@ -92,6 +93,40 @@ def answered_within(send: Callable[[], Any], seconds: float = 1.0, tries: int = 
     first = answers[0]
     assert all((a.status_code, a.text) == (first.status_code, first.text) for a in answers), [a.text for a in answers]
     return first, min(timings)
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[list[float]]:
+    """The server's peak memory over the block, in MB above what it held at its start (appended to
+    the yielded list as the block ends): the larger of tracemalloc's peak over every thread (Python
+    and numpy buffers) and, on Linux, the process's resident high-water mark (``VmHWM``, reset
+    through ``/proc/self/clear_refs``), which also sees what tracemalloc does not (torch's and
+    other native allocations). The in-process server is the test process, so this is its cost."""
+    resident = _reset_resident_peak()
+    tracemalloc.start()
+    result: list[float] = []
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        yield result
+        traced = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
+    finally:
+        tracemalloc.stop()
+    result.append(max(traced, _status_mb("VmHWM:") - resident if resident is not None else 0.0))
+
+
+def _reset_resident_peak() -> float | None:
+    """The resident MB now, with the high-water mark reset to it; None where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    return _status_mb("VmRSS:")
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) / 1024 for line in handle if line.startswith(key))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:

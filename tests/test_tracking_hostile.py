@@ -13,13 +13,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from hostile_inputs import animated_gif, declaring_a_million_frames, huge_gif_screen, image, matroska, video
-from test_server_helpers import TOKEN, answered_within, huge_png_header, wait_for
+from test_server_helpers import TOKEN, answered_within, huge_png_header, peak_memory, wait_for
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -41,18 +40,14 @@ def app_client(tmp_path, limits: TrackingLimits = TrackingLimits()) -> TestClien
 
 def bounded_post(client, media: bytes):
     """POST ``media``: answered within 1 s of wall time (the fastest of a few sends, see
-    :func:`answered_within`), then again under tracemalloc for the server's peak memory."""
+    :func:`answered_within`), then again for the server's peak memory (:func:`peak_memory`)."""
     def send():
         return client.post("/v1/tracks", files={"media": ("upload", media)})
 
     response, seconds = answered_within(send, 1.0)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    with peak_memory() as memory:
         again = send()
-        peak = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
-    finally:
-        tracemalloc.stop()
+    peak = memory[0]
     print(f"{response.status_code} in {seconds:.3f} s wall, peak {peak:.1f} MB above idle")
     assert seconds <= 1.0 and peak <= 300, (seconds, peak, response.text)
     assert (again.status_code, again.text) == (response.status_code, response.text)
