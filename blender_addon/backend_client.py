@@ -34,7 +34,12 @@ class BackendError(RuntimeError):
         self.message, self.advice, self.status = message, advice, status
 
     def __str__(self) -> str:
-        return f"{self.message}. {self.advice[:1].upper()}{self.advice[1:]}" if self.advice else self.message
+        return with_advice(self.message, self.advice)
+
+
+def with_advice(message: str, advice: str) -> str:
+    """``message``, then ``advice`` as its own sentence: how the add-on reports a problem and its fix."""
+    return f"{message}. {advice[:1].upper()}{advice[1:]}" if advice else message
 
 
 def read_token(token_file: str, start_hint: str = START_HINT) -> str:

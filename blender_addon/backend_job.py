@@ -25,6 +25,12 @@ SLOW_ANSWER_GRACE = 10.0  # seconds of failed polls tolerated while rendering (a
 _ACTIVE: dict[tuple[str, str], BackendJob] = {}
 
 
+def local_settings(backend: dict[str, Any]) -> dict[str, Any] | None:
+    """The preferences' backend settings when the add-on starts the backend itself ("Start
+    locally"), else None (it connects to a URL)."""
+    return backend if backend["mode"] == "LOCAL" else None
+
+
 class BackendProcess(Protocol):
     """The "Start locally" backend process (:mod:`.local_backend`)."""
 

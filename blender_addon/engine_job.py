@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..backend.formats.windows import context_frames
+from .backend_client import with_advice
 from .backend_job import POLL_INTERVAL
 from .render_job import RenderJob, format_eta, frame_path
 
@@ -34,7 +35,7 @@ class EngineError(RuntimeError):
         self.message, self.advice = message, advice
 
     def __str__(self) -> str:
-        return f"flamediff: {self.message}" + (f". {self.advice[:1].upper()}{self.advice[1:]}" if self.advice else "")
+        return f"flamediff: {with_advice(self.message, self.advice)}"
 
 
 class RenderCancelled(RuntimeError):

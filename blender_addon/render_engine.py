@@ -21,7 +21,8 @@ from . import rig as rigmod
 from ..backend.formats.images import check_image_file
 from ..backend.formats.provenance import frame_recipe
 from .preferences import backend_settings, make_client
-from .render_job import RenderJob
+from .backend_job import local_settings
+from .render_inputs import JobInputError, render_job
 
 ENGINE_ID = "FLAMEDIFF"
 #: scene name -> the chunk a render of that scene follows (set at its first frame, dropped at its end)
@@ -54,15 +55,15 @@ def _start_chunk(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph, frames:
                                     preferences=bpy.context.preferences)
     first, last = engine_job.export_range(frames)
     try:
-        reference, animation, settings, _ = render_scene.job_inputs(context, rig, first, last)
-    except render_scene.JobInputError as exc:
+        inputs = render_scene.job_inputs(context, rig, first, last)
+    except JobInputError as exc:
         raise engine_job.EngineError(exc.message, exc.advice) from None
     backend = backend_settings(context)
-    local = backend if backend["mode"] == "LOCAL" else None
-    if local is not None and bpy.app.background:
+    if local_settings(backend) is not None and bpy.app.background:
         local_backend.keep_running()  # the next chunk on this machine finds it warm
     host = engine_job.EngineHost(scene.name)
-    job = RenderJob(host, make_client(context), reference, animation, {**settings, "frames": frames}, frames, local)
+    job = render_job(host, make_client(context), inputs._replace(settings={**inputs.settings, "frames": frames},
+                                                                 frames=frames), backend)
     return engine_job.ChunkRender(job, host)
 
 

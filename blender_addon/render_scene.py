@@ -1,7 +1,8 @@
 """A render job in Blender: the Render panel's properties, the VSE strip, timers and handlers.
 
-The job itself is :class:`~.render_job.RenderJob` (plain Python); :class:`SceneHost` is how it
-shows itself in a scene. The settings a job sends are the protocol's
+The job itself is :class:`~.render_job.RenderJob` and what it is built from is decided in
+:mod:`.render_inputs` (plain Python); :func:`job_inputs` reads the scene for it and
+:class:`SceneHost` is how the job shows itself in a scene. The settings a job sends are the protocol's
 (:data:`~.formats.protocol.JOB_SETTINGS`): :func:`setting_property` gives the panel and the
 render operator the same labels, defaults and bounds as the server's request model.
 """
@@ -14,14 +15,13 @@ import tempfile
 from typing import Any, Callable
 
 import bpy
-import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import animation_io, assets, backend_job
 from ..backend.formats.animation import AnimationFormatError, save_animation
 from ..backend.formats.flame_asset import FlameAssetError
-from ..backend.formats.images import ImageFormatError, check_image_file
-from ..backend.formats.protocol import REFERENCE_FORMATS, setting
+from ..backend.formats.protocol import setting
+from .render_inputs import JobInputError, RenderInputs, check_reference, identity_settings, job_settings
 from .render_job import frame_path
 
 STRIP_NAME = "flamediff"
@@ -90,55 +90,27 @@ class FlamediffRigSettings(bpy.types.PropertyGroup):
                                                 "reference photo's shape (as flamediff track does)")
 
 
-#: Job settings the Render panel holds (the operator's argument, when given, wins).
-PANEL_SETTINGS = ("steps", "guidance", "seed", "preview", "framing", "matte")
-
-
-class JobInputError(ValueError):
-    """Inputs a job cannot start from: ``message`` names the problem, ``advice`` the fix."""
-
-    def __init__(self, message: str, advice: str = "") -> None:
-        super().__init__(message)
-        self.message, self.advice = message, advice
-
-
 def _from_props(props: Any, name: str) -> Any:
     return getattr(props, name)
 
 
-def identity_settings(rig: bpy.types.Object, value: Callable[[Any, str], Any] = _from_props) -> dict:
-    """``shape_from`` (and ``reference_shape``) for the backend; raises ValueError."""
-    shape_from = value(rig.flamediff_rig_settings, "shape_from")
-    if shape_from == "animation":
-        return {"shape_from": shape_from}
-    path = value(rig.flamediff_rig_settings, "reference_shape").strip()
-    if not path:   # the backend fits the reference photo's shape (its tracking extra)
-        return {"shape_from": shape_from}
-    return {"shape_from": shape_from, "reference_shape": read_reference_shape(path)}
-
-
 def job_inputs(context: Any, rig: bpy.types.Object, start: int, end: int,
-               value: Callable[[Any, str], Any] = _from_props) -> tuple[str, str, dict, list[int]]:
-    """``(reference, animation, settings, frames)`` of a render of ``rig`` over ``start..end``: the
-    Render panel's settings (``value(props, name)`` reads them; an operator's arguments win there),
-    the rig's identity settings and the animation exported to a temporary file (the caller's to
-    remove). Raises :class:`JobInputError`."""
+               value: Callable[[Any, str], Any] = _from_props) -> RenderInputs:
+    """What a render of ``rig`` over ``start..end`` sends: the Render panel's settings (``value(props,
+    name)`` reads them; an operator's arguments win there), the rig's identity settings and the
+    animation exported to a temporary file (the caller's to remove). Raises :class:`JobInputError`."""
     scene = context.scene
     props = scene.flamediff_render
     reference = bpy.path.abspath(value(props, "reference_image").strip())
-    if not reference or not os.path.isfile(reference):
-        raise JobInputError(f"no reference image at '{reference}'" if reference else "no reference image",
-                            "choose a portrait (PNG/JPEG) in the Render panel")
-    try:   # the backend's own rule, so a file it would refuse is named before anything is exported
-        check_image_file(reference, "the reference image", REFERENCE_FORMATS)
-    except (ImageFormatError, OSError) as exc:
-        raise JobInputError(str(exc), "choose a PNG, JPEG or WebP portrait in the Render panel") from None
+    check_reference(reference)
     if props.reference_image != value(props, "reference_image"):   # a script's reference is the panel's now
         props.reference_image = value(props, "reference_image")
     if scene.camera is None or scene.camera.type != "CAMERA":
         raise JobInputError("the scene has no camera", "add a camera and make it the scene camera")
+    rig_settings = rig.flamediff_rig_settings
     try:
-        identity = identity_settings(rig, value)
+        identity = identity_settings(value(rig_settings, "shape_from"), value(rig_settings, "reference_shape"),
+                                     bpy.path.abspath)
     except ValueError as exc:
         raise JobInputError(str(exc), "choose a .npy of FLAME shape coefficients in the Render panel (Reference "
                                       "shape), or set Identity shape to Animation") from None
@@ -151,22 +123,8 @@ def job_inputs(context: Any, rig: bpy.types.Object, start: int, end: int,
     except (AnimationFormatError, animation_io.ExportError, FlameAssetError, OSError) as exc:
         os.remove(animation)
         raise JobInputError(f"export failed: {exc}") from None
-    settings = {name: value(props, name) for name in PANEL_SETTINGS} | identity
-    checkpoint = value(props, "checkpoint").strip()
-    if checkpoint:
-        settings["checkpoint"] = checkpoint
-    return reference, animation, settings, [int(f) for f in clip.frame]
-
-
-def read_reference_shape(path: str) -> list[float]:
-    """The coefficients of a ``.npy`` file (the backend checks their count and values)."""
-    try:
-        values = np.load(bpy.path.abspath(path), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the reference shape file '{path}' ({exc})") from None
-    if not isinstance(values, np.ndarray):
-        raise ValueError(f"the reference shape file '{path}' is not a .npy array")
-    return values.astype(np.float64).reshape(-1).tolist()
+    settings = job_settings(lambda name: value(props, name), identity)
+    return RenderInputs(reference, animation, settings, [int(f) for f in clip.frame])
 
 
 def output_folder(job_id: str, unsaved_root: str) -> str:

@@ -9,6 +9,7 @@ from bpy.props import StringProperty
 
 from ..blender_addon import backend_job, render_scene
 from ..blender_addon import rig as rigmod
+from ..blender_addon.backend_client import with_advice
 
 
 def target_rig(context: bpy.types.Context, name: str) -> bpy.types.Object | None:
@@ -110,9 +111,7 @@ class FollowsJob:
         if job.outcome == "cancelled" and not job.error:   # the user's own cancel: said, not an error
             self.report({"INFO"}, job.message)
             return {"CANCELLED"}
-        text = job.error or job.message
-        advice = job.advice[:1].upper() + job.advice[1:]
-        self.report({"ERROR"}, f"{text}. {advice}" if advice else text)
+        self.report({"ERROR"}, with_advice(job.error or job.message, job.advice))
         return {"CANCELLED"}
 
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:

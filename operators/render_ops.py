@@ -5,8 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from ..blender_addon import assets, backend_job, diagnosis, local_backend, render_job, render_scene
-from ..blender_addon.backend_client import BackendError
+from ..blender_addon import assets, backend_job, diagnosis, local_backend, render_inputs, render_job, render_scene
+from ..blender_addon.backend_client import BackendError, with_advice
 from ..blender_addon.preferences import backend_settings, make_client, unsaved_output_root
 from ..blender_addon.render_scene import BLEND_RELATIVE, setting_property
 from .common import NO_RIG, CancelsJob, FollowsJob, RigOperator, target_rig
@@ -16,11 +16,14 @@ _PATH_ARGUMENT = _ARGUMENT | BLEND_RELATIVE
 _PANEL = "Default: the Render panel's"
 
 
-def _report_error(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
-    props = scene.flamediff_render
-    props.error, props.advice = message, advice
-    props.status, props.message = "error", "Render not started"
-    operator.report({"ERROR"}, f"{message}. {advice[:1].upper()}{advice[1:]}" if advice else message)
+def _show(scene: bpy.types.Scene, state: dict) -> None:
+    for name, value in state.items():
+        setattr(scene.flamediff_render, name, value)
+
+
+def _refuse(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
+    _show(scene, render_inputs.refused_state(message, advice))
+    operator.report({"ERROR"}, with_advice(message, advice))
     return {"CANCELLED"}
 
 
@@ -62,24 +65,20 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
         return getattr(self, name) if self.properties.is_property_set(name) else getattr(defaults, name)
 
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
+        """Gather the scene's values; :mod:`~..blender_addon.render_inputs` decides the job."""
         scene = context.scene
-        props = scene.flamediff_render
-        start = self.frame_start if self.properties.is_property_set("frame_start") else scene.frame_start
-        end = self.frame_end if self.properties.is_property_set("frame_end") else scene.frame_end
+        start, end = self._value(scene, "frame_start"), self._value(scene, "frame_end")
         rig = target_rig(context, self.rig)
         if rig is None:
-            return _report_error(self, scene, NO_RIG)
+            return _refuse(self, scene, NO_RIG)
         try:
-            reference, animation, settings, frames = render_scene.job_inputs(context, rig, start, end, self._value)
-        except render_scene.JobInputError as exc:
-            return _report_error(self, scene, exc.message, exc.advice)
+            inputs = render_scene.job_inputs(context, rig, start, end, self._value)
+        except render_inputs.JobInputError as exc:
+            return _refuse(self, scene, exc.message, exc.advice)
         backend = backend_settings(context)
-        local = backend if backend["mode"] == "LOCAL" else None
-        props.error = props.advice = props.notes = ""
-        props.status, props.message, props.progress, props.frames_done = "connecting", "Connecting...", 0.0, 0
-        props.frames_total = len(frames)
+        _show(scene, render_inputs.starting_state(inputs.frames))
         host = render_scene.SceneHost(scene, unsaved_output_root(context))
-        return render_job.RenderJob(host, make_client(context), reference, animation, settings, frames, local)
+        return render_inputs.render_job(host, make_client(context), inputs, backend)
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:

@@ -60,7 +60,7 @@ class _TracksIntoRig(RigOperator, FollowsJob, ImportHelper):
         host = track_scene.TrackSceneHost(scene, rig, scene.frame_start, rebuild=self.rebuild_rig, **options)
         scene.flamediff_track.error = scene.flamediff_track.advice = ""
         scene.flamediff_track.status, scene.flamediff_track.message = "connecting", "Connecting..."
-        job = track_job.TrackJob(host, make_client(context), path, backend if backend["mode"] == "LOCAL" else None)
+        job = track_job.TrackJob(host, make_client(context), path, backend_job.local_settings(backend))
         return self.follow(context, job, f"Tracking {os.path.basename(path)}; poll scene.flamediff_track or use "
                                          f"wait=True", TIMEOUT_ADVICE)
 

@@ -249,10 +249,11 @@ def test_the_render_panel_and_operator_offer_the_protocol_settings(installed_add
     test_server_seams.py), and the operator sends every panel setting."""
     addon = installed_addon["name"]
     code = (f"import json, {addon}.blender_addon.render_scene as s, {addon}.operators.render_ops as r\n"
+            f"import {addon}.blender_addon.render_inputs as i\n"
             "def props(cls, module):\n"
             "    return {name: eval(text, vars(module)).keywords for name, text in cls.__annotations__.items()}\n"
             "print(json.dumps({'panel': props(s.FlamediffRenderProps, s), 'rig': props(s.FlamediffRigSettings, s),\n"
-            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': s.PANEL_SETTINGS},\n"
+            "                  'operator': props(r.FLAMEDIFF_OT_render, r), 'sent': i.PANEL_SETTINGS},\n"
             "                 default=sorted))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=installed_addon["path"]))

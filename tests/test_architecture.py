@@ -206,6 +206,39 @@ def test_an_import_of_the_zip_s_old_shape_is_unresolved(zip_tree: set[str]) -> N
     assert not _unresolved(operator, [(2, "blender_addon", ["animation_io"]), (1, "common", ["NO_RIG"])], zip_tree)
 
 
+#: The add-on's plain-Python modules (docs/ARCHITECTURE.md): the logic that operators, panels and the
+#: render engine call, tested without Blender.
+PLAIN_PYTHON = ("backend_client", "backend_job", "diagnosis", "engine_job", "local_backend", "render_inputs",
+                "render_job", "track_job")
+
+
+def _plain_python_breaches(name: str) -> list[str]:
+    """What ``blender_addon/<name>.py`` imports that is bpy, or add-on code that is not plain Python."""
+    wrong = []
+    for node in ast.walk(_parsed(os.path.join("blender_addon", name + ".py"))):
+        if isinstance(node, ast.Import):
+            wrong += [a.name for a in node.names if a.name.split(".")[0] in ("bpy", "bpy_extras")]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            wrong += [node.module or ""] if (node.module or "").split(".")[0] in ("bpy", "bpy_extras") else []
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            modules = [node.module.split(".")[0]] if node.module else [
+                a.name if os.path.isfile(os.path.join(ROOT, "blender_addon", a.name + ".py")) else "__init__"
+                for a in node.names]
+            wrong += [f".{module}" for module in modules if module not in (*PLAIN_PYTHON, "__init__")]
+        elif isinstance(node, ast.ImportFrom):
+            wrong += [] if (node.module or "").startswith("backend.formats") else [f"..{node.module or ''}"]
+    return [f"{name}: {target}" for target in wrong]
+
+
+def test_the_add_on_s_plain_python_modules_reach_no_bpy() -> None:
+    assert not [breach for name in PLAIN_PYTHON for breach in _plain_python_breaches(name)]
+    package = _parsed(os.path.join("blender_addon", "__init__.py")).body   # bpy comes at register()
+    top = [a.name for node in package if isinstance(node, ast.Import) for a in node.names] + [
+        "." * node.level + (node.module or "") for node in package if isinstance(node, ast.ImportFrom)]
+    assert top and not [name for name in top if name.split(".")[0] in ("bpy", "bpy_extras", "")], top
+    assert _plain_python_breaches("render_scene")   # the check sees a bpy module for what it is
+
+
 def test_the_add_on_names_no_top_level_package_of_the_checkout() -> None:
     """Inside the add-on every import of its own code is relative (absolute names differ per install)."""
     ours = {"blender_addon", "operators", "ui_panels", "backend", "flamediff", "formats"}
