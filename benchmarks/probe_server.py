@@ -7,7 +7,7 @@ server paths). Each row: the answer, its wall time and the peak memory of the se
 children above what they held before, then the verdict against the bounds (a 4xx, never a 500,
 within 1 s and 300 MB).
 
-    python benchmarks/probe_server.py [--json out.json] [--only hostile|faults] [--max-track-frames 30]
+    python benchmarks/probe_server.py [--json out.json] [--only hostile|faults] [--max-track-frames 30] [--quick]
 
 The server is ``python -m flamediff.server serve`` on 127.0.0.1 with a token and a tiny
 checkpoint in a temporary folder, serve's default limits except ``--max-track-frames`` (so the
@@ -15,7 +15,9 @@ row of a video without a frame count ends in seconds; the suite tests serve's de
 Memory is each process's kernel high-water mark (``VmHWM``, reset before each row through
 ``/proc/PID/clear_refs``), read every 10 ms while the row runs. The disk rows mount a 2 MiB tmpfs
 for the jobs folder and need root (they are reported as skipped otherwise). The inputs are the
-suite's (tests/hostile_inputs.py). Linux only.
+suite's (tests/hostile_inputs.py). Linux only. ``--quick`` probes the first table without its
+tracked-video row (no tracking child starts) and skips the fault table: what the suite runs
+(tests/test_server_probe.py) to keep this script working against a real server.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ def _error(response: httpx.Response) -> str:
         return response.text[:110]
 
 
-def hostile_uploads(rows: list[Row], server: Server, reference: bytes, folder: str) -> None:
+def hostile_uploads(rows: list[Row], server: Server, reference: bytes, folder: str, quick: bool = False) -> None:
     """The first table's archive, pickle and torch rows (POST /v1/jobs) and tracking rows."""
     outside = os.path.join(folder, "outside")
     os.makedirs(outside, exist_ok=True)
@@ -246,7 +248,8 @@ def hostile_uploads(rows: list[Row], server: Server, reference: bytes, folder: s
             ("POST /v1/tracks, TIFF", hostile.image("TIFF"), 415, "TIFF"),
             ("POST /v1/tracks, animated GIF", hostile.animated_gif(), 415, "GIF")]:
         refusal(rows, server, probe, lambda m=media: server.post_track(m), status, word)
-    undeclared_length(rows, server, folder)
+    if not quick:
+        undeclared_length(rows, server, folder)
 
 
 def undeclared_length(rows: list[Row], server: Server, folder: str) -> None:
@@ -513,6 +516,8 @@ def main() -> int:
     parser.add_argument("--max-track-frames", type=int, default=30,
                         help="serve's frame cap for the probe's server (default 30; serve's own default is 3000)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--quick", action="store_true",
+                        help="the first table without its tracked-video row, no fault table (the suite's smoke run)")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="flamediff-probe-")
     os.environ["FLAMEDIFF_CACHE"] = os.path.join(folder, "cache")
@@ -525,15 +530,15 @@ def main() -> int:
     try:
         server.post_job(b"x", reference)  # the first request's start-up costs are not a probe's
         if args.only != "faults":
-            phase(rows, hostile_uploads, server, reference, folder)
+            phase(rows, hostile_uploads, server, reference, folder, args.quick)
             phase(rows, slow_and_heavy_clients, server)
-        if args.only != "hostile":
+        if args.only != "hostile" and not args.quick:
             phase(rows, killed_while_tracking, server, photo)
             phase(rows, tracking_tidy, server, hostile.image("PNG", (256, 256)))
             phase(rows, manifest_faults, server, reference, animation)
     finally:
         server.stop(signal.SIGKILL)
-    if args.only != "hostile":
+    if args.only != "hostile" and not args.quick:
         phase(rows, disk_faults, folder, models, reference, animation)
     print_table(rows)
     print(f"\n{sum(r.ok for r in rows)} of {len(rows)} rows within their bounds; {time.perf_counter() - started:.0f} s; "
