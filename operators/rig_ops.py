@@ -46,7 +46,23 @@ class FLAMEDIFF_OT_add_rig(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FLAMEDIFF_OT_reset_coefficients(RigOperator, bpy.types.Operator):
+class _SetsCoefficients(RigOperator):
+    """What both coefficient operators share: find the rig, then set its ``which`` coefficients."""
+
+    def _coefficients(self) -> dict:
+        """Keyword arguments of :func:`~..blender_addon.rig.set_coefficients` besides ``which``."""
+        return {}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        rig = target_rig(context, self.rig)
+        if rig is None:
+            self.report({"ERROR"}, NO_RIG)
+            return {"CANCELLED"}
+        rigmod.set_coefficients(rig, self.which, **self._coefficients())
+        return {"FINISHED"}
+
+
+class FLAMEDIFF_OT_reset_coefficients(_SetsCoefficients, bpy.types.Operator):
     """Set the rig's shape and/or expression coefficients to zero (the mean face)"""
 
     bl_idname = "flamediff.reset_coefficients"
@@ -55,16 +71,8 @@ class FLAMEDIFF_OT_reset_coefficients(RigOperator, bpy.types.Operator):
 
     which: EnumProperty(name="Which", items=_WHICH, default="BOTH")
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        rig = target_rig(context, self.rig)
-        if rig is None:
-            self.report({"ERROR"}, NO_RIG)
-            return {"CANCELLED"}
-        rigmod.set_coefficients(rig, self.which)
-        return {"FINISHED"}
 
-
-class FLAMEDIFF_OT_randomize_coefficients(RigOperator, bpy.types.Operator):
+class FLAMEDIFF_OT_randomize_coefficients(_SetsCoefficients, bpy.types.Operator):
     """Draw the rig's shape and/or expression coefficients from a normal distribution"""
 
     bl_idname = "flamediff.randomize_coefficients"
@@ -75,10 +83,5 @@ class FLAMEDIFF_OT_randomize_coefficients(RigOperator, bpy.types.Operator):
     sigma: FloatProperty(name="Sigma", default=1.0, min=0.0, max=3.0)
     seed: IntProperty(name="Seed", default=0, min=0)
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        rig = target_rig(context, self.rig)
-        if rig is None:
-            self.report({"ERROR"}, NO_RIG)
-            return {"CANCELLED"}
-        rigmod.set_coefficients(rig, self.which, sigma=self.sigma, seed=self.seed)
-        return {"FINISHED"}
+    def _coefficients(self) -> dict:
+        return {"sigma": self.sigma, "seed": self.seed}
