@@ -428,10 +428,19 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
 
     import uvicorn
 
+    import flamediff.server.app as app_module
     from flamediff.server.cli import register_cli
+    from flamediff.server.inputs import TrackingLimits
     from flamediff.server.security import GuardMiddleware
 
-    apps, configs = [], []
+    apps, configs, made = [], [], []
+    real_create_app = app_module.create_app
+
+    def create_app(service, token, **options):  # what serve passes, kept
+        made.append((service, options))
+        return real_create_app(service, token, **options)
+
+    monkeypatch.setattr(app_module, "create_app", create_app)
 
     def run(server, sockets=None):  # serve builds the server; the test only looks at it
         configs.append(server.config)
@@ -444,7 +453,9 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
     register_cli(parser.add_subparsers())
     common = ["serve", "--device", "cpu", "--render-in", "thread", "--jobs-dir", str(tmp_path / "jobs"),
               "--models-dir", str(tmp_path / "models"), "--token-file", str(tmp_path / "token"), "--port", "0",
-              "--header-timeout", "3", "--max-connections", "7"]
+              "--header-timeout", "3", "--max-connections", "7", "--body-timeout", "4", "--max-folder-frames", "6",
+              "--max-track-frames", "8", "--max-track-seconds", "9", "--track-time-budget", "10",
+              "--keep-tracks-hours", "11"]
     for extra in (["--allow-path", str(tmp_path), "--allow-path", "/srv", "--max-frames-per-job", "5"],
                   ["--host", "0.0.0.0", "--allow-remote"]):
         args = parser.parse_args(common + extra)
@@ -452,6 +463,9 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
     local, remote = (next(m for m in app.user_middleware if m.cls is GuardMiddleware).kwargs for app in apps)
     assert "localhost" in local["allowed_hosts"] and remote["allowed_hosts"] is None
     assert configs[0].http.limits.header_timeout == 3 and configs[0].http.limits.max_connections == 7
+    service, options = made[0]
+    assert options["body_timeout"] == 4 and service.limits.max_folder_frames == 6
+    assert options["tracking"] == TrackingLimits(max_frames=8, max_seconds_of_video=9, time_budget_s=10, keep_hours=11)
 
 
 # -- 13: the CLI prints one line, never a traceback ------------------------------------------------

@@ -199,14 +199,17 @@ def children(monkeypatch) -> list[MeasuredPopen]:
 
 def stopped_task(client, media: bytes, children: list[MeasuredPopen], idle_mb: float) -> dict:
     """Submit ``media`` (201 within 1 s), wait for the task to end; its view, after checking the
-    child's peak memory is within 300 MB of an idle child's."""
-    task, seconds = answered_within(lambda: client.post("/v1/tracks", files={"media": ("upload", media)}), 1.0, 1)
-    assert task.status_code == 201 and seconds <= 1.0, (seconds, task.text)
-    view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
-        client.get(f"/v1/tracks/{task.json()['id']}").json()), 240, 0.5, "the task to stop")
-    wait_for(lambda: children[0].peak_mb, 10, 0.05, "the child to be reaped")
-    print(f"201 in {seconds:.3f} s; child peak {children[0].peak_mb:.0f} MB, idle child {idle_mb:.0f} MB")
-    assert children[0].peak_mb - idle_mb <= 300, (children[0].peak_mb, idle_mb)
+    child's peak memory is within 300 MB of an idle child's and the server's within 300 MB of
+    what it held before."""
+    with peak_memory() as server:
+        task, seconds = answered_within(lambda: client.post("/v1/tracks", files={"media": ("upload", media)}), 1.0, 1)
+        assert task.status_code == 201 and seconds <= 1.0, (seconds, task.text)
+        view = wait_for(lambda: (lambda v: v if v["status"] != "running" else None)(
+            client.get(f"/v1/tracks/{task.json()['id']}").json()), 240, 0.5, "the task to stop")
+        wait_for(lambda: children[0].peak_mb, 10, 0.05, "the child to be reaped")
+    print(f"201 in {seconds:.3f} s; child peak {children[0].peak_mb:.0f} MB, idle child {idle_mb:.0f} MB; "
+          f"server peak {server[0]:.0f} MB above idle")
+    assert children[0].peak_mb - idle_mb <= 300 and server[0] <= 300, (children[0].peak_mb, idle_mb, server)
     return view
 
 
