@@ -239,6 +239,24 @@ def test_the_add_on_s_plain_python_modules_reach_no_bpy() -> None:
     assert _plain_python_breaches("render_scene")   # the check sees a bpy module for what it is
 
 
+def test_the_plain_python_modules_are_those_docs_architecture_names() -> None:
+    """Every add-on module without bpy is listed (so the check covers a new one), as the page says."""
+    without_bpy = {os.path.basename(relative)[:-3] for relative in _sources("blender_addon")
+                   if relative.endswith(".py") and not relative.endswith("__init__.py")
+                   and not _imports_bpy(relative)}
+    assert without_bpy == set(PLAIN_PYTHON)
+    with open(os.path.join(ROOT, "docs", "ARCHITECTURE.md"), encoding="utf-8") as handle:
+        page = " ".join(handle.read().split())
+    named = page.split("checks that these modules (", 1)[1].split(")", 1)[0]
+    assert named == ", ".join(f"`{name}`" for name in PLAIN_PYTHON)
+
+
+def _imports_bpy(relative: str) -> bool:
+    return any(name.split(".")[0] in ("bpy", "bpy_extras") for node in ast.walk(_parsed(relative))
+               for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []))
+
+
 def test_the_add_on_names_no_top_level_package_of_the_checkout() -> None:
     """Inside the add-on every import of its own code is relative (absolute names differ per install)."""
     ours = {"blender_addon", "operators", "ui_panels", "backend", "flamediff", "formats"}
