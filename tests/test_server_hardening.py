@@ -468,6 +468,35 @@ def test_12_serve_wires_allow_paths_limits_and_host_check(tmp_path, monkeypatch,
     assert options["tracking"] == TrackingLimits(max_frames=8, max_seconds_of_video=9, time_budget_s=10, keep_hours=11)
 
 
+def test_12_protocol_md_lists_every_serve_option_and_limit():
+    """PROTOCOL.md's usage block names every ``serve`` option with its default, and every option
+    that is a number is a row of its Limits table."""
+    import argparse
+
+    from flamediff.server.cli import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    serve = parser.parse_args(["serve"])
+    actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]._actions  # noqa: SLF001
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "backend", "server", "PROTOCOL.md")) as handle:
+        text = handle.read()
+    usage = text[text.index("flamediff serve ["):text.index("```", text.index("flamediff serve ["))]
+    limits = text[text.index("### Limits"):text.index("## Routes")]
+    numbers = []
+    for action in actions:
+        option = next((o for o in action.option_strings if o.startswith("--")), None)
+        if option in (None, "--help"):
+            continue
+        assert f"[{option}" in usage, option
+        default = getattr(serve, action.dest)
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and option != "--port":
+            assert f"[{option} {default:g}]" in usage, (option, default)
+            assert f"`{option}`" in limits, option
+            numbers.append(option)
+    assert {"--max-animation-mb", "--header-timeout", "--keep-tracks-hours"} <= set(numbers), numbers
+
+
 # -- 13: the CLI prints one line, never a traceback ------------------------------------------------
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
