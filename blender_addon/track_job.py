@@ -1,9 +1,10 @@
 """One tracking task from Blender as plain Python: upload a photo or video, poll, fetch the animation.
 
 :class:`TrackJob` follows ``POST /v1/tracks`` like :class:`~.render_job.RenderJob` follows a
-render (the same :class:`~.backend_job.BackendJob`: step loop, short HTTP timeouts and "Start locally"); when the fit is back, the
-:class:`TrackHost` puts it on the rig (:class:`~.track_scene.TrackSceneHost` in Blender), so this
-module never imports bpy and the tests drive it with plain Python.
+render (both are :class:`~.backend_job.BackendJob`: the step loop, short HTTP timeouts and "Start
+locally"); when the fit is back, the :class:`TrackHost` puts it on the rig
+(:class:`~.track_scene.TrackSceneHost` in Blender), so this module never imports bpy and the
+tests drive it with plain Python.
 """
 
 from __future__ import annotations

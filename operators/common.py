@@ -1,4 +1,5 @@
-"""What every flamediff operator shares: finding the rig it works on."""
+"""What the flamediff operators share: finding the rig they work on, and following or cancelling
+the scene's backend job (:mod:`~..blender_addon.backend_job`)."""
 
 from __future__ import annotations
 

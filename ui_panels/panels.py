@@ -1,4 +1,5 @@
-"""Sidebar panels: rig (add, asset, coefficient sliders with a filter), animation, camera."""
+"""Sidebar panels: rig (add, asset, coefficient sliders with a filter), animation (with tracking),
+camera, render; and the flamediff engine's panel in Render Properties."""
 
 from __future__ import annotations
 
