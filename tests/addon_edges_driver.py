@@ -3,9 +3,10 @@
 ``python tests/addon_edges_driver.py ZIP WORKDIR ASSET_FOLDER PORT TOKEN_FILE`` with
 ``BLENDER_USER_RESOURCES`` and ``HOME`` set to private folders. WORKDIR holds ``shot.npz``
 (``flamediff track``'s file of a 16-frame take), ``deca.npz`` (a weak-perspective tracker file),
-``frame.png`` and ``phone.jpg`` (a 6000x4000 portrait stored sideways, EXIF orientation 6). The
-backend at PORT (a tiny checkpoint, the tracking extra) serves the last part: Match Photo, renders
-of the saved file, Cancel then Render again.
+``tf_flame_fit.pkl``, ``frame.png`` and ``phone.jpg`` (a 6000x4000 portrait stored sideways, EXIF
+orientation 6). The backend at PORT (a tiny checkpoint, the tracking extra) serves the last part:
+Match Photo, renders of the saved file, Cancel then Render again, mattes, a rig deleted while
+matching.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def main() -> None:
                                                                       use_image_size=True))
     RESULTS["deca_sized_shot"] = shot()
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
+    # item 6: TF_FLAME's fit keeps its identity (shape [T, 300]) on a rig rebuilt for 300 coefficients
+    bpy.ops.flamediff.add_rig(name="TF")
+    RESULTS["tf_flame"] = reported(bpy.ops.flamediff.import_animation, filepath=path("tf_flame_fit.pkl"), rig="TF",
+                                   rebuild_rig=True, use_camera=False)
+    RESULTS["tf_flame_report"] = scene.get("flamediff_import_report", "")
+    RESULTS["tf_flame_export"] = sorted(bpy.ops.flamediff.export_animation(
+        filepath=path("tf_flame_keyed.npz"), rig="TF", frame_start=scene.frame_start, frame_end=scene.frame_start + 3,
+        use_camera=False))
+    remove_rig("TF")
+    bpy.context.view_layer.objects.active = rig
 
     # item 10: a rig deleted while tracking: the host names the deletion
     host = addon.blender_addon.track_scene.TrackSceneHost(scene, rig, 1, photo=path("frame.png"))
@@ -191,6 +202,39 @@ def with_backend() -> None:
         outcome, text, props = render(steps=1, seed=5, reference_image=path(name))
         frame = os.path.join(bpy.path.abspath(props["output_dir"]), "frame_0001.png")
         RESULTS[f"reference_{name}"] = [outcome, text, props, frame]
+    # item 7: the head's matte by default (above); the neck continued, or the square tile, when asked
+    for matte in ("head_neck", "tile"):
+        outcome, text, props = render(steps=1, seed=5, reference_image=path("grey8.png"), matte=matte)
+        RESULTS[f"matte_{matte}"] = [outcome, text, props,
+                                     os.path.join(bpy.path.abspath(props["output_dir"]), "frame_0001.png")]
+    rig_deleted_while_matching(scene)
+
+
+def remove_rig(name: str) -> None:
+    """Delete the rig ``name`` with its head and joints, as deleting them in the viewport does."""
+    rig = bpy.data.objects[name]
+    helper = rig["flamediff_joints"]
+    for obj in [rig, rig["flamediff_head"], helper, *helper.children]:
+        bpy.data.objects.remove(obj)
+
+
+def rig_deleted_while_matching(scene: bpy.types.Scene) -> None:
+    """item 10: a rig deleted while Match Photo runs: the error and advice are about the deletion
+    (not "rebuild the rig with enough coefficients"), and nothing else changes."""
+    bpy.ops.flamediff.add_rig(name="Doomed")
+    before = [scene.flamediff_render.reference_image, scene.camera.name, list(scene.camera.matrix_world[0])]
+    started = time.monotonic()
+    RESULTS["doomed_match"] = reported(bpy.ops.flamediff.match_photo, rig="Doomed", filepath=path("face.jpg"))
+    job = sys.modules[MODULE].blender_addon.backend_job.active_job(scene.name, "track")
+    remove_rig("Doomed")
+    while job is not None and job.step():   # what the timer does while the backend tracks
+        time.sleep(0.1)
+    props = scene.flamediff_track
+    RESULTS["doomed"] = {"status": props.status, "error": props.error, "advice": props.advice,
+                         "seconds": time.monotonic() - started, "unchanged": before == [
+                             scene.flamediff_render.reference_image, scene.camera.name,
+                             list(scene.camera.matrix_world[0])]}
+    bpy.context.view_layer.objects.active = bpy.data.objects["FLAME"]
 
 
 def rig_state() -> list:

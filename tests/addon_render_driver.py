@@ -175,6 +175,8 @@ def main() -> None:
     project = os.path.join(WORK, "project")
     os.makedirs(project)
     bpy.ops.wm.save_as_mainfile(filepath=os.path.join(project, "shot.blend"))
+    RESULTS["strip_after_save_as"] = strip_info()   # the unsaved file's last render moved beside it
+    RESULTS["unsaved_render_left"] = os.path.exists(RESULTS["local_props"]["output_dir"])
     RESULTS["saved_render"] = call(bpy.ops.flamediff.render, wait=True, reference_image=REFERENCE, steps=2,
                                    seed=11, frame_start=FIRST, frame_end=FIRST, timeout=120)
     RESULTS["saved_props"] = props()

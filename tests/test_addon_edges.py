@@ -1,12 +1,14 @@
 """The artist's rough edges, reproduced in ``bpy`` from the built zip: a tracked folder's camera and
-range, a weak-perspective camera, the scene's resolution kept, a deleted rig named, the script's
-reference kept by the panel, unsaved renders moving with the project, ``flamediff latest`` kept;
-against a real backend: a sideways phone photo matched upright and rendered, no warning that is
-not actionable, Cancel then Render again at once (the kept count the backend's)."""
+range, a weak-perspective camera, the scene's resolution kept, TF_FLAME's identity kept, a deleted rig
+named, the script's reference kept by the panel, unsaved renders moving with the project,
+``flamediff latest`` kept; against a real backend: a sideways phone photo matched upright and
+rendered, no warning that is not actionable, Cancel then Render again at once (the kept count the
+backend's), the head's matte (with the neck, or the tile), a rig deleted during Match Photo."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -42,6 +44,13 @@ def tracked_take(work, asset) -> str:
     return out
 
 
+def tf_flame_fit() -> dict:
+    """TF_FLAME's fit of 4 frames: ``shape`` [T, 300] (the same identity on each), pose, expression."""
+    shape = np.random.default_rng(0).normal(0.0, 0.5, 300).astype(np.float32)
+    return {"pose": np.zeros((4, 15), np.float32), "shape": np.tile(shape, (4, 1)),
+            "expression": np.zeros((4, 100), np.float32), "trans": np.zeros((4, 3), np.float32)}
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, head_folder, head_asset) -> dict:
     sys.path.insert(0, ROOT)
@@ -54,6 +63,8 @@ def results(tmp_path_factory, head_folder, head_asset) -> dict:
     cam = np.tile([[8.0, 0.01, 0.02]], (4, 1)).astype(np.float32)   # DECA's [s, tx, ty]
     np.savez(work / "deca.npz", shape=np.zeros((4, 100), np.float32), exp=np.zeros((4, 50), np.float32),
              pose=np.zeros((4, 6), np.float32), cam=cam)
+    with open(work / "tf_flame_fit.pkl", "wb") as handle:   # TF_FLAME's fitting output: an identity beside pose
+        pickle.dump(tf_flame_fit(), handle, protocol=2)
     Image.new("RGB", (64, 64), (120, 90, 80)).save(work / "frame.png")
     exif = Image.Exif()
     exif[0x0112] = 6   # a phone held upright stores the portrait sideways with this tag
@@ -103,6 +114,27 @@ def test_a_weak_perspective_camera_becomes_a_portrait_camera_and_the_resolution_
 
 def test_a_rig_deleted_while_tracking_is_named(results):
     assert results["rig_gone"] == "the rig no such rig was deleted while tracking"
+
+
+def test_a_rig_deleted_during_match_photo_gets_advice_about_the_deletion(results):
+    assert results["doomed_match"][0] == ["FINISHED"], results["doomed_match"][1]
+    doomed = results["doomed"]
+    assert doomed["status"] == "error" and doomed["unchanged"], doomed
+    assert doomed["error"] == "the fit is back but the rig Doomed was deleted while tracking, nothing changed", doomed
+    assert "add a rig" in doomed["advice"] and "coefficients" not in doomed["advice"], doomed   # not "rebuild"
+    print(f"Match Photo with the rig deleted: {doomed['seconds']:.1f} s")
+
+
+def test_tf_flames_identity_is_keyed_not_dropped(results):
+    from flamediff.formats.animation import load_animation
+
+    assert results["tf_flame"][0] == ["FINISHED"], results["tf_flame"][1]
+    report = results["tf_flame_report"]
+    assert "shape [4, 300] -> shape" in report and "dropped: nothing" in report, report   # not "not a FLAME parameter"
+    assert "rebuilt rig TF with 300 shape" in report, report
+    assert results["tf_flame_export"] == ["FINISHED"]
+    keyed = load_animation(os.path.join(results["work"], "tf_flame_keyed.npz"))
+    np.testing.assert_allclose(keyed.shape, tf_flame_fit()["shape"], atol=1e-5)   # all 300, every frame
 
 
 def test_the_panel_keeps_the_reference_a_script_passed(results):
@@ -211,3 +243,21 @@ def test_the_out_of_domain_note_comes_only_for_a_photo_of_a_person_and_once(resu
     outcome, text, props = results["demo_photo_reference"]
     assert outcome == ["FINISHED"], text
     assert props["notes"].count(note) == 1 and text.count(note) == 1, (props["notes"], text)
+
+
+def matte_frame(results, key: str) -> np.ndarray:
+    outcome, text, props, frame = results[key]
+    assert outcome == ["FINISHED"] and props["status"] == "done", text
+    return np.asarray(Image.open(frame))
+
+
+def test_frames_carry_the_heads_matte_and_the_neck_or_the_tile_when_asked(results):
+    head, neck, tile = (matte_frame(results, key) for key in ("reference_grey8.png", "matte_head_neck", "matte_tile"))
+    (top, left), (bottom, right) = np.argwhere(tile[..., 3] > 0).min(0), np.argwhere(tile[..., 3] > 0).max(0) + 1
+    assert (tile[top:bottom, left:right, 3] == 255).all()   # the square tile (here cut by the frame's sides)
+    inside = head[top:bottom, left:right, 3]
+    assert (head[..., 3] > 0).sum() == (inside > 0).sum() and (inside > 0).mean() < 0.95   # a head, in the tile
+    assert ((inside > 0) & (inside < 255)).any()                                           # feathered
+    assert (neck[..., 3] > 0).sum() > (head[..., 3] > 0).sum() and (neck[bottom - 1, left:right, 3] > 0).any()
+    opaque = head[..., 3] == 255   # the same picture under each matte
+    assert np.array_equal(head[opaque, :3], tile[opaque, :3]) and np.array_equal(neck[opaque, :3], tile[opaque, :3])

@@ -298,6 +298,11 @@ def test_client_maps_errors_to_advice(tmp_path, fake_server):
 
 def test_saved_blend_renders_into_a_relative_folder_that_moves_with_it(run):
     results = run["results"]
+    unsaved = results["local_props"]   # rendered while the file was unsaved, then Save As
+    assert unsaved["output_dir"].startswith(os.path.join(run["work"], "chosen")) and not results["unsaved_render_left"]
+    assert results["strip_after_save_as"]["raw_directory"].rstrip("/") == f"//flamediff/{unsaved['job_id']}"
+    moved = os.path.join(run["work"], "moved", "flamediff", unsaved["job_id"])
+    assert os.path.isfile(os.path.join(moved, f"frame_{FRAMES[0]:04d}.png"))   # and moves with the project
     outcome, message, _ = results["saved_render"]
     assert outcome == ["FINISHED"], message
     job = results["saved_props"]["job_id"]
