@@ -1,7 +1,8 @@
 """Faults of the job store (issue 27, second table): a full disk during a render and at start,
 manifests of valid JSON but wrong types, a folder whose manifest names another job. A full
-disk is simulated by making the store's one write call (``write_atomic``) raise ENOSPC: no
-small file system can be mounted in the test environment."""
+disk is a real 1 MiB tmpfs where the suite may mount one (as root: CI and this project's
+machines), and is also simulated everywhere by making the store's one write call
+(``write_atomic``) raise ENOSPC."""
 
 from __future__ import annotations
 

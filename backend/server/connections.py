@@ -7,8 +7,10 @@ file descriptors. :class:`GuardedH11Protocol` is uvicorn's h11 protocol plus two
 
 - a connection must finish a request's headers within ``header_timeout`` seconds of opening (or
   of its previous response), else it is closed;
-- past ``max_connections`` open connections, the oldest one still waiting for headers is closed,
-  so a client that sends its request at once (the add-on) always gets in.
+- past ``max_connections`` open connections, the one waiting longest for headers is closed, and
+  one that never completed a request before one kept alive between requests: a client that sends
+  its request at once (the add-on) or keeps its connection (httpx, browsers: its next request may
+  already be on the way, unread, when a flood of new connections is accepted) always gets in.
 
 Request bodies are bounded in time by :class:`flamediff.server.security.GuardMiddleware`.
 """
@@ -36,14 +38,14 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.opened = time.monotonic()
+        self.waiting_since, self.served = time.monotonic(), False
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
         if len(self.connections) > self.limits.max_connections:
             waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c is not self
                        and c.waiting_for_headers() and not c.transport.is_closing()]
             if waiting:
-                min(waiting, key=lambda c: c.opened).transport.close()
+                min(waiting, key=lambda c: (c.served, c.waiting_since)).transport.close()
 
     def waiting_for_headers(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -65,6 +67,7 @@ class GuardedH11Protocol(H11Protocol):
             self._header_timer = None
 
     def on_response_complete(self) -> None:
+        self.waiting_since, self.served = time.monotonic(), True
         if not self.transport.is_closing():
             self._arm_header_timer()  # before the next pipelined request, which cancels it
         super().on_response_complete()
