@@ -167,6 +167,12 @@ def with_backend() -> None:
     RESULTS["match_shot"] = {"reference": scene.flamediff_render.reference_image, "roll": head_roll_degrees(),
                              "resolution": [scene.render.resolution_x, scene.render.resolution_y]}
     RESULTS["render_after_match"] = render(steps=1)
+    # item 4: the one decode-safety limit, the same for Render and Match Photo (the shot is kept)
+    RESULTS["bomb_render"] = render(steps=1, reference_image=path("bomb.png"))
+    RESULTS["bomb_match"] = reported(bpy.ops.flamediff.match_photo, rig="FLAME", filepath=path("bomb.png"), wait=True,
+                                     timeout=120)
+    RESULTS["bomb_kept"] = {"reference": scene.flamediff_render.reference_image,
+                            "resolution": [scene.render.resolution_x, scene.render.resolution_y]}
     # item 9: the reference a script passes is the panel's, so the next Render has one
     scene.flamediff_render.reference_image = ""
     RESULTS["script_reference"] = render(steps=1, reference_image=path("frame.png"))

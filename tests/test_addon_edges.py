@@ -24,7 +24,7 @@ skimage_data = pytest.importorskip("skimage.data")   # the astronaut: a photo of
 
 from test_addon_render import run_driver
 from test_photo_orientation import phone_portrait
-from test_server_helpers import make_checkpoint
+from test_server_helpers import huge_png_header, make_checkpoint
 from test_server_process import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +66,7 @@ def results(tmp_path_factory, head_folder, head_asset) -> dict:
     with open(work / "tf_flame_fit.pkl", "wb") as handle:   # TF_FLAME's fitting output: an identity beside pose
         pickle.dump(tf_flame_fit(), handle, protocol=2)
     Image.new("RGB", (64, 64), (120, 90, 80)).save(work / "frame.png")
+    (work / "bomb.png").write_bytes(huge_png_header())
     exif = Image.Exif()
     exif[0x0112] = 6   # a phone held upright stores the portrait sideways with this tag
     face = procedural_cases(head_asset, identity=0, yaws=[0.0])[0].image
@@ -165,6 +166,16 @@ def test_a_sideways_phone_photo_is_matched_upright_and_renders(results):
     assert any(note.startswith("reference: 4000x6000 downsized to 1365x2048") for note in notes), notes
     for note in notes:   # each message once: in the panel and in what the render printed
         assert notes.count(note) == 1 and text.count(note) == 1, (note, text)
+
+
+def test_render_and_match_photo_refuse_a_decompression_bomb_alike_and_keep_the_shot(results):
+    said = "claims 60000x60000 pixels, more than the 80 MP that can be decoded safely"
+    outcome, text, props = results["bomb_render"]
+    assert outcome is None and said in text and props["status"] == "error", text
+    outcome, text = results["bomb_match"]
+    assert outcome is None and said in text, text
+    assert results["bomb_kept"] == {"reference": os.path.join(results["work"], "phone.jpg"),
+                                    "resolution": results["match_shot"]["resolution"]}
 
 
 def test_a_reference_passed_by_script_is_the_next_renders(results):
