@@ -93,7 +93,7 @@ def test_results_document_from_a_plan(procedural_data, tiny_checkpoint, tmp_path
             "regressor": {"data": procedural_data, "steps": 3},
             "main": {"data": procedural_data, "checkpoint": tiny_checkpoint, "max_frames": 2},
             "temporal": {"data": procedural_data, "rows": {"stage 1": {"checkpoint": tiny_checkpoint, "temporal": False}}},
-            "ablations": {"data": procedural_data, "max_frames": 2, "description": "two equal rows",
+            "ablations": {"data": procedural_data, "split": "all", "max_frames": 2, "description": "two equal rows",
                           "rows": {"a": tiny_checkpoint, "b": tiny_checkpoint}}}
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
@@ -106,6 +106,7 @@ def test_results_document_from_a_plan(procedural_data, tiny_checkpoint, tmp_path
     assert temporal["sequences"] == 2 and temporal["flicker"] > 0 and temporal["flicker_ground_truth"] > 0
     a, b = results["ablations"]["a"], results["ablations"]["b"]
     assert a["self"]["psnr"] == b["self"]["psnr"]  # same checkpoint, same seed: same numbers
+    assert len(a["identities"]) == 4 and sum(v["frames"] for v in a["views"].values()) == 4 * 3  # split "all"
     assert a["artefacts"]["frames"] > 0 and a["artefacts"]["artefact_l1"] > 0
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
     for heading in ("vs baselines", "PSNR by yaw", "Temporal consistency", "ablations", "Picture grid"):

@@ -165,9 +165,10 @@ def _ablations(session: _Session) -> dict[str, Any]:
         checkpoint = row["checkpoint"]
         pipeline = session.pipeline(checkpoint)
         settings = session.settings(pipeline)
-        scores = evaluate(pipeline.model, spec["data"], "heldout", max_frames=spec.get("max_frames", 8),
-                          flame_asset=session.asset, estimator=session.estimator)
-        out[name] = {"checkpoint": checkpoint, "self": scores["self"]["method"], "cross": scores["cross"]["method"],
+        scores = evaluate(pipeline.model, spec["data"], spec.get("split", "heldout"),
+                          max_frames=spec.get("max_frames", 8), flame_asset=session.asset, estimator=session.estimator)
+        out[name] = {"checkpoint": checkpoint, "identities": scores["identities"], "self": scores["self"]["method"],
+                     "cross": scores["cross"]["method"],
                      "copy_reference": scores["self"]["baselines"]["copy_reference"],
                      "artefacts": artefact_study(pipeline, index, identities, settings, session.renderer),
                      "views": view_study(pipeline, index, identities, settings, session.renderer)}
