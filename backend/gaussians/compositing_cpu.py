@@ -56,15 +56,22 @@ TILES_PER_TASK = 4
 _MAX_THREADS = int(numba_config.NUMBA_NUM_THREADS)
 
 
-@njit(cache=True, inline="always")
-def _log_alpha(params: np.ndarray, g: int, px: float, py: float, half: float) -> tuple[float, float, float]:
-    """(unclamped log alpha, dx, dy) of Gaussian ``g`` at pixel centre (px, py), in the
-    torch path's order of operations (``params[g, 5]`` holds log opacity)."""
+@njit(cache=True)
+def _alpha(params: np.ndarray, g: int, px: float, py: float, consts: np.ndarray) -> tuple[float, float, float, float]:
+    """(alpha, unclamped log alpha, dx, dy) of Gaussian ``g`` at pixel centre (px, py), in the
+    torch path's order of operations (``params[g, 5]`` holds log opacity); alpha is 0 where the
+    log alpha is certainly under the minimum's (skipped without ``exp``).
+
+    Compiled without fastmath and shared by both kernels, so the backward pass (fastmath)
+    skips and stops exactly where the forward pass did."""
     dx = params[g, 0] - px
     dy = params[g, 1] - py
-    part_x = params[g, 5] - half * params[g, 2] * dx * dx
-    part_y = -half * params[g, 4] * dy * dy
-    return (part_x + part_y) + (-params[g, 3] * dx) * dy, dx, dy
+    part_x = params[g, 5] - consts[5] * params[g, 2] * dx * dx
+    part_y = -consts[5] * params[g, 4] * dy * dy
+    la = (part_x + part_y) + (-params[g, 3] * dx) * dy
+    if la < consts[6]:
+        return consts[4] - consts[4], la, dx, dy  # a zero in the inputs' dtype
+    return math.exp(min(max(la, consts[0]), consts[1])), la, dx, dy
 
 
 @njit(cache=True, inline="always")
@@ -87,8 +94,7 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
     Gaussian-major within a tile: each Gaussian, in depth order, updates only the tile's pixels
     within its reach, so every pixel still sees its Gaussians front to back."""
     tw, th, ts, width, height = grid[0], grid[1], grid[2], grid[3], grid[4]
-    la_floor, la_max, a_min, t_min, one, half, la_skip = (
-        consts[0], consts[1], consts[2], consts[3], consts[4], consts[5], consts[6])
+    a_min, t_min, one = consts[2], consts[3], consts[4]
     n_feat, d = feats.shape
     for tile in prange(offsets.shape[0]):
         start = offsets[tile]
@@ -115,10 +121,7 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
                     qy, qx = py - y0, px - x0
                     if stop[qy, qx] != end:
                         continue  # this pixel has stopped
-                    la = _log_alpha(params, g, centres_x[px], cy, half)[0]
-                    if la < la_skip:
-                        continue
-                    a = math.exp(min(max(la, la_floor), la_max))
+                    a = _alpha(params, g, centres_x[px], cy, consts)[0]
                     if a <= a_min:
                         continue
                     t_next = trans[qy, qx] * (one - a)
@@ -140,7 +143,7 @@ def _forward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: n
         stops[frame, y0:y1, x0:x1] = stop
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: np.ndarray,
               counts: np.ndarray, consts: np.ndarray, grid: np.ndarray, centres_x: np.ndarray,
               centres_y: np.ndarray, reach: np.ndarray, final_trans: np.ndarray, stops: np.ndarray,
@@ -153,8 +156,7 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
     stopped (T_k = T_{k+1} / (1 - alpha_k), with 1 - alpha_k >= 0.001), and a Gaussian's
     gradient is summed over its pixels before it is added to the accumulator."""
     tw, th, ts, width, height = grid[0], grid[1], grid[2], grid[3], grid[4]
-    la_floor, la_max, a_min, one, half, la_skip = (consts[0], consts[1], consts[2], consts[4],
-                                                   consts[5], consts[6])
+    la_floor, la_max, a_min, one, half = consts[0], consts[1], consts[2], consts[4], consts[5]
     n_feat, d = feats.shape
     for tile in prange(offsets.shape[0]):
         if counts[tile] == 0:
@@ -187,10 +189,7 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
                 for px in range(first_x, last_x):
                     if j >= stop[py - y0, px - x0]:
                         continue
-                    la, dx, dy = _log_alpha(params, g, centres_x[px], cy, half)
-                    if la < la_skip:
-                        continue
-                    a = math.exp(min(max(la, la_floor), la_max))
+                    a, la, dx, dy = _alpha(params, g, centres_x[px], cy, consts)
                     if a <= a_min:
                         continue
                     qy, qx = py - y0, px - x0
@@ -256,7 +255,7 @@ def list_tiles(order: Tensor, t0: Tensor, span: Tensor, counts: Tensor, tiles_x:
     """(Gaussian ids [M], per-tile counts, per-tile offsets), sorted by tile then by ``order``:
     the same lists as ``splatting._intersect_tiles`` without its sorts of M keys.
 
-    ``order`` [F*N] visits the Gaussians front to back; ``t0``, ``span`` [F, N, 2] and
+    ``order`` [F*N] visits each frame's Gaussians front to back; ``t0``, ``span`` [F, N, 2] and
     ``counts`` [F, N] are ``splatting._tile_rects``' output.
     """
     n_frames, n = counts.shape
@@ -276,20 +275,22 @@ def _constants(dtype: np.dtype, limits: tuple[float, float, float, float]) -> np
     return np.array([*limits, 1.0, 0.5, math.log(limits[2]) - 1e-3], dtype=dtype)
 
 
+@njit(cache=True)
 def _tight_reach(params: np.ndarray, box: np.ndarray, la_skip: float) -> np.ndarray:
     """Each Gaussian's half-extent in pixels [G, 2] (float64): the bounding box of its ellipse
     ``log o - sigma >= la_skip`` (half-widths ``sqrt(2 r C / det)``, ``sqrt(2 r A / det)`` with
     ``r = log o - la_skip``), capped by ``box``.  ``r`` gets 0.01 and the extent 1e-3 px of
     margin, far above the float rounding of sigma, so no pixel the kernels would composite
     falls outside; the bound only saves visits to pixels they would skip."""
-    p = params.astype(np.float64)
-    a, b, c, log_o = p[:, 2], p[:, 3], p[:, 4], p[:, 5]
-    r = np.maximum(log_o - la_skip + 0.01, 0.0)
-    det = a * c - b * b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ext = np.sqrt(2.0 * r[:, None] * np.stack([c, a], -1) / det[:, None]) + 1e-3
-    ext = np.where(np.isfinite(ext) & (det[:, None] > 0), ext, np.inf)
-    return np.minimum(ext, box.astype(np.float64))
+    reach = np.empty((params.shape[0], 2))
+    for g in range(params.shape[0]):
+        a, b, c = np.float64(params[g, 2]), np.float64(params[g, 3]), np.float64(params[g, 4])
+        r = max(np.float64(params[g, 5]) - la_skip + 0.01, 0.0)
+        det = a * c - b * b
+        for k, diag in ((0, c), (1, a)):
+            ext = math.sqrt(2.0 * r * diag / det) + 1e-3 if det > 0 else np.inf
+            reach[g, k] = min(ext if math.isfinite(ext) else np.inf, np.float64(box[g, k]))
+    return reach
 
 
 def _pixel_centres(n_tiles: int, tile_size: int, dtype: np.dtype) -> np.ndarray:

@@ -432,8 +432,10 @@ def splat_features_numba(
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     t0, span, counts, radii = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
                                           in_range, width, height, tile_size)
-    order = torch.argsort(depths.detach().reshape(-1), stable=True)
-    isect = list_tiles(order, t0, span, counts, tiles_x, tiles_y)
+    # front to back within each frame (tiles never span frames): F short sorts beat one long one
+    n_frames, n = depths.shape
+    order = torch.argsort(depths.detach(), dim=1, stable=True) + n * torch.arange(n_frames)[:, None]
+    isect = list_tiles(order.reshape(-1), t0, span, counts, tiles_x, tiles_y)
     params = torch.cat([means2d, conics, torch.log(opacities.to(dtype))[..., None]], -1).reshape(-1, 6)
     feats = features.to(dtype).reshape(-1, features.shape[-1])
     grid = (tiles_x, tiles_y, tile_size, width, height, means.shape[0])
