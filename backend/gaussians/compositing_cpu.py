@@ -287,10 +287,16 @@ def _tight_reach(params: np.ndarray, box: np.ndarray, la_skip: float) -> np.ndar
         a, b, c = np.float64(params[g, 2]), np.float64(params[g, 3]), np.float64(params[g, 4])
         r = max(np.float64(params[g, 5]) - la_skip + 0.01, 0.0)
         det = a * c - b * b
-        for k, diag in ((0, c), (1, a)):
-            ext = math.sqrt(2.0 * r * diag / det) + 1e-3 if det > 0 else np.inf
-            reach[g, k] = min(ext if math.isfinite(ext) else np.inf, np.float64(box[g, k]))
+        reach[g, 0] = _half_width(r, c, det, np.float64(box[g, 0]))
+        reach[g, 1] = _half_width(r, a, det, np.float64(box[g, 1]))
     return reach
+
+
+@njit(cache=True, inline="always")
+def _half_width(r: float, diag: float, det: float, box: float) -> float:
+    """``sqrt(2 r diag / det)`` plus the margin, capped by ``box`` (uncapped where not finite)."""
+    ext = math.sqrt(2.0 * r * diag / det) + 1e-3 if det > 0 else np.inf
+    return min(ext if math.isfinite(ext) else np.inf, box)
 
 
 def _pixel_centres(n_tiles: int, tile_size: int, dtype: np.dtype) -> np.ndarray:
