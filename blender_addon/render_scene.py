@@ -273,6 +273,18 @@ def forget_on_load(*_args: Any) -> None:
     set_status_bar(None)
 
 
+def _move_job_folder(folder: str, target: str) -> None:
+    """Move a job's folder to ``target``; when the same job was rendered there before (a job id
+    names its inputs and settings), its files are replaced by these newer ones."""
+    if not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(folder, target)
+        return
+    for name in os.listdir(folder):
+        shutil.move(os.path.join(folder, name), os.path.join(target, name))
+    os.rmdir(folder)
+
+
 def move_unsaved_renders(blend_path: str, unsaved_root: str) -> list[str]:
     """Renders of the still-unsaved file (strips whose frames are in ``unsaved_root``) move into
     ``flamediff/<job id>`` beside ``blend_path`` and their strips point there ``//``-relative, so
@@ -292,10 +304,7 @@ def move_unsaved_renders(blend_path: str, unsaved_root: str) -> list[str]:
                          "saving to have it beside the .blend")
             continue
         target = os.path.join(os.path.dirname(os.path.abspath(blend_path)), "flamediff", os.path.basename(folder))
-        if os.path.exists(target):
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.move(folder, target)
+        _move_job_folder(folder, target)
         relative = "//" + os.path.relpath(target, os.path.dirname(os.path.abspath(blend_path))).replace(os.sep, "/")
         strip.directory = relative + "/"
         strip["flamediff_folder"] = relative

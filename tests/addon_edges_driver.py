@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def main() -> None:
     render_scene.update_strip(scene, unsaved, [1, 2])
     render_scene.show_latest(os.path.join(unsaved, "frame_0002.png"))
     project = path("project")
-    os.makedirs(project)
+    earlier = os.path.join(project, "flamediff", "0123456789abcdef")   # the same job rendered beside it before
+    os.makedirs(earlier)
+    shutil.copy(path("white.png"), os.path.join(earlier, "frame_0001.png"))
     bpy.ops.wm.save_as_mainfile(filepath=os.path.join(project, "shot.blend"))
     strip = scene.sequence_editor.strips["flamediff"]
     RESULTS["saved_strip_directory"] = strip.directory
@@ -120,6 +123,8 @@ def main() -> None:
     bpy.ops.wm.open_mainfile(filepath=os.path.join(moved, "shot.blend"), load_ui=False)
     strip = bpy.context.scene.sequence_editor.strips["flamediff"]
     RESULTS["moved_frame"] = os.path.join(bpy.path.abspath(strip.directory), strip.elements[0].filename)
+    with open(RESULTS["moved_frame"], "rb") as handle:
+        RESULTS["moved_frame_is_the_newer"] = handle.read() == png
     RESULTS["latest_after_reopen"] = "flamediff latest" in bpy.data.images
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -147,6 +147,7 @@ def test_unsaved_renders_move_with_the_project_and_latest_survives_a_reopen(resu
     assert results["moved_frame"] == os.path.join(results["work"], "moved", "flamediff", "0123456789abcdef",
                                                   "frame_0001.png")
     assert os.path.isfile(results["moved_frame"]) and results["latest_after_reopen"]
+    assert results["moved_frame_is_the_newer"]   # the job's earlier frames beside the .blend are replaced
 
 
 def test_render_finds_the_tracked_camera(results):
