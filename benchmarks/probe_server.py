@@ -66,10 +66,14 @@ class Row:
 
 class Meter:
     """Peak resident memory of a process and its descendants over a ``with`` block, above their
-    resident memory at its start: each process's ``VmHWM`` is reset, then sampled every 10 ms."""
+    resident memory at its start: each process's ``VmHWM`` is reset, then sampled every 10 ms,
+    and the peaks added up by what the process is (:func:`_name`; :attr:`processes`). A process
+    forked to start another program reads as its parent (its command line, its pages shared
+    until it execs), so each of the server, its render process and a tracking child counts once."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self.processes: dict[str, tuple[float, float]] = {}  # the last block's: what -> (MB at start, peak MB)
 
     def _tree(self) -> list[psutil.Process]:
         try:
@@ -78,19 +82,33 @@ class Meter:
         except psutil.Error:
             return []
 
+    def settle(self, timeout: float = 120) -> None:
+        """Wait until the tree's resident memory holds still for a second (the render process
+        imports torch after the server answers), so no row is charged with that."""
+        deadline, last = time.monotonic() + timeout, -1.0
+        while time.monotonic() < deadline:
+            now = sum(_status_mb(process.pid, "VmRSS:") for process in self._tree())
+            if abs(now - last) < 2:
+                return
+            last = now
+            time.sleep(1)
+
     @contextmanager
     def measure(self) -> Iterator[list[float]]:
         peaks: dict[int, float] = {}
-        baseline = 0.0
+        starts: dict[int, float] = {}
+        names: dict[int, str] = {}
         for process in self._tree():
             _reset_peak(process.pid)
-            baseline += _status_mb(process.pid, "VmRSS:")
+            starts[process.pid] = _status_mb(process.pid, "VmRSS:")
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
                 for process in self._tree():
                     peaks[process.pid] = max(peaks.get(process.pid, 0.0), _status_mb(process.pid, "VmHWM:"))
+                    if process.pid not in names:
+                        names[process.pid] = _name(process)
                 done.wait(0.01)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -101,7 +119,29 @@ class Meter:
         finally:
             done.set()
             sampler.join()
-            result.append(max(0.0, sum(peaks.values()) - baseline))
+            self.processes = {}
+            for pid, peak in peaks.items():
+                name = names.get(pid, "other")
+                start, top = self.processes.get(name, (0.0, 0.0))
+                if name == "other":  # programs of their own (the tools MediaPipe's imports run)
+                    self.processes[name] = (start + starts.get(pid, 0.0), top + peak)
+                else:  # one of each; a copy forked to start a program shares its pages until it execs
+                    self.processes[name] = (max(start, starts.get(pid, 0.0)), max(top, peak))
+            result.append(max(0.0, sum(top - start for start, top in self.processes.values())))
+
+
+def _name(process: psutil.Process) -> str:
+    """What a process of the server's tree is: the server, its render process, a tracking child or
+    another program (the tools MediaPipe's imports start)."""
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return "other"
+    for word, name in (("render_process", "render process"), ("tracking_child", "tracking child"),
+                       ("flamediff.server serve", "server")):
+        if word in command:
+            return name
+    return "other"
 
 
 def _reset_peak(pid: int) -> None:
@@ -151,6 +191,7 @@ class Server:
                                        headers={"Authorization": f"Bearer {handle.read().strip()}"})
         self.meter = Meter(self.process.pid)
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.meter.settle()
         return self
 
     def stop(self, how: int = signal.SIGTERM) -> None:
@@ -266,9 +307,10 @@ def undeclared_length(rows: list[Row], server: Server, folder: str) -> None:
     kept = server.client.get(f"/v1/tracks/{view.get('id')}/animation")
     idle = _idle_child_mb()
     ok = task.status_code == 201 and view.get("kept") == cap and kept.status_code == 200 and memory[0] <= MEGABYTES + idle
+    parts = ", ".join(f"{name} {top - start:+.0f}" for name, (start, top) in server.meter.processes.items())
     rows.append(Row("probe", f"POST /v1/tracks, Matroska of {cap + 20} frames declaring no length (cap {cap})",
                     f"{task.status_code} in {accepted:.3f} s, then {view.get('status')}: {view.get('error')}",
-                    seconds, memory[0], ok, f"an idle tracking child holds {idle:.0f} MB"))
+                    seconds, memory[0], ok, f"MB: {parts}; an idle tracking child holds {idle:.0f} MB"))
 
 
 def _idle_child_mb() -> float:
