@@ -85,6 +85,15 @@ def compare_splatters(run_one, keys: tuple[str, ...], rounds: int = 2) -> dict:
     return merged
 
 
+def run_with_splatter(run_one, splatter: str, keys: tuple[str, ...]) -> dict:
+    """``run_one()`` through the ``--splatter`` choice: one backend, or ``compare`` (both, the
+    listed times side by side)."""
+    if splatter == "compare":
+        return compare_splatters(run_one, keys)
+    use_splatter(splatter)
+    return run_one()
+
+
 def known_peak_tflops(device_name: str) -> float | None:
     """The dense bf16 peak of a GPU named like ``torch.cuda.get_device_name()``, if listed."""
     return next((peak for key, peak in BF16_DENSE_PEAK_TFLOPS if key in device_name), None)
@@ -232,14 +241,11 @@ def main() -> None:
         return run(args.preset, args.frames, args.steps, args.device, precision_dtype(args.dtype), args.temporal,
                    args.compile, args.peak_tflops)
 
+    result = run_with_splatter(run_one, args.splatter, ("render_s", "splat_s"))
     if args.splatter == "compare":
-        result = compare_splatters(run_one, ("render_s", "splat_s"))
         for backend in ("torch", "numba"):
             result[f"splat_share_of_render ({backend} splatter)"] = (result[f"splat_s ({backend} splatter)"]
                                                                      / result[f"render_s ({backend} splatter)"])
-    else:
-        use_splatter(args.splatter)
-        result = run_one()
     print_and_save(result, args.json)
 
 

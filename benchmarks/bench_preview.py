@@ -23,7 +23,7 @@ from flamediff.demo import demo_animation
 from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
 from flamediff.devices import PRECISIONS, precision_dtype
 
-from bench_pipeline import SPLATTERS, build_pipeline, compare_splatters, print_and_save, use_splatter
+from bench_pipeline import SPLATTERS, build_pipeline, print_and_save, run_with_splatter
 
 
 def first_and_total(pipeline: FlameDiffPipeline, reference: np.ndarray, clip, settings: RenderSettings,
@@ -79,11 +79,8 @@ def main() -> None:
     def run_one() -> dict:
         return run(args.preset, args.frames, args.device, precision_dtype(args.dtype), args.temporal, args.repeats)
 
-    if args.splatter == "compare":
-        result = compare_splatters(run_one, ("preview_first_frame_s", "full_first_frame_s", "full_all_frames_s"))
-    else:
-        use_splatter(args.splatter)
-        result = run_one()
+    result = run_with_splatter(run_one, args.splatter,
+                               ("preview_first_frame_s", "full_first_frame_s", "full_all_frames_s"))
     print_and_save(result, args.json)
 
 
