@@ -1,7 +1,7 @@
 """How soon a preview shows its first frame, against the full render's first frame.
 
     python benchmarks/bench_preview.py [--preset demo] [--frames 16] [--dtype auto|fp32|bf16] [--temporal]
-                                       [--repeats 3] [--json OUT]
+                                       [--steps 1] [--repeats 3] [--json OUT]
 
 Warm pipeline (loaded, one render of each kind done), random weights. "First frame" is the time
 from calling ``pipeline.stream`` to its first piece being handed out (decoded to uint8), i.e. what
@@ -39,16 +39,17 @@ def first_and_total(pipeline: FlameDiffPipeline, reference: np.ndarray, clip, se
     return min(firsts), min(totals)
 
 
-def run(preset: str, frames: int, device: str, dtype: torch.dtype | None, temporal: bool, repeats: int) -> dict:
+def run(preset: str, frames: int, device: str, dtype: torch.dtype | None, temporal: bool, repeats: int,
+        steps: int = 0) -> dict:
     pipeline = build_pipeline(preset, device, dtype, temporal, compile_denoiser=False)
     clip = demo_animation(load_asset(), num_frames=frames, resolution=pipeline.model.config.resolution)
     reference = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    preview = RenderSettings(frames_per_batch=4, preview=True, framing="camera")
-    full = RenderSettings(frames_per_batch=4, framing="camera")
+    preview = RenderSettings(steps=steps, frames_per_batch=4, preview=True, framing="camera")
+    full = RenderSettings(steps=steps, frames_per_batch=4, framing="camera")
     result: dict = {"preset": preset, "frames": frames, "device": device, "dtype": str(pipeline.dtype),
                     "temporal": temporal, "preview_resolution": pipeline.resolution(preview=True),
-                    "preview_steps": pipeline.resolved_steps(0, preview=True),
-                    "full_resolution": pipeline.resolution(), "full_steps": pipeline.resolved_steps(0)}
+                    "preview_steps": pipeline.resolved_steps(steps, preview=True),
+                    "full_resolution": pipeline.resolution(), "full_steps": pipeline.resolved_steps(steps)}
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     with torch.no_grad():
@@ -66,6 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="denoising steps of the full render (0: the preset's default; a preview takes at most 4); "
+                             "the shipped demo checkpoint renders in 1")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--temporal", action="store_true", help="with temporal layers")
@@ -77,7 +81,8 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_flush_denormal(True)
     def run_one() -> dict:
-        return run(args.preset, args.frames, args.device, precision_dtype(args.dtype), args.temporal, args.repeats)
+        return run(args.preset, args.frames, args.device, precision_dtype(args.dtype), args.temporal, args.repeats,
+                   args.steps)
 
     result = run_with_splatter(run_one, args.splatter,
                                ("preview_first_frame_s", "full_first_frame_s", "full_all_frames_s"))
