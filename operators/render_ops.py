@@ -16,13 +16,8 @@ _PATH_ARGUMENT = _ARGUMENT | BLEND_RELATIVE
 _PANEL = "Default: the Render panel's"
 
 
-def _show(scene: bpy.types.Scene, state: dict) -> None:
-    for name, value in state.items():
-        setattr(scene.flamediff_render, name, value)
-
-
-def _refuse(operator: bpy.types.Operator, scene: bpy.types.Scene, message: str, advice: str = "") -> set[str]:
-    _show(scene, render_inputs.refused_state(message, advice))
+def _refuse(operator: bpy.types.Operator, host: render_scene.SceneHost, message: str, advice: str = "") -> set[str]:
+    host.show(**render_inputs.refused_state(message, advice))
     operator.report({"ERROR"}, with_advice(message, advice))
     return {"CANCELLED"}
 
@@ -67,18 +62,17 @@ class FLAMEDIFF_OT_render(RigOperator, FollowsJob, bpy.types.Operator):
     def _build_job(self, context: bpy.types.Context) -> render_job.RenderJob | set[str]:
         """Gather the scene's values; :mod:`~..blender_addon.render_inputs` decides the job."""
         scene = context.scene
+        host = render_scene.SceneHost(scene, unsaved_output_root(context))
         start, end = self._value(scene, "frame_start"), self._value(scene, "frame_end")
         rig = target_rig(context, self.rig)
         if rig is None:
-            return _refuse(self, scene, NO_RIG)
+            return _refuse(self, host, NO_RIG)
         try:
             inputs = render_scene.job_inputs(context, rig, start, end, self._value)
         except render_inputs.JobInputError as exc:
-            return _refuse(self, scene, exc.message, exc.advice)
-        backend = backend_settings(context)
-        _show(scene, render_inputs.starting_state(inputs.frames))
-        host = render_scene.SceneHost(scene, unsaved_output_root(context))
-        return render_inputs.render_job(host, make_client(context), inputs, backend)
+            return _refuse(self, host, exc.message, exc.advice)
+        host.show(**render_inputs.starting_state(inputs.frames))
+        return render_inputs.render_job(host, make_client(context), inputs, backend_settings(context))
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
