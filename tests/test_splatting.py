@@ -555,6 +555,29 @@ def test_compiled_tile_lists_equal_the_torch_ones(head_asset):
         assert torch.equal(want, got)
 
 
+def test_compiled_surface_points_are_bit_identical(head_asset):
+    """The field's compiled means (float32, no gradient) equal ``surface_points``' exactly, for
+    one mesh and for batches, and the compiled set-up's rows match the torch set-up's."""
+    import flamediff.gaussians.splatting as sp
+    from flamediff.gaussians.projection_cpu import project, surface_points_cpu
+    from flamediff.geometry.mesh import as_index, surface_points
+
+    field, vertices, faces, viewmats, Ks = _posed_head_field(head_asset, 128, 3)
+    triangles = as_index(faces, vertices.device)[field.face_ids]
+    for batch in (vertices[:1], vertices, vertices * 1.7 + 0.01):
+        assert torch.equal(surface_points_cpu(batch, triangles, field.barycentrics),
+                           surface_points(batch, triangles, field.barycentrics))
+    with torch.no_grad():
+        g = field(vertices, faces)
+        scales, opacities = g.scales, g.opacities.expand(3, -1)
+        rows, depths, radii, t0, span, counts = sp._torch_setup(
+            g.means, scales, opacities, g.features, viewmats, Ks, 128, 128, 0.01, 100.0, 8)
+        compiled = project(g.means, scales, opacities, viewmats, Ks, 128, 128, 8,
+                           (0.01, 100.0, sp.EPS2D, sp.FOV_GUARD, sp.BOX_EXTEND, sp.ALPHA_MIN))
+    assert counts.sum() > 10_000 and torch.equal(compiled[5], counts)
+    assert torch.allclose(compiled[0], rows, rtol=1e-5, atol=1e-4) and torch.allclose(compiled[1], depths)
+
+
 def test_numba_backend_refuses_other_devices():
     from flamediff.gaussians.compositing_cpu import composite_tiles
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flamediff.gaussians.splatting import splat_features
+from flamediff.gaussians.splatting import _importable, splat_features
 from flamediff.gaussians.uv_binding import UVBinding, local_triangle_scale
 from flamediff.geometry.mesh import as_index, surface_points
 
@@ -119,7 +119,7 @@ class UVGaussianField(nn.Module):
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"vertices must have shape [B, V, 3], got {tuple(vertices.shape)}")
         faces = as_index(faces, vertices.device)
-        means = surface_points(vertices, faces[self.face_ids], self.barycentrics)
+        means = _surface_points(vertices, faces[self.face_ids], self.barycentrics)
         tri_scale = local_triangle_scale(vertices, faces, self.face_ids)
         scales = self.scale_factors().to(vertices.dtype)[None] * tri_scale
         return GaussianFrame(means, scales, self.opacities().to(vertices.dtype),
@@ -135,3 +135,14 @@ class UVGaussianField(nn.Module):
         g = self(vertices, faces)
         return splat_features(g.means, g.scales, g.opacities, g.features, viewmats.to(vertices),
                               Ks.to(vertices), width, height, **splat_kwargs)
+
+
+def _surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
+    """``surface_points``, compiled for float32 CPU meshes that need no gradient (stage-1
+    training, inference): the same numbers at a fraction of the cost."""
+    if (vertices.device.type == "cpu" and vertices.dtype == torch.float32 and _importable("numba")
+            and not (torch.is_grad_enabled() and vertices.requires_grad)):
+        from flamediff.gaussians.projection_cpu import surface_points_cpu
+
+        return surface_points_cpu(vertices, triangles, barycentrics)
+    return surface_points(vertices, triangles, barycentrics)

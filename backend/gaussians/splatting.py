@@ -417,31 +417,54 @@ def splat_features_numba(
 ) -> tuple[Tensor, Tensor]:
     """Same contract as the torch path on CPU tensors, composited by compiled loops.
 
-    Projection and the tile lists are the torch path's own code (autograd reaches
-    the means and scales through them); only the compositing, forward and
-    backward, runs in ``compositing_cpu`` (float32 or float64).
+    When the means (and cameras) need no gradient, as in stage-1 training and at inference,
+    the projection and tile set-up run compiled too (``projection_cpu``); otherwise they are the
+    torch path's own code, so autograd reaches the means.  Either way the compositing, forward
+    and backward, runs in ``compositing_cpu`` (float32 or float64).
     """
-    scales, opacities, features, (means2d, conics, cov_diag, depths, in_range) = _checked_projection(
-        means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
     if not _importable("numba"):
         raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
                            "use backend='torch' to run without it")
     from flamediff.gaussians.compositing_cpu import composite_tiles, list_tiles
 
-    dtype = means.dtype
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (means, viewmats, Ks)):
+        params, depths, radii, t0, span, counts = _torch_setup(
+            means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
+    else:
+        from flamediff.gaussians.projection_cpu import project
+
+        scales, opacities, features = _check_inputs(
+            means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
+        dtype = means.dtype
+        params, depths, radii, t0, span, counts = project(
+            means, scales.to(dtype), opacities.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height,
+            tile_size, (near, far, EPS2D, FOV_GUARD, BOX_EXTEND, ALPHA_MIN))
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    t0, span, counts, radii = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
-                                          in_range, width, height, tile_size)
     # front to back within each frame (tiles never span frames): F short sorts beat one long one
     n_frames, n = depths.shape
-    order = torch.argsort(depths.detach(), dim=1, stable=True) + n * torch.arange(n_frames)[:, None]
+    order = torch.argsort(depths, dim=1, stable=True) + n * torch.arange(n_frames)[:, None]
     isect = list_tiles(order.reshape(-1), t0, span, counts, tiles_x, tiles_y)
-    params = torch.cat([means2d, conics, torch.log(opacities.to(dtype))[..., None]], -1).reshape(-1, 6)
-    feats = features.to(dtype).reshape(-1, features.shape[-1])
-    grid = (tiles_x, tiles_y, tile_size, width, height, means.shape[0])
+    feats = features.to(means.dtype).reshape(-1, features.shape[-1])
+    grid = (tiles_x, tiles_y, tile_size, width, height, n_frames)
     # one pixel beyond the box: float rounding of alpha near 1/255 cannot reach past it
-    return composite_tiles(params, feats, (radii + 1.0).to(dtype).reshape(-1, 2), isect, grid,
+    return composite_tiles(params, feats, (radii + 1.0).reshape(-1, 2), isect, grid,
                            (LOG_ALPHA_FLOOR, LOG_ALPHA_MAX, ALPHA_MIN, T_MIN))
+
+
+def _torch_setup(
+    means: Tensor, scales: Tensor, opacities: Tensor, features: Tensor, viewmats: Tensor, Ks: Tensor,
+    width: int, height: int, near: float, far: float, tile_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The numba path's set-up in torch, differentiable in the means too: compositor rows
+    [F*N, 6] = (x, y, conic, log opacity), depths [F, N] (detached), box half-sizes [F*N, 2] and
+    the tile rectangles of ``_tile_rects``."""
+    scales, opacities, features, (means2d, conics, cov_diag, depths, in_range) = _checked_projection(
+        means, scales, opacities, features, viewmats, Ks, width, height, near, far, tile_size)
+    dtype = means.dtype
+    t0, span, counts, radii = _tile_rects(means2d.detach(), cov_diag.detach(), opacities.detach(),
+                                          in_range, width, height, tile_size)
+    params = torch.cat([means2d, conics, torch.log(opacities.to(dtype))[..., None]], -1).reshape(-1, 6)
+    return params, depths.detach(), radii.to(dtype).reshape(-1, 2), t0, span, counts
 
 
 def _gaussian_tables(means2d: Tensor, conics: Tensor, opacities: Tensor,
