@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flamediff.gaussians.splatting import _importable, splat_features
+from flamediff.gaussians.splatting import auto_backend, splat_features
 from flamediff.gaussians.uv_binding import UVBinding, local_triangle_scale
 from flamediff.geometry.mesh import as_index, surface_points
 
@@ -140,7 +140,7 @@ class UVGaussianField(nn.Module):
 def _surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
     """``surface_points``, compiled for float32 CPU meshes that need no gradient (stage-1
     training, inference): the same numbers at a fraction of the cost."""
-    if (vertices.device.type == "cpu" and vertices.dtype == torch.float32 and _importable("numba")
+    if (vertices.dtype == torch.float32 and auto_backend(vertices.device) == "numba"
             and not (torch.is_grad_enabled() and vertices.requires_grad)):
         from flamediff.gaussians.projection_cpu import surface_points_cpu
 

@@ -164,7 +164,9 @@ def _surface_points(vertices: np.ndarray, triangles: np.ndarray, barycentrics: n
 def surface_points_cpu(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
     """``geometry.mesh.surface_points`` of float32 CPU meshes [B, V, 3] without autograd, as one
     compiled loop: the same products summed in the same order as its ``einsum`` (which gathers
-    [B, L, 3, 3] corners and copies them for a batched matmul first), so bit-identical."""
+    [B, L, 3, 3] corners and copies them for a batched matmul first), so bit-identical where
+    that matmul sums in order without fused multiply-adds (x86-64 Linux) and within float
+    rounding elsewhere."""
     out = np.empty((vertices.shape[0], triangles.shape[0], 3), np.float32)
     _surface_points(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
                     barycentrics.to(torch.float32).contiguous().numpy(), out)

@@ -425,7 +425,7 @@ def splat_features_numba(
     if not _importable("numba"):
         raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
                            "use backend='torch' to run without it")
-    from flamediff.gaussians.compositing_cpu import composite_tiles, list_tiles
+    from flamediff.gaussians.compositing_cpu import composite_tiles, depth_order, list_tiles
 
     if torch.is_grad_enabled() and any(t.requires_grad for t in (means, viewmats, Ks)):
         params, depths, radii, t0, span, counts = _torch_setup(
@@ -440,10 +440,8 @@ def splat_features_numba(
             means, scales.to(dtype), opacities.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height,
             tile_size, (near, far, EPS2D, FOV_GUARD, BOX_EXTEND, ALPHA_MIN))
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    # front to back within each frame (tiles never span frames): F short sorts beat one long one
-    n_frames, n = depths.shape
-    order = torch.argsort(depths, dim=1, stable=True) + n * torch.arange(n_frames)[:, None]
-    isect = list_tiles(order.reshape(-1), t0, span, counts, tiles_x, tiles_y)
+    n_frames = depths.shape[0]
+    isect = list_tiles(depth_order(depths), t0, span, counts, tiles_x, tiles_y)  # tiles never span frames
     feats = features.to(means.dtype).reshape(-1, features.shape[-1])
     grid = (tiles_x, tiles_y, tile_size, width, height, n_frames)
     # one pixel beyond the box: float rounding of alpha near 1/255 cannot reach past it
