@@ -344,8 +344,9 @@ class _Composite(torch.autograd.Function):
         inputs = (p, f, gids, offsets, counts, _constants(p.dtype, limits),
                   np.array(grid[:5], dtype=np.int64), *centres,
                   _tight_reach(p, reach.detach().numpy(), float(_constants(p.dtype, limits)[6])))
-        image = np.zeros((n_frames, height, width, f.shape[1]), dtype=p.dtype)
-        alpha = np.zeros((n_frames, height, width), dtype=p.dtype)
+        # every tile, empty or not, writes all of its pixels: nothing to zero first
+        image = np.empty((n_frames, height, width, f.shape[1]), dtype=p.dtype)
+        alpha = np.empty((n_frames, height, width), dtype=p.dtype)
         final_trans = np.empty((n_frames, height, width), dtype=p.dtype)
         stops = np.empty((n_frames, height, width), dtype=np.int64)
         with _LAUNCH, parallel_chunksize(TILES_PER_TASK):
