@@ -167,6 +167,12 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
         x0, y0 = (local % tw) * ts, (local // tw) * ts
         x1, y1 = min(x0 + ts, width), min(y0 + ts, height)
         trans = final_trans[frame, y0:y1, x0:x1].copy()
+        # the tile's output gradients, gathered once: autograd often hands them over channels-first
+        tile_grad = np.empty((y1 - y0, x1 - x0, d), params.dtype)
+        for c in range(d):
+            for qy in range(y1 - y0):
+                for qx in range(x1 - x0):
+                    tile_grad[qy, qx, c] = grad_image[frame, y0 + qy, x0 + qx, c]
         stop = stops[frame, y0:y1, x0:x1].copy()
         row_last = np.empty(y1 - y0, np.int64)  # per row: past the last Gaussian any pixel used
         for qy in range(y1 - y0):
@@ -197,7 +203,7 @@ def _backward(params: np.ndarray, feats: np.ndarray, gids: np.ndarray, offsets: 
                     w = a * trans[qy, qx]
                     v = grad_alpha[frame, py, px]
                     for c in range(d):
-                        g_out = grad_image[frame, py, px, c]
+                        g_out = tile_grad[py - y0, px - x0, c]
                         v += g_out * feats[fi, c]
                         g_feats[c] += w * g_out
                     d_alpha = trans[qy, qx] * v - suffix[qy, qx] / (one - a)
@@ -361,7 +367,7 @@ class _Composite(torch.autograd.Function):
         inputs = ctx.kernel_inputs
         p = inputs[0]
         dtype = torch.from_numpy(p[:0]).dtype
-        g_image = grad_image.detach().to(dtype).contiguous().numpy()
+        g_image = grad_image.detach().to(dtype).numpy()  # any strides: the kernel gathers per tile
         g_alpha = grad_alpha.detach().to(dtype)[..., 0].contiguous().numpy()
         params_shape, feats_shape = ctx.shapes
         with _LAUNCH, parallel_chunksize(TILES_PER_TASK):
