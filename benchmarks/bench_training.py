@@ -254,7 +254,8 @@ def main() -> None:
         results = measure(trainers, args.steps)
     whole_b, whole_a = results["before"][0], results["after"][0]
     splat_share = splat_seconds(results["after"][1]) / whole_a
-    lines = [f"`python benchmarks/bench_training.py --steps {args.steps} --threads {args.threads} --clock {args.clock}` "
+    flags = f"--steps {args.steps} --threads {args.threads} --clock {args.clock}" + (" --skip-sd15" if args.skip_sd15 else "")
+    lines = [f"`python benchmarks/bench_training.py {flags}` "
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}; {args.clock} seconds); means over {args.steps} steps after one warm-up, the two "
              "variants' steps interleaved in one run:", "", *table(results), "",

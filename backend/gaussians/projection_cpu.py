@@ -12,12 +12,14 @@ when the means are), the conic ``(c, -b, a) / det`` depends on the scale ``s`` o
 The formulas are ``splatting._project``'s and ``splatting._tile_rects``' (gsplat 1.5's classic
 pinhole model and opacity-aware boxes) in the inputs' dtype; their rounding differs from the
 torch path's only where torch fuses or reorders operations, far inside the parity tolerances.
+The log opacities and box extents are the torch path's own ops, once per Gaussian where the
+opacities are shared by all frames.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,18 +30,19 @@ __all__ = ["project"]
 
 
 @njit(cache=True)
-def _project(means: np.ndarray, scales: np.ndarray, opacities: np.ndarray, viewmats: np.ndarray,
-             ks: np.ndarray, bounds: np.ndarray, params: np.ndarray,
+def _project(means: np.ndarray, scales: np.ndarray, opacities: np.ndarray, log_opacities: np.ndarray,
+             extends: np.ndarray, viewmats: np.ndarray, ks: np.ndarray, bounds: np.ndarray, params: np.ndarray,
              jac: np.ndarray, depth: np.ndarray, box: np.ndarray, t0: np.ndarray, span: np.ndarray,
              counts: np.ndarray) -> None:
     """Per Gaussian of [F, N]: its compositor row (x, y, conic A, B, C, log o) in ``params``
     [F*N, 6], (P, Q, R) in ``jac`` [F*N, 3], camera depth [F, N], box half-size in pixels
     [F*N, 2] and its tile rectangle (first tile [F*N, 2], span [F*N, 2], tiles touched [F, N],
-    0 when culled).  ``bounds`` (see ``project``) holds every constant in the inputs' dtype,
+    0 when culled), given each Gaussian's log opacity and box extent in standard deviations
+    (``splatting.box_extend``) [F, N].  ``bounds`` (see ``project``) holds every constant in the inputs' dtype,
     so the arithmetic stays in it as the torch path's does."""
-    near, far, eps, extend_cap, a_min = bounds[0], bounds[1], bounds[2], bounds[3], bounds[4]
+    near, far, eps, a_min = bounds[0], bounds[1], bounds[2], bounds[4]
     width, height, ts, tw, th = bounds[5], bounds[6], bounds[7], bounds[8], bounds[9]
-    one, two = bounds[10], bounds[10] + bounds[10]
+    one = bounds[10]
     n_frames, n = scales.shape
     for f in range(n_frames):
         fx, fy, cx, cy = ks[f, 0, 0], ks[f, 1, 1], ks[f, 0, 2], ks[f, 1, 2]
@@ -64,10 +67,10 @@ def _project(means: np.ndarray, scales: np.ndarray, opacities: np.ndarray, viewm
             det = a * c - b * b
             o = opacities[f, i]
             params[g, 0], params[g, 1] = mx, my
-            params[g, 2], params[g, 3], params[g, 4], params[g, 5] = c / det, -b / det, a / det, math.log(o)
+            params[g, 2], params[g, 3], params[g, 4], params[g, 5] = c / det, -b / det, a / det, log_opacities[f, i]
             jac[g, 0], jac[g, 1], jac[g, 2] = p, q, r
             depth[f, i] = z
-            extend = min(math.sqrt(two * math.log(max(o / a_min, one))), extend_cap)
+            extend = extends[f, i]
             rx, ry = np.ceil(extend * math.sqrt(a)), np.ceil(extend * math.sqrt(c))
             box[g, 0], box[g, 1] = rx, ry
             keep = (in_range and o >= a_min and rx > 0 and ry > 0 and mx + rx > 0 and mx - rx < width
@@ -114,15 +117,16 @@ class _Projected(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, scales: Tensor, opacities: Tensor, means: Tensor, viewmats: Tensor, Ks: Tensor,
-                bounds: tuple[float, ...]) -> tuple[Tensor, ...]:
+                extends: Tensor, bounds: tuple[float, ...]) -> tuple[Tensor, ...]:
         n_frames, n = scales.shape
         dtype = means.detach().numpy().dtype
         s, o = scales.detach().contiguous().numpy(), opacities.detach().contiguous().numpy()
+        log_o = _per_gaussian(torch.log, opacities.detach()).numpy()
         outputs = (np.empty((n_frames * n, 6), dtype), np.empty((n_frames * n, 3), dtype),
                    np.empty((n_frames, n), dtype), np.empty((n_frames * n, 2), dtype),
                    np.empty((n_frames * n, 2), np.int64), np.empty((n_frames * n, 2), np.int64),
                    np.empty((n_frames, n), np.int64))
-        _project(means.detach().contiguous().numpy(), s, o, viewmats.detach().contiguous().numpy(),
+        _project(means.detach().contiguous().numpy(), s, o, log_o, extends.numpy(), viewmats.detach().contiguous().numpy(),
                  Ks.detach().contiguous().numpy(), np.array(bounds, dtype), *outputs)
         ctx.saved = (s, o, outputs[0], outputs[1])
         ctx.mark_non_differentiable(*(torch.from_numpy(t) for t in outputs[1:]))
@@ -134,20 +138,23 @@ class _Projected(torch.autograd.Function):
         grad_s, grad_o = np.empty_like(s), np.empty_like(o)
         _project_backward(grad_params.detach().to(torch.from_numpy(params[:0]).dtype).contiguous().numpy(),
                           s, o, params, jac, grad_s, grad_o)
-        return torch.from_numpy(grad_s), torch.from_numpy(grad_o), None, None, None, None
+        return torch.from_numpy(grad_s), torch.from_numpy(grad_o), None, None, None, None, None
 
 
 def project(means: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
-            height: int, tile_size: int, limits: tuple[float, float, float, float, float, float]) -> tuple[Tensor, ...]:
+            height: int, tile_size: int, box_extend: Callable[[Tensor], Tensor],
+            limits: tuple[float, float, float, float, float, float]) -> tuple[Tensor, ...]:
     """(rows [F*N, 6], depth [F, N], box half-sizes [F*N, 2], first tiles [F*N, 2], spans [F*N, 2],
     tiles touched [F, N]) of Gaussians whose ``means`` [F, N, 3] need no gradient; the rows are
     differentiable in ``scales`` and ``opacities`` [F, N].  All inputs share one float dtype;
-    ``limits`` = (near, far, eps2d, FOV guard, box extend, alpha minimum)."""
+    ``box_extend`` maps opacities to box half-sizes in standard deviations, ``limits`` = (near,
+    far, eps2d, FOV guard, box extend, alpha minimum)."""
     near, far, eps, guard, extend, a_min = limits
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     bounds = (near, far, eps, extend, a_min, width, height, tile_size, tiles_x, tiles_y, 1.0,
               guard * 0.5 * width, guard * 0.5 * height)
-    params, _, depth, box, t0, span, counts = _Projected.apply(scales, opacities, means, viewmats, Ks, bounds)
+    extends = _per_gaussian(box_extend, opacities.detach())
+    params, _, depth, box, t0, span, counts = _Projected.apply(scales, opacities, means, viewmats, Ks, extends, bounds)
     return params, depth, box, t0, span, counts
 
 
@@ -171,3 +178,9 @@ def surface_points_cpu(vertices: Tensor, triangles: Tensor, barycentrics: Tensor
     _surface_points(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
                     barycentrics.to(torch.float32).contiguous().numpy(), out)
     return torch.from_numpy(out)
+
+
+def _per_gaussian(fn: Callable[[Tensor], Tensor], values: Tensor) -> Tensor:
+    """``fn(values)`` for [F, N] values, evaluated once per Gaussian where they are one row
+    broadcast over the frames (the opacities usually are)."""
+    return fn(values[:1]).expand_as(values) if values.stride(0) == 0 else fn(values)

@@ -200,6 +200,13 @@ def _project(
 
 
 @torch.no_grad()
+def box_extend(opacities: Tensor) -> Tensor:
+    """gsplat 1.5's box half-size in standard deviations, ``min(3.33, sqrt(2 ln(255 o)))``: the
+    alpha >= 1/255 region's reach."""
+    return torch.sqrt(2.0 * torch.log((opacities / ALPHA_MIN).clamp(min=1.0))).clamp(max=BOX_EXTEND)
+
+
+@torch.no_grad()
 def _tile_rects(
     means2d: Tensor, cov_diag: Tensor, opacities: Tensor, in_range: Tensor,
     width: int, height: int, tile_size: int,
@@ -211,9 +218,7 @@ def _tile_rects(
     region, so skipping non-overlapping tiles is exact.
     """
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    ratio = (opacities / ALPHA_MIN).clamp(min=1.0)
-    extend = torch.sqrt(2.0 * torch.log(ratio)).clamp(max=BOX_EXTEND)
-    radii = torch.ceil(extend[..., None] * torch.sqrt(cov_diag))  # [F, N, 2]
+    radii = torch.ceil(box_extend(opacities)[..., None] * torch.sqrt(cov_diag))  # [F, N, 2]
     lo, hi = means2d - radii, means2d + radii
     keep = (in_range & (opacities >= ALPHA_MIN) & (radii > 0).all(-1)
             & (hi[..., 0] > 0) & (lo[..., 0] < width) & (hi[..., 1] > 0) & (lo[..., 1] < height))
@@ -438,7 +443,7 @@ def splat_features_numba(
         dtype = means.dtype
         params, depths, radii, t0, span, counts = project(
             means, scales.to(dtype), opacities.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height,
-            tile_size, (near, far, EPS2D, FOV_GUARD, BOX_EXTEND, ALPHA_MIN))
+            tile_size, box_extend, (near, far, EPS2D, FOV_GUARD, BOX_EXTEND, ALPHA_MIN))
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_frames = depths.shape[0]
     isect = list_tiles(depth_order(depths), t0, span, counts, tiles_x, tiles_y)  # tiles never span frames
