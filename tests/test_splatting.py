@@ -574,7 +574,7 @@ def test_compiled_surface_points_are_bit_identical(head_asset):
         rows, depths, radii, t0, span, counts = sp._torch_setup(
             g.means, scales, opacities, g.features, viewmats, Ks, 128, 128, 0.01, 100.0, 8)
         compiled = project(g.means, scales, opacities, viewmats, Ks, 128, 128, 8, sp.box_extend,
-                           (0.01, 100.0, sp.EPS2D, sp.FOV_GUARD, sp.BOX_EXTEND, sp.ALPHA_MIN))
+                           (0.01, 100.0, sp.EPS2D, sp.FOV_GUARD, sp.ALPHA_MIN))
     assert counts.sum() > 10_000 and torch.equal(compiled[5], counts)
     assert torch.allclose(compiled[0], rows, rtol=1e-5, atol=1e-4) and torch.allclose(compiled[1], depths)
 

@@ -38,15 +38,15 @@ def _project(means: np.ndarray, scales: np.ndarray, opacities: np.ndarray, log_o
     [F*N, 6], (P, Q, R) in ``jac`` [F*N, 3], camera depth [F, N], box half-size in pixels
     [F*N, 2] and its tile rectangle (first tile [F*N, 2], span [F*N, 2], tiles touched [F, N],
     0 when culled), given each Gaussian's log opacity and box extent in standard deviations
-    (``splatting.box_extend``) [F, N].  ``bounds`` (see ``project``) holds every constant in the inputs' dtype,
-    so the arithmetic stays in it as the torch path's does."""
-    near, far, eps, a_min = bounds[0], bounds[1], bounds[2], bounds[4]
-    width, height, ts, tw, th = bounds[5], bounds[6], bounds[7], bounds[8], bounds[9]
-    one = bounds[10]
+    (``splatting.box_extend``) [F, N].  ``bounds`` (see ``project``) holds every constant in the
+    inputs' dtype, so the arithmetic stays in it as the torch path's does."""
+    near, far, eps, a_min = bounds[0], bounds[1], bounds[2], bounds[3]
+    width, height, ts, tw, th = bounds[4], bounds[5], bounds[6], bounds[7], bounds[8]
+    one = bounds[9]
     n_frames, n = scales.shape
     for f in range(n_frames):
         fx, fy, cx, cy = ks[f, 0, 0], ks[f, 1, 1], ks[f, 0, 2], ks[f, 1, 2]
-        guard_x, guard_y = bounds[11] / fx, bounds[12] / fy
+        guard_x, guard_y = bounds[10] / fx, bounds[11] / fy
         u_lo, u_hi = -(cx / fx + guard_x), (width - cx) / fx + guard_x
         v_lo, v_hi = -(cy / fy + guard_y), (height - cy) / fy + guard_y
         for i in range(n):
@@ -143,15 +143,15 @@ class _Projected(torch.autograd.Function):
 
 def project(means: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
             height: int, tile_size: int, box_extend: Callable[[Tensor], Tensor],
-            limits: tuple[float, float, float, float, float, float]) -> tuple[Tensor, ...]:
+            limits: tuple[float, float, float, float, float]) -> tuple[Tensor, ...]:
     """(rows [F*N, 6], depth [F, N], box half-sizes [F*N, 2], first tiles [F*N, 2], spans [F*N, 2],
     tiles touched [F, N]) of Gaussians whose ``means`` [F, N, 3] need no gradient; the rows are
     differentiable in ``scales`` and ``opacities`` [F, N].  All inputs share one float dtype;
     ``box_extend`` maps opacities to box half-sizes in standard deviations, ``limits`` = (near,
-    far, eps2d, FOV guard, box extend, alpha minimum)."""
-    near, far, eps, guard, extend, a_min = limits
+    far, eps2d, FOV guard, alpha minimum)."""
+    near, far, eps, guard, a_min = limits
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    bounds = (near, far, eps, extend, a_min, width, height, tile_size, tiles_x, tiles_y, 1.0,
+    bounds = (near, far, eps, a_min, width, height, tile_size, tiles_x, tiles_y, 1.0,
               guard * 0.5 * width, guard * 0.5 * height)
     extends = _per_gaussian(box_extend, opacities.detach())
     params, _, depth, box, t0, span, counts = _Projected.apply(scales, opacities, means, viewmats, Ks, extends, bounds)

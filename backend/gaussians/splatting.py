@@ -443,7 +443,7 @@ def splat_features_numba(
         dtype = means.dtype
         params, depths, radii, t0, span, counts = project(
             means, scales.to(dtype), opacities.to(dtype), viewmats.to(dtype), Ks.to(dtype), width, height,
-            tile_size, box_extend, (near, far, EPS2D, FOV_GUARD, BOX_EXTEND, ALPHA_MIN))
+            tile_size, box_extend, (near, far, EPS2D, FOV_GUARD, ALPHA_MIN))
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_frames = depths.shape[0]
     isect = list_tiles(depth_order(depths), t0, span, counts, tiles_x, tiles_y)  # tiles never span frames
