@@ -18,8 +18,10 @@ import pytest
 TOKEN = "test-token-0123456789"
 
 
-def make_checkpoint(folder: str, asset, flame_asset: dict[str, str] | None = None, field: bool = True) -> str:
-    """Save a tiny model (seeded, so every test sees the same weights) into ``folder``."""
+def make_checkpoint(folder: str, asset, flame_asset: dict[str, str] | None = None, field: bool = True,
+                    correspondence: bool = False) -> str:
+    """Save a tiny model (seeded, so every test sees the same weights) into ``folder``; with
+    ``correspondence``, its pose guider reads the reference correspondence too."""
     import torch
 
     from flamediff.models import FlameDiffConfig, FlameDiffModel
@@ -31,6 +33,8 @@ def make_checkpoint(folder: str, asset, flame_asset: dict[str, str] | None = Non
         with torch.no_grad():
             torch.nn.init.normal_(model.pose_guider.out.weight, std=0.1)
             model.gaussian_field.features.normal_()
+    if correspondence:
+        model.add_reference_correspondence()
     model.save_pretrained(folder)
     return folder
 

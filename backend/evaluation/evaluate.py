@@ -201,10 +201,12 @@ class _Evaluation:
         from flamediff.pipelines.render import RenderSettings
 
         clip = self.index.annotations.take_rows(rows)
+        pose = self.index.annotations.take_rows(np.array([reference.row]))  # what a tracked reference gives
         if not swap_shape:
-            return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING)).frames
+            return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING),
+                                 reference_pose=pose).frames
         return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING, shape_from="reference"),
-                             reference_shape=self.index.annotations.shape[reference.row]).frames
+                             reference_shape=self.index.annotations.shape[reference.row], reference_pose=pose).frames
 
     @functools.cached_property
     def pose_keys(self) -> np.ndarray:

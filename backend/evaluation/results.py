@@ -191,7 +191,7 @@ def picture_grid(session: _Session, path: str, count: int = 4) -> None:
         samples = index.samples_of_identity(identity)
         drive = spread(samples[samples != ref], 3)[1:2]
         out = pipeline(index.load_frame(ref), index.annotations.take_rows(drive), session.settings(pipeline),
-                       return_control=True)
+                       return_control=True, reference_pose=index.annotations.take_rows(np.array([ref])))
         rows.append(np.concatenate([to_resolution(index.load_frame(ref), resolution), out.control_previews[0],
                                     out.frames[0], to_resolution(index.load_frame(int(drive[0])), resolution)], 1))
     os.makedirs(os.path.dirname(path), exist_ok=True)

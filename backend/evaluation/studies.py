@@ -46,7 +46,8 @@ def view_yaw(clip: AnimationClip) -> np.ndarray:
 
 def _render(pipeline: FlameDiffPipeline, index: DatasetIndex, reference: int, rows: np.ndarray,
             settings: RenderSettings) -> list[np.ndarray]:
-    return pipeline(index.load_frame(reference), index.annotations.take_rows(rows), settings).frames
+    return pipeline(index.load_frame(reference), index.annotations.take_rows(rows), settings,
+                    reference_pose=index.annotations.take_rows(np.array([reference]))).frames
 
 
 def _saturation(image: np.ndarray) -> np.ndarray:

@@ -39,6 +39,11 @@ class FlameDiffConfig:
     num_train_timesteps: int = 1000
     prediction_type: str = "v_prediction"
     reference_dropout: float = 0.1             # classifier-free guidance: drop reference + label
+    # The reference's colour at each surface point a frame shows, as extra pose-guider input
+    # (models/correspondence.py); dropped alone at this rate in training, so renders without the
+    # reference's pose work too.
+    correspondence: bool = False
+    correspondence_dropout: float = 0.15
     default_steps: int = 25                    # denoising steps when a render asks for 0 ("the model's own")
     default_guidance: float = 2.0              # classifier-free guidance scale when a render asks for 0
     temporal_layers: bool = False              # motion modules in every denoiser block (stage 2)

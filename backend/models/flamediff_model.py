@@ -23,6 +23,7 @@ from flamediff.formats.flame_asset import FlameAsset
 from flamediff.gaussians.field import UVGaussianField
 from flamediff.gaussians.uv_binding import load_or_compute_uv_binding
 from flamediff.models.config import LABELS, FlameDiffConfig
+from flamediff.models.correspondence import CORRESPONDENCE_CHANNELS, ReferenceView, correspondence_maps
 from flamediff.models.geometry_control import GEOMETRY_CHANNELS, render_geometry_control
 from flamediff.models.pose_guider import PoseGuider
 from flamediff.models.reference_attention import ReferenceBank, install_reference_attention
@@ -59,8 +60,8 @@ class FlameDiffModel(nn.Module):
         self.vae = vae or AutoencoderKL(**config.vae_kwargs())
         self.denoiser = denoiser or UNet2DConditionModel(**config.unet_kwargs())
         self.reference_unet = reference_unet or UNet2DConditionModel(**config.unet_kwargs())
-        control_channels = GEOMETRY_CHANNELS if config.control == "geometry" else config.feature_dim
-        self.pose_guider = PoseGuider(control_channels, config.unet_channels[0], config.guider_channels,
+        guided_channels = self.control_channels + (CORRESPONDENCE_CHANNELS if config.correspondence else 0)
+        self.pose_guider = PoseGuider(guided_channels, config.unet_channels[0], config.guider_channels,
                                       downsample=config.vae_factor)
         self.label_embedding = nn.Embedding(len(LABELS), config.cross_attention_dim)
         self.bank = ReferenceBank()
@@ -93,7 +94,28 @@ class FlameDiffModel(nn.Module):
             self.config = replace(config, temporal_layers=True)
         return self.temporal
 
+    def add_reference_correspondence(self) -> None:
+        """Give the pose guider the correspondence channels (models/correspondence.py); their
+        input weights start at zero, so the model's predictions are unchanged until it learns."""
+        if self.config.correspondence:
+            return
+        first = self.pose_guider.body[0]
+        widened = nn.Conv2d(first.in_channels + CORRESPONDENCE_CHANNELS, first.out_channels, first.kernel_size,
+                            padding=first.padding).to(first.weight.device)
+        with torch.no_grad():
+            widened.weight.zero_()
+            widened.weight[:, :first.in_channels] = first.weight
+            widened.bias.copy_(first.bias)
+        self.pose_guider.body[0] = widened
+        self.config = replace(self.config, correspondence=True)
+
     # -- conditioning ---------------------------------------------------------------------------
+
+    @property
+    def control_channels(self) -> int:
+        """Channels of :meth:`render_control`'s maps without the correspondence: the field's
+        features or the geometry maps."""
+        return GEOMETRY_CHANNELS if self.config.control == "geometry" else self.config.feature_dim
 
     @property
     def has_control(self) -> bool:
@@ -122,18 +144,26 @@ class FlameDiffModel(nn.Module):
         return self.gaussian_field
 
     def render_control(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor,
-                       resolution: int | None = None) -> Tensor:
+                       resolution: int | None = None, reference: ReferenceView | None = None) -> Tensor:
         """Control maps ``[N, R, R, C]`` of posed meshes ``[N, V, 3]`` at ``resolution`` (default the
         model's; ``Ks`` must already be in those pixels): the splatted Gaussian field
-        (C = feature_dim) or the geometry maps (C = GEOMETRY_CHANNELS)."""
+        (C = feature_dim) or the geometry maps (C = GEOMETRY_CHANNELS), then, for a model with the
+        correspondence, its channels from ``reference`` (all zero without one)."""
         if not self.has_control:
             raise RuntimeError("this model's control is not set up: call attach_control(asset) first")
         resolution = resolution or self.config.resolution
         if self.config.control == "geometry":
-            return render_geometry_control(vertices, faces, viewmats, Ks, resolution,
+            maps = render_geometry_control(vertices, faces, viewmats, Ks, resolution,
                                            self.landmark_triangles, self.landmark_barycentrics)
-        feature_map, _ = self.gaussian_field.render(vertices, faces, viewmats, Ks, resolution, resolution)
-        return feature_map
+        else:
+            maps, _ = self.gaussian_field.render(vertices, faces, viewmats, Ks, resolution, resolution)
+        if not self.config.correspondence:
+            return maps
+        if reference is None:
+            extra = maps.new_zeros((*maps.shape[:-1], CORRESPONDENCE_CHANNELS))
+        else:
+            extra = correspondence_maps(vertices, faces, viewmats, Ks, resolution, reference).to(maps.dtype)
+        return torch.cat([maps, extra], dim=-1)
 
     def _add_control(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         """Adds the pose guider's output to the denoiser's ``conv_in`` output (the paper's input)."""

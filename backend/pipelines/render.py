@@ -50,11 +50,12 @@ from torch import Tensor
 
 from flamediff.flame.model import FlameModel
 from flamediff.formats.animation import AnimationClip
-from flamediff.formats.conventions import (fitted_frame, head_squares, square_fit_intrinsics,
+from flamediff.formats.conventions import (fitted_frame, head_squares, square_crop_intrinsics, square_fit_intrinsics,
                                            square_region_intrinsics, view_matrices)
 from flamediff.formats.protocol import setting
 from flamediff.formats.windows import CONTEXT_OVERLAP, CONTEXT_WINDOW, frames_for_exact_subset, window_indices
 from flamediff.models.config import LABELS, FlameDiffConfig
+from flamediff.models.correspondence import ReferenceView
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.models.pixels import images_to_tensor, tensor_to_images
 from flamediff.pipelines.scheduling import make_scheduler
@@ -330,10 +331,11 @@ class FlameDiffPipeline:
 
     def __call__(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = DEFAULT_SETTINGS,
                  reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
-                 return_control: bool = False) -> RenderOutput:
+                 return_control: bool = False, reference_pose: AnimationClip | None = None) -> RenderOutput:
         """Every frame of ``clip`` at once; :meth:`stream` hands them out as they are decoded."""
         out = RenderOutput(frame_numbers=[], frames=[])
-        for piece in self.stream(reference_image, clip, settings, reference_shape, progress, return_control):
+        for piece in self.stream(reference_image, clip, settings, reference_shape, progress, return_control,
+                                 reference_pose):
             out.frame_numbers += piece.frame_numbers
             out.frames += piece.frames
             out.control_previews += piece.control_previews
@@ -342,10 +344,12 @@ class FlameDiffPipeline:
     @torch.no_grad()
     def stream(self, reference_image: np.ndarray, clip: AnimationClip, settings: RenderSettings = DEFAULT_SETTINGS,
                reference_shape: np.ndarray | None = None, progress: ProgressCallback | None = None,
-               return_control: bool = False) -> Iterator[RenderOutput]:
+               return_control: bool = False, reference_pose: AnimationClip | None = None) -> Iterator[RenderOutput]:
         """Render ``clip``, yielding frames in order as soon as they are decoded.
 
-        The reference runs once for the whole clip. Models without temporal layers yield each
+        ``reference_pose``: the reference image's FLAME parameters and camera (one frame, e.g.
+        tracked from it), which a model with the correspondence control reads; without it that
+        control is empty, as in training's correspondence dropout. The reference runs once for the whole clip. Models without temporal layers yield each
         chunk of ``frames_per_batch`` frames; temporal ones yield each context window's new
         frames as soon as that window is denoised. A consumer that does not keep the frames
         holds at most one chunk or window of them.
@@ -356,8 +360,10 @@ class FlameDiffPipeline:
         settings = replace(settings, steps=self.resolved_steps(settings.steps, settings.preview),
                            guidance=self.resolved_guidance(settings.guidance))
         resolution = self.resolution(settings.preview)
-        reference = self.model.encode_images(image_to_tensor(reference_image, resolution).to(self.device))
+        reference_pixels = image_to_tensor(reference_image, resolution).to(self.device)
+        reference = self.model.encode_images(reference_pixels)
         self.model.write_reference(reference.to(self.dtype))
+        reference_view = self.reference_view(reference_pixels, reference_pose)
         self._preview_basis = None  # preview colours: one projection per job
         plan = [(rows, self._windows(clip.frame[rows], settings))
                 for rows in self._denoising_groups(clip.num_frames, settings.frames_per_batch,
@@ -367,7 +373,8 @@ class FlameDiffPipeline:
         for rows, windows in plan:
             group = clip.take_rows(rows)
             intrinsics, finish = self.framing(group, settings.framing, resolution, settings.matte)
-            pose_features, previews = self._pose_features(group, settings, resolution, return_control, intrinsics)
+            pose_features, previews = self._pose_features(group, settings, resolution, return_control, intrinsics,
+                                                          reference_view)
             regions = self._denoise(pose_features, group.frame, windows, settings, denoising)
             yield from self._decoded(regions, group.frame, previews, settings.frames_per_batch, finish)
 
@@ -448,17 +455,19 @@ class FlameDiffPipeline:
                                                      zip(previews[rows], range(rows.start, rows.stop))])
 
     def _pose_features(self, clip: AnimationClip, settings: RenderSettings, resolution: int,
-                       return_control: bool, intrinsics: np.ndarray) -> tuple[Tensor, list[np.ndarray]]:
+                       return_control: bool, intrinsics: np.ndarray,
+                       reference: ReferenceView | None) -> tuple[Tensor, list[np.ndarray]]:
         """Pose-guider outputs ``[F, C, h, w]`` of every frame in the denoiser's dtype (splatting
-        in chunks, each frame's square given by ``intrinsics``), and the control previews when
-        asked for."""
+        in chunks, each frame's square given by ``intrinsics``), and the control previews (of the
+        field or geometry channels) when asked for."""
         outputs, previews = [], []
         for start in range(0, clip.num_frames, settings.frames_per_batch):
             rows = np.arange(start, min(start + settings.frames_per_batch, clip.num_frames))
-            control = self.control_maps(clip.take_rows(rows), resolution, intrinsics[rows])
+            control = self.control_maps(clip.take_rows(rows), resolution, intrinsics[rows], reference)
             outputs.append(self.model.guide(control.permute(0, 3, 1, 2)).to(self.dtype))
             if return_control:
-                images, self._preview_basis = feature_preview(control, self._preview_basis)
+                images, self._preview_basis = feature_preview(control[..., :self.model.control_channels],
+                                                              self._preview_basis)
                 previews += images
         return torch.cat(outputs), previews
 
@@ -472,9 +481,25 @@ class FlameDiffPipeline:
         shape = np.repeat(np.asarray(reference_shape, np.float64).reshape(1, -1), clip.num_frames, axis=0)
         return replace(clip, shape=shape)
 
+    def reference_view(self, reference_pixels: Tensor, reference_pose: AnimationClip | None) -> ReferenceView | None:
+        """What the correspondence control reads of the reference (``[1, 3, R, R]`` pixels as the
+        model sees them, the centre square): None for a model without it or without the pose."""
+        if not self.model.config.correspondence or reference_pose is None:
+            return None
+        if reference_pose.num_frames != 1 or not reference_pose.has_camera:
+            raise ValueError("reference_pose must be one frame with a camera (K, R, t): the reference image's "
+                             "FLAME parameters and the camera that took it")
+        resolution = reference_pixels.shape[-1]
+        vertices = self.flame.forward_clip(reference_pose).vertices.to(self.device)
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        Ks = square_crop_intrinsics(reference_pose.K, reference_pose.image_size, resolution)
+        return ReferenceView(vertices, as_tensor(view_matrices(reference_pose.R, reference_pose.t)), as_tensor(Ks),
+                             reference_pixels.float())
+
     def control_maps(self, clip: AnimationClip, resolution: int | None = None,
-                     intrinsics: np.ndarray | None = None) -> Tensor:
-        """Splatted Gaussian feature maps ``[F, R, R, D]`` for every frame of ``clip`` at
+                     intrinsics: np.ndarray | None = None, reference: ReferenceView | None = None) -> Tensor:
+        """Control maps ``[F, R, R, C]`` (the splatted Gaussian features, then the correspondence
+        from ``reference`` for a model with it) for every frame of ``clip`` at
         ``resolution`` (default the checkpoint's), through ``intrinsics`` ``[F, 3, 3]`` of the
         square; by default the camera's whole image fitted into it (letterboxed when it is not
         square; :func:`fitted_frame` gives the part it covers)."""
@@ -483,7 +508,7 @@ class FlameDiffPipeline:
         Ks = square_fit_intrinsics(clip.K, clip.image_size, resolution) if intrinsics is None else intrinsics
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         return self.model.render_control(vertices, self.flame.faces, as_tensor(view_matrices(clip.R, clip.t)),
-                                         as_tensor(Ks), resolution)
+                                         as_tensor(Ks), resolution, reference)
 
     def _initial_noise(self, frame_numbers: np.ndarray, seed: int, latent_size: int) -> Tensor:
         """fp32 noise ``[F, C, latent_size, latent_size]``, seeded per (seed, frame number)."""

@@ -84,6 +84,7 @@ def _render_with_retries(job: JobFolder, renderer: "InProcessRenderer", should_c
                precision=precision_name(pipeline.dtype), guidance=pipeline.resolved_guidance(settings.guidance),
                checkpoint_sha256=weights_sha256(manifest["checkpoint"]))
     clip = _clip_to_render(job, pipeline, pipeline_settings(settings, steps, settings.frames_per_batch))
+    reference_pose = _reference_pose(job, pipeline, renderer)
     # bounded by the frames denoised (not those written): the same frames decode in the same batches
     # whichever of them a job writes, so a chunk's frames are the full render's to the last bit
     batch = max(1, min(settings.frames_per_batch, len(clip.frame)))
@@ -92,7 +93,7 @@ def _render_with_retries(job: JobFolder, renderer: "InProcessRenderer", should_c
             raise RenderCancelled("cancelled")
         try:
             _render_missing(job, pipeline, settings, pipeline_settings(settings, steps, batch), clip,
-                            JobProgress(job, on_progress), should_cancel)
+                            JobProgress(job, on_progress), should_cancel, reference_pose)
             return
         except Exception as exc:
             if not is_out_of_memory(exc) or batch == 1:
@@ -151,8 +152,28 @@ def _clip_to_render(job: JobFolder, pipeline: Any, render_settings: "RenderSetti
                                                              render_settings))
 
 
+def _reference_pose(job: JobFolder, pipeline: Any, renderer: "InProcessRenderer") -> "AnimationClip | None":
+    """What a checkpoint with the correspondence control reads of the reference photo: its pose
+    and camera, tracked once per job; a job whose reference cannot be tracked renders without it
+    and its manifest says so."""
+    if not pipeline.model.config.correspondence:
+        return None
+    from flamediff.server.service import track_reference_pose
+
+    manifest = job.read()
+    with open(job.input_path(manifest["reference"]), "rb") as handle:
+        reference = handle.read()
+    pose, note = track_reference_pose(reference, os.path.splitext(manifest["reference"])[1].lstrip("."),
+                                      renderer.asset())
+    if note:
+        log.warning("job %s: %s", manifest["id"], note)
+        job.update(notes=job.read().get("notes", []) + [note])
+    return pose
+
+
 def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", render_settings: "RenderSettings",
-                    clip: "AnimationClip", progress: JobProgress, should_cancel: Callable[[], bool]) -> None:
+                    clip: "AnimationClip", progress: JobProgress, should_cancel: Callable[[], bool],
+                    reference_pose: "AnimationClip | None" = None) -> None:
     """One pipeline call over ``clip`` (one ReferenceNet pass, unbroken temporal context) with the
     job's typed settings, writing each missing frame as it is handed out."""
     from flamediff.server.inputs import read_reference_image
@@ -168,7 +189,7 @@ def _render_missing(job: JobFolder, pipeline: Any, settings: "JobSettings", rend
         return not should_cancel()
 
     for piece in pipeline.stream(reference, clip, render_settings, reference_shape=reference_shape,
-                                 progress=denoised, return_control=True):
+                                 progress=denoised, return_control=True, reference_pose=reference_pose):
         written = [(n, f, c) for n, f, c in zip(piece.frame_numbers, piece.frames, piece.control_previews)
                    if n in missing]
         for number, frame, control in written:

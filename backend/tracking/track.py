@@ -66,13 +66,19 @@ def _report(progress: Progress | None, stage: str, done: int, total: int) -> Non
         progress(stage, done, total)
 
 
-def photo_shape(path: str, asset: FlameAsset) -> np.ndarray:
-    """The FLAME shape coefficients of the face in a photo: what ``shape_from=reference`` drives
-    the rig with when no shape file is given."""
+def photo_fit(path: str, asset: FlameAsset) -> FitResult:
+    """The FLAME fit of the face in a photo: its shape (what ``shape_from=reference`` drives the
+    rig with when no shape file is given) and its pose and camera (what a model with the
+    correspondence control reads of its reference)."""
     footage = open_footage(path)
     if footage.kind != "image":
         raise TrackingError(f"{path} is a {footage.kind}, not a photo; give the reference photo")
-    return track_footage(footage, asset).fit.shape
+    return track_footage(footage, asset).fit
+
+
+def photo_shape(path: str, asset: FlameAsset) -> np.ndarray:
+    """The FLAME shape coefficients of the face in a photo (:func:`photo_fit`)."""
+    return photo_fit(path, asset).shape
 
 
 def detect_footage(footage: Footage, progress: Progress | None = None,

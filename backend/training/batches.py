@@ -3,8 +3,8 @@ step's random choices, all from one generator seeded by (seed, step, process).
 
 A run resumed from a checkpoint therefore continues exactly where the killed run was, with no
 data-loader state to save. The draws happen in one fixed order (rows, references, the noise
-seed, the reference-dropout draws) that checkpoints written by earlier runs rely on: changing it
-changes every batch of a resumed run.
+seed, the reference-dropout draws, then the correspondence-dropout draws) that checkpoints
+written by earlier runs rely on: changing it changes every batch of a resumed run.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Batch:
     label: torch.Tensor            # [B] domain label of each sample
     noise_seed: int                # seeds the step's noise and timesteps (a torch.Generator)
     reference_draws: np.ndarray    # [B] uniform in [0, 1): a reference is dropped where < reference_dropout
+    correspondence_draws: np.ndarray  # [B] uniform in [0, 1): the correspondence is dropped where < its dropout
     target: torch.Tensor | None = None     # [B, F, 3, H, W] pixels in [-1, 1], when the images are loaded
     reference: torch.Tensor | None = None  # [B, 3, H, W]
 
@@ -72,10 +73,12 @@ def _clip_rows(index: DatasetIndex, rng: np.random.RandomState, batch_size: int,
 
 
 def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank: int,
-               length: int = 1, pool: np.ndarray | None = None, load_images: bool = True) -> Batch:
+               length: int = 1, pool: np.ndarray | None = None, load_images: bool = True,
+               load_references: bool = False) -> Batch:
     """The batch of ``step`` on process ``rank``: ``[B, F]`` target frames, one reference of the
     same identity per sample, FLAME parameters, cameras, domain labels and the step's random
-    draws. The pixels only with ``load_images`` (a latent cache stands in for them otherwise)."""
+    draws. The pixels only with ``load_images`` (a latent cache stands in for them otherwise);
+    ``load_references``: the references' pixels in any case (the correspondence reads them)."""
     rng = step_generator(seed, step, rank)
     rows = _clip_rows(index, rng, batch_size, length, pool)
     references = []
@@ -85,13 +88,17 @@ def draw_batch(index: DatasetIndex, step: int, batch_size: int, seed: int, rank:
         references.append(int(rng.choice(others)) if len(others) else int(clip_rows[0]))
     noise_seed = int(rng.randint(0, 2 ** 31))
     reference_draws = rng.uniform(size=batch_size)
+    correspondence_draws = rng.uniform(size=batch_size)
     flat = rows.reshape(-1)
     clip = index.annotations.take_rows(flat)
     images = {}
     if load_images:
         images = {"target": torch.stack([index.frame_tensor(int(r)) for r in flat]).unflatten(0, rows.shape),
                   "reference": torch.stack([index.frame_tensor(r) for r in references])}
+    elif load_references:
+        images = {"reference": torch.stack([index.frame_tensor(r) for r in references])}
     return Batch(rows=rows, reference_rows=np.array(references), clip=clip,
                  viewmats=torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32),
                  label=torch.as_tensor(index.label[rows[:, 0]], dtype=torch.long),
-                 noise_seed=noise_seed, reference_draws=reference_draws, **images)
+                 noise_seed=noise_seed, reference_draws=reference_draws,
+                 correspondence_draws=correspondence_draws, **images)

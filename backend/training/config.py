@@ -61,6 +61,9 @@ class TrainConfig:
     domains: tuple[str, ...] = setting("which samples training draws: real and/or synthetic (ablation: real only)",
                                        ("real", "synthetic"))
     domain_label: bool = setting("false: every sample is labelled real (ablation: no label)", True)
+    correspondence: bool = setting("give the pose guider the reference's colour at each surface point a frame shows "
+                                   "(models/correspondence.py); an init_from model without it gains its "
+                                   "zero-initialised inputs", False)
     overrides: dict[str, Any] = setting("model config fields to change, e.g. {\"control\": \"geometry\"}",
                                         default_factory=dict)
     cache_latents: bool = setting("stages 1 and 2: keep the frozen VAE's latents on disk instead of encoding "

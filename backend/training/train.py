@@ -29,8 +29,9 @@ from flamediff.data.dataset import DatasetIndex, read_dataset
 from flamediff.data.splits import SplitsError, identities_of_split
 from flamediff.flame.model import FlameModel
 from flamediff.formats.flame_asset import FlameAsset
-from flamediff.formats.conventions import square_crop_intrinsics
+from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
 from flamediff.models.config import LABELS, FlameDiffConfig
+from flamediff.models.correspondence import ReferenceView
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
 from flamediff.training.batches import Batch, draw_batch, real_sequences, training_pool
@@ -92,6 +93,8 @@ def build_model(config: TrainConfig, stage: Stage, data: TrainingData) -> FlameD
             model.vae.load_state_dict(FlameDiffModel.from_pretrained(config.vae_from, asset=data.asset).vae.state_dict())
     if not model.has_control:
         model.attach_control(data.asset)
+    if config.correspondence:
+        model.add_reference_correspondence()
     stage.prepare(model)
     if config.reference_dropout is not None:
         model.config = replace(model.config, reference_dropout=config.reference_dropout)
@@ -155,7 +158,7 @@ class Trainer:
         """The batch of ``step`` for this process (pixels only where no latent cache stands in)."""
         return draw_batch(self.index, step, self.config.batch_size, self.config.seed,
                           self.accelerator.process_index, self.stage.clip_length(self.config.sequence_length), self.pool,
-                          load_images=self.latent_cache is None)
+                          load_images=self.latent_cache is None, load_references=self.model.config.correspondence)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The stage's loss on ``batch``."""
@@ -184,7 +187,9 @@ class Trainer:
             vertices = self.flame.forward_clip(clip).vertices
         Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, model.config.resolution),
                              dtype=torch.float32, device=device)
-        feature_maps = model.render_control(vertices, self.flame.faces, batch.viewmats.to(device), Ks)
+        reference_view = self.reference_view(model, batch) if model.config.correspondence else None
+        feature_maps = model.render_control(vertices, self.flame.faces, batch.viewmats.to(device), Ks,
+                                            reference=reference_view)
         feature_maps = feature_maps.permute(0, 3, 1, 2).unflatten(0, (batch_size, frames))
         generator = torch.Generator().manual_seed(batch.noise_seed)
         noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -193,12 +198,42 @@ class Trainer:
         flat_latents, flat_noise = latents.flatten(0, 1), noise.flatten(0, 1)
         noisy = self.scheduler.add_noise(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
         velocity = self.scheduler.get_velocity(flat_latents, flat_noise, per_frame).unflatten(0, (batch_size, frames))
+        if model.config.correspondence:
+            feature_maps = self.drop_correspondence(model, feature_maps, batch)
         keep = torch.as_tensor(batch.reference_draws >= model.config.reference_dropout, device=device)
         model.write_reference(reference)
         labels = batch.label if self.config.domain_label else torch.full_like(batch.label, LABELS["real"])
         prediction = model.predict(noisy, timesteps, feature_maps, labels.to(device), keep)
         per_clip = (prediction.float() - velocity.float()).pow(2).flatten(1).mean(1)
         return (per_clip * self.loss_weights(timesteps)).mean()
+
+    def reference_view(self, model: FlameDiffModel, batch: Batch) -> ReferenceView:
+        """Each sample's reference (posed mesh, camera, pixels), once per frame of the sample."""
+        device = self.accelerator.device
+        assert batch.reference is not None, "drawn without the references' pixels"
+        # samples may share a reference, a clip's frames may not
+        rows, first_sample, sample_of = np.unique(batch.reference_rows, return_index=True, return_inverse=True)
+        reference = self.index.annotations.take_rows(rows)
+        with torch.no_grad():
+            vertices = self.flame.forward_clip(reference).vertices
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        view = ReferenceView(vertices, as_tensor(view_matrices(reference.R, reference.t)),
+                             as_tensor(square_crop_intrinsics(reference.K, reference.image_size,
+                                                              model.config.resolution)),
+                             batch.reference.to(device)[first_sample])
+        return view.take(torch.as_tensor(sample_of).repeat_interleave(batch.shape[1]))
+
+    @staticmethod
+    def drop_correspondence(model: FlameDiffModel, feature_maps: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Zero the correspondence channels of ``[B, F, C, H, W]`` maps where the sample's draw
+        drops them (renders without the reference's pose). Independent of the reference dropout:
+        the pipeline's unconditional branch shares the conditional one's control maps."""
+        kept = torch.as_tensor(batch.correspondence_draws >= model.config.correspondence_dropout,
+                               device=feature_maps.device)
+        channels = torch.ones(feature_maps.shape[2], device=feature_maps.device)
+        channels[model.control_channels:] = 0.0
+        weight = torch.where(kept[:, None], torch.ones_like(channels), channels)
+        return feature_maps * weight[:, None, :, None, None]
 
     def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Per-clip weights of the v-MSE: 1, or min-SNR-gamma's ``min(SNR, gamma) / (SNR + 1)``

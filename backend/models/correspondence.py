@@ -1,0 +1,96 @@
+"""Reference correspondence: the reference's colour at each surface point a frame shows.
+
+Measured on the demo checkpoint (docs/FINDINGS-demo-training.md), the reference attention
+carries about a third of the reference's *overall* head colour into a frame, where it should
+take each surface point's colour from where that point lies in the reference. Geometry knows
+that correspondence exactly when the reference's FLAME parameters and camera are known (the
+training data's annotations; a tracked or matched reference photo at render time), so this
+control hands it over instead of leaving it to be learned:
+
+- every pixel ``p`` of a frame that the posed mesh covers is a surface point: triangle ``f``,
+  barycentrics ``b`` (the rasteriser's fragments);
+- the same point on the reference's posed mesh, ``x = sum_i b_i v_ref[f_i]``, projects through
+  the reference's camera to pixel ``q = pi(K_ref (R_ref x + t_ref))``;
+- it is visible there when its camera depth is within ``DEPTH_TOLERANCE`` (relative) of the
+  reference's own depth buffer at ``q``; then the map holds the reference's colour at ``q``
+  (bilinear), else nothing.
+
+Channels (``CORRESPONDENCE_CHANNELS``): RGB in [-1, 1] times the known mask, then the known mask
+(1 where the frame's pixel has a visible reference colour). Pixels without mesh, points hidden
+in the reference, and renders whose reference pose is not known are all zero: training drops the
+channels at random so that a model renders without them too. Nothing here learns; it runs on the
+CPU rasteriser like the geometry control and returns maps on the vertices' device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flamediff.geometry.rasterizer import interpolate, project, rasterize
+
+CORRESPONDENCE_CHANNELS = 4   # reference R, G, B (times known) | known
+DEPTH_TOLERANCE = 0.02        # a point is visible in the reference within 2 % of the depth there
+
+
+@dataclass(frozen=True)
+class ReferenceView:
+    """The reference as the correspondence needs it: its posed mesh, camera and pixels.
+
+    One reference (batch 1) serves every frame, or one per frame (batch N)."""
+
+    vertices: Tensor   # [1 or N, V, 3] the reference's posed FLAME mesh (world)
+    viewmats: Tensor   # [1 or N, 4, 4] world-to-camera
+    Ks: Tensor         # [1 or N, 3, 3] in pixels of ``image``
+    image: Tensor      # [1 or N, 3, S, S] in [-1, 1]
+
+    def take(self, rows: Tensor) -> "ReferenceView":
+        """The views of ``rows`` (e.g. one reference per sample repeated per frame)."""
+        return ReferenceView(self.vertices[rows], self.viewmats[rows], self.Ks[rows], self.image[rows])
+
+
+@torch.no_grad()
+def correspondence_maps(vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, resolution: int,
+                        reference: ReferenceView) -> Tensor:
+    """``[N, R, R, CORRESPONDENCE_CHANNELS]`` for posed meshes ``[N, V, 3]`` seen through
+    ``viewmats`` [N, 4, 4] and ``Ks`` [N, 3, 3] (pixels of the R x R map)."""
+    device = vertices.device
+    cpu = lambda x: x.detach().float().cpu()  # noqa: E731
+    vertices, viewmats, Ks = cpu(vertices), cpu(viewmats), cpu(Ks)
+    faces = faces.long().cpu()
+    count = vertices.shape[0]
+    fragments = rasterize(vertices, faces, Ks, viewmats[:, :3, :3], viewmats[:, :3, 3], resolution, resolution)
+    reference_vertices = cpu(reference.vertices).expand(count, -1, -1)
+    points = interpolate(fragments, reference_vertices, faces).flatten(1, 2)            # [N, R*R, 3]
+    seen, colour = _seen_in_reference(points, faces, reference, count)
+    known = (fragments.mask.flatten(1) & seen).float()[..., None]                        # [N, R*R, 1]
+    maps = torch.cat([colour * known, known], dim=-1)
+    return maps.unflatten(1, (resolution, resolution)).to(device)
+
+
+def _seen_in_reference(points: Tensor, faces: Tensor, reference: ReferenceView,
+                       count: int) -> tuple[Tensor, Tensor]:
+    """Whether each world point ``[N, P, 3]`` (on the reference's mesh) is visible in the
+    reference ``[N, P]``, and the reference's colour there ``[N, P, 3]``."""
+    image = reference.image.detach().float().cpu()
+    side = image.shape[-1]
+    ref_vertices = reference.vertices.detach().float().cpu()
+    ref_viewmats = reference.viewmats.detach().float().cpu()
+    ref_Ks = reference.Ks.detach().float().cpu()
+    rotation, translation = ref_viewmats[:, :3, :3], ref_viewmats[:, :3, 3]
+    depth_buffer = rasterize(ref_vertices, faces, ref_Ks, rotation, translation, side, side).depth
+    depth_buffer = depth_buffer.expand(count, -1, -1).flatten(1)                       # [N, S*S]
+    camera_points, pixels = project(points, ref_Ks.expand(count, -1, -1), rotation.expand(count, -1, -1),
+                                    translation.expand(count, -1))
+    column, row = pixels[..., 0].floor().long(), pixels[..., 1].floor().long()
+    inside = (column >= 0) & (column < side) & (row >= 0) & (row < side)
+    surface_depth = depth_buffer.gather(1, (row.clamp(0, side - 1) * side + column.clamp(0, side - 1)))
+    depth = camera_points[..., 2]
+    seen = inside & torch.isfinite(surface_depth) & (depth <= surface_depth * (1.0 + DEPTH_TOLERANCE))
+    grid = (pixels / side * 2.0 - 1.0)[:, :, None, :]                                   # [N, P, 1, 2]
+    colour = F.grid_sample(image.expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)                                          # [N, 3, P, 1]
+    return seen, colour[..., 0].permute(0, 2, 1)
