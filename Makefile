@@ -1,5 +1,6 @@
-# make demo  - create .venv, install flamediff (+ the bpy module), build the add-on zip and run the
-#              whole product headlessly: rig keyed in bpy -> backend subprocess -> frames (out/demo)
+# make demo  - create .venv, install flamediff (+ the bpy module and the tracking extra, which the demo
+#              checkpoint's reference correspondence needs to find the reference photo's pose), build the
+#              add-on zip and run the whole product headlessly: rig keyed in bpy -> backend subprocess -> frames (out/demo)
 # make test  - create .venv, install flamediff + test dependencies, run pytest
 # make results - regenerate docs/RESULTS.md (trains the ablation checkpoints first: 4 x 2,500 steps, about 1.5 h on 2 CPU cores)
 # Both are idempotent: the install steps rerun only when pyproject.toml changes.
@@ -14,7 +15,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[blender]'
+	$(BIN)/pip install --quiet -e '.[blender,tracking]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python

@@ -176,7 +176,8 @@ def run_product_demo(asset: FlameAsset, out_dir: str, addon_zip: str, num_frames
         pipeline = FlameDiffPipeline(FlameDiffModel.from_pretrained(DEMO_CHECKPOINT, asset=asset), FlameModel(asset))
         resolution = pipeline.resolution()
         intrinsics, _ = pipeline.framing(clip, "head", resolution)   # the squares the job rendered
-        previews, _ = feature_preview(pipeline.control_maps(clip, resolution, intrinsics))
+        control = pipeline.control_maps(clip, resolution, intrinsics)[..., :pipeline.model.control_channels]
+        previews, _ = feature_preview(control)
     pairs = [Image.fromarray(np.concatenate([p, _opaque_square(f, resolution)], axis=1))
              for p, f in zip(previews, frames)]
     sheet_path = os.path.join(out_dir, "control_and_frames.png")

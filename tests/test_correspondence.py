@@ -198,3 +198,20 @@ def test_a_job_on_a_correspondence_checkpoint_renders_with_or_without_a_trackabl
         notes[name] = manifest.get("notes", [])
     assert not any("could not be tracked" in note for note in notes["photo"])
     assert any("could not be tracked" in note for note in notes["flat"])
+
+
+def test_evaluation_reads_annotated_tracked_or_no_reference_poses(head_asset, tmp_path):
+    from flamediff.evaluation.evaluate import evaluate
+
+    data = str(tmp_path / "data")
+    make_tiny_dataset(data, head_asset, resolution=32)
+    model = visible_control_tiny_model(head_asset)
+    model.add_reference_correspondence()
+    with torch.no_grad():
+        model.pose_guider.body[0].weight[:, -CORRESPONDENCE_CHANNELS:].normal_(std=0.5)
+    scores = {poses: evaluate(model, data, "all", steps=1, guidance=1.0, max_frames=2, flame_asset=head_asset,
+                              device="cpu", reference_check=False, reference_poses=poses)
+              for poses in ("annotated", "none")}
+    assert scores["annotated"]["self"]["method"]["psnr"] != scores["none"]["self"]["method"]["psnr"]
+    with pytest.raises(ValueError, match="annotated, tracked, none"):
+        evaluate(model, data, "all", flame_asset=head_asset, device="cpu", reference_poses="guessed")

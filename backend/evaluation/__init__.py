@@ -11,3 +11,8 @@
 - :mod:`flamediff.evaluation.results`: docs/RESULTS.md from a plan; :mod:`.curve`: learning curves.
 - :mod:`flamediff.evaluation.cli`: ``register_cli(subparsers)`` adds ``eval``.
 """
+
+#: What a checkpoint with the reference correspondence reads of a reference frame: the dataset's
+#: annotated pose and camera, the tracker's fit of the frame (as a server job tracks a photo), or
+#: nothing. Here, not in evaluate.py, so the CLI's parser needs no torch.
+REFERENCE_POSES = ("annotated", "tracked", "none")

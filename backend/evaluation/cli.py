@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from flamediff.evaluation import REFERENCE_POSES
+
 DESCRIPTION = """\
 Self-reenactment (reference = an identity's first clean frame, drive = its other frames) and
 cross-reenactment (drive with the next identity's frames, shape swapped to the reference):
@@ -52,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       max_frames=args.max_frames, max_identities=args.max_identities, flame_asset=asset,
                       estimator=estimator, lpips_weights=args.lpips_weights, csim_weights=args.csim_weights,
                       device=None if args.device == "auto" else args.device, head_mask=args.head_mask,
-                      reference_check=not args.no_reference_check,
+                      reference_check=not args.no_reference_check, reference_poses=args.reference_poses,
                       progress=lambda done, total: print(f"  identity {done}/{total}", flush=True))
     print(format_table(result))
     if args.json:
@@ -93,6 +95,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     parser.add_argument("--no-reference-check", action="store_true",
                         help="skip the reference-sensitivity check (each drive rendered again with another "
                              "identity's reference, to see whether the output's colours follow it)")
+    parser.add_argument("--reference-poses", default="annotated", choices=REFERENCE_POSES,
+                        help="what a checkpoint with the reference correspondence reads of each reference frame: "
+                             "the dataset's annotated pose and camera, the tracker's fit of the frame (as a server "
+                             "job tracks a photo; the tracking extra), or none")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--flame-asset", metavar="DIR", default=None,
                         help="FLAME asset folder; default: $FLAMEDIFF_FLAME_ASSET or the procedural head")

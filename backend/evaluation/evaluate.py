@@ -37,6 +37,7 @@ file, no estimator) are ``None``.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ import torch
 from flamediff.data.dataset import DatasetIndex
 from flamediff.evaluation import metrics as M
 from flamediff.evaluation.masks import background_mask, coverage_masks
+from flamediff.evaluation import REFERENCE_POSES
 from flamediff.evaluation.selection import EvaluationError, identities_in_split, reference_row, spread, to_resolution
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.flame_asset import FlameAsset
@@ -181,6 +183,8 @@ class _Evaluation:
     settings: dict[str, Any]
     use_coverage: bool
     max_frames: int | None
+    reference_poses: str = "annotated"
+    tracked_poses: dict[int, AnimationClip | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     self_runs: dict[int, SelfRun] = field(default_factory=dict)
     skipped_other: int = 0
@@ -201,12 +205,31 @@ class _Evaluation:
         from flamediff.pipelines.render import RenderSettings
 
         clip = self.index.annotations.take_rows(rows)
-        pose = self.index.annotations.take_rows(np.array([reference.row]))  # what a tracked reference gives
+        pose = self.reference_pose(reference.row)
         if not swap_shape:
             return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING),
                                  reference_pose=pose).frames
         return self.pipeline(reference.raw, clip, RenderSettings(**self.settings, framing=FRAMING, shape_from="reference"),
                              reference_shape=self.index.annotations.shape[reference.row], reference_pose=pose).frames
+
+    def reference_pose(self, row: int) -> AnimationClip | None:
+        """The reference frame's pose and camera for a correspondence checkpoint: the dataset's
+        annotation, the tracker's fit of the frame (what a server job gets from a photo), or none."""
+        if self.reference_poses == "none" or not self.pipeline.model.config.correspondence:
+            return None
+        if self.reference_poses == "annotated":
+            return self.index.annotations.take_rows(np.array([row]))
+        if row not in self.tracked_poses:
+            from PIL import Image
+
+            from flamediff.server.service import track_reference_pose
+
+            buffer = io.BytesIO()
+            Image.fromarray(self.index.load_frame(row)).save(buffer, format="PNG")
+            self.tracked_poses[row], note = track_reference_pose(buffer.getvalue(), "png", self.asset)
+            if note:
+                self.notes.append(f"dataset row {row}: {note}")
+        return self.tracked_poses[row]
 
     @functools.cached_property
     def pose_keys(self) -> np.ndarray:
@@ -312,12 +335,13 @@ def evaluate(checkpoint_or_model: Any, dataset_folder: str, split: str = "all", 
              flame_asset: FlameAsset | str | None = None, estimator: M.ExpressionPoseEstimator | None = None,
              lpips_weights: str | None = None, csim_weights: str | None = None, frames_per_batch: int = 8,
              device: str | None = None, head_mask: str = "auto", progress: Callable[[int, int], None] | None = None,
-             reference_check: bool = True) -> dict[str, Any]:
+             reference_check: bool = True, reference_poses: str = "annotated") -> dict[str, Any]:
     """Evaluate a checkpoint folder (or a :class:`FlameDiffModel`) on ``dataset_folder``; returns
     a JSON-ready dict (see the module doc). ``flame_asset``: a loaded asset, a folder or None
     (the default asset). ``head_mask``: "auto" (FLAME coverage where the dataset's asset is the
     loaded one, else background difference), "coverage" or "background". ``reference_check``:
-    also run :func:`reference_sensitivity` (one more render per identity)."""
+    also run :func:`reference_sensitivity` (one more render per identity). ``reference_poses``:
+    what a correspondence checkpoint reads of each reference, one of REFERENCE_POSES."""
     from flamediff.assets import load_asset
     from flamediff.data.dataset import read_dataset
     from flamediff.flame.model import FlameModel
@@ -334,7 +358,9 @@ def evaluate(checkpoint_or_model: Any, dataset_folder: str, split: str = "all", 
                 "seed": seed, "frames_per_batch": frames_per_batch}
     scorer = _Scorer(estimator, M.LPIPSMetric(lpips_weights) if lpips_weights else None,
                      M.CSIMMetric(csim_weights) if csim_weights else None)
-    run = _Evaluation(pipeline, index, asset, scorer, settings, use_coverage, max_frames)
+    if reference_poses not in REFERENCE_POSES:
+        raise ValueError(f"reference_poses must be one of {', '.join(REFERENCE_POSES)}, not {reference_poses!r}")
+    run = _Evaluation(pipeline, index, asset, scorer, settings, use_coverage, max_frames, reference_poses)
     if head_mask == "auto" and not use_coverage:
         run.notes.append("head mask: the dataset's FLAME asset is not the one loaded, so pixels differing from the "
                          "corner-estimated background are used")
