@@ -151,9 +151,9 @@ def _shipped_reference() -> bytes:
         return handle.read()
 
 
-def test_the_server_tracks_the_reference_photos_pose_and_camera(head_asset):
+def test_the_reference_photos_pose_and_camera_are_tracked(head_asset):
     pytest.importorskip("mediapipe", reason="the tracking extra")
-    from flamediff.server.service import track_reference_pose
+    from flamediff.tracking.track import track_reference_pose
 
     pose, note = track_reference_pose(_shipped_reference(), "png", head_asset)
     assert note == "" and pose.num_frames == 1 and pose.has_camera

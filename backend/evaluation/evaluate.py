@@ -47,9 +47,9 @@ import numpy as np
 import torch
 
 from flamediff.data.dataset import DatasetIndex
+from flamediff.evaluation import REFERENCE_POSES
 from flamediff.evaluation import metrics as M
 from flamediff.evaluation.masks import background_mask, coverage_masks
-from flamediff.evaluation import REFERENCE_POSES
 from flamediff.evaluation.selection import EvaluationError, identities_in_split, reference_row, spread, to_resolution
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.flame_asset import FlameAsset
@@ -222,7 +222,7 @@ class _Evaluation:
         if row not in self.tracked_poses:
             from PIL import Image
 
-            from flamediff.server.service import track_reference_pose
+            from flamediff.tracking.track import track_reference_pose
 
             buffer = io.BytesIO()
             Image.fromarray(self.index.load_frame(row)).save(buffer, format="PNG")

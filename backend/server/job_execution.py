@@ -158,7 +158,7 @@ def _reference_pose(job: JobFolder, pipeline: Any, renderer: "InProcessRenderer"
     and its manifest says so."""
     if not pipeline.model.config.correspondence:
         return None
-    from flamediff.server.service import track_reference_pose
+    from flamediff.tracking.track import track_reference_pose
 
     manifest = job.read()
     with open(job.input_path(manifest["reference"]), "rb") as handle:

@@ -5,7 +5,6 @@ into a job folder and queues it. HTTP-free, so ``app.py`` stays a thin adapter a
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -24,9 +23,7 @@ from flamediff.server.worker import Worker
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from flamediff.formats.animation import AnimationClip
     from flamediff.formats.flame_asset import FlameAsset
-    from flamediff.tracking.fit import FitResult
 
 #: Largest file read from a local path (uploads are limited by the HTTP body limit).
 MAX_INPUT_BYTES = 256 * 1024 * 1024
@@ -109,45 +106,16 @@ def fit_reference_shape(reference: bytes, extension: str, asset: "FlameAsset") -
     reference photo, fitted by the tracker (MediaPipe landmarks + optimisation; the ``tracking``
     extra). The fit is deterministic, so the same request gives the same job."""
     from flamediff.tracking.landmarks import TrackingError
+    from flamediff.tracking.track import track_photo
 
     try:
-        fit = _track_reference(reference, extension, asset)
+        fit = track_photo(reference, extension, asset)
     except TrackingError as exc:
         raise InputError(f"shape_from 'reference' without reference_shape fits the reference photo's shape, "
                          f"but: {exc}",
                          "send reference_shape (the reference person's FLAME shape coefficients, e.g. from "
                          "flamediff track), or a reference photo with one clear, near-frontal face", 422) from None
     return [float(v) for v in fit.shape]
-
-
-def track_reference_pose(reference: bytes, extension: str, asset: "FlameAsset") -> tuple["AnimationClip | None", str]:
-    """The reference photo's FLAME parameters and camera (one frame), which a checkpoint with the
-    correspondence control reads, tracked like ``flamediff track`` does; ``(None, note)`` when it
-    cannot be (no face found, or the ``tracking`` extra missing): the job then renders without
-    that control, and the note says so."""
-    from flamediff.tracking.landmarks import TrackingError
-
-    try:
-        fit = _track_reference(reference, extension, asset)
-    except TrackingError as exc:
-        return None, (f"reference: its pose could not be tracked ({exc}), so the frames take the reference's "
-                      "colours without the surface correspondence")
-    return fit.clip(asset, fps=1.0), ""
-
-
-def _track_reference(reference: bytes, extension: str, asset: "FlameAsset") -> "FitResult":
-    """The tracker's fit of the reference photo (written to a temporary file the messages never name)."""
-    from flamediff.tracking.landmarks import TrackingError
-    from flamediff.tracking.track import photo_fit
-
-    with tempfile.TemporaryDirectory(prefix="flamediff-reference-") as folder:
-        path = os.path.join(folder, f"reference.{extension}")
-        with open(path, "wb") as handle:
-            handle.write(reference)
-        try:
-            return photo_fit(path, asset)
-        except TrackingError as exc:
-            raise TrackingError(str(exc).replace(path, "the reference")) from None
 
 
 def reference_texture(pixels: "NDArray[np.uint8]", resolution: int = 128) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -79,6 +81,31 @@ def photo_fit(path: str, asset: FlameAsset) -> FitResult:
 def photo_shape(path: str, asset: FlameAsset) -> np.ndarray:
     """The FLAME shape coefficients of the face in a photo (:func:`photo_fit`)."""
     return photo_fit(path, asset).shape
+
+
+def track_photo(photo: bytes, extension: str, asset: FlameAsset) -> FitResult:
+    """:func:`photo_fit` of a photo's bytes (e.g. a job's reference), through a temporary file
+    that the messages never name."""
+    with tempfile.TemporaryDirectory(prefix="flamediff-reference-") as folder:
+        path = os.path.join(folder, f"reference.{extension}")
+        with open(path, "wb") as handle:
+            handle.write(photo)
+        try:
+            return photo_fit(path, asset)
+        except TrackingError as exc:
+            raise TrackingError(str(exc).replace(path, "the reference")) from None
+
+
+def track_reference_pose(photo: bytes, extension: str, asset: FlameAsset) -> tuple[AnimationClip | None, str]:
+    """The reference photo's FLAME parameters and camera (one frame), which a checkpoint with the
+    reference correspondence reads; ``(None, note)`` when they cannot be tracked (no face found,
+    or MediaPipe not installed): the render then goes without that control, and the note says so."""
+    try:
+        fit = track_photo(photo, extension, asset)
+    except TrackingError as exc:
+        return None, (f"reference: its pose could not be tracked ({exc}), so the frames take the reference's "
+                      "colours without the surface correspondence")
+    return fit.clip(asset, fps=1.0), ""
 
 
 def detect_footage(footage: Footage, progress: Progress | None = None,
