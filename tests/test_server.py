@@ -382,7 +382,7 @@ class _OutOfMemoryRenderer:
             return real.stream(reference, clip, settings, **kwargs)
         return types.SimpleNamespace(stream=stream, resolved_steps=real.resolved_steps, resolution=real.resolution,
                                      dtype=real.dtype, frames_to_render=real.frames_to_render,
-                                     resolved_guidance=real.resolved_guidance)
+                                     resolved_guidance=real.resolved_guidance, model=real.model)
 
 
 def test_out_of_memory_retries_with_smaller_batches(server, inputs):
