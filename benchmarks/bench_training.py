@@ -10,8 +10,9 @@ target and reference with the frozen VAE; "after" uses the compiled CPU splatter
 latents from the cache (steady state: every frame drawn was encoded once before, as in a long
 run). Both trainers start from the same weights and draw the same batches; the script checks
 their first losses agree. Each part is timed inside the measured steps themselves (see
-``StepParts``): batch drawing, the VAE encoding (or the cache read), FLAME, the splatter's forward
-(render_control, the whole Gaussian-field path) and its backward; "the rest" (U-Nets, pose
+``StepParts``): batch drawing, the VAE encoding (or the cache read), FLAME, the reference
+correspondence of a checkpoint with it (rasterised, no gradient), the splatter's forward
+(render_control without the correspondence: the whole Gaussian-field path) and its backward; "the rest" (U-Nets, pose
 guider, optimiser, EMA) is the whole step minus these. Also times the
 splatter alone at the sd15 preset's size (32 features, 256x256 UV grid, 512 px) for the record;
 an sd15 U-Net step does not fit a 2-core CPU's time or memory.
@@ -101,8 +102,8 @@ class StepParts:
     forward (``render_control``) and its backward (from the control maps' gradient arriving to
     the last Gaussian-field gradient: autograd runs those nodes last, as they were made first)."""
 
-    PARTS = ("batch drawing", "VAE encoding (or cache read)", "FLAME forward", "splatting forward",
-             "splatting backward")
+    PARTS = ("batch drawing", "VAE encoding (or cache read)", "FLAME forward",
+             "reference correspondence (rasteriser, no gradient)", "splatting forward", "splatting backward")
 
     def __init__(self, trainer: Trainer) -> None:
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
@@ -111,6 +112,10 @@ class StepParts:
                                     ("VAE encoding (or cache read)", trainer, "clean_latents"),
                                     ("FLAME forward", trainer.flame, "forward_clip")):
             setattr(owner, method, self._timing(name, getattr(owner, method)))
+        # render_control holds the correspondence of a checkpoint with it: timed apart, then taken
+        # out of the splatting's forward
+        trainer.model.reference_correspondence = self._timing("reference correspondence (rasteriser, no gradient)",
+                                                              trainer.model.reference_correspondence)
         render = self._timing("splatting forward", trainer.model.render_control)
         trainer.model.render_control = lambda *a, **k: _BackwardMark.apply(render(*a, **k), self)
         for parameter in trainer.model.gaussian_field.parameters():
@@ -133,6 +138,7 @@ class StepParts:
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
         whole = timed(trainer.train_step)
         self.seconds["splatting backward"] = self.field_grads_done - self.backward_started
+        self.seconds["splatting forward"] -= self.seconds["reference correspondence (rasteriser, no gradient)"]
         return whole, dict(self.seconds)
 
 

@@ -159,11 +159,16 @@ class FlameDiffModel(nn.Module):
             maps, _ = self.gaussian_field.render(vertices, faces, viewmats, Ks, resolution, resolution)
         if not self.config.correspondence:
             return maps
+        extra = self.reference_correspondence(vertices, faces, viewmats, Ks, resolution, reference)
+        return torch.cat([maps, extra.to(maps.dtype)], dim=-1)
+
+    def reference_correspondence(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, resolution: int,
+                                 reference: ReferenceView | None) -> Tensor:
+        """The correspondence channels ``[N, R, R, CORRESPONDENCE_CHANNELS]`` of :meth:`render_control`
+        (models/correspondence.py), all zero without a ``reference``."""
         if reference is None:
-            extra = maps.new_zeros((*maps.shape[:-1], CORRESPONDENCE_CHANNELS))
-        else:
-            extra = correspondence_maps(vertices, faces, viewmats, Ks, resolution, reference).to(maps.dtype)
-        return torch.cat([maps, extra], dim=-1)
+            return vertices.new_zeros((vertices.shape[0], resolution, resolution, CORRESPONDENCE_CHANNELS))
+        return correspondence_maps(vertices, faces, viewmats, Ks, resolution, reference)
 
     def _add_control(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         """Adds the pose guider's output to the denoiser's ``conv_in`` output (the paper's input)."""
