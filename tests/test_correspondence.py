@@ -54,7 +54,7 @@ def test_a_frame_seen_as_the_reference_was_gets_the_reference_back(posed):
     flame, vertices = posed
     viewmat, K = _camera([0.0, 0.0, 0.62])
     image = _gradient_image()
-    maps = correspondence_maps(vertices, flame.faces, viewmat, K, SIDE, ReferenceView(vertices, viewmat, K, image))
+    maps = correspondence_maps(vertices, flame.faces, viewmat, K, SIDE, ReferenceView.of(vertices, flame.faces, viewmat, K, image))
     assert maps.shape == (1, SIDE, SIDE, CORRESPONDENCE_CHANNELS)
     covered = rasterize(vertices, flame.faces, K, viewmat[:, :3, :3], viewmat[:, :3, 3], SIDE, SIDE).mask[0]
     known = maps[0, ..., 3] > 0
@@ -68,7 +68,7 @@ def test_points_turned_away_from_the_reference_are_unknown_and_the_rest_lands_wh
     flame, vertices = posed
     reference_viewmat, K = _camera([0.0, 0.0, 0.62])
     side_viewmat, _ = _camera([0.62, 0.0, 0.0])        # the head's left side, which the reference hardly sees
-    view = ReferenceView(vertices, reference_viewmat, K, _gradient_image())
+    view = ReferenceView.of(vertices, flame.faces, reference_viewmat, K, _gradient_image())
     maps = correspondence_maps(vertices, flame.faces, side_viewmat, K, SIDE, view)[0]
     fragments = rasterize(vertices, flame.faces, K, side_viewmat[:, :3, :3], side_viewmat[:, :3, 3], SIDE, SIDE)
     covered, known = fragments.mask[0], maps[..., 3] > 0

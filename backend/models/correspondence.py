@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flamediff.flame.model import FlameModel
+from flamediff.formats.animation import AnimationClip
+from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
 from flamediff.geometry.rasterizer import interpolate, project, rasterize
 
 CORRESPONDENCE_CHANNELS = 4   # reference R, G, B (times known) | known
@@ -38,7 +41,8 @@ DEPTH_TOLERANCE = 0.02        # a point is visible in the reference within 2 % o
 
 @dataclass(frozen=True)
 class ReferenceView:
-    """The reference as the correspondence needs it: its posed mesh, camera and pixels.
+    """The reference as the correspondence needs it (CPU float tensors): its posed mesh, camera,
+    pixels and its own depth buffer, rasterised once however many frames read it.
 
     One reference (batch 1) serves every frame, or one per frame (batch N)."""
 
@@ -46,10 +50,30 @@ class ReferenceView:
     viewmats: Tensor   # [1 or N, 4, 4] world-to-camera
     Ks: Tensor         # [1 or N, 3, 3] in pixels of ``image``
     image: Tensor      # [1 or N, 3, S, S] in [-1, 1]
+    depth: Tensor      # [1 or N, S, S] camera depth of the reference's mesh (inf off it)
+
+    @classmethod
+    def of(cls, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, image: Tensor) -> "ReferenceView":
+        """The view of posed reference meshes ``[R, V, 3]`` through their cameras, with ``image``
+        ``[R, 3, S, S]``; rasterises their depth buffers."""
+        vertices, viewmats, Ks, image = (x.detach().float().cpu() for x in (vertices, viewmats, Ks, image))
+        side = image.shape[-1]
+        depth = rasterize(vertices, faces.long().cpu(), Ks, viewmats[:, :3, :3], viewmats[:, :3, 3], side, side).depth
+        return cls(vertices, viewmats, Ks, image, depth)
+
+    @classmethod
+    def posed(cls, flame: FlameModel, clip: AnimationClip, image: Tensor) -> "ReferenceView":
+        """The view of the references ``clip`` describes (FLAME parameters and camera per frame),
+        whose pixels ``image`` ``[R, 3, S, S]`` are the centre square of the camera's image."""
+        with torch.no_grad():
+            vertices = flame.forward_clip(clip).vertices
+        viewmats = torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32)
+        Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, image.shape[-1]), dtype=torch.float32)
+        return cls.of(vertices, flame.faces, viewmats, Ks, image)
 
     def take(self, rows: Tensor) -> "ReferenceView":
         """The views of ``rows`` (e.g. one reference per sample repeated per frame)."""
-        return ReferenceView(self.vertices[rows], self.viewmats[rows], self.Ks[rows], self.image[rows])
+        return ReferenceView(*(x[rows] for x in (self.vertices, self.viewmats, self.Ks, self.image, self.depth)))
 
 
 @torch.no_grad()
@@ -58,32 +82,24 @@ def correspondence_maps(vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: T
     """``[N, R, R, CORRESPONDENCE_CHANNELS]`` for posed meshes ``[N, V, 3]`` seen through
     ``viewmats`` [N, 4, 4] and ``Ks`` [N, 3, 3] (pixels of the R x R map)."""
     device = vertices.device
-    cpu = lambda x: x.detach().float().cpu()  # noqa: E731
-    vertices, viewmats, Ks = cpu(vertices), cpu(viewmats), cpu(Ks)
+    vertices, viewmats, Ks = (x.detach().float().cpu() for x in (vertices, viewmats, Ks))
     faces = faces.long().cpu()
     count = vertices.shape[0]
     fragments = rasterize(vertices, faces, Ks, viewmats[:, :3, :3], viewmats[:, :3, 3], resolution, resolution)
-    reference_vertices = cpu(reference.vertices).expand(count, -1, -1)
-    points = interpolate(fragments, reference_vertices, faces).flatten(1, 2)            # [N, R*R, 3]
-    seen, colour = _seen_in_reference(points, faces, reference, count)
+    points = interpolate(fragments, reference.vertices.expand(count, -1, -1), faces).flatten(1, 2)  # [N, R*R, 3]
+    seen, colour = _seen_in_reference(points, reference, count)
     known = (fragments.mask.flatten(1) & seen).float()[..., None]                        # [N, R*R, 1]
     maps = torch.cat([colour * known, known], dim=-1)
     return maps.unflatten(1, (resolution, resolution)).to(device)
 
 
-def _seen_in_reference(points: Tensor, faces: Tensor, reference: ReferenceView,
-                       count: int) -> tuple[Tensor, Tensor]:
+def _seen_in_reference(points: Tensor, reference: ReferenceView, count: int) -> tuple[Tensor, Tensor]:
     """Whether each world point ``[N, P, 3]`` (on the reference's mesh) is visible in the
     reference ``[N, P]``, and the reference's colour there ``[N, P, 3]``."""
-    image = reference.image.detach().float().cpu()
-    side = image.shape[-1]
-    ref_vertices = reference.vertices.detach().float().cpu()
-    ref_viewmats = reference.viewmats.detach().float().cpu()
-    ref_Ks = reference.Ks.detach().float().cpu()
-    rotation, translation = ref_viewmats[:, :3, :3], ref_viewmats[:, :3, 3]
-    depth_buffer = rasterize(ref_vertices, faces, ref_Ks, rotation, translation, side, side).depth
-    depth_buffer = depth_buffer.expand(count, -1, -1).flatten(1)                       # [N, S*S]
-    camera_points, pixels = project(points, ref_Ks.expand(count, -1, -1), rotation.expand(count, -1, -1),
+    side = reference.image.shape[-1]
+    rotation, translation = reference.viewmats[:, :3, :3], reference.viewmats[:, :3, 3]
+    depth_buffer = reference.depth.expand(count, -1, -1).flatten(1)                    # [N, S*S]
+    camera_points, pixels = project(points, reference.Ks.expand(count, -1, -1), rotation.expand(count, -1, -1),
                                     translation.expand(count, -1))
     column, row = pixels[..., 0].floor().long(), pixels[..., 1].floor().long()
     inside = (column >= 0) & (column < side) & (row >= 0) & (row < side)
@@ -91,6 +107,6 @@ def _seen_in_reference(points: Tensor, faces: Tensor, reference: ReferenceView,
     depth = camera_points[..., 2]
     seen = inside & torch.isfinite(surface_depth) & (depth <= surface_depth * (1.0 + DEPTH_TOLERANCE))
     grid = (pixels / side * 2.0 - 1.0)[:, :, None, :]                                   # [N, P, 1, 2]
-    colour = F.grid_sample(image.expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+    colour = F.grid_sample(reference.image.expand(count, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                            align_corners=False)                                          # [N, 3, P, 1]
     return seen, colour[..., 0].permute(0, 2, 1)

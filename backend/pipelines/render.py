@@ -50,7 +50,7 @@ from torch import Tensor
 
 from flamediff.flame.model import FlameModel
 from flamediff.formats.animation import AnimationClip
-from flamediff.formats.conventions import (fitted_frame, head_squares, square_crop_intrinsics, square_fit_intrinsics,
+from flamediff.formats.conventions import (fitted_frame, head_squares, square_fit_intrinsics,
                                            square_region_intrinsics, view_matrices)
 from flamediff.formats.protocol import setting
 from flamediff.formats.windows import CONTEXT_OVERLAP, CONTEXT_WINDOW, frames_for_exact_subset, window_indices
@@ -489,12 +489,7 @@ class FlameDiffPipeline:
         if reference_pose.num_frames != 1 or not reference_pose.has_camera:
             raise ValueError("reference_pose must be one frame with a camera (K, R, t): the reference image's "
                              "FLAME parameters and the camera that took it")
-        resolution = reference_pixels.shape[-1]
-        vertices = self.flame.forward_clip(reference_pose).vertices.to(self.device)
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        Ks = square_crop_intrinsics(reference_pose.K, reference_pose.image_size, resolution)
-        return ReferenceView(vertices, as_tensor(view_matrices(reference_pose.R, reference_pose.t)), as_tensor(Ks),
-                             reference_pixels.float())
+        return ReferenceView.posed(self.flame, reference_pose, reference_pixels)
 
     def control_maps(self, clip: AnimationClip, resolution: int | None = None,
                      intrinsics: np.ndarray | None = None, reference: ReferenceView | None = None) -> Tensor:

@@ -29,7 +29,7 @@ from flamediff.data.dataset import DatasetIndex, read_dataset
 from flamediff.data.splits import SplitsError, identities_of_split
 from flamediff.flame.model import FlameModel
 from flamediff.formats.flame_asset import FlameAsset
-from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
+from flamediff.formats.conventions import square_crop_intrinsics
 from flamediff.models.config import LABELS, FlameDiffConfig
 from flamediff.models.correspondence import ReferenceView
 from flamediff.models.flamediff_model import FlameDiffModel
@@ -208,19 +208,12 @@ class Trainer:
         return (per_clip * self.loss_weights(timesteps)).mean()
 
     def reference_view(self, model: FlameDiffModel, batch: Batch) -> ReferenceView:
-        """Each sample's reference (posed mesh, camera, pixels), once per frame of the sample."""
-        device = self.accelerator.device
+        """Each sample's reference (posed mesh, camera, pixels, depth), once per frame of the
+        sample; each distinct reference is posed and rasterised once."""
         assert batch.reference is not None, "drawn without the references' pixels"
         # samples may share a reference, a clip's frames may not
         rows, first_sample, sample_of = np.unique(batch.reference_rows, return_index=True, return_inverse=True)
-        reference = self.index.annotations.take_rows(rows)
-        with torch.no_grad():
-            vertices = self.flame.forward_clip(reference).vertices
-        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-        view = ReferenceView(vertices, as_tensor(view_matrices(reference.R, reference.t)),
-                             as_tensor(square_crop_intrinsics(reference.K, reference.image_size,
-                                                              model.config.resolution)),
-                             batch.reference.to(device)[first_sample])
+        view = ReferenceView.posed(self.flame, self.index.annotations.take_rows(rows), batch.reference[first_sample])
         return view.take(torch.as_tensor(sample_of).repeat_interleave(batch.shape[1]))
 
     @staticmethod
