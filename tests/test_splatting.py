@@ -555,19 +555,27 @@ def test_compiled_tile_lists_equal_the_torch_ones(head_asset):
         assert torch.equal(want, got)
 
 
-def test_compiled_surface_points_are_bit_identical(head_asset):
+def test_compiled_surface_frame_matches_the_torch_one(head_asset):
     """The field's compiled means (float32, no gradient) equal ``surface_points``' (exactly
-    where its batched matmul sums in order without fused multiply-adds, as on x86-64 Linux), for
-    one mesh and for batches, and the compiled set-up gives the torch set-up's tile counts and rows."""
+    where its batched matmul sums in order without fused multiply-adds, as on x86-64 Linux) and
+    its triangle scales ``local_triangle_scale``'s within float32 rounding, for one mesh and for
+    batches (a degenerate triangle's clamp included), and the compiled set-up gives the torch
+    set-up's tile counts and rows."""
     import flamediff.gaussians.splatting as sp
-    from flamediff.gaussians.projection_cpu import project, surface_points_cpu
+    from flamediff.gaussians.projection_cpu import project, surface_frame_cpu
+    from flamediff.gaussians.uv_binding import local_triangle_scale
     from flamediff.geometry.mesh import as_index, surface_points
 
     field, vertices, faces, viewmats, Ks = _posed_head_field(head_asset, 128, 3)
-    triangles = as_index(faces, vertices.device)[field.face_ids]
-    for batch in (vertices[:1], vertices, vertices * 1.7 + 0.01):
-        torch.testing.assert_close(surface_points_cpu(batch, triangles, field.barycentrics),
-                                   surface_points(batch, triangles, field.barycentrics), rtol=0, atol=1e-7)
+    index = as_index(faces, vertices.device)
+    triangles = index[field.face_ids]
+    collapsed = vertices.clone()
+    collapsed[0, index[field.face_ids[0]]] = vertices[0, index[field.face_ids[0], 0]]  # zero area
+    for batch in (vertices[:1], vertices, vertices * 1.7 + 0.01, collapsed):
+        points, scales = surface_frame_cpu(batch, triangles, field.barycentrics)
+        torch.testing.assert_close(points, surface_points(batch, triangles, field.barycentrics), rtol=0, atol=1e-7)
+        torch.testing.assert_close(scales, local_triangle_scale(batch, faces, field.face_ids), rtol=1e-6, atol=0)
+    assert float(surface_frame_cpu(collapsed, triangles, field.barycentrics)[1][0, 0]) == pytest.approx(1e-10)
     with torch.no_grad():
         g = field(vertices, faces)
         scales, opacities = g.scales, g.opacities.expand(3, -1)

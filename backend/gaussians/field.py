@@ -118,9 +118,8 @@ class UVGaussianField(nn.Module):
         """The Gaussians on posed meshes ``vertices`` [B, V, 3]; ``faces`` [F, 3] as in the asset."""
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"vertices must have shape [B, V, 3], got {tuple(vertices.shape)}")
-        faces = as_index(faces, vertices.device)
-        means = _surface_points(vertices, faces[self.face_ids], self.barycentrics)
-        tri_scale = local_triangle_scale(vertices, faces, self.face_ids)
+        means, tri_scale = _surface_frame(vertices, as_index(faces, vertices.device), self.face_ids,
+                                          self.barycentrics)
         scales = self.scale_factors().to(vertices.dtype)[None] * tri_scale
         return GaussianFrame(means, scales, self.opacities().to(vertices.dtype),
                              self.features.to(vertices.dtype))
@@ -137,12 +136,15 @@ class UVGaussianField(nn.Module):
                               Ks.to(vertices), width, height, **splat_kwargs)
 
 
-def _surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
-    """``surface_points``, compiled for float32 CPU meshes that need no gradient (stage-1
-    training, inference): the same numbers at a fraction of the cost."""
+def _surface_frame(vertices: Tensor, faces: Tensor, face_ids: Tensor, barycentrics: Tensor) -> tuple[Tensor, Tensor]:
+    """Each texel's surface point [B, N, 3] and posed-triangle scale [B, N]
+    (``surface_points``, ``local_triangle_scale``): compiled for float32 CPU meshes that need no
+    gradient (stage-1 training, inference), the same numbers within float rounding at a
+    fraction of the cost."""
     if (vertices.dtype == torch.float32 and auto_backend(vertices.device) == "numba"
             and not (torch.is_grad_enabled() and vertices.requires_grad)):
-        from flamediff.gaussians.projection_cpu import surface_points_cpu
+        from flamediff.gaussians.projection_cpu import surface_frame_cpu
 
-        return surface_points_cpu(vertices, triangles, barycentrics)
-    return surface_points(vertices, triangles, barycentrics)
+        return surface_frame_cpu(vertices, faces[face_ids], barycentrics)
+    return (surface_points(vertices, faces[face_ids], barycentrics),
+            local_triangle_scale(vertices, faces, face_ids))

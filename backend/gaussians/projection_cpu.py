@@ -159,25 +159,37 @@ def project(means: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, 
 
 
 @njit(cache=True)
-def _surface_points(vertices: np.ndarray, triangles: np.ndarray, barycentrics: np.ndarray, out: np.ndarray) -> None:
+def _surface_frame(vertices: np.ndarray, triangles: np.ndarray, barycentrics: np.ndarray, points: np.ndarray,
+                   scales: np.ndarray) -> None:
     for b in range(vertices.shape[0]):
         for i in range(triangles.shape[0]):
             t0, t1, t2 = triangles[i, 0], triangles[i, 1], triangles[i, 2]
             w0, w1, w2 = barycentrics[i, 0], barycentrics[i, 1], barycentrics[i, 2]
             for c in range(3):
-                out[b, i, c] = (vertices[b, t0, c] * w0 + vertices[b, t1, c] * w1) + vertices[b, t2, c] * w2
+                points[b, i, c] = (vertices[b, t0, c] * w0 + vertices[b, t1, c] * w1) + vertices[b, t2, c] * w2
+            e1 = vertices[b, t1] - vertices[b, t0]
+            e2 = vertices[b, t2] - vertices[b, t0]
+            nx = np.float64(e1[1]) * e2[2] - np.float64(e1[2]) * e2[1]
+            ny = np.float64(e1[2]) * e2[0] - np.float64(e1[0]) * e2[2]
+            nz = np.float64(e1[0]) * e2[1] - np.float64(e1[1]) * e2[0]
+            scales[b, i] = math.sqrt(max(0.5 * math.sqrt(nx * nx + ny * ny + nz * nz), 1e-20))
 
 
-def surface_points_cpu(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> Tensor:
-    """``geometry.mesh.surface_points`` of float32 CPU meshes [B, V, 3] without autograd, as one
-    compiled loop: the same products summed in the same order as its ``einsum`` (which gathers
-    [B, L, 3, 3] corners and copies them for a batched matmul first), so bit-identical where
-    that matmul sums in order without fused multiply-adds (x86-64 Linux) and within float
-    rounding elsewhere."""
-    out = np.empty((vertices.shape[0], triangles.shape[0], 3), np.float32)
-    _surface_points(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
-                    barycentrics.to(torch.float32).contiguous().numpy(), out)
-    return torch.from_numpy(out)
+def surface_frame_cpu(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> tuple[Tensor, Tensor]:
+    """(``geometry.mesh.surface_points``, ``uv_binding.local_triangle_scale``) of float32 CPU
+    meshes [B, V, 3] without autograd, in one compiled pass over the bound triangles
+    ``triangles`` [L, 3] (the torch path crosses every face of the mesh, then gathers).
+
+    The points are the same products summed in the same order as ``surface_points``' ``einsum``
+    (which gathers [B, L, 3, 3] corners and copies them for a batched matmul first), so
+    bit-identical where that matmul sums in order without fused multiply-adds (x86-64 Linux)
+    and within float rounding elsewhere; the scales' cross product and norm run in float64, so
+    they are within float32 rounding of torch's."""
+    points = np.empty((vertices.shape[0], triangles.shape[0], 3), np.float32)
+    scales = np.empty((vertices.shape[0], triangles.shape[0]), np.float32)
+    _surface_frame(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
+                   barycentrics.to(torch.float32).contiguous().numpy(), points, scales)
+    return torch.from_numpy(points), torch.from_numpy(scales)
 
 
 def _per_gaussian(fn: Callable[[Tensor], Tensor], values: Tensor) -> Tensor:
