@@ -26,6 +26,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from flamediff.gaussians.uv_binding import MIN_TRIANGLE_AREA
+
 __all__ = ["project"]
 
 
@@ -159,20 +161,24 @@ def project(means: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, 
 
 
 @njit(cache=True)
-def _surface_frame(vertices: np.ndarray, triangles: np.ndarray, barycentrics: np.ndarray, points: np.ndarray,
-                   scales: np.ndarray) -> None:
+def _surface_frame(vertices: np.ndarray, triangles: np.ndarray, barycentrics: np.ndarray, min_area: float,
+                   points: np.ndarray, scales: np.ndarray) -> None:
     for b in range(vertices.shape[0]):
         for i in range(triangles.shape[0]):
             t0, t1, t2 = triangles[i, 0], triangles[i, 1], triangles[i, 2]
             w0, w1, w2 = barycentrics[i, 0], barycentrics[i, 1], barycentrics[i, 2]
             for c in range(3):
                 points[b, i, c] = (vertices[b, t0, c] * w0 + vertices[b, t1, c] * w1) + vertices[b, t2, c] * w2
-            e1 = vertices[b, t1] - vertices[b, t0]
-            e2 = vertices[b, t2] - vertices[b, t0]
-            nx = np.float64(e1[1]) * e2[2] - np.float64(e1[2]) * e2[1]
-            ny = np.float64(e1[2]) * e2[0] - np.float64(e1[0]) * e2[2]
-            nz = np.float64(e1[0]) * e2[1] - np.float64(e1[1]) * e2[0]
-            scales[b, i] = math.sqrt(max(0.5 * math.sqrt(nx * nx + ny * ny + nz * nz), 1e-20))
+            # edges in float32 as torch forms them, their cross product in float64; scalars, not
+            # per-texel array slices (each would be an allocation inside this loop)
+            ax = np.float64(vertices[b, t1, 0] - vertices[b, t0, 0])
+            ay = np.float64(vertices[b, t1, 1] - vertices[b, t0, 1])
+            az = np.float64(vertices[b, t1, 2] - vertices[b, t0, 2])
+            bx = np.float64(vertices[b, t2, 0] - vertices[b, t0, 0])
+            by = np.float64(vertices[b, t2, 1] - vertices[b, t0, 1])
+            bz = np.float64(vertices[b, t2, 2] - vertices[b, t0, 2])
+            nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+            scales[b, i] = math.sqrt(max(0.5 * math.sqrt(nx * nx + ny * ny + nz * nz), min_area))
 
 
 def surface_frame_cpu(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) -> tuple[Tensor, Tensor]:
@@ -188,7 +194,7 @@ def surface_frame_cpu(vertices: Tensor, triangles: Tensor, barycentrics: Tensor)
     points = np.empty((vertices.shape[0], triangles.shape[0], 3), np.float32)
     scales = np.empty((vertices.shape[0], triangles.shape[0]), np.float32)
     _surface_frame(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
-                   barycentrics.to(torch.float32).contiguous().numpy(), points, scales)
+                   barycentrics.to(torch.float32).contiguous().numpy(), MIN_TRIANGLE_AREA, points, scales)
     return torch.from_numpy(points), torch.from_numpy(scales)
 
 

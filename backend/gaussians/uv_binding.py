@@ -260,13 +260,18 @@ def bind_points(binding: UVBinding, vertices: Tensor, faces: Tensor | np.ndarray
     return surface_points(vertices, triangles, bary)
 
 
+# the smallest posed-triangle area (m^2) a Gaussian's scale is taken from: degenerate triangles give a
+# tiny positive length, never a NaN gradient (shared by the compiled twin in projection_cpu)
+MIN_TRIANGLE_AREA = 1e-20
+
+
 def local_triangle_scale(vertices: Tensor, faces: Tensor | np.ndarray, face_ids: Tensor | np.ndarray) -> Tensor:
     """sqrt(area) [B, N] of each texel's posed triangle: a length that follows the surface.
 
     A Gaussian's scale is a learnt factor times this, so it grows and shrinks with the local
     stretch of the mesh (expression, shape).  Degenerate triangles give a tiny positive length
-    (the area is clamped at 1e-20 m^2), never a NaN gradient.
+    (the area is clamped at ``MIN_TRIANGLE_AREA``), never a NaN gradient.
     """
     _check_vertices(vertices)
     areas = face_areas(vertices, as_index(faces, vertices.device))
-    return areas.clamp_min(1e-20).sqrt()[:, as_index(face_ids, vertices.device)]
+    return areas.clamp_min(MIN_TRIANGLE_AREA).sqrt()[:, as_index(face_ids, vertices.device)]
