@@ -1,17 +1,19 @@
 """Where a stage-1 training step's time goes, before and after the fast CPU splatter and the
-latent cache, measured side by side in one run.
+latent cache and the triangle-id cache, measured side by side in one run.
 
     python benchmarks/bench_training.py [--dataset DIR] [--init-from backend/checkpoints/demo]
                                         [--steps 3] [--threads 2] [--markdown docs/BENCHMARKS.md]
 
 The step is the demo recipe's (configs/demo/stage1.json: demo preset, batch 8, 128 px) started
 from the shipped checkpoint. "before" composites with the pure-torch splatter and encodes every
-target and reference with the frozen VAE; "after" uses the compiled CPU splatter and reads the
-latents from the cache (steady state: every frame drawn was encoded once before, as in a long
-run). Both trainers start from the same weights and draw the same batches; the script checks
+target and reference with the frozen VAE, rasterises every frame's and reference's mesh for
+the correspondence and steps AdamW's per-tensor loop (the step as it was); "after" uses the
+compiled CPU splatter, reads the latents and the triangle ids from their caches (steady state:
+every frame drawn was seen once before, as in a long run) and steps the fused AdamW. Both trainers start from the same weights and draw the same batches; the script checks
 their first losses agree. Each part is timed inside the measured steps themselves (see
-``StepParts``): batch drawing, the VAE encoding (or the cache read), FLAME, the reference
-correspondence of a checkpoint with it (rasterised, no gradient), the splatter's forward
+``StepParts``, each part without the parts timed inside it): batch drawing, the VAE encoding
+(or the cache read), FLAME, the reference correspondence of a checkpoint with it (posing the
+references, their depth buffers and the frames' fragments, no gradient), the splatter's forward
 (render_control without the correspondence: the whole Gaussian-field path) and its backward; "the rest" (U-Nets, pose
 guider, optimiser, EMA) is the whole step minus these. Also times the
 splatter alone at the sd15 preset's size (32 features, 256x256 UV grid, 512 px) for the record;
@@ -46,7 +48,7 @@ from flamediff.training.train import TrainConfig, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench_training: begin -->", "<!-- bench_training: end -->"
-VARIANTS = {"before": ("torch", False), "after": ("numba", True)}  # splatter, latent cache
+VARIANTS = {"before": ("torch", False), "after": ("numba", True)}  # splatter, caches + fused AdamW
 
 
 def demo_dataset(work: str) -> str:
@@ -74,11 +76,12 @@ def timed(fn: Callable[[], object]) -> float:
     return clock() - start
 
 
-def make_trainer(dataset: str, init_from: str, work: str, name: str, cache: bool) -> Trainer:
+def make_trainer(dataset: str, init_from: str, work: str, name: str, fast: bool) -> Trainer:
+    """The demo recipe's stage-1 trainer; ``fast``: with the caches and the fused AdamW, else the step as it was."""
     config = TrainConfig.from_dict({"dataset": dataset, "output_dir": os.path.join(work, name),
                                     "init_from": init_from, "stage": "1", "batch_size": 8, "steps": 2800,
                                     "learning_rate": 1e-3, "warmup_steps": 200, "ema_decay": 0.998,
-                                    "cache_latents": cache})
+                                    "cache_latents": fast, "cache_triangle_ids": fast, "fused_optimizer": fast})
     return Trainer(config, log=lambda message: None)
 
 
@@ -103,31 +106,36 @@ class StepParts:
     the last Gaussian-field gradient: autograd runs those nodes last, as they were made first)."""
 
     PARTS = ("batch drawing", "VAE encoding (or cache read)", "FLAME forward",
-             "reference correspondence (rasteriser, no gradient)", "splatting forward", "splatting backward")
+             "reference correspondence (no gradient)", "splatting forward", "splatting backward")
 
     def __init__(self, trainer: Trainer) -> None:
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
         self.backward_started = self.field_grads_done = 0.0
+        self._open: list[float] = []   # seconds of the timed calls inside each open timed call
         for name, owner, method in (("batch drawing", trainer, "draw"),
                                     ("VAE encoding (or cache read)", trainer, "clean_latents"),
                                     ("FLAME forward", trainer.flame, "forward_clip")):
             setattr(owner, method, self._timing(name, getattr(owner, method)))
-        # render_control holds the correspondence of a checkpoint with it: timed apart, then taken
-        # out of the splatting's forward
-        trainer.model.reference_correspondence = self._timing("reference correspondence (rasteriser, no gradient)",
-                                                              trainer.model.reference_correspondence)
+        # render_control holds the correspondence of a checkpoint with it, timed apart
+        for owner, method in ((trainer, "reference_view"), (trainer.model, "reference_correspondence")):
+            setattr(owner, method, self._timing("reference correspondence (no gradient)", getattr(owner, method)))
         render = self._timing("splatting forward", trainer.model.render_control)
         trainer.model.render_control = lambda *a, **k: _BackwardMark.apply(render(*a, **k), self)
         for parameter in trainer.model.gaussian_field.parameters():
             parameter.register_post_accumulate_grad_hook(self._field_grad_done)
 
     def _timing(self, name: str, fn: Callable) -> Callable:
+        """``fn`` adding its seconds to part ``name``, less those of timed calls inside it."""
         def timed_call(*args, **kwargs):
             start = clock()
+            self._open.append(0.0)
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[name] += clock() - start
+                elapsed, nested = clock() - start, self._open.pop()
+                self.seconds[name] += elapsed - nested
+                if self._open:
+                    self._open[-1] += elapsed
         return timed_call
 
     def _field_grad_done(self, parameter: torch.Tensor) -> None:
@@ -138,7 +146,6 @@ class StepParts:
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
         whole = timed(trainer.train_step)
         self.seconds["splatting backward"] = self.field_grads_done - self.backward_started
-        self.seconds["splatting forward"] -= self.seconds["reference correspondence (rasteriser, no gradient)"]
         return whole, dict(self.seconds)
 
 
@@ -150,8 +157,9 @@ def measure(trainers: dict[str, Trainer], steps: int) -> dict[str, tuple[float, 
         use_splatter(VARIANTS[name][0])
         trainer.train_step()  # warm-up (compilation, allocator)
         if trainer.latent_cache is not None:  # steady state: these steps' frames were seen before
-            for step in range(trainer.step, trainer.step + steps):
-                trainer.clean_latents(trainer.model, trainer.draw(step))
+            with torch.no_grad():
+                for step in range(trainer.step, trainer.step + steps):
+                    trainer.loss(trainer.draw(step))
     wholes: dict[str, list[float]] = {name: [] for name in trainers}
     parts: dict[str, list[dict[str, float]]] = {name: [] for name in trainers}
     for _ in range(steps):
@@ -167,9 +175,9 @@ def measure(trainers: dict[str, Trainer], steps: int) -> dict[str, tuple[float, 
 def first_losses(dataset: str, init_from: str, work: str) -> tuple[float, float]:
     """The loss of step 0's batch under both variants, from the same weights."""
     losses = []
-    for name, (backend, cache) in VARIANTS.items():
+    for name, (backend, fast) in VARIANTS.items():
         use_splatter(backend)
-        trainer = make_trainer(dataset, init_from, work, f"parity-{name}", cache)
+        trainer = make_trainer(dataset, init_from, work, f"parity-{name}", fast)
         with torch.no_grad():
             losses.append(float(trainer.loss(trainer.draw(0))))
     return losses[0], losses[1]
@@ -255,8 +263,8 @@ def main() -> None:
         os.environ.setdefault("FLAMEDIFF_CACHE", os.path.join(work, "cache"))  # a cold latent cache
         dataset = args.dataset or demo_dataset(work)
         loss_before, loss_after = first_losses(dataset, args.init_from, work)
-        trainers = {name: make_trainer(dataset, args.init_from, work, name, cache)
-                    for name, (_, cache) in VARIANTS.items()}
+        trainers = {name: make_trainer(dataset, args.init_from, work, name, fast)
+                    for name, (_, fast) in VARIANTS.items()}
         results = measure(trainers, args.steps)
     whole_b, whole_a = results["before"][0], results["after"][0]
     splat_share = splat_seconds(results["after"][1]) / whole_a

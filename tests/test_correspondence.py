@@ -16,7 +16,7 @@ from PIL import Image
 from flamediff.demo import demo_animation
 from flamediff.flame.model import FlameModel
 from flamediff.formats.conventions import intrinsics_from_fov, look_at_opencv
-from flamediff.geometry.rasterizer import rasterize
+from flamediff.geometry.rasterizer import fragments_of, rasterize
 from flamediff.models import FlameDiffConfig, FlameDiffModel
 from flamediff.models.correspondence import CORRESPONDENCE_CHANNELS, ReferenceView, correspondence_maps
 from flamediff.pipelines.render import FlameDiffPipeline, RenderSettings
@@ -115,6 +115,58 @@ def test_training_with_the_correspondence_teaches_its_inputs(head_asset, tmp_pat
     trainer.train()
     learned = trainer.model.pose_guider.body[0].weight[:, -CORRESPONDENCE_CHANNELS:]
     assert not torch.equal(learned, first), "the correspondence inputs got no gradient"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fragments_from_the_winning_triangles_are_the_rasterisers(posed, dtype):
+    """``fragments_of`` (what the triangle-id cache rebuilds from) gives rasterize's fragments
+    bit for bit: barycentrics, depth, facing and the background, seen from the front and the side."""
+    flame, vertices = posed
+    views = [_camera(eye) for eye in ([0.0, 0.0, 0.6], [0.45, 0.1, 0.35])]
+    viewmats, Ks = torch.cat([v for v, _ in views]), torch.cat([k for _, k in views])
+    meshes = vertices.expand(2, -1, -1).to(dtype)
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    full = rasterize(meshes, flame.faces, Ks, R, t, SIDE, SIDE)
+    rebuilt = fragments_of(full.face_id, meshes, flame.faces, Ks, R, t)
+    assert full.mask.any() and (~full.mask).any() and (~full.front[full.mask]).any()  # background and back faces
+    for name in ("face_id", "bary", "depth", "front"):
+        assert torch.equal(getattr(rebuilt, name), getattr(full, name)), name
+
+
+def test_the_triangle_id_cache_gives_the_same_loss_and_rasterises_each_frame_once(head_asset, tmp_path, monkeypatch):
+    """Training with the correspondence reads the drawn frames' and references' triangle ids back
+    from disk: the same loss as rasterising every step, no z-buffer search for a frame seen
+    before, the entries rebuilt when the annotations change."""
+    import flamediff.training.triangle_cache as triangle_cache
+
+    monkeypatch.setenv("FLAMEDIFF_CACHE", str(tmp_path / "cache"))
+    make_tiny_dataset(str(tmp_path / "data"), head_asset, resolution=32)
+    settings = dict(dataset=str(tmp_path / "data"), steps=3, batch_size=2, preset="tiny", warmup_steps=0,
+                    reference_dropout=0.0, correspondence=True, checkpoint_every=100)
+    cached = Trainer(TrainConfig(output_dir=str(tmp_path / "cached"), **settings), log=lambda message: None)
+    plain = Trainer(TrainConfig(output_dir=str(tmp_path / "plain"), cache_triangle_ids=False, **settings),
+                    log=lambda message: None)
+    assert cached.triangle_ids is not None and plain.triangle_ids is None
+    rasterised = []
+    rasterize_meshes = triangle_cache.rasterize
+    monkeypatch.setattr(triangle_cache, "rasterize", lambda v, *a, **k: rasterised.append(len(v)) or rasterize_meshes(v, *a, **k))
+    batch = cached.draw(1)
+    with torch.no_grad():
+        plain.loss(plain.draw(1))   # the latent cache's first encoding rounds differently: warm it
+        expected = plain.loss(plain.draw(1))
+        first = cached.loss(batch)
+        assert torch.equal(first, expected)
+        assert torch.equal(cached.loss(batch), first)
+    rows = {int(r) for r in batch.rows.reshape(-1)} | {int(r) for r in batch.reference_rows}
+    (store,) = cached.triangle_ids.stores.values()   # targets and references share the 32 px entries
+    assert sorted(os.listdir(store.folder)) == [f"{r:06d}.npy" for r in sorted(rows)]
+    assert sum(rasterised) == len(rows)              # each frame once, however often it is drawn
+    annotations = os.path.join(str(tmp_path / "data"), "annotations.npz")
+    stat = os.stat(annotations)
+    os.utime(annotations, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # "regenerated"
+    with torch.no_grad():
+        assert torch.equal(cached.loss(batch), first)
+    assert sum(rasterised) == 2 * len(rows)
 
 
 def test_a_render_reads_the_reference_pose_and_renders_without_it(head_asset):

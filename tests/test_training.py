@@ -158,6 +158,23 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, dataset):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
 
 
+def test_the_fused_optimiser_makes_the_per_tensor_loops_update(tmp_path, dataset):
+    """``fused_optimizer`` (the default) steps AdamW in one kernel: the same weights as torch's
+    per-tensor loop to float rounding, and a run checkpointed with one resumes with the other."""
+    fused = _config(dataset, str(tmp_path / "fused"))
+    assert fused.fused_optimizer
+    train(fused, log=lambda message: None)
+    trainer = Trainer(fused, log=lambda message: None)
+    assert trainer.optimizer.optimizer.defaults["fused"]
+    looped = _config(dataset, str(tmp_path / "looped"), fused_optimizer=False)
+    train(looped, max_steps=2, log=lambda message: None)
+    assert not Trainer(looped, log=lambda message: None).optimizer.optimizer.defaults["fused"]
+    train(_config(dataset, str(tmp_path / "looped")), log=lambda message: None)   # resumed fused
+    a, b = _weights(str(tmp_path / "fused")), _weights(str(tmp_path / "looped"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
+
+
 def test_vae_stage_learns_to_reconstruct(tmp_path, dataset):
     config = _config(dataset, str(tmp_path / "vae"), stage="vae", steps=40, learning_rate=2e-3, checkpoint_every=100)
     trainer = Trainer(config, log=lambda message: None)

@@ -25,8 +25,12 @@ def surface_points(vertices: Tensor, triangles: Tensor, barycentrics: Tensor) ->
 def face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     """Area-weighted face normals ``[B, F, 3]`` (length = twice the triangle's area; outward for
     counter-clockwise winding like FLAME's)."""
-    corners = vertices[:, faces]
-    return torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
+    return triangle_normals(vertices[:, faces])
+
+
+def triangle_normals(corners: Tensor) -> Tensor:
+    """Area-weighted normals ``[..., 3]`` of triangles ``corners`` [..., 3, 3] (as :func:`face_normals`)."""
+    return torch.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :], dim=-1)
 
 
 def face_areas(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -25,6 +25,8 @@ How it works, vectorised over triangles (no Python loop over pixels or triangles
 Back faces (camera-space normal pointing away from the camera, for outward counter-clockwise
 winding like FLAME's) are either culled or kept and flagged in ``Fragments.front`` so the
 caller can shade them as the inside of the head (the mouth interior).
+Step 4 alone is :func:`fragments_of`: given the winning triangle ids (a training cache keeps
+them per frame of a mesh that does not move), it rebuilds the same fragments bit for bit.
 Anti-aliasing: render at ``supersample`` times the resolution (scale ``K``'s first two rows) and
 :func:`downsample`.
 
@@ -41,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flamediff.geometry.mesh import face_normals
+from flamediff.geometry.mesh import triangle_normals
 
 MAX_DEPTH = 1000.0       # metres; depths are quantised on [0, MAX_DEPTH)
 _DEPTH_BITS = 38
@@ -111,22 +113,9 @@ def rasterize(vertices: Tensor, faces: Tensor, K: Tensor, R: Tensor, t: Tensor, 
     corner closer than ``near`` to the camera plane are dropped (no clipping).
     """
     with torch.no_grad():
-        vertices = vertices.to(torch.float64) if vertices.dtype == torch.float64 else vertices.float()
-        dtype = vertices.dtype
-        batch = vertices.shape[0]
-        K, R, t = (torch.as_tensor(x, dtype=dtype) for x in (K, R, t))
-        K = K.expand(batch, 3, 3) if K.ndim == 2 else K
-        R = R.expand(batch, 3, 3) if R.ndim == 2 else R
-        t = t.expand(batch, 3) if t.ndim == 1 else t
-        faces = torch.as_tensor(faces, dtype=torch.long)
-        num_faces = faces.shape[0]
-        if num_faces >= 1 << _ID_BITS:
-            raise ValueError(f"{num_faces} triangles: the rasteriser takes at most {1 << _ID_BITS}")
-        cam, pix = project(vertices, K, R, t)
-        tri_cam = cam[:, faces]               # [B, F, 3, 3]
-        tri_xy = pix[:, faces]                # [B, F, 3, 2]
-        tri_z = tri_cam[..., 2]               # [B, F, 3]
-        front = (face_normals(cam, faces) * tri_cam[:, :, 0]).sum(-1) < 0.0   # [B, F]
+        cam, pix, faces = _posed(vertices, faces, K, R, t)
+        batch, dtype = cam.shape[0], cam.dtype
+        tri_xy, tri_z, front = _triangles(cam, pix, torch.arange(batch)[:, None, None], faces[None])  # [B, F, ...]
         valid = (tri_z > near).all(-1)
         if cull_backfaces:
             valid &= front
@@ -187,26 +176,65 @@ def rasterize(vertices: Tensor, faces: Tensor, K: Tensor, R: Tensor, t: Tensor, 
                     key = torch.where(inside, (quant << _ID_BITS) | f_idx[rows, None], _EMPTY).view(-1)
                     pixel = torch.where(inside, base[rows, None] + pixel_offset, 0).view(-1)
                 keys.scatter_reduce_(0, pixel, key, reduce="amin")
-        covered = keys != _EMPTY
-        face_id = torch.where(covered, keys & ((1 << _ID_BITS) - 1), torch.full_like(keys, -1))
-        bary = torch.zeros(batch * height * width, 3, dtype=dtype)
-        depth_out = torch.full((batch * height * width,), float("inf"), dtype=dtype)
-        front_out = torch.zeros(batch * height * width, dtype=torch.bool)
-        pixels = torch.nonzero(covered, as_tuple=True)[0]
-        if len(pixels):
-            b = pixels // (height * width)
-            f = face_id[pixels]
-            px = (pixels % width).to(dtype) + 0.5
-            py = ((pixels // width) % height).to(dtype) + 0.5
-            l0, l1, l2, _ = _barycentric(tri_xy[b, f], px, py)
-            screen = torch.stack([l0, l1, l2], -1)
-            weighted = screen / tri_z[b, f]
-            total = weighted.sum(-1, keepdim=True)
-            bary[pixels] = weighted / total
-            depth_out[pixels] = 1.0 / total[:, 0]
-            front_out[pixels] = front[b, f]
-        return Fragments(face_id=face_id.view(batch, height, width), bary=bary.view(batch, height, width, 3),
-                         depth=depth_out.view(batch, height, width), front=front_out.view(batch, height, width))
+        face_id = torch.where(keys != _EMPTY, keys & ((1 << _ID_BITS) - 1), torch.full_like(keys, -1))
+        return _fragments(face_id.view(batch, height, width), cam, pix, faces)
+
+
+def fragments_of(face_id: Tensor, vertices: Tensor, faces: Tensor, K: Tensor, R: Tensor, t: Tensor) -> Fragments:
+    """The fragments of :func:`rasterize` from its winning triangles ``face_id`` [B, H, W] (-1:
+    none) and the same meshes and cameras: bit-identical to ``rasterize(...)`` when ``face_id``
+    is its ``face_id``, without the z-buffer search, so a caller that keeps the triangle ids of a
+    mesh that does not move (a training frame) recovers its fragments for a fraction of the cost."""
+    with torch.no_grad():
+        cam, pix, faces = _posed(vertices, faces, K, R, t)
+        return _fragments(torch.as_tensor(face_id, dtype=torch.long), cam, pix, faces)
+
+
+def _posed(vertices: Tensor, faces: Tensor, K: Tensor, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Camera points ``[B, V, 3]``, pixels ``[B, V, 2]`` (float32, or float64 for float64
+    meshes) and the faces as int64, cameras broadcast over the batch."""
+    vertices = vertices.to(torch.float64) if vertices.dtype == torch.float64 else vertices.float()
+    batch = vertices.shape[0]
+    K, R, t = (torch.as_tensor(x, dtype=vertices.dtype) for x in (K, R, t))
+    K = K.expand(batch, 3, 3) if K.ndim == 2 else K
+    R = R.expand(batch, 3, 3) if R.ndim == 2 else R
+    t = t.expand(batch, 3) if t.ndim == 1 else t
+    faces = torch.as_tensor(faces, dtype=torch.long)
+    if faces.shape[0] >= 1 << _ID_BITS:
+        raise ValueError(f"{faces.shape[0]} triangles: the rasteriser takes at most {1 << _ID_BITS}")
+    return (*project(vertices, K, R, t), faces)
+
+
+def _triangles(cam: Tensor, pix: Tensor, frame: Tensor, corners: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Triangles ``corners`` [..., 3] (vertex ids) of frames ``frame`` (broadcast against them)
+    in screen space: pixels [..., 3, 2], camera depths [..., 3], and whether each faces the
+    camera [...] (its normal against the first corner's camera ray)."""
+    tri_cam = cam[frame, corners]
+    return pix[frame, corners], tri_cam[..., 2], (triangle_normals(tri_cam) * tri_cam[..., 0, :]).sum(-1) < 0.0
+
+
+def _fragments(face_id: Tensor, cam: Tensor, pix: Tensor, faces: Tensor) -> Fragments:
+    """Perspective-correct barycentrics, depth and facing at the pixels ``face_id`` [B, H, W]
+    covers (step 4 of :func:`rasterize`), from the winning triangles only."""
+    batch, height, width = face_id.shape
+    dtype, flat = pix.dtype, face_id.reshape(-1)
+    bary = torch.zeros(batch * height * width, 3, dtype=dtype)
+    depth = torch.full((batch * height * width,), float("inf"), dtype=dtype)
+    front = torch.zeros(batch * height * width, dtype=torch.bool)
+    pixels = torch.nonzero(flat >= 0, as_tuple=True)[0]
+    if len(pixels):
+        b = pixels // (height * width)
+        xy, z, facing = _triangles(cam, pix, b[:, None], faces[flat[pixels]])
+        px = (pixels % width).to(dtype) + 0.5
+        py = ((pixels // width) % height).to(dtype) + 0.5
+        l0, l1, l2, _ = _barycentric(xy, px, py)
+        weighted = torch.stack([l0, l1, l2], -1) / z
+        total = weighted.sum(-1, keepdim=True)
+        bary[pixels] = weighted / total
+        depth[pixels] = 1.0 / total[:, 0]
+        front[pixels] = facing
+    return Fragments(face_id=face_id, bary=bary.view(batch, height, width, 3),
+                     depth=depth.view(batch, height, width), front=front.view(batch, height, width))
 
 
 def interpolate(fragments: Fragments, attributes: Tensor, faces: Tensor | None = None) -> Tensor:
@@ -217,12 +245,16 @@ def interpolate(fragments: Fragments, attributes: Tensor, faces: Tensor | None =
     """
     batch, height, width = fragments.face_id.shape
     attributes = torch.as_tensor(attributes)
-    if faces is not None:
-        attributes = attributes[..., torch.as_tensor(faces, dtype=torch.long), :]
-    if attributes.ndim == 3:
-        attributes = attributes.unsqueeze(0).expand(batch, -1, -1, -1)
     face = fragments.face_id.clamp(min=0).view(batch, -1)
-    corner = torch.gather(attributes, 1, face[:, :, None, None].expand(-1, -1, 3, attributes.shape[-1]))
+    if faces is None:
+        if attributes.ndim == 3:
+            attributes = attributes.unsqueeze(0).expand(batch, -1, -1, -1)
+        corner = torch.gather(attributes, 1, face[:, :, None, None].expand(-1, -1, 3, attributes.shape[-1]))
+    else:  # each pixel's three vertices, not every face's corners first
+        if attributes.ndim == 2:
+            attributes = attributes.unsqueeze(0).expand(batch, -1, -1)
+        vertex = torch.as_tensor(faces, dtype=torch.long)[face].view(batch, -1, 1)          # [B, H*W*3, 1]
+        corner = torch.gather(attributes, 1, vertex.expand(-1, -1, attributes.shape[-1])).view(batch, -1, 3, attributes.shape[-1])
     value = (corner * fragments.bary.view(batch, -1, 3, 1).to(corner.dtype)).sum(2)
     value = value * fragments.mask.view(batch, -1, 1).to(value.dtype)
     return value.view(batch, height, width, -1)

@@ -25,6 +25,7 @@ CPU rasteriser like the geometry control and returns maps on the vertices' devic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,20 @@ from torch import Tensor
 from flamediff.flame.model import FlameModel
 from flamediff.formats.animation import AnimationClip
 from flamediff.formats.conventions import square_crop_intrinsics, view_matrices
-from flamediff.geometry.rasterizer import interpolate, project, rasterize
+from flamediff.geometry.rasterizer import Fragments, interpolate, project, rasterize
 
 CORRESPONDENCE_CHANNELS = 4   # reference R, G, B (times known) | known
 DEPTH_TOLERANCE = 0.02        # a point is visible in the reference within 2 % of the depth there
+
+Rasterise = Callable[[Tensor, Tensor, Tensor, Tensor, int], Fragments]
+"""``(vertices [N, V, 3], faces, Ks [N, 3, 3], viewmats [N, 4, 4], side) -> Fragments`` of
+``side x side`` pixels: :func:`rasterise_meshes`, or the training cache's (the same fragments,
+their triangle ids read back for frames already seen)."""
+
+
+def rasterise_meshes(vertices: Tensor, faces: Tensor, Ks: Tensor, viewmats: Tensor, side: int) -> Fragments:
+    """:func:`rasterize` of posed meshes through world-to-camera matrices, square images."""
+    return rasterize(vertices, faces, Ks, viewmats[:, :3, :3], viewmats[:, :3, 3], side, side)
 
 
 @dataclass(frozen=True)
@@ -53,23 +64,24 @@ class ReferenceView:
     depth: Tensor      # [1 or N, S, S] camera depth of the reference's mesh (inf off it)
 
     @classmethod
-    def of(cls, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, image: Tensor) -> "ReferenceView":
+    def of(cls, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, image: Tensor,
+           rasterise: Rasterise = rasterise_meshes) -> "ReferenceView":
         """The view of posed reference meshes ``[R, V, 3]`` through their cameras, with ``image``
         ``[R, 3, S, S]``; rasterises their depth buffers."""
         vertices, viewmats, Ks, image = (x.detach().float().cpu() for x in (vertices, viewmats, Ks, image))
-        side = image.shape[-1]
-        depth = rasterize(vertices, faces.long().cpu(), Ks, viewmats[:, :3, :3], viewmats[:, :3, 3], side, side).depth
+        depth = rasterise(vertices, faces.long().cpu(), Ks, viewmats, image.shape[-1]).depth
         return cls(vertices, viewmats, Ks, image, depth)
 
     @classmethod
-    def posed(cls, flame: FlameModel, clip: AnimationClip, image: Tensor) -> "ReferenceView":
+    def posed(cls, flame: FlameModel, clip: AnimationClip, image: Tensor,
+              rasterise: Rasterise = rasterise_meshes) -> "ReferenceView":
         """The view of the references ``clip`` describes (FLAME parameters and camera per frame),
         whose pixels ``image`` ``[R, 3, S, S]`` are the centre square of the camera's image."""
         with torch.no_grad():
             vertices = flame.forward_clip(clip).vertices
         viewmats = torch.as_tensor(view_matrices(clip.R, clip.t), dtype=torch.float32)
         Ks = torch.as_tensor(square_crop_intrinsics(clip.K, clip.image_size, image.shape[-1]), dtype=torch.float32)
-        return cls.of(vertices, flame.faces, viewmats, Ks, image)
+        return cls.of(vertices, flame.faces, viewmats, Ks, image, rasterise)
 
     def take(self, rows: Tensor) -> "ReferenceView":
         """The views of ``rows`` (e.g. one reference per sample repeated per frame)."""
@@ -78,14 +90,14 @@ class ReferenceView:
 
 @torch.no_grad()
 def correspondence_maps(vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, resolution: int,
-                        reference: ReferenceView) -> Tensor:
+                        reference: ReferenceView, rasterise: Rasterise = rasterise_meshes) -> Tensor:
     """``[N, R, R, CORRESPONDENCE_CHANNELS]`` for posed meshes ``[N, V, 3]`` seen through
     ``viewmats`` [N, 4, 4] and ``Ks`` [N, 3, 3] (pixels of the R x R map)."""
     device = vertices.device
     vertices, viewmats, Ks = (x.detach().float().cpu() for x in (vertices, viewmats, Ks))
     faces = faces.long().cpu()
     count = vertices.shape[0]
-    fragments = rasterize(vertices, faces, Ks, viewmats[:, :3, :3], viewmats[:, :3, 3], resolution, resolution)
+    fragments = rasterise(vertices, faces, Ks, viewmats, resolution)
     points = interpolate(fragments, reference.vertices.expand(count, -1, -1), faces).flatten(1, 2)  # [N, R*R, 3]
     seen, colour = _seen_in_reference(points, reference, count)
     known = (fragments.mask.flatten(1) & seen).float()[..., None]                        # [N, R*R, 1]

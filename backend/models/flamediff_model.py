@@ -23,7 +23,8 @@ from flamediff.formats.flame_asset import FlameAsset
 from flamediff.gaussians.field import UVGaussianField
 from flamediff.gaussians.uv_binding import load_or_compute_uv_binding
 from flamediff.models.config import LABELS, FlameDiffConfig
-from flamediff.models.correspondence import CORRESPONDENCE_CHANNELS, ReferenceView, correspondence_maps
+from flamediff.models.correspondence import (CORRESPONDENCE_CHANNELS, Rasterise, ReferenceView, correspondence_maps,
+                                             rasterise_meshes)
 from flamediff.models.geometry_control import GEOMETRY_CHANNELS, render_geometry_control
 from flamediff.models.pose_guider import PoseGuider
 from flamediff.models.reference_attention import ReferenceBank, install_reference_attention
@@ -144,11 +145,13 @@ class FlameDiffModel(nn.Module):
         return self.gaussian_field
 
     def render_control(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor,
-                       resolution: int | None = None, reference: ReferenceView | None = None) -> Tensor:
+                       resolution: int | None = None, reference: ReferenceView | None = None,
+                       rasterise: Rasterise = rasterise_meshes) -> Tensor:
         """Control maps ``[N, R, R, C]`` of posed meshes ``[N, V, 3]`` at ``resolution`` (default the
         model's; ``Ks`` must already be in those pixels): the splatted Gaussian field
         (C = feature_dim) or the geometry maps (C = GEOMETRY_CHANNELS), then, for a model with the
-        correspondence, its channels from ``reference`` (all zero without one)."""
+        correspondence, its channels from ``reference`` (all zero without one; ``rasterise``: how
+        the meshes' fragments are found, e.g. the training cache's)."""
         if not self.has_control:
             raise RuntimeError("this model's control is not set up: call attach_control(asset) first")
         resolution = resolution or self.config.resolution
@@ -159,16 +162,16 @@ class FlameDiffModel(nn.Module):
             maps, _ = self.gaussian_field.render(vertices, faces, viewmats, Ks, resolution, resolution)
         if not self.config.correspondence:
             return maps
-        extra = self.reference_correspondence(vertices, faces, viewmats, Ks, resolution, reference)
+        extra = self.reference_correspondence(vertices, faces, viewmats, Ks, resolution, reference, rasterise)
         return torch.cat([maps, extra.to(maps.dtype)], dim=-1)
 
     def reference_correspondence(self, vertices: Tensor, faces: Tensor, viewmats: Tensor, Ks: Tensor, resolution: int,
-                                 reference: ReferenceView | None) -> Tensor:
+                                 reference: ReferenceView | None, rasterise: Rasterise = rasterise_meshes) -> Tensor:
         """The correspondence channels ``[N, R, R, CORRESPONDENCE_CHANNELS]`` of :meth:`render_control`
         (models/correspondence.py), all zero without a ``reference``."""
         if reference is None:
             return vertices.new_zeros((vertices.shape[0], resolution, resolution, CORRESPONDENCE_CHANNELS))
-        return correspondence_maps(vertices, faces, viewmats, Ks, resolution, reference)
+        return correspondence_maps(vertices, faces, viewmats, Ks, resolution, reference, rasterise)
 
     def _add_control(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         """Adds the pose guider's output to the denoiser's ``conv_in`` output (the paper's input)."""

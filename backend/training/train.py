@@ -9,6 +9,7 @@ state to save; the checkpoint holds the accelerate state (model, optimiser, sche
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -31,12 +32,13 @@ from flamediff.flame.model import FlameModel
 from flamediff.formats.flame_asset import FlameAsset
 from flamediff.formats.conventions import square_crop_intrinsics
 from flamediff.models.config import LABELS, FlameDiffConfig
-from flamediff.models.correspondence import ReferenceView
+from flamediff.models.correspondence import Rasterise, ReferenceView, rasterise_meshes
 from flamediff.models.flamediff_model import FlameDiffModel
 from flamediff.pipelines.scheduling import make_scheduler
 from flamediff.training.batches import Batch, draw_batch, real_sequences, training_pool
 from flamediff.training.config import TrainConfig, TrainConfigError
 from flamediff.training.latent_cache import LatentCache
+from flamediff.training.triangle_cache import TriangleIdCache
 from flamediff.training.plots import plot_loss_curve
 from flamediff.training.stages import STAGES, Stage, trained_groups
 
@@ -105,6 +107,9 @@ def build_model(config: TrainConfig, stage: Stage, data: TrainingData) -> FlameD
     return model
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")   # where torch has AdamW's fused kernel; elsewhere the per-tensor loop
+
+
 def make_optimiser(config: TrainConfig, stage: Stage, model: FlameDiffModel,
                    accelerator: Accelerator) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW over the stage's parameter groups (the rest of the model frozen) and its
@@ -112,7 +117,8 @@ def make_optimiser(config: TrainConfig, stage: Stage, model: FlameDiffModel,
     # The model is not wrapped in DDP (its ReferenceNet has layers that no loss reaches, and
     # the steps call model methods, not forward): gradients are averaged in _sync_gradients.
     groups = trained_groups(stage, model, config.learning_rate, config.field_learning_rate)
-    optimizer = accelerator.prepare(torch.optim.AdamW(groups, weight_decay=config.weight_decay))
+    fused = {"fused": True} if config.fused_optimizer and accelerator.device.type in FUSED_ADAMW_DEVICES else {}
+    optimizer = accelerator.prepare(torch.optim.AdamW(groups, weight_decay=config.weight_decay, **fused))
     # Not prepared by accelerate: its wrapper steps the schedule once per process per step.
     lr_scheduler = get_scheduler(
         "cosine" if config.lr_schedule == "cosine" else "constant_with_warmup", optimizer,
@@ -146,6 +152,8 @@ class Trainer:
             self.accelerator.register_for_checkpointing(self.ema)
         self.latent_cache = (LatentCache(self.index, self.model.vae)
                              if self.stage.caches_latents and config.cache_latents else None)
+        self.triangle_ids = (TriangleIdCache(self.index, self.flame)
+                             if self.model.config.correspondence and config.cache_triangle_ids else None)
         self.step = 0
 
     @property
@@ -189,7 +197,7 @@ class Trainer:
                              dtype=torch.float32, device=device)
         reference_view = self.reference_view(model, batch) if model.config.correspondence else None
         feature_maps = model.render_control(vertices, self.flame.faces, batch.viewmats.to(device), Ks,
-                                            reference=reference_view)
+                                            reference=reference_view, rasterise=self.rasterise(batch.rows))
         feature_maps = feature_maps.permute(0, 3, 1, 2).unflatten(0, (batch_size, frames))
         generator = torch.Generator().manual_seed(batch.noise_seed)
         noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -213,8 +221,16 @@ class Trainer:
         assert batch.reference is not None, "drawn without the references' pixels"
         # samples may share a reference, a clip's frames may not
         rows, first_sample, sample_of = np.unique(batch.reference_rows, return_index=True, return_inverse=True)
-        view = ReferenceView.posed(self.flame, self.index.annotations.take_rows(rows), batch.reference[first_sample])
+        view = ReferenceView.posed(self.flame, self.index.annotations.take_rows(rows), batch.reference[first_sample],
+                                   self.rasterise(rows))
         return view.take(torch.as_tensor(sample_of).repeat_interleave(batch.shape[1]))
+
+    def rasterise(self, rows: np.ndarray) -> Rasterise:
+        """How the correspondence finds the fragments of dataset ``rows``' posed meshes: from the
+        triangle-id cache, or rasterised."""
+        if self.triangle_ids is None:
+            return rasterise_meshes
+        return functools.partial(self.triangle_ids.fragments, np.asarray(rows).reshape(-1))
 
     @staticmethod
     def drop_correspondence(model: FlameDiffModel, feature_maps: torch.Tensor, batch: Batch) -> torch.Tensor:
