@@ -27,8 +27,11 @@ class LatentCache:
 
     def __init__(self, index: DatasetIndex, vae: nn.Module, root: str | None = None) -> None:
         self.store = RowCache(index, root or os.path.join(cache_dir(), "latents"), module_hash(vae), index.frame_path)
-        self.folder = self.store.folder
         self.index, self.vae = index, vae
+
+    @property
+    def folder(self) -> str:
+        return self.store.folder
 
     @torch.no_grad()
     def raw_latents(self, rows: np.ndarray, device: torch.device | str = "cpu") -> Tensor:

@@ -230,7 +230,7 @@ class Trainer:
         triangle-id cache, or rasterised."""
         if self.triangle_ids is None:
             return rasterise_meshes
-        return functools.partial(self.triangle_ids.fragments, np.asarray(rows).reshape(-1))
+        return functools.partial(self.triangle_ids.fragments, rows)
 
     @staticmethod
     def drop_correspondence(model: FlameDiffModel, feature_maps: torch.Tensor, batch: Batch) -> torch.Tensor:
